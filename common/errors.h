@@ -1,0 +1,33 @@
+// Error replies the proxy itself sends, in one place so their wording stays consistent and
+// tests can name them. Each is the text after the leading '-' and before CRLF.
+#pragma once
+
+#include <string_view>
+
+namespace kp::errors {
+
+inline constexpr std::string_view kNoAuth = "NOAUTH Authentication required.";
+inline constexpr std::string_view kWrongPass =
+    "WRONGPASS invalid username-password pair or user is disabled.";
+inline constexpr std::string_view kAuthNotConfigured =
+    "ERR AUTH <password> called without any password configured for the default user. Are you "
+    "sure your configuration is correct?";
+inline constexpr std::string_view kNoProto =
+    "NOPROTO sorry, this protocol version is not supported.";
+inline constexpr std::string_view kPrimaryDown = "ERR kompress: primary is unavailable";
+inline constexpr std::string_view kPrimaryLost =
+    "ERR kompress: connection to primary lost before its reply; the command may or may not have "
+    "been applied";
+inline constexpr std::string_view kPrimaryTimeout =
+    "ERR kompress: primary did not reply within the timeout; the command may or may not have been "
+    "applied";
+inline constexpr std::string_view kNoBackendForRead =
+    "ERR kompress: no backend available for this read (replicas and primary are down)";
+inline constexpr std::string_view kPinnedLost =
+    "ERR kompress: connection to primary lost; session closed";
+inline constexpr std::string_view kClientBufferLimit =
+    "ERR kompress: client buffer limit exceeded; closing connection";
+inline constexpr std::string_view kShuttingDown = "ERR kompress: proxy is shutting down";
+inline constexpr std::string_view kWrongArgs = "ERR wrong number of arguments for '%s' command";
+
+}  // namespace kp::errors

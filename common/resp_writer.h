@@ -1,0 +1,65 @@
+// Helpers that append RESP2 replies and commands to a Buffer: used for the proxy's own
+// replies (PING, AUTH, errors) and to re-encode inline commands before forwarding.
+#pragma once
+
+#include <charconv>
+#include <cstdint>
+#include <string_view>
+
+#include "common/buffer.h"
+
+namespace kp::resp {
+
+inline void AppendLength(Buffer& b, char type, int64_t n) {
+  char* p = b.PrepareWrite(24);
+  p[0] = type;
+  auto r = std::to_chars(p + 1, p + 22, n);
+  r.ptr[0] = '\r';
+  r.ptr[1] = '\n';
+  b.Commit(static_cast<size_t>(r.ptr + 2 - p));
+}
+
+inline void AppendSimple(Buffer& b, std::string_view s) {
+  b.Append("+", 1);
+  b.Append(s);
+  b.Append("\r\n", 2);
+}
+
+// `msg` is the error text without the leading '-', e.g. "ERR something".
+inline void AppendError(Buffer& b, std::string_view msg) {
+  b.Append("-", 1);
+  b.Append(msg);
+  b.Append("\r\n", 2);
+}
+
+inline void AppendInteger(Buffer& b, int64_t n) {
+  AppendLength(b, ':', n);
+}
+
+inline void AppendBulk(Buffer& b, std::string_view s) {
+  AppendLength(b, '$', static_cast<int64_t>(s.size()));
+  b.Append(s);
+  b.Append("\r\n", 2);
+}
+
+inline void AppendNullBulk(Buffer& b) {
+  b.Append("$-1\r\n", 5);
+}
+
+inline void AppendArrayHeader(Buffer& b, size_t n) {
+  AppendLength(b, '*', static_cast<int64_t>(n));
+}
+
+// Encodes a command as a RESP array of bulk strings.
+template <typename Range>
+inline void AppendCommand(Buffer& b, const Range& args) {
+  size_t n = 0;
+  for (const auto& a : args) {
+    (void)a;
+    ++n;
+  }
+  AppendArrayHeader(b, n);
+  for (const auto& a : args) AppendBulk(b, std::string_view(a));
+}
+
+}  // namespace kp::resp

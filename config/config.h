@@ -1,0 +1,55 @@
+// Config: the plain, validated settings the proxy runs with. Built once at start-up by
+// config_loader (parse -> validate -> build); nothing below reads files or the environment.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/resp_limits.h"
+
+namespace kp {
+
+struct Endpoint {
+  std::string host;
+  uint16_t port = 0;
+  std::string ToString() const { return host + ":" + std::to_string(port); }
+  bool operator==(const Endpoint&) const = default;
+};
+
+enum class ReadPolicy {
+  kRoundRobin,  // rotate over healthy replicas
+  kRandom,      // pick a healthy replica at random
+  kPrimary,     // send reads to the primary too (replicas only as a fallback target: never)
+};
+
+struct ClientLimits {
+  // Per-client bytes buffered by the proxy (unparsed input plus unsent replies). A client
+  // over it gets an error and is disconnected.
+  size_t max_client_buffer_bytes = 1024ull * 1024 * 1024;
+  // Requests a client may have in flight; past it the proxy stops reading from that client
+  // until replies drain (backpressure, not an error).
+  size_t max_pipeline_depth = 1024;
+};
+
+struct Config {
+  Endpoint listen{"127.0.0.1", 6380};
+  Endpoint primary{"localhost", 6379};
+  std::vector<Endpoint> replicas;    // empty: the primary serves reads too
+  double timeout_s = 5.0;            // per command, backend side
+  unsigned workers = 0;              // 0: one per core
+  unsigned backend_connections = 1;  // multiplexed connections per worker per backend
+  ReadPolicy read_policy = ReadPolicy::kRoundRobin;
+  double health_check_interval_s = 1.0;
+  double drain_timeout_s = 10.0;
+  std::string log_level = "info";  // trace, debug, info, warn, error, critical, off
+  std::string requirepass;         // proxy's own password; empty: no AUTH needed
+  std::string backend_username;    // sent as AUTH to every backend when set
+  std::string backend_password;
+  std::string admin_listen;  // host:port of the HTTP admin endpoint; empty: off
+  RespLimits resp;           // wire limits (array/bulk/request/inline/nesting)
+  ClientLimits client;
+};
+
+}  // namespace kp

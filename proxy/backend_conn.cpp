@@ -1,0 +1,345 @@
+// BackendConn: connecting (resolve, connect, AUTH), batching writes, framing replies and
+// matching them to requests, and turning every failure into answers for pending requests.
+#include "proxy/backend_conn.h"
+
+#include <cstring>
+
+#include "common/logging.h"
+#include "common/resp_writer.h"
+#include "proxy/client_session.h"
+#include "proxy/worker.h"
+
+namespace kp {
+
+namespace {
+constexpr size_t kReadChunk = 64 * 1024;
+constexpr size_t kKeepBuffer = 1024 * 1024;
+}  // namespace
+
+// An address lookup in flight. It outlives the connection if the connection gives up first,
+// so it holds a pointer the connection clears instead of a reference it might dangle.
+struct BackendConn::Resolve {
+  uv_getaddrinfo_t req;
+  BackendConn* conn;
+};
+
+BackendConn::BackendConn(Worker* worker, Backend* backend, Mode mode, ClientSession* owner)
+    : worker_(worker),
+      backend_(backend),
+      mode_(mode),
+      owner_(owner),
+      framer_(worker->config().resp) {}
+
+void BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, size_t len,
+                       uint64_t deadline_ms) {
+  pending_.push_back({client, seq, deadline_ms});
+  out_.Append(data, len);
+  if (state_ == State::kIdle) {
+    StartConnect();
+  } else if (state_ == State::kReady) {
+    worker_->MarkDirty(this);
+  }
+}
+
+void BackendConn::SendRaw(const char* data, size_t len) {
+  out_.Append(data, len);
+  if (state_ == State::kIdle) {
+    StartConnect();
+  } else if (state_ == State::kReady) {
+    worker_->MarkDirty(this);
+  }
+}
+
+void BackendConn::QueueAuth() {
+  const Config& c = worker_->config();
+  if (c.backend_password.empty()) return;
+  // AUTH goes in front of whatever is already queued: it must be the first thing sent.
+  Buffer auth;
+  if (c.backend_username.empty()) {
+    std::string_view args[] = {"AUTH", c.backend_password};
+    resp::AppendCommand(auth, args);
+  } else {
+    std::string_view args[] = {"AUTH", c.backend_username, c.backend_password};
+    resp::AppendCommand(auth, args);
+  }
+  auth.Append(out_.data(), out_.size());
+  std::swap(out_, auth);
+  if (mode_ == Mode::kShared) {
+    Ring<PendingReply> with_auth;
+    with_auth.push_back({nullptr, 0, worker_->now() + worker_->timeout_ms()});
+    while (!pending_.empty()) {
+      with_auth.push_back(pending_.front());
+      pending_.pop_front();
+    }
+    pending_.swap(with_auth);
+  } else {
+    auth_replies_expected_ = 1;
+  }
+}
+
+void BackendConn::StartConnect() {
+  QueueAuth();
+  const Endpoint& ep = backend_->endpoint();
+  sockaddr_in6 a6;
+  sockaddr_in a4;
+  // Literal addresses skip the resolver (which runs on libuv's thread pool).
+  if (uv_ip4_addr(ep.host.c_str(), ep.port, &a4) == 0) {
+    ConnectTo(reinterpret_cast<const sockaddr*>(&a4));
+    return;
+  }
+  std::string host = ep.host;
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (uv_ip6_addr(host.c_str(), ep.port, &a6) == 0) {
+    ConnectTo(reinterpret_cast<const sockaddr*>(&a6));
+    return;
+  }
+  state_ = State::kResolving;
+  resolve_ = new Resolve{{}, this};
+  resolve_->req.data = resolve_;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  std::string port = std::to_string(ep.port);
+  int rc = uv_getaddrinfo(
+      worker_->loop(), &resolve_->req,
+      [](uv_getaddrinfo_t* req, int status, addrinfo* res) {
+        auto* r = static_cast<Resolve*>(req->data);
+        BackendConn* self = r->conn;
+        delete r;
+        if (self == nullptr) {  // the connection gave up meanwhile
+          uv_freeaddrinfo(res);
+          return;
+        }
+        self->resolve_ = nullptr;
+        if (status != 0 || res == nullptr) {
+          uv_freeaddrinfo(res);
+          self->state_ = State::kIdle;
+          self->Fail(std::string("cannot resolve host: ") + uv_strerror(status), true);
+          return;
+        }
+        // Prefer IPv4: "localhost" resolves to both and Redis often listens on one only.
+        const addrinfo* pick = res;
+        for (const addrinfo* ai = res; ai; ai = ai->ai_next) {
+          if (ai->ai_family == AF_INET) {
+            pick = ai;
+            break;
+          }
+        }
+        sockaddr_storage addr;
+        std::memcpy(&addr, pick->ai_addr, pick->ai_addrlen);
+        uv_freeaddrinfo(res);
+        self->ConnectTo(reinterpret_cast<const sockaddr*>(&addr));
+      },
+      ep.host.c_str(), port.c_str(), &hints);
+  if (rc != 0) {
+    delete resolve_;
+    resolve_ = nullptr;
+    state_ = State::kIdle;
+    Fail(std::string("cannot resolve host: ") + uv_strerror(rc), true);
+  }
+}
+
+void BackendConn::ConnectTo(const sockaddr* addr) {
+  uv_tcp_init(worker_->loop(), &tcp_);
+  tcp_.data = this;
+  state_ = State::kConnecting;
+  connect_req_.data = this;
+  int rc = uv_tcp_connect(&connect_req_, &tcp_, addr, ConnectCb);
+  if (rc != 0) {
+    Fail(std::string("connect: ") + uv_strerror(rc), true);
+  }
+}
+
+void BackendConn::ConnectCb(uv_connect_t* req, int status) {
+  static_cast<BackendConn*>(req->data)->OnConnected(status);
+}
+
+void BackendConn::OnConnected(int status) {
+  if (state_ != State::kConnecting) return;  // closed while connecting (status is ECANCELED)
+  if (status != 0) {
+    Fail(std::string("connect: ") + uv_strerror(status), true);
+    return;
+  }
+  state_ = State::kReady;
+  uv_tcp_nodelay(&tcp_, 1);
+  uv_tcp_keepalive(&tcp_, 1, 60);
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), AllocCb, ReadCb);
+  Log().debug("connected to {} {}", backend_->is_primary() ? "primary" : "replica",
+              backend_->name());
+  Flush();
+}
+
+void BackendConn::Flush() {
+  if (state_ != State::kReady || writing_ || out_.empty()) return;
+  std::swap(out_, wbuf_);
+  uv_buf_t b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
+  write_req_.data = this;
+  int rc = uv_write(&write_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1, WriteCb);
+  if (rc != 0) {
+    wbuf_.Clear();
+    Fail(std::string("write: ") + uv_strerror(rc), true);
+    return;
+  }
+  writing_ = true;
+}
+
+void BackendConn::WriteCb(uv_write_t* req, int status) {
+  auto* self = static_cast<BackendConn*>(req->data);
+  self->writing_ = false;
+  self->wbuf_.Clear();
+  self->wbuf_.ShrinkIfEmpty(kKeepBuffer);
+  if (status == UV_ECANCELED) return;  // the socket is closing; Fail() already answered
+  if (status < 0) {
+    self->Fail(std::string("write: ") + uv_strerror(status), true);
+    return;
+  }
+  self->Flush();
+}
+
+void BackendConn::AllocCb(uv_handle_t* h, size_t, uv_buf_t* buf) {
+  auto* self = static_cast<BackendConn*>(h->data);
+  char* p = self->in_.PrepareWrite(kReadChunk);
+  *buf = uv_buf_init(p, static_cast<unsigned>(self->in_.writable()));
+}
+
+void BackendConn::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+  static_cast<BackendConn*>(s->data)->OnRead(nread);
+}
+
+void BackendConn::OnRead(ssize_t nread) {
+  if (nread > 0) {
+    in_.Commit(static_cast<size_t>(nread));
+    ProcessReplies();
+    return;
+  }
+  if (nread == 0) return;
+  // A server closing an idle shared connection (its `timeout` setting) is not a failure.
+  bool busy = !pending_.empty() || mode_ == Mode::kDedicated;
+  Fail(nread == UV_EOF ? std::string("connection closed by server")
+                       : std::string("read: ") + uv_strerror(static_cast<int>(nread)),
+       busy);
+}
+
+void BackendConn::ProcessReplies() {
+  while (!in_.empty() && state_ == State::kReady) {
+    size_t consumed = 0;
+    ParseStatus st = framer_.Frame(in_.data(), in_.size(), &consumed);
+    if (st == ParseStatus::kIncomplete) break;
+    if (st == ParseStatus::kError) {
+      Fail("malformed reply: " + framer_.error(), true);
+      return;
+    }
+    bool is_error = framer_.is_error();
+    framer_.Reset();
+    const char* p = in_.data();
+    if (mode_ == Mode::kDedicated) {
+      if (auth_replies_expected_ > 0) {
+        --auth_replies_expected_;
+        if (is_error) {
+          Fail("AUTH rejected: " + std::string(p + 1, consumed > 3 ? consumed - 3 : 0), true);
+          return;
+        }
+      } else if (owner_ != nullptr) {
+        owner_->OnStreamFrame(p, consumed);
+      }
+    } else {
+      if (pending_.empty()) {
+        Fail("reply with no request outstanding", true);
+        return;
+      }
+      PendingReply pr = pending_.front();
+      pending_.pop_front();
+      if (pr.client == nullptr) {
+        if (is_error) {
+          Fail("AUTH rejected: " + std::string(p + 1, consumed > 3 ? consumed - 3 : 0), true);
+          return;
+        }
+      } else {
+        pr.client->OnReply(pr.seq, backend_, p, consumed, is_error);
+      }
+    }
+    in_.Consume(consumed);
+  }
+  if (in_.empty()) in_.ShrinkIfEmpty(kKeepBuffer);
+}
+
+void BackendConn::CheckTimeout(uint64_t now_ms) {
+  if (pending_.empty() || state_ == State::kClosing) return;
+  if (pending_.front().deadline_ms > now_ms) return;
+  char msg[96];
+  std::snprintf(msg, sizeof msg, "no reply within %.3gs", worker_->timeout_ms() / 1000.0);
+  Fail(msg, true);
+}
+
+void BackendConn::Fail(const std::string& reason, bool mark_down) {
+  if (state_ == State::kResolving && resolve_ != nullptr) {
+    resolve_->conn = nullptr;
+    resolve_ = nullptr;
+    state_ = State::kIdle;
+  } else if (state_ == State::kConnecting || state_ == State::kReady) {
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+    state_ = State::kClosing;
+    uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), CloseCb);
+  }
+  out_.Clear();
+  in_.Clear();
+  framer_.Reset();
+  auth_replies_expected_ = 0;
+  if (mark_down) {
+    Log().debug("{} {}: {}", backend_->is_primary() ? "primary" : "replica", backend_->name(),
+                reason);
+    backend_->MarkDown(reason);
+  }
+  if (mode_ == Mode::kDedicated) {
+    ClientSession* owner = owner_;
+    owner_ = nullptr;
+    destroy_on_close_ = true;
+    if (owner != nullptr) owner->OnStreamFailure(reason);
+    if (state_ == State::kIdle) Destroy();
+    return;
+  }
+  // Answer every request that was waiting here. Take the queue first: an answer may send the
+  // request elsewhere, or even back to this connection, which then reconnects.
+  Ring<PendingReply> failed;
+  failed.swap(pending_);
+  bool timeout = reason.rfind("no reply", 0) == 0;
+  while (!failed.empty()) {
+    PendingReply pr = failed.front();
+    failed.pop_front();
+    if (pr.client != nullptr) pr.client->OnBackendFailure(pr.seq, backend_, reason, timeout);
+  }
+}
+
+void BackendConn::CloseCb(uv_handle_t* h) {
+  static_cast<BackendConn*>(h->data)->OnClosed();
+}
+
+void BackendConn::OnClosed() {
+  state_ = State::kIdle;
+  if (destroy_on_close_) {
+    Destroy();
+    return;
+  }
+  // Requests queued while the old socket was closing go out on a new one.
+  if (!pending_.empty()) StartConnect();
+}
+
+void BackendConn::Shutdown(const std::string& reason, bool destroy) {
+  if (dead_) return;
+  owner_ = nullptr;
+  if (destroy) destroy_on_close_ = true;
+  State before = state_;
+  if (before == State::kClosing) return;  // CloseCb will finish the job
+  Fail(reason, false);
+  if (destroy && state_ == State::kIdle) Destroy();
+}
+
+void BackendConn::Destroy() {
+  if (dead_) return;
+  dead_ = true;
+  worker_->Bury(this);
+}
+
+}  // namespace kp

@@ -1,0 +1,101 @@
+// BackendConn: one TCP connection from a worker to a backend.
+//
+// Shared mode: many clients' requests are multiplexed on it; replies are matched to requests
+// first-in first-out, and the entry is popped before its callback runs. Dedicated mode: it
+// belongs to one pinned client session (transaction, blocking, pub/sub) and every frame the
+// server sends is relayed to that session in order.
+//
+// Contract: every request handed to Send() is answered exactly once, by
+// ClientSession::OnReply() or ClientSession::OnBackendFailure().
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/buffer.h"
+#include "common/resp_parser.h"
+#include "common/ring.h"
+#include "proxy/backend.h"
+
+namespace kp {
+
+class Worker;
+class ClientSession;
+
+class BackendConn {
+ public:
+  enum class Mode { kShared, kDedicated };
+
+  BackendConn(Worker* worker, Backend* backend, Mode mode, ClientSession* owner = nullptr);
+  BackendConn(const BackendConn&) = delete;
+  BackendConn& operator=(const BackendConn&) = delete;
+
+  // Shared mode: queues one request; deadline_ms is in the worker loop's clock.
+  void Send(ClientSession* client, uint64_t seq, const char* data, size_t len,
+            uint64_t deadline_ms);
+  // Dedicated mode: queues raw request bytes; replies arrive as OnStreamFrame().
+  void SendRaw(const char* data, size_t len);
+  // Starts writing queued bytes if none are being written (called once per loop turn).
+  void Flush();
+  // Fails the connection when its oldest request is past its deadline.
+  void CheckTimeout(uint64_t now_ms);
+  // Closes for good; pending requests fail with `reason`. The object deletes itself (via the
+  // worker) once libuv is done with it when `destroy` is set.
+  void Shutdown(const std::string& reason, bool destroy);
+
+  Backend* backend() const { return backend_; }
+  bool idle() const { return pending_.empty() && out_.empty(); }
+  size_t pending() const { return pending_.size(); }
+  bool dirty = false;  // queued in the worker's flush list
+  bool dead() const { return dead_; }
+
+ private:
+  enum class State { kIdle, kResolving, kConnecting, kReady, kClosing };
+  struct PendingReply {
+    ClientSession* client = nullptr;  // nullptr: the connection's own AUTH, checked and dropped
+    uint64_t seq = 0;
+    uint64_t deadline_ms = 0;
+  };
+  struct Resolve;
+
+  void StartConnect();
+  void ConnectTo(const sockaddr* addr);
+  void OnConnected(int status);
+  void OnRead(ssize_t nread);
+  void ProcessReplies();
+  // Closes the socket and answers every pending request with a failure.
+  void Fail(const std::string& reason, bool mark_down);
+  void OnClosed();
+  // Hands the object to the worker for deletion, once.
+  void Destroy();
+  void QueueAuth();
+
+  static void AllocCb(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
+  static void ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+  static void WriteCb(uv_write_t* req, int status);
+  static void ConnectCb(uv_connect_t* req, int status);
+  static void CloseCb(uv_handle_t* h);
+
+  Worker* worker_;
+  Backend* backend_;
+  Mode mode_;
+  ClientSession* owner_;
+  State state_ = State::kIdle;
+  bool writing_ = false;
+  bool destroy_on_close_ = false;
+  bool dead_ = false;
+  int auth_replies_expected_ = 0;  // dedicated mode: frames to swallow after connect
+  uv_tcp_t tcp_;
+  uv_connect_t connect_req_;
+  uv_write_t write_req_;
+  Resolve* resolve_ = nullptr;
+  Buffer out_;   // queued, not yet handed to the kernel
+  Buffer wbuf_;  // being written; owned until WriteCb
+  Buffer in_;
+  ReplyFramer framer_;
+  Ring<PendingReply> pending_;
+};
+
+}  // namespace kp

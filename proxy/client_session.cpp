@@ -1,0 +1,616 @@
+// ClientSession: request framing, routing, the ordered reply queue, local commands, pinned
+// sessions, failover of reads, limits and backpressure for one client.
+#include "proxy/client_session.h"
+
+#include <cstring>
+
+#include "common/errors.h"
+#include "common/logging.h"
+#include "common/resp_writer.h"
+#include "proxy/backend.h"
+#include "proxy/backend_conn.h"
+#include "proxy/worker.h"
+
+namespace kp {
+
+namespace {
+constexpr size_t kReadChunk = 64 * 1024;
+constexpr size_t kKeepBuffer = 1024 * 1024;
+
+// Replies from a replica that mean "not executed here, the primary can answer": the replica
+// is loading its data set, lost its primary (replica-serve-stale-data no), or lacks a script.
+enum class ReplicaRefusal { kNone, kUnhealthy, kRetryOnly };
+
+ReplicaRefusal ClassifyReplicaError(const char* p, size_t n) {
+  std::string_view s(p, n);
+  if (s.size() < 2) return ReplicaRefusal::kNone;
+  s.remove_prefix(1);  // '-' or '!'
+  auto starts = [&](std::string_view w) {
+    return s.size() >= w.size() && s.compare(0, w.size(), w) == 0 &&
+           (s.size() == w.size() || s[w.size()] == ' ' || s[w.size()] == '\r');
+  };
+  if (starts("LOADING") || starts("MASTERDOWN")) return ReplicaRefusal::kUnhealthy;
+  if (starts("NOSCRIPT")) return ReplicaRefusal::kRetryOnly;
+  return ReplicaRefusal::kNone;
+}
+}  // namespace
+
+ClientSession::ClientSession(Worker* worker, uint64_t id)
+    : worker_(worker), id_(id), parser_(worker->config().resp) {
+  slots_.resize(16);
+  authenticated_ = worker->config().requirepass.empty();
+}
+
+ClientSession::~ClientSession() = default;
+
+bool ClientSession::Open(int fd) {
+  uv_tcp_init(worker_->loop(), &tcp_);
+  tcp_.data = this;
+  if (uv_tcp_open(&tcp_, fd) != 0) {
+    ::close(fd);
+    closed_ = true;
+    uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), CloseCb);
+    return false;
+  }
+  uv_tcp_nodelay(&tcp_, 1);
+  ResumeReading();
+  return true;
+}
+
+// ---- reading and framing ----
+
+void ClientSession::AllocCb(uv_handle_t* h, size_t, uv_buf_t* buf) {
+  auto* self = static_cast<ClientSession*>(h->data);
+  char* p = self->in_.PrepareWrite(kReadChunk);
+  *buf = uv_buf_init(p, static_cast<unsigned>(self->in_.writable()));
+}
+
+void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+  auto* self = static_cast<ClientSession*>(s->data);
+  if (nread > 0) {
+    self->in_.Commit(static_cast<size_t>(nread));
+    self->ProcessInput();
+  } else if (nread < 0) {
+    // The client went away (or reset): nothing to answer.
+    self->Close();
+  }
+}
+
+void ClientSession::ResumeReading() {
+  if (reading_ || closed_ || closing_after_flush_) return;
+  reading_ = true;
+  paused_ = false;
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), AllocCb, ReadCb);
+}
+
+void ClientSession::PauseReading() {
+  if (!reading_) return;
+  reading_ = false;
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+}
+
+void ClientSession::ProcessInput() {
+  const Config& cfg = worker_->config();
+  while (!closed_ && !closing_after_flush_ && !in_.empty()) {
+    if (dedicated_ == nullptr && next_ - head_ >= cfg.client.max_pipeline_depth) {
+      // Backpressure: stop reading until replies drain (AdvanceHead resumes).
+      paused_ = true;
+      PauseReading();
+      return;
+    }
+    size_t consumed = 0;
+    ParseStatus st = parser_.Parse(in_.data(), in_.size(), &consumed);
+    if (st == ParseStatus::kIncomplete) {
+      if (in_.size() > cfg.client.max_client_buffer_bytes) {
+        ProtocolError(std::string(errors::kClientBufferLimit.substr(4)));
+      }
+      return;
+    }
+    if (st == ParseStatus::kError) {
+      ProtocolError(parser_.error());
+      return;
+    }
+    if (parser_.argc() > 0) HandleRequest(in_.data(), consumed);
+    in_.Consume(consumed);
+    parser_.Reset();
+  }
+  if (in_.empty()) in_.ShrinkIfEmpty(kKeepBuffer);
+}
+
+void ClientSession::ProtocolError(const std::string& msg) {
+  // Like Redis: reply, then close once the reply (and everything before it) is written.
+  Log().debug("client {}: {}", id_, msg);
+  worker_->stats().protocol_errors++;
+  uint64_t seq = NewSlot();
+  CompleteError(seq, "ERR " + msg);
+  closing_after_flush_ = true;
+  PauseReading();
+  in_.Clear();
+  MaybeFinish();
+}
+
+// ---- routing ----
+
+void ClientSession::HandleRequest(const char* raw, size_t len) {
+  Request req;
+  req.argc = parser_.argc();
+  req.nviews = req.argc < RequestParser::kMaxArgViews ? req.argc : RequestParser::kMaxArgViews;
+  for (size_t i = 0; i < req.nviews; ++i) req.argv[i] = parser_.arg(i, raw);
+
+  if (parser_.is_inline()) {
+    // Backends get RESP; an inline command is re-encoded once (rare: telnet users).
+    scratch_.Clear();
+    resp::AppendArrayHeader(scratch_, req.argc);
+    for (size_t i = 0; i < req.argc; ++i) resp::AppendBulk(scratch_, parser_.arg(i, raw));
+    raw = scratch_.data();
+    len = scratch_.size();
+  }
+  worker_->stats().requests++;
+
+  if (dedicated_ != nullptr) {
+    if (EqualsLower(req.arg(0), "quit")) quit_forwarded_ = true;
+    ForwardPinned(raw, len);
+    return;
+  }
+
+  RouteDecision d = worker_->router().Classify(req);
+  if (!authenticated_ && !(d.route == Route::kLocal &&
+                           (d.local == LocalCommand::kAuth || d.local == LocalCommand::kHello ||
+                            d.local == LocalCommand::kQuit || d.local == LocalCommand::kReset))) {
+    ReplyErrorNow(errors::kNoAuth);
+    return;
+  }
+  switch (d.route) {
+    case Route::kLocal:
+      HandleLocal(d.local, req);
+      return;
+    case Route::kDeny:
+      ReplyErrorNow(d.deny_reason);
+      return;
+    case Route::kPin:
+      EnterPinned(raw, len);
+      return;
+    case Route::kRead:
+    case Route::kWrite:
+      Dispatch(d, raw, len);
+      return;
+  }
+}
+
+void ClientSession::Dispatch(const RouteDecision& d, const char* raw, size_t len) {
+  Backend* primary = worker_->backends().primary();
+  uint64_t seq = NewSlot();
+  Slot& s = SlotAt(seq);
+  uint64_t deadline = worker_->now() + worker_->timeout_ms();
+  if (d.route == Route::kRead) {
+    s.is_read = true;
+    Backend* replica = worker_->PickReplica();
+    if (replica != nullptr) {
+      s.request.Append(raw, len);
+      worker_->stats().reads_replica++;
+      worker_->SharedConn(replica)->Send(this, seq, raw, len, deadline);
+      ++inflight_;
+      return;
+    }
+    s.tried_primary = true;
+    if (!primary->up()) {
+      worker_->stats().errors++;
+      CompleteError(seq, errors::kNoBackendForRead);
+      return;
+    }
+    worker_->stats().reads_primary++;
+  } else {
+    if (!primary->up()) {
+      worker_->stats().errors++;
+      std::string msg = std::string(errors::kPrimaryDown) + " (" + primary->name();
+      std::string why = primary->last_error();
+      if (!why.empty()) msg += ": " + why;
+      msg += ")";
+      CompleteError(seq, msg);
+      return;
+    }
+    worker_->stats().writes++;
+  }
+  worker_->SharedConn(primary)->Send(this, seq, raw, len, deadline);
+  ++inflight_;
+}
+
+void ClientSession::RetryOnPrimary(uint64_t seq) {
+  Backend* primary = worker_->backends().primary();
+  Slot& s = SlotAt(seq);
+  if (!primary->up()) {
+    worker_->stats().errors++;
+    CompleteError(seq, errors::kNoBackendForRead);
+    return;
+  }
+  s.tried_primary = true;
+  worker_->stats().failovers++;
+  worker_->SharedConn(primary)->Send(this, seq, s.request.data(), s.request.size(),
+                                     worker_->now() + worker_->timeout_ms());
+  ++inflight_;
+}
+
+// ---- backend callbacks ----
+
+void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_t len,
+                            bool is_error) {
+  --inflight_;
+  if (closed_) {
+    worker_->MarkDirty(this);  // lets the worker delete us once nothing is in flight
+    return;
+  }
+  Slot& s = SlotAt(seq);
+  if (is_error && s.is_read && !from->is_primary() && !s.tried_primary) {
+    ReplicaRefusal r = ClassifyReplicaError(data, len);
+    if (r != ReplicaRefusal::kNone) {
+      if (r == ReplicaRefusal::kUnhealthy) {
+        std::string_view line(data + 1, len > 3 ? len - 3 : 0);
+        from->MarkDown("replied " + std::string(line.substr(0, line.find(' '))));
+      }
+      RetryOnPrimary(seq);
+      return;
+    }
+  }
+  Complete(seq, data, len);
+}
+
+void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason,
+                                     bool timeout) {
+  --inflight_;
+  if (closed_) {
+    worker_->MarkDirty(this);
+    return;
+  }
+  Slot& s = SlotAt(seq);
+  if (s.is_read && !from->is_primary() && !s.tried_primary) {
+    RetryOnPrimary(seq);
+    return;
+  }
+  worker_->stats().errors++;
+  if (s.is_read) {
+    CompleteError(seq, "ERR kompress: read failed on primary " + from->name() + ": " + reason);
+  } else {
+    CompleteError(seq, std::string(timeout ? errors::kPrimaryTimeout : errors::kPrimaryLost) +
+                           " (" + from->name() + ": " + reason + ")");
+  }
+}
+
+// ---- ordered replies ----
+
+uint64_t ClientSession::NewSlot() {
+  if (next_ - head_ == slots_.size()) {
+    std::vector<Slot> bigger(slots_.size() * 2);
+    for (uint64_t q = head_; q < next_; ++q) {
+      bigger[q & (bigger.size() - 1)] = std::move(slots_[q & (slots_.size() - 1)]);
+    }
+    slots_.swap(bigger);
+  }
+  uint64_t seq = next_++;
+  Slot& s = SlotAt(seq);
+  s.done = false;
+  s.is_read = false;
+  s.tried_primary = false;
+  s.stream = false;
+  s.reply.Clear();
+  s.request.Clear();
+  return seq;
+}
+
+void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
+  Slot& s = SlotAt(seq);
+  if (seq == head_) {
+    out_.Append(data, len);
+    s.done = true;
+    ++head_;
+    s.request.ShrinkIfEmpty(kKeepBuffer);
+    AdvanceHead();
+  } else {
+    s.reply.Append(data, len);
+    s.done = true;
+  }
+  worker_->MarkDirty(this);
+}
+
+void ClientSession::CompleteError(uint64_t seq, std::string_view msg) {
+  scratch_.Clear();
+  resp::AppendError(scratch_, msg);
+  Complete(seq, scratch_.data(), scratch_.size());
+}
+
+void ClientSession::ReplyNow(const Buffer& b) {
+  uint64_t seq = NewSlot();
+  Complete(seq, b.data(), b.size());
+}
+
+void ClientSession::ReplyErrorNow(std::string_view msg) {
+  uint64_t seq = NewSlot();
+  CompleteError(seq, msg);
+}
+
+void ClientSession::AdvanceHead() {
+  while (head_ < next_) {
+    Slot& s = SlotAt(head_);
+    if (s.stream) {
+      // Everything before the pinned session has been answered: its requests may go now.
+      if (!backlog_.empty() && dedicated_ != nullptr) {
+        dedicated_->SendRaw(backlog_.data(), backlog_.size());
+        backlog_.Clear();
+      }
+      break;
+    }
+    if (!s.done) break;
+    out_.Append(s.reply.data(), s.reply.size());
+    s.reply.Clear();
+    s.reply.ShrinkIfEmpty(kKeepBuffer);
+    s.request.Clear();
+    s.request.ShrinkIfEmpty(kKeepBuffer);
+    ++head_;
+  }
+  if (paused_ && !closed_ && next_ - head_ <= worker_->config().client.max_pipeline_depth / 2) {
+    ResumeReading();
+    // Requests already buffered are not announced by another read callback.
+    if (!in_.empty()) ProcessInput();
+  }
+}
+
+// ---- pinned sessions ----
+
+void ClientSession::EnterPinned(const char* raw, size_t len) {
+  Backend* primary = worker_->backends().primary();
+  if (!primary->up()) {
+    worker_->stats().errors++;
+    ReplyErrorNow(std::string(errors::kPrimaryDown) + " (" + primary->name() + ")");
+    return;
+  }
+  worker_->stats().pinned_sessions++;
+  dedicated_ = worker_->NewDedicatedConn(primary, this);
+  stream_seq_ = NewSlot();
+  SlotAt(stream_seq_).stream = true;
+  ForwardPinned(raw, len);
+}
+
+void ClientSession::ForwardPinned(const char* raw, size_t len) {
+  if (head_ == stream_seq_ && backlog_.empty()) {
+    dedicated_->SendRaw(raw, len);
+  } else {
+    backlog_.Append(raw, len);
+  }
+}
+
+void ClientSession::OnStreamFrame(const char* data, size_t len) {
+  if (closed_) return;
+  out_.Append(data, len);
+  worker_->MarkDirty(this);
+}
+
+void ClientSession::OnStreamFailure(const std::string& reason) {
+  dedicated_ = nullptr;
+  if (closed_) return;
+  if (!quit_forwarded_) {
+    Log().debug("client {}: pinned connection failed: {}", id_, reason);
+    resp::AppendError(out_, errors::kPinnedLost);
+  }
+  closing_after_flush_ = true;
+  PauseReading();
+  // The stream slot never completes; drop it so MaybeFinish sees nothing outstanding.
+  head_ = next_;
+  worker_->MarkDirty(this);
+}
+
+// ---- local commands ----
+
+void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
+  const Config& cfg = worker_->config();
+  Buffer& b = scratch_;
+  b.Clear();
+  auto wrong_args = [&](std::string_view name) {
+    std::string lower(name);
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    ReplyErrorNow("ERR wrong number of arguments for '" + lower + "' command");
+  };
+  switch (cmd) {
+    case LocalCommand::kPing:
+      if (req.argc == 1) {
+        resp::AppendSimple(b, "PONG");
+      } else if (req.argc == 2) {
+        resp::AppendBulk(b, req.arg(1));
+      } else {
+        return wrong_args("ping");
+      }
+      break;
+    case LocalCommand::kEcho:
+      if (req.argc != 2) return wrong_args("echo");
+      resp::AppendBulk(b, req.arg(1));
+      break;
+    case LocalCommand::kQuit:
+      resp::AppendSimple(b, "OK");
+      ReplyNow(b);
+      closing_after_flush_ = true;
+      PauseReading();
+      MaybeFinish();
+      return;
+    case LocalCommand::kAuth: {
+      if (req.argc < 2 || req.argc > 3) return wrong_args("auth");
+      if (cfg.requirepass.empty()) {
+        if (req.argc == 2) return ReplyErrorNow(errors::kAuthNotConfigured);
+        if (!EqualsLower(req.arg(1), "default")) return ReplyErrorNow(errors::kWrongPass);
+        resp::AppendSimple(b, "OK");
+        break;
+      }
+      bool user_ok = req.argc == 2 || EqualsLower(req.arg(1), "default");
+      if (!user_ok || req.arg(req.argc - 1) != cfg.requirepass) {
+        return ReplyErrorNow(errors::kWrongPass);
+      }
+      authenticated_ = true;
+      resp::AppendSimple(b, "OK");
+      break;
+    }
+    case LocalCommand::kHello: {
+      size_t i = 1;
+      if (req.argc >= 2) {
+        std::string_view ver = req.arg(1);
+        if (ver != "2") {
+          if (ver == "3") return ReplyErrorNow(errors::kNoProto);
+          return ReplyErrorNow("ERR Protocol version is not an integer or out of range");
+        }
+        i = 2;
+      }
+      std::string setname;
+      bool has_setname = false;
+      for (; i < req.argc; ++i) {
+        if (EqualsLower(req.arg(i), "auth") && i + 2 < req.argc) {
+          std::string_view user = req.arg(i + 1), pass = req.arg(i + 2);
+          bool ok = cfg.requirepass.empty()
+                        ? EqualsLower(user, "default")
+                        : (EqualsLower(user, "default") && pass == cfg.requirepass);
+          if (!ok) return ReplyErrorNow(errors::kWrongPass);
+          authenticated_ = true;
+          i += 2;
+        } else if (EqualsLower(req.arg(i), "setname") && i + 1 < req.argc) {
+          setname = req.arg(i + 1);
+          has_setname = true;
+          i += 1;
+        } else {
+          return ReplyErrorNow("ERR Syntax error in HELLO option '" + std::string(req.arg(i)) +
+                               "'");
+        }
+      }
+      if (!authenticated_) {
+        return ReplyErrorNow(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+            "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and "
+            "select the RESP protocol version at the same time");
+      }
+      if (has_setname) name_ = setname;
+      resp::AppendArrayHeader(b, 14);
+      resp::AppendBulk(b, "server");
+      resp::AppendBulk(b, "redis");
+      resp::AppendBulk(b, "version");
+      resp::AppendBulk(b, "7.0.0");
+      resp::AppendBulk(b, "proto");
+      resp::AppendInteger(b, 2);
+      resp::AppendBulk(b, "id");
+      resp::AppendInteger(b, static_cast<int64_t>(id_));
+      resp::AppendBulk(b, "mode");
+      resp::AppendBulk(b, "standalone");
+      resp::AppendBulk(b, "role");
+      resp::AppendBulk(b, "master");
+      resp::AppendBulk(b, "modules");
+      resp::AppendArrayHeader(b, 0);
+      break;
+    }
+    case LocalCommand::kSelectZero:
+      resp::AppendSimple(b, "OK");
+      break;
+    case LocalCommand::kClientSetName: {
+      std::string_view n = req.arg(2);
+      for (char c : n) {
+        if (c < '!' || c > '~') {
+          return ReplyErrorNow(
+              "ERR Client names cannot contain spaces, newlines or special characters.");
+        }
+      }
+      name_ = n;
+      resp::AppendSimple(b, "OK");
+      break;
+    }
+    case LocalCommand::kClientGetName:
+      if (name_.empty()) {
+        resp::AppendNullBulk(b);
+      } else {
+        resp::AppendBulk(b, name_);
+      }
+      break;
+    case LocalCommand::kReset:
+      name_.clear();
+      authenticated_ = cfg.requirepass.empty();
+      resp::AppendSimple(b, "RESET");
+      break;
+    case LocalCommand::kNone:
+      return ReplyErrorNow("ERR kompress: internal routing error");
+  }
+  ReplyNow(b);
+}
+
+// ---- writing and closing ----
+
+bool ClientSession::CheckOutputLimit() {
+  size_t buffered = out_.size() + wbuf_.size();
+  if (buffered <= worker_->config().client.max_client_buffer_bytes) return true;
+  Log().warn("client {}: {} bytes of replies unread, over max_client_buffer_bytes; closing", id_,
+             buffered);
+  worker_->stats().limit_drops++;
+  Close();
+  return false;
+}
+
+void ClientSession::Flush() {
+  if (closed_ || writing_ || out_.empty()) {
+    MaybeFinish();
+    return;
+  }
+  if (!CheckOutputLimit()) return;
+  std::swap(out_, wbuf_);
+  uv_buf_t b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
+  write_req_.data = this;
+  if (uv_write(&write_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1, WriteCb) != 0) {
+    wbuf_.Clear();
+    Close();
+    return;
+  }
+  writing_ = true;
+}
+
+void ClientSession::WriteCb(uv_write_t* req, int status) {
+  auto* self = static_cast<ClientSession*>(req->data);
+  self->writing_ = false;
+  self->wbuf_.Clear();
+  self->wbuf_.ShrinkIfEmpty(kKeepBuffer);
+  if (status < 0) {
+    self->Close();
+    return;
+  }
+  if (!self->out_.empty()) {
+    self->Flush();
+  } else {
+    self->MaybeFinish();
+  }
+}
+
+void ClientSession::MaybeFinish() {
+  if (closed_ || !closing_after_flush_) return;
+  if (head_ < next_ || writing_ || !out_.empty()) return;
+  Close();
+}
+
+void ClientSession::StartDrain() {
+  if (closed_) return;
+  closing_after_flush_ = true;
+  PauseReading();
+  if (dedicated_ != nullptr) {
+    // A pinned session (blocking, pub/sub) may never finish on its own: what it has received
+    // is delivered, the rest ends with the connection.
+    head_ = next_;
+  }
+  worker_->MarkDirty(this);
+}
+
+void ClientSession::Close() {
+  if (closed_) return;
+  closed_ = true;
+  reading_ = false;
+  if (dedicated_ != nullptr) {
+    BackendConn* d = dedicated_;
+    dedicated_ = nullptr;
+    d->Shutdown("client closed", true);
+  }
+  uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), CloseCb);
+}
+
+void ClientSession::CloseCb(uv_handle_t* h) {
+  auto* self = static_cast<ClientSession*>(h->data);
+  self->handle_closed_ = true;
+  self->worker_->OnClientClosed(self);
+}
+
+}  // namespace kp

@@ -1,0 +1,122 @@
+// ClientSession: one client connection. It frames requests, routes each one, and keeps the
+// replies in request order with a queue of slots: a slot per request, filled by whichever
+// backend answers, the completed prefix flushed to the client. It also owns the session
+// state (auth, name, pinned dedicated connection) and the per-client limits.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/buffer.h"
+#include "common/resp_parser.h"
+#include "proxy/router.h"
+
+namespace kp {
+
+class Worker;
+class Backend;
+class BackendConn;
+
+class ClientSession {
+ public:
+  ClientSession(Worker* worker, uint64_t id);
+  ClientSession(const ClientSession&) = delete;
+  ClientSession& operator=(const ClientSession&) = delete;
+  ~ClientSession();
+
+  // Adopts an accepted socket; false when libuv refuses it (the fd is then closed).
+  bool Open(int fd);
+
+  // Backend callbacks (see BackendConn's contract).
+  void OnReply(uint64_t seq, Backend* from, const char* data, size_t len, bool is_error);
+  void OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason, bool timeout);
+  // Dedicated connection callbacks.
+  void OnStreamFrame(const char* data, size_t len);
+  void OnStreamFailure(const std::string& reason);
+
+  // Writes what is ready (called once per loop turn by the worker).
+  void Flush();
+  // Graceful shutdown: read nothing more, finish what is in flight, then close.
+  void StartDrain();
+  // Immediate close (drain deadline passed, limits, protocol error after its reply).
+  void Close();
+
+  uint64_t id() const { return id_; }
+  bool closed() const { return closed_; }
+  // The worker may delete the session only when libuv and every backend are done with it.
+  bool deletable() const { return handle_closed_ && inflight_ == 0 && !dirty; }
+  bool dirty = false;
+
+ private:
+  struct Slot {
+    bool done = false;
+    bool is_read = false;
+    bool tried_primary = false;
+    bool stream = false;  // the pinned session's slot: never completes
+    Buffer reply;         // reply bytes that arrived before the slots ahead of it
+    Buffer request;       // kept for reads so a failed replica's read can go to the primary
+  };
+
+  void ProcessInput();
+  void HandleRequest(const char* raw, size_t len);
+  void HandleLocal(LocalCommand cmd, const Request& req);
+  void Dispatch(const RouteDecision& d, const char* raw, size_t len);
+  void EnterPinned(const char* raw, size_t len);
+  void ForwardPinned(const char* raw, size_t len);
+  void RetryOnPrimary(uint64_t seq);
+
+  uint64_t NewSlot();
+  Slot& SlotAt(uint64_t seq) { return slots_[seq & (slots_.size() - 1)]; }
+  // Completes a slot with reply bytes; flushes the completed prefix into out_.
+  void Complete(uint64_t seq, const char* data, size_t len);
+  void CompleteError(uint64_t seq, std::string_view msg);
+  void ReplyNow(const Buffer& b);
+  void ReplyErrorNow(std::string_view msg);
+  void AdvanceHead();
+  void PauseReading();
+  void ResumeReading();
+  void MaybeFinish();
+  void ProtocolError(const std::string& msg);
+  bool CheckOutputLimit();
+
+  static void AllocCb(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
+  static void ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+  static void WriteCb(uv_write_t* req, int status);
+  static void CloseCb(uv_handle_t* h);
+
+  Worker* worker_;
+  uint64_t id_;
+  uv_tcp_t tcp_;
+  uv_write_t write_req_;
+  bool writing_ = false;
+  bool reading_ = false;
+  bool paused_ = false;               // backpressure: too many requests in flight
+  bool closing_after_flush_ = false;  // QUIT, protocol error, drain
+  bool closed_ = false;
+  bool handle_closed_ = false;
+  bool authenticated_ = false;
+  size_t inflight_ = 0;  // requests a BackendConn will still call back about
+
+  Buffer in_;
+  Buffer out_;
+  Buffer wbuf_;
+  Buffer scratch_;  // inline commands re-encoded as RESP, local replies
+  RequestParser parser_;
+
+  std::vector<Slot> slots_;  // ring, size a power of two; index = seq & (size - 1)
+  uint64_t head_ = 0;        // oldest slot not yet flushed into out_
+  uint64_t next_ = 0;        // next slot to hand out
+
+  std::string name_;  // CLIENT SETNAME
+  // Pinned session: a dedicated primary connection and the bytes waiting for the slots
+  // ahead of the stream slot to complete (so earlier requests run first).
+  BackendConn* dedicated_ = nullptr;
+  uint64_t stream_seq_ = 0;
+  Buffer backlog_;
+  bool quit_forwarded_ = false;
+};
+
+}  // namespace kp

@@ -1,0 +1,80 @@
+// CommandTable: what the proxy knows about each Redis command and subcommand (arity, flags,
+// key positions). The built-in rows are generated from a real redis-server's COMMAND reply
+// by tools/gen_command_table.py into command_table_data.inc; they can be replaced at start-up
+// by the primary's own COMMAND reply so newer and module commands classify correctly.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace kp {
+
+// Redis command flags, one bit each (names as in COMMAND's reply).
+enum CommandFlag : uint32_t {
+  kCmdWrite = 1u << 0,
+  kCmdReadonly = 1u << 1,
+  kCmdDenyOom = 1u << 2,
+  kCmdAdmin = 1u << 3,
+  kCmdPubsub = 1u << 4,
+  kCmdNoscript = 1u << 5,
+  kCmdBlocking = 1u << 6,
+  kCmdLoading = 1u << 7,
+  kCmdStale = 1u << 8,
+  kCmdSkipMonitor = 1u << 9,
+  kCmdSkipSlowlog = 1u << 10,
+  kCmdFast = 1u << 11,
+  kCmdNoAuth = 1u << 12,
+  kCmdMayReplicate = 1u << 13,
+  kCmdNoMandatoryKeys = 1u << 14,
+  kCmdNoMulti = 1u << 15,
+  kCmdMovableKeys = 1u << 16,
+  kCmdAllowBusy = 1u << 17,
+  kCmdNoAsyncLoading = 1u << 18,
+  kCmdSentinel = 1u << 19,
+  kCmdOnlySentinel = 1u << 20,
+  kCmdProtected = 1u << 21,
+  kCmdModule = 1u << 22,
+};
+
+struct CommandInfo {
+  std::string name;    // lower case; subcommands as "parent|sub" like Redis
+  int arity = 0;       // Redis convention: negative = at least -arity arguments
+  uint32_t flags = 0;  // CommandFlag bits
+  int first_key = 0;
+  int last_key = 0;
+  int key_step = 0;
+  std::vector<CommandInfo> subcommands;
+
+  bool is(uint32_t flag) const { return (flags & flag) != 0; }
+};
+
+class CommandTable {
+ public:
+  // The table generated from Redis 7.0 and checked in.
+  static const CommandTable& Builtin();
+
+  // Builds a table from the raw bytes of a RESP2 reply to COMMAND (as the primary sends it).
+  // Returns nullptr and sets *error when the reply cannot be understood.
+  static std::unique_ptr<CommandTable> FromCommandReply(std::string_view reply, std::string* error);
+
+  // Looks up a command by name, case-insensitively, without allocating. When the command
+  // has subcommands and `sub` names one of them, the subcommand's row is returned;
+  // otherwise the parent's. Unknown names return nullptr.
+  const CommandInfo* Lookup(std::string_view name, std::string_view sub = {}) const;
+
+  size_t size() const { return commands_.size(); }
+
+ private:
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, CommandInfo, Hash, std::equal_to<>> commands_;
+  friend class CommandTableBuilder;
+};
+
+}  // namespace kp

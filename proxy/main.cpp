@@ -1,0 +1,42 @@
+// main: command line and configuration, then the server. Exit codes: 0 normal stop,
+// 1 runtime failure (cannot listen), 2 bad configuration or usage.
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+
+#include "common/logging.h"
+#include "config/config_loader.h"
+#include "proxy/command_table.h"
+#include "proxy/server.h"
+
+#ifndef KP_VERSION
+#define KP_VERSION "dev"
+#endif
+
+int main(int argc, char** argv) {
+  kp::Config config;
+  kp::CommandLine cli;
+  try {
+    cli = kp::ParseCommandLine(argc, argv);
+    if (cli.help) {
+      std::fputs(kp::HelpText().c_str(), stdout);
+      return 0;
+    }
+    if (cli.version) {
+      std::printf("kompress-proxy %s\n", KP_VERSION);
+      return 0;
+    }
+    config = kp::LoadConfig(cli, [](const char* name) { return std::getenv(name); });
+  } catch (const kp::ConfigError& e) {
+    std::fprintf(stderr, "kompress-proxy: %s\n", e.what());
+    return 2;
+  }
+  if (cli.check_config) {
+    std::printf("configuration OK\n%s", kp::Describe(config).c_str());
+    return 0;
+  }
+  kp::InitLogging(config.log_level);
+  std::signal(SIGPIPE, SIG_IGN);
+  kp::Server server(config, kp::CommandTable::Builtin());
+  return server.Run();
+}

@@ -1,0 +1,164 @@
+// Router: the mapping from command (and subcommand) to strategy.
+#include "proxy/router.h"
+
+namespace kp {
+
+bool EqualsLower(std::string_view arg, std::string_view lower) {
+  if (arg.size() != lower.size()) return false;
+  for (size_t i = 0; i < arg.size(); ++i) {
+    char c = arg[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c != lower[i]) return false;
+  }
+  return true;
+}
+
+namespace {
+
+// XREAD/XREADGROUP carry the blocking flag but only block with a BLOCK option, which comes
+// before STREAMS; without it they are ordinary reads/writes and need no dedicated connection.
+bool HasBlockOption(const Request& req) {
+  for (size_t i = 1; i < req.nviews; ++i) {
+    if (EqualsLower(req.argv[i], "streams")) return false;
+    if (EqualsLower(req.argv[i], "block")) return true;
+  }
+  // Past the views we cannot see; a dedicated connection is always correct.
+  return req.argc > req.nviews;
+}
+
+}  // namespace
+
+RouteDecision Router::Classify(const Request& req) const {
+  RouteDecision d;
+  if (req.argc == 0) return d;
+  std::string_view name = req.arg(0);
+  std::string_view sub = req.argc > 1 ? req.arg(1) : std::string_view();
+
+  // Commands whose meaning is per connection. Checked by name first: they are few and this
+  // keeps the table lookup for everything else.
+  switch (name.size()) {
+    case 4:
+      if (EqualsLower(name, "ping")) {
+        d.route = Route::kLocal;
+        d.local = LocalCommand::kPing;
+        return d;
+      }
+      if (EqualsLower(name, "echo")) {
+        d.route = Route::kLocal;
+        d.local = LocalCommand::kEcho;
+        return d;
+      }
+      if (EqualsLower(name, "quit")) {
+        d.route = Route::kLocal;
+        d.local = LocalCommand::kQuit;
+        return d;
+      }
+      if (EqualsLower(name, "auth")) {
+        d.route = Route::kLocal;
+        d.local = LocalCommand::kAuth;
+        return d;
+      }
+      if (EqualsLower(name, "sync")) {
+        d.route = Route::kDeny;
+        d.deny_reason = "ERR kompress: replication commands are not supported through the proxy";
+        return d;
+      }
+      if (EqualsLower(name, "wait")) {
+        d.route = Route::kPin;
+        d.blocking = true;
+        return d;
+      }
+      break;
+    case 5:
+      if (EqualsLower(name, "hello")) {
+        d.route = Route::kLocal;
+        d.local = LocalCommand::kHello;
+        return d;
+      }
+      if (EqualsLower(name, "reset")) {
+        d.route = Route::kLocal;
+        d.local = LocalCommand::kReset;
+        return d;
+      }
+      if (EqualsLower(name, "multi") || EqualsLower(name, "watch")) {
+        d.route = Route::kPin;
+        return d;
+      }
+      if (EqualsLower(name, "psync")) {
+        d.route = Route::kDeny;
+        d.deny_reason = "ERR kompress: replication commands are not supported through the proxy";
+        return d;
+      }
+      break;
+    case 6:
+      if (EqualsLower(name, "select")) {
+        if (req.argc == 2 && sub == "0") {
+          d.route = Route::kLocal;
+          d.local = LocalCommand::kSelectZero;
+        } else {
+          d.route = Route::kPin;
+        }
+        return d;
+      }
+      if (EqualsLower(name, "client")) {
+        if (EqualsLower(sub, "setname") && req.argc == 3) {
+          d.route = Route::kLocal;
+          d.local = LocalCommand::kClientSetName;
+          return d;
+        }
+        if (EqualsLower(sub, "getname") && req.argc == 2) {
+          d.route = Route::kLocal;
+          d.local = LocalCommand::kClientGetName;
+          return d;
+        }
+        // Reply suppression and tracking change what the connection sends back.
+        if (EqualsLower(sub, "reply") || EqualsLower(sub, "tracking") ||
+            EqualsLower(sub, "caching")) {
+          d.route = Route::kPin;
+          return d;
+        }
+      }
+      break;
+    case 7:
+      if (EqualsLower(name, "monitor")) {
+        d.route = Route::kPin;
+        d.blocking = true;
+        return d;
+      }
+      if (EqualsLower(name, "waitaof")) {
+        d.route = Route::kPin;
+        d.blocking = true;
+        return d;
+      }
+      break;
+    default:
+      break;
+  }
+
+  const CommandInfo* info = table_.Lookup(name, sub);
+  if (info == nullptr) return d;  // unknown: the primary answers (or rejects) it
+
+  if (info->is(kCmdPubsub)) {
+    // PUBLISH/SPUBLISH and PUBSUB introspection are plain request/reply; (un)subscribe
+    // turns the connection into a push stream.
+    if (EqualsLower(name, "publish") || EqualsLower(name, "spublish") ||
+        EqualsLower(name, "pubsub")) {
+      return d;
+    }
+    d.route = Route::kPin;
+    d.blocking = true;
+    return d;
+  }
+  if (info->is(kCmdBlocking)) {
+    bool xread = EqualsLower(name, "xread") || EqualsLower(name, "xreadgroup");
+    if (!xread || HasBlockOption(req)) {
+      d.route = Route::kPin;
+      d.blocking = true;
+      return d;
+    }
+  }
+  d.route = info->is(kCmdReadonly) ? Route::kRead : Route::kWrite;
+  return d;
+}
+
+}  // namespace kp

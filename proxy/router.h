@@ -1,0 +1,66 @@
+// Router: decides, from the command table, where one client request goes. A handful of
+// strategies (read, write, pin, local, deny), each command mapped to exactly one; the
+// session carries the strategy out.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "common/resp_parser.h"
+#include "proxy/command_table.h"
+
+namespace kp {
+
+// The arguments of one framed request, as views (only the first kMaxArgViews are kept).
+struct Request {
+  size_t argc = 0;
+  size_t nviews = 0;
+  std::string_view argv[RequestParser::kMaxArgViews];
+
+  std::string_view arg(size_t i) const { return i < nviews ? argv[i] : std::string_view(); }
+};
+
+enum class Route : uint8_t {
+  kRead,   // Redis flags it readonly: a replica serves it, the primary on failure
+  kWrite,  // everything else: the primary, never retried elsewhere
+  kPin,    // changes connection state (transactions, blocking, pub/sub, SELECT n, ...): the
+           // client gets a dedicated primary connection from here on
+  kLocal,  // answered by the proxy itself
+  kDeny,   // cannot work through a proxy: explicit error
+};
+
+enum class LocalCommand : uint8_t {
+  kNone,
+  kPing,
+  kEcho,
+  kQuit,
+  kAuth,
+  kHello,
+  kSelectZero,
+  kClientSetName,
+  kClientGetName,
+  kReset,
+};
+
+struct RouteDecision {
+  Route route = Route::kWrite;
+  LocalCommand local = LocalCommand::kNone;
+  // A command that may legitimately wait longer than the timeout (BLPOP, WAIT, ...).
+  bool blocking = false;
+  const char* deny_reason = nullptr;
+};
+
+class Router {
+ public:
+  explicit Router(const CommandTable& table) : table_(table) {}
+  RouteDecision Classify(const Request& req) const;
+
+ private:
+  const CommandTable& table_;
+};
+
+// Case-insensitive ASCII comparison of a wire argument with a lower-case literal.
+bool EqualsLower(std::string_view arg, std::string_view lower);
+
+}  // namespace kp

@@ -1,0 +1,141 @@
+// Server: listening, accept hand-off, start-up and graceful shutdown.
+#include "proxy/server.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <thread>
+
+#include "common/logging.h"
+#include "proxy/health_checker.h"
+#include "proxy/worker.h"
+
+namespace kp {
+
+Server::Server(const Config& config, const CommandTable& table)
+    : config_(config), backends_(BackendSet::FromConfig(config)), router_(table) {
+  loop_ = uv_default_loop();
+}
+
+Server::~Server() = default;
+
+bool Server::Listen() {
+  std::string host = config_.listen.host;
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(config_.listen.port);
+  int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) {
+    Log().critical("cannot listen on {}: {}", config_.listen.ToString(), gai_strerror(rc));
+    return false;
+  }
+  std::string err = "no address";
+  for (addrinfo* ai = res; ai; ai = ai->ai_next) {
+    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      err = std::strerror(errno);
+      continue;
+    }
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && ::listen(fd, 511) == 0) {
+      listen_fd_ = fd;
+      break;
+    }
+    err = std::strerror(errno);
+    ::close(fd);
+  }
+  freeaddrinfo(res);
+  if (listen_fd_ < 0) {
+    Log().critical("cannot listen on {}: {}", config_.listen.ToString(), err);
+    return false;
+  }
+  uv_poll_init(loop_, &listen_poll_, listen_fd_);
+  listen_poll_.data = this;
+  uv_poll_start(&listen_poll_, UV_READABLE, [](uv_poll_t* h, int status, int) {
+    if (status == 0) static_cast<Server*>(h->data)->OnAcceptable();
+  });
+  return true;
+}
+
+void Server::OnAcceptable() {
+  // Accept everything queued; each socket goes to the next worker, which adopts it on its
+  // own loop. This is the only cross-thread hand-off, and it is per connection, not per
+  // request.
+  for (int i = 0; i < 256; ++i) {
+    int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+      if (errno == ECONNABORTED) continue;
+      Log().error("accept: {}", std::strerror(errno));
+      return;
+    }
+    workers_[next_worker_++ % workers_.size()]->AddClient(fd);
+  }
+}
+
+int Server::Run() {
+  if (!Listen()) return 1;
+  unsigned n = config_.workers;
+  if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < n; ++i) {
+    workers_.push_back(std::make_unique<Worker>(i, config_, backends_, router_));
+  }
+  for (auto& w : workers_) w->Start();
+
+  health_ = std::make_unique<HealthChecker>(loop_, config_, backends_);
+  health_->Start();
+
+  uv_signal_init(loop_, &sigterm_);
+  sigterm_.data = this;
+  uv_signal_start(
+      &sigterm_, [](uv_signal_t* s, int sig) { static_cast<Server*>(s->data)->BeginShutdown(sig); },
+      SIGTERM);
+  uv_signal_init(loop_, &sigint_);
+  sigint_.data = this;
+  uv_signal_start(
+      &sigint_, [](uv_signal_t* s, int sig) { static_cast<Server*>(s->data)->BeginShutdown(sig); },
+      SIGINT);
+
+  std::string replicas;
+  for (size_t i = 0; i < backends_.replica_count(); ++i) {
+    replicas += (i ? "," : "") + backends_.replica(i)->name();
+  }
+  Log().info("kompress-proxy listening on {} ({} workers); primary {}, replicas [{}]",
+             config_.listen.ToString(), n, backends_.primary()->name(), replicas);
+
+  uv_run(loop_, UV_RUN_DEFAULT);
+  for (auto& w : workers_) w->Join();
+  workers_.clear();
+  Log().info("kompress-proxy stopped");
+  return 0;
+}
+
+void Server::BeginShutdown(int signum) {
+  if (shutting_down_) return;
+  shutting_down_ = true;
+  Log().info("{} received: draining (up to {}s)", signum == SIGTERM ? "SIGTERM" : "SIGINT",
+             config_.drain_timeout_s);
+  uv_poll_stop(&listen_poll_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&listen_poll_), nullptr);
+  ::close(listen_fd_);
+  listen_fd_ = -1;
+  for (auto& w : workers_) w->RequestDrain();
+  // The main loop ends once its handles are closed; Run() then joins the workers, which end
+  // when their clients are done or the drain timeout passes.
+  health_->Stop();
+  uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
+}
+
+}  // namespace kp

@@ -1,0 +1,47 @@
+// Server: the process. Owns the listening socket (accepting on the main loop and handing
+// sockets to workers round-robin), the workers, the health checker, and signal handling
+// for a graceful drain.
+#pragma once
+
+#include <uv.h>
+
+#include <memory>
+#include <vector>
+
+#include "config/config.h"
+#include "proxy/backend.h"
+#include "proxy/command_table.h"
+#include "proxy/router.h"
+
+namespace kp {
+
+class Worker;
+class HealthChecker;
+
+class Server {
+ public:
+  Server(const Config& config, const CommandTable& table);
+  ~Server();
+  // Runs until SIGTERM/SIGINT and the drain finish. Returns the process exit code.
+  int Run();
+
+ private:
+  bool Listen();
+  void OnAcceptable();
+  void BeginShutdown(int signum);
+
+  const Config& config_;
+  BackendSet backends_;
+  Router router_;
+  uv_loop_t* loop_;
+  int listen_fd_ = -1;
+  uv_poll_t listen_poll_;
+  uv_signal_t sigterm_;
+  uv_signal_t sigint_;
+  std::unique_ptr<HealthChecker> health_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  size_t next_worker_ = 0;
+  bool shutting_down_ = false;
+};
+
+}  // namespace kp

@@ -1,0 +1,264 @@
+// Worker: loop set-up, client adoption, batched flushing, request timeouts and draining.
+#include "proxy/worker.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "common/logging.h"
+#include "proxy/backend_conn.h"
+#include "proxy/client_session.h"
+
+namespace kp {
+
+Worker::Worker(size_t id, const Config& config, const BackendSet& backends, const Router& router)
+    : id_(id), config_(config), backends_(backends), router_(router) {
+  timeout_ms_ = static_cast<uint64_t>(config.timeout_s * 1000.0 + 0.5);
+  if (timeout_ms_ == 0) timeout_ms_ = 1;
+  next_client_id_ = (static_cast<uint64_t>(id) << 48) + 1;
+  rng_state_ = 0x9E3779B97F4A7C15ull * (id + 1);
+  uv_loop_init(&loop_);
+  loop_.data = this;
+  uv_async_init(&loop_, &async_, [](uv_async_t* a) { static_cast<Worker*>(a->data)->OnAsync(); });
+  async_.data = this;
+  uv_check_init(&loop_, &check_);
+  check_.data = this;
+  uv_check_start(&check_, [](uv_check_t* c) { static_cast<Worker*>(c->data)->OnCheck(); });
+  uv_idle_init(&loop_, &idle_);
+  idle_.data = this;
+  uv_timer_init(&loop_, &tick_);
+  tick_.data = this;
+  // Timeouts are checked on a tick: a tenth of the timeout, between 5 ms and 100 ms.
+  uint64_t period = std::clamp<uint64_t>(timeout_ms_ / 10, 5, 100);
+  uv_timer_start(
+      &tick_, [](uv_timer_t* t) { static_cast<Worker*>(t->data)->OnTick(); }, period, period);
+  uv_timer_init(&loop_, &drain_timer_);
+  drain_timer_.data = this;
+
+  pools_.resize(backends.all.size());
+  pool_rr_.assign(backends.all.size(), 0);
+  unsigned per = std::max(1u, config.backend_connections);
+  for (const auto& b : backends.all) {
+    for (unsigned i = 0; i < per; ++i) {
+      pools_[b->index()].push_back(new BackendConn(this, b.get(), BackendConn::Mode::kShared));
+    }
+  }
+}
+
+Worker::~Worker() {
+  for (BackendConn* c : graveyard_) delete c;
+  for (ClientSession* c : closed_clients_) delete c;
+  uv_loop_close(&loop_);
+}
+
+void Worker::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
+
+void Worker::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::Run() {
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  // Handles closed during the last turn may have buried objects after the final check.
+  for (BackendConn* c : graveyard_) delete c;
+  graveyard_.clear();
+  for (ClientSession* c : closed_clients_) delete c;
+  closed_clients_.clear();
+  Log().debug("worker {} stopped", id_);
+}
+
+void Worker::AddClient(int fd) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    incoming_.push_back(fd);
+  }
+  uv_async_send(&async_);
+}
+
+void Worker::RequestDrain() {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    drain_requested_ = true;
+  }
+  uv_async_send(&async_);
+}
+
+void Worker::OnAsync() {
+  AcceptPending();
+  bool drain;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    drain = drain_requested_;
+  }
+  if (drain && !draining_) BeginDrain();
+}
+
+void Worker::AcceptPending() {
+  std::vector<int> fds;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    fds.swap(incoming_);
+  }
+  for (int fd : fds) {
+    if (draining_) {
+      ::close(fd);
+      continue;
+    }
+    auto* c = new ClientSession(this, next_client_id_++);
+    clients_.insert(c);
+    client_count_.store(clients_.size(), std::memory_order_relaxed);
+    stats_.connections_accepted++;
+    c->Open(fd);
+  }
+}
+
+Backend* Worker::PickReplica() {
+  size_t n = backends_.replica_count();
+  if (n == 0 || config_.read_policy == ReadPolicy::kPrimary) return nullptr;
+  size_t start;
+  if (config_.read_policy == ReadPolicy::kRandom) {
+    // xorshift64: cheap, per worker, no shared state.
+    rng_state_ ^= rng_state_ << 13;
+    rng_state_ ^= rng_state_ >> 7;
+    rng_state_ ^= rng_state_ << 17;
+    start = rng_state_ % n;
+  } else {
+    start = replica_rr_++ % n;
+  }
+  for (size_t k = 0; k < n; ++k) {
+    Backend* b = backends_.replica((start + k) % n);
+    if (b->up()) return b;
+  }
+  return nullptr;
+}
+
+BackendConn* Worker::SharedConn(Backend* b) {
+  auto& pool = pools_[b->index()];
+  if (pool.size() == 1) return pool.front();
+  return pool[pool_rr_[b->index()]++ % pool.size()];
+}
+
+BackendConn* Worker::NewDedicatedConn(Backend* primary, ClientSession* owner) {
+  return new BackendConn(this, primary, BackendConn::Mode::kDedicated, owner);
+}
+
+void Worker::MarkDirty(ClientSession* c) {
+  if (c->dirty) return;
+  c->dirty = true;
+  dirty_clients_.push_back(c);
+  if (!idle_active_) {
+    idle_active_ = true;
+    uv_idle_start(&idle_, [](uv_idle_t*) {});
+  }
+}
+
+void Worker::MarkDirty(BackendConn* c) {
+  if (c->dirty || c->dead()) return;
+  c->dirty = true;
+  dirty_conns_.push_back(c);
+  if (!idle_active_) {
+    idle_active_ = true;
+    uv_idle_start(&idle_, [](uv_idle_t*) {});
+  }
+}
+
+void Worker::Bury(BackendConn* c) {
+  graveyard_.push_back(c);
+  if (!idle_active_ && !shut_down_) {
+    idle_active_ = true;
+    uv_idle_start(&idle_, [](uv_idle_t*) {});
+  }
+}
+
+void Worker::OnClientClosed(ClientSession* c) {
+  clients_.erase(c);
+  client_count_.store(clients_.size(), std::memory_order_relaxed);
+  stats_.connections_closed++;
+  closed_clients_.push_back(c);
+  MarkDirty(c);
+  FinishIfDrained();
+}
+
+void Worker::OnCheck() {
+  // Requests first, so a backend gets this turn's batch in one write; then replies.
+  while (!dirty_conns_.empty() || !dirty_clients_.empty()) {
+    for (size_t i = 0; i < dirty_conns_.size(); ++i) {
+      BackendConn* c = dirty_conns_[i];
+      c->dirty = false;
+      if (!c->dead()) c->Flush();
+    }
+    dirty_conns_.clear();
+    for (size_t i = 0; i < dirty_clients_.size(); ++i) {
+      ClientSession* c = dirty_clients_[i];
+      c->dirty = false;
+      c->Flush();
+    }
+    dirty_clients_.clear();
+  }
+  for (BackendConn* c : graveyard_) delete c;
+  graveyard_.clear();
+  if (!closed_clients_.empty()) {
+    auto keep = closed_clients_.begin();
+    for (ClientSession* c : closed_clients_) {
+      if (c->deletable()) {
+        delete c;
+      } else {
+        *keep++ = c;
+      }
+    }
+    closed_clients_.erase(keep, closed_clients_.end());
+  }
+  if (idle_active_) {
+    idle_active_ = false;
+    uv_idle_stop(&idle_);
+  }
+}
+
+void Worker::OnTick() {
+  uint64_t now = uv_now(&loop_);
+  for (auto& pool : pools_) {
+    for (BackendConn* c : pool) c->CheckTimeout(now);
+  }
+}
+
+void Worker::BeginDrain() {
+  draining_ = true;
+  Log().debug("worker {} draining {} clients", id_, clients_.size());
+  std::vector<ClientSession*> all(clients_.begin(), clients_.end());
+  for (ClientSession* c : all) c->StartDrain();
+  uint64_t ms = static_cast<uint64_t>(config_.drain_timeout_s * 1000.0);
+  uv_timer_start(
+      &drain_timer_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Worker*>(t->data);
+        if (!self->clients_.empty()) {
+          Log().warn("drain timeout: closing {} clients with requests still in flight",
+                     self->clients_.size());
+        }
+        std::vector<ClientSession*> rest(self->clients_.begin(), self->clients_.end());
+        for (ClientSession* c : rest) c->Close();
+      },
+      ms, 0);
+  FinishIfDrained();
+}
+
+void Worker::FinishIfDrained() {
+  if (draining_ && !shut_down_ && clients_.empty()) Shutdown();
+}
+
+void Worker::Shutdown() {
+  shut_down_ = true;
+  for (auto& pool : pools_) {
+    for (BackendConn* c : pool) c->Shutdown("proxy shutting down", true);
+  }
+  auto close = [](auto* h) { uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr); };
+  close(&async_);
+  close(&check_);
+  close(&idle_);
+  close(&tick_);
+  close(&drain_timer_);
+}
+
+}  // namespace kp

@@ -1,0 +1,106 @@
+// Worker: one thread, one uv loop, its share of the clients, and its own multiplexed
+// connections to every backend. Nothing on the request path is shared with other workers
+// except the backends' health atomics, so it takes no locks. Writes are batched: sessions
+// and connections with output are marked dirty and flushed once per loop turn.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "config/config.h"
+#include "proxy/backend.h"
+#include "proxy/router.h"
+#include "proxy/stats.h"
+
+namespace kp {
+
+class BackendConn;
+class ClientSession;
+
+class Worker {
+ public:
+  Worker(size_t id, const Config& config, const BackendSet& backends, const Router& router);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  void Start();
+  void Join();
+  // Thread-safe: hands an accepted socket to this worker.
+  void AddClient(int fd);
+  // Thread-safe: stop taking requests, finish what is in flight, then stop the loop.
+  void RequestDrain();
+
+  // Loop-thread API.
+  uv_loop_t* loop() { return &loop_; }
+  const Config& config() const { return config_; }
+  const Router& router() const { return router_; }
+  const BackendSet& backends() const { return backends_; }
+  WorkerStats& stats() { return stats_; }
+  const WorkerStats& stats() const { return stats_; }
+  uint64_t now() const { return uv_now(const_cast<uv_loop_t*>(&loop_)); }
+  uint64_t timeout_ms() const { return timeout_ms_; }
+  size_t client_count() const { return client_count_.load(std::memory_order_relaxed); }
+
+  // A healthy replica by the read policy, or nullptr (then the primary serves the read).
+  Backend* PickReplica();
+  BackendConn* SharedConn(Backend* b);
+  BackendConn* NewDedicatedConn(Backend* primary, ClientSession* owner);
+  void MarkDirty(ClientSession* c);
+  void MarkDirty(BackendConn* c);
+  // Deletes the object at the next flush point (after libuv has released its handles).
+  void Bury(BackendConn* c);
+  void OnClientClosed(ClientSession* c);
+
+ private:
+  void Run();
+  void OnAsync();
+  void OnCheck();
+  void OnTick();
+  void AcceptPending();
+  void BeginDrain();
+  void FinishIfDrained();
+  void Shutdown();
+
+  size_t id_;
+  const Config& config_;
+  const BackendSet& backends_;
+  const Router& router_;
+  uint64_t timeout_ms_;
+  uv_loop_t loop_;
+  uv_async_t async_;
+  uv_check_t check_;
+  uv_idle_t idle_;  // keeps the loop from blocking in poll while something is dirty
+  uv_timer_t tick_;
+  uv_timer_t drain_timer_;
+  std::thread thread_;
+  WorkerStats stats_;
+
+  std::mutex mu_;  // guards incoming_ and drain_requested_ (accept path only)
+  std::vector<int> incoming_;
+  bool drain_requested_ = false;
+  bool draining_ = false;
+  bool shut_down_ = false;
+
+  std::unordered_set<ClientSession*> clients_;
+  std::atomic<size_t> client_count_{0};
+  uint64_t next_client_id_;
+  std::vector<std::vector<BackendConn*>> pools_;  // per backend index
+  std::vector<size_t> pool_rr_;
+  size_t replica_rr_ = 0;
+  uint64_t rng_state_;
+
+  std::vector<ClientSession*> dirty_clients_;
+  std::vector<BackendConn*> dirty_conns_;
+  std::vector<BackendConn*> graveyard_;
+  std::vector<ClientSession*> closed_clients_;
+  bool idle_active_ = false;
+};
+
+}  // namespace kp

@@ -1,0 +1,547 @@
+"""Process fixtures for the integration suite: real redis-server processes (a primary and
+replicas started with --replicaof) and the real kompress-proxy binary, on free loopback
+ports, each in its own temporary directory.
+
+Every process started here is registered by PID and stopped by PID (SIGCONT first, in case
+a test left it stopped, then SIGTERM, then SIGKILL after a bounded wait). Every wait is
+bounded in time. Nothing here talks to anything but 127.0.0.1.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+HOST = "127.0.0.1"
+
+REPO_ROOT = Path(os.environ.get("KP_SOURCE_DIR") or Path(__file__).resolve().parents[2])
+PROXY_BIN = Path(os.environ.get("KP_PROXY_BIN") or (REPO_ROOT / "build" / "kompress-proxy"))
+REDIS_SERVER = os.environ.get("KP_REDIS_SERVER", "redis-server")
+
+# Multiplier for timing bounds: sanitizer builds are several times slower.
+SLOWDOWN = float(os.environ.get("KP_TEST_SLOWDOWN", "1"))
+
+# Arguments every proxy in the suite runs with (the brief of the suite: fast failure
+# detection so fault tests finish quickly).
+PROXY_TIMEOUT_S = 1.0
+PROXY_BASE_ARGS = ["--workers", "2", "--timeout", str(PROXY_TIMEOUT_S),
+                   "--health-check-interval", "0.2"]
+
+# Environment variables the proxy reads; cleared for every proxy we start so the caller's
+# environment cannot change what a test means.
+PROXY_ENV_PREFIXES = ("REDIS_", "KOMPRESS_")
+
+
+def free_port():
+    """A loopback TCP port nobody listens on right now (bind to port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    """Polls predicate() until it is truthy; raises TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
+                               + (f" (last error: {last_exc!r})" if last_exc else ""))
+        time.sleep(interval)
+
+
+def port_accepts(port, host=HOST):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def port_is_free(port, host=HOST):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+class ProcessRegistry:
+    """Every child process we start, so teardown can always stop each one by PID."""
+
+    def __init__(self):
+        self._procs = {}
+
+    def add(self, proc):
+        self._procs[proc.pid] = proc
+
+    def discard(self, proc):
+        self._procs.pop(proc.pid, None)
+
+    def stop_all(self):
+        for proc in list(self._procs.values()):
+            stop_process(proc)
+            self.discard(proc)
+
+
+REGISTRY = ProcessRegistry()
+
+
+def stop_process(proc, timeout=10.0, sig=signal.SIGTERM):
+    """Stops one child by PID: SIGCONT (it may be stopped), `sig`, SIGKILL after timeout."""
+    if proc is None or proc.poll() is not None:
+        return proc.returncode if proc is not None else None
+    for s in (signal.SIGCONT, sig):
+        try:
+            os.kill(proc.pid, s)
+        except ProcessLookupError:
+            break
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return proc.wait(timeout=10)
+
+
+class RedisServer:
+    """One redis-server on a fixed loopback port; can be killed and restarted on that port."""
+
+    def __init__(self, workdir, name, port=None, replicaof=None, extra_args=()):
+        self.name = name
+        self.port = port or free_port()
+        self.dir = Path(workdir) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.replicaof = replicaof  # port of the primary, or None
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.stopped = False  # SIGSTOPped by a test
+
+    # -- lifecycle -------------------------------------------------------------------
+    def args(self, extra_args=()):
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", HOST,
+                "--dir", str(self.dir), "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
+                "--protected-mode", "no",
+                # Full syncs start at once instead of after the 5 s default delay.
+                "--repl-diskless-sync-delay", "0",
+                # DEBUG SLEEP lets tests hold a request in flight on purpose.
+                "--enable-debug-command", "yes"]
+        if self.replicaof:
+            args += ["--replicaof", HOST, str(self.replicaof)]
+        return args + self.extra_args + list(extra_args)
+
+    def start(self, extra_args=(), wait=True):
+        assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
+        # A port freed by kill -9 can take a moment to be bindable again.
+        wait_until(lambda: port_is_free(self.port), 10, what=f"port {self.port} free")
+        self.proc = subprocess.Popen(self.args(extra_args), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        REGISTRY.add(self.proc)
+        self.stopped = False
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=15):
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; "
+                                   f"log:\n{self.log_tail()}")
+            return self.client(timeout=0.5).ping()
+        try:
+            wait_until(ready, timeout, what=f"{self.name} to answer PING")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.log_tail()}") from None
+
+    def wait_link_up(self, timeout=20):
+        """For a replica: waits until INFO replication says master_link_status:up."""
+        assert self.replicaof, f"{self.name} is not a replica"
+        wait_until(lambda: self.client(timeout=0.5).info("replication")
+                   .get("master_link_status") == "up",
+                   timeout, interval=0.05, what=f"{self.name} master_link_status:up")
+
+    def kill9(self):
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        REGISTRY.discard(self.proc)
+
+    def sigstop(self):
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.stopped = True
+
+    def sigcont(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.stopped = False
+
+    def stop(self):
+        if self.proc is not None:
+            stop_process(self.proc)
+            REGISTRY.discard(self.proc)
+
+    def restart(self, extra_args=(), wait=True):
+        """Stops the server if it still runs (kill -9) and starts it on the same port."""
+        if self.proc is not None and self.proc.poll() is None:
+            if self.stopped:
+                self.sigcont()
+            self.kill9()
+        return self.start(extra_args=extra_args, wait=wait)
+
+    @property
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- inspection ------------------------------------------------------------------
+    def client(self, timeout=5.0, **kw):
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=timeout,
+                           socket_connect_timeout=timeout, **kw)
+
+    def commandstats(self):
+        """{command name: calls} from INFO commandstats, e.g. {"get": 12, "config|set": 1}."""
+        raw = self.client().execute_command("INFO", "commandstats")
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+        if isinstance(raw, dict):  # redis-py parsed it
+            return {k[len("cmdstat_"):]: int(v["calls"]) for k, v in raw.items()
+                    if k.startswith("cmdstat_")}
+        stats = {}
+        for line in raw.splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, rest = line[len("cmdstat_"):].partition(":")
+                fields = dict(f.split("=", 1) for f in rest.split(","))
+                stats[name] = int(fields["calls"])
+        return stats
+
+    def calls(self, command):
+        return self.commandstats().get(command.lower(), 0)
+
+    def errorstats(self):
+        raw = self.client().execute_command("INFO", "errorstats")
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+        stats = {}
+        if isinstance(raw, dict):
+            raw = "\n".join(f"{k}:{v}" for k, v in raw.items())
+        for line in raw.splitlines():
+            if line.startswith("errorstat_"):
+                name, _, rest = line[len("errorstat_"):].partition(":")
+                stats[name] = int(rest.split("count=", 1)[1].split(",")[0].strip("}'\" "))
+        return stats
+
+    def log_tail(self, n=30):
+        try:
+            lines = (self.dir / "redis.log").read_text(errors="replace").splitlines()
+            return "\n".join(lines[-n:])
+        except OSError:
+            return "(no log)"
+
+    def __repr__(self):
+        return f"<RedisServer {self.name} :{self.port}>"
+
+
+class Cluster:
+    """A primary and `replicas` replicas of it, replication up before start() returns."""
+
+    def __init__(self, workdir, replicas=2, primary_args=(), replica_args=()):
+        self.workdir = Path(workdir)
+        self.primary = RedisServer(self.workdir, "primary", extra_args=primary_args)
+        self.replicas = [RedisServer(self.workdir, f"replica{i + 1}", replicaof=self.primary.port,
+                                     extra_args=replica_args)
+                         for i in range(replicas)]
+
+    @property
+    def servers(self):
+        return [self.primary] + self.replicas
+
+    def start(self):
+        self.primary.start()
+        for r in self.replicas:
+            r.start(wait=False)
+        for r in self.replicas:
+            r.wait_ready()
+        for r in self.replicas:
+            r.wait_link_up()
+        return self
+
+    def stop(self):
+        for s in self.servers:
+            if s.proc is not None and s.stopped:
+                try:
+                    s.sigcont()
+                except ProcessLookupError:
+                    pass
+        for s in self.servers:
+            s.stop()
+
+    def wait_replicated(self, timeout_ms=5000):
+        """WAIT on a direct primary connection for every replica that is alive."""
+        want = sum(1 for r in self.replicas if r.alive and not r.stopped)
+        got = self.primary.client(timeout=timeout_ms / 1000 + 2).execute_command(
+            "WAIT", want, timeout_ms)
+        assert got >= want, f"WAIT {want} {timeout_ms} acknowledged by only {got} replicas"
+
+    def snapshot(self, command):
+        """{server name: calls of `command`} for every running server."""
+        return {s.name: s.calls(command) for s in self.servers if s.alive and not s.stopped}
+
+    def replica_addrs(self):
+        return ",".join(f"{HOST}:{r.port}" for r in self.replicas)
+
+
+def delta(before, after):
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+
+class Proxy:
+    """The real kompress-proxy binary, listening on a free loopback port."""
+
+    def __init__(self, workdir, primary_port=None, replica_ports=(), extra_args=(),
+                 env=None, use_base_args=True, name="proxy", listen_via_env=False):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.name = name
+        args = [str(PROXY_BIN)]
+        env = dict(env or {})
+        if listen_via_env:
+            env["KOMPRESS_LISTEN"] = f"{HOST}:{self.port}"
+        else:
+            args += ["--listen", f"{HOST}:{self.port}"]
+        if primary_port is not None:
+            args += ["--primary", f"{HOST}:{primary_port}"]
+        if replica_ports:
+            args += ["--replicas", ",".join(f"{HOST}:{p}" for p in replica_ports)]
+        if use_base_args:
+            args += PROXY_BASE_ARGS
+        self.args = args + list(extra_args)
+        self.env = clean_env(env)
+        self.log_path = self.workdir / f"{name}-{self.port}.stderr"
+        self.proc = None
+        self._log = None
+
+    def start(self, timeout=20):
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=self._log, env=self.env)
+        REGISTRY.add(self.proc)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited with {self.proc.returncode}: {self.stderr()}")
+            return port_accepts(self.port)
+        try:
+            wait_until(ready, timeout, what="proxy to accept connections")
+        except (TimeoutError, RuntimeError) as exc:
+            self.stop()
+            raise RuntimeError(f"proxy did not start: {exc}\nargs: {self.args}\n"
+                               f"stderr:\n{self.stderr()}") from None
+        return self
+
+    def client(self, timeout=10.0, **kw):
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=timeout,
+                           socket_connect_timeout=timeout, **kw)
+
+    def terminate(self, timeout=20.0):
+        """SIGTERM and wait; returns the exit code (SIGKILL after `timeout`: returns < 0)."""
+        code = stop_process(self.proc, timeout=timeout, sig=signal.SIGTERM)
+        REGISTRY.discard(self.proc)
+        self._close_log()
+        return code
+
+    def stop(self):
+        if self.proc is not None:
+            stop_process(self.proc)
+            REGISTRY.discard(self.proc)
+        self._close_log()
+
+    def _close_log(self):
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stderr(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+
+def require_proxy_bin():
+    import pytest
+    if not PROXY_BIN.is_file() or not os.access(PROXY_BIN, os.X_OK):
+        pytest.fail(f"proxy binary not found: {PROXY_BIN} (set KP_PROXY_BIN)", pytrace=False)
+
+
+def dump_proxy_log(proxy):
+    # Printed output is shown by pytest only for failing tests.
+    text = proxy.stderr()
+    if text:
+        tail = "\n".join(text.splitlines()[-40:])
+        print(f"--- {proxy.name} :{proxy.port} stderr (tail) ---\n{tail}")
+
+
+def clean_env(extra=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PROXY_ENV_PREFIXES)}
+    # ASan: report but keep the exit code meaningful for leak reports too.
+    env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
+    env.update(extra or {})
+    return env
+
+
+def run_proxy_once(args, env=None, timeout=15):
+    """Runs the proxy binary to completion (for --help, --check-config, bad config)."""
+    return subprocess.run([str(PROXY_BIN)] + list(args), stdin=subprocess.DEVNULL,
+                          capture_output=True, env=clean_env(env), timeout=timeout)
+
+
+# -- raw RESP over a socket ----------------------------------------------------------------
+
+class IncompleteReply(Exception):
+    pass
+
+
+def _line_end(buf, pos):
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise IncompleteReply
+    return end
+
+
+def reply_end(buf, pos=0):
+    """Index just past the one complete RESP2/RESP3 reply starting at buf[pos]; raises
+    IncompleteReply if buf holds only part of it. Validates nothing beyond framing."""
+    if pos >= len(buf):
+        raise IncompleteReply
+    t = buf[pos:pos + 1]
+    end = _line_end(buf, pos)
+    head = buf[pos + 1:end]
+    nxt = end + 2
+    if t in b"+-:_,#(":
+        return nxt
+    if t in b"$!=":
+        n = int(head)
+        if n < 0:
+            return nxt
+        if len(buf) < nxt + n + 2:
+            raise IncompleteReply
+        return nxt + n + 2
+    if t in b"*~>%|":
+        n = int(head)
+        if n < 0:
+            return nxt
+        if t in b"%|":
+            n *= 2
+        for _ in range(n):
+            nxt = reply_end(buf, nxt)
+        if t == b"|":  # an attribute precedes the reply it annotates
+            nxt = reply_end(buf, nxt)
+        return nxt
+    raise ValueError(f"not a RESP type byte: {t!r} at {pos}")
+
+
+def reply_depth(buf, pos=0):
+    """(nesting depth, end) of the reply at buf[pos]."""
+    t = buf[pos:pos + 1]
+    end = _line_end(buf, pos)
+    nxt = end + 2
+    if t in b"*~>%|":
+        n = int(buf[pos + 1:end])
+        if t in b"%|":
+            n *= 2
+        depth = 0
+        for _ in range(max(n, 0)):
+            d, nxt = reply_depth(buf, nxt)
+            depth = max(depth, d)
+        return depth + 1, nxt
+    return 0, reply_end(buf, pos)
+
+
+def connect(port, timeout=10.0):
+    s = socket.create_connection((HOST, port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def read_replies(sock, count, timeout=10.0, buf=b""):
+    """Reads exactly `count` complete replies; returns (list of raw replies, leftover)."""
+    deadline = time.monotonic() + timeout
+    replies = []
+    pos = 0
+    while len(replies) < count:
+        try:
+            end = reply_end(buf, pos)
+            replies.append(buf[pos:end])
+            pos = end
+            continue
+        except IncompleteReply:
+            pass
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"got {len(replies)} of {count} replies; "
+                               f"pending bytes: {buf[pos:pos + 200]!r}")
+        sock.settimeout(remaining)
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(replies)} of {count} replies;"
+                                  f" pending bytes: {buf[pos:pos + 200]!r}")
+        buf = buf[pos:] + chunk
+        pos = 0
+    return replies, buf[pos:]
+
+
+def raw_command(port, payload, count=1, timeout=10.0):
+    """Sends payload on a fresh connection and returns the raw bytes of `count` replies."""
+    with connect(port, timeout) as s:
+        s.sendall(payload)
+        replies, _ = read_replies(s, count, timeout)
+        return b"".join(replies)
+
+
+def read_until_closed(sock, timeout=5.0, limit=1 << 30):
+    """Reads until EOF/reset. Returns (data, closed): closed is False on timeout."""
+    deadline = time.monotonic() + timeout
+    data = bytearray()
+    while len(data) < limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return bytes(data), False
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(1 << 20)
+        except socket.timeout:
+            return bytes(data), False
+        except (ConnectionResetError, BrokenPipeError):
+            return bytes(data), True
+        if not chunk:
+            return bytes(data), True
+        data += chunk
+    return bytes(data), False
+
+
+def encode_command(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, str):
+            a = a.encode()
+        elif isinstance(a, int):
+            a = str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)

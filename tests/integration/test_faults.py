@@ -1,0 +1,327 @@
+"""Fault tests: replicas and the primary are killed (-9), stopped (SIGSTOP) and restarted on
+the same port while clients keep issuing commands through the proxy. Reads must never
+show an error, the latency of a read hit by a failure is bounded by the proxy's timeout,
+writes to a dead primary fail promptly with -ERR, and nothing acknowledged is lost."""
+
+import threading
+import time
+
+from fixtures import (PROXY_TIMEOUT_S, SLOWDOWN, connect, delta, encode_command,
+                      read_replies, wait_until)
+
+# A read hit by a failure may take the proxy's timeout plus a failover round trip.
+LATENCY_BOUND_S = PROXY_TIMEOUT_S + 1.0 * SLOWDOWN
+N_KEYS = 50
+
+
+def populate(cluster, prefix="k", n=N_KEYS):
+    p = cluster.primary.client()
+    p.mset({f"{prefix}:{i}": f"v{i}" for i in range(n)})
+    cluster.wait_replicated()
+    return [(f"{prefix}:{i}", f"v{i}".encode()) for i in range(n)]
+
+
+class LoopResult:
+    def __init__(self):
+        self.count = 0
+        self.errors = []  # (seconds since start, command, what happened)
+        self.latencies = []
+
+    @property
+    def max_latency(self):
+        return max(self.latencies, default=0.0)
+
+    def __repr__(self):
+        return (f"<{self.count} reads, {len(self.errors)} errors {self.errors[:5]}, "
+                f"max latency {self.max_latency:.3f}s>")
+
+
+def read_loop(client, keys, duration, actions=(), max_ops=200_000):
+    """Issues GETs (checking each value) for `duration` seconds; runs each (t, fn) of
+    `actions` once the loop is t seconds old. Bounded by time and by max_ops."""
+    res = LoopResult()
+    pending = sorted(actions, key=lambda a: a[0])
+    start = time.monotonic()
+    i = 0
+    while i < max_ops:
+        now = time.monotonic() - start
+        if now >= duration:
+            break
+        while pending and pending[0][0] <= now:
+            pending.pop(0)[1]()
+        key, want = keys[i % len(keys)]
+        t0 = time.monotonic()
+        try:
+            got = client.get(key)
+            if got != want:
+                res.errors.append((round(now, 3), f"GET {key}", f"wrong value {got!r}"))
+        except Exception as exc:  # noqa: BLE001 - every client-visible failure counts
+            res.errors.append((round(now, 3), f"GET {key}", repr(exc)))
+        res.latencies.append(time.monotonic() - t0)
+        res.count += 1
+        i += 1
+    for _, fn in pending:  # an action scheduled past the end still runs
+        fn()
+    return res
+
+
+def wait_replicas_serve_reads(cluster, client, keys, replicas, timeout=8.0):
+    """Keeps reading until every server in `replicas` has served GETs (commandstats grows).
+    Returns the LoopResult of all those reads."""
+    res = LoopResult()
+    before = {r.name: r.calls("get") for r in replicas}
+
+    def served():
+        part = read_loop(client, keys, 0.2)
+        res.count += part.count
+        res.errors += part.errors
+        res.latencies += part.latencies
+        return all(r.calls("get") > before[r.name] for r in replicas)
+
+    wait_until(served, timeout * SLOWDOWN, interval=0.0,
+               what=f"{[r.name for r in replicas]} to serve reads again")
+    return res
+
+
+def test_replica_kill_then_stop_reads_never_fail(fresh_cluster, fresh_proxy):
+    c = fresh_cluster
+    r1, r2 = c.replicas
+    keys = populate(c)
+    client = fresh_proxy.client(timeout=10)
+    client.get(keys[0][0])
+
+    # 1. kill -9 one replica under load.
+    res = read_loop(client, keys, 3.0, actions=[(0.5, r1.kill9)])
+    assert res.errors == [], res
+    assert res.count > 100, res
+    assert res.max_latency <= LATENCY_BOUND_S, res
+
+    # 2. SIGSTOP the other one: reads to it time out and fail over to the primary.
+    before = c.primary.calls("get")
+    res = read_loop(client, keys, 3.0, actions=[(0.5, r2.sigstop)])
+    assert res.errors == [], res
+    assert res.count > 20, res
+    assert res.max_latency <= LATENCY_BOUND_S, f"a read took longer than the timeout: {res}"
+    assert c.primary.calls("get") > before, "no read failed over to the primary"
+
+    # With both replicas gone, reads still work (primary serves them).
+    res = read_loop(client, keys, 1.0)
+    assert res.errors == [] and res.max_latency <= LATENCY_BOUND_S, res
+
+    # 3. Bring both back: SIGCONT one, restart the killed one on the same port.
+    r2.sigcont()
+    r1.restart()
+    r1.wait_link_up()
+    r2.wait_link_up()
+    res = wait_replicas_serve_reads(c, client, keys, [r1, r2])
+    assert res.errors == [], res
+
+    # And the replicas take the load again, not the primary.
+    before = c.snapshot("get")
+    res = read_loop(client, keys, 0.5)
+    assert res.errors == [], res
+    d = delta(before, c.snapshot("get"))
+    assert d["primary"] == 0, f"replicas back but reads still go to the primary: {d}"
+    assert d["replica1"] > 0 and d["replica2"] > 0, d
+    assert fresh_proxy.alive
+
+
+def test_restarted_replica_syncing_masterdown_fails_over(fresh_cluster, make_proxy):
+    """A replica restarted with replica-serve-stale-data no answers -MASTERDOWN (then
+    possibly -LOADING) until its sync is done: those reads must be answered by the primary."""
+    c = fresh_cluster
+    r1, r2 = c.replicas
+    keys = populate(c, n=200)
+    proxy = make_proxy(c.primary.port, [r1.port])  # only r1 serves reads
+    client = proxy.client(timeout=10)
+    client.get(keys[0][0])
+    # Hold the primary's side of the resync back a little so the MASTERDOWN window is wide.
+    c.primary.client().config_set("repl-diskless-sync-delay", 1)
+
+    def restart_r1():
+        r1.restart(extra_args=["--replica-serve-stale-data", "no"], wait=False)
+
+    res = read_loop(client, keys, 4.0, actions=[(0.3, restart_r1)])
+    assert res.errors == [], res
+    assert res.max_latency <= LATENCY_BOUND_S, res
+    c.primary.client().config_set("repl-diskless-sync-delay", 0)
+    r1.wait_link_up()
+    res = wait_replicas_serve_reads(c, client, keys, [r1])
+    assert res.errors == [], res
+
+
+def test_pipelined_reads_in_flight_fail_over(fresh_cluster, fresh_proxy):
+    """Thousands of pipelined GETs in flight when a replica dies: every reply arrives, in
+    order, with the right value."""
+    c = fresh_cluster
+    keys = populate(c, n=100)
+    n = 20000
+    payload = b"".join(encode_command("GET", keys[i % len(keys)][0]) for i in range(n))
+    expected = [b"$%d\r\n%s\r\n" % (len(v), v) for _, v in keys]
+    with connect(fresh_proxy.port, timeout=30) as s:
+        sender_error = []
+
+        def send():
+            try:
+                s.sendall(payload)
+            except OSError as exc:
+                sender_error.append(exc)
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        replies, rest = read_replies(s, 500, timeout=30)
+        c.replicas[0].kill9()
+        more, rest = read_replies(s, n - 500, timeout=60 * SLOWDOWN, buf=rest)
+        t.join(timeout=10)
+    replies += more
+    assert sender_error == []
+    bad = [(i, r) for i, r in enumerate(replies) if r != expected[i % len(keys)]]
+    assert not bad, f"{len(bad)} wrong replies, first {bad[:3]}"
+
+
+def test_pipelined_reads_in_flight_replica_stopped(fresh_cluster, fresh_proxy):
+    c = fresh_cluster
+    keys = populate(c, n=100)
+    n = 5000
+    payload = b"".join(encode_command("GET", keys[i % len(keys)][0]) for i in range(n))
+    expected = [b"$%d\r\n%s\r\n" % (len(v), v) for _, v in keys]
+    c.replicas[1].sigstop()
+    t0 = time.monotonic()
+    with connect(fresh_proxy.port, timeout=30) as s:
+        s.sendall(payload)
+        replies, _ = read_replies(s, n, timeout=30 * SLOWDOWN)
+    elapsed = time.monotonic() - t0
+    bad = [(i, r) for i, r in enumerate(replies) if r != expected[i % len(keys)]]
+    assert not bad, f"{len(bad)} wrong replies, first {bad[:3]}"
+    # The stopped replica costs one timeout (then it is marked down), not one per request.
+    assert elapsed <= 3 * LATENCY_BOUND_S, f"pipeline took {elapsed:.2f}s"
+
+
+def test_primary_killed_writes_error_reads_flow_then_recover(fresh_cluster, fresh_proxy):
+    c = fresh_cluster
+    keys = populate(c)
+    client = fresh_proxy.client(timeout=10)
+    assert client.set("before", "1") is True
+    c.wait_replicated()
+
+    c.primary.kill9()
+    with connect(fresh_proxy.port, timeout=10) as s:
+        # Writes: a clear -ERR, promptly, and the connection stays usable.
+        for i, cmd in enumerate([encode_command("SET", "during", i) for i in range(3)]
+                                + [encode_command("INCR", "ctr"),
+                                   encode_command("DEL", "before")]):
+            t0 = time.monotonic()
+            s.sendall(cmd)
+            (reply,), _ = read_replies(s, 1, timeout=10)
+            took = time.monotonic() - t0
+            assert reply.startswith(b"-ERR"), f"write #{i} while primary down got {reply!r}"
+            assert took <= LATENCY_BOUND_S, f"write error took {took:.2f}s"
+        # Reads on the same connection still succeed, from the replicas.
+        for key, want in keys[:10]:
+            s.sendall(encode_command("GET", key))
+            (reply,), _ = read_replies(s, 1, timeout=10)
+            assert reply == b"$%d\r\n%s\r\n" % (len(want), want)
+
+    res = read_loop(client, keys, 1.5)
+    assert res.errors == [], res
+    assert res.max_latency <= LATENCY_BOUND_S, res
+
+    # Primary back on the same port (empty: no persistence): writes work again without
+    # restarting the proxy.
+    c.primary.restart()
+    deadline = time.monotonic() + 5 * SLOWDOWN
+    last = None
+    with connect(fresh_proxy.port, timeout=10) as s:
+        while time.monotonic() < deadline:
+            s.sendall(encode_command("SET", "after", "ok"))
+            (last,), _ = read_replies(s, 1, timeout=10)
+            if last == b"+OK\r\n":
+                break
+            time.sleep(0.1)
+    assert last == b"+OK\r\n", f"SET still failing 5 s after primary restart: {last!r}"
+    assert c.primary.client().get("after") == b"ok"
+    assert client.set("after2", "ok") is True  # the old client connection too
+    assert fresh_proxy.alive
+
+
+def test_primary_stopped_writes_time_out_with_error(fresh_cluster, fresh_proxy):
+    c = fresh_cluster
+    keys = populate(c)
+    client = fresh_proxy.client(timeout=10)
+    assert client.set("x", "1") is True
+    c.primary.sigstop()
+    try:
+        with connect(fresh_proxy.port, timeout=10) as s:
+            t0 = time.monotonic()
+            s.sendall(encode_command("SET", "x", "2"))
+            (reply,), _ = read_replies(s, 1, timeout=10)
+            took = time.monotonic() - t0
+            assert reply.startswith(b"-ERR"), reply
+            assert took <= LATENCY_BOUND_S, f"write to a hung primary took {took:.2f}s"
+        res = read_loop(client, keys, 1.0)
+        assert res.errors == [], res
+    finally:
+        c.primary.sigcont()
+    deadline = time.monotonic() + 5 * SLOWDOWN
+    ok = False
+    while time.monotonic() < deadline and not ok:
+        try:
+            ok = client.set("x", "3") is True
+        except Exception:  # noqa: BLE001 - still recovering
+            time.sleep(0.1)
+    assert ok, "writes did not recover after SIGCONT of the primary"
+
+
+def test_acknowledged_writes_survive_replica_kill(fresh_cluster, fresh_proxy):
+    c = fresh_cluster
+    keys = populate(c)
+    acked, write_errors, read_errors = [], [], []
+    stop = threading.Event()
+
+    def writer():
+        w = fresh_proxy.client(timeout=10)
+        i = 0
+        while not stop.is_set() and i < 100_000:
+            try:
+                if w.set(f"ack:{i}", i) is True:
+                    acked.append(i)
+            except Exception as exc:  # noqa: BLE001
+                write_errors.append((i, repr(exc)))
+            i += 1
+
+    def reader():
+        r = fresh_proxy.client(timeout=10)
+        i = 0
+        while not stop.is_set() and i < 100_000:
+            key, want = keys[i % len(keys)]
+            try:
+                got = r.get(key)
+                if got != want:
+                    read_errors.append((key, got))
+            except Exception as exc:  # noqa: BLE001
+                read_errors.append((key, repr(exc)))
+            i += 1
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader),
+               threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        c.replicas[0].kill9()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert write_errors == [], write_errors[:5]
+    assert read_errors == [], read_errors[:5]
+    assert len(acked) > 100, len(acked)
+    p = c.primary.client(timeout=30)
+    missing = []
+    for start in range(0, len(acked), 1000):
+        chunk = acked[start:start + 1000]
+        values = p.mget([f"ack:{i}" for i in chunk])
+        missing += [i for i, v in zip(chunk, values) if v != str(i).encode()]
+    assert missing == [], f"{len(missing)} acknowledged writes missing on the primary"

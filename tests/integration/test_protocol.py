@@ -1,0 +1,341 @@
+"""Bad input and process behaviour: malformed RESP gets `-ERR Protocol error` and a close
+(like Redis) while other clients carry on; wire limits; start-up rejection of bad config
+with one clear line; --help/--version/--check-config; the original REDIS_* variables with no
+file; SIGTERM drains in-flight pipelines and exits 0."""
+
+import os
+import select
+import signal
+import socket
+import time
+
+import pytest
+
+from fixtures import (HOST, SLOWDOWN, Proxy, connect, delta, dump_proxy_log,
+                      encode_command, free_port, port_accepts, read_replies,
+                      read_until_closed, require_proxy_bin, run_proxy_once)
+
+MAX_BULK = 1024 * 1024
+MAX_ARRAY = 1000
+
+
+@pytest.fixture(scope="module")
+def limited_proxy(cluster, tmp_path_factory):
+    require_proxy_bin()
+    p = Proxy(tmp_path_factory.mktemp("limited"), cluster.primary.port,
+              [r.port for r in cluster.replicas],
+              extra_args=["--max-bulk-bytes", str(MAX_BULK),
+                          "--max-array-len", str(MAX_ARRAY)], name="limited")
+    try:
+        p.start()
+        yield p
+    finally:
+        p.stop()
+        dump_proxy_log(p)
+
+
+def assert_protocol_error_and_close(port, payload):
+    with connect(port) as s:
+        s.sendall(payload)
+        data, closed = read_until_closed(s, timeout=5 * SLOWDOWN)
+    assert data.startswith(b"-ERR Protocol error"), f"{payload[:40]!r} -> {data[:200]!r}"
+    assert data.endswith(b"\r\n") and data.count(b"\r\n") == 1, data[:200]
+    assert closed, f"{payload[:40]!r}: connection not closed after the protocol error"
+
+
+def assert_still_serving(proxy, bystander):
+    """The bystander connection (opened before the bad client) and a new one both work."""
+    bystander.sendall(encode_command("ECHO", "still here") + b"PING\r\n")
+    assert read_replies(bystander, 2)[0] == [b"$10\r\nstill here\r\n", b"+PONG\r\n"]
+    c = proxy.client()
+    assert c.set("proto:alive", "1") is True
+    assert c.ping() is True
+
+
+MALFORMED = {
+    "non-numeric multibulk length": b"*abc\r\n",
+    "negative bulk length": b"*3\r\n$-5\r\n",
+    "non-numeric bulk length": b"*1\r\n$abc\r\n",
+    "bulk where $ expected": b"*1\r\nfoo\r\n",
+    "huge multibulk count": b"*2000000000\r\n",
+    "bulk length over proto-max-bulk-len": b"*1\r\n$600000000\r\n",
+}
+
+
+@pytest.mark.parametrize("payload", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_resp_error_and_close(proxy, payload):
+    with connect(proxy.port) as bystander:
+        bystander.sendall(b"PING\r\n")
+        read_replies(bystander, 1)
+        assert_protocol_error_and_close(proxy.port, payload)
+        assert_still_serving(proxy, bystander)
+
+
+@pytest.mark.parametrize("payload", [
+    b"*2\r\n$3\r\nGET\r\n$%d\r\n" % (MAX_BULK + 1),
+    b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n" % (10 * MAX_BULK),
+    b"*%d\r\n" % (MAX_ARRAY + 1),
+    b"*%d\r\n$4\r\nMGET\r\n" % (MAX_ARRAY + 5),
+], ids=["bulk over max-bulk-bytes", "SET value over max-bulk-bytes",
+        "array over max-array-len", "MGET over max-array-len"])
+def test_configured_limits_error_and_close(limited_proxy, payload):
+    with connect(limited_proxy.port) as bystander:
+        # The limit is checked on the announced length, before any data arrives.
+        assert_protocol_error_and_close(limited_proxy.port, payload)
+        assert_still_serving(limited_proxy, bystander)
+
+
+def test_limits_allow_values_up_to_the_bound(limited_proxy, cluster):
+    c = limited_proxy.client()
+    value = b"x" * MAX_BULK
+    assert c.set("proto:bound", value) is True
+    assert cluster.primary.client().get("proto:bound") == value
+    assert len(c.mget([f"k{i}" for i in range(MAX_ARRAY - 1)])) == MAX_ARRAY - 1
+
+
+def test_dollar_where_star_expected_is_inline_like_redis(cluster, proxy):
+    # Redis parses a request not starting with '*' as an inline command: "$3" and "foo"
+    # are two unknown commands, and the connection stays open.
+    payload = b"$3\r\nfoo\r\n"
+    with connect(cluster.primary.port) as s:
+        s.sendall(payload)
+        direct, _ = read_replies(s, 2)
+    with connect(proxy.port) as s:
+        s.sendall(payload)
+        via_proxy, _ = read_replies(s, 2)
+        s.sendall(b"PING\r\n")
+        assert read_replies(s, 1)[0] == [b"+PONG\r\n"]
+    assert via_proxy == direct
+
+
+def test_request_over_max_request_bytes_refused(cluster, make_proxy):
+    p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+                   extra_args=["--max-request-bytes", str(MAX_BULK)])
+    with connect(p.port) as bystander:
+        with connect(p.port) as s:
+            # Announce a 2 MB value, then send it in pieces until the proxy answers.
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$11\r\nproto:large\r\n$%d\r\n" % (2 * MAX_BULK))
+            chunk = b"y" * 65536
+            sent = 0
+            while sent < 2 * MAX_BULK:
+                if select.select([s], [], [], 0.02)[0]:
+                    break  # the proxy has answered
+                try:
+                    s.sendall(chunk)
+                except OSError:
+                    break
+                sent += len(chunk)
+            data, closed = read_until_closed(s, timeout=5 * SLOWDOWN)
+        assert data.startswith(b"-ERR"), data[:200]
+        assert closed
+        assert_still_serving(p, bystander)
+    assert cluster.primary.client().get("proto:large") is None
+
+
+def test_client_over_buffer_limit_dropped(cluster, make_proxy):
+    """A client that pipelines requests but never reads its replies: once the replies
+    the proxy holds for it pass --max-client-buffer-bytes it is disconnected."""
+    limit = MAX_BULK
+    value_size = 256 * 1024
+    n = 200  # 50 MB of replies, far past the limit and the socket buffers
+    p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+                   extra_args=["--max-client-buffer-bytes", str(limit)])
+    cluster.primary.client().set("proto:quarter", b"q" * value_size)
+    cluster.wait_replicated()
+    with connect(p.port) as bystander:
+        s = connect(p.port)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        try:
+            s.sendall(encode_command("GET", "proto:quarter") * n)
+            time.sleep(1.5 * SLOWDOWN)
+            assert_still_serving(p, bystander)
+            data, closed = read_until_closed(s, timeout=10 * SLOWDOWN)
+        finally:
+            s.close()
+        assert closed, "slow client over the buffer limit was not disconnected"
+        assert len(data) < n * value_size, "every reply was delivered: no limit applied"
+        assert_still_serving(p, bystander)
+    assert p.alive
+
+
+# -- configuration --------------------------------------------------------------------------
+
+def one_line(stderr):
+    lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected exactly one stderr line, got {lines}"
+    return lines[0]
+
+
+BAD_FLAGS = {
+    "port 70000": (["--primary", "localhost:70000"], "primary", "70000"),
+    "negative timeout": (["--timeout", "-1"], "timeout", "-1"),
+    "host with no port": (["--primary", "host:"], "primary", "host:"),
+    "workers not a number": (["--workers", "many"], "workers", "many"),
+    "replica port 0": (["--replicas", "127.0.0.1:6381,127.0.0.1:0"], "replicas", "0"),
+    "bad size": (["--max-bulk-bytes", "lots"], "bulk", "lots"),
+}
+
+
+@pytest.mark.parametrize("args,key,value", BAD_FLAGS.values(), ids=BAD_FLAGS.keys())
+def test_bad_flag_rejected_with_one_line(args, key, value):
+    r = run_proxy_once(["--listen", f"{HOST}:{free_port()}"] + args, timeout=10 * SLOWDOWN)
+    assert r.returncode != 0
+    line = one_line(r.stderr)
+    assert key in line and value in line, line
+
+
+BAD_ENV = {
+    "REDIS_PORT not a number": ({"REDIS_PORT": "sixty"}, "REDIS_PORT", "sixty"),
+    "REDIS_PORT 70000": ({"REDIS_PORT": "70000"}, "REDIS_PORT", "70000"),
+    "REDIS_TIMEOUT negative": ({"REDIS_TIMEOUT": "-3"}, "REDIS_TIMEOUT", "-3"),
+    "REDIS_REPLICAS_HOST_PORT no port": ({"REDIS_REPLICAS_HOST_PORT": "r1:6379,r2"},
+                                         "REDIS_REPLICAS_HOST_PORT", "r2"),
+}
+
+
+@pytest.mark.parametrize("env,key,value", BAD_ENV.values(), ids=BAD_ENV.keys())
+def test_bad_env_rejected_with_one_line(env, key, value):
+    env = dict(env, KOMPRESS_LISTEN=f"{HOST}:{free_port()}")
+    r = run_proxy_once([], env=env, timeout=10 * SLOWDOWN)
+    assert r.returncode != 0
+    line = one_line(r.stderr)
+    assert key in line and value in line, line
+
+
+BAD_YAML = {
+    "unknown key": ("primary: 127.0.0.1:6379\nbogus_key: 1\n", "bogus_key", "bogus_key"),
+    "wrong type": ("timeout: [1, 2]\n", "timeout", "timeout"),
+    "bad port": ("primary: 127.0.0.1:99999\n", "primary", "99999"),
+    "negative timeout": ("timeout: -2\n", "timeout", "-2"),
+}
+
+
+@pytest.mark.parametrize("text,key,value", BAD_YAML.values(), ids=BAD_YAML.keys())
+@pytest.mark.parametrize("check", [False, True], ids=["start", "check-config"])
+def test_bad_yaml_rejected_with_one_line(tmp_path, text, key, value, check):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"listen: {HOST}:{free_port()}\n" + text)
+    r = run_proxy_once(["--config", str(cfg)] + (["--check-config"] if check else []),
+                       timeout=10 * SLOWDOWN)
+    assert r.returncode != 0
+    line = one_line(r.stderr)
+    assert key in line and value in line, line
+
+
+def test_unreadable_config_file_rejected(tmp_path):
+    r = run_proxy_once(["--config", str(tmp_path / "missing.yaml"), "--check-config"])
+    assert r.returncode != 0
+    assert "missing.yaml" in one_line(r.stderr)
+
+
+def good_yaml(tmp_path, cluster, replicas):
+    cfg = tmp_path / "good.yaml"
+    listen_port = free_port()
+    cfg.write_text(f"listen: {HOST}:{listen_port}\n"
+                   f"primary: {HOST}:{cluster.primary.port}\n"
+                   "replicas:\n" + "".join(f"  - {HOST}:{r.port}\n" for r in replicas)
+                   + "timeout: 1\nworkers: 2\n")
+    return cfg, listen_port
+
+
+def test_check_config_good_exits_zero(tmp_path, cluster):
+    cfg, _ = good_yaml(tmp_path, cluster, cluster.replicas)
+    r = run_proxy_once(["--config", str(cfg), "--check-config"])
+    assert r.returncode == 0, r
+    r = run_proxy_once(["--check-config", "--primary", f"{HOST}:6379", "--timeout", "0.5"])
+    assert r.returncode == 0, r
+
+
+def test_config_file_drives_the_proxy(tmp_path, cluster, make_proxy):
+    cfg, _ = good_yaml(tmp_path, cluster, cluster.replicas[1:])
+    # The Proxy helper adds only --listen (CLI beats file) and --config.
+    p = make_proxy(extra_args=["--config", str(cfg)], use_base_args=False)
+    cluster.primary.client().set("cfg:k", "v")
+    cluster.wait_replicated()
+    before = cluster.snapshot("get")
+    c = p.client()
+    for _ in range(20):
+        assert c.get("cfg:k") == b"v"
+    d = delta(before, cluster.snapshot("get"))
+    assert d == {"primary": 0, "replica1": 0, "replica2": 20}, d
+
+
+def test_help_and_version_exit_zero():
+    r = run_proxy_once(["--help"])
+    assert r.returncode == 0, r
+    out = r.stdout.decode()
+    for flag in ("--listen", "--primary", "--replicas", "--timeout", "--config",
+                 "--check-config", "REDIS_HOST", "REDIS_REPLICAS_HOST_PORT"):
+        assert flag in out, f"--help does not mention {flag}"
+    r = run_proxy_once(["--version"])
+    assert r.returncode == 0, r
+    assert any(ch.isdigit() for ch in r.stdout.decode()), r.stdout
+
+
+def test_original_env_vars_with_no_file(cluster, make_proxy):
+    r1, r2 = cluster.replicas
+    env = {"REDIS_HOST": HOST, "REDIS_PORT": str(cluster.primary.port),
+           "REDIS_REPLICAS_HOST_PORT": f"{HOST}:{r2.port}", "REDIS_TIMEOUT": "1.5"}
+    p = make_proxy(env=env, use_base_args=False, listen_via_env=True)
+    c = p.client()
+    assert c.set("env:k", "v") is True
+    assert cluster.primary.client().get("env:k") == b"v"
+    cluster.wait_replicated()
+    before = cluster.snapshot("get")
+    for _ in range(30):
+        assert c.get("env:k") == b"v"
+    d = delta(before, cluster.snapshot("get"))
+    assert d == {"primary": 0, "replica1": 0, "replica2": 30}, d
+
+
+def test_no_replicas_primary_serves_reads(cluster, make_proxy):
+    env = {"REDIS_HOST": HOST, "REDIS_PORT": str(cluster.primary.port),
+           "REDIS_REPLICAS_HOST_PORT": ""}
+    p = make_proxy(env=env, use_base_args=False, listen_via_env=True)
+    cluster.primary.client().set("env:p", "v")
+    before = cluster.snapshot("get")
+    c = p.client()
+    for _ in range(10):
+        assert c.get("env:p") == b"v"
+    d = delta(before, cluster.snapshot("get"))
+    assert d == {"primary": 10, "replica1": 0, "replica2": 0}, d
+
+
+def test_sigterm_drains_inflight_pipeline(cluster, make_proxy):
+    p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas])
+    prim = cluster.primary.client()
+    prim.delete("drain:ctr")
+    for i in range(100):
+        prim.set(f"drain:pre:{i}", i)
+    cluster.wait_replicated()
+    n = 1000
+    # DEBUG SLEEP holds the primary, so the writes behind it are in flight at SIGTERM.
+    payload = encode_command("DEBUG", "SLEEP", "1") + b"".join(
+        encode_command("INCR", "drain:ctr") + encode_command("GET", f"drain:pre:{i % 100}")
+        for i in range(n))
+    with connect(p.port, timeout=30) as s:
+        s.sendall(payload)
+        time.sleep(0.3)
+        os.kill(p.proc.pid, signal.SIGTERM)
+        time.sleep(0.2)
+        accepting = port_accepts(p.port)
+        replies, rest = read_replies(s, 1 + 2 * n, timeout=30 * SLOWDOWN)
+        tail, closed = read_until_closed(s, timeout=10 * SLOWDOWN)
+    assert replies[0] == b"+OK\r\n"
+    for i in range(n):
+        assert replies[1 + 2 * i] == b":%d\r\n" % (i + 1)
+        v = str(i % 100).encode()
+        assert replies[2 + 2 * i] == b"$%d\r\n%s\r\n" % (len(v), v)
+    assert rest == b"" and tail == b""
+    assert closed, "connection not closed after draining"
+    code = p.proc.wait(timeout=15 * SLOWDOWN)
+    assert code == 0, f"exit code {code} after SIGTERM; stderr:\n{p.stderr()[-3000:]}"
+    assert not accepting, "proxy still accepted connections while draining"
+    assert prim.get("drain:ctr") == str(n).encode()
+
+
+def test_sigint_idle_exits_zero(cluster, make_proxy):
+    p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas])
+    assert p.client().ping()
+    os.kill(p.proc.pid, signal.SIGINT)
+    assert p.proc.wait(timeout=15 * SLOWDOWN) == 0
