@@ -72,7 +72,7 @@ class RequestParser {
   RespLimits limits_;
   // Resumable state (offsets are relative to the request start).
   size_t pos_ = 0;          // start of the header line or bulk payload being read
-  size_t scan_ = 0;         // bytes of the current line already searched for its terminator
+  size_t scan_ = 0;         // offset the search for the current line terminator resumes at
   int64_t remaining_ = -1;  // arguments still to read, -1 = array header not read yet
   int64_t bulk_len_ = -1;   // length of the bulk being read, -1 = expecting a '$' header
   Mode mode_ = Mode::kNone;

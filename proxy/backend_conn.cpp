@@ -216,7 +216,7 @@ void BackendConn::OnRead(ssize_t nread) {
   }
   if (nread == 0) return;
   // A server closing an idle shared connection (its `timeout` setting) is not a failure.
-  bool busy = !pending_.empty() || mode_ == Mode::kDedicated;
+  bool busy = !pending_.empty() || (mode_ == Mode::kDedicated && owner_ != nullptr);
   Fail(nread == UV_EOF ? std::string("connection closed by server")
                        : std::string("read: ") + uv_strerror(static_cast<int>(nread)),
        busy);
@@ -296,7 +296,11 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
     ClientSession* owner = owner_;
     owner_ = nullptr;
     destroy_on_close_ = true;
-    if (owner != nullptr) owner->OnStreamFailure(reason);
+    if (owner != nullptr) {
+      owner->OnStreamFailure(reason);
+    } else {
+      worker_->ForgetIdleDedicatedConn(this);
+    }
     if (state_ == State::kIdle) Destroy();
     return;
   }

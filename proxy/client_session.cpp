@@ -148,8 +148,7 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
   worker_->stats().requests++;
 
   if (dedicated_ != nullptr) {
-    if (EqualsLower(req.arg(0), "quit")) quit_forwarded_ = true;
-    ForwardPinned(raw, len);
+    ForwardPinned(req, raw, len);
     return;
   }
 
@@ -168,7 +167,7 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
       ReplyErrorNow(d.deny_reason);
       return;
     case Route::kPin:
-      EnterPinned(raw, len);
+      EnterPinned(req, raw, len);
       return;
     case Route::kRead:
     case Route::kWrite:
@@ -355,7 +354,7 @@ void ClientSession::AdvanceHead() {
 
 // ---- pinned sessions ----
 
-void ClientSession::EnterPinned(const char* raw, size_t len) {
+void ClientSession::EnterPinned(const Request& req, const char* raw, size_t len) {
   Backend* primary = worker_->backends().primary();
   if (!primary->up()) {
     worker_->stats().errors++;
@@ -366,10 +365,39 @@ void ClientSession::EnterPinned(const char* raw, size_t len) {
   dedicated_ = worker_->NewDedicatedConn(primary, this);
   stream_seq_ = NewSlot();
   SlotAt(stream_seq_).stream = true;
-  ForwardPinned(raw, len);
+  pin_permanent_ = false;
+  in_multi_ = watching_ = false;
+  stream_outstanding_ = 0;
+  ForwardPinned(req, raw, len);
 }
 
-void ClientSession::ForwardPinned(const char* raw, size_t len) {
+void ClientSession::TrackPinnedState(const Request& req) {
+  std::string_view name = req.arg(0);
+  if (EqualsLower(name, "quit")) quit_forwarded_ = true;
+  if (pin_permanent_) return;
+  if (EqualsLower(name, "multi")) {
+    in_multi_ = true;
+  } else if (EqualsLower(name, "exec") || EqualsLower(name, "discard")) {
+    in_multi_ = false;
+    watching_ = false;
+  } else if (EqualsLower(name, "watch")) {
+    watching_ = true;
+  } else if (EqualsLower(name, "unwatch")) {
+    if (!in_multi_) watching_ = false;
+  } else {
+    // Anything else that changes the connection for good keeps it pinned: blocking and
+    // pub/sub commands, SELECT n, CLIENT REPLY, and the commands the proxy would otherwise
+    // answer itself (AUTH, HELLO, RESET, QUIT reach the backend on a pinned connection).
+    RouteDecision d = worker_->router().Classify(req);
+    if (d.route == Route::kPin || d.route == Route::kLocal || d.route == Route::kDeny) {
+      if (!(d.route == Route::kLocal && d.local == LocalCommand::kPing)) pin_permanent_ = true;
+    }
+  }
+  ++stream_outstanding_;
+}
+
+void ClientSession::ForwardPinned(const Request& req, const char* raw, size_t len) {
+  TrackPinnedState(req);
   if (head_ == stream_seq_ && backlog_.empty()) {
     dedicated_->SendRaw(raw, len);
   } else {
@@ -381,6 +409,25 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (closed_) return;
   out_.Append(data, len);
   worker_->MarkDirty(this);
+  if (!pin_permanent_) {
+    if (stream_outstanding_ > 0) --stream_outstanding_;
+    MaybeUnpin();
+  }
+}
+
+void ClientSession::MaybeUnpin() {
+  if (pin_permanent_ || in_multi_ || watching_ || stream_outstanding_ != 0 || !backlog_.empty() ||
+      dedicated_ == nullptr || head_ != stream_seq_) {
+    return;
+  }
+  // The transaction is over and every reply is in: the connection is clean (no MULTI, no
+  // WATCH, database 0), so it goes back to the worker and reads balance over replicas again.
+  worker_->ReleaseDedicatedConn(dedicated_);
+  dedicated_ = nullptr;
+  Slot& s = SlotAt(stream_seq_);
+  s.stream = false;
+  s.done = true;
+  AdvanceHead();
 }
 
 void ClientSession::OnStreamFailure(const std::string& reason) {

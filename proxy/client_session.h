@@ -64,8 +64,10 @@ class ClientSession {
   void HandleRequest(const char* raw, size_t len);
   void HandleLocal(LocalCommand cmd, const Request& req);
   void Dispatch(const RouteDecision& d, const char* raw, size_t len);
-  void EnterPinned(const char* raw, size_t len);
-  void ForwardPinned(const char* raw, size_t len);
+  void EnterPinned(const Request& req, const char* raw, size_t len);
+  void ForwardPinned(const Request& req, const char* raw, size_t len);
+  void TrackPinnedState(const Request& req);
+  void MaybeUnpin();
   void RetryOnPrimary(uint64_t seq);
 
   uint64_t NewSlot();
@@ -117,6 +119,13 @@ class ClientSession {
   uint64_t stream_seq_ = 0;
   Buffer backlog_;
   bool quit_forwarded_ = false;
+  // Why the session is pinned. A transaction (MULTI/WATCH) gives the connection back once
+  // EXEC/DISCARD/UNWATCH has been answered; anything else (blocking, pub/sub, SELECT n, ...)
+  // keeps it for the life of the client.
+  bool pin_permanent_ = false;
+  bool in_multi_ = false;
+  bool watching_ = false;
+  uint64_t stream_outstanding_ = 0;  // transaction mode: requests forwarded, not yet answered
 };
 
 }  // namespace kp

@@ -141,7 +141,30 @@ BackendConn* Worker::SharedConn(Backend* b) {
 }
 
 BackendConn* Worker::NewDedicatedConn(Backend* primary, ClientSession* owner) {
+  if (!idle_dedicated_.empty()) {
+    BackendConn* c = idle_dedicated_.back();
+    idle_dedicated_.pop_back();
+    c->set_owner(owner);
+    return c;
+  }
   return new BackendConn(this, primary, BackendConn::Mode::kDedicated, owner);
+}
+
+void Worker::ReleaseDedicatedConn(BackendConn* c) {
+  // A few are kept for the next transaction (clients like redis-py wrap every pipeline in
+  // MULTI/EXEC); the rest are closed.
+  constexpr size_t kKeepIdle = 8;
+  if (draining_ || idle_dedicated_.size() >= kKeepIdle || !c->idle()) {
+    c->Shutdown("released", true);
+    return;
+  }
+  c->set_owner(nullptr);
+  idle_dedicated_.push_back(c);
+}
+
+void Worker::ForgetIdleDedicatedConn(BackendConn* c) {
+  auto it = std::find(idle_dedicated_.begin(), idle_dedicated_.end(), c);
+  if (it != idle_dedicated_.end()) idle_dedicated_.erase(it);
 }
 
 void Worker::MarkDirty(ClientSession* c) {
@@ -253,6 +276,9 @@ void Worker::Shutdown() {
   for (auto& pool : pools_) {
     for (BackendConn* c : pool) c->Shutdown("proxy shutting down", true);
   }
+  std::vector<BackendConn*> idle;
+  idle.swap(idle_dedicated_);
+  for (BackendConn* c : idle) c->Shutdown("proxy shutting down", true);
   auto close = [](auto* h) { uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr); };
   close(&async_);
   close(&check_);

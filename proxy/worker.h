@@ -51,7 +51,12 @@ class Worker {
   // A healthy replica by the read policy, or nullptr (then the primary serves the read).
   Backend* PickReplica();
   BackendConn* SharedConn(Backend* b);
+  // A dedicated primary connection for a pinned session, reusing a clean idle one if any.
   BackendConn* NewDedicatedConn(Backend* primary, ClientSession* owner);
+  // Takes back a dedicated connection whose session state is clean (after a transaction).
+  void ReleaseDedicatedConn(BackendConn* c);
+  // Called when an idle dedicated connection fails: it must not be handed out again.
+  void ForgetIdleDedicatedConn(BackendConn* c);
   void MarkDirty(ClientSession* c);
   void MarkDirty(BackendConn* c);
   // Deletes the object at the next flush point (after libuv has released its handles).
@@ -93,6 +98,7 @@ class Worker {
   uint64_t next_client_id_;
   std::vector<std::vector<BackendConn*>> pools_;  // per backend index
   std::vector<size_t> pool_rr_;
+  std::vector<BackendConn*> idle_dedicated_;
   size_t replica_rr_ = 0;
   uint64_t rng_state_;
 
