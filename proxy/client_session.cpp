@@ -180,6 +180,8 @@ void ClientSession::Dispatch(const RouteDecision& d, const char* raw, size_t len
   Backend* primary = worker_->backends().primary();
   uint64_t seq = NewSlot();
   Slot& s = SlotAt(seq);
+  s.start_ns = uv_hrtime();
+  s.kind = d.route == Route::kRead ? 1 : 2;
   uint64_t deadline = worker_->now() + worker_->timeout_ms();
   if (d.route == Route::kRead) {
     s.is_read = true;
@@ -290,6 +292,7 @@ uint64_t ClientSession::NewSlot() {
   s.is_read = false;
   s.tried_primary = false;
   s.stream = false;
+  s.kind = 0;
   s.reply.Clear();
   s.request.Clear();
   return seq;
@@ -297,6 +300,10 @@ uint64_t ClientSession::NewSlot() {
 
 void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
   Slot& s = SlotAt(seq);
+  if (s.kind != 0) {
+    uint64_t ns = uv_hrtime() - s.start_ns;
+    (s.kind == 1 ? worker_->stats().read_latency : worker_->stats().write_latency).Observe(ns);
+  }
   if (seq == head_) {
     out_.Append(data, len);
     s.done = true;

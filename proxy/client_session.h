@@ -56,8 +56,10 @@ class ClientSession {
     bool is_read = false;
     bool tried_primary = false;
     bool stream = false;  // the pinned session's slot: never completes
-    Buffer reply;         // reply bytes that arrived before the slots ahead of it
-    Buffer request;       // kept for reads so a failed replica's read can go to the primary
+    uint8_t kind = 0;     // for latency stats: 0 local/other, 1 read, 2 write
+    uint64_t start_ns = 0;
+    Buffer reply;    // reply bytes that arrived before the slots ahead of it
+    Buffer request;  // kept for reads so a failed replica's read can go to the primary
   };
 
   void ProcessInput();

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/logging.h"
+#include "proxy/admin_server.h"
 #include "proxy/health_checker.h"
 #include "proxy/worker.h"
 
@@ -96,6 +97,26 @@ int Server::Run() {
   health_ = std::make_unique<HealthChecker>(loop_, config_, backends_);
   health_->Start();
 
+  if (!config_.admin_listen.empty()) {
+    admin_ = std::make_unique<AdminServer>(
+        loop_, backends_,
+        [this] {
+          std::vector<const WorkerStats*> v;
+          for (auto& w : workers_) v.push_back(&w->stats());
+          return v;
+        },
+        [this] {
+          size_t n = 0;
+          for (auto& w : workers_) n += w->client_count();
+          return n;
+        });
+    if (!admin_->Start(config_.admin_listen)) {
+      for (auto& w : workers_) w->RequestDrain();
+      for (auto& w : workers_) w->Join();
+      return 1;
+    }
+  }
+
   uv_signal_init(loop_, &sigterm_);
   sigterm_.data = this;
   uv_signal_start(
@@ -131,11 +152,27 @@ void Server::BeginShutdown(int signum) {
   ::close(listen_fd_);
   listen_fd_ = -1;
   for (auto& w : workers_) w->RequestDrain();
-  // The main loop ends once its handles are closed; Run() then joins the workers, which end
-  // when their clients are done or the drain timeout passes.
-  health_->Stop();
-  uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
-  uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
+  if (admin_) admin_->SetDraining();
+  // Health checks and the admin endpoint keep running while workers drain (in-flight reads
+  // may still fail over; /readyz says 503). Once every worker is done the main loop's
+  // handles close and Run() returns.
+  uv_timer_init(loop_, &drain_watch_);
+  drain_watch_.data = this;
+  uv_timer_start(
+      &drain_watch_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Server*>(t->data);
+        for (auto& w : self->workers_) {
+          if (!w->finished()) return;
+        }
+        uv_timer_stop(t);
+        uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
+        self->health_->Stop();
+        if (self->admin_) self->admin_->Stop();
+        uv_close(reinterpret_cast<uv_handle_t*>(&self->sigterm_), nullptr);
+        uv_close(reinterpret_cast<uv_handle_t*>(&self->sigint_), nullptr);
+      },
+      20, 20);
 }
 
 }  // namespace kp

@@ -17,6 +17,7 @@ namespace kp {
 
 class Worker;
 class HealthChecker;
+class AdminServer;
 
 class Server {
  public:
@@ -39,6 +40,8 @@ class Server {
   uv_signal_t sigterm_;
   uv_signal_t sigint_;
   std::unique_ptr<HealthChecker> health_;
+  std::unique_ptr<AdminServer> admin_;
+  uv_timer_t drain_watch_;  // polls for the workers to finish, then ends the main loop
   std::vector<std::unique_ptr<Worker>> workers_;
   size_t next_worker_ = 0;
   bool shutting_down_ = false;

@@ -21,6 +21,29 @@ class Counter {
   std::atomic<uint64_t> v_{0};
 };
 
+// Request latency (arrival of the request to its reply being ready), Prometheus-style
+// cumulative buckets in seconds.
+class LatencyHistogram {
+ public:
+  static constexpr double kBounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                       0.05,   0.1,     0.25,   0.5,   1.0,    2.5,   5.0,  10.0};
+  static constexpr size_t kBuckets = sizeof(kBounds) / sizeof(kBounds[0]);
+
+  void Observe(uint64_t ns) {
+    double s = static_cast<double>(ns) / 1e9;
+    size_t i = 0;
+    while (i < kBuckets && s > kBounds[i]) ++i;
+    counts_[i]++;  // i == kBuckets: only in +Inf
+    sum_ns_.Add(ns);
+  }
+  uint64_t count(size_t i) const { return counts_[i].value(); }  // i <= kBuckets
+  uint64_t sum_ns() const { return sum_ns_.value(); }
+
+ private:
+  Counter counts_[kBuckets + 1];
+  Counter sum_ns_;
+};
+
 struct WorkerStats {
   Counter connections_accepted;
   Counter connections_closed;
@@ -33,6 +56,8 @@ struct WorkerStats {
   Counter protocol_errors;
   Counter limit_drops;
   Counter pinned_sessions;
+  LatencyHistogram read_latency;
+  LatencyHistogram write_latency;
 };
 
 }  // namespace kp

@@ -67,6 +67,7 @@ void Worker::Run() {
   for (ClientSession* c : closed_clients_) delete c;
   closed_clients_.clear();
   Log().debug("worker {} stopped", id_);
+  finished_.store(true, std::memory_order_release);
 }
 
 void Worker::AddClient(int fd) {

@@ -46,6 +46,7 @@ class Worker {
   const WorkerStats& stats() const { return stats_; }
   uint64_t now() const { return uv_now(const_cast<uv_loop_t*>(&loop_)); }
   uint64_t timeout_ms() const { return timeout_ms_; }
+  bool finished() const { return finished_.load(std::memory_order_acquire); }
   size_t client_count() const { return client_count_.load(std::memory_order_relaxed); }
 
   // A healthy replica by the read policy, or nullptr (then the primary serves the read).
@@ -95,6 +96,7 @@ class Worker {
 
   std::unordered_set<ClientSession*> clients_;
   std::atomic<size_t> client_count_{0};
+  std::atomic<bool> finished_{false};
   uint64_t next_client_id_;
   std::vector<std::vector<BackendConn*>> pools_;  // per backend index
   std::vector<size_t> pool_rr_;

@@ -1,0 +1,265 @@
+// AdminServer: accepts, reads one request head, answers, closes.
+#include "proxy/admin_server.h"
+
+#include <cstdio>
+#include <cstring>
+
+#include "common/logging.h"
+
+namespace kp {
+
+namespace {
+constexpr size_t kMaxHead = 8192;
+
+void AppendMetric(std::string& out, const char* name, const char* help, const char* type) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+void AppendValue(std::string& out, const std::string& series, uint64_t v) {
+  out += series;
+  out += ' ';
+  out += std::to_string(v);
+  out += '\n';
+}
+}  // namespace
+
+struct AdminServer::Conn {
+  AdminServer* owner;
+  uv_tcp_t tcp;
+  uv_write_t write_req;
+  std::string in;
+  std::string out;
+  bool answered = false;
+};
+
+AdminServer::AdminServer(uv_loop_t* loop, const BackendSet& backends,
+                         std::function<std::vector<const WorkerStats*>()> stats,
+                         std::function<size_t()> clients)
+    : loop_(loop), backends_(backends), stats_(std::move(stats)), clients_(std::move(clients)) {}
+
+bool AdminServer::Start(const std::string& host_port) {
+  size_t colon = host_port.rfind(':');
+  std::string host = host_port.substr(0, colon);
+  int port = std::atoi(host_port.c_str() + colon + 1);
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  sockaddr_storage addr{};
+  if (uv_ip4_addr(host.c_str(), port, reinterpret_cast<sockaddr_in*>(&addr)) != 0 &&
+      uv_ip6_addr(host.c_str(), port, reinterpret_cast<sockaddr_in6*>(&addr)) != 0) {
+    if (host == "localhost") {
+      uv_ip4_addr("127.0.0.1", port, reinterpret_cast<sockaddr_in*>(&addr));
+    } else {
+      Log().critical("admin_listen {}: host must be an IP address or localhost", host_port);
+      return false;
+    }
+  }
+  uv_tcp_init(loop_, &listener_);
+  listener_.data = this;
+  int rc = uv_tcp_bind(&listener_, reinterpret_cast<sockaddr*>(&addr), 0);
+  if (rc == 0) {
+    rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 64, [](uv_stream_t* s, int st) {
+      if (st == 0) static_cast<AdminServer*>(s->data)->OnConnection();
+    });
+  }
+  if (rc != 0) {
+    Log().critical("cannot listen on admin_listen {}: {}", host_port, uv_strerror(rc));
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+    return false;
+  }
+  listening_ = true;
+  Log().info("admin endpoint on http://{}/metrics", host_port);
+  return true;
+}
+
+void AdminServer::Stop() {
+  if (!listening_) return;
+  listening_ = false;
+  uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+}
+
+void AdminServer::OnConnection() {
+  auto* c = new Conn{this, {}, {}, {}, {}, false};
+  uv_tcp_init(loop_, &c->tcp);
+  c->tcp.data = c;
+  if (uv_accept(reinterpret_cast<uv_stream_t*>(&listener_),
+                reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp),
+             [](uv_handle_t* h) { delete static_cast<Conn*>(h->data); });
+    return;
+  }
+  uv_read_start(
+      reinterpret_cast<uv_stream_t*>(&c->tcp),
+      [](uv_handle_t* h, size_t, uv_buf_t* buf) {
+        static char scratch[4096];  // main thread only; copied into Conn::in at once
+        (void)h;
+        *buf = uv_buf_init(scratch, sizeof scratch);
+      },
+      [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+        auto* conn = static_cast<Conn*>(s->data);
+        auto close_conn = [](Conn* cc) {
+          uv_close(reinterpret_cast<uv_handle_t*>(&cc->tcp),
+                   [](uv_handle_t* h) { delete static_cast<Conn*>(h->data); });
+        };
+        if (n < 0) {
+          if (!conn->answered) close_conn(conn);
+          return;
+        }
+        if (conn->answered) return;
+        conn->in.append(buf->base, static_cast<size_t>(n));
+        bool complete = conn->in.find("\r\n\r\n") != std::string::npos ||
+                        conn->in.find("\n\n") != std::string::npos;
+        if (!complete && conn->in.size() < kMaxHead) return;
+        conn->answered = true;
+        uv_read_stop(s);
+        conn->out = conn->owner->Respond(conn->in);
+        uv_buf_t b = uv_buf_init(conn->out.data(), static_cast<unsigned>(conn->out.size()));
+        conn->write_req.data = conn;
+        if (uv_write(&conn->write_req, s, &b, 1, [](uv_write_t* req, int) {
+              auto* cc = static_cast<Conn*>(req->data);
+              uv_close(reinterpret_cast<uv_handle_t*>(&cc->tcp),
+                       [](uv_handle_t* h) { delete static_cast<Conn*>(h->data); });
+            }) != 0) {
+          close_conn(conn);
+        }
+      });
+}
+
+std::string AdminServer::Respond(const std::string& head) const {
+  std::string method, path;
+  size_t sp1 = head.find(' ');
+  size_t sp2 = sp1 == std::string::npos ? sp1 : head.find(' ', sp1 + 1);
+  if (sp1 != std::string::npos && sp2 != std::string::npos) {
+    method = head.substr(0, sp1);
+    path = head.substr(sp1 + 1, sp2 - sp1 - 1);
+  }
+  size_t q = path.find('?');
+  if (q != std::string::npos) path.resize(q);
+  int status = 200;
+  std::string body;
+  std::string type = "text/plain; charset=utf-8";
+  if (method != "GET" && method != "HEAD") {
+    status = method.empty() ? 400 : 405;
+    body = status == 400 ? "bad request\n" : "method not allowed\n";
+  } else if (path == "/metrics") {
+    body = Metrics();
+    type = "text/plain; version=0.0.4; charset=utf-8";
+  } else if (path == "/healthz") {
+    body = "ok\n";
+  } else if (path == "/readyz") {
+    bool any_up = false;
+    for (const auto& b : backends_.all) {
+      body +=
+          (b->is_primary() ? "primary " : "replica ") + b->name() + (b->up() ? " up\n" : " down\n");
+      any_up = any_up || b->up();
+    }
+    if (draining_) {
+      status = 503;
+      body = "draining\n" + body;
+    } else if (!any_up) {
+      status = 503;
+      body = "no backend up\n" + body;
+    } else {
+      body = "ready\n" + body;
+    }
+  } else {
+    status = 404;
+    body = "not found; try /metrics, /healthz, /readyz\n";
+  }
+  const char* reason = status == 200   ? "OK"
+                       : status == 404 ? "Not Found"
+                       : status == 405 ? "Method Not Allowed"
+                       : status == 503 ? "Service Unavailable"
+                                       : "Bad Request";
+  std::string resp =
+      "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\nContent-Type: " + type +
+      "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+  if (method != "HEAD") resp += body;
+  return resp;
+}
+
+std::string AdminServer::Metrics() const {
+  std::vector<const WorkerStats*> all = stats_();
+  auto sum = [&](auto field) {
+    uint64_t v = 0;
+    for (const WorkerStats* s : all) v += (s->*field).value();
+    return v;
+  };
+  std::string out;
+  out.reserve(8192);
+
+  AppendMetric(out, "kompress_backend_up", "1 when the backend is healthy and in rotation.",
+               "gauge");
+  for (const auto& b : backends_.all) {
+    AppendValue(out,
+                "kompress_backend_up{backend=\"" + b->name() + "\",role=\"" +
+                    (b->is_primary() ? "primary" : "replica") + "\"}",
+                b->up() ? 1 : 0);
+  }
+  AppendMetric(out, "kompress_client_connections", "Client connections open now.", "gauge");
+  AppendValue(out, "kompress_client_connections", clients_());
+  AppendMetric(out, "kompress_client_connections_total", "Client connections accepted.", "counter");
+  AppendValue(out, "kompress_client_connections_total", sum(&WorkerStats::connections_accepted));
+
+  AppendMetric(out, "kompress_requests_total", "Requests by where they were sent.", "counter");
+  AppendValue(out, "kompress_requests_total{route=\"replica\"}", sum(&WorkerStats::reads_replica));
+  AppendValue(out, "kompress_requests_total{route=\"primary_read\"}",
+              sum(&WorkerStats::reads_primary));
+  AppendValue(out, "kompress_requests_total{route=\"primary_write\"}", sum(&WorkerStats::writes));
+  AppendValue(out, "kompress_requests_total{route=\"failover\"}", sum(&WorkerStats::failovers));
+  AppendMetric(out, "kompress_requests_received_total",
+               "Requests received from clients (all kinds).", "counter");
+  AppendValue(out, "kompress_requests_received_total", sum(&WorkerStats::requests));
+  AppendMetric(out, "kompress_errors_total", "Error replies generated by the proxy.", "counter");
+  AppendValue(out, "kompress_errors_total", sum(&WorkerStats::errors));
+  AppendMetric(out, "kompress_protocol_errors_total", "Clients closed for malformed RESP.",
+               "counter");
+  AppendValue(out, "kompress_protocol_errors_total", sum(&WorkerStats::protocol_errors));
+  AppendMetric(out, "kompress_limit_drops_total", "Clients dropped for exceeding a limit.",
+               "counter");
+  AppendValue(out, "kompress_limit_drops_total", sum(&WorkerStats::limit_drops));
+  AppendMetric(out, "kompress_pinned_sessions_total",
+               "Sessions given a dedicated primary connection.", "counter");
+  AppendValue(out, "kompress_pinned_sessions_total", sum(&WorkerStats::pinned_sessions));
+
+  AppendMetric(out, "kompress_request_duration_seconds",
+               "Time from request arrival to reply ready, by kind.", "histogram");
+  for (int kind = 0; kind < 2; ++kind) {
+    const char* label = kind == 0 ? "read" : "write";
+    uint64_t cumulative = 0;
+    char le[32];
+    for (size_t i = 0; i <= LatencyHistogram::kBuckets; ++i) {
+      for (const WorkerStats* s : all) {
+        cumulative += (kind == 0 ? s->read_latency : s->write_latency).count(i);
+      }
+      if (i < LatencyHistogram::kBuckets) {
+        std::snprintf(le, sizeof le, "%g", LatencyHistogram::kBounds[i]);
+      } else {
+        std::snprintf(le, sizeof le, "+Inf");
+      }
+      AppendValue(out,
+                  std::string("kompress_request_duration_seconds_bucket{kind=\"") + label +
+                      "\",le=\"" + le + "\"}",
+                  cumulative);
+    }
+    uint64_t sum_ns = 0;
+    for (const WorkerStats* s : all) {
+      sum_ns += (kind == 0 ? s->read_latency : s->write_latency).sum_ns();
+    }
+    char line[128];
+    std::snprintf(line, sizeof line, "kompress_request_duration_seconds_sum{kind=\"%s\"} %.9f\n",
+                  label, static_cast<double>(sum_ns) / 1e9);
+    out += line;
+    AppendValue(out, std::string("kompress_request_duration_seconds_count{kind=\"") + label + "\"}",
+                cumulative);
+  }
+  return out;
+}
+
+}  // namespace kp

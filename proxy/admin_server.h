@@ -1,0 +1,45 @@
+// AdminServer: the operator's HTTP endpoint on the main loop (admin_listen): /metrics
+// (Prometheus text), /healthz (the process is alive), /readyz (it can serve: not draining and
+// at least one backend up). Minimal HTTP/1.x: one GET per connection, then close.
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "proxy/backend.h"
+#include "proxy/stats.h"
+
+namespace kp {
+
+class AdminServer {
+ public:
+  // `stats` returns every worker's counters; read from the main thread with relaxed loads.
+  AdminServer(uv_loop_t* loop, const BackendSet& backends,
+              std::function<std::vector<const WorkerStats*>()> stats,
+              std::function<size_t()> clients);
+  // Returns false (and logs) when the address cannot be bound.
+  bool Start(const std::string& host_port);
+  void Stop();
+  void SetDraining() { draining_ = true; }
+
+  std::string Metrics() const;
+
+ private:
+  struct Conn;
+  void OnConnection();
+  std::string Respond(const std::string& request_head) const;
+
+  uv_loop_t* loop_;
+  const BackendSet& backends_;
+  std::function<std::vector<const WorkerStats*>()> stats_;
+  std::function<size_t()> clients_;
+  uv_tcp_t listener_;
+  bool listening_ = false;
+  bool draining_ = false;
+};
+
+}  // namespace kp
