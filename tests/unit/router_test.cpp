@@ -1,0 +1,94 @@
+// Router: which strategy each command gets (read, write, pin, local, deny).
+#include <doctest/doctest.h>
+
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "proxy/command_table.h"
+#include "proxy/router.h"
+
+namespace {
+
+kp::RouteDecision Classify(std::initializer_list<const char*> args) {
+  static const kp::Router router(kp::CommandTable::Builtin());
+  static std::vector<std::string> storage;
+  storage.assign(args.begin(), args.end());
+  kp::Request req;
+  req.argc = storage.size();
+  req.nviews = std::min(req.argc, kp::RequestParser::kMaxArgViews);
+  for (size_t i = 0; i < req.nviews; ++i) req.argv[i] = storage[i];
+  return router.Classify(req);
+}
+
+}  // namespace
+
+using kp::LocalCommand;
+using kp::Route;
+
+TEST_CASE("router: readonly commands are reads, the rest writes") {
+  CHECK(Classify({"GET", "k"}).route == Route::kRead);
+  CHECK(Classify({"get", "k"}).route == Route::kRead);
+  CHECK(Classify({"MGET", "a", "b"}).route == Route::kRead);
+  CHECK(Classify({"HGETALL", "h"}).route == Route::kRead);
+  CHECK(Classify({"EVAL_RO", "return 1", "0"}).route == Route::kRead);
+  CHECK(Classify({"FCALL_RO", "f", "0"}).route == Route::kRead);
+  CHECK(Classify({"OBJECT", "ENCODING", "k"}).route == Route::kRead);
+  CHECK(Classify({"xinfo", "stream", "s"}).route == Route::kRead);
+  CHECK(Classify({"XREAD", "COUNT", "1", "STREAMS", "s", "0"}).route == Route::kRead);
+
+  CHECK(Classify({"SET", "k", "v"}).route == Route::kWrite);
+  CHECK(Classify({"EVAL", "return 1", "0"}).route == Route::kWrite);
+  CHECK(Classify({"FCALL", "f", "0"}).route == Route::kWrite);
+  CHECK(Classify({"CONFIG", "SET", "x", "y"}).route == Route::kWrite);
+  CHECK(Classify({"CONFIG", "GET", "x"}).route == Route::kWrite);  // not readonly in Redis
+  CHECK(Classify({"PUBLISH", "ch", "m"}).route == Route::kWrite);
+  CHECK(Classify({"XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">"}).route == Route::kWrite);
+  CHECK(Classify({"NOSUCHCOMMAND", "x"}).route == Route::kWrite);  // unknown: primary
+  CHECK(Classify({"OBJECT", "NOSUCHSUB"}).route == Route::kWrite);
+}
+
+TEST_CASE("router: connection-state commands pin the client to a dedicated connection") {
+  for (auto r : {Classify({"MULTI"}), Classify({"WATCH", "k"}), Classify({"SUBSCRIBE", "c"}),
+                 Classify({"psubscribe", "p*"}), Classify({"SSUBSCRIBE", "c"}),
+                 Classify({"UNSUBSCRIBE"}), Classify({"SELECT", "3"}), Classify({"MONITOR"}),
+                 Classify({"CLIENT", "REPLY", "OFF"}), Classify({"CLIENT", "TRACKING", "on"})}) {
+    CHECK(r.route == Route::kPin);
+  }
+  CHECK(Classify({"BLPOP", "q", "0"}).route == Route::kPin);
+  CHECK(Classify({"BLPOP", "q", "0"}).blocking);
+  CHECK(Classify({"BZPOPMIN", "z", "1"}).route == Route::kPin);
+  CHECK(Classify({"WAIT", "1", "0"}).route == Route::kPin);
+  CHECK(Classify({"XREAD", "BLOCK", "0", "STREAMS", "s", "$"}).route == Route::kPin);
+  CHECK(Classify({"xreadgroup", "group", "g", "c", "block", "10", "streams", "s", ">"}).route ==
+        Route::kPin);
+  // The word BLOCK as a stream name after STREAMS is not the option.
+  CHECK(Classify({"XREAD", "STREAMS", "block", "0"}).route == Route::kRead);
+}
+
+TEST_CASE("router: commands the proxy answers itself") {
+  CHECK(Classify({"PING"}).local == LocalCommand::kPing);
+  CHECK(Classify({"ping", "hi"}).local == LocalCommand::kPing);
+  CHECK(Classify({"ECHO", "x"}).local == LocalCommand::kEcho);
+  CHECK(Classify({"QUIT"}).local == LocalCommand::kQuit);
+  CHECK(Classify({"AUTH", "pw"}).local == LocalCommand::kAuth);
+  CHECK(Classify({"HELLO", "2"}).local == LocalCommand::kHello);
+  CHECK(Classify({"SELECT", "0"}).local == LocalCommand::kSelectZero);
+  CHECK(Classify({"CLIENT", "SETNAME", "n"}).local == LocalCommand::kClientSetName);
+  CHECK(Classify({"client", "getname"}).local == LocalCommand::kClientGetName);
+  CHECK(Classify({"RESET"}).local == LocalCommand::kReset);
+  CHECK(Classify({"CLIENT", "LIST"}).route == Route::kWrite);
+}
+
+TEST_CASE("router: replication commands are refused") {
+  CHECK(Classify({"SYNC"}).route == Route::kDeny);
+  CHECK(Classify({"PSYNC", "?", "-1"}).route == Route::kDeny);
+  CHECK(Classify({"SYNC"}).deny_reason != nullptr);
+}
+
+TEST_CASE("router: EqualsLower") {
+  CHECK(kp::EqualsLower("GeT", "get"));
+  CHECK_FALSE(kp::EqualsLower("GETX", "get"));
+  CHECK_FALSE(kp::EqualsLower("", "get"));
+  CHECK(kp::EqualsLower("", ""));
+}
