@@ -48,6 +48,9 @@ struct Config {
   std::string backend_username;    // sent as AUTH to every backend when set
   std::string backend_password;
   std::string admin_listen;  // host:port of the HTTP admin endpoint; empty: off
+  // At start-up, add the commands the primary knows and the built-in table does not (newer
+  // Redis, modules) from its COMMAND reply; built-in rows always win.
+  bool refresh_command_table = true;
   RespLimits resp;           // wire limits (array/bulk/request/inline/nesting)
   ClientLimits client;
 };

@@ -50,6 +50,7 @@ enum class Kind {
   kCount,             // whole number > 0, no units
   kReadPolicy,
   kLogLevel,
+  kCommandTable,  // builtin | primary
   kString,
   kSecret,  // a string never echoed back in messages or Describe()
 };
@@ -158,6 +159,16 @@ const std::vector<KeySpec>& Specs() {
        "On shutdown, how long in-flight requests may finish; 0: none.", 0, 0,
        [](Config& c, const Value& v) { c.drain_timeout_s = std::get<double>(v); },
        [](const Config& c) { return FormatDuration(c.drain_timeout_s); }},
+      {"command_table", Kind::kCommandTable, "SOURCE",
+       "builtin: only the Redis 7.0 table compiled in; primary: also learn the primary's extra "
+       "commands (newer Redis, modules) at start-up.",
+       0, 0,
+       [](Config& c, const Value& v) {
+         c.refresh_command_table = std::get<std::string>(v) == "primary";
+       },
+       [](const Config& c) {
+         return std::string(c.refresh_command_table ? "primary" : "builtin");
+       }},
       {"log_level", Kind::kLogLevel, "LEVEL",
        "trace, debug, info, warn, error, critical or off (logger kompress_cache).", 0, 0,
        [](Config& c, const Value& v) { c.log_level = std::get<std::string>(v); },
@@ -873,6 +884,13 @@ Value Validate(const KeySpec& spec, const RawValue& raw) {
       return ValidateReadPolicy(spec, item);
     case Kind::kLogLevel:
       return ValidateLogLevel(spec, item);
+    case Kind::kCommandTable: {
+      std::string v = Lower(Trim(item.text));
+      if (v != "builtin" && v != "primary") {
+        Fail(spec.key, item.text, "must be builtin or primary", item.source);
+      }
+      return v;
+    }
     case Kind::kString:
     case Kind::kSecret:
       return item.text;  // taken verbatim: spaces may be part of a password

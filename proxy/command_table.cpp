@@ -443,3 +443,32 @@ const CommandInfo* CommandTable::Lookup(std::string_view name, std::string_view 
 }
 
 }  // namespace kp
+
+namespace kp {
+
+std::unique_ptr<CommandTable> CommandTable::Merge(const CommandTable& base,
+                                                  const CommandTable& extra, size_t* added) {
+  auto merged = std::make_unique<CommandTable>(base);
+  size_t n = 0;
+  for (const auto& [name, info] : extra.commands_) {
+    auto it = merged->commands_.find(name);
+    if (it == merged->commands_.end()) {
+      merged->commands_.emplace(name, info);
+      n += 1 + info.subcommands.size();
+      continue;
+    }
+    for (const CommandInfo& sub : info.subcommands) {
+      auto& subs = it->second.subcommands;
+      bool known = false;
+      for (const CommandInfo& s : subs) known = known || s.name == sub.name;
+      if (!known) {
+        subs.push_back(sub);
+        ++n;
+      }
+    }
+  }
+  if (added != nullptr) *added = n;
+  return merged;
+}
+
+}  // namespace kp

@@ -68,6 +68,12 @@ class CommandTable {
 
   size_t size() const { return commands_.size(); }
 
+  // `base` plus the commands and subcommands only `extra` knows. Rows present in both keep
+  // base's values: the built-in flags are known-good (Redis 6 has no `blocking` flag, say).
+  // *added counts what came from extra.
+  static std::unique_ptr<CommandTable> Merge(const CommandTable& base, const CommandTable& extra,
+                                             size_t* added);
+
  private:
   struct Hash {
     using is_transparent = void;

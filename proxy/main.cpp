@@ -7,6 +7,7 @@
 #include "common/logging.h"
 #include "config/config_loader.h"
 #include "proxy/command_table.h"
+#include "proxy/command_table_fetch.h"
 #include "proxy/server.h"
 
 #ifndef KP_VERSION
@@ -37,6 +38,24 @@ int main(int argc, char** argv) {
   }
   kp::InitLogging(config.log_level);
   std::signal(SIGPIPE, SIG_IGN);
-  kp::Server server(config, kp::CommandTable::Builtin());
+  const kp::CommandTable* table = &kp::CommandTable::Builtin();
+  std::unique_ptr<kp::CommandTable> merged;
+  if (config.refresh_command_table) {
+    std::string error;
+    auto primary = kp::FetchPrimaryCommandTable(config, &error);
+    if (primary) {
+      size_t added = 0;
+      merged = kp::CommandTable::Merge(*table, *primary, &added);
+      table = merged.get();
+      kp::Log().info("command table: {} rows built in, {} more learned from the primary",
+                     kp::CommandTable::Builtin().size(), added);
+    } else {
+      kp::Log().warn(
+          "command table: could not read COMMAND from the primary ({}); using the "
+          "built-in Redis 7.0 table",
+          error);
+    }
+  }
+  kp::Server server(config, *table);
   return server.Run();
 }

@@ -92,3 +92,30 @@ TEST_CASE("router: EqualsLower") {
   CHECK_FALSE(kp::EqualsLower("", "get"));
   CHECK(kp::EqualsLower("", ""));
 }
+
+TEST_CASE("router: commands learned from the primary (modules) classify by their flags") {
+  // A module's read command and a redefined GET (built-in rows must win over the primary's).
+  std::string reply =
+      "*2\r\n"
+      "*6\r\n$8\r\njson.get\r\n:-2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n"
+      "*6\r\n$3\r\nget\r\n:2\r\n*1\r\n+write\r\n:1\r\n:1\r\n:1\r\n";
+  std::string error;
+  auto primary = kp::CommandTable::FromCommandReply(reply, &error);
+  REQUIRE_MESSAGE(primary != nullptr, error);
+  size_t added = 0;
+  auto merged = kp::CommandTable::Merge(kp::CommandTable::Builtin(), *primary, &added);
+  CHECK(added == 1);
+  CHECK(merged->size() == kp::CommandTable::Builtin().size() + 1);
+  kp::Router router(*merged);
+  kp::Request req;
+  req.argc = req.nviews = 2;
+  req.argv[0] = "JSON.GET";
+  req.argv[1] = "doc";
+  CHECK(router.Classify(req).route == Route::kRead);
+  req.argv[0] = "GET";
+  CHECK(router.Classify(req).route == Route::kRead);
+  // Without the merge the module command is unknown and goes to the primary.
+  kp::Router builtin(kp::CommandTable::Builtin());
+  req.argv[0] = "JSON.GET";
+  CHECK(builtin.Classify(req).route == Route::kWrite);
+}
