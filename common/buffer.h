@@ -56,6 +56,7 @@ class Buffer {
   void Commit(size_t n) { wpos_ += n; }
 
   void Append(const char* p, size_t n) {
+    if (n == 0) return;  // p may be null (an empty buffer's data()); memcpy forbids that
     std::memcpy(PrepareWrite(n), p, n);
     wpos_ += n;
   }

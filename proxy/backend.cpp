@@ -6,12 +6,14 @@
 namespace kp {
 
 bool Backend::MarkDown(const std::string& reason) {
-  down_epoch_.fetch_add(1, std::memory_order_acq_rel);
+  bool was_up;
   {
+    // Under the mutex so a concurrent MarkUp cannot slip between the epoch and the flag.
     std::lock_guard<std::mutex> g(mu_);
+    down_epoch_.fetch_add(1, std::memory_order_acq_rel);
     last_error_ = reason;
+    was_up = up_.exchange(false, std::memory_order_acq_rel);
   }
-  bool was_up = up_.exchange(false, std::memory_order_acq_rel);
   if (was_up) {
     Log().warn("{} {} marked down: {}", is_primary() ? "primary" : "replica", name_, reason);
   }
@@ -19,8 +21,12 @@ bool Backend::MarkDown(const std::string& reason) {
 }
 
 bool Backend::MarkUp(uint64_t epoch_at_probe) {
-  if (down_epoch() != epoch_at_probe) return false;
-  bool was_up = up_.exchange(true, std::memory_order_acq_rel);
+  bool was_up;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (down_epoch() != epoch_at_probe) return false;
+    was_up = up_.exchange(true, std::memory_order_acq_rel);
+  }
   if (!was_up) Log().info("{} {} is healthy again", is_primary() ? "primary" : "replica", name_);
   return !was_up;
 }

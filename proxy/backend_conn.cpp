@@ -215,8 +215,9 @@ void BackendConn::OnRead(ssize_t nread) {
     return;
   }
   if (nread == 0) return;
-  // A server closing an idle shared connection (its `timeout` setting) is not a failure.
-  bool busy = !pending_.empty() || (mode_ == Mode::kDedicated && owner_ != nullptr);
+  // A server closing an idle connection (its `timeout` setting, CLIENT KILL, a forwarded
+  // QUIT) is not evidence that it is down; one closing with requests outstanding is.
+  bool busy = !pending_.empty() || deadline_ms_ != 0;
   Fail(nread == UV_EOF ? std::string("connection closed by server")
                        : std::string("read: ") + uv_strerror(static_cast<int>(nread)),
        busy);
@@ -241,8 +242,9 @@ void BackendConn::ProcessReplies() {
           Fail("AUTH rejected: " + std::string(p + 1, consumed > 3 ? consumed - 3 : 0), true);
           return;
         }
-      } else if (owner_ != nullptr) {
-        owner_->OnStreamFrame(p, consumed);
+      } else {
+        deadline_ms_ = 0;  // the server is making progress; the session re-arms if needed
+        if (owner_ != nullptr) owner_->OnStreamFrame(p, consumed);
       }
     } else {
       if (pending_.empty()) {
@@ -260,14 +262,26 @@ void BackendConn::ProcessReplies() {
         pr.client->OnReply(pr.seq, backend_, p, consumed, is_error);
       }
     }
+    // A callback may have failed or shut this connection (in_ is then already cleared).
+    if (state_ != State::kReady) return;
     in_.Consume(consumed);
   }
   if (in_.empty()) in_.ShrinkIfEmpty(kKeepBuffer);
 }
 
+void BackendConn::ArmDeadline(uint64_t deadline_ms) {
+  if (deadline_ms_ == 0) deadline_ms_ = deadline_ms;
+}
+
 void BackendConn::CheckTimeout(uint64_t now_ms) {
-  if (pending_.empty() || state_ == State::kClosing) return;
-  if (pending_.front().deadline_ms > now_ms) return;
+  if (state_ == State::kClosing || state_ == State::kIdle) return;
+  bool late = false;
+  if (mode_ == Mode::kDedicated) {
+    late = deadline_ms_ != 0 && deadline_ms_ <= now_ms;
+  } else {
+    late = !pending_.empty() && pending_.front().deadline_ms <= now_ms;
+  }
+  if (!late) return;
   char msg[96];
   std::snprintf(msg, sizeof msg, "no reply within %.3gs", worker_->timeout_ms() / 1000.0);
   Fail(msg, true);
@@ -287,6 +301,7 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   in_.Clear();
   framer_.Reset();
   auth_replies_expected_ = 0;
+  deadline_ms_ = 0;
   if (mark_down) {
     Log().debug("{} {}: {}", backend_->is_primary() ? "primary" : "replica", backend_->name(),
                 reason);
@@ -299,7 +314,7 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
     if (owner != nullptr) {
       owner->OnStreamFailure(reason);
     } else {
-      worker_->ForgetIdleDedicatedConn(this);
+      worker_->ForgetDedicatedConn(this);
     }
     if (state_ == State::kIdle) Destroy();
     return;
@@ -343,6 +358,7 @@ void BackendConn::Shutdown(const std::string& reason, bool destroy) {
 void BackendConn::Destroy() {
   if (dead_) return;
   dead_ = true;
+  if (mode_ == Mode::kDedicated) worker_->ForgetDedicatedConn(this);
   worker_->Bury(this);
 }
 

@@ -39,7 +39,10 @@ class BackendConn {
   void SendRaw(const char* data, size_t len);
   // Starts writing queued bytes if none are being written (called once per loop turn).
   void Flush();
-  // Fails the connection when its oldest request is past its deadline.
+  // Dedicated mode: the server must send something by this time (a non-blocking request is
+  // outstanding). Cleared by every frame received; no-op when already armed.
+  void ArmDeadline(uint64_t deadline_ms);
+  // Fails the connection when its oldest request (dedicated: the armed deadline) is late.
   void CheckTimeout(uint64_t now_ms);
   // Closes for good; pending requests fail with `reason`. The object deletes itself (via the
   // worker) once libuv is done with it when `destroy` is set.
@@ -89,6 +92,7 @@ class BackendConn {
   bool destroy_on_close_ = false;
   bool dead_ = false;
   int auth_replies_expected_ = 0;  // dedicated mode: frames to swallow after connect
+  uint64_t deadline_ms_ = 0;       // dedicated mode: see ArmDeadline; 0 = none
   uv_tcp_t tcp_;
   uv_connect_t connect_req_;
   uv_write_t write_req_;

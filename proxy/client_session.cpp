@@ -113,6 +113,11 @@ void ClientSession::ProcessInput() {
     if (parser_.argc() > 0) HandleRequest(in_.data(), consumed);
     in_.Consume(consumed);
     parser_.Reset();
+    if (backlog_.size() > cfg.client.max_client_buffer_bytes) {
+      // A pinned session's requests waiting for earlier replies count against its buffer.
+      ProtocolError(std::string(errors::kClientBufferLimit.substr(4)));
+      return;
+    }
   }
   if (in_.empty()) in_.ShrinkIfEmpty(kKeepBuffer);
 }
@@ -121,6 +126,7 @@ void ClientSession::ProtocolError(const std::string& msg) {
   // Like Redis: reply, then close once the reply (and everything before it) is written.
   Log().debug("client {}: {}", id_, msg);
   worker_->stats().protocol_errors++;
+  AbandonPinned();
   uint64_t seq = NewSlot();
   CompleteError(seq, "ERR " + msg);
   closing_after_flush_ = true;
@@ -341,6 +347,9 @@ void ClientSession::AdvanceHead() {
       if (!backlog_.empty() && dedicated_ != nullptr) {
         dedicated_->SendRaw(backlog_.data(), backlog_.size());
         backlog_.Clear();
+        if (backlog_blocking_) ArmPinnedDeadline(true);
+        if (backlog_nonblocking_) ArmPinnedDeadline(false);
+        backlog_blocking_ = backlog_nonblocking_ = false;
       }
       break;
     }
@@ -374,41 +383,65 @@ void ClientSession::EnterPinned(const Request& req, const char* raw, size_t len)
   SlotAt(stream_seq_).stream = true;
   pin_permanent_ = false;
   in_multi_ = watching_ = false;
+  reset_forwarded_ = false;
+  blocking_outstanding_ = false;
+  backlog_nonblocking_ = false;
   stream_outstanding_ = 0;
   ForwardPinned(req, raw, len);
 }
 
-void ClientSession::TrackPinnedState(const Request& req) {
+bool ClientSession::TrackPinnedState(const Request& req) {
   std::string_view name = req.arg(0);
-  if (EqualsLower(name, "quit")) quit_forwarded_ = true;
-  if (pin_permanent_) return;
+  RouteDecision d = worker_->router().Classify(req);
+  if (d.route == Route::kLocal && d.local == LocalCommand::kQuit) quit_forwarded_ = true;
+  if (d.route == Route::kLocal && d.local == LocalCommand::kReset) reset_forwarded_ = true;
+  ++stream_outstanding_;
+  if (pin_permanent_) return d.blocking;
   if (EqualsLower(name, "multi")) {
     in_multi_ = true;
   } else if (EqualsLower(name, "exec") || EqualsLower(name, "discard")) {
+    // Only inside MULTI do they end the transaction and drop WATCHes; outside it Redis
+    // answers an error and the WATCH stays (the connection must not be reused then).
+    if (in_multi_) watching_ = false;
     in_multi_ = false;
-    watching_ = false;
   } else if (EqualsLower(name, "watch")) {
     watching_ = true;
   } else if (EqualsLower(name, "unwatch")) {
     if (!in_multi_) watching_ = false;
-  } else {
+  } else if (d.route == Route::kPin || d.route == Route::kDeny ||
+             (d.route == Route::kLocal && d.local != LocalCommand::kPing &&
+              d.local != LocalCommand::kEcho)) {
     // Anything else that changes the connection for good keeps it pinned: blocking and
-    // pub/sub commands, SELECT n, CLIENT REPLY, and the commands the proxy would otherwise
-    // answer itself (AUTH, HELLO, RESET, QUIT reach the backend on a pinned connection).
-    RouteDecision d = worker_->router().Classify(req);
-    if (d.route == Route::kPin || d.route == Route::kLocal || d.route == Route::kDeny) {
-      if (!(d.route == Route::kLocal && d.local == LocalCommand::kPing)) pin_permanent_ = true;
-    }
+    // pub/sub commands, SELECT n, CLIENT REPLY, and what the proxy would otherwise answer
+    // itself (AUTH, HELLO, RESET, QUIT reach the backend on a pinned connection).
+    pin_permanent_ = true;
   }
-  ++stream_outstanding_;
+  // Inside MULTI nothing blocks: it is queued.
+  return d.blocking && !in_multi_;
 }
 
 void ClientSession::ForwardPinned(const Request& req, const char* raw, size_t len) {
-  TrackPinnedState(req);
+  bool blocking = TrackPinnedState(req);
   if (head_ == stream_seq_ && backlog_.empty()) {
     dedicated_->SendRaw(raw, len);
+    ArmPinnedDeadline(blocking);
   } else {
     backlog_.Append(raw, len);
+    if (blocking) {
+      backlog_blocking_ = true;
+    } else {
+      backlog_nonblocking_ = true;
+    }
+  }
+}
+
+void ClientSession::ArmPinnedDeadline(bool blocking) {
+  // A pinned connection must show progress within the timeout after a non-blocking request,
+  // unless a blocking one (BLPOP, SUBSCRIBE...) is ahead of it and may legitimately wait.
+  if (blocking) {
+    blocking_outstanding_ = true;
+  } else if (!blocking_outstanding_) {
+    dedicated_->ArmDeadline(worker_->now() + worker_->timeout_ms());
   }
 }
 
@@ -416,17 +449,36 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (closed_) return;
   out_.Append(data, len);
   worker_->MarkDirty(this);
+  blocking_outstanding_ = false;
+  if (stream_outstanding_ > 0) --stream_outstanding_;
+  if (reset_forwarded_ && len == 8 && std::memcmp(data, "+RESET\r\n", 8) == 0) {
+    // RESET answered: the session starts over unpinned (a new connection is cleaner than
+    // re-authenticating this one, which RESET logged out).
+    reset_forwarded_ = false;
+    name_.clear();
+    authenticated_ = worker_->config().requirepass.empty();
+    AbandonPinned();
+    return;
+  }
   if (!pin_permanent_) {
-    if (stream_outstanding_ > 0) --stream_outstanding_;
+    // Keep the connection accountable for the rest of a transaction's replies.
+    if (stream_outstanding_ > 0 && dedicated_ != nullptr) {
+      dedicated_->ArmDeadline(worker_->now() + worker_->timeout_ms());
+    }
     MaybeUnpin();
   }
 }
 
 void ClientSession::MaybeUnpin() {
-  if (pin_permanent_ || in_multi_ || watching_ || stream_outstanding_ != 0 || !backlog_.empty() ||
-      dedicated_ == nullptr || head_ != stream_seq_) {
+  if (pin_permanent_ || stream_outstanding_ != 0 || !backlog_.empty() || dedicated_ == nullptr ||
+      head_ != stream_seq_) {
     return;
   }
+  if (draining_) {
+    AbandonPinned();  // nothing outstanding: the client will not be read again
+    return;
+  }
+  if (in_multi_ || watching_) return;
   // The transaction is over and every reply is in: the connection is clean (no MULTI, no
   // WATCH, database 0), so it goes back to the worker and reads balance over replicas again.
   worker_->ReleaseDedicatedConn(dedicated_);
@@ -437,18 +489,35 @@ void ClientSession::MaybeUnpin() {
   AdvanceHead();
 }
 
+void ClientSession::AbandonPinned() {
+  if (dedicated_ != nullptr) {
+    BackendConn* d = dedicated_;
+    dedicated_ = nullptr;
+    d->Shutdown("session ended", true);  // clears its owner first: no callback comes back
+  }
+  backlog_.Clear();
+  backlog_blocking_ = backlog_nonblocking_ = false;
+  Slot& s = SlotAt(stream_seq_);
+  if (s.stream) {
+    // The stream slot ends here; replies ahead of it keep their order.
+    s.stream = false;
+    s.done = true;
+    AdvanceHead();
+  }
+}
+
 void ClientSession::OnStreamFailure(const std::string& reason) {
-  dedicated_ = nullptr;
+  dedicated_ = nullptr;  // the connection is going away by itself
   if (closed_) return;
+  AbandonPinned();
   if (!quit_forwarded_) {
     Log().debug("client {}: pinned connection failed: {}", id_, reason);
-    resp::AppendError(out_, errors::kPinnedLost);
+    worker_->stats().errors++;
+    ReplyErrorNow(std::string(errors::kPinnedLost) + " (" + reason + ")");
   }
   closing_after_flush_ = true;
   PauseReading();
-  // The stream slot never completes; drop it so MaybeFinish sees nothing outstanding.
-  head_ = next_;
-  worker_->MarkDirty(this);
+  MaybeFinish();
 }
 
 // ---- local commands ----
@@ -639,14 +708,17 @@ void ClientSession::MaybeFinish() {
 
 void ClientSession::StartDrain() {
   if (closed_) return;
+  draining_ = true;
   closing_after_flush_ = true;
   PauseReading();
-  if (dedicated_ != nullptr) {
-    // A pinned session (blocking, pub/sub) may never finish on its own: what it has received
-    // is delivered, the rest ends with the connection.
-    head_ = next_;
+  if (dedicated_ != nullptr && (pin_permanent_ || stream_outstanding_ == 0)) {
+    // A blocking or pub/sub session may never finish on its own: what it has received is
+    // delivered, the rest ends with the connection. A transaction with replies still due
+    // gets them first (MaybeUnpin ends it; the drain timeout bounds the wait).
+    AbandonPinned();
   }
   worker_->MarkDirty(this);
+  MaybeFinish();
 }
 
 void ClientSession::Close() {

@@ -68,8 +68,12 @@ class ClientSession {
   void Dispatch(const RouteDecision& d, const char* raw, size_t len);
   void EnterPinned(const Request& req, const char* raw, size_t len);
   void ForwardPinned(const Request& req, const char* raw, size_t len);
-  void TrackPinnedState(const Request& req);
+  // Updates the pinned session's state for one forwarded request; true if it may block.
+  bool TrackPinnedState(const Request& req);
+  void ArmPinnedDeadline(bool blocking);
   void MaybeUnpin();
+  // Ends the pinned session: closes the dedicated connection, completes the stream slot.
+  void AbandonPinned();
   void RetryOnPrimary(uint64_t seq);
 
   uint64_t NewSlot();
@@ -127,7 +131,13 @@ class ClientSession {
   bool pin_permanent_ = false;
   bool in_multi_ = false;
   bool watching_ = false;
-  uint64_t stream_outstanding_ = 0;  // transaction mode: requests forwarded, not yet answered
+  uint64_t stream_outstanding_ = 0;  // requests forwarded, not yet answered (exact for
+                                     // transactions; pub/sub replies are not one-to-one)
+  bool reset_forwarded_ = false;
+  bool blocking_outstanding_ = false;  // a blocking request was sent and nothing came back yet
+  bool backlog_blocking_ = false;      // what the backlog holds, to arm deadlines on release
+  bool backlog_nonblocking_ = false;
+  bool draining_ = false;
 };
 
 }  // namespace kp

@@ -61,6 +61,8 @@ bool Server::Listen() {
     Log().critical("cannot listen on {}: {}", config_.listen.ToString(), err);
     return false;
   }
+  uv_timer_init(loop_, &accept_pause_);
+  accept_pause_.data = this;
   uv_poll_init(loop_, &listen_poll_, listen_fd_);
   listen_poll_.data = this;
   uv_poll_start(&listen_poll_, UV_READABLE, [](uv_poll_t* h, int status, int) {
@@ -78,6 +80,23 @@ void Server::OnAcceptable() {
     if (fd < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
       if (errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of descriptors: the socket stays readable, so polling it would spin. Pause
+        // accepting for a moment; established clients carry on.
+        Log().error("accept: {}; pausing accepts for 100 ms", std::strerror(errno));
+        uv_poll_stop(&listen_poll_);
+        uv_timer_start(
+            &accept_pause_,
+            [](uv_timer_t* t) {
+              auto* self = static_cast<Server*>(t->data);
+              if (self->shutting_down_) return;
+              uv_poll_start(&self->listen_poll_, UV_READABLE, [](uv_poll_t* h, int status, int) {
+                if (status == 0) static_cast<Server*>(h->data)->OnAcceptable();
+              });
+            },
+            100, 0);
+        return;
+      }
       Log().error("accept: {}", std::strerror(errno));
       return;
     }
@@ -149,6 +168,7 @@ void Server::BeginShutdown(int signum) {
              config_.drain_timeout_s);
   uv_poll_stop(&listen_poll_);
   uv_close(reinterpret_cast<uv_handle_t*>(&listen_poll_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&accept_pause_), nullptr);
   ::close(listen_fd_);
   listen_fd_ = -1;
   for (auto& w : workers_) w->RequestDrain();

@@ -37,6 +37,7 @@ class Server {
   uv_loop_t* loop_;
   int listen_fd_ = -1;
   uv_poll_t listen_poll_;
+  uv_timer_t accept_pause_;  // re-arms accepting after running out of descriptors
   uv_signal_t sigterm_;
   uv_signal_t sigint_;
   std::unique_ptr<HealthChecker> health_;

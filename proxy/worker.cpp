@@ -148,7 +148,9 @@ BackendConn* Worker::NewDedicatedConn(Backend* primary, ClientSession* owner) {
     c->set_owner(owner);
     return c;
   }
-  return new BackendConn(this, primary, BackendConn::Mode::kDedicated, owner);
+  auto* c = new BackendConn(this, primary, BackendConn::Mode::kDedicated, owner);
+  dedicated_.insert(c);
+  return c;
 }
 
 void Worker::ReleaseDedicatedConn(BackendConn* c) {
@@ -163,7 +165,8 @@ void Worker::ReleaseDedicatedConn(BackendConn* c) {
   idle_dedicated_.push_back(c);
 }
 
-void Worker::ForgetIdleDedicatedConn(BackendConn* c) {
+void Worker::ForgetDedicatedConn(BackendConn* c) {
+  dedicated_.erase(c);
   auto it = std::find(idle_dedicated_.begin(), idle_dedicated_.end(), c);
   if (it != idle_dedicated_.end()) idle_dedicated_.erase(it);
 }
@@ -244,6 +247,13 @@ void Worker::OnTick() {
   uint64_t now = uv_now(&loop_);
   for (auto& pool : pools_) {
     for (BackendConn* c : pool) c->CheckTimeout(now);
+  }
+  if (!dedicated_.empty()) {
+    // A timeout fails the connection, which may erase it from the set: iterate a copy.
+    std::vector<BackendConn*> all(dedicated_.begin(), dedicated_.end());
+    for (BackendConn* c : all) {
+      if (dedicated_.count(c)) c->CheckTimeout(now);
+    }
   }
 }
 

@@ -56,8 +56,9 @@ class Worker {
   BackendConn* NewDedicatedConn(Backend* primary, ClientSession* owner);
   // Takes back a dedicated connection whose session state is clean (after a transaction).
   void ReleaseDedicatedConn(BackendConn* c);
-  // Called when an idle dedicated connection fails: it must not be handed out again.
-  void ForgetIdleDedicatedConn(BackendConn* c);
+  // Called when a dedicated connection fails or dies: it must not be handed out or checked
+  // for timeouts again.
+  void ForgetDedicatedConn(BackendConn* c);
   void MarkDirty(ClientSession* c);
   void MarkDirty(BackendConn* c);
   // Deletes the object at the next flush point (after libuv has released its handles).
@@ -101,6 +102,7 @@ class Worker {
   std::vector<std::vector<BackendConn*>> pools_;  // per backend index
   std::vector<size_t> pool_rr_;
   std::vector<BackendConn*> idle_dedicated_;
+  std::unordered_set<BackendConn*> dedicated_;  // every live dedicated connection
   size_t replica_rr_ = 0;
   uint64_t rng_state_;
 
