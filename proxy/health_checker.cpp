@@ -65,39 +65,98 @@ void HealthChecker::OnTick() {
       if (now - p.sent_ms >= timeout_ms_) Drop(p, "no reply to PING within the timeout");
       continue;
     }
+    if (p.resolving) continue;
     if (p.ctx == nullptr) {
-      const Endpoint& ep = p.backend->endpoint();
-      std::string host = ep.host;
-      if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-      redisAsyncContext* c = redisAsyncConnect(host.c_str(), ep.port);
-      if (c == nullptr) continue;
-      if (c->err) {
-        std::string why = std::string("connect: ") + c->errstr;
-        redisAsyncFree(c);
-        p.backend->MarkDown("health check: " + why);
-        continue;
-      }
-      c->data = &p;
-      if (redisLibuvAttach(c, loop_) != REDIS_OK) {
-        redisAsyncFree(c);
-        continue;
-      }
-      redisAsyncSetConnectCallback(c, OnConnect);
-      redisAsyncSetDisconnectCallback(c, OnDisconnect);
-      p.ctx = c;
-      if (!config_.backend_password.empty()) {
-        if (config_.backend_username.empty()) {
-          redisAsyncCommand(c, OnAuth, &p, "AUTH %b", config_.backend_password.data(),
-                            config_.backend_password.size());
-        } else {
-          redisAsyncCommand(c, OnAuth, &p, "AUTH %b %b", config_.backend_username.data(),
-                            config_.backend_username.size(), config_.backend_password.data(),
-                            config_.backend_password.size());
-        }
-      }
+      StartResolve(p);
+      continue;
     }
     SendProbe(p);
   }
+}
+
+void HealthChecker::StartResolve(Probe& p) {
+  const Endpoint& ep = p.backend->endpoint();
+  std::string host = ep.host;
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  sockaddr_in a4;
+  sockaddr_in6 a6;
+  if (uv_ip4_addr(host.c_str(), ep.port, &a4) == 0 ||
+      uv_ip6_addr(host.c_str(), ep.port, &a6) == 0) {
+    Connect(p, host);
+    return;
+  }
+  p.resolving = true;
+  p.resolve_req.data = &p;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  int rc = uv_getaddrinfo(
+      loop_, &p.resolve_req,
+      [](uv_getaddrinfo_t* req, int status, addrinfo* res) {
+        auto* probe = static_cast<Probe*>(req->data);
+        probe->resolving = false;
+        std::string ip;
+        if (status == 0 && res != nullptr) {
+          // Prefer IPv4, as the data plane does.
+          const addrinfo* pick = res;
+          for (const addrinfo* ai = res; ai; ai = ai->ai_next) {
+            if (ai->ai_family == AF_INET) {
+              pick = ai;
+              break;
+            }
+          }
+          char buf[INET6_ADDRSTRLEN] = {0};
+          if (pick->ai_family == AF_INET) {
+            uv_ip4_name(reinterpret_cast<const sockaddr_in*>(pick->ai_addr), buf, sizeof buf);
+          } else {
+            uv_ip6_name(reinterpret_cast<const sockaddr_in6*>(pick->ai_addr), buf, sizeof buf);
+          }
+          ip = buf;
+        }
+        uv_freeaddrinfo(res);
+        if (!probe->owner->running_) return;
+        if (ip.empty()) {
+          probe->backend->MarkDown(std::string("health check: cannot resolve host: ") +
+                                   uv_strerror(status));
+          return;
+        }
+        probe->owner->Connect(*probe, ip);
+      },
+      host.c_str(), nullptr, &hints);
+  if (rc != 0) {
+    p.resolving = false;
+    p.backend->MarkDown(std::string("health check: cannot resolve host: ") + uv_strerror(rc));
+  }
+}
+
+void HealthChecker::Connect(Probe& p, const std::string& ip) {
+  redisAsyncContext* c = redisAsyncConnect(ip.c_str(), p.backend->endpoint().port);
+  if (c == nullptr) return;
+  if (c->err) {
+    std::string why = std::string("connect: ") + c->errstr;
+    redisAsyncFree(c);
+    p.backend->MarkDown("health check: " + why);
+    return;
+  }
+  c->data = &p;
+  if (redisLibuvAttach(c, loop_) != REDIS_OK) {
+    redisAsyncFree(c);
+    return;
+  }
+  redisAsyncSetConnectCallback(c, OnConnect);
+  redisAsyncSetDisconnectCallback(c, OnDisconnect);
+  p.ctx = c;
+  if (!config_.backend_password.empty()) {
+    if (config_.backend_username.empty()) {
+      redisAsyncCommand(c, OnAuth, &p, "AUTH %b", config_.backend_password.data(),
+                        config_.backend_password.size());
+    } else {
+      redisAsyncCommand(c, OnAuth, &p, "AUTH %b %b", config_.backend_username.data(),
+                        config_.backend_username.size(), config_.backend_password.data(),
+                        config_.backend_password.size());
+    }
+  }
+  SendProbe(p);
 }
 
 void HealthChecker::SendProbe(Probe& p) {

@@ -33,10 +33,15 @@ class HealthChecker {
     bool awaiting = false;
     uint64_t sent_ms = 0;
     uint64_t epoch = 0;
+    bool resolving = false;
+    uv_getaddrinfo_t resolve_req;
   };
 
   void OnTick();
   void SendProbe(Probe& p);
+  // Resolves a host name off the loop (hiredis would block in getaddrinfo), then Connect().
+  void StartResolve(Probe& p);
+  void Connect(Probe& p, const std::string& ip);
   void Drop(Probe& p, const char* why);
 
   static void OnConnect(const redisAsyncContext* c, int status);
