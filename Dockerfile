@@ -8,7 +8,7 @@ FROM debian:bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config ca-certificates \
-      libuv1-dev libhiredis-dev libyaml-cpp-dev libspdlog-dev libfmt-dev doctest-dev \
+      libuv1-dev libhiredis-dev libyaml-cpp-dev libspdlog-dev libfmt-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

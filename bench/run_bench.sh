@@ -66,8 +66,21 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# A free loopback port below the ephemeral range, so no outgoing connection can take it
+# between the check and the server's bind.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    port = random.randint(10000, 32000)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(port)
+        break
+PY
 }
 
 # wait_ping PORT NAME: bounded wait until the target answers PING.

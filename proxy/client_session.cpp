@@ -120,6 +120,7 @@ void ClientSession::ProcessInput() {
     }
   }
   if (in_.empty()) in_.ShrinkIfEmpty(kKeepBuffer);
+  if (draining_) MaybeFinish();
 }
 
 void ClientSession::ProtocolError(const std::string& msg) {
@@ -474,10 +475,6 @@ void ClientSession::MaybeUnpin() {
       head_ != stream_seq_) {
     return;
   }
-  if (draining_) {
-    AbandonPinned();  // nothing outstanding: the client will not be read again
-    return;
-  }
   if (in_multi_ || watching_) return;
   // The transaction is over and every reply is in: the connection is clean (no MULTI, no
   // WATCH, database 0), so it goes back to the worker and reads balance over replicas again.
@@ -701,21 +698,24 @@ void ClientSession::WriteCb(uv_write_t* req, int status) {
 }
 
 void ClientSession::MaybeFinish() {
-  if (closed_ || !closing_after_flush_) return;
+  if (closed_ || !(closing_after_flush_ || draining_)) return;
   if (head_ < next_ || writing_ || !out_.empty()) return;
+  // Draining: what the client already sent is served too; the session ends once it is idle
+  // (the drain timeout bounds a client that keeps sending).
+  if (draining_ && !closing_after_flush_ && !in_.empty()) return;
   Close();
 }
 
 void ClientSession::StartDrain() {
   if (closed_) return;
   draining_ = true;
-  closing_after_flush_ = true;
-  PauseReading();
   if (dedicated_ != nullptr && (pin_permanent_ || stream_outstanding_ == 0)) {
     // A blocking or pub/sub session may never finish on its own: what it has received is
     // delivered, the rest ends with the connection. A transaction with replies still due
     // gets them first (MaybeUnpin ends it; the drain timeout bounds the wait).
     AbandonPinned();
+    closing_after_flush_ = true;
+    PauseReading();
   }
   worker_->MarkDirty(this);
   MaybeFinish();

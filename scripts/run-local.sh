@@ -81,7 +81,10 @@ start_redis() {  # name port [replicaof-port]
   local args=(--port "$port" --bind "$HOST" --dir "$dir" --save '' --appendonly no
               --daemonize no --logfile "$dir/redis.log" --repl-diskless-sync-delay 0)
   [[ $# -ge 3 ]] && args+=(--replicaof "$HOST" "$3")
-  redis-server "${args[@]}" &
+  # Own session: Ctrl-C reaches only the proxy, which drains first; the EXIT trap then
+  # stops the servers. (A background child is no group leader, so setsid execs in place
+  # and $! stays the server's PID.)
+  setsid redis-server "${args[@]}" &
   PIDS+=($!)
   local i
   for i in $(seq 1 100); do

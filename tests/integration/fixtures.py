@@ -8,6 +8,7 @@ bounded in time. Nothing here talks to anything but 127.0.0.1.
 """
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -36,9 +37,30 @@ PROXY_BASE_ARGS = ["--workers", "2", "--timeout", str(PROXY_TIMEOUT_S),
 PROXY_ENV_PREFIXES = ("REDIS_", "KOMPRESS_")
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port():
-    """A loopback TCP port nobody listens on right now (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A loopback TCP port nobody listens on right now. Taken below the kernel's ephemeral
+    range, so the outgoing connections of the servers and the proxy (which get ephemeral
+    source ports) cannot occupy it between now and the moment a server binds it."""
+    low, _ = _ephemeral_range()
+    top = min(low, 32768) - 1
+    for _ in range(200):
+        port = random.randint(10000, top)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # fall back to the kernel
         s.bind((HOST, 0))
         return s.getsockname()[1]
 
@@ -193,12 +215,17 @@ class RedisServer:
             stop_process(self.proc)
             REGISTRY.discard(self.proc)
 
-    def restart(self, extra_args=(), wait=True):
-        """Stops the server if it still runs (kill -9) and starts it on the same port."""
+    def restart(self, extra_args=(), wait=True, keep_data=False):
+        """Stops the server if it still runs (kill -9) and starts it on the same port. Unless
+        keep_data, the RDB file a replica kept from its last sync is removed first, so a
+        restarted replica needs a full resync (as a replacement machine would)."""
         if self.proc is not None and self.proc.poll() is None:
             if self.stopped:
                 self.sigcont()
             self.kill9()
+        if not keep_data:
+            for rdb in self.dir.glob("*.rdb"):
+                rdb.unlink()
         return self.start(extra_args=extra_args, wait=wait)
 
     @property
@@ -288,11 +315,17 @@ class Cluster:
             s.stop()
 
     def wait_replicated(self, timeout_ms=5000):
-        """WAIT on a direct primary connection for every replica that is alive."""
-        want = sum(1 for r in self.replicas if r.alive and not r.stopped)
-        got = self.primary.client(timeout=timeout_ms / 1000 + 2).execute_command(
-            "WAIT", want, timeout_ms)
-        assert got >= want, f"WAIT {want} {timeout_ms} acknowledged by only {got} replicas"
+        """Waits until every running replica has applied everything written to the primary
+        so far (replica offset >= primary offset). WAIT on a fresh connection would not do:
+        it only counts the writes of its own connection."""
+        target = self.primary.client().info("replication")["master_repl_offset"]
+        replicas = [r for r in self.replicas if r.alive and not r.stopped]
+
+        def caught_up():
+            return all(r.client(timeout=1).info("replication").get("slave_repl_offset", -1)
+                       >= target for r in replicas)
+        wait_until(caught_up, timeout_ms / 1000 * SLOWDOWN, interval=0.01,
+                   what=f"replicas to reach primary offset {target}")
 
     def snapshot(self, command):
         """{server name: calls of `command`} for every running server."""
@@ -545,3 +578,133 @@ def encode_command(*args):
             a = str(a).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(a), a))
     return b"".join(out)
+
+
+# -- a misbehaving backend -------------------------------------------------------------------
+
+class FakeBackend:
+    """A TCP server speaking just enough RESP to pass the proxy's health check (PING gets
+    +PONG) and answering every other request according to `mode`:
+      "garbage"    bytes that are not RESP
+      "close"      closes the connection without a reply
+      "loading"    -LOADING (Redis loading its dataset: the command was not executed)
+      "masterdown" -MASTERDOWN (replica with a broken link and serve-stale-data no)
+    Runs in daemon threads; stop() closes everything. Counts the requests it got."""
+
+    REPLIES = {
+        "garbage": b"?this is not RESP\r\n",
+        "loading": b"-LOADING Redis is loading the dataset in memory\r\n",
+        "masterdown": b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data "
+                      b"is set to 'no'.\r\n",
+    }
+
+    def __init__(self, mode):
+        import threading
+        self.mode = mode
+        self.port = free_port()
+        self.requests = 0       # everything but PING
+        self.pings = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((HOST, self.port))
+        self._listener.listen(64)
+        self._listener.settimeout(0.1)
+        self._conns = []
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self):
+        import threading
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _parse_request(buf):
+        """(argv, consumed) for one request at the start of buf, or (None, 0)."""
+        if not buf:
+            return None, 0
+        if buf[:1] != b"*":
+            end = buf.find(b"\n")
+            if end < 0:
+                return None, 0
+            return buf[:end].strip().split(), end + 1
+        end = buf.find(b"\r\n")
+        if end < 0:
+            return None, 0
+        n = int(buf[1:end])
+        pos = end + 2
+        argv = []
+        for _ in range(n):
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                return None, 0
+            size = int(buf[pos + 1:end])
+            if len(buf) < end + 2 + size + 2:
+                return None, 0
+            argv.append(buf[end + 2:end + 2 + size])
+            pos = end + 2 + size + 2
+        return argv, pos
+
+    def _serve(self, conn):
+        buf = b""
+        conn.settimeout(0.2)
+        try:
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    return
+                buf += chunk
+                out = b""
+                while True:
+                    argv, used = self._parse_request(buf)
+                    if argv is None:
+                        break
+                    buf = buf[used:]
+                    if not argv:
+                        continue
+                    if argv[0].upper() == b"PING":
+                        with self._lock:
+                            self.pings += 1
+                        out += b"+PONG\r\n"
+                        continue
+                    with self._lock:
+                        self.requests += 1
+                    if self.mode == "close":
+                        if out:
+                            conn.sendall(out)
+                        return
+                    out += self.REPLIES[self.mode]
+                    if self.mode == "garbage":
+                        conn.sendall(out)
+                        return  # a real broken server would not make sense after this either
+                if out:
+                    conn.sendall(out)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self):
+        self._stop.set()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        for c in self._conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+        self._thread.join(timeout=5)

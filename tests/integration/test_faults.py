@@ -6,8 +6,10 @@ writes to a dead primary fail promptly with -ERR, and nothing acknowledged is lo
 import threading
 import time
 
-from fixtures import (PROXY_TIMEOUT_S, SLOWDOWN, connect, delta, encode_command,
-                      read_replies, wait_until)
+import pytest
+
+from fixtures import (PROXY_TIMEOUT_S, SLOWDOWN, FakeBackend, connect, delta,
+                      encode_command, read_replies, wait_until)
 
 # A read hit by a failure may take the proxy's timeout plus a failover round trip.
 LATENCY_BOUND_S = PROXY_TIMEOUT_S + 1.0 * SLOWDOWN
@@ -92,6 +94,7 @@ def test_replica_kill_then_stop_reads_never_fail(fresh_cluster, fresh_proxy):
 
     # 1. kill -9 one replica under load.
     res = read_loop(client, keys, 3.0, actions=[(0.5, r1.kill9)])
+    print("replica killed:", res)
     assert res.errors == [], res
     assert res.count > 100, res
     assert res.max_latency <= LATENCY_BOUND_S, res
@@ -99,6 +102,7 @@ def test_replica_kill_then_stop_reads_never_fail(fresh_cluster, fresh_proxy):
     # 2. SIGSTOP the other one: reads to it time out and fail over to the primary.
     before = c.primary.calls("get")
     res = read_loop(client, keys, 3.0, actions=[(0.5, r2.sigstop)])
+    print("replica stopped:", res)
     assert res.errors == [], res
     assert res.count > 20, res
     assert res.max_latency <= LATENCY_BOUND_S, f"a read took longer than the timeout: {res}"
@@ -136,14 +140,17 @@ def test_restarted_replica_syncing_masterdown_fails_over(fresh_cluster, make_pro
     client = proxy.client(timeout=10)
     client.get(keys[0][0])
     # Hold the primary's side of the resync back a little so the MASTERDOWN window is wide.
-    c.primary.client().config_set("repl-diskless-sync-delay", 1)
+    c.primary.client().config_set("repl-diskless-sync-delay", 2)
 
     def restart_r1():
         r1.restart(extra_args=["--replica-serve-stale-data", "no"], wait=False)
 
     res = read_loop(client, keys, 4.0, actions=[(0.3, restart_r1)])
+    print("replica restarted (MASTERDOWN while syncing):", res)
     assert res.errors == [], res
     assert res.max_latency <= LATENCY_BOUND_S, res
+    # The window was real: the restarted replica refused commands from the proxy.
+    assert r1.errorstats().get("MASTERDOWN", 0) > 0, "replica never answered MASTERDOWN"
     c.primary.client().config_set("repl-diskless-sync-delay", 0)
     r1.wait_link_up()
     res = wait_replicas_serve_reads(c, client, keys, [r1])
@@ -325,3 +332,27 @@ def test_acknowledged_writes_survive_replica_kill(fresh_cluster, fresh_proxy):
         values = p.mget([f"ack:{i}" for i in chunk])
         missing += [i for i, v in zip(chunk, values) if v != str(i).encode()]
     assert missing == [], f"{len(missing)} acknowledged writes missing on the primary"
+
+
+@pytest.mark.parametrize("mode", ["garbage", "close", "loading", "masterdown"])
+def test_misbehaving_replica_reads_fail_over(fresh_cluster, make_proxy, mode):
+    """A replica that answers PING but replies garbage, closes mid-request, or says LOADING
+    or MASTERDOWN to reads: the client never sees it, it gets the primary's answer."""
+    c = fresh_cluster
+    keys = populate(c)
+    fake = FakeBackend(mode)
+    try:
+        # The fake replica and a real one: reads alternate between them.
+        proxy = make_proxy(c.primary.port, [fake.port, c.replicas[0].port])
+        client = proxy.client(timeout=10)
+        before = c.primary.calls("get")
+        res = read_loop(client, keys, 2.0)
+        print(f"{mode}:", res, f"fake got {fake.requests} reads, {fake.pings} pings")
+        assert res.errors == [], res
+        assert res.count > 50, res
+        assert res.max_latency <= LATENCY_BOUND_S, res
+        assert fake.requests > 0, "no read was ever sent to the misbehaving replica"
+        assert c.primary.calls("get") > before, "no read failed over to the primary"
+        assert proxy.alive
+    finally:
+        fake.stop()

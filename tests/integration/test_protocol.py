@@ -7,6 +7,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import time
 
 import pytest
@@ -301,23 +302,26 @@ def test_no_replicas_primary_serves_reads(cluster, make_proxy):
     assert d == {"primary": 10, "replica1": 0, "replica2": 0}, d
 
 
-def test_sigterm_drains_inflight_pipeline(cluster, make_proxy):
+@pytest.mark.parametrize("n", [400, 1000], ids=["801-commands", "2001-commands"])
+def test_sigterm_drains_inflight_pipeline(cluster, make_proxy, n):
+    """Every request the client sent before SIGTERM is answered, also past the proxy's
+    pipeline-depth backpressure (default 1024 in flight), then the proxy exits 0."""
     p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas])
     prim = cluster.primary.client()
     prim.delete("drain:ctr")
     for i in range(100):
         prim.set(f"drain:pre:{i}", i)
     cluster.wait_replicated()
-    n = 1000
-    # DEBUG SLEEP holds the primary, so the writes behind it are in flight at SIGTERM.
-    payload = encode_command("DEBUG", "SLEEP", "1") + b"".join(
+    # DEBUG SLEEP holds the primary (for less than the proxy's 1 s timeout), so the writes
+    # behind it are in flight at SIGTERM.
+    payload = encode_command("DEBUG", "SLEEP", "0.5") + b"".join(
         encode_command("INCR", "drain:ctr") + encode_command("GET", f"drain:pre:{i % 100}")
         for i in range(n))
     with connect(p.port, timeout=30) as s:
         s.sendall(payload)
-        time.sleep(0.3)
+        time.sleep(0.15)
         os.kill(p.proc.pid, signal.SIGTERM)
-        time.sleep(0.2)
+        time.sleep(0.1)
         accepting = port_accepts(p.port)
         replies, rest = read_replies(s, 1 + 2 * n, timeout=30 * SLOWDOWN)
         tail, closed = read_until_closed(s, timeout=10 * SLOWDOWN)
@@ -339,3 +343,24 @@ def test_sigint_idle_exits_zero(cluster, make_proxy):
     assert p.client().ping()
     os.kill(p.proc.pid, signal.SIGINT)
     assert p.proc.wait(timeout=15 * SLOWDOWN) == 0
+
+
+def test_clients_vanishing_with_requests_in_flight(cluster, proxy):
+    """Clients that close (or reset) with thousands of requests in flight: the proxy drops
+    the late replies and keeps serving everyone else."""
+    cluster.primary.client().set("vanish:k", b"z" * 1000)
+    cluster.wait_replicated()
+    payload = encode_command("GET", "vanish:k") * 5000 + encode_command("INCR", "vanish:n") * 500
+    for i in range(10):
+        s = connect(proxy.port)
+        s.sendall(payload)
+        if i % 2:  # RST instead of FIN
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    time.sleep(0.5)
+    c = proxy.client()
+    assert c.ping() is True
+    assert c.get("vanish:k") == b"z" * 1000
+    # Every INCR the proxy forwarded ran once at most: never more than were sent.
+    n = int(cluster.primary.client().get("vanish:n") or 0)
+    assert n <= 10 * 500
