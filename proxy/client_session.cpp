@@ -385,6 +385,7 @@ void ClientSession::EnterPinned(const Request& req, const char* raw, size_t len)
   pin_permanent_ = false;
   in_multi_ = watching_ = false;
   reset_forwarded_ = false;
+  dedicated_reusable_ = true;
   blocking_outstanding_ = false;
   backlog_nonblocking_ = false;
   stream_outstanding_ = 0;
@@ -453,13 +454,16 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   blocking_outstanding_ = false;
   if (stream_outstanding_ > 0) --stream_outstanding_;
   if (reset_forwarded_ && len == 8 && std::memcmp(data, "+RESET\r\n", 8) == 0) {
-    // RESET answered: the session starts over unpinned (a new connection is cleaner than
-    // re-authenticating this one, which RESET logged out).
+    // RESET answered: the connection is back to its defaults (database 0, no transaction,
+    // no subscriptions), so the session can leave pinned mode once everything sent after
+    // RESET is answered too. RESET also logged the connection out of the backend, so with
+    // backend credentials it is closed rather than reused.
     reset_forwarded_ = false;
     name_.clear();
     authenticated_ = worker_->config().requirepass.empty();
-    AbandonPinned();
-    return;
+    pin_permanent_ = false;
+    in_multi_ = watching_ = false;
+    if (!worker_->config().backend_password.empty()) dedicated_reusable_ = false;
   }
   if (!pin_permanent_) {
     // Keep the connection accountable for the rest of a transaction's replies.
@@ -478,7 +482,11 @@ void ClientSession::MaybeUnpin() {
   if (in_multi_ || watching_) return;
   // The transaction is over and every reply is in: the connection is clean (no MULTI, no
   // WATCH, database 0), so it goes back to the worker and reads balance over replicas again.
-  worker_->ReleaseDedicatedConn(dedicated_);
+  if (dedicated_reusable_) {
+    worker_->ReleaseDedicatedConn(dedicated_);
+  } else {
+    dedicated_->Shutdown("released", true);
+  }
   dedicated_ = nullptr;
   Slot& s = SlotAt(stream_seq_);
   s.stream = false;

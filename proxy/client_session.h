@@ -134,6 +134,7 @@ class ClientSession {
   uint64_t stream_outstanding_ = 0;  // requests forwarded, not yet answered (exact for
                                      // transactions; pub/sub replies are not one-to-one)
   bool reset_forwarded_ = false;
+  bool dedicated_reusable_ = true;     // false once RESET logged it out of the backend
   bool blocking_outstanding_ = false;  // a blocking request was sent and nothing came back yet
   bool backlog_blocking_ = false;      // what the backlog holds, to arm deadlines on release
   bool backlog_nonblocking_ = false;

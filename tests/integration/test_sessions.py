@@ -1,0 +1,257 @@
+"""Session state through the proxy: transactions, WATCH, blocking commands, pub/sub, SELECT,
+AUTH against the proxy's requirepass, backend credentials, and the admin HTTP endpoint.
+A direct connection to Redis is the reference for every answer."""
+
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import redis
+
+from fixtures import HOST, connect, free_port, read_replies, wait_until
+
+
+def send(sock, *args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a.encode() if isinstance(a, str) else a
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    sock.sendall(out)
+
+
+def test_transaction_then_reads_return_to_replicas(cluster, proxy):
+    c = proxy.client()
+    pipe = c.pipeline(transaction=True)
+    pipe.set("tx:a", 1).incr("tx:a").get("tx:a")
+    assert pipe.execute() == [True, 2, b"2"]
+    assert cluster.primary.client().get("tx:a") == b"2"
+    cluster.wait_replicated()
+    # The same pooled connection is no longer pinned: its reads go to replicas again.
+    before = cluster.snapshot("get")
+    for _ in range(20):
+        assert c.get("tx:a") == b"2"
+    d = {k: v for k, v in (cluster.snapshot("get").items())}
+    moved = {k: d[k] - before.get(k, 0) for k in d}
+    assert moved["primary"] == 0
+    assert sum(v for k, v in moved.items() if k != "primary") == 20
+
+
+def test_watch_aborts_transaction_when_key_changes(cluster, proxy):
+    c = proxy.client()
+    c.set("w:k", "1")
+    other = cluster.primary.client()
+    with c.pipeline(transaction=True) as pipe:
+        pipe.watch("w:k")
+        other.set("w:k", "changed")
+        pipe.multi()
+        pipe.set("w:k", "mine")
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+    assert other.get("w:k") == b"changed"
+    # A WATCH left behind must not leak into another client's transaction.
+    raw = connect(proxy.port)
+    send(raw, "WATCH", "w:leak")
+    send(raw, "DISCARD")  # outside MULTI: an error, and the WATCH stays
+    assert read_replies(raw, 2)[0][1].startswith(b"-ERR DISCARD without MULTI")
+    raw.close()
+    other.set("w:leak", "x")
+    c2 = proxy.client()
+    p2 = c2.pipeline(transaction=True)
+    p2.set("w:other", "1")
+    assert p2.execute() == [True]
+
+
+def test_blpop_blocks_only_its_own_client(proxy):
+    c = proxy.client()
+    c.delete("bq")
+    result = {}
+
+    def blocker():
+        result["v"] = proxy.client(timeout=10).blpop("bq", timeout=5)
+
+    t = threading.Thread(target=blocker)
+    t.start()
+    time.sleep(0.3)
+    # Other clients are served while BLPOP waits.
+    t0 = time.monotonic()
+    assert c.ping() is True
+    c.set("bq:other", "1")
+    assert time.monotonic() - t0 < 0.5
+    c.rpush("bq", "item")
+    t.join(10)
+    assert result["v"] == (b"bq", b"item")
+
+
+def test_blpop_longer_than_timeout_is_not_cut(proxy):
+    # The proxy's per-command timeout (1 s in these tests) must not fail a blocking command
+    # that legitimately waits longer.
+    c = proxy.client(timeout=10)
+    c.delete("bq2")
+    t0 = time.monotonic()
+    assert c.blpop("bq2", timeout=2) is None
+    assert time.monotonic() - t0 >= 1.9
+
+
+def test_pubsub_through_proxy(proxy):
+    sub = proxy.client().pubsub()
+    sub.subscribe("news")
+    msg = sub.get_message(timeout=2)
+    assert msg["type"] == "subscribe" and msg["channel"] == b"news"
+    assert proxy.client().publish("news", "hello") == 1
+    msg = sub.get_message(timeout=2)
+    assert msg["type"] == "message" and msg["data"] == b"hello"
+    sub.psubscribe("n*")
+    assert sub.get_message(timeout=2)["type"] == "psubscribe"
+    proxy.client().publish("news", "again")
+    got = {sub.get_message(timeout=2)["type"], sub.get_message(timeout=2)["type"]}
+    assert got == {"message", "pmessage"}
+    sub.close()
+
+
+def test_select_uses_the_right_database(cluster, proxy):
+    c = proxy.client(db=3)
+    c.set("db3:key", "three")
+    assert c.get("db3:key") == b"three"
+    assert cluster.primary.client(db=3).get("db3:key") == b"three"
+    assert cluster.primary.client().get("db3:key") is None
+    assert proxy.client().get("db3:key") is None
+
+
+def test_reset_leaves_pinned_mode(cluster, proxy):
+    raw = connect(proxy.port)
+    send(raw, "SELECT", "4")
+    send(raw, "SET", "reset:k", "4")
+    send(raw, "RESET")
+    send(raw, "GET", "reset:k")  # database 0 again after RESET
+    replies, _ = read_replies(raw, 4)
+    assert replies == [b"+OK\r\n", b"+OK\r\n", b"+RESET\r\n", b"$-1\r\n"]
+    raw.close()
+
+
+def test_quit_on_pinned_session_does_not_hurt_other_clients(proxy):
+    raw = connect(proxy.port)
+    send(raw, "SELECT", "1")
+    send(raw, "QUIT")
+    assert read_replies(raw, 2)[0] == [b"+OK\r\n", b"+OK\r\n"]
+    raw.close()
+    time.sleep(0.05)
+    assert proxy.client().set("after:quit", "1") is True
+
+
+def test_protocol_error_in_pinned_session_replies_and_closes(proxy):
+    raw = connect(proxy.port)
+    send(raw, "SUBSCRIBE", "ch")
+    read_replies(raw, 1)
+    raw.sendall(b"*1\r\n$-5\r\n")
+    raw.settimeout(3)
+    data = b""
+    while True:
+        chunk = raw.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    assert data.startswith(b"-ERR Protocol error")
+
+
+def test_requirepass(cluster, make_proxy):
+    p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+                   extra_args=["--requirepass", "s3cret"])
+    c = p.client()
+    with pytest.raises(redis.AuthenticationError):  # NOAUTH, as Redis says it
+        c.get("x")
+    with pytest.raises((redis.AuthenticationError, redis.ResponseError)) as e:
+        p.client(password="wrong").get("x")
+    assert "WRONGPASS" in str(e.value) or "invalid" in str(e.value)
+    ok = p.client(password="s3cret")
+    assert ok.set("auth:k", "v") is True
+    assert ok.ping() is True
+    assert p.client(username="default", password="s3cret").ping() is True
+
+
+def test_backend_password(tmp_path, make_proxy):
+    from fixtures import Cluster
+    c = Cluster(tmp_path / "authcluster", replicas=1,
+                primary_args=["--requirepass", "backpw"],
+                replica_args=["--requirepass", "backpw", "--masterauth", "backpw"])
+    try:
+        c.primary.start(wait=False)
+        c.replicas[0].start(wait=False)
+        for s in c.servers:
+            wait_until(lambda: redis.Redis(host=HOST, port=s.port, password="backpw",
+                                           socket_timeout=0.5).ping(), 10)
+        good = make_proxy(c.primary.port, [c.replicas[0].port],
+                          extra_args=["--backend-password", "backpw"])
+        assert good.client().set("bp:k", "v") is True
+        assert redis.Redis(host=HOST, port=c.primary.port, password="backpw").get("bp:k") == b"v"
+        bad = make_proxy(c.primary.port, [], extra_args=["--backend-password", "nope"])
+        with pytest.raises(redis.ResponseError) as e:
+            bad.client().set("bp:k2", "v")
+        assert str(e.value).startswith("kompress:")
+    finally:
+        for s in c.servers:
+            if s.proc is not None:
+                s.stop()
+
+
+def http_get(port, path):
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text, series):
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} not in metrics")
+
+
+def test_admin_endpoint(fresh_cluster, make_proxy):
+    admin = free_port()
+    p = make_proxy(fresh_cluster.primary.port, [r.port for r in fresh_cluster.replicas],
+                   extra_args=["--admin-listen", f"{HOST}:{admin}"])
+    assert http_get(admin, "/healthz")[0] == 200
+    status, body = http_get(admin, "/readyz")
+    assert status == 200 and body.startswith("ready")
+    assert http_get(admin, "/nope")[0] == 404
+    c = p.client()
+    c.set("m:k", "v")
+    fresh_cluster.wait_replicated()
+    for _ in range(10):
+        c.get("m:k")
+    _, text = http_get(admin, "/metrics")
+    assert metric(text, 'kompress_requests_total{route="replica"}') == 10
+    assert metric(text, 'kompress_requests_total{route="primary_write"}') == 1
+    assert metric(text, 'kompress_request_duration_seconds_count{kind="read"}') == 10
+    up = f'kompress_backend_up{{backend="{HOST}:{fresh_cluster.replicas[0].port}",role="replica"}}'
+    assert metric(text, up) == 1
+    fresh_cluster.replicas[0].kill9()
+    for _ in range(10):
+        assert c.get("m:k") == b"v"
+    wait_until(lambda: metric(http_get(admin, "/metrics")[1], up) == 0, 5)
+    assert metric(http_get(admin, "/metrics")[1], "kompress_errors_total") == 0
+
+
+def test_failover_is_counted(fresh_cluster, make_proxy):
+    # Probes far apart, so the reads themselves discover the dead replica and fail over.
+    admin = free_port()
+    p = make_proxy(fresh_cluster.primary.port, [fresh_cluster.replicas[0].port],
+                   extra_args=["--admin-listen", f"{HOST}:{admin}",
+                               "--health-check-interval", "60"])
+    c = p.client()
+    c.set("f:k", "v")
+    fresh_cluster.wait_replicated()
+    assert c.get("f:k") == b"v"
+    # A stopped replica keeps its connections open (a killed one is noticed at once by the
+    # health checker's connection): the read times out there and the primary answers.
+    fresh_cluster.replicas[0].sigstop()
+    t0 = time.monotonic()
+    assert c.get("f:k") == b"v"
+    assert time.monotonic() - t0 < 3
+    text = http_get(admin, "/metrics")[1]
+    assert metric(text, 'kompress_requests_total{route="failover"}') == 1
+    assert metric(text, "kompress_errors_total") == 0
