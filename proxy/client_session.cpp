@@ -320,6 +320,10 @@ void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
   } else {
     s.reply.Append(data, len);
     s.done = true;
+    held_bytes_ += len;
+    if (held_bytes_ > worker_->config().client.max_client_buffer_bytes && !CheckOutputLimit()) {
+      return;
+    }
   }
   worker_->MarkDirty(this);
 }
@@ -356,6 +360,7 @@ void ClientSession::AdvanceHead() {
     }
     if (!s.done) break;
     out_.Append(s.reply.data(), s.reply.size());
+    held_bytes_ -= s.reply.size();
     s.reply.Clear();
     s.reply.ShrinkIfEmpty(kKeepBuffer);
     s.request.Clear();
@@ -663,7 +668,8 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
 // ---- writing and closing ----
 
 bool ClientSession::CheckOutputLimit() {
-  size_t buffered = out_.size() + wbuf_.size();
+  // Unsent replies, including those that arrived ahead of an earlier slow one.
+  size_t buffered = out_.size() + wbuf_.size() + held_bytes_;
   if (buffered <= worker_->config().client.max_client_buffer_bytes) return true;
   Log().warn("client {}: {} bytes of replies unread, over max_client_buffer_bytes; closing", id_,
              buffered);

@@ -117,6 +117,7 @@ class ClientSession {
   std::vector<Slot> slots_;  // ring, size a power of two; index = seq & (size - 1)
   uint64_t head_ = 0;        // oldest slot not yet flushed into out_
   uint64_t next_ = 0;        // next slot to hand out
+  size_t held_bytes_ = 0;    // reply bytes waiting in slots behind an unanswered one
 
   std::string name_;  // CLIENT SETNAME
   // Pinned session: a dedicated primary connection and the bytes waiting for the slots
