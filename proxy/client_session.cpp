@@ -178,12 +178,13 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
       return;
     case Route::kRead:
     case Route::kWrite:
-      Dispatch(d, raw, len);
+      Dispatch(d, req, raw, len);
       return;
   }
 }
 
-void ClientSession::Dispatch(const RouteDecision& d, const char* raw, size_t len) {
+void ClientSession::Dispatch(const RouteDecision& d, const Request& req, const char* raw,
+                             size_t len) {
   Backend* primary = worker_->backends().primary();
   uint64_t seq = NewSlot();
   Slot& s = SlotAt(seq);
@@ -192,7 +193,14 @@ void ClientSession::Dispatch(const RouteDecision& d, const char* raw, size_t len
   uint64_t deadline = worker_->now() + worker_->timeout_ms();
   if (d.route == Route::kRead) {
     s.is_read = true;
-    Backend* replica = worker_->PickReplica();
+    Backend* replica = nullptr;
+    if (d.cursor_arg != 0 && d.cursor_arg < req.nviews && req.argv[d.cursor_arg] != "0" &&
+        scan_backend_ != nullptr && scan_backend_->up()) {
+      replica = scan_backend_;  // continue the scan where its cursor came from
+    } else {
+      replica = worker_->PickReplica();
+      if (d.cursor_arg != 0) scan_backend_ = replica;
+    }
     if (replica != nullptr) {
       s.request.Append(raw, len);
       worker_->stats().reads_replica++;

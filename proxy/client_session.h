@@ -65,7 +65,7 @@ class ClientSession {
   void ProcessInput();
   void HandleRequest(const char* raw, size_t len);
   void HandleLocal(LocalCommand cmd, const Request& req);
-  void Dispatch(const RouteDecision& d, const char* raw, size_t len);
+  void Dispatch(const RouteDecision& d, const Request& req, const char* raw, size_t len);
   void EnterPinned(const Request& req, const char* raw, size_t len);
   void ForwardPinned(const Request& req, const char* raw, size_t len);
   // Updates the pinned session's state for one forwarded request; true if it may block.
@@ -119,7 +119,8 @@ class ClientSession {
   uint64_t next_ = 0;        // next slot to hand out
   size_t held_bytes_ = 0;    // reply bytes waiting in slots behind an unanswered one
 
-  std::string name_;  // CLIENT SETNAME
+  std::string name_;                 // CLIENT SETNAME
+  Backend* scan_backend_ = nullptr;  // replica that issued this client's last scan cursor
   // Pinned session: a dedicated primary connection and the bytes waiting for the slots
   // ahead of the stream slot to complete (so earlier requests run first).
   BackendConn* dedicated_ = nullptr;

@@ -158,6 +158,14 @@ RouteDecision Router::Classify(const Request& req) const {
     }
   }
   d.route = info->is(kCmdReadonly) ? Route::kRead : Route::kWrite;
+  if (d.route == Route::kRead && name.size() >= 4 &&
+      EqualsLower(name.substr(name.size() - 4), "scan")) {
+    if (name.size() == 4) {
+      d.cursor_arg = 1;  // SCAN cursor
+    } else if (name.size() == 5) {
+      d.cursor_arg = 2;  // SSCAN/HSCAN/ZSCAN key cursor
+    }
+  }
   return d;
 }
 

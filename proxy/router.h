@@ -49,6 +49,10 @@ struct RouteDecision {
   // A command that may legitimately wait longer than the timeout (BLPOP, WAIT, ...).
   bool blocking = false;
   const char* deny_reason = nullptr;
+  // For SCAN/SSCAN/HSCAN/ZSCAN: the argument index of the cursor (0: not a cursor command).
+  // A cursor is only meaningful on the server that issued it, so a scan sticks to one
+  // replica from cursor 0 to the end.
+  uint8_t cursor_arg = 0;
 };
 
 class Router {

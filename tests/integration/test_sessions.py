@@ -255,3 +255,28 @@ def test_failover_is_counted(fresh_cluster, make_proxy):
     text = http_get(admin, "/metrics")[1]
     assert metric(text, 'kompress_requests_total{route="failover"}') == 1
     assert metric(text, "kompress_errors_total") == 0
+
+
+def test_scan_stays_on_one_replica(cluster, proxy):
+    primary = cluster.primary.client()
+    pipe = primary.pipeline(transaction=False)
+    for i in range(300):
+        pipe.set(f"scan:{i}", i)
+    pipe.execute()
+    cluster.wait_replicated()
+    before = cluster.snapshot("scan")
+    c = proxy.client()
+    seen = set()
+    calls = 0
+    cursor = 0
+    while True:
+        cursor, keys = c.scan(cursor=cursor, match="scan:*", count=20)
+        seen.update(keys)
+        calls += 1
+        if cursor == 0:
+            break
+    assert seen == {f"scan:{i}".encode() for i in range(300)}
+    moved = {k: v - before.get(k, 0) for k, v in cluster.snapshot("scan").items()}
+    # Every call of the iteration went to the replica that issued cursor 0.
+    assert sorted(moved.values()) == [0, 0, calls]
+    assert moved["primary"] == 0

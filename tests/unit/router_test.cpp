@@ -119,3 +119,11 @@ TEST_CASE("router: commands learned from the primary (modules) classify by their
   req.argv[0] = "JSON.GET";
   CHECK(builtin.Classify(req).route == Route::kWrite);
 }
+
+TEST_CASE("router: scan commands name their cursor argument") {
+  CHECK(Classify({"SCAN", "0"}).cursor_arg == 1);
+  CHECK(Classify({"sscan", "s", "0"}).cursor_arg == 2);
+  CHECK(Classify({"HSCAN", "h", "12"}).cursor_arg == 2);
+  CHECK(Classify({"ZSCAN", "z", "0", "COUNT", "5"}).cursor_arg == 2);
+  CHECK(Classify({"GET", "k"}).cursor_arg == 0);
+}
