@@ -27,6 +27,20 @@ _dump_proxy_log = fixtures.dump_proxy_log
 def _stop_everything_at_exit():
     yield
     fixtures.REGISTRY.stop_all()
+    # Proxies that outlived their tests (module scope) have exited now: leaks show here.
+    reports = [r for r in map(fixtures.sanitizer_report, fixtures.ALL_PROXIES) if r]
+    assert not reports, "sanitizer report in proxy stderr:\n" + reports[0]
+
+
+@pytest.fixture(autouse=True)
+def _no_sanitizer_reports():
+    """Fails the test whose proxies (run under ASan/UBSan in CI) reported an error."""
+    first = len(fixtures.ALL_PROXIES)
+    yield
+    for p in fixtures.ALL_PROXIES[first:]:
+        report = fixtures.sanitizer_report(p)
+        assert report is None, f"sanitizer report in {p.name} stderr:\n{report}"
+
 
 
 @pytest.fixture(scope="module")

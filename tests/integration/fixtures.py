@@ -339,11 +339,29 @@ def delta(before, after):
     return {k: after.get(k, 0) - before.get(k, 0) for k in after}
 
 
+# Every proxy started in this run, so the suite can check their stderr for sanitizer reports.
+ALL_PROXIES = []
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "ERROR: UndefinedBehaviorSanitizer")
+
+
+def sanitizer_report(proxy):
+    """The first sanitizer report in a proxy's stderr, or None."""
+    text = proxy.stderr()
+    for marker in SANITIZER_MARKERS:
+        i = text.find(marker)
+        if i >= 0:
+            return text[max(0, i - 200):i + 3000]
+    return None
+
+
 class Proxy:
     """The real kompress-proxy binary, listening on a free loopback port."""
 
     def __init__(self, workdir, primary_port=None, replica_ports=(), extra_args=(),
                  env=None, use_base_args=True, name="proxy", listen_via_env=False):
+        ALL_PROXIES.append(self)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
