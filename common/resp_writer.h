@@ -62,4 +62,15 @@ inline void AppendCommand(Buffer& b, const Range& args) {
   for (const auto& a : args) AppendBulk(b, std::string_view(a));
 }
 
+// AUTH [user] password, as the proxy sends it to a backend (user empty: the default user).
+inline void AppendAuth(Buffer& b, std::string_view user, std::string_view password) {
+  if (user.empty()) {
+    std::string_view args[] = {"AUTH", password};
+    AppendCommand(b, args);
+  } else {
+    std::string_view args[] = {"AUTH", user, password};
+    AppendCommand(b, args);
+  }
+}
+
 }  // namespace kp::resp

@@ -55,13 +55,7 @@ void BackendConn::QueueAuth() {
   if (c.backend_password.empty()) return;
   // AUTH goes in front of whatever is already queued: it must be the first thing sent.
   Buffer auth;
-  if (c.backend_username.empty()) {
-    std::string_view args[] = {"AUTH", c.backend_password};
-    resp::AppendCommand(auth, args);
-  } else {
-    std::string_view args[] = {"AUTH", c.backend_username, c.backend_password};
-    resp::AppendCommand(auth, args);
-  }
+  resp::AppendAuth(auth, c.backend_username, c.backend_password);
   auth.Append(out_.data(), out_.size());
   std::swap(out_, auth);
   if (mode_ == Mode::kShared) {

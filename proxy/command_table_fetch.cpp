@@ -142,15 +142,7 @@ std::unique_ptr<CommandTable> FetchPrimaryCommandTable(const Config& config, std
   if (fd.get() < 0) return nullptr;
   Buffer req;
   bool auth = !config.backend_password.empty();
-  if (auth) {
-    if (config.backend_username.empty()) {
-      std::string_view args[] = {"AUTH", config.backend_password};
-      resp::AppendCommand(req, args);
-    } else {
-      std::string_view args[] = {"AUTH", config.backend_username, config.backend_password};
-      resp::AppendCommand(req, args);
-    }
-  }
+  if (auth) resp::AppendAuth(req, config.backend_username, config.backend_password);
   std::string_view cmd[] = {"COMMAND"};
   resp::AppendCommand(req, cmd);
   if (!SendAll(fd.get(), req, deadline, error)) return nullptr;
