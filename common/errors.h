@@ -12,8 +12,11 @@ inline constexpr std::string_view kWrongPass =
 inline constexpr std::string_view kAuthNotConfigured =
     "ERR AUTH <password> called without any password configured for the default user. Are you "
     "sure your configuration is correct?";
-inline constexpr std::string_view kNoProto =
+// HELLO 3: Redis speaks it, the proxy's multiplexed connections do not; clients fall back.
+inline constexpr std::string_view kNoResp3 =
     "NOPROTO sorry, this protocol version is not supported.";
+// Any other version: Redis's own words.
+inline constexpr std::string_view kNoProto = "NOPROTO unsupported protocol version";
 inline constexpr std::string_view kPrimaryDown = "ERR kompress: primary is unavailable";
 inline constexpr std::string_view kPrimaryLost =
     "ERR kompress: connection to primary lost before its reply; the command may or may not have "

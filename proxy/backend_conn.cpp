@@ -247,7 +247,9 @@ void BackendConn::ProcessReplies() {
       }
       PendingReply pr = pending_.front();
       pending_.pop_front();
-      if (pr.client == nullptr) {
+      if (cancelled_ > 0) {
+        --cancelled_;  // the late reply of a request already answered by the timeout: dropped
+      } else if (pr.client == nullptr) {
         if (is_error) {
           Fail("AUTH rejected: " + std::string(p + 1, consumed > 3 ? consumed - 3 : 0), true);
           return;
@@ -269,16 +271,42 @@ void BackendConn::ArmDeadline(uint64_t deadline_ms) {
 
 void BackendConn::CheckTimeout(uint64_t now_ms) {
   if (state_ == State::kClosing || state_ == State::kIdle) return;
-  bool late = false;
-  if (mode_ == Mode::kDedicated) {
-    late = deadline_ms_ != 0 && deadline_ms_ <= now_ms;
-  } else {
-    late = !pending_.empty() && pending_.front().deadline_ms <= now_ms;
-  }
-  if (!late) return;
   char msg[96];
   std::snprintf(msg, sizeof msg, "no reply within %.3gs", worker_->timeout_ms() / 1000.0);
-  Fail(msg, true);
+  if (mode_ == Mode::kDedicated) {
+    // A pinned session's stream cannot skip a reply: the session ends. One slow session is
+    // no evidence against the primary, so it is not marked down (the health checker judges).
+    if (deadline_ms_ != 0 && deadline_ms_ <= now_ms) Fail(msg, false);
+    return;
+  }
+  // Shared connection: each late request is answered on its own (a read fails over, a write
+  // gets an error) and its reply, when it comes, is dropped. The connection stays, so a
+  // slow command does not take the requests queued behind it down with it.
+  size_t i = cancelled_;
+  bool any = false;
+  while (i < pending_.size() && pending_[i].deadline_ms <= now_ms) {
+    PendingReply& pr = pending_[i];
+    ++cancelled_;
+    ++i;
+    any = true;
+    if (pr.client != nullptr) {
+      ClientSession* c = pr.client;
+      pr.client = nullptr;
+      c->OnBackendFailure(pr.seq, backend_, msg, true);
+    }
+    // A callback may have failed this connection (pending_ is then empty).
+    if (state_ != State::kReady && state_ != State::kConnecting) return;
+  }
+  if (any && !backend_->is_primary()) {
+    // Replicas are plentiful and the primary can answer: stop sending reads to a stalled one.
+    backend_->MarkDown(msg);
+  }
+  // A server that stays silent far past the timeout is stuck (or the path to it is): start
+  // over on a new connection.
+  if (cancelled_ > 0 && !pending_.empty() &&
+      pending_.front().deadline_ms + 3 * worker_->timeout_ms() <= now_ms) {
+    Fail(std::string(msg) + "; connection abandoned", !backend_->is_primary());
+  }
 }
 
 void BackendConn::Fail(const std::string& reason, bool mark_down) {
@@ -296,6 +324,7 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   framer_.Reset();
   auth_replies_expected_ = 0;
   deadline_ms_ = 0;
+  cancelled_ = 0;
   if (mark_down) {
     Log().debug("{} {}: {}", backend_->is_primary() ? "primary" : "replica", backend_->name(),
                 reason);

@@ -42,6 +42,8 @@ class BackendConn {
   // Dedicated mode: the server must send something by this time (a non-blocking request is
   // outstanding). Cleared by every frame received; no-op when already armed.
   void ArmDeadline(uint64_t deadline_ms);
+  // Dedicated mode: replaces the deadline (0: none).
+  void SetDeadline(uint64_t deadline_ms) { deadline_ms_ = deadline_ms; }
   // Fails the connection when its oldest request (dedicated: the armed deadline) is late.
   void CheckTimeout(uint64_t now_ms);
   // Closes for good; pending requests fail with `reason`. The object deletes itself (via the
@@ -93,6 +95,7 @@ class BackendConn {
   bool dead_ = false;
   int auth_replies_expected_ = 0;  // dedicated mode: frames to swallow after connect
   uint64_t deadline_ms_ = 0;       // dedicated mode: see ArmDeadline; 0 = none
+  size_t cancelled_ = 0;  // shared mode: leading pending entries already answered by timeout
   uv_tcp_t tcp_;
   uv_connect_t connect_req_;
   uv_write_t write_req_;

@@ -30,7 +30,9 @@ ReplicaRefusal ClassifyReplicaError(const char* p, size_t n) {
            (s.size() == w.size() || s[w.size()] == ' ' || s[w.size()] == '\r');
   };
   if (starts("LOADING") || starts("MASTERDOWN")) return ReplicaRefusal::kUnhealthy;
-  if (starts("NOSCRIPT")) return ReplicaRefusal::kRetryOnly;
+  // NOSCRIPT: scripts loaded with SCRIPT LOAD are not replicated. READONLY: a *_RO script
+  // or function that may write; the primary gives the real answer (an error naming it).
+  if (starts("NOSCRIPT") || starts("READONLY")) return ReplicaRefusal::kRetryOnly;
   return ReplicaRefusal::kNone;
 }
 }  // namespace
@@ -154,12 +156,22 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
   }
   worker_->stats().requests++;
 
+  RouteDecision d = worker_->router().Classify(req);
   if (dedicated_ != nullptr) {
-    ForwardPinned(req, raw, len);
+    if (d.route == Route::kDeny) {
+      // Cannot be forwarded, and a local reply could not be ordered within the stream: end
+      // the session with the explanation, as for a protocol error.
+      AbandonPinned();
+      ReplyErrorNow(d.deny_reason);
+      closing_after_flush_ = true;
+      PauseReading();
+      MaybeFinish();
+      return;
+    }
+    ForwardPinned(req, d, raw, len);
     return;
   }
 
-  RouteDecision d = worker_->router().Classify(req);
   if (!authenticated_ && !(d.route == Route::kLocal &&
                            (d.local == LocalCommand::kAuth || d.local == LocalCommand::kHello ||
                             d.local == LocalCommand::kQuit || d.local == LocalCommand::kReset))) {
@@ -174,17 +186,16 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
       ReplyErrorNow(d.deny_reason);
       return;
     case Route::kPin:
-      EnterPinned(req, raw, len);
+      EnterPinned(req, d, raw, len);
       return;
     case Route::kRead:
     case Route::kWrite:
-      Dispatch(d, req, raw, len);
+      Dispatch(d, raw, len);
       return;
   }
 }
 
-void ClientSession::Dispatch(const RouteDecision& d, const Request& req, const char* raw,
-                             size_t len) {
+void ClientSession::Dispatch(const RouteDecision& d, const char* raw, size_t len) {
   Backend* primary = worker_->backends().primary();
   uint64_t seq = NewSlot();
   Slot& s = SlotAt(seq);
@@ -194,9 +205,11 @@ void ClientSession::Dispatch(const RouteDecision& d, const Request& req, const c
   if (d.route == Route::kRead) {
     s.is_read = true;
     Backend* replica = nullptr;
-    if (d.cursor_arg != 0 && d.cursor_arg < req.nviews && req.argv[d.cursor_arg] != "0" &&
-        scan_backend_ != nullptr && scan_backend_->up()) {
-      replica = scan_backend_;  // continue the scan where its cursor came from
+    if (d.cursor_arg != 0 && scan_backend_ != nullptr && scan_backend_->up()) {
+      // Cursors are only valid on the server that issued them, and clients interleave
+      // iterations (SCAN over keys, HSCAN of each): every cursor command of this client goes
+      // to the same replica while it is up.
+      replica = scan_backend_;
     } else {
       replica = worker_->PickReplica();
       if (d.cursor_arg != 0) scan_backend_ = replica;
@@ -360,9 +373,10 @@ void ClientSession::AdvanceHead() {
       if (!backlog_.empty() && dedicated_ != nullptr) {
         dedicated_->SendRaw(backlog_.data(), backlog_.size());
         backlog_.Clear();
-        if (backlog_blocking_) ArmPinnedDeadline(true);
-        if (backlog_nonblocking_) ArmPinnedDeadline(false);
-        backlog_blocking_ = backlog_nonblocking_ = false;
+        while (!backlog_kinds_.empty()) {
+          NoteSentPinned(backlog_kinds_.front());
+          backlog_kinds_.pop_front();
+        }
       }
       break;
     }
@@ -384,7 +398,8 @@ void ClientSession::AdvanceHead() {
 
 // ---- pinned sessions ----
 
-void ClientSession::EnterPinned(const Request& req, const char* raw, size_t len) {
+void ClientSession::EnterPinned(const Request& req, const RouteDecision& d, const char* raw,
+                                size_t len) {
   Backend* primary = worker_->backends().primary();
   if (!primary->up()) {
     worker_->stats().errors++;
@@ -399,19 +414,39 @@ void ClientSession::EnterPinned(const Request& req, const char* raw, size_t len)
   in_multi_ = watching_ = false;
   reset_forwarded_ = false;
   dedicated_reusable_ = true;
-  blocking_outstanding_ = false;
-  backlog_nonblocking_ = false;
+  push_mode_ = false;
   stream_outstanding_ = 0;
-  ForwardPinned(req, raw, len);
+  pinned_inflight_.clear();
+  backlog_kinds_.clear();
+  if (!name_.empty()) {
+    // The name the client set before it was pinned belongs on the connection it now uses
+    // (CLIENT GETNAME inside a transaction, CLIENT LIST on the primary).
+    inject_.Clear();
+    std::string_view args[] = {"CLIENT", "SETNAME", name_};
+    resp::AppendCommand(inject_, args);
+    SendPinned(inject_.data(), inject_.size(), {false, true, false});
+    dedicated_reusable_ = false;
+  }
+  ForwardPinned(req, d, raw, len);
 }
 
-bool ClientSession::TrackPinnedState(const Request& req) {
+ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
+                                                         const RouteDecision& d) {
   std::string_view name = req.arg(0);
-  RouteDecision d = worker_->router().Classify(req);
-  if (d.route == Route::kLocal && d.local == LocalCommand::kQuit) quit_forwarded_ = true;
-  if (d.route == Route::kLocal && d.local == LocalCommand::kReset) reset_forwarded_ = true;
+  bool local = d.route == Route::kLocal;
+  if (local && d.local == LocalCommand::kQuit) quit_forwarded_ = true;
+  if (reset_forwarded_) ++after_reset_;
+  if (local && d.local == LocalCommand::kReset) {
+    reset_forwarded_ = true;
+    after_reset_ = 0;
+  }
+  if (local && d.local == LocalCommand::kClientSetName) {
+    name_ = std::string(req.arg(2));
+    dedicated_reusable_ = false;
+  }
   ++stream_outstanding_;
-  if (pin_permanent_) return d.blocking;
+  PinnedReq kind{d.blocking && !in_multi_, false, d.push && !in_multi_};
+  if (pin_permanent_) return kind;
   if (EqualsLower(name, "multi")) {
     in_multi_ = true;
   } else if (EqualsLower(name, "exec") || EqualsLower(name, "discard")) {
@@ -423,48 +458,79 @@ bool ClientSession::TrackPinnedState(const Request& req) {
     watching_ = true;
   } else if (EqualsLower(name, "unwatch")) {
     if (!in_multi_) watching_ = false;
-  } else if (d.route == Route::kPin || d.route == Route::kDeny ||
-             (d.route == Route::kLocal && d.local != LocalCommand::kPing &&
-              d.local != LocalCommand::kEcho)) {
+  } else if (EqualsLower(name, "wait")) {
+    // WAIT changes nothing on the connection.
+  } else if (d.route == Route::kPin ||
+             (local && d.local != LocalCommand::kPing && d.local != LocalCommand::kEcho &&
+              d.local != LocalCommand::kClientSetName && d.local != LocalCommand::kClientGetName)) {
     // Anything else that changes the connection for good keeps it pinned: blocking and
     // pub/sub commands, SELECT n, CLIENT REPLY, and what the proxy would otherwise answer
     // itself (AUTH, HELLO, RESET, QUIT reach the backend on a pinned connection).
     pin_permanent_ = true;
   }
-  // Inside MULTI nothing blocks: it is queued.
-  return d.blocking && !in_multi_;
+  return kind;
 }
 
-void ClientSession::ForwardPinned(const Request& req, const char* raw, size_t len) {
-  bool blocking = TrackPinnedState(req);
+void ClientSession::ForwardPinned(const Request& req, const RouteDecision& d, const char* raw,
+                                  size_t len) {
+  PinnedReq kind = TrackPinnedState(req, d);
+  if (EqualsLower(req.arg(0), "wait") && !in_multi_) {
+    // WAIT counts replicas that acknowledged this connection's last write, but the client's
+    // writes went out on shared connections. A propagated no-op write here first (the
+    // client's earlier writes have all been answered by now) makes WAIT wait for at least
+    // those writes; its reply is swallowed.
+    inject_.Clear();
+    std::string_view args[] = {"PUBLISH", "__kompress:wait", ""};
+    resp::AppendCommand(inject_, args);
+    SendPinned(inject_.data(), inject_.size(), {false, true, false});
+  }
+  SendPinned(raw, len, kind);
+}
+
+void ClientSession::SendPinned(const char* raw, size_t len, PinnedReq kind) {
   if (head_ == stream_seq_ && backlog_.empty()) {
     dedicated_->SendRaw(raw, len);
-    ArmPinnedDeadline(blocking);
+    NoteSentPinned(kind);
   } else {
     backlog_.Append(raw, len);
-    if (blocking) {
-      backlog_blocking_ = true;
-    } else {
-      backlog_nonblocking_ = true;
-    }
+    backlog_kinds_.push_back(kind);
   }
 }
 
-void ClientSession::ArmPinnedDeadline(bool blocking) {
-  // A pinned connection must show progress within the timeout after a non-blocking request,
-  // unless a blocking one (BLPOP, SUBSCRIBE...) is ahead of it and may legitimately wait.
-  if (blocking) {
-    blocking_outstanding_ = true;
-  } else if (!blocking_outstanding_) {
-    dedicated_->ArmDeadline(worker_->now() + worker_->timeout_ms());
+void ClientSession::NoteSentPinned(PinnedReq kind) {
+  if (kind.push) {
+    // From here replies no longer pair with requests: no per-request deadlines.
+    push_mode_ = true;
+    dedicated_->SetDeadline(0);
+    return;
+  }
+  if (push_mode_) return;
+  pinned_inflight_.push_back(kind);
+  if (pinned_inflight_.size() == 1) ArmPinnedDeadline();
+}
+
+void ClientSession::ArmPinnedDeadline() {
+  // The oldest request must be answered within the timeout unless it may legitimately
+  // block (BLPOP, WAIT, ...): the same rule as on shared connections.
+  if (dedicated_ == nullptr) return;
+  if (push_mode_ || pinned_inflight_.empty() || pinned_inflight_.front().blocking) {
+    dedicated_->SetDeadline(0);
+  } else {
+    dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
   }
 }
 
 void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (closed_) return;
+  bool swallow = false;
+  if (!pinned_inflight_.empty()) {
+    swallow = pinned_inflight_.front().swallow;
+    pinned_inflight_.pop_front();
+    ArmPinnedDeadline();
+  }
+  if (swallow) return;  // the reply to a command the proxy added (CLIENT SETNAME, PUBLISH)
   out_.Append(data, len);
   worker_->MarkDirty(this);
-  blocking_outstanding_ = false;
   if (stream_outstanding_ > 0) --stream_outstanding_;
   if (reset_forwarded_ && len == 8 && std::memcmp(data, "+RESET\r\n", 8) == 0) {
     // RESET answered: the connection is back to its defaults (database 0, no transaction,
@@ -476,20 +542,17 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     authenticated_ = worker_->config().requirepass.empty();
     pin_permanent_ = false;
     in_multi_ = watching_ = false;
+    push_mode_ = false;
+    // Counting replies was meaningless in push mode; what is still due is what came after.
+    stream_outstanding_ = after_reset_;
     if (!worker_->config().backend_password.empty()) dedicated_reusable_ = false;
   }
-  if (!pin_permanent_) {
-    // Keep the connection accountable for the rest of a transaction's replies.
-    if (stream_outstanding_ > 0 && dedicated_ != nullptr) {
-      dedicated_->ArmDeadline(worker_->now() + worker_->timeout_ms());
-    }
-    MaybeUnpin();
-  }
+  if (!pin_permanent_) MaybeUnpin();
 }
 
 void ClientSession::MaybeUnpin() {
-  if (pin_permanent_ || stream_outstanding_ != 0 || !backlog_.empty() || dedicated_ == nullptr ||
-      head_ != stream_seq_) {
+  if (pin_permanent_ || quit_forwarded_ || stream_outstanding_ != 0 || !backlog_.empty() ||
+      !pinned_inflight_.empty() || dedicated_ == nullptr || head_ != stream_seq_) {
     return;
   }
   if (in_multi_ || watching_) return;
@@ -514,7 +577,8 @@ void ClientSession::AbandonPinned() {
     d->Shutdown("session ended", true);  // clears its owner first: no callback comes back
   }
   backlog_.Clear();
-  backlog_blocking_ = backlog_nonblocking_ = false;
+  backlog_kinds_.clear();
+  pinned_inflight_.clear();
   Slot& s = SlotAt(stream_seq_);
   if (s.stream) {
     // The stream slot ends here; replies ahead of it keep their order.
@@ -571,7 +635,8 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       MaybeFinish();
       return;
     case LocalCommand::kAuth: {
-      if (req.argc < 2 || req.argc > 3) return wrong_args("auth");
+      if (req.argc < 2) return wrong_args("auth");
+      if (req.argc > 3) return ReplyErrorNow("ERR syntax error");
       if (cfg.requirepass.empty()) {
         if (req.argc == 2) return ReplyErrorNow(errors::kAuthNotConfigured);
         if (!EqualsLower(req.arg(1), "default")) return ReplyErrorNow(errors::kWrongPass);
@@ -591,8 +656,12 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       if (req.argc >= 2) {
         std::string_view ver = req.arg(1);
         if (ver != "2") {
-          if (ver == "3") return ReplyErrorNow(errors::kNoProto);
-          return ReplyErrorNow("ERR Protocol version is not an integer or out of range");
+          bool numeric = !ver.empty() && ver.size() < 19;
+          for (char c : ver) numeric = numeric && ((c >= '0' && c <= '9') || c == '-');
+          if (!numeric) {
+            return ReplyErrorNow("ERR Protocol version is not an integer or out of range");
+          }
+          return ReplyErrorNow(ver == "3" ? errors::kNoResp3 : errors::kNoProto);
         }
         i = 2;
       }
@@ -609,6 +678,12 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
           i += 2;
         } else if (EqualsLower(req.arg(i), "setname") && i + 1 < req.argc) {
           setname = req.arg(i + 1);
+          for (char c : setname) {
+            if (c < '!' || c > '~') {
+              return ReplyErrorNow(
+                  "ERR Client names cannot contain spaces, newlines or special characters.");
+            }
+          }
           has_setname = true;
           i += 1;
         } else {
@@ -663,6 +738,7 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       }
       break;
     case LocalCommand::kReset:
+      if (req.argc != 1) return wrong_args("reset");
       name_.clear();
       authenticated_ = cfg.requirepass.empty();
       resp::AppendSimple(b, "RESET");

@@ -12,6 +12,7 @@
 
 #include "common/buffer.h"
 #include "common/resp_parser.h"
+#include "common/ring.h"
 #include "proxy/router.h"
 
 namespace kp {
@@ -65,12 +66,20 @@ class ClientSession {
   void ProcessInput();
   void HandleRequest(const char* raw, size_t len);
   void HandleLocal(LocalCommand cmd, const Request& req);
-  void Dispatch(const RouteDecision& d, const Request& req, const char* raw, size_t len);
-  void EnterPinned(const Request& req, const char* raw, size_t len);
-  void ForwardPinned(const Request& req, const char* raw, size_t len);
-  // Updates the pinned session's state for one forwarded request; true if it may block.
-  bool TrackPinnedState(const Request& req);
-  void ArmPinnedDeadline(bool blocking);
+  void Dispatch(const RouteDecision& d, const char* raw, size_t len);
+  // One request on the dedicated connection, as far as reply pairing and deadlines go.
+  struct PinnedReq {
+    bool blocking = false;  // may wait past the timeout (BLPOP, WAIT, ...)
+    bool swallow = false;   // added by the proxy; its reply is not the client's
+    bool push = false;      // switches the connection to unpaired replies (SUBSCRIBE, ...)
+  };
+  void EnterPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len);
+  void ForwardPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len);
+  // Updates the pinned session's state for one forwarded request.
+  PinnedReq TrackPinnedState(const Request& req, const RouteDecision& d);
+  void SendPinned(const char* raw, size_t len, PinnedReq kind);
+  void NoteSentPinned(PinnedReq kind);
+  void ArmPinnedDeadline();
   void MaybeUnpin();
   // Ends the pinned session: closes the dedicated connection, completes the stream slot.
   void AbandonPinned();
@@ -136,10 +145,12 @@ class ClientSession {
   uint64_t stream_outstanding_ = 0;  // requests forwarded, not yet answered (exact for
                                      // transactions; pub/sub replies are not one-to-one)
   bool reset_forwarded_ = false;
-  bool dedicated_reusable_ = true;     // false once RESET logged it out of the backend
-  bool blocking_outstanding_ = false;  // a blocking request was sent and nothing came back yet
-  bool backlog_blocking_ = false;      // what the backlog holds, to arm deadlines on release
-  bool backlog_nonblocking_ = false;
+  uint64_t after_reset_ = 0;         // requests forwarded after the RESET still unanswered
+  bool dedicated_reusable_ = true;   // false once RESET logged it out of the backend
+  bool push_mode_ = false;           // replies no longer pair with requests (pub/sub, MONITOR)
+  Ring<PinnedReq> pinned_inflight_;  // sent, reply not seen yet (not tracked in push mode)
+  Ring<PinnedReq> backlog_kinds_;    // one per request waiting in backlog_
+  Buffer inject_;                    // commands the proxy adds to a pinned stream
   bool draining_ = false;
 };
 

@@ -115,6 +115,7 @@ RouteDecision Router::Classify(const Request& req) const {
         if (EqualsLower(sub, "reply") || EqualsLower(sub, "tracking") ||
             EqualsLower(sub, "caching")) {
           d.route = Route::kPin;
+          d.push = !EqualsLower(sub, "caching");
           return d;
         }
       }
@@ -123,6 +124,7 @@ RouteDecision Router::Classify(const Request& req) const {
       if (EqualsLower(name, "monitor")) {
         d.route = Route::kPin;
         d.blocking = true;
+        d.push = true;
         return d;
       }
       if (EqualsLower(name, "waitaof")) {
@@ -147,6 +149,7 @@ RouteDecision Router::Classify(const Request& req) const {
     }
     d.route = Route::kPin;
     d.blocking = true;
+    d.push = true;
     return d;
   }
   if (info->is(kCmdBlocking)) {

@@ -48,6 +48,9 @@ struct RouteDecision {
   LocalCommand local = LocalCommand::kNone;
   // A command that may legitimately wait longer than the timeout (BLPOP, WAIT, ...).
   bool blocking = false;
+  // After it the connection sends replies that do not pair one-to-one with requests
+  // (pub/sub, MONITOR, CLIENT REPLY OFF/SKIP, CLIENT TRACKING).
+  bool push = false;
   const char* deny_reason = nullptr;
   // For SCAN/SSCAN/HSCAN/ZSCAN: the argument index of the cursor (0: not a cursor command).
   // A cursor is only meaningful on the server that issued it, so a scan sticks to one

@@ -280,3 +280,87 @@ def test_scan_stays_on_one_replica(cluster, proxy):
     # Every call of the iteration went to the replica that issued cursor 0.
     assert sorted(moved.values()) == [0, 0, calls]
     assert moved["primary"] == 0
+
+
+def test_wait_counts_replicas_that_have_the_clients_writes(fresh_cluster, make_proxy):
+    p = make_proxy(fresh_cluster.primary.port, [r.port for r in fresh_cluster.replicas])
+    raw = connect(p.port)
+    send(raw, "SET", "durable", "1")
+    send(raw, "WAIT", "2", "2000")
+    assert read_replies(raw, 2)[0] == [b"+OK\r\n", b":2\r\n"]
+    fresh_cluster.replicas[1].sigstop()
+    try:
+        send(raw, "SET", "durable", "2")
+        send(raw, "WAIT", "2", "500")
+        t0 = time.monotonic()
+        replies = read_replies(raw, 2)[0]
+        # Only one replica can acknowledge; WAIT waits its timeout and says so.
+        assert replies == [b"+OK\r\n", b":1\r\n"]
+        assert time.monotonic() - t0 >= 0.45
+    finally:
+        fresh_cluster.replicas[1].sigcont()
+    raw.close()
+
+
+def test_pipelined_blocking_commands_are_not_timed_out(cluster, proxy):
+    raw = connect(proxy.port)
+    send(raw, "BLPOP", "nothing:a", "0.2")
+    send(raw, "BLPOP", "nothing:b", "1.5")  # longer than the proxy's 1 s timeout
+    time.sleep(0.5)
+    send(raw, "PING")
+    replies, _ = read_replies(raw, 3, timeout=5)
+    assert replies == [b"*-1\r\n", b"*-1\r\n", b"+PONG\r\n"]
+    raw.close()
+    assert proxy.client().set("after:blpop", "1") is True
+
+
+def test_read_only_script_that_writes_gets_the_primarys_error(cluster, proxy):
+    c = proxy.client()
+    direct = cluster.primary.client()
+    script = "#!lua\nreturn redis.call('set', KEYS[1], 'x')"
+    with pytest.raises(redis.ResponseError) as via_proxy:
+        c.eval_ro(script, 1, "ro:key")
+    with pytest.raises(redis.ResponseError) as via_direct:
+        direct.eval_ro(script, 1, "ro:key")
+    assert str(via_proxy.value) == str(via_direct.value)
+
+
+def test_interleaved_scans_keep_their_cursors(cluster, proxy):
+    primary = cluster.primary.client()
+    pipe = primary.pipeline(transaction=False)
+    for i in range(200):
+        pipe.hset(f"iscan:{i}", mapping={"a": 1, "b": 2})
+    pipe.execute()
+    cluster.wait_replicated()
+    c = proxy.client()
+    keys = set()
+    fields = 0
+    for k in c.scan_iter(match="iscan:*", count=10):
+        keys.add(k)
+        fields += sum(1 for _ in c.hscan_iter(k))
+    assert len(keys) == 200
+    assert fields == 400
+
+
+def test_client_name_survives_pinning(proxy):
+    raw = connect(proxy.port)
+    send(raw, "CLIENT", "SETNAME", "worker-7")
+    send(raw, "SELECT", "1")
+    send(raw, "CLIENT", "GETNAME")
+    assert read_replies(raw, 3)[0] == [b"+OK\r\n", b"+OK\r\n", b"$8\r\nworker-7\r\n"]
+    raw.close()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("HELLO", "4"), b"-NOPROTO unsupported protocol version\r\n"),
+    (("HELLO", "x"), b"-ERR Protocol version is not an integer or out of range\r\n"),
+    (("AUTH", "a", "b", "c"), b"-ERR syntax error\r\n"),
+    (("RESET", "x"), b"-ERR wrong number of arguments for 'reset' command\r\n"),
+    (("PING", "a", "b"), b"-ERR wrong number of arguments for 'ping' command\r\n"),
+])
+def test_local_commands_answer_like_redis(cluster, proxy, args, expected):
+    for port in (proxy.port, cluster.primary.port):
+        raw = connect(port)
+        send(raw, *args)
+        assert read_replies(raw, 1)[0] == [expected], f"port {port}"
+        raw.close()
