@@ -51,7 +51,7 @@ struct Config {
   // At start-up, add the commands the primary knows and the built-in table does not (newer
   // Redis, modules) from its COMMAND reply; built-in rows always win.
   bool refresh_command_table = true;
-  RespLimits resp;           // wire limits (array/bulk/request/inline/nesting)
+  RespLimits resp;  // wire limits (array/bulk/request/inline/nesting)
   ClientLimits client;
 };
 
