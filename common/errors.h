@@ -30,7 +30,5 @@ inline constexpr std::string_view kPinnedLost =
     "ERR kompress: connection to primary lost; session closed";
 inline constexpr std::string_view kClientBufferLimit =
     "ERR kompress: client buffer limit exceeded; closing connection";
-inline constexpr std::string_view kShuttingDown = "ERR kompress: proxy is shutting down";
-inline constexpr std::string_view kWrongArgs = "ERR wrong number of arguments for '%s' command";
 
 }  // namespace kp::errors

@@ -265,10 +265,6 @@ void BackendConn::ProcessReplies() {
   if (in_.empty()) in_.ShrinkIfEmpty(kKeepBuffer);
 }
 
-void BackendConn::ArmDeadline(uint64_t deadline_ms) {
-  if (deadline_ms_ == 0) deadline_ms_ = deadline_ms;
-}
-
 void BackendConn::CheckTimeout(uint64_t now_ms) {
   if (state_ == State::kClosing || state_ == State::kIdle) return;
   char msg[96];

@@ -39,10 +39,8 @@ class BackendConn {
   void SendRaw(const char* data, size_t len);
   // Starts writing queued bytes if none are being written (called once per loop turn).
   void Flush();
-  // Dedicated mode: the server must send something by this time (a non-blocking request is
-  // outstanding). Cleared by every frame received; no-op when already armed.
-  void ArmDeadline(uint64_t deadline_ms);
-  // Dedicated mode: replaces the deadline (0: none).
+  // Dedicated mode: the server must send its next frame by this time (0: no deadline); the
+  // pinned session sets it from its oldest non-blocking request.
   void SetDeadline(uint64_t deadline_ms) { deadline_ms_ = deadline_ms; }
   // Fails the connection when its oldest request (dedicated: the armed deadline) is late.
   void CheckTimeout(uint64_t now_ms);
