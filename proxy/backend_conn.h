@@ -42,7 +42,7 @@ class BackendConn {
   // Dedicated mode: the server must send its next frame by this time (0: no deadline); the
   // pinned session sets it from its oldest non-blocking request.
   void SetDeadline(uint64_t deadline_ms) { deadline_ms_ = deadline_ms; }
-  // Fails the connection when its oldest request (dedicated: the armed deadline) is late.
+  // Answers late requests (shared: each one on its own; dedicated: ends the session).
   void CheckTimeout(uint64_t now_ms);
   // Closes for good; pending requests fail with `reason`. The object deletes itself (via the
   // worker) once libuv is done with it when `destroy` is set.
@@ -92,7 +92,7 @@ class BackendConn {
   bool destroy_on_close_ = false;
   bool dead_ = false;
   int auth_replies_expected_ = 0;  // dedicated mode: frames to swallow after connect
-  uint64_t deadline_ms_ = 0;       // dedicated mode: see ArmDeadline; 0 = none
+  uint64_t deadline_ms_ = 0;       // dedicated mode: see SetDeadline; 0 = none
   size_t cancelled_ = 0;  // shared mode: leading pending entries already answered by timeout
   uv_tcp_t tcp_;
   uv_connect_t connect_req_;
