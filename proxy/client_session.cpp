@@ -129,6 +129,7 @@ void ClientSession::ProtocolError(const std::string& msg) {
   // Like Redis: reply, then close once the reply (and everything before it) is written.
   Log().debug("client {}: {}", id_, msg);
   worker_->stats().protocol_errors++;
+  closing_after_flush_ = true;  // first: nothing below may read more input
   AbandonPinned();
   uint64_t seq = NewSlot();
   CompleteError(seq, "ERR " + msg);
@@ -161,9 +162,9 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
     if (d.route == Route::kDeny) {
       // Cannot be forwarded, and a local reply could not be ordered within the stream: end
       // the session with the explanation, as for a protocol error.
+      closing_after_flush_ = true;
       AbandonPinned();
       ReplyErrorNow(d.deny_reason);
-      closing_after_flush_ = true;
       PauseReading();
       MaybeFinish();
       return;
@@ -591,6 +592,7 @@ void ClientSession::AbandonPinned() {
 void ClientSession::OnStreamFailure(const std::string& reason) {
   dedicated_ = nullptr;  // the connection is going away by itself
   if (closed_) return;
+  closing_after_flush_ = true;
   AbandonPinned();
   if (!quit_forwarded_) {
     Log().debug("client {}: pinned connection failed: {}", id_, reason);
