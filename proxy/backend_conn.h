@@ -52,7 +52,6 @@ class BackendConn {
   // Dedicated mode: hands the connection to another session (nullptr: idle in the worker).
   void set_owner(ClientSession* owner) { owner_ = owner; }
   bool idle() const { return pending_.empty() && out_.empty(); }
-  size_t pending() const { return pending_.size(); }
   bool dirty = false;  // queued in the worker's flush list
   bool dead() const { return dead_; }
 
