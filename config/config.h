@@ -41,7 +41,14 @@ struct Config {
   unsigned workers = 0;              // 0: one per core
   unsigned backend_connections = 1;  // multiplexed connections per worker per backend
   ReadPolicy read_policy = ReadPolicy::kRoundRobin;
-  double health_check_interval_s = 1.0;
+  // Every backend gets INFO replication this often: liveness, and for replicas whether they
+  // qualify for reads and how far they have replicated (read-your-writes waits on it).
+  double health_check_interval_s = 0.1;
+  // After a client's write, its reads go only to replicas that have replicated that write.
+  bool read_your_writes = true;
+  // A replica more than this far behind the primary gets no reads (0: no limit).
+  double max_replica_lag_s = 1.0;
+  uint64_t max_replica_lag_bytes = 0;
   double drain_timeout_s = 10.0;
   std::string log_level = "info";  // trace, debug, info, warn, error, critical, off
   std::string requirepass;         // proxy's own password; empty: no AUTH needed

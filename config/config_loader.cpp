@@ -51,12 +51,14 @@ enum class Kind {
   kReadPolicy,
   kLogLevel,
   kCommandTable,  // builtin | primary
+  kBool,          // true/false, yes/no, on/off, 1/0
+  kLimitSize,     // like kSize, but 0 is allowed and means "no limit"
   kString,
   kSecret,  // a string never echoed back in messages or Describe()
 };
 
 using Value =
-    std::variant<Endpoint, std::vector<Endpoint>, double, uint64_t, std::string, ReadPolicy>;
+    std::variant<Endpoint, std::vector<Endpoint>, double, uint64_t, std::string, ReadPolicy, bool>;
 
 struct KeySpec {
   std::string_view key;  // YAML path: "timeout", "limits.max_bulk_bytes"
@@ -152,9 +154,30 @@ const std::vector<KeySpec>& Specs() {
        "How reads pick a replica: round_robin, random or primary.", 0, 0,
        [](Config& c, const Value& v) { c.read_policy = std::get<ReadPolicy>(v); },
        [](const Config& c) { return std::string(PolicyName(c.read_policy)); }},
-      {"health_check_interval", Kind::kDuration, "SECONDS", "Time between backend probes.", 1, 0,
+      {"health_check_interval", Kind::kDuration, "SECONDS",
+       "Time between backend probes (INFO replication: health, replica state and offsets).", 1, 0,
        [](Config& c, const Value& v) { c.health_check_interval_s = std::get<double>(v); },
        [](const Config& c) { return FormatDuration(c.health_check_interval_s); }},
+      {"read_your_writes", Kind::kBool, "BOOL",
+       "After a client's write, its reads go only to replicas that have replicated it (else "
+       "the primary); false: reads spread over replicas whatever the client wrote.",
+       0, 0, [](Config& c, const Value& v) { c.read_your_writes = std::get<bool>(v); },
+       [](const Config& c) { return std::string(c.read_your_writes ? "true" : "false"); }},
+      {"max_replica_lag", Kind::kDuration, "SECONDS",
+       "A replica further behind the primary than this gets no reads; 0: no limit.", 0, 0,
+       [](Config& c, const Value& v) { c.max_replica_lag_s = std::get<double>(v); },
+       [](const Config& c) {
+         return c.max_replica_lag_s == 0 ? std::string("0 (no limit)")
+                                         : FormatDuration(c.max_replica_lag_s);
+       }},
+      {"max_replica_lag_bytes", Kind::kLimitSize, "SIZE",
+       "A replica more than this many bytes of replication stream behind gets no reads; 0: no "
+       "limit.",
+       0, 0, [](Config& c, const Value& v) { c.max_replica_lag_bytes = std::get<uint64_t>(v); },
+       [](const Config& c) {
+         return c.max_replica_lag_bytes == 0 ? std::string("0 (no limit)")
+                                             : FormatSize(c.max_replica_lag_bytes);
+       }},
       {"drain_timeout", Kind::kDuration, "SECONDS",
        "On shutdown, how long in-flight requests may finish; 0: none.", 0, 0,
        [](Config& c, const Value& v) { c.drain_timeout_s = std::get<double>(v); },
@@ -891,6 +914,15 @@ Value Validate(const KeySpec& spec, const RawValue& raw) {
       }
       return v;
     }
+    case Kind::kBool: {
+      std::string v = Lower(Trim(item.text));
+      if (v == "true" || v == "yes" || v == "on" || v == "1") return true;
+      if (v == "false" || v == "no" || v == "off" || v == "0") return false;
+      Fail(spec.key, item.text, "must be true or false (also yes/no, on/off, 1/0)", item.source);
+    }
+    case Kind::kLimitSize:
+      if (Trim(item.text) == "0") return uint64_t{0};
+      return ValidateSize(spec, item);
     case Kind::kString:
     case Kind::kSecret:
       return item.text;  // taken verbatim: spaces may be part of a password

@@ -29,6 +29,12 @@ void AppendValue(std::string& out, const std::string& series, uint64_t v) {
   out += std::to_string(v);
   out += '\n';
 }
+void AppendSigned(std::string& out, const std::string& series, int64_t v) {
+  out += series;
+  out += ' ';
+  out += std::to_string(v);
+  out += '\n';
+}
 }  // namespace
 
 struct AdminServer::Conn {
@@ -40,7 +46,7 @@ struct AdminServer::Conn {
   bool answered = false;
 };
 
-AdminServer::AdminServer(uv_loop_t* loop, const BackendSet& backends,
+AdminServer::AdminServer(uv_loop_t* loop, const BackendGroup& backends,
                          std::function<std::vector<const WorkerStats*>()> stats,
                          std::function<size_t()> clients)
     : loop_(loop), backends_(backends), stats_(std::move(stats)), clients_(std::move(clients)) {}
@@ -202,6 +208,31 @@ std::string AdminServer::Metrics() const {
                     (b->is_primary() ? "primary" : "replica") + "\"}",
                 b->up() ? 1 : 0);
   }
+  AppendMetric(out, "kompress_replica_serves_reads",
+               "1 when the replica is up, replicates the current primary, is linked, not "
+               "syncing and within the lag limits.",
+               "gauge");
+  for (size_t i = 0; i < backends_.replica_count(); ++i) {
+    const Backend& b = *backends_.replica(i);
+    AppendValue(out, "kompress_replica_serves_reads{backend=\"" + b.name() + "\"}",
+                b.serves_reads() ? 1 : 0);
+  }
+  AppendMetric(out, "kompress_replica_lag_bytes",
+               "Replication stream bytes the replica is behind the primary (-1: unknown).",
+               "gauge");
+  for (size_t i = 0; i < backends_.replica_count(); ++i) {
+    const Backend& b = *backends_.replica(i);
+    AppendSigned(out, "kompress_replica_lag_bytes{backend=\"" + b.name() + "\"}", b.lag_bytes);
+  }
+  AppendMetric(out, "kompress_replica_lag_seconds",
+               "How long ago the primary last had no data the replica lacks (-1: unknown).",
+               "gauge");
+  for (size_t i = 0; i < backends_.replica_count(); ++i) {
+    const Backend& b = *backends_.replica(i);
+    char v[64];
+    std::snprintf(v, sizeof v, "%.3f", b.lag_seconds);
+    out += "kompress_replica_lag_seconds{backend=\"" + b.name() + "\"} " + v + "\n";
+  }
   AppendMetric(out, "kompress_client_connections", "Client connections open now.", "gauge");
   AppendValue(out, "kompress_client_connections", clients_());
   AppendMetric(out, "kompress_client_connections_total", "Client connections accepted.", "counter");
@@ -211,6 +242,8 @@ std::string AdminServer::Metrics() const {
   AppendValue(out, "kompress_requests_total{route=\"replica\"}", sum(&WorkerStats::reads_replica));
   AppendValue(out, "kompress_requests_total{route=\"primary_read\"}",
               sum(&WorkerStats::reads_primary));
+  AppendValue(out, "kompress_requests_total{route=\"primary_read_your_writes\"}",
+              sum(&WorkerStats::reads_primary_ryw));
   AppendValue(out, "kompress_requests_total{route=\"primary_write\"}", sum(&WorkerStats::writes));
   AppendValue(out, "kompress_requests_total{route=\"failover\"}", sum(&WorkerStats::failovers));
   AppendMetric(out, "kompress_requests_received_total",

@@ -18,7 +18,7 @@ namespace kp {
 class AdminServer {
  public:
   // `stats` returns every worker's counters; read from the main thread with relaxed loads.
-  AdminServer(uv_loop_t* loop, const BackendSet& backends,
+  AdminServer(uv_loop_t* loop, const BackendGroup& backends,
               std::function<std::vector<const WorkerStats*>()> stats,
               std::function<size_t()> clients);
   // Returns false (and logs) when the address cannot be bound.
@@ -34,7 +34,7 @@ class AdminServer {
   std::string Respond(const std::string& request_head) const;
 
   uv_loop_t* loop_;
-  const BackendSet& backends_;
+  const BackendGroup& backends_;
   std::function<std::vector<const WorkerStats*>()> stats_;
   std::function<size_t()> clients_;
   uv_tcp_t listener_;

@@ -212,6 +212,9 @@ void BackendConn::OnRead(ssize_t nread) {
   // A server closing an idle connection (its `timeout` setting, CLIENT KILL, a forwarded
   // QUIT) is not evidence that it is down; one closing with requests outstanding is.
   bool busy = !pending_.empty() || deadline_ms_ != 0;
+  // But the server behind the address may be a new one when the next connection is made (a
+  // replica restarted empty): it gets no reads until the monitor has looked at it.
+  if (!busy && !backend_->is_primary()) backend_->Disqualify();
   Fail(nread == UV_EOF ? std::string("connection closed by server")
                        : std::string("read: ") + uv_strerror(static_cast<int>(nread)),
        busy);

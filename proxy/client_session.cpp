@@ -191,12 +191,13 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
       return;
     case Route::kRead:
     case Route::kWrite:
-      Dispatch(d, raw, len);
+      Dispatch(req, d, raw, len);
       return;
   }
 }
 
-void ClientSession::Dispatch(const RouteDecision& d, const char* raw, size_t len) {
+void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const char* raw,
+                             size_t len) {
   Backend* primary = worker_->backends().primary();
   uint64_t seq = NewSlot();
   Slot& s = SlotAt(seq);
@@ -205,20 +206,11 @@ void ClientSession::Dispatch(const RouteDecision& d, const char* raw, size_t len
   uint64_t deadline = worker_->now() + worker_->timeout_ms();
   if (d.route == Route::kRead) {
     s.is_read = true;
-    Backend* replica = nullptr;
-    if (d.cursor_arg != 0 && scan_backend_ != nullptr && scan_backend_->up()) {
-      // Cursors are only valid on the server that issued them, and clients interleave
-      // iterations (SCAN over keys, HSCAN of each): every cursor command of this client goes
-      // to the same replica while it is up.
-      replica = scan_backend_;
-    } else {
-      replica = worker_->PickReplica();
-      if (d.cursor_arg != 0) scan_backend_ = replica;
-    }
-    if (replica != nullptr) {
+    ReadTarget t = PickReadTarget(req, d);
+    if (t.replica != nullptr) {
       s.request.Append(raw, len);
       worker_->stats().reads_replica++;
-      worker_->SharedConn(replica)->Send(this, seq, raw, len, deadline);
+      worker_->SharedConn(t.replica)->Send(this, seq, raw, len, deadline);
       ++inflight_;
       return;
     }
@@ -228,7 +220,10 @@ void ClientSession::Dispatch(const RouteDecision& d, const char* raw, size_t len
       CompleteError(seq, errors::kNoBackendForRead);
       return;
     }
-    worker_->stats().reads_primary++;
+    // Kept in case the primary fails it and a replica can still answer (RetryOnReplica).
+    if (worker_->backends().replica_count() > 0) s.request.Append(raw, len);
+    (t.for_read_your_writes ? worker_->stats().reads_primary_ryw
+                            : worker_->stats().reads_primary)++;
   } else {
     if (!primary->up()) {
       worker_->stats().errors++;
@@ -240,27 +235,94 @@ void ClientSession::Dispatch(const RouteDecision& d, const char* raw, size_t len
       return;
     }
     worker_->stats().writes++;
+    ++writes_inflight_;
   }
-  worker_->SharedConn(primary)->Send(this, seq, raw, len, deadline);
+  // All of one client's primary requests share one connection, so they run in the order the
+  // client sent them (a read behind its own write sees it).
+  worker_->PrimaryConnFor(id_)->Send(this, seq, raw, len, deadline);
   ++inflight_;
+}
+
+ClientSession::ReadTarget ClientSession::PickReadTarget(const Request& req,
+                                                        const RouteDecision& d) {
+  ReadTarget t;
+  Worker& w = *worker_;
+  bool primary_up = w.backends().primary()->up();
+  int64_t need = ReadYourWrites::kAny;
+  if (w.config().read_your_writes && primary_up) {
+    // A read behind the client's own unanswered write goes after it, on the same primary
+    // connection; after the write, to a replica only once that replica has it.
+    need = writes_inflight_ > 0 ? ReadYourWrites::kPrimaryOnly
+                                : ryw_.Requirement(*w.backends().progress);
+  }
+  if (d.cursor_arg != 0) {
+    // A cursor is only valid on the server that issued it, and clients interleave iterations
+    // (SCAN over keys, HSCAN of each): all of a client's cursor commands stay on one server.
+    // A continued iteration goes there while it serves reads; a new one too, unless
+    // read-your-writes rules that server out.
+    bool continued = d.cursor_arg < req.argc && req.arg(d.cursor_arg) != "0";
+    if (scan_on_primary_ && primary_up &&
+        (continued || need == ReadYourWrites::kPrimaryOnly || need >= 0)) {
+      t.for_read_your_writes = need != ReadYourWrites::kAny;
+      return t;
+    }
+    if (scan_backend_ != nullptr && scan_backend_->serves_reads() &&
+        (continued || need == ReadYourWrites::kAny ||
+         (need >= 0 && scan_backend_->offset() >= need))) {
+      t.replica = scan_backend_;
+      return t;
+    }
+  }
+  // While the primary is unreachable nothing newer than the replicas' data exists: the
+  // requirement cannot be checked and the freshest replicas are the best answer there is.
+  if (need != ReadYourWrites::kPrimaryOnly) t.replica = w.PickReplica(need);
+  t.for_read_your_writes = t.replica == nullptr && need != ReadYourWrites::kAny;
+  if (d.cursor_arg != 0) {
+    scan_backend_ = t.replica;
+    scan_on_primary_ = t.replica == nullptr;
+  }
+  return t;
 }
 
 void ClientSession::RetryOnPrimary(uint64_t seq) {
   Backend* primary = worker_->backends().primary();
   Slot& s = SlotAt(seq);
   if (!primary->up()) {
+    s.tried_primary = true;
+    if (!s.tried_replica && RetryOnReplica(seq)) return;
     worker_->stats().errors++;
     CompleteError(seq, errors::kNoBackendForRead);
     return;
   }
   s.tried_primary = true;
   worker_->stats().failovers++;
-  worker_->SharedConn(primary)->Send(this, seq, s.request.data(), s.request.size(),
+  worker_->PrimaryConnFor(id_)->Send(this, seq, s.request.data(), s.request.size(),
                                      worker_->now() + worker_->timeout_ms());
   ++inflight_;
 }
 
+bool ClientSession::RetryOnReplica(uint64_t seq) {
+  // A read sent to the primary (read-your-writes, or a replica's failover) that the primary
+  // could not answer: the primary is dead or hung, nothing newer than the replicas' data can
+  // be written now, so a replica that serves reads is the best answer there is.
+  Slot& s = SlotAt(seq);
+  s.tried_replica = true;
+  if (s.request.empty()) return false;
+  Backend* replica = worker_->PickReplica(ReadYourWrites::kAny);
+  if (replica == nullptr) return false;
+  worker_->stats().failovers++;
+  worker_->SharedConn(replica)->Send(this, seq, s.request.data(), s.request.size(),
+                                     worker_->now() + worker_->timeout_ms());
+  ++inflight_;
+  return true;
+}
+
 // ---- backend callbacks ----
+
+void ClientSession::NoteWriteDone() {
+  if (writes_inflight_ > 0) --writes_inflight_;
+  ryw_.OnWrite(*worker_->backends().progress);
+}
 
 void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_t len,
                             bool is_error) {
@@ -270,6 +332,7 @@ void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_
     return;
   }
   Slot& s = SlotAt(seq);
+  if (s.kind == 2) NoteWriteDone();
   if (is_error && s.is_read && !from->is_primary() && !s.tried_primary) {
     ReplicaRefusal r = ClassifyReplicaError(data, len);
     if (r != ReplicaRefusal::kNone) {
@@ -292,10 +355,13 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     return;
   }
   Slot& s = SlotAt(seq);
+  // A write that failed or timed out may still have been applied.
+  if (s.kind == 2) NoteWriteDone();
   if (s.is_read && !from->is_primary() && !s.tried_primary) {
     RetryOnPrimary(seq);
     return;
   }
+  if (s.is_read && from->is_primary() && !s.tried_replica && RetryOnReplica(seq)) return;
   worker_->stats().errors++;
   if (s.is_read) {
     CompleteError(seq, "ERR kompress: read failed on primary " + from->name() + ": " + reason);
@@ -320,6 +386,7 @@ uint64_t ClientSession::NewSlot() {
   s.done = false;
   s.is_read = false;
   s.tried_primary = false;
+  s.tried_replica = false;
   s.stream = false;
   s.kind = 0;
   s.reply.Clear();
@@ -530,6 +597,9 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     ArmPinnedDeadline();
   }
   if (swallow) return;  // the reply to a command the proxy added (CLIENT SETNAME, PUBLISH)
+  // Anything answered on the dedicated connection may have been a write (EXEC, EVAL...):
+  // the reads that follow once the session is unpinned must see it.
+  ryw_.OnWrite(*worker_->backends().progress);
   out_.Append(data, len);
   worker_->MarkDirty(this);
   if (stream_outstanding_ > 0) --stream_outstanding_;

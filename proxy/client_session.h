@@ -13,6 +13,7 @@
 #include "common/buffer.h"
 #include "common/resp_parser.h"
 #include "common/ring.h"
+#include "proxy/read_your_writes.h"
 #include "proxy/router.h"
 
 namespace kp {
@@ -56,8 +57,9 @@ class ClientSession {
     bool done = false;
     bool is_read = false;
     bool tried_primary = false;
-    bool stream = false;  // the pinned session's slot: never completes
-    uint8_t kind = 0;     // for latency stats: 0 local/other, 1 read, 2 write
+    bool tried_replica = false;  // a read the primary failed, re-sent to a replica
+    bool stream = false;         // the pinned session's slot: never completes
+    uint8_t kind = 0;            // for latency stats: 0 local/other, 1 read, 2 write
     uint64_t start_ns = 0;
     Buffer reply;    // reply bytes that arrived before the slots ahead of it
     Buffer request;  // kept for reads so a failed replica's read can go to the primary
@@ -66,7 +68,7 @@ class ClientSession {
   void ProcessInput();
   void HandleRequest(const char* raw, size_t len);
   void HandleLocal(LocalCommand cmd, const Request& req);
-  void Dispatch(const RouteDecision& d, const char* raw, size_t len);
+  void Dispatch(const Request& req, const RouteDecision& d, const char* raw, size_t len);
   // One request on the dedicated connection, as far as reply pairing and deadlines go.
   struct PinnedReq {
     bool blocking = false;  // may wait past the timeout (BLPOP, WAIT, ...)
@@ -84,6 +86,17 @@ class ClientSession {
   // Ends the pinned session: closes the dedicated connection, completes the stream slot.
   void AbandonPinned();
   void RetryOnPrimary(uint64_t seq);
+  // False when no replica can take it (the caller answers the error).
+  bool RetryOnReplica(uint64_t seq);
+  // Where a read goes: a replica, or nullptr for the primary (and whether that is because of
+  // read-your-writes rather than no replica serving reads).
+  struct ReadTarget {
+    Backend* replica = nullptr;
+    bool for_read_your_writes = false;
+  };
+  ReadTarget PickReadTarget(const Request& req, const RouteDecision& d);
+  // A write of this client has been answered (or failed and may have been applied).
+  void NoteWriteDone();
 
   uint64_t NewSlot();
   Slot& SlotAt(uint64_t seq) { return slots_[seq & (slots_.size() - 1)]; }
@@ -128,8 +141,12 @@ class ClientSession {
   uint64_t next_ = 0;        // next slot to hand out
   size_t held_bytes_ = 0;    // reply bytes waiting in slots behind an unanswered one
 
-  std::string name_;                 // CLIENT SETNAME
-  Backend* scan_backend_ = nullptr;  // replica that issued this client's last scan cursor
+  std::string name_;  // CLIENT SETNAME
+  // Cursor commands: the server that issued this client's last cursor.
+  Backend* scan_backend_ = nullptr;
+  bool scan_on_primary_ = false;
+  ReadYourWrites ryw_;
+  size_t writes_inflight_ = 0;  // writes sent on shared connections, not answered yet
   // Pinned session: a dedicated primary connection and the bytes waiting for the slots
   // ahead of the stream slot to complete (so earlier requests run first).
   BackendConn* dedicated_ = nullptr;

@@ -14,13 +14,13 @@
 
 #include "common/logging.h"
 #include "proxy/admin_server.h"
-#include "proxy/health_checker.h"
+#include "proxy/replication_monitor.h"
 #include "proxy/worker.h"
 
 namespace kp {
 
 Server::Server(const Config& config, const CommandTable& table)
-    : config_(config), backends_(BackendSet::FromConfig(config)), router_(table) {
+    : config_(config), backends_(BackendGroup::FromConfig(config)), router_(table) {
   loop_ = uv_default_loop();
 }
 
@@ -113,8 +113,8 @@ int Server::Run() {
   }
   for (auto& w : workers_) w->Start();
 
-  health_ = std::make_unique<HealthChecker>(loop_, config_, backends_);
-  health_->Start();
+  monitor_ = std::make_unique<ReplicationMonitor>(loop_, config_, backends_);
+  monitor_->Start();
 
   if (!config_.admin_listen.empty()) {
     admin_ = std::make_unique<AdminServer>(
@@ -187,7 +187,7 @@ void Server::BeginShutdown(int signum) {
         }
         uv_timer_stop(t);
         uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
-        self->health_->Stop();
+        self->monitor_->Stop();
         if (self->admin_) self->admin_->Stop();
         uv_close(reinterpret_cast<uv_handle_t*>(&self->sigterm_), nullptr);
         uv_close(reinterpret_cast<uv_handle_t*>(&self->sigint_), nullptr);

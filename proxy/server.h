@@ -1,5 +1,5 @@
 // Server: the process. Owns the listening socket (accepting on the main loop and handing
-// sockets to workers round-robin), the workers, the health checker, and signal handling
+// sockets to workers round-robin), the workers, the replication monitor, and signal handling
 // for a graceful drain.
 #pragma once
 
@@ -16,7 +16,7 @@
 namespace kp {
 
 class Worker;
-class HealthChecker;
+class ReplicationMonitor;
 class AdminServer;
 
 class Server {
@@ -32,7 +32,7 @@ class Server {
   void BeginShutdown(int signum);
 
   const Config& config_;
-  BackendSet backends_;
+  BackendGroup backends_;
   Router router_;
   uv_loop_t* loop_;
   int listen_fd_ = -1;
@@ -40,7 +40,7 @@ class Server {
   uv_timer_t accept_pause_;  // re-arms accepting after running out of descriptors
   uv_signal_t sigterm_;
   uv_signal_t sigint_;
-  std::unique_ptr<HealthChecker> health_;
+  std::unique_ptr<ReplicationMonitor> monitor_;
   std::unique_ptr<AdminServer> admin_;
   uv_timer_t drain_watch_;  // polls for the workers to finish, then ends the main loop
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -11,7 +11,7 @@
 
 namespace kp {
 
-Worker::Worker(size_t id, const Config& config, const BackendSet& backends, const Router& router)
+Worker::Worker(size_t id, const Config& config, const BackendGroup& backends, const Router& router)
     : id_(id), config_(config), backends_(backends), router_(router) {
   timeout_ms_ = static_cast<uint64_t>(config.timeout_s * 1000.0 + 0.5);
   if (timeout_ms_ == 0) timeout_ms_ = 1;
@@ -115,7 +115,7 @@ void Worker::AcceptPending() {
   }
 }
 
-Backend* Worker::PickReplica() {
+Backend* Worker::PickReplica(int64_t min_offset) {
   size_t n = backends_.replica_count();
   if (n == 0 || config_.read_policy == ReadPolicy::kPrimary) return nullptr;
   size_t start;
@@ -130,7 +130,7 @@ Backend* Worker::PickReplica() {
   }
   for (size_t k = 0; k < n; ++k) {
     Backend* b = backends_.replica((start + k) % n);
-    if (b->up()) return b;
+    if (b->serves_reads() && (min_offset < 0 || b->offset() >= min_offset)) return b;
   }
   return nullptr;
 }
@@ -139,6 +139,11 @@ BackendConn* Worker::SharedConn(Backend* b) {
   auto& pool = pools_[b->index()];
   if (pool.size() == 1) return pool.front();
   return pool[pool_rr_[b->index()]++ % pool.size()];
+}
+
+BackendConn* Worker::PrimaryConnFor(uint64_t client_id) {
+  auto& pool = pools_[0];
+  return pool.size() == 1 ? pool.front() : pool[client_id % pool.size()];
 }
 
 BackendConn* Worker::NewDedicatedConn(Backend* primary, ClientSession* owner) {

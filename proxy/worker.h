@@ -25,7 +25,7 @@ class ClientSession;
 
 class Worker {
  public:
-  Worker(size_t id, const Config& config, const BackendSet& backends, const Router& router);
+  Worker(size_t id, const Config& config, const BackendGroup& backends, const Router& router);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -41,7 +41,7 @@ class Worker {
   uv_loop_t* loop() { return &loop_; }
   const Config& config() const { return config_; }
   const Router& router() const { return router_; }
-  const BackendSet& backends() const { return backends_; }
+  const BackendGroup& backends() const { return backends_; }
   WorkerStats& stats() { return stats_; }
   const WorkerStats& stats() const { return stats_; }
   uint64_t now() const { return uv_now(const_cast<uv_loop_t*>(&loop_)); }
@@ -49,9 +49,14 @@ class Worker {
   bool finished() const { return finished_.load(std::memory_order_acquire); }
   size_t client_count() const { return client_count_.load(std::memory_order_relaxed); }
 
-  // A healthy replica by the read policy, or nullptr (then the primary serves the read).
-  Backend* PickReplica();
+  // A replica that serves reads and has applied at least `min_offset` (-1: any), by the read
+  // policy; nullptr when none (then the primary serves the read).
+  Backend* PickReplica(int64_t min_offset);
+  // A shared connection to `b`, rotating over the pool.
   BackendConn* SharedConn(Backend* b);
+  // The shared primary connection that carries every primary request of one client, so they
+  // run in the order it sent them.
+  BackendConn* PrimaryConnFor(uint64_t client_id);
   // A dedicated primary connection for a pinned session, reusing a clean idle one if any.
   BackendConn* NewDedicatedConn(Backend* primary, ClientSession* owner);
   // Takes back a dedicated connection whose session state is clean (after a transaction).
@@ -77,7 +82,7 @@ class Worker {
 
   size_t id_;
   const Config& config_;
-  const BackendSet& backends_;
+  const BackendGroup& backends_;
   const Router& router_;
   uint64_t timeout_ms_;
   uv_loop_t loop_;

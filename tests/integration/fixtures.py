@@ -601,8 +601,10 @@ def encode_command(*args):
 # -- a misbehaving backend -------------------------------------------------------------------
 
 class FakeBackend:
-    """A TCP server speaking just enough RESP to pass the proxy's health check (PING gets
-    +PONG) and answering every other request according to `mode`:
+    """A TCP server speaking just enough RESP to pass the proxy's health check as a replica
+    of the primary on `info_from` (INFO gets that primary's INFO replication, rewritten as a
+    linked replica that has everything; PING gets +PONG) and answering every other request
+    according to `mode`:
       "garbage"    bytes that are not RESP
       "close"      closes the connection without a reply
       "loading"    -LOADING (Redis loading its dataset: the command was not executed)
@@ -616,12 +618,14 @@ class FakeBackend:
                       b"is set to 'no'.\r\n",
     }
 
-    def __init__(self, mode):
+    def __init__(self, mode, info_from=None):
         import threading
         self.mode = mode
+        self.info_from = info_from
         self.port = free_port()
-        self.requests = 0       # everything but PING
+        self.requests = 0       # everything but PING and INFO
         self.pings = 0
+        self.infos = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -697,6 +701,12 @@ class FakeBackend:
                             self.pings += 1
                         out += b"+PONG\r\n"
                         continue
+                    if argv[0].upper() == b"INFO" and self.info_from is not None:
+                        with self._lock:
+                            self.infos += 1
+                        text = self._replica_info().encode()
+                        out += b"$%d\r\n%s\r\n" % (len(text), text)
+                        continue
                     with self._lock:
                         self.requests += 1
                     if self.mode == "close":
@@ -713,6 +723,15 @@ class FakeBackend:
             pass
         finally:
             conn.close()
+
+    def _replica_info(self):
+        info = redis.Redis(host=HOST, port=self.info_from, socket_timeout=2).info("replication")
+        offset = info["master_repl_offset"]
+        return "\r\n".join([
+            "# Replication", "role:slave", f"master_host:{HOST}",
+            f"master_port:{self.info_from}", "master_link_status:up",
+            "master_sync_in_progress:0", f"slave_repl_offset:{offset}",
+            f"master_replid:{info['master_replid']}", f"master_repl_offset:{offset}", ""])
 
     def stop(self):
         self._stop.set()

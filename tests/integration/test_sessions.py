@@ -28,7 +28,16 @@ def test_transaction_then_reads_return_to_replicas(cluster, proxy):
     assert pipe.execute() == [True, 2, b"2"]
     assert cluster.primary.client().get("tx:a") == b"2"
     cluster.wait_replicated()
-    # The same pooled connection is no longer pinned: its reads go to replicas again.
+    # The same pooled connection is no longer pinned: its reads go to replicas again, as
+    # soon as the proxy has seen them replicate the transaction (read-your-writes; the
+    # suite's probes run every 0.2 s).
+    before = cluster.snapshot("get")
+
+    def on_replica():
+        assert c.get("tx:a") == b"2"
+        now = cluster.snapshot("get")
+        return any(now[k] > before.get(k, 0) for k in now if k != "primary")
+    wait_until(on_replica, 5, interval=0.01, what="reads back on the replicas")
     before = cluster.snapshot("get")
     for _ in range(20):
         assert c.get("tx:a") == b"2"
@@ -218,8 +227,8 @@ def test_admin_endpoint(fresh_cluster, make_proxy):
     status, body = http_get(admin, "/readyz")
     assert status == 200 and body.startswith("ready")
     assert http_get(admin, "/nope")[0] == 404
-    c = p.client()
-    c.set("m:k", "v")
+    c = p.client()  # reads only: replicas serve it
+    p.client().set("m:k", "v")
     fresh_cluster.wait_replicated()
     for _ in range(10):
         c.get("m:k")
@@ -242,9 +251,9 @@ def test_failover_is_counted(fresh_cluster, make_proxy):
     p = make_proxy(fresh_cluster.primary.port, [fresh_cluster.replicas[0].port],
                    extra_args=["--admin-listen", f"{HOST}:{admin}",
                                "--health-check-interval", "60"])
-    c = p.client()
-    c.set("f:k", "v")
+    p.client().set("f:k", "v")
     fresh_cluster.wait_replicated()
+    c = p.client()  # has written nothing: its reads go to the replica
     assert c.get("f:k") == b"v"
     # A stopped replica keeps its connections open (a killed one is noticed at once by the
     # health checker's connection): the read times out there and the primary answers.
