@@ -14,6 +14,9 @@
 #   BENCH_PIPELINES   pipeline depths to run (default "1 16")
 #   BENCH_WORKERS     proxy --workers (default 2)
 #   BENCH_TARGETS     subset of "direct proxy nutcracker" (default all three)
+#   BENCH_REPLICA     1: also start a replica of the primary and give it to the proxy, so
+#                     the proxy's GETs go to the replica (read-only clients); the GET calls
+#                     each server answered are printed at the end (default 0)
 #   KP_PROXY_BIN      proxy binary; default build-release/kompress-proxy, built (Release)
 #                     on first use
 set -euo pipefail
@@ -24,6 +27,7 @@ CLIENTS="${BENCH_CLIENTS:-50}"
 PIPELINES="${BENCH_PIPELINES:-1 16}"
 WORKERS="${BENCH_WORKERS:-2}"
 TARGETS="${BENCH_TARGETS:-direct proxy nutcracker}"
+REPLICA="${BENCH_REPLICA:-0}"
 HOST=127.0.0.1
 
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
@@ -106,10 +110,27 @@ wait_ping "$REDIS_PORT" redis
 
 declare -A PORT=([direct]="$REDIS_PORT")
 
+REPLICA_ARGS=()
+if [[ "$REPLICA" == 1 ]]; then
+  REPLICA_PORT="$(free_port)"
+  mkdir -p "$WORKDIR/replica"
+  redis-server --port "$REPLICA_PORT" --bind "$HOST" --save '' --appendonly no \
+    --dir "$WORKDIR/replica" --daemonize no --logfile "$WORKDIR/replica.log" \
+    --replicaof "$HOST" "$REDIS_PORT" &
+  PIDS+=($!)
+  wait_ping "$REPLICA_PORT" replica
+  for _ in $(seq 1 100); do
+    redis-cli -h "$HOST" -p "$REPLICA_PORT" INFO replication | grep -q 'master_link_status:up' \
+      && break
+    sleep 0.1
+  done
+  REPLICA_ARGS=(--replicas "$HOST:$REPLICA_PORT")
+fi
+
 if want proxy; then
   PORT[proxy]="$(free_port)"
   "$PROXY_BIN" --listen "$HOST:${PORT[proxy]}" --primary "$HOST:$REDIS_PORT" \
-    --workers "$WORKERS" --log-level warn 2>"$WORKDIR/proxy.log" &
+    "${REPLICA_ARGS[@]}" --workers "$WORKERS" --log-level warn 2>"$WORKDIR/proxy.log" &
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")
   wait_ping "${PORT[proxy]}" proxy
@@ -192,4 +213,12 @@ if want proxy; then
 fi
 if want nutcracker; then
   echo "peak RSS (VmHWM) nutcracker:     $(peak_rss "$NC_PID")"
+fi
+get_calls() {
+  redis-cli -h "$HOST" -p "$1" INFO commandstats | tr -d '\r' |
+    awk -F'[=,:]' '/^cmdstat_get:/ { print $3 }'
+}
+if [[ "$REPLICA" == 1 ]]; then
+  echo "GET calls answered: primary $(get_calls "$REDIS_PORT"), replica $(get_calls "$REPLICA_PORT")" \
+    "(direct and nutcracker GETs go to the primary)"
 fi
