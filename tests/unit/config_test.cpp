@@ -650,3 +650,40 @@ TEST_CASE("Config: Describe summarises and masks passwords") {
 }
 
 }  // namespace kp
+
+namespace kp {
+namespace {
+
+TEST_CASE("Config: freshness options (read_your_writes, max_replica_lag[_bytes])") {
+  Config d = Load({});
+  CHECK(d.read_your_writes);
+  CHECK(d.max_replica_lag_s == 1.0);
+  CHECK(d.max_replica_lag_bytes == 0);
+  CHECK(d.health_check_interval_s == doctest::Approx(0.1));
+
+  for (std::string off : {"false", "no", "off", "0", "FALSE"}) {
+    CHECK_FALSE(Load({}, {"--read-your-writes", off}).read_your_writes);
+    CHECK_FALSE(Load({{"KOMPRESS_READ_YOUR_WRITES", off}}).read_your_writes);
+  }
+  for (std::string on : {"true", "yes", "on", "1", "True"}) {
+    CHECK(Load({}, {"--read-your-writes=" + on}).read_your_writes);
+  }
+  Config c =
+      Load({{"KOMPRESS_MAX_REPLICA_LAG", "250ms"}, {"KOMPRESS_MAX_REPLICA_LAG_BYTES", "1mb"}});
+  CHECK(c.max_replica_lag_s == doctest::Approx(0.25));
+  CHECK(c.max_replica_lag_bytes == 1024 * 1024);
+  // 0 means "no limit" for both.
+  c = Load({}, {"--max-replica-lag", "0", "--max-replica-lag-bytes", "0"});
+  CHECK(c.max_replica_lag_s == 0);
+  CHECK(c.max_replica_lag_bytes == 0);
+
+  CHECK(ErrorOf({}, {"--read-your-writes", "maybe"}) ==
+        "config: read_your_writes: \"maybe\": must be true or false (also yes/no, on/off, 1/0) "
+        "(from flag --read-your-writes)");
+  CHECK(ErrorOf({{"KOMPRESS_MAX_REPLICA_LAG_BYTES", "-5"}}).find("max_replica_lag_bytes") !=
+        std::string::npos);
+  CHECK(ErrorOf({}, {"--max-replica-lag", "-1"}).find("must not be negative") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace kp
