@@ -249,11 +249,15 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request& req,
   Worker& w = *worker_;
   bool primary_up = w.backends().primary()->up();
   int64_t need = ReadYourWrites::kAny;
-  if (w.config().read_your_writes && primary_up) {
+  if (w.config().read_your_writes) {
     // A read behind the client's own unanswered write goes after it, on the same primary
     // connection; after the write, to a replica only once that replica has it.
     need = writes_inflight_ > 0 ? ReadYourWrites::kPrimaryOnly
                                 : ryw_.Requirement(*w.backends().progress);
+    // Nothing newer than the replicas' data can be written while the primary is down, and
+    // the replicas that serve reads then are those holding the newest data left: a replica
+    // known to have the client's write if there is one, else the best there is.
+    if (!primary_up && need == ReadYourWrites::kPrimaryOnly) need = ReadYourWrites::kAny;
   }
   if (d.cursor_arg != 0) {
     // A cursor is only valid on the server that issued it, and clients interleave iterations
@@ -273,9 +277,8 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request& req,
       return t;
     }
   }
-  // While the primary is unreachable nothing newer than the replicas' data exists: the
-  // requirement cannot be checked and the freshest replicas are the best answer there is.
   if (need != ReadYourWrites::kPrimaryOnly) t.replica = w.PickReplica(need);
+  if (t.replica == nullptr && !primary_up && need >= 0) t.replica = w.PickReplica(-1);
   t.for_read_your_writes = t.replica == nullptr && need != ReadYourWrites::kAny;
   if (d.cursor_arg != 0) {
     scan_backend_ = t.replica;

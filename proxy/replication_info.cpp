@@ -83,7 +83,7 @@ double OffsetHistory::LagSeconds(uint64_t now_ms, int64_t replica_offset) const 
 }
 
 ReplicaVerdict JudgeReplica(const ReplicationInfo& r, const PrimaryView& primary,
-                            const LagLimits& limits, uint64_t now_ms) {
+                            const LagLimits& limits, uint64_t now_ms, bool was_qualified) {
   ReplicaVerdict v;
   if (!r.is_replica) {
     v.reason = "it reports itself as a primary";
@@ -116,10 +116,17 @@ ReplicaVerdict JudgeReplica(const ReplicationInfo& r, const PrimaryView& primary
     // The primary is gone: nothing newer can be written, and the replicas' links are down
     // because of it. One that has everything the primary was last seen with holds the
     // newest data there is.
-    if (r.replica_offset >= 0 && r.replica_offset >= primary.offset) {
+    if (!primary.replicas_reported) {
+      v.qualified = was_qualified;
+      if (!was_qualified) v.reason = "the primary is unreachable; waiting for every replica";
+    } else if (r.replica_offset >= 0 && r.replica_offset >= primary.offset &&
+               r.replica_offset >= primary.freshest_replica_offset) {
       v.qualified = true;
     } else {
-      v.reason = "the primary is unreachable and it had not caught up with it";
+      v.reason = "the primary is unreachable and another replica has newer data";
+      if (r.replica_offset < primary.offset) {
+        v.reason = "the primary is unreachable and it had not caught up with it";
+      }
     }
     return v;
   }

@@ -60,6 +60,10 @@ struct PrimaryView {
   std::string replid;
   int64_t offset = -1;
   const OffsetHistory* history = nullptr;
+  // While it is unreachable: whether every replica that is up has reported since, and the
+  // highest offset of its history they reported (the newest data that still exists).
+  bool replicas_reported = false;
+  int64_t freshest_replica_offset = -1;
 };
 
 struct LagLimits {
@@ -76,10 +80,14 @@ struct ReplicaVerdict {
 
 // The read rule: a replica serves reads only while it replicates the current primary's
 // history, is linked to it, not syncing, and within the lag limits. While the primary itself
-// is unreachable nothing newer can be written: a replica of its history that has reached the
-// offset the primary was last seen with serves reads (its link is down only because the
-// primary is).
+// is unreachable nothing newer can be written, and the replicas' links are down because of
+// it: a replica of its history serves reads only if it has the newest data that still
+// exists (the highest offset any replica reports since, and at least the primary's last
+// sampled offset), so one that was behind or cut off never comes back with old data.
+// Until every replica has answered since the primary was lost, a replica keeps the verdict
+// it had (`was_qualified`): revoking it would fail reads for a round trip, granting it
+// could serve data another replica has newer.
 ReplicaVerdict JudgeReplica(const ReplicationInfo& replica, const PrimaryView& primary,
-                            const LagLimits& limits, uint64_t now_ms);
+                            const LagLimits& limits, uint64_t now_ms, bool was_qualified);
 
 }  // namespace kp

@@ -67,6 +67,7 @@ void ReplicationMonitor::Drop(Probe& p, const char* why) {
 }
 
 void ReplicationMonitor::OnTick() {
+  if (primary_known_) NotePrimaryState();
   uint64_t now = uv_now(loop_);
   // Replicas are asked right after the primary answers (PollReplicas). If the primary cannot
   // answer this round, they are asked now instead, so their health is still checked.
@@ -314,20 +315,65 @@ void ReplicationMonitor::OnPrimaryInfo(Probe& p, const ReplicationInfo& info) {
 }
 
 void ReplicationMonitor::OnReplicaInfo(Probe& p, const ReplicationInfo& info) {
-  Backend& b = *p.backend;
-  // At start-up a replica may answer before the primary: it is judged on its next answer.
+  p.info = info;
+  p.has_info = true;
+  p.info_sent_ms = p.sent_ms;
+  p.info_epoch = p.epoch;
+  // At start-up a replica may answer before the primary: it is judged once the primary has
+  // answered (which polls it again).
   if (!primary_known_) return;
+  NotePrimaryState();
+  if (primary_lost_ms_ == 0) {
+    Judge(p);
+    return;
+  }
+  // Primary gone: which replicas serve depends on what all of them hold, so each answer
+  // re-judges every replica.
+  for (size_t i = 1; i < probes_.size(); ++i) {
+    if (probes_[i]->has_info) Judge(*probes_[i]);
+  }
+}
+
+void ReplicationMonitor::NotePrimaryState() {
+  if (group_.primary()->up()) {
+    primary_lost_ms_ = 0;
+    return;
+  }
+  if (primary_lost_ms_ != 0) return;
+  // Just lost: ask the replicas at once what they hold rather than at the next tick, so the
+  // ones that are behind stop serving within a round trip.
+  primary_lost_ms_ = uv_now(loop_);
+  PollReplicas();
+}
+
+void ReplicationMonitor::Judge(Probe& p) {
+  Backend& b = *p.backend;
+  const ReplicationInfo& info = p.info;
   PrimaryView view;
   view.known = primary_known_;
-  view.reachable = group_.primary()->up();
+  view.reachable = primary_lost_ms_ == 0;
   view.replid = primary_replid_;
   view.offset = primary_offset_;
   view.history = &history_;
+  if (!view.reachable) {
+    // Only answers asked for after the primary was lost say what data still exists.
+    view.replicas_reported = true;
+    for (size_t i = 1; i < probes_.size(); ++i) {
+      const Probe& q = *probes_[i];
+      if (!q.backend->up()) continue;
+      if (!q.has_info || q.info_sent_ms < primary_lost_ms_) {
+        view.replicas_reported = false;
+      } else if (q.info.replid == primary_replid_) {
+        view.freshest_replica_offset =
+            std::max(view.freshest_replica_offset, q.info.replica_offset);
+      }
+    }
+  }
   LagLimits limits{config_.max_replica_lag_s, config_.max_replica_lag_bytes};
-  ReplicaVerdict v = JudgeReplica(info, view, limits, p.sent_ms);
+  ReplicaVerdict v = JudgeReplica(info, view, limits, p.info_sent_ms, b.qualified());
   b.lag_bytes = v.lag_bytes;
   b.lag_seconds = v.lag_seconds;
-  bool changed = b.SetReplicationState(p.epoch, v.qualified, info.replica_offset);
+  bool changed = b.SetReplicationState(p.info_epoch, v.qualified, info.replica_offset);
   if (changed && v.qualified) {
     Log().info("replica {} serves reads (offset {}, {} bytes and {:.3g}s behind the primary)",
                b.name(), info.replica_offset, v.lag_bytes < 0 ? 0 : v.lag_bytes,

@@ -44,6 +44,11 @@ class ReplicationMonitor {
     uint64_t sent_ms = 0;
     uint64_t epoch = 0;       // the backend's down_epoch when the probe was sent
     uint64_t poll_epoch = 0;  // primary: PrimaryProgress::poll_epoch of this probe
+    // Replicas: the last answer, when it was asked for, and the down_epoch then.
+    ReplicationInfo info;
+    bool has_info = false;
+    uint64_t info_sent_ms = 0;
+    uint64_t info_epoch = 0;
     bool resolving = false;
     uv_getaddrinfo_t resolve_req;
   };
@@ -60,6 +65,10 @@ class ReplicationMonitor {
   void OnAnswer(Probe& p, const char* data, size_t len, bool is_error);
   void OnPrimaryInfo(Probe& p, const ReplicationInfo& info);
   void OnReplicaInfo(Probe& p, const ReplicationInfo& info);
+  // Decides from its last answer whether a replica serves reads; logs changes.
+  void Judge(Probe& p);
+  // Tracks when the primary became unreachable; on the change, polls the replicas at once.
+  void NotePrimaryState();
 
   static void OnConnect(const redisAsyncContext* c, int status);
   static void OnDisconnect(const redisAsyncContext* c, int status);
@@ -83,6 +92,8 @@ class ReplicationMonitor {
   std::string primary_replid_;
   int64_t primary_offset_ = -1;
   OffsetHistory history_;
+  // When the monitor first saw the primary unreachable (0: it is reachable).
+  uint64_t primary_lost_ms_ = 0;
 };
 
 }  // namespace kp

@@ -118,19 +118,26 @@ void Worker::AcceptPending() {
 Backend* Worker::PickReplica(int64_t min_offset) {
   size_t n = backends_.replica_count();
   if (n == 0 || config_.read_policy == ReadPolicy::kPrimary) return nullptr;
-  size_t start;
+  auto fits = [&](Backend* b) {
+    return b->serves_reads() && (min_offset < 0 || b->offset() >= min_offset);
+  };
   if (config_.read_policy == ReadPolicy::kRandom) {
     // xorshift64: cheap, per worker, no shared state.
     rng_state_ ^= rng_state_ << 13;
     rng_state_ ^= rng_state_ >> 7;
     rng_state_ ^= rng_state_ << 17;
-    start = rng_state_ % n;
-  } else {
-    start = replica_rr_++ % n;
+    size_t start = rng_state_ % n;
+    for (size_t k = 0; k < n; ++k) {
+      Backend* b = backends_.replica((start + k) % n);
+      if (fits(b)) return b;
+    }
+    return nullptr;
   }
+  // Round robin over the replicas that fit: the rotation moves past the ones skipped, so a
+  // replica out of service does not hand its whole share to its neighbour.
   for (size_t k = 0; k < n; ++k) {
-    Backend* b = backends_.replica((start + k) % n);
-    if (b->serves_reads() && (min_offset < 0 || b->offset() >= min_offset)) return b;
+    Backend* b = backends_.replica(replica_rr_++ % n);
+    if (fits(b)) return b;
   }
   return nullptr;
 }

@@ -109,7 +109,7 @@ TEST_CASE("a linked replica of the current history within the limits serves read
   OffsetHistory h;
   h.Add(1000, 1400);
   h.Add(1100, 2000);
-  ReplicaVerdict v = JudgeReplica(Replica(), Primary(&h), LagLimits{1.0, 0}, 1150);
+  ReplicaVerdict v = JudgeReplica(Replica(), Primary(&h), LagLimits{1.0, 0}, 1150, false);
   CHECK(v.qualified);
   CHECK(v.reason.empty());
   CHECK(v.lag_bytes == 600);
@@ -125,38 +125,38 @@ TEST_CASE("replicas that must not serve reads") {
   SUBCASE("link down") {
     ReplicationInfo r = Replica();
     r.link_up = false;
-    ReplicaVerdict v = JudgeReplica(r, primary, none, 1000);
+    ReplicaVerdict v = JudgeReplica(r, primary, none, 1000, false);
     CHECK_FALSE(v.qualified);
     CHECK(v.reason.find("link") != std::string::npos);
   }
   SUBCASE("full sync in progress") {
     ReplicationInfo r = Replica();
     r.sync_in_progress = true;
-    CHECK_FALSE(JudgeReplica(r, primary, none, 1000).qualified);
+    CHECK_FALSE(JudgeReplica(r, primary, none, 1000, false).qualified);
   }
   SUBCASE("it is a primary") {
     ReplicationInfo r;
     REQUIRE(ParseReplicationInfo(kPrimaryInfo, &r));
-    ReplicaVerdict v = JudgeReplica(r, primary, none, 1000);
+    ReplicaVerdict v = JudgeReplica(r, primary, none, 1000, false);
     CHECK_FALSE(v.qualified);
     CHECK(v.reason.find("primary") != std::string::npos);
   }
   SUBCASE("it replicates another primary") {
     ReplicationInfo r = Replica();
     r.replid = std::string(40, 'b');
-    ReplicaVerdict v = JudgeReplica(r, primary, none, 1000);
+    ReplicaVerdict v = JudgeReplica(r, primary, none, 1000, false);
     CHECK_FALSE(v.qualified);
     CHECK(v.reason.find("another primary") != std::string::npos);
   }
   SUBCASE("the primary was never seen") {
     PrimaryView unknown;
-    CHECK_FALSE(JudgeReplica(Replica(), unknown, none, 1000).qualified);
+    CHECK_FALSE(JudgeReplica(Replica(), unknown, none, 1000, false).qualified);
   }
   SUBCASE("too many bytes behind") {
-    ReplicaVerdict v = JudgeReplica(Replica(), primary, LagLimits{0, 500}, 1000);
+    ReplicaVerdict v = JudgeReplica(Replica(), primary, LagLimits{0, 500}, 1000, false);
     CHECK_FALSE(v.qualified);
     CHECK(v.reason.find("max_replica_lag_bytes") != std::string::npos);
-    CHECK(JudgeReplica(Replica(), primary, LagLimits{0, 600}, 1000).qualified);
+    CHECK(JudgeReplica(Replica(), primary, LagLimits{0, 600}, 1000, false).qualified);
   }
   SUBCASE("too long behind") {
     // Offset 1400 was last the primary's at t=0 (only the 2000 sample at t=1000 is newer).
@@ -164,29 +164,44 @@ TEST_CASE("replicas that must not serve reads") {
     h2.Add(0, 1400);
     h2.Add(1000, 2000);
     PrimaryView p2 = Primary(&h2);
-    ReplicaVerdict v = JudgeReplica(Replica(), p2, LagLimits{1.0, 0}, 1500);
+    ReplicaVerdict v = JudgeReplica(Replica(), p2, LagLimits{1.0, 0}, 1500, false);
     CHECK_FALSE(v.qualified);
     CHECK(v.reason.find("max_replica_lag") != std::string::npos);
-    CHECK(JudgeReplica(Replica(), p2, LagLimits{2.0, 0}, 1500).qualified);
-    CHECK(JudgeReplica(Replica(), p2, LagLimits{0, 0}, 1500).qualified);  // 0: no limit
+    CHECK(JudgeReplica(Replica(), p2, LagLimits{2.0, 0}, 1500, false).qualified);
+    CHECK(JudgeReplica(Replica(), p2, LagLimits{0, 0}, 1500, false).qualified);  // 0: no limit
   }
 }
 
-TEST_CASE("while the primary is unreachable, replicas that had caught up keep serving") {
+TEST_CASE("while the primary is unreachable, replicas with the newest data keep serving") {
   OffsetHistory h;
   h.Add(1000, 1400);
   PrimaryView gone = Primary(&h, 1400);
   gone.reachable = false;
+  gone.replicas_reported = true;
+  gone.freshest_replica_offset = 1400;
   ReplicationInfo r = Replica();
   r.link_up = false;  // because the primary is gone
-  CHECK(JudgeReplica(r, gone, LagLimits{1.0, 0}, 60000).qualified);
+  CHECK(JudgeReplica(r, gone, LagLimits{1.0, 0}, 60000, false).qualified);
+  // Until every replica has said what it has, nobody knows what the newest data is: the
+  // verdict stays what it was.
+  gone.replicas_reported = false;
+  CHECK_FALSE(JudgeReplica(r, gone, LagLimits{1.0, 0}, 60000, false).qualified);
+  CHECK(JudgeReplica(r, gone, LagLimits{1.0, 0}, 60000, true).qualified);
+  gone.replicas_reported = true;
+  // Another replica got writes this one lacks (the primary's last sample predates them):
+  // this one has old data and must not serve it.
+  gone.freshest_replica_offset = 1450;
+  ReplicaVerdict v = JudgeReplica(r, gone, LagLimits{1.0, 0}, 60000, false);
+  CHECK_FALSE(v.qualified);
+  CHECK(v.reason.find("newer data") != std::string::npos);
+  gone.freshest_replica_offset = 1400;
   // One that was behind what the primary was last seen with is not trusted.
   r.replica_offset = 1300;
-  CHECK_FALSE(JudgeReplica(r, gone, LagLimits{1.0, 0}, 60000).qualified);
+  CHECK_FALSE(JudgeReplica(r, gone, LagLimits{1.0, 0}, 60000, false).qualified);
   // Nor one that has started a full sync (from whatever primary): its data is going away.
   r.replica_offset = 1400;
   r.sync_in_progress = true;
-  CHECK_FALSE(JudgeReplica(r, gone, LagLimits{1.0, 0}, 60000).qualified);
+  CHECK_FALSE(JudgeReplica(r, gone, LagLimits{1.0, 0}, 60000, false).qualified);
 }
 
 TEST_CASE("read-your-writes: the primary until the write's offset is known, then an offset") {
