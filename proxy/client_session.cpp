@@ -306,12 +306,19 @@ void ClientSession::RetryOnPrimary(uint64_t seq) {
 
 bool ClientSession::RetryOnReplica(uint64_t seq) {
   // A read sent to the primary (read-your-writes, or a replica's failover) that the primary
-  // could not answer: the primary is dead or hung, nothing newer than the replicas' data can
-  // be written now, so a replica that serves reads is the best answer there is.
+  // could not answer. Once the primary is known to be down nothing newer than the replicas'
+  // data can be written, so a replica that serves reads is the best answer there is. While
+  // it is merely slow, only a replica known to have this client's writes may answer.
   Slot& s = SlotAt(seq);
   s.tried_replica = true;
   if (s.request.empty()) return false;
-  Backend* replica = worker_->PickReplica(ReadYourWrites::kAny);
+  int64_t need = ReadYourWrites::kAny;
+  if (worker_->config().read_your_writes && worker_->backends().primary()->up()) {
+    need = writes_inflight_ > 0 ? ReadYourWrites::kPrimaryOnly
+                                : ryw_.Requirement(*worker_->backends().progress);
+    if (need == ReadYourWrites::kPrimaryOnly) return false;
+  }
+  Backend* replica = worker_->PickReplica(need);
   if (replica == nullptr) return false;
   worker_->stats().failovers++;
   worker_->SharedConn(replica)->Send(this, seq, s.request.data(), s.request.size(),

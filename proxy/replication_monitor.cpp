@@ -64,6 +64,7 @@ void ReplicationMonitor::Drop(Probe& p, const char* why) {
   p.awaiting = false;
   // Callbacks fired by the free see ctx != c and ignore themselves.
   if (c != nullptr) redisAsyncFree(c);
+  if (p.backend->is_primary() && primary_known_) NotePrimaryState();
 }
 
 void ReplicationMonitor::OnTick() {
@@ -229,6 +230,7 @@ void ReplicationMonitor::OnDisconnect(const redisAsyncContext* c, int status) {
   p->awaiting = false;
   if (status != REDIS_OK) {
     p->backend->MarkDown(std::string("health check: connection lost: ") + c->errstr);
+    if (p->backend->is_primary() && p->owner->primary_known_) p->owner->NotePrimaryState();
   }
 }
 

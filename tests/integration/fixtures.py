@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import redis
@@ -461,6 +463,25 @@ def run_proxy_once(args, env=None, timeout=15):
     """Runs the proxy binary to completion (for --help, --check-config, bad config)."""
     return subprocess.run([str(PROXY_BIN)] + list(args), stdin=subprocess.DEVNULL,
                           capture_output=True, env=clean_env(env), timeout=timeout)
+
+
+# -- the admin endpoint -----------------------------------------------------------------------
+
+def http_get(port, path):
+    """(status, body) of GET http://127.0.0.1:port/path."""
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text, series):
+    """The value of one series in Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} not in metrics")
 
 
 # -- raw RESP over a socket ----------------------------------------------------------------

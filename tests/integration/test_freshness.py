@@ -7,11 +7,9 @@ server's INFO commandstats and the proxy's /metrics."""
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 
 from fixtures import (HOST, PROXY_BASE_ARGS, SLOWDOWN, Cluster, RedisServer, connect, delta,
-                      encode_command, free_port, read_replies, wait_until)
+                      encode_command, free_port, http_get, metric, read_replies, wait_until)
 
 # The suite's probe interval (--health-check-interval in PROXY_BASE_ARGS).
 INTERVAL_S = float(PROXY_BASE_ARGS[PROXY_BASE_ARGS.index("--health-check-interval") + 1])
@@ -20,22 +18,7 @@ INTERVAL_S = float(PROXY_BASE_ARGS[PROXY_BASE_ARGS.index("--health-check-interva
 NOTICE_S = 2 * INTERVAL_S + 0.25 * SLOWDOWN
 
 
-# -- admin endpoint helpers (as in test_sessions.py) ----------------------------------------
-
-def http_get(port, path):
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def metric(text, series):
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{series} not in metrics")
-
+# -- admin endpoint helpers ------------------------------------------------------------------
 
 def metrics(admin):
     status, text = http_get(admin, "/metrics")

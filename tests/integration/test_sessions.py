@@ -4,13 +4,11 @@ A direct connection to Redis is the reference for every answer."""
 
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import redis
 
-from fixtures import HOST, connect, free_port, read_replies, wait_until
+from fixtures import HOST, connect, free_port, http_get, metric, read_replies, wait_until
 
 
 def send(sock, *args):
@@ -202,21 +200,6 @@ def test_backend_password(tmp_path, make_proxy):
         for s in c.servers:
             if s.proc is not None:
                 s.stop()
-
-
-def http_get(port, path):
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def metric(text, series):
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{series} not in metrics")
 
 
 def test_admin_endpoint(fresh_cluster, make_proxy):
