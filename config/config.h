@@ -36,7 +36,13 @@ struct ClientLimits {
 struct Config {
   Endpoint listen{"127.0.0.1", 6380};
   Endpoint primary{"localhost", 6379};
-  std::vector<Endpoint> replicas;    // empty: the primary serves reads too
+  std::vector<Endpoint> replicas;  // empty: the primary serves reads too
+  // Redis Sentinel: when set, the primary and replicas come from these Sentinels (for the
+  // master named sentinel_master) instead of primary/replicas, and failovers are followed.
+  std::vector<Endpoint> sentinels;
+  std::string sentinel_master;
+  std::string sentinel_username;
+  std::string sentinel_password;
   double timeout_s = 5.0;            // per command, backend side
   unsigned workers = 0;              // 0: one per core
   unsigned backend_connections = 1;  // multiplexed connections per worker per backend

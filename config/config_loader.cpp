@@ -136,6 +136,29 @@ const std::vector<KeySpec>& Specs() {
          }
          return out;
        }},
+      {"sentinels", Kind::kEndpointList, "H:P,H:P",
+       "Redis Sentinels to ask for the primary and replicas (instead of primary/replicas); "
+       "failovers are followed.",
+       0, 0, [](Config& c, const Value& v) { c.sentinels = std::get<std::vector<Endpoint>>(v); },
+       [](const Config& c) {
+         if (c.sentinels.empty()) return std::string("(none)");
+         std::string out;
+         for (const Endpoint& e : c.sentinels) {
+           if (!out.empty()) out += ",";
+           out += FormatHostPort(e.host, e.port);
+         }
+         return out;
+       }},
+      {"sentinel_master", Kind::kString, "NAME", "The master name the Sentinels monitor.", 0, 0,
+       [](Config& c, const Value& v) { c.sentinel_master = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.sentinel_master, "(none)"); }},
+      {"sentinel_username", Kind::kString, "USER", "ACL user the proxy AUTHs to Sentinels as.", 0,
+       0, [](Config& c, const Value& v) { c.sentinel_username = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.sentinel_username, "(none)"); }},
+      {"sentinel_password", Kind::kSecret, "PASSWORD",
+       "Password the proxy AUTHs to Sentinels with.", 0, 0,
+       [](Config& c, const Value& v) { c.sentinel_password = std::get<std::string>(v); },
+       [](const Config& c) { return ShowSecret(c.sentinel_password); }},
       {"timeout", Kind::kDuration, "SECONDS", "Per-command timeout on the backend side.", 1, 0,
        [](Config& c, const Value& v) { c.timeout_s = std::get<double>(v); },
        [](const Config& c) { return FormatDuration(c.timeout_s); }},
@@ -952,6 +975,37 @@ void CrossCheck(const Config& c, const RawMap& raw) {
   }
   if (!c.admin_listen.empty() && c.admin_listen == FormatHostPort(c.listen.host, c.listen.port)) {
     Fail("admin_listen", c.admin_listen, "same address as listen", SourceOf(raw, "admin_listen"));
+  }
+  if (!c.sentinels.empty() || !c.sentinel_master.empty()) {
+    if (c.sentinels.empty()) {
+      FailPlain("sentinels: empty while sentinel_master is set (which Sentinels to ask?)",
+                SourceOf(raw, "sentinel_master"));
+    }
+    if (c.sentinel_master.empty()) {
+      FailPlain("sentinel_master: empty while sentinels is set (which master to follow?)",
+                SourceOf(raw, "sentinels"));
+    }
+    // With Sentinel the nodes come from it: a primary or replicas given as well would be a
+    // second, conflicting source of truth.
+    for (std::string_view key : {"primary", "replicas"}) {
+      std::string from = SourceOf(raw, key);
+      if (from != "default") {
+        FailPlain(std::string(key) +
+                      ": set together with sentinels (with Sentinel the primary "
+                      "and replicas come from it; remove one of the two)",
+                  from);
+      }
+    }
+    for (const Endpoint& e : c.sentinels) {
+      if (e == c.listen) {
+        Fail("sentinels", FormatHostPort(e.host, e.port), "same address as listen",
+             SourceOf(raw, "sentinels"));
+      }
+    }
+  }
+  if (!c.sentinel_username.empty() && c.sentinel_password.empty()) {
+    FailPlain("sentinel_password: empty while sentinel_username is set (AUTH needs both)",
+              SourceOf(raw, "sentinel_username"));
   }
   // Redis's AUTH takes a username only together with a password.
   if (!c.backend_username.empty() && c.backend_password.empty()) {

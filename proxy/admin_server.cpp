@@ -29,6 +29,18 @@ void AppendValue(std::string& out, const std::string& series, uint64_t v) {
   out += std::to_string(v);
   out += '\n';
 }
+const char* RoleName(const Backend& b) {
+  switch (b.role()) {
+    case BackendRole::kPrimary:
+      return "primary";
+    case BackendRole::kReplica:
+      return "replica";
+    case BackendRole::kNone:
+      break;
+  }
+  return "none";
+}
+
 void AppendSigned(std::string& out, const std::string& series, int64_t v) {
   out += series;
   out += ' ';
@@ -160,11 +172,17 @@ std::string AdminServer::Respond(const std::string& head) const {
     body = "ok\n";
   } else if (path == "/readyz") {
     bool any_up = false;
-    for (const auto& b : backends_.all) {
-      body +=
-          (b->is_primary() ? "primary " : "replica ") + b->name() + (b->up() ? " up\n" : " down\n");
-      any_up = any_up || b->up();
+    for (size_t i = 0; i < backends_.size(); ++i) {
+      const Backend& b = *backends_.node(i);
+      if (b.role() == BackendRole::kNone) continue;
+      body += std::string(RoleName(b)) + " " + b.name() + (b.up() ? " up" : " down");
+      if (b.is_primary() && b.up() && !b.serves_writes()) body += " (not confirmed as primary)";
+      if (b.is_replica() && b.up() && !b.serves_reads()) body += " (gets no reads)";
+      body += "\n";
+      any_up = any_up || b.up();
     }
+    if (backends_.primary() == nullptr) body += "no primary known\n";
+    if (notes_) body += notes_();
     if (draining_) {
       status = 503;
       body = "draining\n" + body;
@@ -200,39 +218,52 @@ std::string AdminServer::Metrics() const {
   std::string out;
   out.reserve(8192);
 
-  AppendMetric(out, "kompress_backend_up", "1 when the backend is healthy and in rotation.",
-               "gauge");
-  for (const auto& b : backends_.all) {
-    AppendValue(out,
-                "kompress_backend_up{backend=\"" + b->name() + "\",role=\"" +
-                    (b->is_primary() ? "primary" : "replica") + "\"}",
-                b->up() ? 1 : 0);
+  AppendMetric(out, "kompress_backend_up", "1 when the backend answers its probes.", "gauge");
+  auto each = [&](BackendRole role, auto fn) {
+    for (size_t i = 0; i < backends_.size(); ++i) {
+      const Backend& b = *backends_.node(i);
+      if (b.role() == role) fn(b);
+    }
+  };
+  for (BackendRole role : {BackendRole::kPrimary, BackendRole::kReplica}) {
+    each(role, [&](const Backend& b) {
+      AppendValue(out,
+                  "kompress_backend_up{backend=\"" + b.name() + "\",role=\"" + RoleName(b) + "\"}",
+                  b.up() ? 1 : 0);
+    });
   }
+  AppendMetric(out, "kompress_primary",
+               "The node that takes writes now (1 while it is up and confirmed as primary).",
+               "gauge");
+  each(BackendRole::kPrimary, [&](const Backend& b) {
+    AppendValue(out, "kompress_primary{backend=\"" + b.name() + "\"}", b.serves_writes() ? 1 : 0);
+  });
+  AppendMetric(out, "kompress_topology_changes_total",
+               "Times the primary changed (failover, switchover).", "counter");
+  AppendValue(out, "kompress_topology_changes_total", backends_.topology_changes());
   AppendMetric(out, "kompress_replica_serves_reads",
                "1 when the replica is up, replicates the current primary, is linked, not "
                "syncing and within the lag limits.",
                "gauge");
-  for (size_t i = 0; i < backends_.replica_count(); ++i) {
-    const Backend& b = *backends_.replica(i);
+  each(BackendRole::kReplica, [&](const Backend& b) {
     AppendValue(out, "kompress_replica_serves_reads{backend=\"" + b.name() + "\"}",
                 b.serves_reads() ? 1 : 0);
-  }
+  });
   AppendMetric(out, "kompress_replica_lag_bytes",
                "Replication stream bytes the replica is behind the primary (-1: unknown).",
                "gauge");
-  for (size_t i = 0; i < backends_.replica_count(); ++i) {
-    const Backend& b = *backends_.replica(i);
+  each(BackendRole::kReplica, [&](const Backend& b) {
     AppendSigned(out, "kompress_replica_lag_bytes{backend=\"" + b.name() + "\"}", b.lag_bytes);
-  }
+  });
   AppendMetric(out, "kompress_replica_lag_seconds",
                "How long ago the primary last had no data the replica lacks (-1: unknown).",
                "gauge");
-  for (size_t i = 0; i < backends_.replica_count(); ++i) {
-    const Backend& b = *backends_.replica(i);
+  each(BackendRole::kReplica, [&](const Backend& b) {
     char v[64];
     std::snprintf(v, sizeof v, "%.3f", b.lag_seconds);
     out += "kompress_replica_lag_seconds{backend=\"" + b.name() + "\"} " + v + "\n";
-  }
+  });
+  if (extra_metrics_) out += extra_metrics_();
   AppendMetric(out, "kompress_client_connections", "Client connections open now.", "gauge");
   AppendValue(out, "kompress_client_connections", clients_());
   AppendMetric(out, "kompress_client_connections_total", "Client connections accepted.", "counter");

@@ -25,6 +25,12 @@ class AdminServer {
   bool Start(const std::string& host_port);
   void Stop();
   void SetDraining() { draining_ = true; }
+  // More from the control plane (Sentinel reachability): Prometheus lines for /metrics and
+  // lines for the /readyz body.
+  void SetExtras(std::function<std::string()> metrics, std::function<std::string()> notes) {
+    extra_metrics_ = std::move(metrics);
+    notes_ = std::move(notes);
+  }
 
   std::string Metrics() const;
 
@@ -37,6 +43,8 @@ class AdminServer {
   const BackendGroup& backends_;
   std::function<std::vector<const WorkerStats*>()> stats_;
   std::function<size_t()> clients_;
+  std::function<std::string()> extra_metrics_;
+  std::function<std::string()> notes_;
   uv_tcp_t listener_;
   bool listening_ = false;
   bool draining_ = false;

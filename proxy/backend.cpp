@@ -49,13 +49,47 @@ bool Backend::SetReplicationState(uint64_t epoch_at_probe, bool qualified, int64
   return qualified_.exchange(qualified, std::memory_order_acq_rel) != qualified;
 }
 
-BackendGroup BackendGroup::FromConfig(const Config& config) {
-  BackendGroup group;
-  group.all.push_back(std::make_unique<Backend>(0, BackendRole::kPrimary, config.primary));
-  for (const auto& r : config.replicas) {
-    group.all.push_back(std::make_unique<Backend>(group.all.size(), BackendRole::kReplica, r));
-  }
+BackendGroup::BackendGroup() = default;
+
+std::unique_ptr<BackendGroup> BackendGroup::FromConfig(const Config& config) {
+  auto group = std::make_unique<BackendGroup>();
+  if (!config.sentinels.empty()) return group;  // Sentinel names the nodes
+  Backend* primary = group->FindOrAdd(config.primary);
+  primary->set_role(BackendRole::kPrimary);
+  group->primary_.store(primary, std::memory_order_release);
+  for (const auto& r : config.replicas) group->FindOrAdd(r)->set_role(BackendRole::kReplica);
   return group;
+}
+
+Backend* BackendGroup::Find(const Endpoint& ep) const {
+  size_t n = size();
+  for (size_t i = 0; i < n; ++i) {
+    if (nodes_[i]->endpoint() == ep) return nodes_[i].get();
+  }
+  return nullptr;
+}
+
+Backend* BackendGroup::FindOrAdd(const Endpoint& ep) {
+  if (Backend* b = Find(ep)) return b;
+  size_t n = size();
+  if (n == kMaxNodes) return nullptr;
+  nodes_[n] = std::make_unique<Backend>(n, ep);
+  count_.store(n + 1, std::memory_order_release);  // the node is complete before it is seen
+  return nodes_[n].get();
+}
+
+void BackendGroup::SetPrimary(Backend* b) {
+  Backend* old = primary();
+  if (old == b) return;
+  // The new primary serves writes only once it has confirmed its role (qualified), which
+  // the caller has just seen; the old one is a replica that must qualify before reads.
+  if (old != nullptr) {
+    old->Disqualify();
+    old->set_role(BackendRole::kReplica);
+  }
+  b->set_role(BackendRole::kPrimary);
+  primary_.store(b, std::memory_order_release);
+  changes_.fetch_add(1, std::memory_order_relaxed);
 }
 
 }  // namespace kp

@@ -15,16 +15,23 @@
 
 namespace kp {
 
-enum class BackendRole { kPrimary, kReplica };
+// A node's place in the group's current topology, as the control plane decided it.
+enum class BackendRole : uint8_t {
+  kNone,     // known but not in the topology (e.g. a Sentinel no longer lists it)
+  kPrimary,  // takes the writes
+  kReplica,  // may serve reads when it qualifies
+};
 
 class Backend {
  public:
-  Backend(size_t index, BackendRole role, Endpoint endpoint)
-      : index_(index), role_(role), endpoint_(std::move(endpoint)), name_(endpoint_.ToString()) {}
+  Backend(size_t index, Endpoint endpoint)
+      : index_(index), endpoint_(std::move(endpoint)), name_(endpoint_.ToString()) {}
 
   size_t index() const { return index_; }
-  BackendRole role() const { return role_; }
-  bool is_primary() const { return role_ == BackendRole::kPrimary; }
+  BackendRole role() const { return role_.load(std::memory_order_acquire); }
+  bool is_primary() const { return role() == BackendRole::kPrimary; }
+  bool is_replica() const { return role() == BackendRole::kReplica; }
+  void set_role(BackendRole r) { role_.store(r, std::memory_order_release); }
   const Endpoint& endpoint() const { return endpoint_; }
   const std::string& name() const { return name_; }
 
@@ -32,7 +39,14 @@ class Backend {
   // Replicas: up, and the monitor's last look found it fit to serve reads (linked to the
   // current primary, not syncing, within the lag limits).
   bool serves_reads() const {
-    return up_.load(std::memory_order_relaxed) && qualified_.load(std::memory_order_relaxed);
+    return up_.load(std::memory_order_relaxed) && qualified_.load(std::memory_order_relaxed) &&
+           is_replica();
+  }
+  // The primary: up, and its last answer confirmed it is a primary (role:master). Writes go
+  // to nothing less: after any failure or topology change the node must confirm again.
+  bool serves_writes() const {
+    return up_.load(std::memory_order_relaxed) && qualified_.load(std::memory_order_relaxed) &&
+           is_primary();
   }
   // Replicas: the replication offset it had applied at the monitor's last look (-1: unknown).
   int64_t offset() const { return offset_.load(std::memory_order_acquire); }
@@ -46,14 +60,21 @@ class Backend {
   // A worker saw something that may mean a different server now answers at this address (an
   // idle connection closed): no reads until the monitor has looked again. Not "down".
   void Disqualify();
-  // The monitor's verdict for a replica, from a probe sent at `epoch_at_probe`. Ignored if a
-  // failure was seen since. Returns true when `qualified` changed.
+  // The monitor's verdict, from a probe sent at `epoch_at_probe` (a replica: fit for reads;
+  // the primary: confirmed as one). Ignored if a failure was seen since. Returns true when
+  // `qualified` changed.
   bool SetReplicationState(uint64_t epoch_at_probe, bool qualified, int64_t offset);
   bool qualified() const { return qualified_.load(std::memory_order_relaxed); }
 
   std::string last_error() const {
     std::lock_guard<std::mutex> g(mu_);
     return last_error_;
+  }
+  // Why the node cannot do its job though it is up (a "primary" that reports being a
+  // replica); shown in the errors clients get.
+  void set_last_error(std::string why) {
+    std::lock_guard<std::mutex> g(mu_);
+    last_error_ = std::move(why);
   }
 
   // For /metrics (written and read on the main thread only).
@@ -63,7 +84,7 @@ class Backend {
 
  private:
   size_t index_;
-  BackendRole role_;
+  std::atomic<BackendRole> role_{BackendRole::kNone};
   Endpoint endpoint_;
   std::string name_;
   std::atomic<bool> up_{true};
@@ -87,16 +108,40 @@ struct PrimaryProgress {
   std::atomic<uint32_t> history{0};
 };
 
-// One primary and its replicas, indexed 0 = primary, 1.. = replicas in config order.
-struct BackendGroup {
-  std::vector<std::unique_ptr<Backend>> all;
-  std::unique_ptr<PrimaryProgress> progress = std::make_unique<PrimaryProgress>();
+// One primary and its replicas: the group a client's requests are served by (a Redis Cluster
+// shard later). Nodes are added by the control plane and never removed, so workers may hold
+// pointers to them; what changes is each node's role and which node is the primary, always
+// through ReplicationMonitor. Workers read the topology with a few atomic loads.
+class BackendGroup {
+ public:
+  static constexpr size_t kMaxNodes = 64;
 
-  Backend* primary() const { return all.front().get(); }
-  size_t replica_count() const { return all.size() - 1; }
-  Backend* replica(size_t i) const { return all[i + 1].get(); }
+  BackendGroup();
+  // The configured nodes of a static topology (primary first); none with Sentinel.
+  static std::unique_ptr<BackendGroup> FromConfig(const Config& config);
 
-  static BackendGroup FromConfig(const Config& config);
+  // The node that takes writes, or nullptr while none is known (Sentinel not asked yet).
+  Backend* primary() const { return primary_.load(std::memory_order_acquire); }
+  size_t size() const { return count_.load(std::memory_order_acquire); }
+  Backend* node(size_t i) const { return nodes_[i].get(); }
+
+  // Control plane only. The node for `ep`, added if new (nullptr when the group is full).
+  Backend* FindOrAdd(const Endpoint& ep);
+  Backend* Find(const Endpoint& ep) const;
+  // Makes `b` the primary; the one before becomes a replica (judged as one before it serves
+  // reads). Counted as a topology change.
+  void SetPrimary(Backend* b);
+  uint64_t topology_changes() const { return changes_.load(std::memory_order_relaxed); }
+
+  PrimaryProgress& progress() { return progress_; }
+  const PrimaryProgress& progress() const { return progress_; }
+
+ private:
+  std::unique_ptr<Backend> nodes_[kMaxNodes];
+  std::atomic<size_t> count_{0};
+  std::atomic<Backend*> primary_{nullptr};
+  std::atomic<uint64_t> changes_{0};
+  PrimaryProgress progress_;
 };
 
 }  // namespace kp

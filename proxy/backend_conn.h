@@ -47,6 +47,9 @@ class BackendConn {
   // Closes for good; pending requests fail with `reason`. The object deletes itself (via the
   // worker) once libuv is done with it when `destroy` is set.
   void Shutdown(const std::string& reason, bool destroy);
+  // Fails the connection as a dead server would: pending requests (shared) or the owning
+  // session (dedicated) are answered with `reason`. The backend is not marked down.
+  void Abort(const std::string& reason) { Fail(reason, false); }
 
   Backend* backend() const { return backend_; }
   // Dedicated mode: hands the connection to another session (nullptr: idle in the worker).

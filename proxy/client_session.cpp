@@ -199,6 +199,7 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
 void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const char* raw,
                              size_t len) {
   Backend* primary = worker_->backends().primary();
+  bool primary_ok = primary != nullptr && primary->serves_writes();
   uint64_t seq = NewSlot();
   Slot& s = SlotAt(seq);
   s.start_ns = uv_hrtime();
@@ -215,23 +216,19 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
       return;
     }
     s.tried_primary = true;
-    if (!primary->up()) {
+    if (!primary_ok) {
       worker_->stats().errors++;
       CompleteError(seq, errors::kNoBackendForRead);
       return;
     }
     // Kept in case the primary fails it and a replica can still answer (RetryOnReplica).
-    if (worker_->backends().replica_count() > 0) s.request.Append(raw, len);
+    if (worker_->backends().size() > 1) s.request.Append(raw, len);
     (t.for_read_your_writes ? worker_->stats().reads_primary_ryw
                             : worker_->stats().reads_primary)++;
   } else {
-    if (!primary->up()) {
+    if (!primary_ok) {
       worker_->stats().errors++;
-      std::string msg = std::string(errors::kPrimaryDown) + " (" + primary->name();
-      std::string why = primary->last_error();
-      if (!why.empty()) msg += ": " + why;
-      msg += ")";
-      CompleteError(seq, msg);
+      CompleteError(seq, PrimaryUnavailable(primary));
       return;
     }
     worker_->stats().writes++;
@@ -239,21 +236,36 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
   }
   // All of one client's primary requests share one connection, so they run in the order the
   // client sent them (a read behind its own write sees it).
-  worker_->PrimaryConnFor(id_)->Send(this, seq, raw, len, deadline);
+  worker_->PrimaryConnFor(primary, id_)->Send(this, seq, raw, len, deadline);
   ++inflight_;
+}
+
+std::string ClientSession::PrimaryUnavailable(const Backend* primary) const {
+  std::string msg(errors::kPrimaryDown);
+  if (primary == nullptr) {
+    return msg + " (no primary known yet: " +
+           (worker_->config().sentinels.empty() ? std::string("none configured")
+                                                : "the Sentinels have not named one") +
+           ")";
+  }
+  msg += " (" + primary->name();
+  std::string why = primary->last_error();
+  if (!why.empty()) msg += ": " + why;
+  return msg + ")";
 }
 
 ClientSession::ReadTarget ClientSession::PickReadTarget(const Request& req,
                                                         const RouteDecision& d) {
   ReadTarget t;
   Worker& w = *worker_;
-  bool primary_up = w.backends().primary()->up();
+  const Backend* primary = w.backends().primary();
+  bool primary_up = primary != nullptr && primary->serves_writes();
   int64_t need = ReadYourWrites::kAny;
   if (w.config().read_your_writes) {
     // A read behind the client's own unanswered write goes after it, on the same primary
     // connection; after the write, to a replica only once that replica has it.
     need = writes_inflight_ > 0 ? ReadYourWrites::kPrimaryOnly
-                                : ryw_.Requirement(*w.backends().progress);
+                                : ryw_.Requirement(w.backends().progress());
     // Nothing newer than the replicas' data can be written while the primary is down, and
     // the replicas that serve reads then are those holding the newest data left: a replica
     // known to have the client's write if there is one, else the best there is.
@@ -290,7 +302,7 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request& req,
 void ClientSession::RetryOnPrimary(uint64_t seq) {
   Backend* primary = worker_->backends().primary();
   Slot& s = SlotAt(seq);
-  if (!primary->up()) {
+  if (primary == nullptr || !primary->serves_writes()) {
     s.tried_primary = true;
     if (!s.tried_replica && RetryOnReplica(seq)) return;
     worker_->stats().errors++;
@@ -299,8 +311,8 @@ void ClientSession::RetryOnPrimary(uint64_t seq) {
   }
   s.tried_primary = true;
   worker_->stats().failovers++;
-  worker_->PrimaryConnFor(id_)->Send(this, seq, s.request.data(), s.request.size(),
-                                     worker_->now() + worker_->timeout_ms());
+  worker_->PrimaryConnFor(primary, id_)
+      ->Send(this, seq, s.request.data(), s.request.size(), worker_->now() + worker_->timeout_ms());
   ++inflight_;
 }
 
@@ -313,9 +325,10 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
   s.tried_replica = true;
   if (s.request.empty()) return false;
   int64_t need = ReadYourWrites::kAny;
-  if (worker_->config().read_your_writes && worker_->backends().primary()->up()) {
+  const Backend* primary = worker_->backends().primary();
+  if (worker_->config().read_your_writes && primary != nullptr && primary->serves_writes()) {
     need = writes_inflight_ > 0 ? ReadYourWrites::kPrimaryOnly
-                                : ryw_.Requirement(*worker_->backends().progress);
+                                : ryw_.Requirement(worker_->backends().progress());
     if (need == ReadYourWrites::kPrimaryOnly) return false;
   }
   Backend* replica = worker_->PickReplica(need);
@@ -331,7 +344,7 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
 
 void ClientSession::NoteWriteDone() {
   if (writes_inflight_ > 0) --writes_inflight_;
-  ryw_.OnWrite(*worker_->backends().progress);
+  ryw_.OnWrite(worker_->backends().progress());
 }
 
 void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_t len,
@@ -479,9 +492,9 @@ void ClientSession::AdvanceHead() {
 void ClientSession::EnterPinned(const Request& req, const RouteDecision& d, const char* raw,
                                 size_t len) {
   Backend* primary = worker_->backends().primary();
-  if (!primary->up()) {
+  if (primary == nullptr || !primary->serves_writes()) {
     worker_->stats().errors++;
-    ReplyErrorNow(std::string(errors::kPrimaryDown) + " (" + primary->name() + ")");
+    ReplyErrorNow(PrimaryUnavailable(primary));
     return;
   }
   worker_->stats().pinned_sessions++;
@@ -609,7 +622,7 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (swallow) return;  // the reply to a command the proxy added (CLIENT SETNAME, PUBLISH)
   // Anything answered on the dedicated connection may have been a write (EXEC, EVAL...):
   // the reads that follow once the session is unpinned must see it.
-  ryw_.OnWrite(*worker_->backends().progress);
+  ryw_.OnWrite(worker_->backends().progress());
   out_.Append(data, len);
   worker_->MarkDirty(this);
   if (stream_outstanding_ > 0) --stream_outstanding_;

@@ -97,6 +97,8 @@ class ClientSession {
   ReadTarget PickReadTarget(const Request& req, const RouteDecision& d);
   // A write of this client has been answered (or failed and may have been applied).
   void NoteWriteDone();
+  // The error for a request that needs the primary when none can take it, saying why.
+  std::string PrimaryUnavailable(const Backend* primary) const;
 
   uint64_t NewSlot();
   Slot& SlotAt(uint64_t seq) { return slots_[seq & (slots_.size() - 1)]; }

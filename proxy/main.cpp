@@ -8,6 +8,7 @@
 #include "config/config_loader.h"
 #include "proxy/command_table.h"
 #include "proxy/command_table_fetch.h"
+#include "proxy/sentinel_lookup.h"
 #include "proxy/server.h"
 
 #ifndef KP_VERSION
@@ -42,7 +43,15 @@ int main(int argc, char** argv) {
   std::unique_ptr<kp::CommandTable> merged;
   if (config.refresh_command_table) {
     std::string error;
-    auto primary = kp::FetchPrimaryCommandTable(config, &error);
+    kp::Config ask = config;
+    bool known = true;
+    if (!config.sentinels.empty()) {
+      // The primary is whoever the Sentinels name now.
+      auto master = kp::LookupSentinelMaster(config, &error);
+      known = master.has_value();
+      if (known) ask.primary = *master;
+    }
+    auto primary = known ? kp::FetchPrimaryCommandTable(ask, &error) : nullptr;
     if (primary) {
       size_t added = 0;
       merged = kp::CommandTable::Merge(*table, *primary, &added);

@@ -1,36 +1,39 @@
-// ReplicationMonitor: INFO replication probes with hiredis's libuv adapter, the primary's
-// progress for read-your-writes, and each replica's read verdict.
+// ReplicationMonitor: INFO replication probes, role confirmation and primary changes, the
+// primary's progress for read-your-writes, and each replica's read verdict.
 #include "proxy/replication_monitor.h"
 
-#include <hiredis/adapters/libuv.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
-#include <sys/socket.h>
-
 #include <algorithm>
-#include <cstring>
 #include <string>
 
 #include "common/logging.h"
 
 namespace kp {
 
-ReplicationMonitor::ReplicationMonitor(uv_loop_t* loop, const Config& config,
-                                       const BackendGroup& group)
+namespace {
+
+bool IsLoopback(std::string_view host) {
+  return host == "localhost" || host.substr(0, 4) == "127." || host == "::1" || host == "[::1]";
+}
+
+// Whether a replica's "master_host:master_port" names this node.
+bool Names(const Endpoint& ep, const std::string& host, int port) {
+  if (ep.port != port) return false;
+  return ep.host == host || (IsLoopback(ep.host) && IsLoopback(host));
+}
+
+}  // namespace
+
+ReplicationMonitor::ReplicationMonitor(uv_loop_t* loop, const Config& config, BackendGroup& group)
     : loop_(loop), config_(config), group_(group) {
   timeout_ms_ = static_cast<uint64_t>(config.timeout_s * 1000.0 + 0.5);
   if (timeout_ms_ == 0) timeout_ms_ = 1;
   uint64_t interval_ms = static_cast<uint64_t>(config.health_check_interval_s * 1000.0 + 0.5);
   connect_timeout_ms_ = std::min(timeout_ms_, std::max<uint64_t>(4 * interval_ms, 250));
-  for (const auto& b : group.all) {
-    auto p = std::make_unique<Probe>();
-    p->owner = this;
-    p->backend = b.get();
-    probes_.push_back(std::move(p));
-  }
   uv_timer_init(loop_, &timer_);
   timer_.data = this;
+  SyncProbes();
 }
 
 ReplicationMonitor::~ReplicationMonitor() = default;
@@ -48,211 +51,91 @@ void ReplicationMonitor::Stop() {
   running_ = false;
   uv_timer_stop(&timer_);
   uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
-  for (auto& p : probes_) {
-    if (p->ctx != nullptr) {
-      redisAsyncContext* c = p->ctx;
-      p->ctx = nullptr;
-      redisAsyncFree(c);
-    }
+  for (auto& p : probes_) p->conn->Close();
+}
+
+void ReplicationMonitor::SyncProbes() {
+  for (size_t i = probes_.size(); i < group_.size(); ++i) {
+    auto p = std::make_unique<Probe>();
+    Probe* raw = p.get();
+    p->owner = this;
+    p->backend = group_.node(i);
+    p->conn = std::make_unique<ControlConn>(
+        loop_, p->backend->endpoint(), config_.backend_username, config_.backend_password,
+        [raw](const std::string& why) { raw->owner->OnLost(*raw, why); });
+    probes_.push_back(std::move(p));
   }
 }
 
-void ReplicationMonitor::Drop(Probe& p, const char* why) {
-  p.backend->MarkDown(std::string("health check: ") + why);
-  redisAsyncContext* c = p.ctx;
-  p.ctx = nullptr;
+void ReplicationMonitor::OnLost(Probe& p, const std::string& why) {
   p.awaiting = false;
-  // Callbacks fired by the free see ctx != c and ignore themselves.
-  if (c != nullptr) redisAsyncFree(c);
-  if (p.backend->is_primary() && primary_known_) NotePrimaryState();
+  p.backend->MarkDown("health check: " + why);
+  if (p.backend == group_.primary() && primary_known_) NotePrimaryState();
 }
 
 void ReplicationMonitor::OnTick() {
+  SyncProbes();
   if (primary_known_) NotePrimaryState();
   uint64_t now = uv_now(loop_);
-  // Replicas are asked right after the primary answers (PollReplicas). If the primary cannot
-  // answer this round, they are asked now instead, so their health is still checked.
-  Probe& primary = *probes_.front();
-  bool chained = primary.ctx != nullptr && !primary.awaiting && !primary.resolving;
-  for (auto& pp : probes_) {
-    Probe& p = *pp;
-    if (p.ctx != nullptr && SocketFailed(p)) continue;
-    if (p.ctx != nullptr && !p.connected) {
-      if (now - p.connect_ms >= connect_timeout_ms_) Drop(p, "connect: no answer");
+  // Other nodes are asked right after the primary answers (PollReplicas). If the primary
+  // cannot answer this round, they are asked now instead, so their health is still checked.
+  Backend* primary = group_.primary();
+  Probe* pp = primary != nullptr ? &ProbeOf(primary) : nullptr;
+  bool chained = pp != nullptr && pp->conn->established() && !pp->awaiting;
+  for (auto& owned : probes_) {
+    Probe& p = *owned;
+    if (p.backend->role() == BackendRole::kNone) {
+      p.conn->Close();  // not in the topology: not watched
+      p.awaiting = false;
       continue;
     }
-    if (p.ctx != nullptr && p.awaiting) {
-      if (now - p.sent_ms >= timeout_ms_) Drop(p, "no reply to INFO within the timeout");
+    p.conn->Check(now, connect_timeout_ms_);
+    if (!p.conn->open()) {
+      p.conn->Connect();
+      SendProbe(p);  // queued until the connection is made (IP addresses at once)
       continue;
     }
-    if (p.resolving) continue;
-    if (p.ctx == nullptr) {
-      StartResolve(p);
+    if (p.awaiting) {
+      if (now - p.sent_ms >= timeout_ms_) p.conn->Fail("no reply to INFO within the timeout");
       continue;
     }
-    if (&p == &primary || !chained) SendProbe(p);
+    if (!p.conn->established()) continue;
+    if (&p == pp || !chained) SendProbe(p);
   }
-}
-
-bool ReplicationMonitor::SocketFailed(Probe& p) {
-  // hiredis's libuv adapter ignores poll errors (a refused connect, a reset after the server
-  // died), leaving the context waiting forever; the socket's pending error tells.
-  int err = 0;
-  socklen_t len = sizeof err;
-  if (getsockopt(p.ctx->c.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) return false;
-  std::string why = std::string(p.connected ? "connection lost: " : "connect: ") + strerror(err);
-  Drop(p, why.c_str());
-  return true;
 }
 
 void ReplicationMonitor::PollReplicas() {
-  for (size_t i = 1; i < probes_.size(); ++i) {
-    Probe& p = *probes_[i];
-    if (p.ctx != nullptr && !p.awaiting && !p.resolving) SendProbe(p);
+  Backend* primary = group_.primary();
+  for (auto& owned : probes_) {
+    Probe& p = *owned;
+    if (p.backend == primary || p.backend->role() == BackendRole::kNone) continue;
+    if (p.conn->established() && !p.awaiting) SendProbe(p);
   }
-}
-
-void ReplicationMonitor::StartResolve(Probe& p) {
-  const Endpoint& ep = p.backend->endpoint();
-  std::string host = ep.host;
-  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  sockaddr_in a4;
-  sockaddr_in6 a6;
-  if (uv_ip4_addr(host.c_str(), ep.port, &a4) == 0 ||
-      uv_ip6_addr(host.c_str(), ep.port, &a6) == 0) {
-    Connect(p, host);
-    return;
-  }
-  p.resolving = true;
-  p.resolve_req.data = &p;
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  int rc = uv_getaddrinfo(
-      loop_, &p.resolve_req,
-      [](uv_getaddrinfo_t* req, int status, addrinfo* res) {
-        auto* probe = static_cast<Probe*>(req->data);
-        probe->resolving = false;
-        std::string ip;
-        if (status == 0 && res != nullptr) {
-          // Prefer IPv4, as the data plane does.
-          const addrinfo* pick = res;
-          for (const addrinfo* ai = res; ai; ai = ai->ai_next) {
-            if (ai->ai_family == AF_INET) {
-              pick = ai;
-              break;
-            }
-          }
-          char buf[INET6_ADDRSTRLEN] = {0};
-          if (pick->ai_family == AF_INET) {
-            uv_ip4_name(reinterpret_cast<const sockaddr_in*>(pick->ai_addr), buf, sizeof buf);
-          } else {
-            uv_ip6_name(reinterpret_cast<const sockaddr_in6*>(pick->ai_addr), buf, sizeof buf);
-          }
-          ip = buf;
-        }
-        uv_freeaddrinfo(res);
-        if (!probe->owner->running_) return;
-        if (ip.empty()) {
-          probe->backend->MarkDown(std::string("health check: cannot resolve host: ") +
-                                   uv_strerror(status));
-          return;
-        }
-        probe->owner->Connect(*probe, ip);
-      },
-      host.c_str(), nullptr, &hints);
-  if (rc != 0) {
-    p.resolving = false;
-    p.backend->MarkDown(std::string("health check: cannot resolve host: ") + uv_strerror(rc));
-  }
-}
-
-void ReplicationMonitor::Connect(Probe& p, const std::string& ip) {
-  redisAsyncContext* c = redisAsyncConnect(ip.c_str(), p.backend->endpoint().port);
-  if (c == nullptr) return;
-  if (c->err) {
-    std::string why = std::string("connect: ") + c->errstr;
-    redisAsyncFree(c);
-    p.backend->MarkDown("health check: " + why);
-    return;
-  }
-  c->data = &p;
-  if (redisLibuvAttach(c, loop_) != REDIS_OK) {
-    redisAsyncFree(c);
-    return;
-  }
-  redisAsyncSetConnectCallback(c, OnConnect);
-  redisAsyncSetDisconnectCallback(c, OnDisconnect);
-  p.ctx = c;
-  p.connected = false;
-  p.connect_ms = uv_now(loop_);
-  if (!config_.backend_password.empty()) {
-    if (config_.backend_username.empty()) {
-      redisAsyncCommand(c, OnAuth, &p, "AUTH %b", config_.backend_password.data(),
-                        config_.backend_password.size());
-    } else {
-      redisAsyncCommand(c, OnAuth, &p, "AUTH %b %b", config_.backend_username.data(),
-                        config_.backend_username.size(), config_.backend_password.data(),
-                        config_.backend_password.size());
-    }
-  }
-  SendProbe(p);
 }
 
 void ReplicationMonitor::SendProbe(Probe& p) {
+  if (!p.conn->open()) return;
+  uint64_t poll_epoch = 0;
+  if (p.backend == group_.primary()) {
+    // Bumped before the command can reach the socket: a write answered before this bump is
+    // contained in the offset this probe returns (see PrimaryProgress).
+    poll_epoch = group_.progress().poll_epoch.fetch_add(1, std::memory_order_seq_cst) + 1;
+  }
+  if (!p.conn->Command(OnInfo, &p, "INFO replication")) return;
   p.awaiting = true;
   p.sent_ms = uv_now(loop_);
   p.epoch = p.backend->down_epoch();
-  if (p.backend->is_primary()) {
-    // Bumped before the command can reach the socket: a write answered before this bump is
-    // contained in the offset this probe returns (see PrimaryProgress).
-    p.poll_epoch = group_.progress->poll_epoch.fetch_add(1, std::memory_order_seq_cst) + 1;
-  }
-  redisAsyncCommand(p.ctx, OnInfo, &p, "INFO replication");
+  p.poll_epoch = poll_epoch;
 }
 
-void ReplicationMonitor::OnConnect(const redisAsyncContext* c, int status) {
-  auto* p = static_cast<Probe*>(c->data);
-  if (p == nullptr || p->ctx != c) return;
-  p->connected = status == REDIS_OK;
-  if (status != REDIS_OK) {
-    // hiredis frees the context after this callback.
-    p->ctx = nullptr;
-    p->awaiting = false;
-    p->backend->MarkDown(std::string("health check: connect: ") + c->errstr);
-  }
-}
-
-void ReplicationMonitor::OnDisconnect(const redisAsyncContext* c, int status) {
-  auto* p = static_cast<Probe*>(c->data);
-  if (p == nullptr || p->ctx != c) return;
-  p->ctx = nullptr;
-  p->awaiting = false;
-  if (status != REDIS_OK) {
-    p->backend->MarkDown(std::string("health check: connection lost: ") + c->errstr);
-    if (p->backend->is_primary() && p->owner->primary_known_) p->owner->NotePrimaryState();
-  }
-}
-
-void ReplicationMonitor::OnAuth(redisAsyncContext* c, void* reply, void* privdata) {
+void ReplicationMonitor::OnInfo(ControlConn*, redisReply* r, void* privdata) {
   auto* p = static_cast<Probe*>(privdata);
-  auto* r = static_cast<redisReply*>(reply);
-  if (p->ctx != c || r == nullptr) return;
-  if (r->type == REDIS_REPLY_ERROR) {
-    p->backend->MarkDown(std::string("health check: AUTH rejected: ") + r->str);
-  }
-}
-
-void ReplicationMonitor::OnInfo(redisAsyncContext* c, void* reply, void* privdata) {
-  auto* p = static_cast<Probe*>(privdata);
-  auto* r = static_cast<redisReply*>(reply);
-  if (p->ctx != c || r == nullptr) return;
   p->awaiting = false;
   bool is_error = r->type == REDIS_REPLY_ERROR;
   bool is_text = r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS || is_error;
   if (!is_text) {
     p->backend->MarkDown("health check: unexpected reply type to INFO");
-    if (p->backend->is_primary()) p->owner->PollReplicas();
+    if (p->backend == p->owner->group_.primary()) p->owner->PollReplicas();
     return;
   }
   p->owner->OnAnswer(*p, r->str, r->len, is_error);
@@ -260,40 +143,127 @@ void ReplicationMonitor::OnInfo(redisAsyncContext* c, void* reply, void* privdat
 
 void ReplicationMonitor::OnAnswer(Probe& p, const char* data, size_t len, bool is_error) {
   std::string_view text(data, len);
+  bool is_primary = p.backend == group_.primary();
   if (is_error) {
-    if (text.substr(0, 4) == "BUSY") {
-      // Alive, running a slow script or function: clients get BUSY from Redis itself. The
-      // state it had stays; it is not marked down for being busy.
-      if (p.backend->is_primary()) PollReplicas();
-      return;
+    if (text.substr(0, 4) != "BUSY") {
+      // LOADING, MASTERDOWN, NOAUTH...: alive but not able to serve.
+      p.backend->MarkDown("health check: " + std::string(text));
     }
-    // LOADING, MASTERDOWN, NOAUTH...: alive but not able to serve.
-    p.backend->MarkDown("health check: " + std::string(text));
-    if (p.backend->is_primary()) PollReplicas();
+    // BUSY: alive, running a slow script or function; clients get BUSY from Redis itself.
+    // The state it had stays; it is not marked down for being busy.
+    if (is_primary) PollReplicas();
     return;
   }
   ReplicationInfo info;
   if (!ParseReplicationInfo(text, &info)) {
     p.backend->MarkDown("health check: INFO replication reply without a role line");
-    if (p.backend->is_primary()) PollReplicas();
+    if (is_primary) PollReplicas();
+    return;
+  }
+  p.info = std::move(info);
+  p.has_info = true;
+  p.info_sent_ms = p.sent_ms;
+  p.info_epoch = p.epoch;
+  if (!p.info.is_replica) {
+    OnPrimaryAnswer(p);
     return;
   }
   p.backend->MarkUp(p.epoch);
-  if (p.backend->is_primary()) {
-    OnPrimaryInfo(p, info);
-  } else {
-    OnReplicaInfo(p, info);
+  if (is_primary) {
+    // The primary says it is a replica: no writes go to it. A switchover is followed if the
+    // node it now replicates (or the Sentinels' choice) is a primary.
+    bool changed = p.backend->SetReplicationState(p.epoch, false, -1);
+    std::string why = "it reports itself as a replica of " + p.info.master_host + ":" +
+                      std::to_string(p.info.master_port);
+    p.backend->set_last_error(why);
+    if (changed) Log().warn("primary {} gets no writes: {}", p.backend->name(), why);
+    Backend* d = Desired();
+    if (d != nullptr && d != p.backend && Reports(d, true)) {
+      SwitchPrimary(ProbeOf(d), "the old primary now replicates it");
+      return;
+    }
+    PollReplicas();
+    return;
   }
+  OnReplicaInfo(p);
 }
 
-void ReplicationMonitor::OnPrimaryInfo(Probe& p, const ReplicationInfo& info) {
-  if (info.is_replica && !primary_is_replica_logged_) {
-    Log().warn("primary {} reports itself as a replica of {}:{}; writes will fail with READONLY",
-               p.backend->name(), info.master_host, info.master_port);
+bool ReplicationMonitor::Reports(const Backend* b, bool primary) const {
+  const Probe& p = *probes_[b->index()];
+  return p.has_info && b->up() && p.info.is_replica != primary;
+}
+
+Backend* ReplicationMonitor::Desired() const {
+  if (!config_.sentinels.empty()) return sentinel_master_;
+  Backend* cur = group_.primary();
+  if (cur == nullptr) return nullptr;
+  // A static topology moves only on evidence: the primary itself says it is a replica now.
+  if (!Reports(cur, false)) return cur;
+  const ReplicationInfo& ci = probes_[cur->index()]->info;
+  Backend* only = nullptr;
+  size_t primaries = 0;
+  for (size_t i = 0; i < group_.size(); ++i) {
+    Backend* b = group_.node(i);
+    if (b == cur || b->role() == BackendRole::kNone || !Reports(b, true)) continue;
+    if (Names(b->endpoint(), ci.master_host, ci.master_port)) return b;
+    only = b;
+    ++primaries;
   }
-  primary_is_replica_logged_ = info.is_replica;
+  return primaries == 1 ? only : cur;
+}
+
+void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
+  Backend& b = *p.backend;
+  if (&b != group_.primary()) {
+    b.MarkUp(p.epoch);
+    if (Desired() == &b) {
+      SwitchPrimary(p, config_.sentinels.empty() ? "the old primary now replicates it"
+                                                 : "named by the Sentinels");
+      return;
+    }
+    // A second primary listed as a replica (or one the Sentinels do not name): no reads.
+    if (b.role() == BackendRole::kReplica) OnReplicaInfo(p);
+    return;
+  }
+  if (sentinel_master_ != nullptr && sentinel_master_ != &b) {
+    // Still a primary, but the Sentinels have promoted another node: nothing more is
+    // written here (it is about to be turned into a replica, or is cut off).
+    b.SetReplicationState(p.epoch, false, -1);
+    b.MarkUp(p.epoch);
+    b.set_last_error("the Sentinels name " + sentinel_master_->name() + " as the primary");
+    if (Reports(sentinel_master_, true)) {
+      SwitchPrimary(ProbeOf(sentinel_master_), "named by the Sentinels");
+      return;
+    }
+    PollReplicas();
+    return;
+  }
+  // Confirmed first, then up: a worker never sees it up but unconfirmed in between.
+  bool changed = b.SetReplicationState(p.epoch, true, p.info.master_repl_offset);
+  b.MarkUp(p.epoch);
+  if (changed) b.set_last_error("");
+  OnConfirmedPrimary(p);
+}
+
+void ReplicationMonitor::SwitchPrimary(Probe& to, const std::string& why) {
+  Backend* old = group_.primary();
+  group_.SetPrimary(to.backend);
+  Log().warn("primary is now {} (was {}): {}", to.backend->name(),
+             old != nullptr ? old->name() : std::string("none"), why);
+  // Its last answer confirmed the role.
+  to.backend->SetReplicationState(to.info_epoch, true, to.info.master_repl_offset);
+  to.backend->set_last_error("");
+  // That answer was not asked for as the primary's, so it does not resolve read-your-writes
+  // requirements (poll_epoch 0); the next probe does.
+  to.poll_epoch = 0;
+  OnConfirmedPrimary(to);
+  NotePrimaryState();
+}
+
+void ReplicationMonitor::OnConfirmedPrimary(Probe& p) {
+  const ReplicationInfo& info = p.info;
   int64_t offset = info.master_repl_offset;
-  PrimaryProgress& progress = *group_.progress;
+  PrimaryProgress& progress = group_.progress();
   if (primary_known_ && info.replid != primary_replid_) {
     // After a failover (PSYNC2) the new history continues the old one and offsets stay
     // comparable; anything else (restarted without its data, another server) starts over.
@@ -310,20 +280,16 @@ void ReplicationMonitor::OnPrimaryInfo(Probe& p, const ReplicationInfo& info) {
   primary_known_ = true;
   primary_replid_ = info.replid;
   primary_offset_ = offset;
-  history_.Add(p.sent_ms, offset);
+  history_.Add(p.info_sent_ms, offset);
   progress.offset.store(offset, std::memory_order_release);
-  progress.sampled_epoch.store(p.poll_epoch, std::memory_order_release);
+  if (p.poll_epoch != 0) progress.sampled_epoch.store(p.poll_epoch, std::memory_order_release);
   PollReplicas();
 }
 
-void ReplicationMonitor::OnReplicaInfo(Probe& p, const ReplicationInfo& info) {
-  p.info = info;
-  p.has_info = true;
-  p.info_sent_ms = p.sent_ms;
-  p.info_epoch = p.epoch;
+void ReplicationMonitor::OnReplicaInfo(Probe& p) {
   // At start-up a replica may answer before the primary: it is judged once the primary has
   // answered (which polls it again).
-  if (!primary_known_) return;
+  if (!primary_known_ || p.backend->role() != BackendRole::kReplica) return;
   NotePrimaryState();
   if (primary_lost_ms_ == 0) {
     Judge(p);
@@ -331,13 +297,14 @@ void ReplicationMonitor::OnReplicaInfo(Probe& p, const ReplicationInfo& info) {
   }
   // Primary gone: which replicas serve depends on what all of them hold, so each answer
   // re-judges every replica.
-  for (size_t i = 1; i < probes_.size(); ++i) {
-    if (probes_[i]->has_info) Judge(*probes_[i]);
+  for (auto& q : probes_) {
+    if (q->has_info && q->backend->role() == BackendRole::kReplica) Judge(*q);
   }
 }
 
 void ReplicationMonitor::NotePrimaryState() {
-  if (group_.primary()->up()) {
+  Backend* primary = group_.primary();
+  if (primary != nullptr && primary->up()) {
     primary_lost_ms_ = 0;
     return;
   }
@@ -360,9 +327,9 @@ void ReplicationMonitor::Judge(Probe& p) {
   if (!view.reachable) {
     // Only answers asked for after the primary was lost say what data still exists.
     view.replicas_reported = true;
-    for (size_t i = 1; i < probes_.size(); ++i) {
-      const Probe& q = *probes_[i];
-      if (!q.backend->up()) continue;
+    for (auto& owned : probes_) {
+      const Probe& q = *owned;
+      if (q.backend->role() != BackendRole::kReplica || !q.backend->up()) continue;
       if (!q.has_info || q.info_sent_ms < primary_lost_ms_) {
         view.replicas_reported = false;
       } else if (q.info.replid == primary_replid_) {
@@ -387,6 +354,57 @@ void ReplicationMonitor::Judge(Probe& p) {
     Log().debug("replica {} still gets no reads: {}", b.name(), v.reason);
   }
   b.not_serving_reason = v.reason;
+}
+
+void ReplicationMonitor::ApplySentinelView(const Endpoint& master,
+                                           const std::vector<Endpoint>& replicas) {
+  Backend* m = group_.FindOrAdd(master);
+  if (m == nullptr) {
+    Log().error("Sentinel names more nodes than the proxy tracks ({}); ignoring {}",
+                BackendGroup::kMaxNodes, master.ToString());
+    return;
+  }
+  Backend* primary = group_.primary();
+  if (m != sentinel_master_) {
+    Log().info("the Sentinels name {} as the primary", m->name());
+    sentinel_master_ = m;
+  }
+  std::vector<bool> listed(BackendGroup::kMaxNodes, false);
+  listed[m->index()] = true;
+  if (m != primary && m->role() == BackendRole::kNone) m->set_role(BackendRole::kReplica);
+  for (const Endpoint& r : replicas) {
+    Backend* b = group_.FindOrAdd(r);
+    if (b == nullptr) continue;
+    listed[b->index()] = true;
+    if (b != primary && b->role() == BackendRole::kNone) {
+      b->Disqualify();  // judged before it serves
+      b->set_role(BackendRole::kReplica);
+    }
+  }
+  for (size_t i = 0; i < group_.size(); ++i) {
+    Backend* b = group_.node(i);
+    if (!listed[i] && b != primary && b->role() != BackendRole::kNone) {
+      Log().info("{} is no longer listed by the Sentinels; it gets no requests", b->name());
+      b->Disqualify();
+      b->set_role(BackendRole::kNone);
+    }
+  }
+  SyncProbes();
+  if (primary != nullptr && primary != m && primary->qualified()) {
+    // Writes stop at once: the Sentinels have promoted another node.
+    primary->Disqualify();
+    primary->set_last_error("the Sentinels name " + m->name() + " as the primary");
+    Log().warn("primary {} gets no writes: the Sentinels name {}", primary->name(), m->name());
+  }
+  if (m != primary) {
+    if (Reports(m, true)) {
+      SwitchPrimary(ProbeOf(m), "named by the Sentinels");
+    } else {
+      Probe& mp = ProbeOf(m);
+      if (!mp.conn->open()) mp.conn->Connect();
+      if (!mp.awaiting) SendProbe(mp);  // ask it now rather than at the next tick
+    }
+  }
 }
 
 }  // namespace kp

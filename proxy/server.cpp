@@ -15,12 +15,13 @@
 #include "common/logging.h"
 #include "proxy/admin_server.h"
 #include "proxy/replication_monitor.h"
+#include "proxy/sentinel_client.h"
 #include "proxy/worker.h"
 
 namespace kp {
 
 Server::Server(const Config& config, const CommandTable& table)
-    : config_(config), backends_(BackendGroup::FromConfig(config)), router_(table) {
+    : config_(config), group_(BackendGroup::FromConfig(config)), router_(table) {
   loop_ = uv_default_loop();
 }
 
@@ -109,16 +110,20 @@ int Server::Run() {
   unsigned n = config_.workers;
   if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) {
-    workers_.push_back(std::make_unique<Worker>(i, config_, backends_, router_));
+    workers_.push_back(std::make_unique<Worker>(i, config_, *group_, router_));
   }
   for (auto& w : workers_) w->Start();
 
-  monitor_ = std::make_unique<ReplicationMonitor>(loop_, config_, backends_);
+  monitor_ = std::make_unique<ReplicationMonitor>(loop_, config_, *group_);
   monitor_->Start();
+  if (!config_.sentinels.empty()) {
+    sentinels_ = std::make_unique<SentinelClient>(loop_, config_, *monitor_);
+    sentinels_->Start();
+  }
 
   if (!config_.admin_listen.empty()) {
     admin_ = std::make_unique<AdminServer>(
-        loop_, backends_,
+        loop_, *group_,
         [this] {
           std::vector<const WorkerStats*> v;
           for (auto& w : workers_) v.push_back(&w->stats());
@@ -129,6 +134,10 @@ int Server::Run() {
           for (auto& w : workers_) n += w->client_count();
           return n;
         });
+    if (sentinels_) {
+      admin_->SetExtras([this] { return sentinels_->Metrics(); },
+                        [this] { return sentinels_->ReadyNotes(); });
+    }
     if (!admin_->Start(config_.admin_listen)) {
       for (auto& w : workers_) w->RequestDrain();
       for (auto& w : workers_) w->Join();
@@ -147,12 +156,20 @@ int Server::Run() {
       &sigint_, [](uv_signal_t* s, int sig) { static_cast<Server*>(s->data)->BeginShutdown(sig); },
       SIGINT);
 
-  std::string replicas;
-  for (size_t i = 0; i < backends_.replica_count(); ++i) {
-    replicas += (i ? "," : "") + backends_.replica(i)->name();
+  if (config_.sentinels.empty()) {
+    std::string replicas;
+    for (const Endpoint& r : config_.replicas)
+      replicas += (replicas.empty() ? "" : ",") + r.ToString();
+    Log().info("kompress-proxy listening on {} ({} workers); primary {}, replicas [{}]",
+               config_.listen.ToString(), n, config_.primary.ToString(), replicas);
+  } else {
+    std::string sentinels;
+    for (const Endpoint& e : config_.sentinels) {
+      sentinels += (sentinels.empty() ? "" : ",") + e.ToString();
+    }
+    Log().info("kompress-proxy listening on {} ({} workers); master {} from Sentinels [{}]",
+               config_.listen.ToString(), n, config_.sentinel_master, sentinels);
   }
-  Log().info("kompress-proxy listening on {} ({} workers); primary {}, replicas [{}]",
-             config_.listen.ToString(), n, backends_.primary()->name(), replicas);
 
   uv_run(loop_, UV_RUN_DEFAULT);
   for (auto& w : workers_) w->Join();
@@ -188,6 +205,7 @@ void Server::BeginShutdown(int signum) {
         uv_timer_stop(t);
         uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
         self->monitor_->Stop();
+        if (self->sentinels_) self->sentinels_->Stop();
         if (self->admin_) self->admin_->Stop();
         uv_close(reinterpret_cast<uv_handle_t*>(&self->sigterm_), nullptr);
         uv_close(reinterpret_cast<uv_handle_t*>(&self->sigint_), nullptr);

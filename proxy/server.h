@@ -17,6 +17,7 @@ namespace kp {
 
 class Worker;
 class ReplicationMonitor;
+class SentinelClient;
 class AdminServer;
 
 class Server {
@@ -32,7 +33,7 @@ class Server {
   void BeginShutdown(int signum);
 
   const Config& config_;
-  BackendGroup backends_;
+  std::unique_ptr<BackendGroup> group_;
   Router router_;
   uv_loop_t* loop_;
   int listen_fd_ = -1;
@@ -41,6 +42,7 @@ class Server {
   uv_signal_t sigterm_;
   uv_signal_t sigint_;
   std::unique_ptr<ReplicationMonitor> monitor_;
+  std::unique_ptr<SentinelClient> sentinels_;  // with config `sentinels` only
   std::unique_ptr<AdminServer> admin_;
   uv_timer_t drain_watch_;  // polls for the workers to finish, then ends the main loop
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -35,14 +35,10 @@ Worker::Worker(size_t id, const Config& config, const BackendGroup& backends, co
   uv_timer_init(&loop_, &drain_timer_);
   drain_timer_.data = this;
 
-  pools_.resize(backends.all.size());
-  pool_rr_.assign(backends.all.size(), 0);
-  unsigned per = std::max(1u, config.backend_connections);
-  for (const auto& b : backends.all) {
-    for (unsigned i = 0; i < per; ++i) {
-      pools_[b->index()].push_back(new BackendConn(this, b.get(), BackendConn::Mode::kShared));
-    }
-  }
+  // Shared connections are made on first use, per node: nodes come and go with the
+  // topology (Sentinel), and their index is stable.
+  pools_.resize(BackendGroup::kMaxNodes);
+  pool_rr_.assign(BackendGroup::kMaxNodes, 0);
 }
 
 Worker::~Worker() {
@@ -116,27 +112,28 @@ void Worker::AcceptPending() {
 }
 
 Backend* Worker::PickReplica(int64_t min_offset) {
-  size_t n = backends_.replica_count();
+  size_t n = backends_.size();
   if (n == 0 || config_.read_policy == ReadPolicy::kPrimary) return nullptr;
   auto fits = [&](Backend* b) {
     return b->serves_reads() && (min_offset < 0 || b->offset() >= min_offset);
   };
+  size_t start;
   if (config_.read_policy == ReadPolicy::kRandom) {
     // xorshift64: cheap, per worker, no shared state.
     rng_state_ ^= rng_state_ << 13;
     rng_state_ ^= rng_state_ >> 7;
     rng_state_ ^= rng_state_ << 17;
-    size_t start = rng_state_ % n;
+    start = rng_state_ % n;
     for (size_t k = 0; k < n; ++k) {
-      Backend* b = backends_.replica((start + k) % n);
+      Backend* b = backends_.node((start + k) % n);
       if (fits(b)) return b;
     }
     return nullptr;
   }
-  // Round robin over the replicas that fit: the rotation moves past the ones skipped, so a
+  // Round robin over the replicas that fit: the rotation moves past the nodes skipped, so a
   // replica out of service does not hand its whole share to its neighbour.
   for (size_t k = 0; k < n; ++k) {
-    Backend* b = backends_.replica(replica_rr_++ % n);
+    Backend* b = backends_.node(replica_rr_++ % n);
     if (fits(b)) return b;
   }
   return nullptr;
@@ -144,19 +141,30 @@ Backend* Worker::PickReplica(int64_t min_offset) {
 
 BackendConn* Worker::SharedConn(Backend* b) {
   auto& pool = pools_[b->index()];
+  if (pool.empty()) {
+    unsigned per = std::max(1u, config_.backend_connections);
+    for (unsigned i = 0; i < per; ++i) {
+      pool.push_back(new BackendConn(this, b, BackendConn::Mode::kShared));
+    }
+  }
   if (pool.size() == 1) return pool.front();
   return pool[pool_rr_[b->index()]++ % pool.size()];
 }
 
-BackendConn* Worker::PrimaryConnFor(uint64_t client_id) {
-  auto& pool = pools_[0];
-  return pool.size() == 1 ? pool.front() : pool[client_id % pool.size()];
+BackendConn* Worker::PrimaryConnFor(Backend* primary, uint64_t client_id) {
+  BackendConn* any = SharedConn(primary);  // makes the pool
+  auto& pool = pools_[primary->index()];
+  return pool.size() == 1 ? any : pool[client_id % pool.size()];
 }
 
 BackendConn* Worker::NewDedicatedConn(Backend* primary, ClientSession* owner) {
-  if (!idle_dedicated_.empty()) {
+  while (!idle_dedicated_.empty()) {
     BackendConn* c = idle_dedicated_.back();
     idle_dedicated_.pop_back();
+    if (c->backend() != primary) {
+      c->Shutdown("primary changed", true);  // to a node that is no longer the primary
+      continue;
+    }
     c->set_owner(owner);
     return c;
   }
@@ -262,9 +270,18 @@ void Worker::OnTick() {
   }
   if (!dedicated_.empty()) {
     // A timeout fails the connection, which may erase it from the set: iterate a copy.
+    Backend* primary = backends_.primary();
     std::vector<BackendConn*> all(dedicated_.begin(), dedicated_.end());
     for (BackendConn* c : all) {
-      if (dedicated_.count(c)) c->CheckTimeout(now);
+      if (!dedicated_.count(c)) continue;
+      if (c->backend() != primary) {
+        // A pinned session (transaction, subscription...) lives on the primary it started
+        // on; once another node is the primary its state is gone for good: the client is
+        // told and disconnected rather than left talking to a replica.
+        c->Abort("the primary changed (failover); the session's state is lost");
+        continue;
+      }
+      c->CheckTimeout(now);
     }
   }
 }

@@ -56,7 +56,7 @@ class Worker {
   BackendConn* SharedConn(Backend* b);
   // The shared primary connection that carries every primary request of one client, so they
   // run in the order it sent them.
-  BackendConn* PrimaryConnFor(uint64_t client_id);
+  BackendConn* PrimaryConnFor(Backend* primary, uint64_t client_id);
   // A dedicated primary connection for a pinned session, reusing a clean idle one if any.
   BackendConn* NewDedicatedConn(Backend* primary, ClientSession* owner);
   // Takes back a dedicated connection whose session state is clean (after a transaction).

@@ -1,0 +1,280 @@
+// SentinelClient: discovery queries, event subscriptions and Sentinel reachability.
+#include "proxy/sentinel_client.h"
+
+#include <hiredis/hiredis.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "common/logging.h"
+#include "proxy/replication_monitor.h"
+
+namespace kp {
+
+namespace {
+
+constexpr uint64_t kTickMs = 100;
+// How often the master and replicas are asked for when no event says something changed.
+constexpr uint64_t kRefreshMs = 1000;
+
+std::string_view Str(const redisReply* r) {
+  if (r == nullptr || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)) return {};
+  return std::string_view(r->str, r->len);
+}
+
+bool ToPort(std::string_view s, uint16_t* port) {
+  if (s.empty() || s.size() > 5) return false;
+  unsigned v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (v == 0 || v > 65535) return false;
+  *port = static_cast<uint16_t>(v);
+  return true;
+}
+
+// Whether `text` holds `word` delimited by spaces (or the ends).
+bool HasWord(std::string_view text, std::string_view word) {
+  size_t pos = 0;
+  while ((pos = text.find(word, pos)) != std::string_view::npos) {
+    bool start = pos == 0 || text[pos - 1] == ' ';
+    bool end = pos + word.size() == text.size() || text[pos + word.size()] == ' ';
+    if (start && end) return true;
+    pos += word.size();
+  }
+  return false;
+}
+
+}  // namespace
+
+SentinelClient::SentinelClient(uv_loop_t* loop, const Config& config, ReplicationMonitor& monitor)
+    : loop_(loop), config_(config), monitor_(monitor) {
+  uint64_t timeout_ms = static_cast<uint64_t>(config.timeout_s * 1000.0 + 0.5);
+  connect_timeout_ms_ = std::max<uint64_t>(std::min<uint64_t>(timeout_ms, 1000), 100);
+  for (const Endpoint& ep : config.sentinels) {
+    auto s = std::make_unique<Sentinel>();
+    Sentinel* raw = s.get();
+    s->owner = this;
+    s->endpoint = ep;
+    s->cmd = std::make_unique<ControlConn>(
+        loop, ep, config.sentinel_username, config.sentinel_password,
+        [raw](const std::string& why) { raw->owner->OnLost(*raw, false, why); });
+    s->sub = std::make_unique<ControlConn>(
+        loop, ep, config.sentinel_username, config.sentinel_password,
+        [raw](const std::string& why) { raw->owner->OnLost(*raw, true, why); });
+    sentinels_.push_back(std::move(s));
+  }
+  query_.owner = this;
+  uv_timer_init(loop_, &timer_);
+  timer_.data = this;
+}
+
+SentinelClient::~SentinelClient() = default;
+
+void SentinelClient::Start() {
+  uv_timer_start(
+      &timer_, [](uv_timer_t* t) { static_cast<SentinelClient*>(t->data)->OnTick(); }, 0, kTickMs);
+}
+
+void SentinelClient::Stop() {
+  uv_timer_stop(&timer_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
+  for (auto& s : sentinels_) {
+    s->cmd->Close();
+    s->sub->Close();
+  }
+}
+
+void SentinelClient::OnTick() {
+  uint64_t now = uv_now(loop_);
+  for (auto& owned : sentinels_) {
+    Sentinel& s = *owned;
+    s.cmd->Check(now, connect_timeout_ms_);
+    if (!s.cmd->open()) s.cmd->Connect();
+    s.sub->Check(now, connect_timeout_ms_);
+    if (!s.sub->open()) {
+      s.subscribed = false;
+      s.sub->Connect();
+    }
+    if (!s.subscribed && s.sub->open()) {
+      // Every event that can mean a new master or a replica coming or going.
+      s.subscribed = s.sub->Subscribe(
+          OnEvent, &s,
+          "SUBSCRIBE +switch-master +sdown -sdown +odown -odown +slave +role-change "
+          "+convert-to-slave +failover-end +reboot");
+    }
+  }
+  uint64_t timeout_ms = static_cast<uint64_t>(config_.timeout_s * 1000.0 + 0.5);
+  if (asking_ && now - last_ask_ms_ >= std::max<uint64_t>(timeout_ms, 1)) {
+    query_.sentinel->cmd->Fail("no reply to SENTINEL within the timeout");
+  }
+  if (!asking_ && (ask_again_ || !have_view_ || now - last_ask_ms_ >= kRefreshMs)) Ask();
+  NoteReachability();
+}
+
+void SentinelClient::Ask() {
+  if (asking_) {
+    ask_again_ = true;
+    return;
+  }
+  ask_again_ = false;
+  size_t n = sentinels_.size();
+  for (size_t k = 0; k < n; ++k) {
+    Sentinel& s = *sentinels_[(next_ + k) % n];
+    if (!s.cmd->established()) continue;
+    query_.sentinel = &s;
+    query_.have_master = false;
+    const char* name = config_.sentinel_master.c_str();
+    if (!s.cmd->Command(OnMasterAddr, &query_, "SENTINEL get-master-addr-by-name %s", name) ||
+        !s.cmd->Command(OnReplicas, &query_, "SENTINEL replicas %s", name)) {
+      continue;
+    }
+    asking_ = true;
+    last_ask_ms_ = uv_now(loop_);
+    return;
+  }
+}
+
+void SentinelClient::OnMasterAddr(ControlConn*, redisReply* r, void* privdata) {
+  auto* q = static_cast<Query*>(privdata);
+  Sentinel& s = *q->sentinel;
+  uint16_t port = 0;
+  if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && !Str(r->element[0]).empty() &&
+      ToPort(Str(r->element[1]), &port)) {
+    q->master = Endpoint{std::string(Str(r->element[0])), port};
+    q->have_master = true;
+    return;
+  }
+  s.last_error = r->type == REDIS_REPLY_ERROR
+                     ? std::string(r->str, r->len)
+                     : "does not know master " + q->owner->config_.sentinel_master;
+}
+
+void SentinelClient::OnReplicas(ControlConn*, redisReply* r, void* privdata) {
+  auto* q = static_cast<Query*>(privdata);
+  SentinelClient& self = *q->owner;
+  Sentinel& s = *q->sentinel;
+  self.asking_ = false;
+  size_t index = 0;
+  while (self.sentinels_[index].get() != &s) ++index;
+  if (!q->have_master) {
+    if (s.answered) {
+      Log().warn("Sentinel {}: {}", s.endpoint.ToString(), s.last_error);
+    }
+    s.answered = false;
+    self.next_ = (index + 1) % self.sentinels_.size();  // ask another one next
+    self.ask_again_ = true;
+    return;
+  }
+  std::vector<Endpoint> replicas;
+  if (r->type == REDIS_REPLY_ARRAY) {
+    for (size_t i = 0; i < r->elements; ++i) {
+      const redisReply* e = r->element[i];
+      if (e->type != REDIS_REPLY_ARRAY) continue;
+      std::string_view ip;
+      uint16_t port = 0;
+      for (size_t k = 0; k + 1 < e->elements; k += 2) {
+        std::string_view key = Str(e->element[k]);
+        if (key == "ip") ip = Str(e->element[k + 1]);
+        if (key == "port") ToPort(Str(e->element[k + 1]), &port);
+      }
+      if (!ip.empty() && port != 0) replicas.push_back(Endpoint{std::string(ip), port});
+    }
+  }
+  s.answered = true;
+  s.last_error.clear();
+  self.next_ = index;  // keep asking the one that answers
+  self.have_view_ = true;
+  self.replicas_ = replicas;
+  self.monitor_.ApplySentinelView(q->master, replicas);
+  if (self.ask_again_) self.Ask();
+}
+
+void SentinelClient::OnEvent(ControlConn*, redisReply* r, void* privdata) {
+  auto* s = static_cast<Sentinel*>(privdata);
+  SentinelClient& self = *s->owner;
+  if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || Str(r->element[0]) != "message") return;
+  std::string_view channel = Str(r->element[1]);
+  std::string_view payload = Str(r->element[2]);
+  const std::string& name = self.config_.sentinel_master;
+  if (!HasWord(payload, name)) return;  // another master's event
+  if (channel == "+switch-master") {
+    // "<name> <old-ip> <old-port> <new-ip> <new-port>": act on it now (the new master
+    // still confirms its role with the monitor), then ask for the replicas again.
+    std::vector<std::string_view> f;
+    size_t pos = 0;
+    while (pos <= payload.size()) {
+      size_t sp = payload.find(' ', pos);
+      if (sp == std::string_view::npos) sp = payload.size();
+      f.push_back(payload.substr(pos, sp - pos));
+      pos = sp + 1;
+    }
+    uint16_t port = 0;
+    if (f.size() == 5 && f[0] == name && ToPort(f[4], &port)) {
+      Log().info("Sentinel {}: +switch-master {}", s->endpoint.ToString(), payload);
+      self.monitor_.ApplySentinelView(Endpoint{std::string(f[3]), port}, self.replicas_);
+    }
+  } else {
+    Log().debug("Sentinel {}: {} {}", s->endpoint.ToString(), channel, payload);
+  }
+  self.Ask();
+}
+
+void SentinelClient::OnLost(Sentinel& s, bool subscription, const std::string& why) {
+  if (subscription) {
+    s.subscribed = false;
+    return;
+  }
+  if (s.answered) Log().warn("Sentinel {} unreachable: {}", s.endpoint.ToString(), why);
+  s.answered = false;
+  s.last_error = why;
+  if (asking_ && query_.sentinel == &s) {
+    asking_ = false;
+    ask_again_ = true;
+    size_t index = 0;
+    while (sentinels_[index].get() != &s) ++index;
+    next_ = (index + 1) % sentinels_.size();
+  }
+}
+
+void SentinelClient::NoteReachability() {
+  bool any =
+      std::any_of(sentinels_.begin(), sentinels_.end(), [](const auto& s) { return s->answered; });
+  if (!any && have_view_ && !none_reachable_logged_) {
+    Log().error("no Sentinel reachable; keeping the last known topology");
+    none_reachable_logged_ = true;
+  } else if (any && none_reachable_logged_) {
+    Log().info("a Sentinel is reachable again");
+    none_reachable_logged_ = false;
+  }
+}
+
+std::string SentinelClient::Metrics() const {
+  std::string out =
+      "# HELP kompress_sentinel_up 1 when the Sentinel answered the proxy's last query.\n"
+      "# TYPE kompress_sentinel_up gauge\n";
+  for (const auto& s : sentinels_) {
+    out += "kompress_sentinel_up{sentinel=\"" + s->endpoint.ToString() + "\"} " +
+           (s->answered ? "1" : "0") + "\n";
+  }
+  return out;
+}
+
+std::string SentinelClient::ReadyNotes() const {
+  size_t up = 0;
+  std::string out;
+  for (const auto& s : sentinels_) {
+    if (s->answered) ++up;
+    out += "sentinel " + s->endpoint.ToString() +
+           (s->answered ? " up\n"
+                        : " down" + (s->last_error.empty() ? "" : ": " + s->last_error) + "\n");
+  }
+  if (up == 0) {
+    out += have_view_ ? "no Sentinel reachable: the last known topology is kept\n"
+                      : "no Sentinel reachable yet: no topology known\n";
+  }
+  return out;
+}
+
+}  // namespace kp

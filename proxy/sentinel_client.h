@@ -1,0 +1,76 @@
+// SentinelClient: the proxy's link to Redis Sentinel (config `sentinels`, `sentinel_master`).
+// It asks a reachable Sentinel for the master's address and its replicas at start and every
+// second, subscribes to every Sentinel's events (+switch-master, +sdown, +slave,
+// +role-change...) to ask again at once, and hands what it learns to the replication
+// monitor, which confirms the named master with the node itself before writes go there.
+// Losing a Sentinel means asking another; losing all of them keeps the last known topology
+// (logged once, shown in /readyz and /metrics).
+#pragma once
+
+#include <uv.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "proxy/control_conn.h"
+
+namespace kp {
+
+class ReplicationMonitor;
+
+class SentinelClient {
+ public:
+  SentinelClient(uv_loop_t* loop, const Config& config, ReplicationMonitor& monitor);
+  ~SentinelClient();
+  void Start();
+  void Stop();
+
+  // Prometheus lines (kompress_sentinel_up per Sentinel) and /readyz lines.
+  std::string Metrics() const;
+  std::string ReadyNotes() const;
+
+ private:
+  struct Sentinel {
+    SentinelClient* owner = nullptr;
+    Endpoint endpoint;
+    std::unique_ptr<ControlConn> cmd;  // queries
+    std::unique_ptr<ControlConn> sub;  // event subscription
+    bool subscribed = false;
+    bool answered = false;  // its last query was answered
+    std::string last_error;
+  };
+  // One query in flight: the master's address, then its replicas.
+  struct Query {
+    SentinelClient* owner = nullptr;
+    Sentinel* sentinel = nullptr;
+    bool have_master = false;
+    Endpoint master;
+  };
+
+  void OnTick();
+  void Ask();
+  void OnLost(Sentinel& s, bool subscription, const std::string& why);
+  void NoteReachability();
+  static void OnMasterAddr(ControlConn* conn, redisReply* reply, void* privdata);
+  static void OnReplicas(ControlConn* conn, redisReply* reply, void* privdata);
+  static void OnEvent(ControlConn* conn, redisReply* reply, void* privdata);
+
+  uv_loop_t* loop_;
+  const Config& config_;
+  ReplicationMonitor& monitor_;
+  uv_timer_t timer_;
+  uint64_t connect_timeout_ms_;
+  uint64_t last_ask_ms_ = 0;
+  bool asking_ = false;
+  bool ask_again_ = false;  // an event arrived while a query was in flight
+  size_t next_ = 0;         // the Sentinel to ask first
+  bool none_reachable_logged_ = false;
+  bool have_view_ = false;
+  std::vector<Endpoint> replicas_;  // as last heard
+  std::vector<std::unique_ptr<Sentinel>> sentinels_;
+  Query query_;
+};
+
+}  // namespace kp
