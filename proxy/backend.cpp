@@ -1,15 +1,30 @@
 // Backend health and replication-state transitions, and the group built from config.
 #include "proxy/backend.h"
 
+#include <chrono>
+
 #include "common/logging.h"
 
 namespace kp {
+
+uint64_t MonotonicMs() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+void Backend::NoteUnavailable() {
+  if (up_.load(std::memory_order_relaxed) && qualified_.load(std::memory_order_relaxed)) {
+    unavailable_since_ms_.store(MonotonicMs(), std::memory_order_relaxed);
+  }
+}
 
 bool Backend::MarkDown(const std::string& reason) {
   bool was_up;
   {
     // Under the mutex so a concurrent MarkUp cannot slip between the epoch and the flag.
     std::lock_guard<std::mutex> g(mu_);
+    NoteUnavailable();
     down_epoch_.fetch_add(1, std::memory_order_acq_rel);
     last_error_ = reason;
     // A server that comes back may be a new one (restarted empty, resyncing): it serves reads
@@ -36,6 +51,7 @@ bool Backend::MarkUp(uint64_t epoch_at_probe) {
 
 void Backend::Disqualify() {
   std::lock_guard<std::mutex> g(mu_);
+  NoteUnavailable();
   down_epoch_.fetch_add(1, std::memory_order_acq_rel);
   qualified_.store(false, std::memory_order_relaxed);
 }
@@ -46,6 +62,7 @@ bool Backend::SetReplicationState(uint64_t epoch_at_probe, bool qualified, int64
   // Offset first: a worker that sees the replica qualified must not compare against an older
   // offset than the one the verdict was made with.
   offset_.store(offset, std::memory_order_release);
+  if (!qualified) NoteUnavailable();
   return qualified_.exchange(qualified, std::memory_order_acq_rel) != qualified;
 }
 

@@ -16,6 +16,9 @@
 namespace kp {
 
 // A node's place in the group's current topology, as the control plane decided it.
+// Milliseconds of a monotonic clock shared by all threads.
+uint64_t MonotonicMs();
+
 enum class BackendRole : uint8_t {
   kNone,     // known but not in the topology (e.g. a Sentinel no longer lists it)
   kPrimary,  // takes the writes
@@ -65,6 +68,11 @@ class Backend {
   // `qualified` changed.
   bool SetReplicationState(uint64_t epoch_at_probe, bool qualified, int64_t offset);
   bool qualified() const { return qualified_.load(std::memory_order_relaxed); }
+  // When (MonotonicMs) it last stopped being able to do its job (down or unconfirmed); 0:
+  // never. Tells a request that waits for the primary whether a change is under way.
+  uint64_t unavailable_since_ms() const {
+    return unavailable_since_ms_.load(std::memory_order_relaxed);
+  }
 
   std::string last_error() const {
     std::lock_guard<std::mutex> g(mu_);
@@ -91,8 +99,11 @@ class Backend {
   std::atomic<bool> qualified_{false};
   std::atomic<int64_t> offset_{-1};
   std::atomic<uint64_t> down_epoch_{0};
+  std::atomic<uint64_t> unavailable_since_ms_{0};
   mutable std::mutex mu_;  // guards last_error_ and transitions; failure paths, never per request
   std::string last_error_;
+
+  void NoteUnavailable();  // under mu_, before the flags change
 };
 
 // What the proxy knows of the primary's replication stream, for read-your-writes. The

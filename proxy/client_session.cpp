@@ -198,39 +198,39 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
 
 void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const char* raw,
                              size_t len) {
-  Backend* primary = worker_->backends().primary();
-  bool primary_ok = primary != nullptr && primary->serves_writes();
   uint64_t seq = NewSlot();
   Slot& s = SlotAt(seq);
   s.start_ns = uv_hrtime();
   s.kind = d.route == Route::kRead ? 1 : 2;
+  s.is_read = d.route == Route::kRead;
+  // Behind a request that waits for a backend, everything waits: order is the client's.
+  if (!parked_.empty() || !Send(seq, &req, d, raw, len)) Park(seq, raw, len);
+}
+
+bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& d, const char* raw,
+                         size_t len) {
+  Backend* primary = worker_->backends().primary();
+  bool primary_ok = primary != nullptr && primary->serves_writes();
+  Slot& s = SlotAt(seq);
+  bool keep = raw != s.request.data();  // a parked request is sent from its slot
   uint64_t deadline = worker_->now() + worker_->timeout_ms();
-  if (d.route == Route::kRead) {
-    s.is_read = true;
+  if (s.is_read) {
     ReadTarget t = PickReadTarget(req, d);
     if (t.replica != nullptr) {
-      s.request.Append(raw, len);
+      if (keep) s.request.Append(raw, len);
       worker_->stats().reads_replica++;
       worker_->SharedConn(t.replica)->Send(this, seq, raw, len, deadline);
       ++inflight_;
-      return;
+      return true;
     }
+    if (!primary_ok) return false;
     s.tried_primary = true;
-    if (!primary_ok) {
-      worker_->stats().errors++;
-      CompleteError(seq, errors::kNoBackendForRead);
-      return;
-    }
     // Kept in case the primary fails it and a replica can still answer (RetryOnReplica).
-    if (worker_->backends().size() > 1) s.request.Append(raw, len);
+    if (keep && worker_->backends().size() > 1) s.request.Append(raw, len);
     (t.for_read_your_writes ? worker_->stats().reads_primary_ryw
                             : worker_->stats().reads_primary)++;
   } else {
-    if (!primary_ok) {
-      worker_->stats().errors++;
-      CompleteError(seq, PrimaryUnavailable(primary));
-      return;
-    }
+    if (!primary_ok) return false;
     worker_->stats().writes++;
     ++writes_inflight_;
   }
@@ -238,6 +238,65 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
   // client sent them (a read behind its own write sees it).
   worker_->PrimaryConnFor(primary, id_)->Send(this, seq, raw, len, deadline);
   ++inflight_;
+  return true;
+}
+
+bool ClientSession::MayWait() const {
+  // A request waits (up to the timeout) for a backend while the topology is changing: with
+  // Sentinel a failover is expected to name a new primary; without it, a primary lost less
+  // than a timeout ago may come back (restart, switchover). One gone for longer fails fast.
+  const Backend* primary = worker_->backends().primary();
+  if (primary == nullptr || !worker_->config().sentinels.empty()) return true;
+  uint64_t since = primary->unavailable_since_ms();
+  return since != 0 && MonotonicMs() - since < worker_->timeout_ms();
+}
+
+void ClientSession::Park(uint64_t seq, const char* raw, size_t len) {
+  Slot& s = SlotAt(seq);
+  if (parked_.empty() && !MayWait()) {
+    FailParked(seq);
+    return;
+  }
+  if (raw != s.request.data()) {
+    s.request.Clear();
+    s.request.Append(raw, len);
+  }
+  s.park_deadline = worker_->now() + worker_->timeout_ms();
+  parked_.push_back(seq);
+  ++inflight_;  // the worker calls back (RetryParked) until it is sent or answered
+  worker_->Park(this);
+}
+
+bool ClientSession::RetryParked() {
+  uint64_t now = worker_->now();
+  RouteDecision plain;
+  while (!parked_.empty()) {
+    uint64_t seq = parked_.front();
+    Slot& s = SlotAt(seq);
+    if (!closed_) {
+      plain.route = s.is_read ? Route::kRead : Route::kWrite;
+      if (Send(seq, nullptr, plain, s.request.data(), s.request.size())) {
+        parked_.pop_front();
+        --inflight_;
+        continue;
+      }
+      if (now < s.park_deadline) break;
+    }
+    parked_.pop_front();
+    --inflight_;
+    if (!closed_) FailParked(seq);
+  }
+  if (closed_) worker_->MarkDirty(this);  // deletable now
+  return !parked_.empty();
+}
+
+void ClientSession::FailParked(uint64_t seq) {
+  worker_->stats().errors++;
+  if (SlotAt(seq).is_read) {
+    CompleteError(seq, errors::kNoBackendForRead);
+  } else {
+    CompleteError(seq, PrimaryUnavailable(worker_->backends().primary()));
+  }
 }
 
 std::string ClientSession::PrimaryUnavailable(const Backend* primary) const {
@@ -254,7 +313,7 @@ std::string ClientSession::PrimaryUnavailable(const Backend* primary) const {
   return msg + ")";
 }
 
-ClientSession::ReadTarget ClientSession::PickReadTarget(const Request& req,
+ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req,
                                                         const RouteDecision& d) {
   ReadTarget t;
   Worker& w = *worker_;
@@ -271,12 +330,12 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request& req,
     // known to have the client's write if there is one, else the best there is.
     if (!primary_up && need == ReadYourWrites::kPrimaryOnly) need = ReadYourWrites::kAny;
   }
-  if (d.cursor_arg != 0) {
+  if (d.cursor_arg != 0 && req != nullptr) {
     // A cursor is only valid on the server that issued it, and clients interleave iterations
     // (SCAN over keys, HSCAN of each): all of a client's cursor commands stay on one server.
     // A continued iteration goes there while it serves reads; a new one too, unless
     // read-your-writes rules that server out.
-    bool continued = d.cursor_arg < req.argc && req.arg(d.cursor_arg) != "0";
+    bool continued = d.cursor_arg < req->argc && req->arg(d.cursor_arg) != "0";
     if (scan_on_primary_ && primary_up &&
         (continued || need == ReadYourWrites::kPrimaryOnly || need >= 0)) {
       t.for_read_your_writes = need != ReadYourWrites::kAny;
@@ -305,8 +364,8 @@ void ClientSession::RetryOnPrimary(uint64_t seq) {
   if (primary == nullptr || !primary->serves_writes()) {
     s.tried_primary = true;
     if (!s.tried_replica && RetryOnReplica(seq)) return;
-    worker_->stats().errors++;
-    CompleteError(seq, errors::kNoBackendForRead);
+    // Nothing can take it now: it waits for a backend like a new request would.
+    Park(seq, s.request.data(), s.request.size());
     return;
   }
   s.tried_primary = true;
@@ -410,6 +469,7 @@ uint64_t ClientSession::NewSlot() {
   s.is_read = false;
   s.tried_primary = false;
   s.tried_replica = false;
+  s.park_deadline = 0;
   s.stream = false;
   s.kind = 0;
   s.reply.Clear();

@@ -41,6 +41,10 @@ class ClientSession {
 
   // Writes what is ready (called once per loop turn by the worker).
   void Flush();
+  // Sends the requests waiting for a backend that can go now, fails those past their
+  // deadline (worker timer). Returns whether some still wait.
+  bool RetryParked();
+  bool in_park_list = false;  // the worker's
   // Graceful shutdown: read nothing more, finish what is in flight, then close.
   void StartDrain();
   // Immediate close (drain deadline passed, limits, protocol error after its reply).
@@ -58,6 +62,7 @@ class ClientSession {
     bool is_read = false;
     bool tried_primary = false;
     bool tried_replica = false;  // a read the primary failed, re-sent to a replica
+    uint64_t park_deadline = 0;  // waiting for a backend until then (worker clock)
     bool stream = false;         // the pinned session's slot: never completes
     uint8_t kind = 0;            // for latency stats: 0 local/other, 1 read, 2 write
     uint64_t start_ns = 0;
@@ -94,7 +99,15 @@ class ClientSession {
     Backend* replica = nullptr;
     bool for_read_your_writes = false;
   };
-  ReadTarget PickReadTarget(const Request& req, const RouteDecision& d);
+  // `req` is null for a request sent again after waiting (no cursor to stick to).
+  ReadTarget PickReadTarget(const Request* req, const RouteDecision& d);
+  // Sends one routed request to a backend; false when none can take it now.
+  bool Send(uint64_t seq, const Request* req, const RouteDecision& d, const char* raw, size_t len);
+  // Whether a request with no backend may wait for one (the topology is changing).
+  bool MayWait() const;
+  // Holds a request no backend can take now, answering it with an error if it may not wait.
+  void Park(uint64_t seq, const char* raw, size_t len);
+  void FailParked(uint64_t seq);
   // A write of this client has been answered (or failed and may have been applied).
   void NoteWriteDone();
   // The error for a request that needs the primary when none can take it, saying why.
@@ -149,6 +162,7 @@ class ClientSession {
   bool scan_on_primary_ = false;
   ReadYourWrites ryw_;
   size_t writes_inflight_ = 0;  // writes sent on shared connections, not answered yet
+  Ring<uint64_t> parked_;       // requests waiting for a backend (failover), in order
   // Pinned session: a dedicated primary connection and the bytes waiting for the slots
   // ahead of the stream slot to complete (so earlier requests run first).
   BackendConn* dedicated_ = nullptr;

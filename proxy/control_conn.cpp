@@ -78,6 +78,7 @@ void ControlConn::StartResolve() {
         if (self == nullptr) return;  // closed meanwhile
         self->resolve_ = nullptr;
         self->resolving_ = false;
+        self->lost_established_ = false;
         if (ip.empty()) {
           self->on_lost_(std::string("cannot resolve host: ") + uv_strerror(status));
           return;
@@ -89,12 +90,14 @@ void ControlConn::StartResolve() {
     delete resolve_;
     resolve_ = nullptr;
     resolving_ = false;
+    lost_established_ = false;
     on_lost_(std::string("cannot resolve host: ") + uv_strerror(rc));
   }
 }
 
 void ControlConn::ConnectTo(const std::string& ip) {
   redisAsyncContext* c = redisAsyncConnect(ip.c_str(), endpoint_.port);
+  lost_established_ = false;
   if (c == nullptr) {
     on_lost_("connect: out of memory");
     return;
@@ -154,6 +157,7 @@ void ControlConn::Close() {
 }
 
 void ControlConn::Drop(const std::string& why, bool report) {
+  lost_established_ = connected_;
   redisAsyncContext* c = ctx_;
   ctx_ = nullptr;
   connected_ = false;
@@ -199,12 +203,14 @@ void ControlConn::OnConnect(const redisAsyncContext* c, int status) {
   // hiredis frees the context after this callback.
   self->ctx_ = nullptr;
   self->connected_ = false;
+  self->lost_established_ = false;
   self->on_lost_(std::string("connect: ") + c->errstr);
 }
 
 void ControlConn::OnDisconnect(const redisAsyncContext* c, int status) {
   auto* self = static_cast<ControlConn*>(c->data);
   if (self == nullptr || self->ctx_ != c) return;
+  self->lost_established_ = self->connected_;
   self->ctx_ = nullptr;
   self->connected_ = false;
   self->on_lost_(status == REDIS_OK ? std::string("connection closed")

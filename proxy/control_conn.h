@@ -37,6 +37,9 @@ class ControlConn {
   // A connection exists or is being made (commands may be queued).
   bool open() const { return ctx_ != nullptr || resolving_; }
   bool established() const { return ctx_ != nullptr && connected_; }
+  // In on_lost: whether the connection lost had been established (closed or reset by the
+  // server, as opposed to never made).
+  bool lost_established() const { return lost_established_; }
 
   // Starts connecting unless open(). Commands sent before it is established are queued.
   void Connect();
@@ -71,6 +74,7 @@ class ControlConn {
   LostFn on_lost_;
   redisAsyncContext* ctx_ = nullptr;
   bool connected_ = false;
+  bool lost_established_ = false;
   uint64_t connect_started_ms_ = 0;
   bool resolving_ = false;
   // A resolution in flight outlives a Close(): it holds a pointer that Close() clears.

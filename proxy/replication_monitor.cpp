@@ -69,6 +69,18 @@ void ReplicationMonitor::SyncProbes() {
 
 void ReplicationMonitor::OnLost(Probe& p, const std::string& why) {
   p.awaiting = false;
+  if (p.conn->lost_established() && !p.reconnecting && running_) {
+    // A server that closes a connection is not thereby down: Sentinel kills clients when it
+    // reconfigures a node, an operator may CLIENT KILL. Ask again on a fresh connection at
+    // once; only if that fails is the node down. Meanwhile a replica serves no reads: the
+    // server behind the address may be a new one (restarted empty).
+    p.reconnecting = true;
+    p.backend->Disqualify();
+    p.conn->Connect();
+    SendProbe(p);
+    return;
+  }
+  p.reconnecting = false;
   p.backend->MarkDown("health check: " + why);
   if (p.backend == group_.primary() && primary_known_) NotePrimaryState();
 }
@@ -160,6 +172,7 @@ void ReplicationMonitor::OnAnswer(Probe& p, const char* data, size_t len, bool i
     if (is_primary) PollReplicas();
     return;
   }
+  p.reconnecting = false;
   p.info = std::move(info);
   p.has_info = true;
   p.info_sent_ms = p.sent_ms;

@@ -46,6 +46,7 @@ class ReplicationMonitor {
     Backend* backend = nullptr;
     std::unique_ptr<ControlConn> conn;
     bool awaiting = false;
+    bool reconnecting = false;  // its connection was closed; this is the fresh one
     uint64_t sent_ms = 0;
     uint64_t epoch = 0;       // the backend's down_epoch when the probe was sent
     uint64_t poll_epoch = 0;  // sent to the primary: PrimaryProgress::poll_epoch of it

@@ -34,6 +34,8 @@ Worker::Worker(size_t id, const Config& config, const BackendGroup& backends, co
       &tick_, [](uv_timer_t* t) { static_cast<Worker*>(t->data)->OnTick(); }, period, period);
   uv_timer_init(&loop_, &drain_timer_);
   drain_timer_.data = this;
+  uv_timer_init(&loop_, &park_timer_);
+  park_timer_.data = this;
 
   // Shared connections are made on first use, per node: nodes come and go with the
   // topology (Sentinel), and their index is stable.
@@ -191,6 +193,30 @@ void Worker::ForgetDedicatedConn(BackendConn* c) {
   if (it != idle_dedicated_.end()) idle_dedicated_.erase(it);
 }
 
+void Worker::Park(ClientSession* c) {
+  if (c->in_park_list) return;
+  c->in_park_list = true;
+  parked_.push_back(c);
+  if (parked_.size() == 1) {
+    // Short: a failover's new primary should get the held writes as soon as it is confirmed.
+    uv_timer_start(
+        &park_timer_, [](uv_timer_t* t) { static_cast<Worker*>(t->data)->OnParkTimer(); }, 2, 2);
+  }
+}
+
+void Worker::OnParkTimer() {
+  std::vector<ClientSession*> all;
+  all.swap(parked_);
+  for (ClientSession* c : all) {
+    if (c->RetryParked()) {
+      parked_.push_back(c);
+    } else {
+      c->in_park_list = false;
+    }
+  }
+  if (parked_.empty()) uv_timer_stop(&park_timer_);
+}
+
 void Worker::MarkDirty(ClientSession* c) {
   if (c->dirty) return;
   c->dirty = true;
@@ -325,6 +351,7 @@ void Worker::Shutdown() {
   close(&idle_);
   close(&tick_);
   close(&drain_timer_);
+  close(&park_timer_);
 }
 
 }  // namespace kp

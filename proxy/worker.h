@@ -64,6 +64,8 @@ class Worker {
   // Called when a dedicated connection fails or dies: it must not be handed out or checked
   // for timeouts again.
   void ForgetDedicatedConn(BackendConn* c);
+  // A session has requests waiting for a backend: retried every few milliseconds.
+  void Park(ClientSession* c);
   void MarkDirty(ClientSession* c);
   void MarkDirty(BackendConn* c);
   // Deletes the object at the next flush point (after libuv has released its handles).
@@ -75,6 +77,7 @@ class Worker {
   void OnAsync();
   void OnCheck();
   void OnTick();
+  void OnParkTimer();
   void AcceptPending();
   void BeginDrain();
   void FinishIfDrained();
@@ -91,6 +94,8 @@ class Worker {
   uv_idle_t idle_;  // keeps the loop from blocking in poll while something is dirty
   uv_timer_t tick_;
   uv_timer_t drain_timer_;
+  uv_timer_t park_timer_;  // runs while sessions wait for a backend
+  std::vector<ClientSession*> parked_;
   std::thread thread_;
   WorkerStats stats_;
 
