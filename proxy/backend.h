@@ -28,7 +28,10 @@ enum class BackendRole : uint8_t {
 class Backend {
  public:
   Backend(size_t index, Endpoint endpoint)
-      : index_(index), endpoint_(std::move(endpoint)), name_(endpoint_.ToString()) {}
+      : index_(index),
+        endpoint_(std::move(endpoint)),
+        name_(endpoint_.ToString()),
+        unavailable_since_ms_(MonotonicMs()) {}  // not confirmed yet: just "changed"
 
   size_t index() const { return index_; }
   BackendRole role() const { return role_.load(std::memory_order_acquire); }
@@ -68,8 +71,8 @@ class Backend {
   // `qualified` changed.
   bool SetReplicationState(uint64_t epoch_at_probe, bool qualified, int64_t offset);
   bool qualified() const { return qualified_.load(std::memory_order_relaxed); }
-  // When (MonotonicMs) it last stopped being able to do its job (down or unconfirmed); 0:
-  // never. Tells a request that waits for the primary whether a change is under way.
+  // When (MonotonicMs) it last stopped being able to do its job (down or unconfirmed), or
+  // was added. Tells a request that waits for the primary whether a change is under way.
   uint64_t unavailable_since_ms() const {
     return unavailable_since_ms_.load(std::memory_order_relaxed);
   }

@@ -247,8 +247,7 @@ bool ClientSession::MayWait() const {
   // than a timeout ago may come back (restart, switchover). One gone for longer fails fast.
   const Backend* primary = worker_->backends().primary();
   if (primary == nullptr || !worker_->config().sentinels.empty()) return true;
-  uint64_t since = primary->unavailable_since_ms();
-  return since != 0 && MonotonicMs() - since < worker_->timeout_ms();
+  return MonotonicMs() - primary->unavailable_since_ms() < worker_->timeout_ms();
 }
 
 void ClientSession::Park(uint64_t seq, const char* raw, size_t len) {

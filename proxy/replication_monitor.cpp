@@ -261,8 +261,11 @@ void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
 void ReplicationMonitor::SwitchPrimary(Probe& to, const std::string& why) {
   Backend* old = group_.primary();
   group_.SetPrimary(to.backend);
-  Log().warn("primary is now {} (was {}): {}", to.backend->name(),
-             old != nullptr ? old->name() : std::string("none"), why);
+  if (old == nullptr) {
+    Log().info("primary is {}: {}", to.backend->name(), why);
+  } else {
+    Log().warn("primary is now {} (was {}): {}", to.backend->name(), old->name(), why);
+  }
   // Its last answer confirmed the role.
   to.backend->SetReplicationState(to.info_epoch, true, to.info.master_repl_offset);
   to.backend->set_last_error("");

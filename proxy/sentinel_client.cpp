@@ -238,9 +238,14 @@ void SentinelClient::OnLost(Sentinel& s, bool subscription, const std::string& w
   }
 }
 
+bool SentinelClient::Reachable(const Sentinel& s) {
+  // Connected, and its last query (if any since the connection was made) was answered.
+  return s.cmd->established() && s.last_error.empty();
+}
+
 void SentinelClient::NoteReachability() {
-  bool any =
-      std::any_of(sentinels_.begin(), sentinels_.end(), [](const auto& s) { return s->answered; });
+  bool any = std::any_of(sentinels_.begin(), sentinels_.end(),
+                         [](const auto& s) { return Reachable(*s); });
   if (!any && have_view_ && !none_reachable_logged_) {
     Log().error("no Sentinel reachable; keeping the last known topology");
     none_reachable_logged_ = true;
@@ -252,11 +257,12 @@ void SentinelClient::NoteReachability() {
 
 std::string SentinelClient::Metrics() const {
   std::string out =
-      "# HELP kompress_sentinel_up 1 when the Sentinel answered the proxy's last query.\n"
+      "# HELP kompress_sentinel_up 1 when the proxy is connected to the Sentinel and its last "
+      "query was answered.\n"
       "# TYPE kompress_sentinel_up gauge\n";
   for (const auto& s : sentinels_) {
     out += "kompress_sentinel_up{sentinel=\"" + s->endpoint.ToString() + "\"} " +
-           (s->answered ? "1" : "0") + "\n";
+           (Reachable(*s) ? "1" : "0") + "\n";
   }
   return out;
 }
@@ -265,10 +271,10 @@ std::string SentinelClient::ReadyNotes() const {
   size_t up = 0;
   std::string out;
   for (const auto& s : sentinels_) {
-    if (s->answered) ++up;
+    if (Reachable(*s)) ++up;
     out += "sentinel " + s->endpoint.ToString() +
-           (s->answered ? " up\n"
-                        : " down" + (s->last_error.empty() ? "" : ": " + s->last_error) + "\n");
+           (Reachable(*s) ? " up\n"
+                          : " down" + (s->last_error.empty() ? "" : ": " + s->last_error) + "\n");
   }
   if (up == 0) {
     out += have_view_ ? "no Sentinel reachable: the last known topology is kept\n"

@@ -53,6 +53,7 @@ class SentinelClient {
   void Ask();
   void OnLost(Sentinel& s, bool subscription, const std::string& why);
   void NoteReachability();
+  static bool Reachable(const Sentinel& s);
   static void OnMasterAddr(ControlConn* conn, redisReply* reply, void* privdata);
   static void OnReplicas(ControlConn* conn, redisReply* reply, void* privdata);
   static void OnEvent(ControlConn* conn, redisReply* reply, void* privdata);

@@ -66,10 +66,37 @@ bool Server::Listen() {
   accept_pause_.data = this;
   uv_poll_init(loop_, &listen_poll_, listen_fd_);
   listen_poll_.data = this;
+  return true;
+}
+
+void Server::StartAccepting() {
   uv_poll_start(&listen_poll_, UV_READABLE, [](uv_poll_t* h, int status, int) {
     if (status == 0) static_cast<Server*>(h->data)->OnAcceptable();
   });
-  return true;
+}
+
+void Server::AcceptWhenReady() {
+  // Clients are taken once the primary has confirmed its role (a few milliseconds after
+  // start), so the first requests find the topology known; at most a timeout later they are
+  // taken whatever the state (requests then wait or get the error that says why). Until then
+  // connections wait in the listen backlog.
+  uv_timer_init(loop_, &ready_wait_);
+  ready_wait_.data = this;
+  ready_deadline_ms_ = uv_now(loop_) + static_cast<uint64_t>(config_.timeout_s * 1000.0);
+  uv_timer_start(
+      &ready_wait_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Server*>(t->data);
+        const Backend* p = self->group_->primary();
+        bool ready = p != nullptr && p->serves_writes();
+        if (!ready && uv_now(self->loop_) < self->ready_deadline_ms_ && !self->shutting_down_) {
+          return;
+        }
+        uv_timer_stop(t);
+        uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
+        if (!self->shutting_down_) self->StartAccepting();
+      },
+      1, 1);
 }
 
 void Server::OnAcceptable() {
@@ -91,9 +118,7 @@ void Server::OnAcceptable() {
             [](uv_timer_t* t) {
               auto* self = static_cast<Server*>(t->data);
               if (self->shutting_down_) return;
-              uv_poll_start(&self->listen_poll_, UV_READABLE, [](uv_poll_t* h, int status, int) {
-                if (status == 0) static_cast<Server*>(h->data)->OnAcceptable();
-              });
+              self->StartAccepting();
             },
             100, 0);
         return;
@@ -120,6 +145,7 @@ int Server::Run() {
     sentinels_ = std::make_unique<SentinelClient>(loop_, config_, *monitor_);
     sentinels_->Start();
   }
+  AcceptWhenReady();
 
   if (!config_.admin_listen.empty()) {
     admin_ = std::make_unique<AdminServer>(

@@ -29,6 +29,8 @@ class Server {
 
  private:
   bool Listen();
+  void StartAccepting();
+  void AcceptWhenReady();
   void OnAcceptable();
   void BeginShutdown(int signum);
 
@@ -39,6 +41,8 @@ class Server {
   int listen_fd_ = -1;
   uv_poll_t listen_poll_;
   uv_timer_t accept_pause_;  // re-arms accepting after running out of descriptors
+  uv_timer_t ready_wait_;    // start-up: accepting begins once the primary is confirmed
+  uint64_t ready_deadline_ms_ = 0;
   uv_signal_t sigterm_;
   uv_signal_t sigint_;
   std::unique_ptr<ReplicationMonitor> monitor_;

@@ -687,3 +687,44 @@ TEST_CASE("Config: freshness options (read_your_writes, max_replica_lag[_bytes])
 
 }  // namespace
 }  // namespace kp
+
+namespace kp {
+namespace {
+
+TEST_CASE("Config: Sentinel settings and their cross-checks") {
+  Config c = Load({{"KOMPRESS_SENTINELS", "s1:26379, s2:26380"},
+                   {"KOMPRESS_SENTINEL_MASTER", "mymaster"},
+                   {"KOMPRESS_SENTINEL_PASSWORD", "pw"}});
+  REQUIRE(c.sentinels.size() == 2);
+  CHECK(c.sentinels[0] == Endpoint{"s1", 26379});
+  CHECK(c.sentinels[1] == Endpoint{"s2", 26380});
+  CHECK(c.sentinel_master == "mymaster");
+  CHECK(c.sentinel_password == "pw");
+  CHECK(c.sentinel_username.empty());
+
+  c = Load({}, {"--sentinels", "127.0.0.1:26379", "--sentinel-master", "m"});
+  CHECK(c.sentinels.size() == 1);
+  CHECK(Describe(c).find("sentinel_master") != std::string::npos);
+
+  // One without the other says which is missing.
+  CHECK(ErrorOf({}, {"--sentinels", "127.0.0.1:26379"}).find("sentinel_master") !=
+        std::string::npos);
+  CHECK(ErrorOf({}, {"--sentinel-master", "m"}).find("sentinels: empty") != std::string::npos);
+  // Sentinel and a fixed topology at once: refused, naming both.
+  std::string both = ErrorOf({}, {"--sentinels", "127.0.0.1:26379", "--sentinel-master", "m",
+                                  "--primary", "127.0.0.1:7000"});
+  CHECK(both.find("primary") != std::string::npos);
+  CHECK(both.find("sentinels") != std::string::npos);
+  CHECK(ErrorOf({{"REDIS_REPLICAS_HOST_PORT", "r:1"}},
+                {"--sentinels", "127.0.0.1:26379", "--sentinel-master", "m"})
+            .find("replicas") != std::string::npos);
+  CHECK(ErrorOf({}, {"--sentinels", "127.0.0.1:26379", "--sentinel-master", "m",
+                     "--sentinel-username", "u"})
+            .find("sentinel_password") != std::string::npos);
+  CHECK(
+      ErrorOf({}, {"--sentinels", "127.0.0.1:99999", "--sentinel-master", "m"}).find("sentinels") !=
+      std::string::npos);
+}
+
+}  // namespace
+}  // namespace kp
