@@ -107,6 +107,15 @@ std::string_view PolicyName(ReadPolicy p) {
   return "?";
 }
 
+std::string FormatList(const std::vector<Endpoint>& list) {
+  std::string out;
+  for (const Endpoint& e : list) {
+    if (!out.empty()) out += ",";
+    out += FormatHostPort(e.host, e.port);
+  }
+  return out;
+}
+
 std::string ShowOrNone(const std::string& s, std::string_view none) {
   return s.empty() ? std::string(none) : s;
 }
@@ -128,27 +137,13 @@ const std::vector<KeySpec>& Specs() {
        "Read replicas, comma-separated; empty: the primary serves reads.", 0, 0,
        [](Config& c, const Value& v) { c.replicas = std::get<std::vector<Endpoint>>(v); },
        [](const Config& c) {
-         if (c.replicas.empty()) return std::string("(none: the primary serves reads)");
-         std::string out;
-         for (const Endpoint& e : c.replicas) {
-           if (!out.empty()) out += ",";
-           out += FormatHostPort(e.host, e.port);
-         }
-         return out;
+         return ShowOrNone(FormatList(c.replicas), "(none: the primary serves reads)");
        }},
       {"sentinels", Kind::kEndpointList, "H:P,H:P",
        "Redis Sentinels to ask for the primary and replicas (instead of primary/replicas); "
        "failovers are followed.",
        0, 0, [](Config& c, const Value& v) { c.sentinels = std::get<std::vector<Endpoint>>(v); },
-       [](const Config& c) {
-         if (c.sentinels.empty()) return std::string("(none)");
-         std::string out;
-         for (const Endpoint& e : c.sentinels) {
-           if (!out.empty()) out += ",";
-           out += FormatHostPort(e.host, e.port);
-         }
-         return out;
-       }},
+       [](const Config& c) { return ShowOrNone(FormatList(c.sentinels), "(none)"); }},
       {"sentinel_master", Kind::kString, "NAME", "The master name the Sentinels monitor.", 0, 0,
        [](Config& c, const Value& v) { c.sentinel_master = std::get<std::string>(v); },
        [](const Config& c) { return ShowOrNone(c.sentinel_master, "(none)"); }},

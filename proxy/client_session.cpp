@@ -425,6 +425,14 @@ void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_
       return;
     }
   }
+  if (is_error && !s.is_read && len > 9 && std::memcmp(data, "-READONLY", 9) == 0 &&
+      from == worker_->backends().primary()) {
+    // The "primary" refused a write as a replica: the topology changed under us. The client
+    // gets Redis's answer (the write was not applied, and is not retried blindly elsewhere);
+    // writes wait until the monitor has confirmed a primary again.
+    from->Disqualify();
+    from->set_last_error("it answered READONLY: no longer a primary");
+  }
   Complete(seq, data, len);
 }
 
