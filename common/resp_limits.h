@@ -11,7 +11,19 @@ struct RespLimits {
   size_t max_bulk_len = 512ull * 1024 * 1024;       // bytes in one bulk string (proto-max-bulk-len)
   size_t max_request_bytes = 512ull * 1024 * 1024;  // bytes of one whole request
   size_t max_inline_len = 64 * 1024;                // bytes of one inline command line
-  size_t max_nesting = 128;                         // aggregate depth of a reply
+  // Aggregate depth of a reply. High: Lua scripts and functions return tables hundreds of
+  // levels deep, and a reply Redis sends must never be "malformed" to the proxy (that would
+  // fail every request sharing the connection). 16 bytes of framer state per level.
+  size_t max_nesting = 65536;
+
+  // The bounds replies are framed with: the request limits protect the proxy from clients,
+  // but a reply is whatever Redis legitimately sends (a 2 MB value under max_bulk_bytes 1mb),
+  // and framing it allocates nothing, so only integer safety bounds its bulk length.
+  RespLimits ForReplies() const {
+    RespLimits r = *this;
+    r.max_bulk_len = size_t{1} << 40;
+    return r;
+  }
 };
 
 }  // namespace kp

@@ -28,7 +28,7 @@ BackendConn::BackendConn(Worker* worker, Backend* backend, Mode mode, ClientSess
       backend_(backend),
       mode_(mode),
       owner_(owner),
-      framer_(worker->config().resp) {}
+      framer_(worker->config().resp.ForReplies()) {}
 
 void BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, size_t len,
                        uint64_t deadline_ms) {

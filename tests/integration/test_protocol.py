@@ -13,8 +13,8 @@ import time
 import pytest
 
 from fixtures import (HOST, SLOWDOWN, Proxy, connect, delta, dump_proxy_log,
-                      encode_command, free_port, port_accepts, read_replies,
-                      read_until_closed, require_proxy_bin, run_proxy_once)
+                      encode_command, free_port, port_accepts, raw_command, read_replies,
+                      read_until_closed, reply_depth, require_proxy_bin, run_proxy_once)
 
 MAX_BULK = 1024 * 1024
 MAX_ARRAY = 1000
@@ -92,6 +92,28 @@ def test_limits_allow_values_up_to_the_bound(limited_proxy, cluster):
     assert c.set("proto:bound", value) is True
     assert cluster.primary.client().get("proto:bound") == value
     assert len(c.mget([f"k{i}" for i in range(MAX_ARRAY - 1)])) == MAX_ARRAY - 1
+
+
+def test_replies_are_not_bounded_by_request_limits(cluster, limited_proxy):
+    """A reply bigger than max_bulk_bytes, or deeper than any request could be, is Redis's
+    legitimate answer: relayed byte for byte, and neither the shared connection nor the
+    backend suffers for it (another client pipelining at the same time sees nothing)."""
+    big = b"r" * (3 * MAX_BULK + 17)  # written directly: over the proxy's request limit
+    cluster.primary.client().set("proto:bigreply", big)
+    cluster.wait_replicated()
+    # A Lua table 150 levels deep, as a direct connection returns it.
+    script = ("local t = {1} for i = 1, 149 do t = {t} end return t")
+    direct = raw_command(cluster.primary.port, encode_command("EVAL", script, "0"))
+    with connect(limited_proxy.port) as bystander:
+        for _ in range(3):
+            assert limited_proxy.client().get("proto:bigreply") == big
+            assert raw_command(limited_proxy.port, encode_command("EVAL", script, "0")) == direct
+            bystander.sendall(encode_command("SET", "proto:by", "1") +
+                              encode_command("GET", "proto:by"))
+            replies, _ = read_replies(bystander, 2)
+            assert replies == [b"+OK\r\n", b"$1\r\n1\r\n"]
+    assert reply_depth(direct)[0] == 150
+    assert "marked down" not in limited_proxy.stderr()
 
 
 def test_dollar_where_star_expected_is_inline_like_redis(cluster, proxy):

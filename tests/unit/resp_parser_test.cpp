@@ -852,3 +852,36 @@ TEST_CASE("RespReply hiredis refuses what the framer accepts: 9 nested arrays") 
 }
 
 }  // namespace kp
+
+namespace kp {
+namespace {
+
+TEST_CASE("ReplyFramer with reply limits: request limits never make a legal reply malformed") {
+  RespLimits request;
+  request.max_bulk_len = 1024 * 1024;  // a client may not send more than 1 MB in one bulk...
+  RespLimits replies = request.ForReplies();
+  // ...but Redis may answer a 2 MB value (set before the limit, or by another client).
+  std::string big(2 * 1024 * 1024, 'v');
+  std::string reply = "$" + std::to_string(big.size()) + "\r\n" + big + "\r\n";
+  RepResult r = FrameWhole(reply, replies);
+  CHECK(r.status == ParseStatus::kOk);
+  CHECK(r.consumed == reply.size());
+  CHECK(FrameWhole(reply, request).status == ParseStatus::kError);  // what went wrong before
+
+  // A Lua table 150 levels deep, as EVAL returns it, frames with the default depth bound.
+  std::string deep;
+  for (int i = 0; i < 150; ++i) deep += "*1\r\n";
+  deep += ":1\r\n";
+  r = FrameWhole(deep, RespLimits().ForReplies());
+  CHECK(r.status == ParseStatus::kOk);
+  CHECK(r.consumed == deep.size());
+  // And far deeper still; the bound is only a bound on framer state.
+  std::string deeper;
+  for (int i = 0; i < 20000; ++i) deeper += "*1\r\n";
+  deeper += "$1\r\nx\r\n";
+  CheckReplyEverySplit(deeper, RepResult{ParseStatus::kOk, deeper.size(), false, ""}, deeper.size(),
+                       RespLimits().ForReplies());
+}
+
+}  // namespace
+}  // namespace kp
