@@ -28,7 +28,5 @@ inline constexpr std::string_view kNoBackendForRead =
     "ERR kompress: no backend available for this read (replicas and primary are down)";
 inline constexpr std::string_view kPinnedLost =
     "ERR kompress: connection to primary lost; session closed";
-inline constexpr std::string_view kClientBufferLimit =
-    "ERR kompress: client buffer limit exceeded; closing connection";
 
 }  // namespace kp::errors

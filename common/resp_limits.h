@@ -3,8 +3,37 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace kp {
+
+// The request limits a client can go past, for errors and per-limit counters. (A line past
+// max_inline_bytes stays Redis's own protocol error.)
+enum class RespLimit : uint8_t {
+  kNone,
+  kArrayLen,      // limits.max_array_len
+  kBulkLen,       // limits.max_bulk_bytes
+  kRequestBytes,  // limits.max_request_bytes
+  kClientBuffer,  // limits.max_client_buffer_bytes (checked by the session)
+};
+inline constexpr size_t kRespLimitCount = 5;
+
+// "max_bulk_bytes" for kBulkLen: the config key without its "limits." section.
+inline const char* RespLimitName(RespLimit l) {
+  switch (l) {
+    case RespLimit::kArrayLen:
+      return "max_array_len";
+    case RespLimit::kBulkLen:
+      return "max_bulk_bytes";
+    case RespLimit::kRequestBytes:
+      return "max_request_bytes";
+    case RespLimit::kClientBuffer:
+      return "max_client_buffer_bytes";
+    case RespLimit::kNone:
+      break;
+  }
+  return "none";
+}
 
 struct RespLimits {
   size_t max_array_len = 1024 * 1024;               // elements in one request array

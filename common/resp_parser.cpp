@@ -19,7 +19,6 @@ constexpr std::string_view kErrInlineTooBig = "Protocol error: too big inline re
 constexpr std::string_view kErrUnbalanced = "Protocol error: unbalanced quotes in request";
 // Not Redis words: Redis has no request size limit and skips the two bytes after a bulk
 // without looking. A proxy forwarding such bytes could desync from the backend, so it refuses.
-constexpr std::string_view kErrTooLarge = "Protocol error: request too large";
 constexpr std::string_view kErrBulkCrlf = "Protocol error: expected CRLF after bulk";
 
 // Reply errors: the backend connection is dropped, so these only need to be clear in logs.
@@ -119,6 +118,7 @@ void RequestParser::Reset() {
   bulk_len_ = -1;
   mode_ = Mode::kNone;
   failed_ = false;
+  limit_hit_ = RespLimit::kNone;
   argc_ = 0;
   parsed_args_ = 0;
   inline_ = false;
@@ -180,14 +180,17 @@ ParseStatus RequestParser::ParseMultibulk(const char* data, size_t len, size_t* 
     // Redis takes the byte after '\r' on trust; requiring '\n' keeps the proxy and the
     // backend reading the same bytes the same way.
     if (!ParseRedisLongLong(data + pos_ + 1, cr - pos_ - 1, &n) || n > INT_MAX ||
-        (n > 0 && static_cast<uint64_t>(n) > limits_.max_array_len) || data[cr + 1] != '\n') {
+        data[cr + 1] != '\n') {
       return Fail(kErrMbulkLen);
+    }
+    if (n > 0 && static_cast<uint64_t>(n) > limits_.max_array_len) {
+      return FailLimit(RespLimit::kArrayLen);
     }
     pos_ = cr + 2;
     // "*0" and "*-N" are consumed and ignored, as Redis does.
     if (n <= 0) return Done(consumed);
     if (pos_ + kMinBulkBytes * static_cast<uint64_t>(n) > limits_.max_request_bytes) {
-      return Fail(kErrTooLarge);
+      return FailLimit(RespLimit::kRequestBytes);
     }
     argc_ = static_cast<size_t>(n);
     remaining_ = n;
@@ -208,15 +211,16 @@ ParseStatus RequestParser::ParseMultibulk(const char* data, size_t len, size_t* 
       }
       int64_t n = 0;
       if (!ParseRedisLongLong(data + pos_ + 1, cr - pos_ - 1, &n) || n < 0 ||
-          static_cast<uint64_t>(n) > limits_.max_bulk_len || data[cr + 1] != '\n') {
+          data[cr + 1] != '\n') {
         return Fail(kErrBulkLen);
       }
+      if (static_cast<uint64_t>(n) > limits_.max_bulk_len) return FailLimit(RespLimit::kBulkLen);
       pos_ = cr + 2;
       // The rest of the request needs this payload and its CRLF plus the smallest bulk for
       // every later argument: refuse now rather than after buffering it.
       const uint64_t at_least = pos_ + static_cast<uint64_t>(n) + 2 +
                                 kMinBulkBytes * static_cast<uint64_t>(remaining_ - 1);
-      if (at_least > limits_.max_request_bytes) return Fail(kErrTooLarge);
+      if (at_least > limits_.max_request_bytes) return FailLimit(RespLimit::kRequestBytes);
       bulk_len_ = n;
     }
     // The payload is binary and skipped by length, never scanned.
@@ -236,9 +240,11 @@ ParseStatus RequestParser::ParseMultibulk(const char* data, size_t len, size_t* 
 
 ParseStatus RequestParser::ParseInline(const char* data, size_t len, size_t* consumed) {
   size_t nl = 0;
+  // A line past max_inline_len stays Redis's protocol error ("too big inline request"): it is
+  // Redis's own fixed bound, and what junk that never sends a line end runs into.
   ParseStatus st = FindLineEnd(data, len, '\n', kErrInlineTooBig, &nl);
   if (st != ParseStatus::kOk) return st;
-  if (nl + 1 > limits_.max_request_bytes) return Fail(kErrTooLarge);
+  if (nl + 1 > limits_.max_request_bytes) return FailLimit(RespLimit::kRequestBytes);
   // The line ends at '\n'; one '\r' before it belongs to the terminator (Redis strips one).
   const size_t line_len = (nl > 0 && data[nl - 1] == '\r') ? nl - 1 : nl;
   if (!SplitInline(data, line_len)) return Fail(kErrUnbalanced);
@@ -351,6 +357,29 @@ ParseStatus RequestParser::Done(size_t* consumed) {
 ParseStatus RequestParser::Fail(std::string_view why) {
   failed_ = true;
   error_.assign(why);
+  return ParseStatus::kError;
+}
+
+ParseStatus RequestParser::FailLimit(RespLimit which) {
+  size_t value = 0;
+  const char* unit = " bytes";
+  switch (which) {
+    case RespLimit::kArrayLen:
+      value = limits_.max_array_len;
+      unit = " elements";
+      break;
+    case RespLimit::kBulkLen:
+      value = limits_.max_bulk_len;
+      break;
+    case RespLimit::kRequestBytes:
+      value = limits_.max_request_bytes;
+      break;
+    default:
+      break;
+  }
+  limit_hit_ = which;
+  Fail("kompress: request over limits." + std::string(RespLimitName(which)) + " (" +
+       std::to_string(value) + unit + "); closing the connection");
   return ParseStatus::kError;
 }
 

@@ -49,8 +49,12 @@ class RequestParser {
   std::string_view arg(size_t i, const char* data) const;
   // True when the last request came inline; it must be re-encoded before forwarding.
   bool is_inline() const { return inline_; }
-  // The message for kError, starting "Protocol error: " as Redis words it, without "-ERR ".
+  // The message for kError, without "-ERR ": malformed input as Redis words it ("Protocol
+  // error: ..."), or, past a configured limit, one naming the limit and its value.
   const std::string& error() const { return error_; }
+  // After kError: the configured limit the request went past (a RespLimit), or kNone when
+  // the input was malformed.
+  RespLimit limit_hit() const { return limit_hit_; }
 
   void Reset();
 
@@ -68,8 +72,10 @@ class RequestParser {
   bool SplitInline(const char* line, size_t n);
   ParseStatus Done(size_t* consumed);
   ParseStatus Fail(std::string_view why);
+  ParseStatus FailLimit(RespLimit which);
 
   RespLimits limits_;
+  RespLimit limit_hit_ = RespLimit::kNone;
   // Resumable state (offsets are relative to the request start).
   size_t pos_ = 0;          // start of the header line or bulk payload being read
   size_t scan_ = 0;         // offset the search for the current line terminator resumes at

@@ -287,7 +287,14 @@ std::string AdminServer::Metrics() const {
   AppendValue(out, "kompress_protocol_errors_total", sum(&WorkerStats::protocol_errors));
   AppendMetric(out, "kompress_limit_drops_total", "Clients dropped for exceeding a limit.",
                "counter");
-  AppendValue(out, "kompress_limit_drops_total", sum(&WorkerStats::limit_drops));
+  for (size_t i = 1; i < kRespLimitCount; ++i) {
+    uint64_t v = 0;
+    for (const WorkerStats* st : all) v += st->limit_drops[i].value();
+    AppendValue(out,
+                std::string("kompress_limit_drops_total{limit=\"") +
+                    RespLimitName(static_cast<RespLimit>(i)) + "\"}",
+                v);
+  }
   AppendMetric(out, "kompress_pinned_sessions_total",
                "Sessions given a dedicated primary connection.", "counter");
   AppendValue(out, "kompress_pinned_sessions_total", sum(&WorkerStats::pinned_sessions));

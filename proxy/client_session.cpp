@@ -103,13 +103,15 @@ void ClientSession::ProcessInput() {
     size_t consumed = 0;
     ParseStatus st = parser_.Parse(in_.data(), in_.size(), &consumed);
     if (st == ParseStatus::kIncomplete) {
-      if (in_.size() > cfg.client.max_client_buffer_bytes) {
-        ProtocolError(std::string(errors::kClientBufferLimit.substr(4)));
-      }
+      if (in_.size() > cfg.client.max_client_buffer_bytes) LimitError(RespLimit::kClientBuffer);
       return;
     }
     if (st == ParseStatus::kError) {
-      ProtocolError(parser_.error());
+      if (parser_.limit_hit() != RespLimit::kNone) {
+        LimitError(parser_.limit_hit());
+      } else {
+        ProtocolError(parser_.error());
+      }
       return;
     }
     if (parser_.argc() > 0) HandleRequest(in_.data(), consumed);
@@ -117,7 +119,7 @@ void ClientSession::ProcessInput() {
     parser_.Reset();
     if (backlog_.size() > cfg.client.max_client_buffer_bytes) {
       // A pinned session's requests waiting for earlier replies count against its buffer.
-      ProtocolError(std::string(errors::kClientBufferLimit.substr(4)));
+      LimitError(RespLimit::kClientBuffer);
       return;
     }
   }
@@ -125,10 +127,26 @@ void ClientSession::ProcessInput() {
   if (draining_) MaybeFinish();
 }
 
+void ClientSession::LimitError(RespLimit which) {
+  // Named for what it is, and counted by limit: the input was well-formed, a bound was hit.
+  std::string msg = which == RespLimit::kClientBuffer
+                        ? "kompress: client buffer over limits.max_client_buffer_bytes (" +
+                              std::to_string(worker_->config().client.max_client_buffer_bytes) +
+                              " bytes); closing the connection"
+                        : parser_.error();
+  Log().info("client {} dropped: {}", id_, msg);
+  worker_->stats().limit_drops[static_cast<size_t>(which)]++;
+  EndWithError(msg);
+}
+
 void ClientSession::ProtocolError(const std::string& msg) {
-  // Like Redis: reply, then close once the reply (and everything before it) is written.
   Log().debug("client {}: {}", id_, msg);
   worker_->stats().protocol_errors++;
+  EndWithError(msg);
+}
+
+void ClientSession::EndWithError(const std::string& msg) {
+  // Like Redis: reply, then close once the reply (and everything before it) is written.
   closing_after_flush_ = true;  // first: nothing below may read more input
   AbandonPinned();
   uint64_t seq = NewSlot();
@@ -919,7 +937,7 @@ bool ClientSession::CheckOutputLimit() {
   if (buffered <= worker_->config().client.max_client_buffer_bytes) return true;
   Log().warn("client {}: {} bytes of replies unread, over max_client_buffer_bytes; closing", id_,
              buffered);
-  worker_->stats().limit_drops++;
+  worker_->stats().limit_drops[static_cast<size_t>(RespLimit::kClientBuffer)]++;
   Close();
   return false;
 }

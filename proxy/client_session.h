@@ -125,6 +125,9 @@ class ClientSession {
   void ResumeReading();
   void MaybeFinish();
   void ProtocolError(const std::string& msg);
+  void LimitError(RespLimit which);
+  // Replies `msg` as an error, then closes once everything before it is written.
+  void EndWithError(const std::string& msg);
   bool CheckOutputLimit();
 
   static void AllocCb(uv_handle_t* h, size_t suggested, uv_buf_t* buf);

@@ -13,8 +13,9 @@ import time
 import pytest
 
 from fixtures import (HOST, SLOWDOWN, Proxy, connect, delta, dump_proxy_log,
-                      encode_command, free_port, port_accepts, raw_command, read_replies,
-                      read_until_closed, reply_depth, require_proxy_bin, run_proxy_once)
+                      encode_command, free_port, http_get, metric, port_accepts, raw_command,
+                      read_replies, read_until_closed, reply_depth, require_proxy_bin,
+                      run_proxy_once)
 
 MAX_BULK = 1024 * 1024
 MAX_ARRAY = 1000
@@ -44,6 +45,17 @@ def assert_protocol_error_and_close(port, payload):
     assert closed, f"{payload[:40]!r}: connection not closed after the protocol error"
 
 
+def assert_limit_error_and_close(port, payload, limit):
+    """A well-formed request over a configured limit: an error naming the limit, then close."""
+    with connect(port) as s:
+        s.sendall(payload)
+        data, closed = read_until_closed(s, timeout=5 * SLOWDOWN)
+    assert data.startswith(b"-ERR kompress: request over limits.%s (" % limit.encode()), \
+        f"{payload[:40]!r} -> {data[:200]!r}"
+    assert data.endswith(b"\r\n") and data.count(b"\r\n") == 1, data[:200]
+    assert closed, f"{payload[:40]!r}: connection not closed after the limit error"
+
+
 def assert_still_serving(proxy, bystander):
     """The bystander connection (opened before the bad client) and a new one both work."""
     bystander.sendall(encode_command("ECHO", "still here") + b"PING\r\n")
@@ -58,8 +70,7 @@ MALFORMED = {
     "negative bulk length": b"*3\r\n$-5\r\n",
     "non-numeric bulk length": b"*1\r\n$abc\r\n",
     "bulk where $ expected": b"*1\r\nfoo\r\n",
-    "huge multibulk count": b"*2000000000\r\n",
-    "bulk length over proto-max-bulk-len": b"*1\r\n$600000000\r\n",
+    "multibulk count over INT_MAX": b"*3000000000\r\n",
 }
 
 
@@ -72,18 +83,26 @@ def test_malformed_resp_error_and_close(proxy, payload):
         assert_still_serving(proxy, bystander)
 
 
-@pytest.mark.parametrize("payload", [
-    b"*2\r\n$3\r\nGET\r\n$%d\r\n" % (MAX_BULK + 1),
-    b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n" % (10 * MAX_BULK),
-    b"*%d\r\n" % (MAX_ARRAY + 1),
-    b"*%d\r\n$4\r\nMGET\r\n" % (MAX_ARRAY + 5),
+@pytest.mark.parametrize("payload,limit", [
+    (b"*2\r\n$3\r\nGET\r\n$%d\r\n" % (MAX_BULK + 1), "max_bulk_bytes"),
+    (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n" % (10 * MAX_BULK), "max_bulk_bytes"),
+    (b"*%d\r\n" % (MAX_ARRAY + 1), "max_array_len"),
+    (b"*%d\r\n$4\r\nMGET\r\n" % (MAX_ARRAY + 5), "max_array_len"),
 ], ids=["bulk over max-bulk-bytes", "SET value over max-bulk-bytes",
         "array over max-array-len", "MGET over max-array-len"])
-def test_configured_limits_error_and_close(limited_proxy, payload):
+def test_configured_limits_error_and_close(limited_proxy, payload, limit):
     with connect(limited_proxy.port) as bystander:
         # The limit is checked on the announced length, before any data arrives.
-        assert_protocol_error_and_close(limited_proxy.port, payload)
+        assert_limit_error_and_close(limited_proxy.port, payload, limit)
         assert_still_serving(limited_proxy, bystander)
+
+
+def test_default_bulk_limit_is_named(proxy):
+    """Over the default max_bulk_bytes (512mb, Redis's proto-max-bulk-len): the error names
+    the limit instead of Redis's "invalid bulk length", and it is counted by limit."""
+    with connect(proxy.port) as bystander:
+        assert_limit_error_and_close(proxy.port, b"*1\r\n$600000000\r\n", "max_bulk_bytes")
+        assert_still_serving(proxy, bystander)
 
 
 def test_limits_allow_values_up_to_the_bound(limited_proxy, cluster):
@@ -149,7 +168,8 @@ def test_request_over_max_request_bytes_refused(cluster, make_proxy):
                     break
                 sent += len(chunk)
             data, closed = read_until_closed(s, timeout=5 * SLOWDOWN)
-        assert data.startswith(b"-ERR"), data[:200]
+        assert data.startswith(b"-ERR kompress: request over limits.max_request_bytes ("), \
+            data[:200]
         assert closed
         assert_still_serving(p, bystander)
     assert cluster.primary.client().get("proto:large") is None
@@ -161,8 +181,10 @@ def test_client_over_buffer_limit_dropped(cluster, make_proxy):
     limit = MAX_BULK
     value_size = 256 * 1024
     n = 200  # 50 MB of replies, far past the limit and the socket buffers
+    admin = free_port()
     p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
-                   extra_args=["--max-client-buffer-bytes", str(limit)])
+                   extra_args=["--max-client-buffer-bytes", str(limit),
+                               "--admin-listen", f"{HOST}:{admin}"])
     cluster.primary.client().set("proto:quarter", b"q" * value_size)
     cluster.wait_replicated()
     with connect(p.port) as bystander:
@@ -179,6 +201,11 @@ def test_client_over_buffer_limit_dropped(cluster, make_proxy):
         assert len(data) < n * value_size, "every reply was delivered: no limit applied"
         assert_still_serving(p, bystander)
     assert p.alive
+    text = http_get(admin, "/metrics")[1]
+    assert metric(text, 'kompress_limit_drops_total{limit="max_client_buffer_bytes"}') == 1
+    assert metric(text, 'kompress_limit_drops_total{limit="max_bulk_bytes"}') == 0
+    assert metric(text, "kompress_protocol_errors_total") == 0
+    assert "marked down" not in p.stderr()
 
 
 # -- configuration --------------------------------------------------------------------------

@@ -252,7 +252,14 @@ std::string CheckReplyError(std::string_view input, const RespLimits& limits = {
 
 const char* const kMbulkLen = "Protocol error: invalid multibulk length";
 const char* const kBulkLen = "Protocol error: invalid bulk length";
-const char* const kTooLarge = "Protocol error: request too large";
+// A well-formed request past a configured limit: named, with the limit's value.
+std::string OverLimit(const char* key, size_t value, const char* unit = "bytes") {
+  return "kompress: request over limits." + std::string(key) + " (" + std::to_string(value) + " " +
+         unit + "); closing the connection";
+}
+std::string TooLarge(size_t limit) {
+  return OverLimit("max_request_bytes", limit);
+}
 const char* const kUnbalanced = "Protocol error: unbalanced quotes in request";
 const char* const kInlineTooBig = "Protocol error: too big inline request";
 const char* const kBulkCrlf = "Protocol error: expected CRLF after bulk";
@@ -332,8 +339,9 @@ TEST_CASE("RespRequest pipelines, every read boundary") {
 }
 
 TEST_CASE("RespRequest bad input from Redis protocol.tcl") {
-  // Out of range multibulk length.
-  CheckRequestError("*20000000\r\n", kMbulkLen);
+  // Out of range multibulk length: past INT_MAX malformed as in Redis; past the configured
+  // max_array_len (default 1048576) the limit is named.
+  CheckRequestError("*20000000\r\n", OverLimit("max_array_len", 1048576, "elements"));
   CheckRequestError("*3000000000\r\n", kMbulkLen);
   {
     // INT_MAX is the bound even when the configured limit is looser.
@@ -346,7 +354,8 @@ TEST_CASE("RespRequest bad input from Redis protocol.tcl") {
                     "Protocol error: expected '$', got 'f'");
   // Negative, out of range and non-number multibulk payload length.
   CheckRequestError("*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$-10\r\n", kBulkLen);
-  CheckRequestError("*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$2000000000\r\n", kBulkLen);
+  CheckRequestError("*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$2000000000\r\n",
+                    OverLimit("max_bulk_bytes", 512ull * 1024 * 1024));
   CheckRequestError("*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$blabla\r\n", kBulkLen);
   // Multi bulk request not followed by bulk arguments.
   CheckRequestError("*1\r\nfoo\r\n", "Protocol error: expected '$', got 'f'");
@@ -404,35 +413,35 @@ TEST_CASE("RespRequest limits smaller than the request are enforced") {
   RespLimits l;
   l.max_array_len = 2;
   CheckRequest(Command({"GET", "k"}), {"GET", "k"}, false, l);
-  CheckRequestError(Command({"SET", "k", "v"}), kMbulkLen, l);
+  CheckRequestError(Command({"SET", "k", "v"}), OverLimit("max_array_len", 2, "elements"), l);
 
   l = RespLimits{};
   l.max_bulk_len = 3;
   CheckRequest(Command({"GET", "abc"}), {"GET", "abc"}, false, l);
-  CheckRequestError(Command({"GET", "abcd"}), kBulkLen, l);
+  CheckRequestError(Command({"GET", "abcd"}), OverLimit("max_bulk_bytes", 3), l);
 
   // "*1\r\n$4\r\nPING\r\n" is 14 bytes.
   l = RespLimits{};
   l.max_request_bytes = 14;
   CheckRequest("*1\r\n$4\r\nPING\r\n", {"PING"}, false, l);
   l.max_request_bytes = 13;
-  CheckRequestError("*1\r\n$4\r\nPING\r\n", kTooLarge, l);
+  CheckRequestError("*1\r\n$4\r\nPING\r\n", TooLarge(13), l);
 
   // Refused as soon as the declared lengths make it certain, before the payload arrives.
   l = RespLimits{};
   l.max_request_bytes = 100;
-  CheckRequestError("*2\r\n$3\r\nSET\r\n$100\r\n", kTooLarge, l);
+  CheckRequestError("*2\r\n$3\r\nSET\r\n$100\r\n", TooLarge(100), l);
   // 40 arguments need at least 40 * 6 bytes.
-  CheckRequestError("*40\r\n", kTooLarge, l);
+  CheckRequestError("*40\r\n", TooLarge(100), l);
   // A later argument's claim counts with what came before.
-  CheckRequestError("*3\r\n$3\r\nSET\r\n$40\r\n" + std::string(40, 'k') + "\r\n$40\r\n", kTooLarge,
-                    l);
+  CheckRequestError("*3\r\n$3\r\nSET\r\n$40\r\n" + std::string(40, 'k') + "\r\n$40\r\n",
+                    TooLarge(100), l);
 
   // Inline requests count too.
   l = RespLimits{};
   l.max_request_bytes = 6;
   CheckRequest("PING\r\n", {"PING"}, true, l);
-  CheckRequestError("PINGG\r\n", kTooLarge, l);
+  CheckRequestError("PINGG\r\n", TooLarge(6), l);
 }
 
 TEST_CASE("RespRequest a huge declared count reserves nothing and is framed in O(n)") {
