@@ -277,6 +277,7 @@ std::string AdminServer::Metrics() const {
               sum(&WorkerStats::reads_primary_ryw));
   AppendValue(out, "kompress_requests_total{route=\"primary_write\"}", sum(&WorkerStats::writes));
   AppendValue(out, "kompress_requests_total{route=\"failover\"}", sum(&WorkerStats::failovers));
+  AppendValue(out, "kompress_requests_total{route=\"pinned\"}", sum(&WorkerStats::pinned_requests));
   AppendMetric(out, "kompress_requests_received_total",
                "Requests received from clients (all kinds).", "counter");
   AppendValue(out, "kompress_requests_received_total", sum(&WorkerStats::requests));

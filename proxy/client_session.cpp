@@ -649,6 +649,7 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
 
 void ClientSession::ForwardPinned(const Request& req, const RouteDecision& d, const char* raw,
                                   size_t len) {
+  worker_->stats().pinned_requests++;
   PinnedReq kind = TrackPinnedState(req, d);
   if (EqualsLower(req.arg(0), "wait") && !in_multi_) {
     // WAIT counts replicas that acknowledged this connection's last write, but the client's
