@@ -39,6 +39,7 @@ ReplicaRefusal ClassifyReplicaError(const char* p, size_t n) {
 
 ClientSession::ClientSession(Worker* worker, uint64_t id)
     : worker_(worker), id_(id), parser_(worker->config().resp) {
+  created_ms_ = last_request_ms_ = worker->now();
   slots_.resize(16);
   authenticated_ = worker->config().requirepass.empty();
 }
@@ -174,6 +175,7 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
     len = scratch_.size();
   }
   worker_->stats().requests++;
+  last_request_ms_ = worker_->now();
 
   RouteDecision d = worker_->router().Classify(req);
   if (dedicated_ != nullptr) {
@@ -638,7 +640,9 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
     // WAIT changes nothing on the connection.
   } else if (d.route == Route::kPin ||
              (local && d.local != LocalCommand::kPing && d.local != LocalCommand::kEcho &&
-              d.local != LocalCommand::kClientSetName && d.local != LocalCommand::kClientGetName)) {
+              d.local != LocalCommand::kClientSetName && d.local != LocalCommand::kClientGetName &&
+              d.local != LocalCommand::kClientId && d.local != LocalCommand::kClientInfo &&
+              d.local != LocalCommand::kClientList && d.local != LocalCommand::kClientSetInfo)) {
     // Anything else that changes the connection for good keeps it pinned: blocking and
     // pub/sub commands, SELECT n, CLIENT REPLY, and what the proxy would otherwise answer
     // itself (AUTH, HELLO, RESET, QUIT reach the backend on a pinned connection).
@@ -918,6 +922,59 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
         resp::AppendBulk(b, name_);
       }
       break;
+    case LocalCommand::kClientId:
+      resp::AppendInteger(b, static_cast<int64_t>(id_));
+      break;
+    case LocalCommand::kClientInfo:
+      resp::AppendBulk(b, DescribeSelf("client|info"));
+      break;
+    case LocalCommand::kClientList: {
+      // Only this client is listed: the proxy's other clients are not its business, and the
+      // server's list would show the proxy's shared connections.
+      bool match = true;
+      for (size_t i = 2; i < req.argc; ++i) {
+        std::string_view opt = req.arg(i);
+        if (EqualsLower(opt, "type") && i + 1 < req.argc) {
+          std::string_view t = req.arg(++i);
+          if (!EqualsLower(t, "normal") && !EqualsLower(t, "master") &&
+              !EqualsLower(t, "replica") && !EqualsLower(t, "slave") && !EqualsLower(t, "pubsub")) {
+            return ReplyErrorNow("ERR Unknown client type '" + std::string(t) + "'");
+          }
+          match = match && EqualsLower(t, "normal");
+        } else if (EqualsLower(opt, "id") && i + 1 < req.argc) {
+          bool listed = false;
+          for (++i; i < req.argc; ++i) {
+            std::string_view v = req.arg(i);
+            bool digits = !v.empty() && v.size() < 20;
+            for (char ch : v) digits = digits && ch >= '0' && ch <= '9';
+            if (!digits) return ReplyErrorNow("ERR Invalid client ID");
+            listed = listed || std::stoull(std::string(v)) == id_;
+          }
+          match = match && listed;
+        } else {
+          return ReplyErrorNow("ERR syntax error");
+        }
+      }
+      resp::AppendBulk(b, match ? DescribeSelf("client|list") : std::string());
+      break;
+    }
+    case LocalCommand::kClientSetInfo: {
+      if (req.argc != 4) return wrong_args("client|setinfo");
+      std::string_view attr = req.arg(2), value = req.arg(3);
+      bool is_name = EqualsLower(attr, "lib-name");
+      if (!is_name && !EqualsLower(attr, "lib-ver")) {
+        return ReplyErrorNow("ERR Unrecognized option '" + std::string(attr) + "'");
+      }
+      for (char ch : value) {
+        if (ch < '!' || ch > '~') {
+          return ReplyErrorNow("ERR " + std::string(is_name ? "lib-name" : "lib-ver") +
+                               " cannot contain spaces, newlines or special characters.");
+        }
+      }
+      (is_name ? lib_name_ : lib_ver_) = value;
+      resp::AppendSimple(b, "OK");
+      break;
+    }
     case LocalCommand::kReset:
       if (req.argc != 1) return wrong_args("reset");
       name_.clear();
@@ -928,6 +985,48 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       return ReplyErrorNow("ERR kompress: internal routing error");
   }
   ReplyNow(b);
+}
+
+std::string ClientSession::DescribeSelf(std::string_view cmd) const {
+  // CLIENT INFO's fields as Redis 7 prints them; where a field is about the server's own
+  // buffers the proxy gives its own numbers for this client.
+  auto addr = [&](bool peer) {
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    auto* sa = reinterpret_cast<sockaddr*>(&ss);
+    int rc = peer ? uv_tcp_getpeername(&tcp_, sa, &len) : uv_tcp_getsockname(&tcp_, sa, &len);
+    if (rc != 0) return std::string("?:0");
+    char host[INET6_ADDRSTRLEN] = {0};
+    int port = 0;
+    if (ss.ss_family == AF_INET6) {
+      auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+      uv_ip6_name(a, host, sizeof host);
+      port = ntohs(a->sin6_port);
+    } else {
+      auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+      uv_ip4_name(a, host, sizeof host);
+      port = ntohs(a->sin_port);
+    }
+    return std::string(host) + ":" + std::to_string(port);
+  };
+  uint64_t now = worker_->now();
+  uv_os_fd_t fd = -1;
+  uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd);
+  std::string flags = dedicated_ != nullptr && in_multi_ ? "x" : "N";
+  char line[1024];
+  std::snprintf(line, sizeof line,
+                "id=%llu addr=%s laddr=%s fd=%d name=%s age=%llu idle=%llu flags=%s db=0 sub=0 "
+                "psub=0 ssub=0 multi=%d qbuf=%zu qbuf-free=0 argv-mem=0 multi-mem=0 rbs=%zu "
+                "rbp=0 obl=0 oll=0 omem=%zu tot-mem=%zu events=r cmd=%.*s user=default redir=-1 "
+                "resp=2 lib-name=%s lib-ver=%s\n",
+                static_cast<unsigned long long>(id_), addr(true).c_str(), addr(false).c_str(),
+                static_cast<int>(fd), name_.c_str(),
+                static_cast<unsigned long long>((now - created_ms_) / 1000),
+                static_cast<unsigned long long>((now - last_request_ms_) / 1000), flags.c_str(),
+                in_multi_ ? 0 : -1, in_.size(), in_.capacity(), out_.size() + held_bytes_,
+                in_.capacity() + out_.capacity() + wbuf_.capacity() + held_bytes_,
+                static_cast<int>(cmd.size()), cmd.data(), lib_name_.c_str(), lib_ver_.c_str());
+  return line;
 }
 
 // ---- writing and closing ----

@@ -73,6 +73,8 @@ class ClientSession {
   void ProcessInput();
   void HandleRequest(const char* raw, size_t len);
   void HandleLocal(LocalCommand cmd, const Request& req);
+  // This client's line for CLIENT INFO / CLIENT LIST.
+  std::string DescribeSelf(std::string_view cmd) const;
   void Dispatch(const Request& req, const RouteDecision& d, const char* raw, size_t len);
   // One request on the dedicated connection, as far as reply pairing and deadlines go.
   struct PinnedReq {
@@ -159,7 +161,10 @@ class ClientSession {
   uint64_t next_ = 0;        // next slot to hand out
   size_t held_bytes_ = 0;    // reply bytes waiting in slots behind an unanswered one
 
-  std::string name_;  // CLIENT SETNAME
+  std::string name_;                // CLIENT SETNAME
+  std::string lib_name_, lib_ver_;  // CLIENT SETINFO
+  uint64_t created_ms_ = 0;
+  uint64_t last_request_ms_ = 0;
   // Cursor commands: the server that issued this client's last cursor.
   Backend* scan_backend_ = nullptr;
   bool scan_on_primary_ = false;

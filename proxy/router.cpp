@@ -26,6 +26,31 @@ bool HasBlockOption(const Request& req) {
   return req.argc > req.nviews;
 }
 
+// Static strings: a RouteDecision carries a pointer.
+const char* DenyClientReason(std::string_view sub) {
+  if (EqualsLower(sub, "kill")) {
+    return "ERR kompress: CLIENT KILL is not supported through the proxy (clients share its "
+           "connections to Redis; disconnect the client itself)";
+  }
+  if (EqualsLower(sub, "pause")) {
+    return "ERR kompress: CLIENT PAUSE is not supported through the proxy (it would pause every "
+           "client of the server)";
+  }
+  if (EqualsLower(sub, "unpause")) {
+    return "ERR kompress: CLIENT UNPAUSE is not supported through the proxy";
+  }
+  if (EqualsLower(sub, "no-evict")) {
+    return "ERR kompress: CLIENT NO-EVICT is not supported through the proxy (it would apply to "
+           "a connection other clients share)";
+  }
+  if (EqualsLower(sub, "no-touch")) {
+    return "ERR kompress: CLIENT NO-TOUCH is not supported through the proxy (it would apply to "
+           "a connection other clients share)";
+  }
+  return "ERR kompress: CLIENT UNBLOCK is not supported through the proxy (client ids are the "
+         "proxy's, not the server's)";
+}
+
 }  // namespace
 
 RouteDecision Router::Classify(const Request& req) const {
@@ -109,6 +134,35 @@ RouteDecision Router::Classify(const Request& req) const {
         if (EqualsLower(sub, "getname") && req.argc == 2) {
           d.route = Route::kLocal;
           d.local = LocalCommand::kClientGetName;
+          return d;
+        }
+        // The rest would describe or change the proxy's shared connections: each has a
+        // per-client meaning answered by the proxy, or is refused.
+        if (EqualsLower(sub, "id") && req.argc == 2) {
+          d.route = Route::kLocal;
+          d.local = LocalCommand::kClientId;
+          return d;
+        }
+        if (EqualsLower(sub, "info") && req.argc == 2) {
+          d.route = Route::kLocal;
+          d.local = LocalCommand::kClientInfo;
+          return d;
+        }
+        if (EqualsLower(sub, "list")) {
+          d.route = Route::kLocal;
+          d.local = LocalCommand::kClientList;
+          return d;
+        }
+        if (EqualsLower(sub, "setinfo")) {
+          d.route = Route::kLocal;
+          d.local = LocalCommand::kClientSetInfo;
+          return d;
+        }
+        if (EqualsLower(sub, "kill") || EqualsLower(sub, "pause") || EqualsLower(sub, "unpause") ||
+            EqualsLower(sub, "no-evict") || EqualsLower(sub, "no-touch") ||
+            EqualsLower(sub, "unblock")) {
+          d.route = Route::kDeny;
+          d.deny_reason = DenyClientReason(sub);
           return d;
         }
         // Reply suppression and tracking change what the connection sends back.

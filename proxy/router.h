@@ -40,6 +40,10 @@ enum class LocalCommand : uint8_t {
   kSelectZero,
   kClientSetName,
   kClientGetName,
+  kClientId,       // the proxy's id for this client (HELLO's id too)
+  kClientInfo,     // this client as the proxy sees it, in CLIENT INFO's format
+  kClientList,     // only this client: the others are not this client's business
+  kClientSetInfo,  // lib-name / lib-ver, kept by the proxy
   kReset,
 };
 

@@ -356,3 +356,40 @@ def test_local_commands_answer_like_redis(cluster, proxy, args, expected):
         send(raw, *args)
         assert read_replies(raw, 1)[0] == [expected], f"port {port}"
         raw.close()
+
+
+def test_client_subcommands_are_per_client(cluster, proxy):
+    """CLIENT ID/INFO/LIST/SETINFO describe the calling client, not the proxy's shared
+    connections; subcommands that would act on shared connections (or every client of the
+    server) are refused by name. Another client pipelining meanwhile sees nothing, and the
+    replicas' replication links are untouched."""
+    a, b = proxy.client(), proxy.client()
+    a_id = a.client_id()
+    assert a_id != b.client_id()
+    hello = a.execute_command("HELLO", "2")
+    fields = dict(zip(hello[::2], hello[1::2])) if isinstance(hello, list) else hello
+    assert int(fields[b"id"]) == a_id
+    assert a.execute_command("CLIENT", "SETINFO", "LIB-NAME", "kp-test") in (True, b"OK")
+    a.client_setname("alpha")
+    info = a.execute_command("CLIENT", "INFO").decode()
+    assert f"id={a_id} " in info and "name=alpha " in info and "lib-name=kp-test" in info, info
+    listing = a.execute_command("CLIENT", "LIST").decode().strip().splitlines()
+    assert len(listing) == 1 and listing[0].startswith(f"id={a_id} "), listing
+    assert a.execute_command("CLIENT", "LIST", "ID", str(a_id)).decode().startswith(f"id={a_id}")
+    assert a.execute_command("CLIENT", "LIST", "ID", str(a_id + 1)) in (b"", "")
+    links_before = [r.client().info("replication")["master_link_status"] for r in cluster.replicas]
+    with connect(proxy.port) as bystander:
+        for args in (["CLIENT", "KILL", "SKIPME", "yes"], ["CLIENT", "KILL", "TYPE", "normal"],
+                     ["CLIENT", "PAUSE", "1000"], ["CLIENT", "UNPAUSE"],
+                     ["CLIENT", "NO-EVICT", "on"], ["CLIENT", "UNBLOCK", str(a_id)]):
+            with pytest.raises(redis.ResponseError) as err:
+                a.execute_command(*args)
+            assert str(err.value).startswith(f"kompress: CLIENT {args[1].upper()} is not "
+                                             "supported"), err.value
+            send(bystander, "SET", "cs:k", "v")
+            send(bystander, "GET", "cs:k")
+            assert read_replies(bystander, 2)[0] == [b"+OK\r\n", b"$1\r\nv\r\n"]
+    assert [r.client().info("replication")["master_link_status"]
+            for r in cluster.replicas] == links_before == ["up", "up"]
+    assert a.ping() is True
+    assert "marked down" not in proxy.stderr()
