@@ -61,6 +61,9 @@ struct Config {
   std::string backend_username;    // sent as AUTH to every backend when set
   std::string backend_password;
   std::string admin_listen;  // host:port of the HTTP admin endpoint; empty: off
+  // Commands the proxy refuses ("name" or "name|subcommand", lower case): server-wide
+  // operations that no application should send through a shared sidecar.
+  std::vector<std::string> deny_commands = {"shutdown", "replicaof", "slaveof", "failover"};
   // At start-up, add the commands the primary knows and the built-in table does not (newer
   // Redis, modules) from its COMMAND reply; built-in rows always win.
   bool refresh_command_table = true;

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cmath>
@@ -53,12 +54,13 @@ enum class Kind {
   kCommandTable,  // builtin | primary
   kBool,          // true/false, yes/no, on/off, 1/0
   kLimitSize,     // like kSize, but 0 is allowed and means "no limit"
+  kNameList,      // comma list or YAML list of command names ("name" or "name|sub")
   kString,
   kSecret,  // a string never echoed back in messages or Describe()
 };
 
-using Value =
-    std::variant<Endpoint, std::vector<Endpoint>, double, uint64_t, std::string, ReadPolicy, bool>;
+using Value = std::variant<Endpoint, std::vector<Endpoint>, double, uint64_t, std::string,
+                           ReadPolicy, bool, std::vector<std::string>>;
 
 struct KeySpec {
   std::string_view key;  // YAML path: "timeout", "limits.max_bulk_bytes"
@@ -228,6 +230,14 @@ const std::vector<KeySpec>& Specs() {
        "HTTP admin endpoint (stats, health); empty: off.", 0, 0,
        [](Config& c, const Value& v) { c.admin_listen = std::get<std::string>(v); },
        [](const Config& c) { return ShowOrNone(c.admin_listen, "(off)"); }},
+      {"deny_commands", Kind::kNameList, "CMD,CMD",
+       "Commands the proxy refuses (\"name\" or \"name|subcommand\"); empty: none.", 0, 0,
+       [](Config& c, const Value& v) { c.deny_commands = std::get<std::vector<std::string>>(v); },
+       [](const Config& c) {
+         std::string out;
+         for (const std::string& n : c.deny_commands) out += (out.empty() ? "" : ",") + n;
+         return ShowOrNone(out, "(none)");
+       }},
       {"limits.max_array_len", Kind::kCount, "N", "Most elements in one request array.", 0, 0,
        [](Config& c, const Value& v) { c.resp.max_array_len = std::get<uint64_t>(v); },
        [](const Config& c) { return std::to_string(c.resp.max_array_len); }},
@@ -384,13 +394,14 @@ RawValue FromYaml(const KeySpec& spec, const YAML::Node& value, const std::strin
     raw.value.text = value.Scalar();
     return raw;
   }
-  if (value.IsSequence() && spec.kind == Kind::kEndpointList) {
+  if (value.IsSequence() && (spec.kind == Kind::kEndpointList || spec.kind == Kind::kNameList)) {
     raw.list.emplace();
     for (const YAML::Node& item : value) {
       std::string item_source = FileSource(path, item);
       if (!item.IsScalar()) {
-        FailPlain(std::string(spec.key) + ": each entry must be a \"host:port\" string, got " +
-                      std::string(YamlTypeName(item)),
+        FailPlain(std::string(spec.key) + ": each entry must be a " +
+                      (spec.kind == Kind::kNameList ? "command name" : "\"host:port\" string") +
+                      ", got " + std::string(YamlTypeName(item)),
                   item_source);
       }
       raw.list->push_back({item.Scalar(), item_source});
@@ -766,6 +777,41 @@ std::vector<Endpoint> ValidateEndpointList(std::string_view key, const RawValue&
   return out;
 }
 
+std::vector<std::string> ValidateNameList(std::string_view key, const RawValue& raw) {
+  std::vector<RawItem> items;
+  if (raw.list) {
+    items = *raw.list;
+  } else {
+    std::string_view s = raw.value.text;
+    while (true) {
+      size_t comma = s.find(',');
+      items.push_back({std::string(s.substr(0, comma)), raw.value.source});
+      if (comma == std::string_view::npos) break;
+      s.remove_prefix(comma + 1);
+    }
+  }
+  std::vector<std::string> out;
+  for (const RawItem& item : items) {
+    std::string name = Lower(Trim(item.text));
+    if (name.empty()) continue;
+    // "config set" and "config|set" both name the subcommand, as Redis's ACLs write it.
+    for (char& c : name) {
+      if (c == ' ') c = '|';
+    }
+    for (char c : name) {
+      bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+                c == '.' || c == '|';
+      if (!ok) Fail(key, item.text, "not a command name", item.source);
+    }
+    if (std::count(name.begin(), name.end(), '|') > 1 || name.front() == '|' ||
+        name.back() == '|') {
+      Fail(key, item.text, "expected \"command\" or \"command|subcommand\"", item.source);
+    }
+    if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+  }
+  return out;
+}
+
 // Shared reasons for "something after the digits".
 std::string Garbage(std::string_view rest) {
   return "trailing garbage " + Quote(rest) + " after the number";
@@ -938,6 +984,8 @@ Value Validate(const KeySpec& spec, const RawValue& raw) {
       if (v == "false" || v == "no" || v == "off" || v == "0") return false;
       Fail(spec.key, item.text, "must be true or false (also yes/no, on/off, 1/0)", item.source);
     }
+    case Kind::kNameList:
+      return ValidateNameList(spec.key, raw);
     case Kind::kLimitSize:
       if (Trim(item.text) == "0") return uint64_t{0};
       return ValidateSize(spec, item);

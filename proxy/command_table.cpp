@@ -4,6 +4,8 @@
 // Debian's hiredis 0.14 accepts.
 #include "proxy/command_table.h"
 
+#include <cctype>
+
 #include <cstddef>
 #include <iterator>
 #include <limits>
@@ -445,6 +447,32 @@ const CommandInfo* CommandTable::Lookup(std::string_view name, std::string_view 
 }  // namespace kp
 
 namespace kp {
+
+bool CommandTable::Deny(std::string_view name) {
+  size_t bar = name.find('|');
+  auto it = commands_.find(name.substr(0, bar));
+  if (it == commands_.end()) return false;
+  auto mark = [](CommandInfo& info) {
+    std::string shown = info.name;
+    for (char& c : shown) {
+      c = c == '|' ? ' ' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    }
+    info.flags |= kCmdDenied;
+    info.deny_reason = "ERR kompress: " + shown + " is refused by the proxy (deny_commands)";
+  };
+  if (bar == std::string_view::npos) {
+    mark(it->second);
+    for (CommandInfo& sub : it->second.subcommands) mark(sub);
+    return true;
+  }
+  for (CommandInfo& sub : it->second.subcommands) {
+    if (sub.name == name) {
+      mark(sub);
+      return true;
+    }
+  }
+  return false;
+}
 
 std::unique_ptr<CommandTable> CommandTable::Merge(const CommandTable& base,
                                                   const CommandTable& extra, size_t* added) {

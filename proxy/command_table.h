@@ -38,6 +38,8 @@ enum CommandFlag : uint32_t {
   kCmdOnlySentinel = 1u << 20,
   kCmdProtected = 1u << 21,
   kCmdModule = 1u << 22,
+  // The proxy's own: refused by operator policy (deny_commands).
+  kCmdDenied = 1u << 31,
 };
 
 struct CommandInfo {
@@ -48,6 +50,7 @@ struct CommandInfo {
   int last_key = 0;
   int key_step = 0;
   std::vector<CommandInfo> subcommands;
+  std::string deny_reason;  // with kCmdDenied: the error reply, without the leading '-'
 
   bool is(uint32_t flag) const { return (flags & flag) != 0; }
 };
@@ -67,6 +70,10 @@ class CommandTable {
   const CommandInfo* Lookup(std::string_view name, std::string_view sub = {}) const;
 
   size_t size() const { return commands_.size(); }
+
+  // Marks a command ("name", with all its subcommands) or one subcommand ("name|sub") as
+  // refused by the proxy. False when the table has no such command.
+  bool Deny(std::string_view name);
 
   // `base` plus the commands and subcommands only `extra` knows. Rows present in both keep
   // base's values: the built-in flags are known-good (Redis 6 has no `blocking` flag, say).

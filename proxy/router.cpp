@@ -58,6 +58,18 @@ RouteDecision Router::Classify(const Request& req) const {
   if (req.argc == 0) return d;
   std::string_view name = req.arg(0);
   std::string_view sub = req.argc > 1 ? req.arg(1) : std::string_view();
+  // Operator policy first, for the commands the proxy answers itself too.
+  const CommandInfo* info = nullptr;
+  bool looked_up = false;
+  if (has_denials_) {
+    info = table_.Lookup(name, sub);
+    looked_up = true;
+    if (info != nullptr && info->is(kCmdDenied)) {
+      d.route = Route::kDeny;
+      d.deny_reason = info->deny_reason.c_str();
+      return d;
+    }
+  }
 
   // Commands whose meaning is per connection. Checked by name first: they are few and this
   // keeps the table lookup for everything else.
@@ -191,7 +203,7 @@ RouteDecision Router::Classify(const Request& req) const {
       break;
   }
 
-  const CommandInfo* info = table_.Lookup(name, sub);
+  if (!looked_up) info = table_.Lookup(name, sub);
   if (info == nullptr) return d;  // unknown: the primary answers (or rejects) it
 
   if (info->is(kCmdPubsub)) {

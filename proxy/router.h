@@ -64,11 +64,15 @@ struct RouteDecision {
 
 class Router {
  public:
-  explicit Router(const CommandTable& table) : table_(table) {}
+  // `has_denials`: some rows carry kCmdDenied (deny_commands), so every command is looked
+  // up, those the proxy answers itself included.
+  explicit Router(const CommandTable& table, bool has_denials = false)
+      : table_(table), has_denials_(has_denials) {}
   RouteDecision Classify(const Request& req) const;
 
  private:
   const CommandTable& table_;
+  bool has_denials_;
 };
 
 // Case-insensitive ASCII comparison of a wire argument with a lower-case literal.

@@ -21,7 +21,9 @@
 namespace kp {
 
 Server::Server(const Config& config, const CommandTable& table)
-    : config_(config), group_(BackendGroup::FromConfig(config)), router_(table) {
+    : config_(config),
+      group_(BackendGroup::FromConfig(config)),
+      router_(table, !config.deny_commands.empty()) {
   loop_ = uv_default_loop();
 }
 

@@ -11,6 +11,7 @@ import struct
 import time
 
 import pytest
+import redis
 
 from fixtures import (HOST, SLOWDOWN, Proxy, connect, delta, dump_proxy_log,
                       encode_command, free_port, http_get, metric, port_accepts, raw_command,
@@ -414,3 +415,33 @@ def test_clients_vanishing_with_requests_in_flight(cluster, proxy):
     # Every INCR the proxy forwarded ran once at most: never more than were sent.
     n = int(cluster.primary.client().get("vanish:n") or 0)
     assert n <= 10 * 500
+
+
+def test_deny_commands_default_and_configured(cluster, proxy, make_proxy):
+    """By default the proxy refuses SHUTDOWN, REPLICAOF/SLAVEOF and FAILOVER (server-wide
+    operations no application should send through a shared sidecar), naming the command and
+    the setting; deny_commands replaces the list, subcommands included."""
+    c = proxy.client()
+    for args in (["SHUTDOWN", "NOSAVE"], ["REPLICAOF", "NO", "ONE"], ["SLAVEOF", "NO", "ONE"],
+                 ["FAILOVER"]):
+        with pytest.raises(redis.ResponseError) as err:
+            c.execute_command(*args)
+        assert str(err.value) == (f"kompress: {args[0]} is refused by the proxy "
+                                  "(deny_commands)"), err.value
+    assert cluster.primary.client().ping() is True
+    assert cluster.primary.client().info("replication")["role"] == "master"
+    p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+                   extra_args=["--deny-commands", "config set, flushall"])
+    c = p.client()
+    with pytest.raises(redis.ResponseError) as err:
+        c.config_set("maxmemory-policy", "allkeys-lru")
+    assert str(err.value) == "kompress: CONFIG SET is refused by the proxy (deny_commands)"
+    with pytest.raises(redis.ResponseError):
+        c.flushall()
+    assert c.config_get("maxmemory-policy")  # other CONFIG subcommands pass
+    assert c.set("deny:k", "v") is True
+    # An unknown name is a configuration error, reported at start-up.
+    r = run_proxy_once(["--primary", f"{HOST}:{cluster.primary.port}", "--listen",
+                        f"{HOST}:{free_port()}", "--deny-commands", "shutdwn"])
+    assert r.returncode == 2, r
+    assert b'deny_commands: "shutdwn": no such command' in r.stderr, r.stderr

@@ -1,6 +1,10 @@
 // Router: which strategy each command gets (read, write, pin, local, deny).
 #include <doctest/doctest.h>
 
+#include <memory>
+#include <string_view>
+#include <vector>
+
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -77,7 +81,46 @@ TEST_CASE("router: commands the proxy answers itself") {
   CHECK(Classify({"CLIENT", "SETNAME", "n"}).local == LocalCommand::kClientSetName);
   CHECK(Classify({"client", "getname"}).local == LocalCommand::kClientGetName);
   CHECK(Classify({"RESET"}).local == LocalCommand::kReset);
-  CHECK(Classify({"CLIENT", "LIST"}).route == Route::kWrite);
+  // CLIENT subcommands that would describe or change the shared connections.
+  CHECK(Classify({"CLIENT", "LIST"}).local == LocalCommand::kClientList);
+  CHECK(Classify({"client", "id"}).local == LocalCommand::kClientId);
+  CHECK(Classify({"CLIENT", "INFO"}).local == LocalCommand::kClientInfo);
+  CHECK(Classify({"CLIENT", "SETINFO", "LIB-NAME", "x"}).local == LocalCommand::kClientSetInfo);
+  for (const char* sub : {"KILL", "pause", "UNPAUSE", "no-evict", "NO-TOUCH", "unblock"}) {
+    CAPTURE(sub);
+    auto d = Classify({"CLIENT", sub, "x"});
+    CHECK(d.route == Route::kDeny);
+    REQUIRE(d.deny_reason != nullptr);
+    CHECK(std::string_view(d.deny_reason).find("not supported through the proxy") !=
+          std::string_view::npos);
+  }
+  // Still Redis's: CLIENT HELP, TRACKINGINFO on an unpinned client.
+  CHECK(Classify({"CLIENT", "HELP"}).route == Route::kWrite);
+}
+
+TEST_CASE("router: deny_commands marks rows, for commands the proxy answers itself too") {
+  auto table = std::make_unique<kp::CommandTable>(kp::CommandTable::Builtin());
+  REQUIRE(table->Deny("shutdown"));
+  REQUIRE(table->Deny("config|set"));
+  REQUIRE(table->Deny("ping"));
+  CHECK_FALSE(table->Deny("nosuchcommand"));
+  CHECK_FALSE(table->Deny("config|nosuchsub"));
+  kp::Router router(*table, true);
+  auto classify = [&](std::vector<std::string_view> args) {
+    kp::Request req;
+    req.argc = req.nviews = args.size();
+    for (size_t i = 0; i < args.size(); ++i) req.argv[i] = args[i];
+    return router.Classify(req);
+  };
+  auto shutdown = classify({"SHUTDOWN", "NOSAVE"});
+  CHECK(shutdown.route == Route::kDeny);
+  CHECK(std::string_view(shutdown.deny_reason) ==
+        "ERR kompress: SHUTDOWN is refused by the proxy (deny_commands)");
+  CHECK(std::string_view(classify({"config", "set", "x", "y"}).deny_reason) ==
+        "ERR kompress: CONFIG SET is refused by the proxy (deny_commands)");
+  CHECK(classify({"CONFIG", "GET", "x"}).route == Route::kWrite);  // only the subcommand
+  CHECK(classify({"PING"}).route == Route::kDeny);
+  CHECK(classify({"GET", "k"}).route == Route::kRead);
 }
 
 TEST_CASE("router: replication commands are refused") {
