@@ -749,19 +749,22 @@ Endpoint ValidatePrimary(std::string_view key, const RawValue& raw) {
   return *r.endpoint;
 }
 
-std::vector<Endpoint> ValidateEndpointList(std::string_view key, const RawValue& raw) {
+// A list value's items: a YAML sequence's entries, or a comma-separated string's parts.
+std::vector<RawItem> ListItems(const RawValue& raw) {
+  if (raw.list) return *raw.list;
   std::vector<RawItem> items;
-  if (raw.list) {
-    items = *raw.list;
-  } else {
-    std::string_view s = raw.value.text;
-    while (true) {
-      size_t comma = s.find(',');
-      items.push_back({std::string(s.substr(0, comma)), raw.value.source});
-      if (comma == std::string_view::npos) break;
-      s.remove_prefix(comma + 1);
-    }
+  std::string_view s = raw.value.text;
+  while (true) {
+    size_t comma = s.find(',');
+    items.push_back({std::string(s.substr(0, comma)), raw.value.source});
+    if (comma == std::string_view::npos) break;
+    s.remove_prefix(comma + 1);
   }
+  return items;
+}
+
+std::vector<Endpoint> ValidateEndpointList(std::string_view key, const RawValue& raw) {
+  std::vector<RawItem> items = ListItems(raw);
   std::vector<Endpoint> out;
   for (const RawItem& item : items) {
     // Empty entries ("a:1,", " , ") are skipped: the original split on ',' and an empty
@@ -778,18 +781,7 @@ std::vector<Endpoint> ValidateEndpointList(std::string_view key, const RawValue&
 }
 
 std::vector<std::string> ValidateNameList(std::string_view key, const RawValue& raw) {
-  std::vector<RawItem> items;
-  if (raw.list) {
-    items = *raw.list;
-  } else {
-    std::string_view s = raw.value.text;
-    while (true) {
-      size_t comma = s.find(',');
-      items.push_back({std::string(s.substr(0, comma)), raw.value.source});
-      if (comma == std::string_view::npos) break;
-      s.remove_prefix(comma + 1);
-    }
-  }
+  std::vector<RawItem> items = ListItems(raw);
   std::vector<std::string> out;
   for (const RawItem& item : items) {
     std::string name = Lower(Trim(item.text));

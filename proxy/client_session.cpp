@@ -16,6 +16,8 @@ namespace kp {
 namespace {
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr size_t kKeepBuffer = 1024 * 1024;
+// Writes up to this size are kept until answered, to be re-sent after a READONLY.
+constexpr size_t kKeepWriteBytes = 64 * 1024;
 
 // Replies from a replica that mean "not executed here, the primary can answer": the replica
 // is loading its data set, lost its primary (replica-serve-stale-data no), or lacks a script.
@@ -251,6 +253,9 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
                             : worker_->stats().reads_primary)++;
   } else {
     if (!primary_ok) return false;
+    // Kept (when small) so a write refused with READONLY by a node that has just stopped
+    // being the primary can go to the new one.
+    if (keep && len <= kKeepWriteBytes) s.request.Append(raw, len);
     worker_->stats().writes++;
     ++writes_inflight_;
   }
@@ -280,7 +285,8 @@ void ClientSession::Park(uint64_t seq, const char* raw, size_t len) {
     s.request.Clear();
     s.request.Append(raw, len);
   }
-  s.park_deadline = worker_->now() + worker_->timeout_ms();
+  // Once: a request parked again (READONLY from another node) keeps its first deadline.
+  if (s.park_deadline == 0) s.park_deadline = worker_->now() + worker_->timeout_ms();
   parked_.push_back(seq);
   ++inflight_;  // the worker calls back (RetryParked) until it is sent or answered
   worker_->Park(this);
@@ -447,11 +453,17 @@ void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_
   }
   if (is_error && !s.is_read && len > 9 && std::memcmp(data, "-READONLY", 9) == 0 &&
       from == worker_->backends().primary()) {
-    // The "primary" refused a write as a replica: the topology changed under us. The client
-    // gets Redis's answer (the write was not applied, and is not retried blindly elsewhere);
-    // writes wait until the monitor has confirmed a primary again.
+    // The "primary" refused a write as a replica: the topology changed under us (a failover
+    // or switchover the monitor has not seen yet). The write was not applied. It waits for
+    // the monitor to confirm a primary and goes there, not blindly elsewhere; a write whose
+    // bytes were not kept (a large one) gets Redis's answer.
     from->Disqualify();
     from->set_last_error("it answered READONLY: no longer a primary");
+    if (!s.request.empty()) {
+      worker_->stats().failovers++;
+      Park(seq, s.request.data(), s.request.size());
+      return;
+    }
   }
   Complete(seq, data, len);
 }

@@ -92,6 +92,10 @@ void SentinelClient::OnTick() {
     Sentinel& s = *owned;
     s.cmd->Check(now, connect_timeout_ms_);
     if (!s.cmd->open()) s.cmd->Connect();
+    if (s.lost && s.cmd->established()) {
+      s.lost = false;  // connected again: reachable until a query says otherwise
+      s.last_error.clear();
+    }
     s.sub->Check(now, connect_timeout_ms_);
     if (!s.sub->open()) {
       s.subscribed = false;
@@ -228,6 +232,7 @@ void SentinelClient::OnLost(Sentinel& s, bool subscription, const std::string& w
   }
   if (s.answered) Log().warn("Sentinel {} unreachable: {}", s.endpoint.ToString(), why);
   s.answered = false;
+  s.lost = true;
   s.last_error = why;
   if (asking_ && query_.sentinel == &s) {
     asking_ = false;

@@ -39,6 +39,7 @@ class SentinelClient {
     std::unique_ptr<ControlConn> sub;  // event subscription
     bool subscribed = false;
     bool answered = false;  // its last query was answered
+    bool lost = false;      // its query connection failed; cleared once re-made
     std::string last_error;
   };
   // One query in flight: the master's address, then its replicas.

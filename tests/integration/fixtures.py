@@ -102,6 +102,19 @@ def port_is_free(port, host=HOST):
             return False
 
 
+def wait_answers_ping(server, timeout):
+    """Waits until a started server (RedisServer, Sentinel) answers PING; its log on failure."""
+    def ready():
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}; "
+                               f"log:\n{server.log_tail()}")
+        return server.client(timeout=0.5).ping()
+    try:
+        wait_until(ready, timeout, what=f"{server.name} to answer PING")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{server.log_tail()}") from None
+
+
 class ProcessRegistry:
     """Every child process we start, so teardown can always stop each one by PID."""
 
@@ -182,15 +195,7 @@ class RedisServer:
         return self
 
     def wait_ready(self, timeout=15):
-        def ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; "
-                                   f"log:\n{self.log_tail()}")
-            return self.client(timeout=0.5).ping()
-        try:
-            wait_until(ready, timeout, what=f"{self.name} to answer PING")
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{self.log_tail()}") from None
+        wait_answers_ping(self, timeout)
 
     def wait_link_up(self, timeout=20):
         """For a replica: waits until INFO replication says master_link_status:up."""
@@ -766,3 +771,209 @@ class FakeBackend:
             except OSError:
                 pass
         self._thread.join(timeout=5)
+
+
+# -- Redis Sentinel ----------------------------------------------------------------------------
+
+REDIS_SENTINEL = os.environ.get("KP_REDIS_SENTINEL", "redis-sentinel")
+SENTINEL_MASTER = "mymaster"
+
+
+def _pairs(flat):
+    """{field: value} (str) from a flat [field, value, ...] list of a SENTINEL reply."""
+    out = {}
+    for k, v in zip(flat[0::2], flat[1::2]):
+        k = k.decode() if isinstance(k, bytes) else str(k)
+        v = v.decode() if isinstance(v, bytes) else v
+        out[k] = v
+    return out
+
+
+class Sentinel:
+    """One redis-sentinel on a fixed loopback port, monitoring `master_name` at master_port.
+    Its sentinel.conf is written into its own directory (Sentinel rewrites that file as it
+    learns the topology, so a restart keeps what it knew, as a real deployment does)."""
+
+    def __init__(self, workdir, name, master_port, port=None, master_name=SENTINEL_MASTER,
+                 quorum=2, down_after_ms=1000, failover_timeout_ms=3000):
+        self.name = name
+        self.port = port or free_port()
+        self.dir = Path(workdir) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "sentinel.conf"
+        self.master_port = master_port
+        self.master_name = master_name
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.proc = None
+        self._write_config()
+
+    def _write_config(self):
+        m = self.master_name
+        self.conf.write_text("\n".join([
+            f"port {self.port}",
+            f"bind {HOST}",
+            "daemonize no",
+            "protected-mode no",
+            f"dir {self.dir}",
+            f"logfile {self.dir / 'sentinel.log'}",
+            "sentinel resolve-hostnames no",
+            f"sentinel monitor {m} {HOST} {self.master_port} {self.quorum}",
+            f"sentinel down-after-milliseconds {m} {self.down_after_ms}",
+            f"sentinel failover-timeout {m} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {m} 2",
+            ""]))
+
+    @property
+    def addr(self):
+        return f"{HOST}:{self.port}"
+
+    def start(self, wait=True):
+        assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
+        wait_until(lambda: port_is_free(self.port), 10, what=f"port {self.port} free")
+        self.proc = subprocess.Popen([REDIS_SENTINEL, str(self.conf)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        REGISTRY.add(self.proc)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=15):
+        wait_answers_ping(self, timeout)
+
+    def stop(self):
+        if self.proc is not None:
+            stop_process(self.proc)
+            REGISTRY.discard(self.proc)
+
+    def kill9(self):
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        REGISTRY.discard(self.proc)
+
+    @property
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- inspection ------------------------------------------------------------------
+    def client(self, timeout=5.0):
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=timeout,
+                           socket_connect_timeout=timeout)
+
+    def master_addr(self):
+        """(host, port) this Sentinel names for the master, or None."""
+        r = self.client(timeout=2).execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        if not r:
+            return None
+        host, port = r
+        return (host.decode() if isinstance(host, bytes) else host), int(port)
+
+    def replicas(self):
+        """[{field: value}] of SENTINEL REPLICAS."""
+        raw = self.client(timeout=2).execute_command("SENTINEL", "REPLICAS", self.master_name)
+        return [_pairs(r) for r in raw]
+
+    def sentinels(self):
+        raw = self.client(timeout=2).execute_command("SENTINEL", "SENTINELS", self.master_name)
+        return [_pairs(r) for r in raw]
+
+    def master_state(self):
+        raw = self.client(timeout=2).execute_command("SENTINEL", "MASTER", self.master_name)
+        return _pairs(raw)
+
+    def log_tail(self, n=30):
+        try:
+            lines = (self.dir / "sentinel.log").read_text(errors="replace").splitlines()
+            return "\n".join(lines[-n:])
+        except OSError:
+            return "(no log)"
+
+    def __repr__(self):
+        return f"<Sentinel {self.name} :{self.port}>"
+
+
+class SentinelCluster:
+    """`n` Sentinels (quorum 2) monitoring a Cluster's primary. start() returns once every
+    Sentinel names the primary, knows every replica and every other Sentinel, so a failover
+    started right after can get its quorum and a leader.
+
+    Sentinel i waits down_after_ms + i * stagger_ms before it calls the master down. With
+    identical settings all of them can reach ODOWN within a few milliseconds and each vote for
+    itself; no leader is elected and the next attempt comes 2 x failover-timeout later, which
+    would make the failover time (what the tests measure) a lottery. Staggered, the first
+    Sentinel to see the master down asks the others for their vote before they start their
+    own attempt."""
+
+    def __init__(self, workdir, cluster, n=3, master_name=SENTINEL_MASTER, quorum=2,
+                 down_after_ms=1000, failover_timeout_ms=3000, stagger_ms=100):
+        self.workdir = Path(workdir)
+        self.cluster = cluster
+        self.master_name = master_name
+        self.sentinels = [Sentinel(self.workdir, f"sentinel{i + 1}", cluster.primary.port,
+                                   master_name=master_name, quorum=quorum,
+                                   down_after_ms=down_after_ms + i * stagger_ms,
+                                   failover_timeout_ms=failover_timeout_ms)
+                          for i in range(n)]
+
+    def start(self, timeout=30):
+        for s in self.sentinels:
+            s.start(wait=False)
+        for s in self.sentinels:
+            s.wait_ready()
+        self.wait_converged(timeout)
+        return self
+
+    def wait_converged(self, timeout=30):
+        """Every running Sentinel knows the master, the replicas (not down) and the others."""
+        running = [s for s in self.sentinels if s.alive]
+        want_replicas = {r.port for r in self.cluster.replicas if r.alive}
+
+        def converged():
+            for s in running:
+                replicas = {int(r["port"]) for r in s.replicas()
+                            if "s_down" not in r.get("flags", "")
+                            and "disconnected" not in r.get("flags", "")}
+                if not want_replicas <= replicas:
+                    return False
+                if len(s.sentinels()) < len(running) - 1:
+                    return False
+            return True
+        try:
+            wait_until(converged, timeout * SLOWDOWN, interval=0.1,
+                       what="Sentinels to know the replicas and each other")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n" + "\n".join(f"{s.name}:\n{s.log_tail(15)}"
+                                                      for s in running)) from None
+
+    def addrs(self):
+        return ",".join(s.addr for s in self.sentinels)
+
+    def master_port(self):
+        """The master port every running Sentinel agrees on, or None."""
+        ports = set()
+        for s in self.sentinels:
+            if s.alive:
+                a = s.master_addr()
+                ports.add(a[1] if a else None)
+        return ports.pop() if len(ports) == 1 else None
+
+    def wait_master_changed(self, old_port, timeout=30):
+        """Waits until every running Sentinel names a master other than old_port; returns it."""
+        def changed():
+            p = self.master_port()
+            return p if p is not None and p != old_port else None
+        try:
+            return wait_until(changed, timeout * SLOWDOWN, interval=0.05,
+                              what=f"Sentinels to name a master other than :{old_port}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n" + "\n".join(f"{s.name}:\n{s.log_tail(15)}"
+                                                      for s in self.sentinels)) from None
+
+    def stop(self):
+        for s in self.sentinels:
+            s.stop()
+
+    def log_tails(self, n=20):
+        return "\n".join(f"--- {s.name} :{s.port} ---\n{s.log_tail(n)}" for s in self.sentinels)
