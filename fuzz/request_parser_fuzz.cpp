@@ -43,7 +43,12 @@ Outcome Describe(const kp::RequestParser& p, kp::ParseStatus st, size_t consumed
     }
   } else if (st == kp::ParseStatus::kError) {
     Require(consumed == 0);
-    Require(p.error().rfind("Protocol error: ", 0) == 0);
+    // Malformed input in Redis's words, or a configured limit named as such.
+    if (p.limit_hit() == kp::RespLimit::kNone) {
+      Require(p.error().rfind("Protocol error: ", 0) == 0);
+    } else {
+      Require(p.error().rfind("kompress: request over limits.", 0) == 0);
+    }
     o.error = p.error();
   } else {
     Require(consumed == 0);
