@@ -1011,6 +1011,13 @@ void CrossCheck(const Config& c, const RawMap& raw) {
   if (!c.admin_listen.empty() && c.admin_listen == FormatHostPort(c.listen.host, c.listen.port)) {
     Fail("admin_listen", c.admin_listen, "same address as listen", SourceOf(raw, "admin_listen"));
   }
+  // Below this, ordinary pipelines of small replies would be cut off.
+  constexpr size_t kMinClientBuffer = 64 * kKiB;
+  if (c.client.max_client_buffer_bytes < kMinClientBuffer) {
+    Fail("limits.max_client_buffer_bytes", FormatSize(c.client.max_client_buffer_bytes),
+         "too small: at least 64kb (replies for a pipeline must fit)",
+         SourceOf(raw, "limits.max_client_buffer_bytes"));
+  }
   if (!c.sentinels.empty() || !c.sentinel_master.empty()) {
     if (c.sentinels.empty()) {
       FailPlain("sentinels: empty while sentinel_master is set (which Sentinels to ask?)",

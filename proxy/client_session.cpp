@@ -97,8 +97,11 @@ void ClientSession::PauseReading() {
 void ClientSession::ProcessInput() {
   const Config& cfg = worker_->config();
   while (!closed_ && !closing_after_flush_ && !in_.empty()) {
-    if (dedicated_ == nullptr && next_ - head_ >= cfg.client.max_pipeline_depth) {
-      // Backpressure: stop reading until replies drain (AdvanceHead resumes).
+    if ((dedicated_ == nullptr && next_ - head_ >= cfg.client.max_pipeline_depth) ||
+        CountedReplyBytes() > cfg.client.max_client_buffer_bytes / 2) {
+      // Backpressure: too many requests in flight, or replies piling up that the client does
+      // not read. Stop reading its requests until they drain (MaybeResume), well before the
+      // buffer bound that would drop it.
       paused_ = true;
       PauseReading();
       return;
@@ -518,6 +521,9 @@ uint64_t ClientSession::NewSlot() {
 
 void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
   Slot& s = SlotAt(seq);
+  // One reply larger than the whole bound is Redis's legitimate answer (a big value): it is
+  // written to a client that reads, not counted against it. Replies piling up are.
+  if (len > worker_->config().client.max_client_buffer_bytes) oversize_bytes_ += len;
   if (s.kind != 0) {
     uint64_t ns = uv_hrtime() - s.start_ns;
     (s.kind == 1 ? worker_->stats().read_latency : worker_->stats().write_latency).Observe(ns);
@@ -532,7 +538,8 @@ void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
     s.reply.Append(data, len);
     s.done = true;
     held_bytes_ += len;
-    if (held_bytes_ > worker_->config().client.max_client_buffer_bytes && !CheckOutputLimit()) {
+    if (CountedReplyBytes() > worker_->config().client.max_client_buffer_bytes &&
+        !CheckOutputLimit()) {
       return;
     }
   }
@@ -579,11 +586,23 @@ void ClientSession::AdvanceHead() {
     s.request.ShrinkIfEmpty(kKeepBuffer);
     ++head_;
   }
-  if (paused_ && !closed_ && next_ - head_ <= worker_->config().client.max_pipeline_depth / 2) {
-    ResumeReading();
-    // Requests already buffered are not announced by another read callback.
-    if (!in_.empty()) ProcessInput();
+  MaybeResume();
+}
+
+size_t ClientSession::CountedReplyBytes() const {
+  size_t buffered = out_.size() + wbuf_.size() + held_bytes_;
+  return buffered > oversize_bytes_ ? buffered - oversize_bytes_ : 0;
+}
+
+void ClientSession::MaybeResume() {
+  const ClientLimits& lim = worker_->config().client;
+  if (!paused_ || closed_ || next_ - head_ > lim.max_pipeline_depth / 2 ||
+      CountedReplyBytes() > lim.max_client_buffer_bytes / 4) {
+    return;
   }
+  ResumeReading();
+  // Requests already buffered are not announced by another read callback.
+  if (!in_.empty()) ProcessInput();
 }
 
 // ---- pinned sessions ----
@@ -725,6 +744,7 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   // Anything answered on the dedicated connection may have been a write (EXEC, EVAL...):
   // the reads that follow once the session is unpinned must see it.
   ryw_.OnWrite(worker_->backends().progress());
+  if (len > worker_->config().client.max_client_buffer_bytes) oversize_bytes_ += len;
   out_.Append(data, len);
   worker_->MarkDirty(this);
   if (stream_outstanding_ > 0) --stream_outstanding_;
@@ -1044,8 +1064,9 @@ std::string ClientSession::DescribeSelf(std::string_view cmd) const {
 // ---- writing and closing ----
 
 bool ClientSession::CheckOutputLimit() {
-  // Unsent replies, including those that arrived ahead of an earlier slow one.
-  size_t buffered = out_.size() + wbuf_.size() + held_bytes_;
+  // Unsent replies, including those that arrived ahead of an earlier slow one (single
+  // replies larger than the bound excepted).
+  size_t buffered = CountedReplyBytes();
   if (buffered <= worker_->config().client.max_client_buffer_bytes) return true;
   Log().warn("client {}: {} bytes of replies unread, over max_client_buffer_bytes; closing", id_,
              buffered);
@@ -1080,11 +1101,16 @@ void ClientSession::WriteCb(uv_write_t* req, int status) {
     self->Close();
     return;
   }
+  if (self->out_.empty() && self->held_bytes_ == 0) {
+    self->oversize_bytes_ = 0;  // everything written: no big reply is pending any more
+    self->out_.ShrinkIfEmpty(kKeepBuffer);
+  }
   if (!self->out_.empty()) {
     self->Flush();
   } else {
     self->MaybeFinish();
   }
+  self->MaybeResume();
 }
 
 void ClientSession::MaybeFinish() {

@@ -125,6 +125,10 @@ class ClientSession {
   void AdvanceHead();
   void PauseReading();
   void ResumeReading();
+  // Reading resumes once in-flight requests and unread replies are well below their bounds.
+  void MaybeResume();
+  // Reply bytes held for the client that count against max_client_buffer_bytes.
+  size_t CountedReplyBytes() const;
   void MaybeFinish();
   void ProtocolError(const std::string& msg);
   void LimitError(RespLimit which);
@@ -156,10 +160,11 @@ class ClientSession {
   Buffer scratch_;  // inline commands re-encoded as RESP, local replies
   RequestParser parser_;
 
-  std::vector<Slot> slots_;  // ring, size a power of two; index = seq & (size - 1)
-  uint64_t head_ = 0;        // oldest slot not yet flushed into out_
-  uint64_t next_ = 0;        // next slot to hand out
-  size_t held_bytes_ = 0;    // reply bytes waiting in slots behind an unanswered one
+  std::vector<Slot> slots_;    // ring, size a power of two; index = seq & (size - 1)
+  uint64_t head_ = 0;          // oldest slot not yet flushed into out_
+  uint64_t next_ = 0;          // next slot to hand out
+  size_t held_bytes_ = 0;      // reply bytes waiting in slots behind an unanswered one
+  size_t oversize_bytes_ = 0;  // buffered replies each larger than the bound (not counted)
 
   std::string name_;                // CLIENT SETNAME
   std::string lib_name_, lib_ver_;  // CLIENT SETINFO

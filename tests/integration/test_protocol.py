@@ -209,6 +209,34 @@ def test_client_over_buffer_limit_dropped(cluster, make_proxy):
     assert "marked down" not in p.stderr()
 
 
+def test_reply_larger_than_client_buffer_is_streamed(cluster, make_proxy):
+    """One reply bigger than --max-client-buffer-bytes is Redis's answer to a client that
+    reads: it is delivered (also inside a transaction), not a reason to drop the client."""
+    limit = MAX_BULK
+    admin = free_port()
+    p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+                   extra_args=["--max-client-buffer-bytes", str(limit),
+                               "--admin-listen", f"{HOST}:{admin}"])
+    big = os.urandom(3 * limit)
+    cluster.primary.client().set("proto:huge", big)
+    cluster.wait_replicated()
+    c = p.client(timeout=30)
+    for _ in range(3):
+        assert c.get("proto:huge") == big
+    pipe = c.pipeline(transaction=True)
+    pipe.get("proto:huge").strlen("proto:huge")
+    assert pipe.execute() == [big, len(big)]
+    text = http_get(admin, "/metrics")[1]
+    assert metric(text, 'kompress_limit_drops_total{limit="max_client_buffer_bytes"}') == 0
+
+
+def test_client_buffer_bound_too_small_is_refused():
+    r = run_proxy_once(["--max-client-buffer-bytes", "1"])
+    assert r.returncode == 2, r
+    line = one_line(r.stderr)
+    assert "limits.max_client_buffer_bytes" in line and "too small" in line, line
+
+
 # -- configuration --------------------------------------------------------------------------
 
 def one_line(stderr):
