@@ -73,7 +73,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* raw, size_t size) {
   const size_t split = raw[1];
   const char* data = reinterpret_cast<const char*>(raw + 2);
   size = size - 2;
-  kp::RespLimits limits;
+  // Otherwise the bounds the proxy frames replies with: deep aggregates (up to 65536 levels)
+  // and bulk lengths far past any request limit, with nothing sized from them.
+  kp::RespLimits limits = kp::RespLimits().ForReplies();
   if (knobs & 1) {
     limits.max_nesting = 1 + (knobs >> 5);
     limits.max_bulk_len = (knobs >> 1) & 15;
