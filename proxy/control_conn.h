@@ -43,6 +43,11 @@ class ControlConn {
 
   // Starts connecting unless open(). Commands sent before it is established are queued.
   void Connect();
+  // Used from the next connection on (the open one stays as it is).
+  void SetCredentials(std::string username, std::string password) {
+    username_ = std::move(username);
+    password_ = std::move(password);
+  }
   // Periodic check (each tick): a socket holding an error, or a connection not established
   // within `connect_timeout_ms`, is dropped and reported. hiredis's libuv adapter ignores
   // poll errors (a refused connect, a reset after the server died), so without this such a

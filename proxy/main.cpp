@@ -16,6 +16,9 @@
 #endif
 
 int main(int argc, char** argv) {
+  // SIGHUP means "reload" once the server runs; before that it must not end the process
+  // (its default action).
+  std::signal(SIGHUP, SIG_IGN);
   kp::Config config;
   kp::CommandLine cli;
   try {
@@ -79,6 +82,8 @@ int main(int argc, char** argv) {
     }
     table = merged.get();
   }
-  kp::Server server(config, *table);
+  kp::Server server(
+      std::move(config), std::move(cli), [](const char* name) { return std::getenv(name); },
+      *table);
   return server.Run();
 }

@@ -25,26 +25,97 @@ bool Names(const Endpoint& ep, const std::string& host, int port) {
 
 }  // namespace
 
-ReplicationMonitor::ReplicationMonitor(uv_loop_t* loop, const Config& config, BackendGroup& group)
-    : loop_(loop), config_(config), group_(group) {
-  timeout_ms_ = static_cast<uint64_t>(config.timeout_s * 1000.0 + 0.5);
-  if (timeout_ms_ == 0) timeout_ms_ = 1;
-  uint64_t interval_ms = static_cast<uint64_t>(config.health_check_interval_s * 1000.0 + 0.5);
-  connect_timeout_ms_ = std::min(timeout_ms_, std::max<uint64_t>(4 * interval_ms, 250));
+ReplicationMonitor::ReplicationMonitor(uv_loop_t* loop, std::shared_ptr<const Config> config,
+                                       BackendGroup& group)
+    : loop_(loop), group_(group) {
   uv_timer_init(loop_, &timer_);
   timer_.data = this;
+  SetConfig(std::move(config));
+  static_primary_ = group_.primary();
   SyncProbes();
+}
+
+void ReplicationMonitor::SetConfig(std::shared_ptr<const Config> config) {
+  owned_config_ = std::move(config);
+  config_ = owned_config_.get();
+  timeout_ms_ = std::max<uint64_t>(1, static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5));
+  interval_ms_ =
+      std::max<uint64_t>(1, static_cast<uint64_t>(config_->health_check_interval_s * 1000.0 + 0.5));
+  connect_timeout_ms_ = std::min(timeout_ms_, std::max<uint64_t>(4 * interval_ms_, 250));
+}
+
+void ReplicationMonitor::Reconfigure(std::shared_ptr<const Config> config) {
+  bool topology = config->primary != config_->primary || config->replicas != config_->replicas;
+  bool credentials = config->backend_username != config_->backend_username ||
+                     config->backend_password != config_->backend_password;
+  uint64_t old_interval = interval_ms_;
+  SetConfig(std::move(config));
+  if (credentials) {
+    // New probe connections AUTH with the new credentials; the open ones keep working.
+    for (auto& p : probes_) {
+      p->conn->SetCredentials(config_->backend_username, config_->backend_password);
+    }
+  }
+  if (running_ && interval_ms_ != old_interval) {
+    uv_timer_start(
+        &timer_, [](uv_timer_t* t) { static_cast<ReplicationMonitor*>(t->data)->OnTick(); },
+        interval_ms_, interval_ms_);
+  }
+  if (topology && config_->sentinels.empty()) ApplyStaticView(config_->primary, config_->replicas);
+}
+
+void ReplicationMonitor::ApplyStaticView(const Endpoint& primary,
+                                         const std::vector<Endpoint>& replicas) {
+  // The same path as a Sentinel's view: nodes are added, those no longer listed get no
+  // requests, and a newly configured primary takes the writes once it confirms the role.
+  Backend* p = group_.FindOrAdd(primary);
+  if (p == nullptr) {
+    Log().error("more nodes than the proxy tracks ({}); ignoring {}", BackendGroup::kMaxNodes,
+                primary.ToString());
+    return;
+  }
+  Backend* current = group_.primary();
+  std::vector<bool> listed(BackendGroup::kMaxNodes, false);
+  listed[p->index()] = true;
+  for (const Endpoint& r : replicas) {
+    Backend* b = group_.FindOrAdd(r);
+    if (b == nullptr) continue;
+    listed[b->index()] = true;
+    if (b != current && b->role() != BackendRole::kReplica) {
+      b->Disqualify();  // judged before it serves
+      b->set_role(BackendRole::kReplica);
+      Log().info("replica {} added", b->name());
+    }
+  }
+  if (p != current && p->role() == BackendRole::kNone) p->set_role(BackendRole::kReplica);
+  for (size_t i = 0; i < group_.size(); ++i) {
+    Backend* b = group_.node(i);
+    if (!listed[i] && b != current && b->role() != BackendRole::kNone) {
+      Log().info("{} is no longer configured; it gets no requests", b->name());
+      b->Disqualify();
+      b->set_role(BackendRole::kNone);
+    }
+  }
+  static_primary_ = p;
+  SyncProbes();
+  if (p != current) {
+    if (Reports(p, true)) {
+      SwitchPrimary(ProbeOf(p), "configured as the primary");
+    } else {
+      Probe& pp = ProbeOf(p);
+      if (!pp.conn->open()) pp.conn->Connect();
+      if (!pp.awaiting) SendProbe(pp);
+    }
+  }
 }
 
 ReplicationMonitor::~ReplicationMonitor() = default;
 
 void ReplicationMonitor::Start() {
   running_ = true;
-  uint64_t every = static_cast<uint64_t>(config_.health_check_interval_s * 1000.0 + 0.5);
-  if (every == 0) every = 1;
   uv_timer_start(
       &timer_, [](uv_timer_t* t) { static_cast<ReplicationMonitor*>(t->data)->OnTick(); }, 0,
-      every);
+      interval_ms_);
 }
 
 void ReplicationMonitor::Stop() {
@@ -61,7 +132,7 @@ void ReplicationMonitor::SyncProbes() {
     p->owner = this;
     p->backend = group_.node(i);
     p->conn = std::make_unique<ControlConn>(
-        loop_, p->backend->endpoint(), config_.backend_username, config_.backend_password,
+        loop_, p->backend->endpoint(), config_->backend_username, config_->backend_password,
         [raw](const std::string& why) { raw->owner->OnLost(*raw, why); });
     probes_.push_back(std::move(p));
   }
@@ -207,9 +278,13 @@ bool ReplicationMonitor::Reports(const Backend* b, bool primary) const {
 }
 
 Backend* ReplicationMonitor::Desired() const {
-  if (!config_.sentinels.empty()) return sentinel_master_;
+  if (!config_->sentinels.empty()) return sentinel_master_;
   Backend* cur = group_.primary();
   if (cur == nullptr) return nullptr;
+  // The operator configured another primary (reload): it takes over once it says so itself.
+  if (static_primary_ != nullptr && static_primary_ != cur && Reports(static_primary_, true)) {
+    return static_primary_;
+  }
   // A static topology moves only on evidence: the primary itself says it is a replica now.
   if (!Reports(cur, false)) return cur;
   const ReplicationInfo& ci = probes_[cur->index()]->info;
@@ -230,8 +305,9 @@ void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
   if (&b != group_.primary()) {
     b.MarkUp(p.epoch);
     if (Desired() == &b) {
-      SwitchPrimary(p, config_.sentinels.empty() ? "the old primary now replicates it"
-                                                 : "named by the Sentinels");
+      SwitchPrimary(p, !config_->sentinels.empty() ? "named by the Sentinels"
+                       : &b == static_primary_     ? "configured as the primary"
+                                                   : "the old primary now replicates it");
       return;
     }
     // A second primary listed as a replica (or one the Sentinels do not name): no reads.
@@ -354,7 +430,7 @@ void ReplicationMonitor::Judge(Probe& p) {
       }
     }
   }
-  LagLimits limits{config_.max_replica_lag_s, config_.max_replica_lag_bytes};
+  LagLimits limits{config_->max_replica_lag_s, config_->max_replica_lag_bytes};
   ReplicaVerdict v = JudgeReplica(info, view, limits, p.info_sent_ms, b.qualified());
   b.lag_bytes = v.lag_bytes;
   b.lag_seconds = v.lag_seconds;

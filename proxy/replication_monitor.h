@@ -31,7 +31,7 @@ namespace kp {
 
 class ReplicationMonitor {
  public:
-  ReplicationMonitor(uv_loop_t* loop, const Config& config, BackendGroup& group);
+  ReplicationMonitor(uv_loop_t* loop, std::shared_ptr<const Config> config, BackendGroup& group);
   ~ReplicationMonitor();
   void Start();
   void Stop();
@@ -39,6 +39,9 @@ class ReplicationMonitor {
   // From the Sentinel client: the master the Sentinels name and its replicas. Nodes are added
   // as needed; the named master becomes the primary once it confirms the role.
   void ApplySentinelView(const Endpoint& master, const std::vector<Endpoint>& replicas);
+  // Reload: new settings (intervals, timeouts, lag limits, credentials for new connections),
+  // and with a static topology the configured primary and replicas, applied like a view.
+  void Reconfigure(std::shared_ptr<const Config> config);
 
  private:
   struct Probe {
@@ -57,6 +60,8 @@ class ReplicationMonitor {
     uint64_t info_epoch = 0;
   };
 
+  void SetConfig(std::shared_ptr<const Config> config);
+  void ApplyStaticView(const Endpoint& primary, const std::vector<Endpoint>& replicas);
   void OnTick();
   // Makes a probe for every node of the group that has none yet.
   void SyncProbes();
@@ -81,10 +86,12 @@ class ReplicationMonitor {
   bool Reports(const Backend* b, bool primary) const;
 
   uv_loop_t* loop_;
-  const Config& config_;
+  std::shared_ptr<const Config> owned_config_;
+  const Config* config_ = nullptr;
   BackendGroup& group_;
-  uint64_t timeout_ms_;
-  uint64_t connect_timeout_ms_;
+  uint64_t timeout_ms_ = 1;
+  uint64_t interval_ms_ = 1;
+  uint64_t connect_timeout_ms_ = 1;
   uv_timer_t timer_;
   bool running_ = false;
   std::vector<std::unique_ptr<Probe>> probes_;  // by node index
@@ -98,6 +105,9 @@ class ReplicationMonitor {
   uint64_t primary_lost_ms_ = 0;
   // Sentinel mode: the node the Sentinels name as master (nullptr: not heard yet).
   Backend* sentinel_master_ = nullptr;
+  // Static mode: the configured primary. After a switchover the primary may be another
+  // node; the configured one takes over again only if it reports being a primary.
+  Backend* static_primary_ = nullptr;
 };
 
 }  // namespace kp

@@ -48,26 +48,56 @@ bool HasWord(std::string_view text, std::string_view word) {
 
 }  // namespace
 
-SentinelClient::SentinelClient(uv_loop_t* loop, const Config& config, ReplicationMonitor& monitor)
-    : loop_(loop), config_(config), monitor_(monitor) {
-  uint64_t timeout_ms = static_cast<uint64_t>(config.timeout_s * 1000.0 + 0.5);
+SentinelClient::SentinelClient(uv_loop_t* loop, std::shared_ptr<const Config> config,
+                               ReplicationMonitor& monitor)
+    : loop_(loop), monitor_(monitor) {
+  query_.owner = this;
+  uv_timer_init(loop_, &timer_);
+  timer_.data = this;
+  SetConfig(std::move(config));
+}
+
+void SentinelClient::SetConfig(std::shared_ptr<const Config> config) {
+  owned_config_ = std::move(config);
+  config_ = owned_config_.get();
+  uint64_t timeout_ms = static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5);
   connect_timeout_ms_ = std::max<uint64_t>(std::min<uint64_t>(timeout_ms, 1000), 100);
-  for (const Endpoint& ep : config.sentinels) {
+  for (auto& s : sentinels_) {
+    s->cmd->Close();
+    s->sub->Close();
+  }
+  sentinels_.clear();
+  asking_ = false;
+  next_ = 0;
+  for (const Endpoint& ep : config_->sentinels) {
     auto s = std::make_unique<Sentinel>();
     Sentinel* raw = s.get();
     s->owner = this;
     s->endpoint = ep;
     s->cmd = std::make_unique<ControlConn>(
-        loop, ep, config.sentinel_username, config.sentinel_password,
+        loop_, ep, config_->sentinel_username, config_->sentinel_password,
         [raw](const std::string& why) { raw->owner->OnLost(*raw, false, why); });
     s->sub = std::make_unique<ControlConn>(
-        loop, ep, config.sentinel_username, config.sentinel_password,
+        loop_, ep, config_->sentinel_username, config_->sentinel_password,
         [raw](const std::string& why) { raw->owner->OnLost(*raw, true, why); });
     sentinels_.push_back(std::move(s));
   }
-  query_.owner = this;
-  uv_timer_init(loop_, &timer_);
-  timer_.data = this;
+}
+
+void SentinelClient::Reconfigure(std::shared_ptr<const Config> config) {
+  const Config& c = *config;
+  bool links = c.sentinels != config_->sentinels || c.sentinel_master != config_->sentinel_master ||
+               c.sentinel_username != config_->sentinel_username ||
+               c.sentinel_password != config_->sentinel_password;
+  if (!links) {
+    owned_config_ = std::move(config);
+    config_ = owned_config_.get();
+    return;
+  }
+  // New Sentinels (or master name, or credentials): new links; the topology known so far
+  // stays in force until they answer.
+  SetConfig(std::move(config));
+  ask_again_ = true;
 }
 
 SentinelClient::~SentinelClient() = default;
@@ -109,7 +139,7 @@ void SentinelClient::OnTick() {
           "+convert-to-slave +failover-end +reboot");
     }
   }
-  uint64_t timeout_ms = static_cast<uint64_t>(config_.timeout_s * 1000.0 + 0.5);
+  uint64_t timeout_ms = static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5);
   if (asking_ && now - last_ask_ms_ >= std::max<uint64_t>(timeout_ms, 1)) {
     query_.sentinel->cmd->Fail("no reply to SENTINEL within the timeout");
   }
@@ -129,7 +159,7 @@ void SentinelClient::Ask() {
     if (!s.cmd->established()) continue;
     query_.sentinel = &s;
     query_.have_master = false;
-    const char* name = config_.sentinel_master.c_str();
+    const char* name = config_->sentinel_master.c_str();
     if (!s.cmd->Command(OnMasterAddr, &query_, "SENTINEL get-master-addr-by-name %s", name) ||
         !s.cmd->Command(OnReplicas, &query_, "SENTINEL replicas %s", name)) {
       continue;
@@ -152,7 +182,7 @@ void SentinelClient::OnMasterAddr(ControlConn*, redisReply* r, void* privdata) {
   }
   s.last_error = r->type == REDIS_REPLY_ERROR
                      ? std::string(r->str, r->len)
-                     : "does not know master " + q->owner->config_.sentinel_master;
+                     : "does not know master " + q->owner->config_->sentinel_master;
 }
 
 void SentinelClient::OnReplicas(ControlConn*, redisReply* r, void* privdata) {
@@ -201,7 +231,7 @@ void SentinelClient::OnEvent(ControlConn*, redisReply* r, void* privdata) {
   if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || Str(r->element[0]) != "message") return;
   std::string_view channel = Str(r->element[1]);
   std::string_view payload = Str(r->element[2]);
-  const std::string& name = self.config_.sentinel_master;
+  const std::string& name = self.config_->sentinel_master;
   if (!HasWord(payload, name)) return;  // another master's event
   if (channel == "+switch-master") {
     // "<name> <old-ip> <old-port> <new-ip> <new-port>": act on it now (the new master

@@ -22,10 +22,13 @@ class ReplicationMonitor;
 
 class SentinelClient {
  public:
-  SentinelClient(uv_loop_t* loop, const Config& config, ReplicationMonitor& monitor);
+  SentinelClient(uv_loop_t* loop, std::shared_ptr<const Config> config,
+                 ReplicationMonitor& monitor);
   ~SentinelClient();
   void Start();
   void Stop();
+  // Reload: other Sentinels, master name or credentials mean new links.
+  void Reconfigure(std::shared_ptr<const Config> config);
 
   // Prometheus lines (kompress_sentinel_up per Sentinel) and /readyz lines.
   std::string Metrics() const;
@@ -50,6 +53,7 @@ class SentinelClient {
     Endpoint master;
   };
 
+  void SetConfig(std::shared_ptr<const Config> config);
   void OnTick();
   void Ask();
   void OnLost(Sentinel& s, bool subscription, const std::string& why);
@@ -60,7 +64,8 @@ class SentinelClient {
   static void OnEvent(ControlConn* conn, redisReply* reply, void* privdata);
 
   uv_loop_t* loop_;
-  const Config& config_;
+  std::shared_ptr<const Config> owned_config_;
+  const Config* config_ = nullptr;
   ReplicationMonitor& monitor_;
   uv_timer_t timer_;
   uint64_t connect_timeout_ms_;

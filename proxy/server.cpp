@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <sstream>
 #include <thread>
 
 #include "common/logging.h"
@@ -20,27 +21,29 @@
 
 namespace kp {
 
-Server::Server(const Config& config, const CommandTable& table)
-    : config_(config),
-      group_(BackendGroup::FromConfig(config)),
-      router_(table, !config.deny_commands.empty()) {
+Server::Server(Config config, CommandLine cli, EnvLookup env, const CommandTable& table)
+    : config_(std::make_shared<const Config>(std::move(config))),
+      cli_(std::move(cli)),
+      env_(std::move(env)),
+      group_(BackendGroup::FromConfig(*config_)),
+      router_(table, !config_->deny_commands.empty()) {
   loop_ = uv_default_loop();
 }
 
 Server::~Server() = default;
 
 bool Server::Listen() {
-  std::string host = config_.listen.host;
+  std::string host = config().listen.host;
   if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE;
   addrinfo* res = nullptr;
-  std::string port = std::to_string(config_.listen.port);
+  std::string port = std::to_string(config().listen.port);
   int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
   if (rc != 0) {
-    Log().critical("cannot listen on {}: {}", config_.listen.ToString(), gai_strerror(rc));
+    Log().critical("cannot listen on {}: {}", config().listen.ToString(), gai_strerror(rc));
     return false;
   }
   std::string err = "no address";
@@ -61,7 +64,7 @@ bool Server::Listen() {
   }
   freeaddrinfo(res);
   if (listen_fd_ < 0) {
-    Log().critical("cannot listen on {}: {}", config_.listen.ToString(), err);
+    Log().critical("cannot listen on {}: {}", config().listen.ToString(), err);
     return false;
   }
   uv_timer_init(loop_, &accept_pause_);
@@ -84,7 +87,7 @@ void Server::AcceptWhenReady() {
   // connections wait in the listen backlog.
   uv_timer_init(loop_, &ready_wait_);
   ready_wait_.data = this;
-  ready_deadline_ms_ = uv_now(loop_) + static_cast<uint64_t>(config_.timeout_s * 1000.0);
+  ready_deadline_ms_ = uv_now(loop_) + static_cast<uint64_t>(config().timeout_s * 1000.0);
   uv_timer_start(
       &ready_wait_,
       [](uv_timer_t* t) {
@@ -134,7 +137,7 @@ void Server::OnAcceptable() {
 
 int Server::Run() {
   if (!Listen()) return 1;
-  unsigned n = config_.workers;
+  unsigned n = config().workers;
   if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, config_, *group_, router_));
@@ -143,13 +146,13 @@ int Server::Run() {
 
   monitor_ = std::make_unique<ReplicationMonitor>(loop_, config_, *group_);
   monitor_->Start();
-  if (!config_.sentinels.empty()) {
+  if (!config().sentinels.empty()) {
     sentinels_ = std::make_unique<SentinelClient>(loop_, config_, *monitor_);
     sentinels_->Start();
   }
   AcceptWhenReady();
 
-  if (!config_.admin_listen.empty()) {
+  if (!config().admin_listen.empty()) {
     admin_ = std::make_unique<AdminServer>(
         loop_, *group_,
         [this] {
@@ -162,11 +165,9 @@ int Server::Run() {
           for (auto& w : workers_) n += w->client_count();
           return n;
         });
-    if (sentinels_) {
-      admin_->SetExtras([this] { return sentinels_->Metrics(); },
-                        [this] { return sentinels_->ReadyNotes(); });
-    }
-    if (!admin_->Start(config_.admin_listen)) {
+    admin_->SetExtras([this] { return ExtraMetrics(); },
+                      [this] { return sentinels_ ? sentinels_->ReadyNotes() : std::string(); });
+    if (!admin_->Start(config().admin_listen)) {
       for (auto& w : workers_) w->RequestDrain();
       for (auto& w : workers_) w->Join();
       return 1;
@@ -178,25 +179,29 @@ int Server::Run() {
   uv_signal_start(
       &sigterm_, [](uv_signal_t* s, int sig) { static_cast<Server*>(s->data)->BeginShutdown(sig); },
       SIGTERM);
+  uv_signal_init(loop_, &sighup_);
+  sighup_.data = this;
+  uv_signal_start(
+      &sighup_, [](uv_signal_t* s, int) { static_cast<Server*>(s->data)->Reload(); }, SIGHUP);
   uv_signal_init(loop_, &sigint_);
   sigint_.data = this;
   uv_signal_start(
       &sigint_, [](uv_signal_t* s, int sig) { static_cast<Server*>(s->data)->BeginShutdown(sig); },
       SIGINT);
 
-  if (config_.sentinels.empty()) {
+  if (config().sentinels.empty()) {
     std::string replicas;
-    for (const Endpoint& r : config_.replicas)
+    for (const Endpoint& r : config().replicas)
       replicas += (replicas.empty() ? "" : ",") + r.ToString();
     Log().info("kompress-proxy listening on {} ({} workers); primary {}, replicas [{}]",
-               config_.listen.ToString(), n, config_.primary.ToString(), replicas);
+               config().listen.ToString(), n, config().primary.ToString(), replicas);
   } else {
     std::string sentinels;
-    for (const Endpoint& e : config_.sentinels) {
+    for (const Endpoint& e : config().sentinels) {
       sentinels += (sentinels.empty() ? "" : ",") + e.ToString();
     }
     Log().info("kompress-proxy listening on {} ({} workers); master {} from Sentinels [{}]",
-               config_.listen.ToString(), n, config_.sentinel_master, sentinels);
+               config().listen.ToString(), n, config().sentinel_master, sentinels);
   }
 
   uv_run(loop_, UV_RUN_DEFAULT);
@@ -210,7 +215,7 @@ void Server::BeginShutdown(int signum) {
   if (shutting_down_) return;
   shutting_down_ = true;
   Log().info("{} received: draining (up to {}s)", signum == SIGTERM ? "SIGTERM" : "SIGINT",
-             config_.drain_timeout_s);
+             config().drain_timeout_s);
   uv_poll_stop(&listen_poll_);
   uv_close(reinterpret_cast<uv_handle_t*>(&listen_poll_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&accept_pause_), nullptr);
@@ -237,8 +242,82 @@ void Server::BeginShutdown(int signum) {
         if (self->admin_) self->admin_->Stop();
         uv_close(reinterpret_cast<uv_handle_t*>(&self->sigterm_), nullptr);
         uv_close(reinterpret_cast<uv_handle_t*>(&self->sigint_), nullptr);
+        uv_close(reinterpret_cast<uv_handle_t*>(&self->sighup_), nullptr);
       },
       20, 20);
+}
+
+void Server::Reload() {
+  Config fresh;
+  try {
+    fresh = LoadConfig(cli_, env_);
+  } catch (const ConfigError& e) {
+    ++reloads_failed_;
+    Log().error("reload refused, the running configuration stays: {}", e.what());
+    return;
+  }
+  const Config& cur = config();
+  // What the process was built around cannot change without a restart: said once, and the
+  // running value is kept.
+  std::string kept;
+  auto keep = [&](bool changed, const char* key, auto restore) {
+    if (!changed) return;
+    kept += (kept.empty() ? "" : ", ") + std::string(key);
+    restore();
+  };
+  keep(!(fresh.listen == cur.listen), "listen", [&] { fresh.listen = cur.listen; });
+  keep(fresh.workers != cur.workers, "workers", [&] { fresh.workers = cur.workers; });
+  keep(fresh.admin_listen != cur.admin_listen, "admin_listen",
+       [&] { fresh.admin_listen = cur.admin_listen; });
+  keep(fresh.backend_connections != cur.backend_connections, "backend_connections",
+       [&] { fresh.backend_connections = cur.backend_connections; });
+  keep(fresh.deny_commands != cur.deny_commands, "deny_commands",
+       [&] { fresh.deny_commands = cur.deny_commands; });
+  keep(fresh.refresh_command_table != cur.refresh_command_table, "command_table",
+       [&] { fresh.refresh_command_table = cur.refresh_command_table; });
+  keep(fresh.sentinels.empty() != cur.sentinels.empty(), "sentinels (static <-> Sentinel)", [&] {
+    fresh.sentinels = cur.sentinels;
+    fresh.sentinel_master = cur.sentinel_master;
+    fresh.primary = cur.primary;
+    fresh.replicas = cur.replicas;
+  });
+  if (!kept.empty()) {
+    Log().warn("reload: {} cannot change without a restart; keeping the running values", kept);
+  }
+  // The keys whose shown value changed (Describe masks secrets).
+  std::string changed;
+  {
+    std::istringstream a(Describe(cur)), b(Describe(fresh));
+    std::string la, lb;
+    while (std::getline(a, la) && std::getline(b, lb)) {
+      if (la == lb) continue;
+      std::istringstream words(lb);
+      std::string key;
+      words >> key;
+      changed += (changed.empty() ? "" : ", ") + key;
+    }
+  }
+  auto next = std::make_shared<const Config>(std::move(fresh));
+  config_ = next;
+  InitLogging(next->log_level);
+  monitor_->Reconfigure(next);
+  if (sentinels_) sentinels_->Reconfigure(next);
+  for (auto& w : workers_) w->Reconfigure(next);
+  ++reloads_ok_;
+  Log().info("configuration reloaded{}{}", changed.empty() ? " (no change)" : ": ", changed);
+}
+
+std::string Server::ExtraMetrics() const {
+  std::string out =
+      "# HELP kompress_config_reloads_total SIGHUP reloads, by result.\n"
+      "# TYPE kompress_config_reloads_total counter\n"
+      "kompress_config_reloads_total{result=\"ok\"} " +
+      std::to_string(reloads_ok_) +
+      "\n"
+      "kompress_config_reloads_total{result=\"failed\"} " +
+      std::to_string(reloads_failed_) + "\n";
+  if (sentinels_) out += sentinels_->Metrics();
+  return out;
 }
 
 }  // namespace kp

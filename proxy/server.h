@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "config/config_loader.h"
 #include "proxy/backend.h"
 #include "proxy/command_table.h"
 #include "proxy/router.h"
@@ -22,7 +23,8 @@ class AdminServer;
 
 class Server {
  public:
-  Server(const Config& config, const CommandTable& table);
+  // `cli` and `env` are kept to read the configuration again on SIGHUP.
+  Server(Config config, CommandLine cli, EnvLookup env, const CommandTable& table);
   ~Server();
   // Runs until SIGTERM/SIGINT and the drain finish. Returns the process exit code.
   int Run();
@@ -33,8 +35,17 @@ class Server {
   void AcceptWhenReady();
   void OnAcceptable();
   void BeginShutdown(int signum);
+  // SIGHUP: reads the configuration again (file, environment, same flags) and applies what
+  // can change live; anything invalid leaves the running configuration as it is.
+  void Reload();
+  std::string ExtraMetrics() const;
 
-  const Config& config_;
+  const Config& config() const { return *config_; }
+  std::shared_ptr<const Config> config_;  // in force on the main thread
+  CommandLine cli_;
+  EnvLookup env_;
+  uint64_t reloads_ok_ = 0;
+  uint64_t reloads_failed_ = 0;
   std::unique_ptr<BackendGroup> group_;
   Router router_;
   uv_loop_t* loop_;
@@ -45,6 +56,7 @@ class Server {
   uint64_t ready_deadline_ms_ = 0;
   uv_signal_t sigterm_;
   uv_signal_t sigint_;
+  uv_signal_t sighup_;
   std::unique_ptr<ReplicationMonitor> monitor_;
   std::unique_ptr<SentinelClient> sentinels_;  // with config `sentinels` only
   std::unique_ptr<AdminServer> admin_;

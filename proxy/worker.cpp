@@ -11,9 +11,10 @@
 
 namespace kp {
 
-Worker::Worker(size_t id, const Config& config, const BackendGroup& backends, const Router& router)
-    : id_(id), config_(config), backends_(backends), router_(router) {
-  timeout_ms_ = static_cast<uint64_t>(config.timeout_s * 1000.0 + 0.5);
+Worker::Worker(size_t id, std::shared_ptr<const Config> config, const BackendGroup& backends,
+               const Router& router)
+    : id_(id), config_(std::move(config)), backends_(backends), router_(router) {
+  timeout_ms_ = static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5);
   if (timeout_ms_ == 0) timeout_ms_ = 1;
   next_client_id_ = (static_cast<uint64_t>(id) << 48) + 1;
   rng_state_ = 0x9E3779B97F4A7C15ull * (id + 1);
@@ -84,12 +85,33 @@ void Worker::RequestDrain() {
   uv_async_send(&async_);
 }
 
+void Worker::Reconfigure(std::shared_ptr<const Config> config) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    pending_config_ = std::move(config);
+  }
+  uv_async_send(&async_);
+}
+
 void Worker::OnAsync() {
   AcceptPending();
   bool drain;
+  std::shared_ptr<const Config> fresh;
   {
     std::lock_guard<std::mutex> g(mu_);
     drain = drain_requested_;
+    fresh.swap(pending_config_);
+  }
+  if (fresh) {
+    // Between loop turns: nothing of this thread holds on to the old settings (requests in
+    // flight keep the deadlines they were given). The old Config is freed with its last user.
+    config_ = std::move(fresh);
+    timeout_ms_ = std::max<uint64_t>(1, static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5));
+    uint64_t period = std::clamp<uint64_t>(timeout_ms_ / 10, 5, 100);
+    if (!shut_down_) {
+      uv_timer_start(
+          &tick_, [](uv_timer_t* t) { static_cast<Worker*>(t->data)->OnTick(); }, period, period);
+    }
   }
   if (drain && !draining_) BeginDrain();
 }
@@ -115,12 +137,12 @@ void Worker::AcceptPending() {
 
 Backend* Worker::PickReplica(int64_t min_offset) {
   size_t n = backends_.size();
-  if (n == 0 || config_.read_policy == ReadPolicy::kPrimary) return nullptr;
+  if (n == 0 || config_->read_policy == ReadPolicy::kPrimary) return nullptr;
   auto fits = [&](Backend* b) {
     return b->serves_reads() && (min_offset < 0 || b->offset() >= min_offset);
   };
   size_t start;
-  if (config_.read_policy == ReadPolicy::kRandom) {
+  if (config_->read_policy == ReadPolicy::kRandom) {
     // xorshift64: cheap, per worker, no shared state.
     rng_state_ ^= rng_state_ << 13;
     rng_state_ ^= rng_state_ >> 7;
@@ -144,7 +166,7 @@ Backend* Worker::PickReplica(int64_t min_offset) {
 BackendConn* Worker::SharedConn(Backend* b) {
   auto& pool = pools_[b->index()];
   if (pool.empty()) {
-    unsigned per = std::max(1u, config_.backend_connections);
+    unsigned per = std::max(1u, config_->backend_connections);
     for (unsigned i = 0; i < per; ++i) {
       pool.push_back(new BackendConn(this, b, BackendConn::Mode::kShared));
     }
@@ -317,7 +339,7 @@ void Worker::BeginDrain() {
   Log().debug("worker {} draining {} clients", id_, clients_.size());
   std::vector<ClientSession*> all(clients_.begin(), clients_.end());
   for (ClientSession* c : all) c->StartDrain();
-  uint64_t ms = static_cast<uint64_t>(config_.drain_timeout_s * 1000.0);
+  uint64_t ms = static_cast<uint64_t>(config_->drain_timeout_s * 1000.0);
   uv_timer_start(
       &drain_timer_,
       [](uv_timer_t* t) {

@@ -25,7 +25,8 @@ class ClientSession;
 
 class Worker {
  public:
-  Worker(size_t id, const Config& config, const BackendGroup& backends, const Router& router);
+  Worker(size_t id, std::shared_ptr<const Config> config, const BackendGroup& backends,
+         const Router& router);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -36,10 +37,14 @@ class Worker {
   void AddClient(int fd);
   // Thread-safe: stop taking requests, finish what is in flight, then stop the loop.
   void RequestDrain();
+  // Thread-safe: the settings to use from the next loop turn on (SIGHUP reload).
+  void Reconfigure(std::shared_ptr<const Config> config);
 
   // Loop-thread API.
   uv_loop_t* loop() { return &loop_; }
-  const Config& config() const { return config_; }
+  // The settings now in force on this worker (swapped between loop turns on reload): read
+  // them at the point of use, never keep a reference across turns.
+  const Config& config() const { return *config_; }
   const Router& router() const { return router_; }
   const BackendGroup& backends() const { return backends_; }
   WorkerStats& stats() { return stats_; }
@@ -84,7 +89,7 @@ class Worker {
   void Shutdown();
 
   size_t id_;
-  const Config& config_;
+  std::shared_ptr<const Config> config_;
   const BackendGroup& backends_;
   const Router& router_;
   uint64_t timeout_ms_;
@@ -99,8 +104,9 @@ class Worker {
   std::thread thread_;
   WorkerStats stats_;
 
-  std::mutex mu_;  // guards incoming_ and drain_requested_ (accept path only)
+  std::mutex mu_;  // guards incoming_, drain_requested_, pending_config_ (never per request)
   std::vector<int> incoming_;
+  std::shared_ptr<const Config> pending_config_;
   bool drain_requested_ = false;
   bool draining_ = false;
   bool shut_down_ = false;
