@@ -1090,7 +1090,7 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
       throw ConfigError("config: flag " + std::string(name) + " takes no value");
     }
     const KeySpec* spec = nullptr;
-    if (name != "--config") {
+    if (name != "--config" && name != "--healthcheck") {
       for (const KeySpec& s : Specs()) {
         if (FlagName(s) == name) spec = &s;
       }
@@ -1106,7 +1106,9 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
       }
       value = argv[++i];
     }
-    if (spec == nullptr) {
+    if (name == "--healthcheck") {
+      cl.healthcheck = *value;
+    } else if (spec == nullptr) {
       cl.config_file = *value;
     } else {
       cl.settings.emplace_back(std::string(spec->key), *value);
@@ -1142,6 +1144,10 @@ std::string HelpText() {
          "      --check-config    Validate the configuration, print it and exit (non-zero\n"
          "                        status when invalid).\n"
          "      --config FILE     YAML config file; keys as below.  env KOMPRESS_CONFIG\n"
+         "      --healthcheck HOST:PORT[/PATH]\n"
+         "                        Ask a running proxy's admin endpoint (default path\n"
+         "                        /healthz) and exit 0 on 200, 1 otherwise (for container\n"
+         "                        health checks).\n"
          "\n"
          "Settings (--flag VALUE or --flag=VALUE):\n";
   // Three lines per setting keep every line near 80 columns whatever the names.

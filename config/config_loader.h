@@ -25,6 +25,9 @@ struct CommandLine {
   bool version = false;
   bool check_config = false;
   std::optional<std::string> config_file;
+  // --healthcheck HOST:PORT[/PATH]: ask a running proxy's admin endpoint and exit 0 when it
+  // answers 200 (a container HEALTHCHECK needs no curl in the image).
+  std::optional<std::string> healthcheck;
   // Settings given as flags, as (yaml key, raw value), e.g. ("limits.max_bulk_bytes", "1mb").
   std::vector<std::pair<std::string, std::string>> settings;
 };

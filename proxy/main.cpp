@@ -8,6 +8,7 @@
 #include "config/config_loader.h"
 #include "proxy/command_table.h"
 #include "proxy/command_table_fetch.h"
+#include "proxy/health_probe.h"
 #include "proxy/sentinel_lookup.h"
 #include "proxy/server.h"
 
@@ -30,6 +31,13 @@ int main(int argc, char** argv) {
     if (cli.version) {
       std::printf("kompress-proxy %s\n", KP_VERSION);
       return 0;
+    }
+    if (cli.healthcheck) {
+      // Needs no configuration: the container's settings are the running proxy's business.
+      std::string detail;
+      int rc = kp::ProbeHealth(*cli.healthcheck, 2.0, &detail);
+      std::printf("%s: %s\n", rc == 0 ? "healthy" : "unhealthy", detail.c_str());
+      return rc;
     }
     config = kp::LoadConfig(cli, [](const char* name) { return std::getenv(name); });
   } catch (const kp::ConfigError& e) {

@@ -473,3 +473,23 @@ def test_deny_commands_default_and_configured(cluster, proxy, make_proxy):
                         f"{HOST}:{free_port()}", "--deny-commands", "shutdwn"])
     assert r.returncode == 2, r
     assert b'deny_commands: "shutdwn": no such command' in r.stderr, r.stderr
+
+
+def test_healthcheck_flag_for_container_images(cluster, make_proxy):
+    """`kompress-proxy --healthcheck HOST:PORT[/PATH]` (the image's HEALTHCHECK) exits 0 when
+    the admin endpoint answers 200, 1 otherwise, quickly, without any configuration."""
+    admin = free_port()
+    make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+               extra_args=["--admin-listen", f"{HOST}:{admin}"])
+    ok = run_proxy_once(["--healthcheck", f"{HOST}:{admin}"])
+    assert ok.returncode == 0 and ok.stdout.startswith(b"healthy: HTTP/1.1 200"), ok
+    ready = run_proxy_once(["--healthcheck", f"{HOST}:{admin}/readyz"])
+    assert ready.returncode == 0, ready
+    missing = run_proxy_once(["--healthcheck", f"{HOST}:{admin}/nope"])
+    assert missing.returncode == 1 and b"404" in missing.stdout, missing
+    t0 = time.monotonic()
+    down = run_proxy_once(["--healthcheck", f"{HOST}:{free_port()}"])
+    assert down.returncode == 1 and down.stdout.startswith(b"unhealthy:"), down
+    assert time.monotonic() - t0 < 5
+    bad = run_proxy_once(["--healthcheck", "no-port-here"])
+    assert bad.returncode == 1, bad
