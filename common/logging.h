@@ -9,8 +9,9 @@
 
 namespace kp {
 
-// Creates the logger; returns false (and leaves the level at info) for an unknown level name.
-bool InitLogging(const std::string& level);
+// Sets the logger's level and format ("text" or "json": one JSON object per line); returns
+// false (and leaves the level at info) for an unknown level name. Safe to call again (reload).
+bool InitLogging(const std::string& level, const std::string& format = "text");
 
 spdlog::logger& Log();
 

@@ -57,6 +57,7 @@ struct Config {
   uint64_t max_replica_lag_bytes = 0;
   double drain_timeout_s = 10.0;
   std::string log_level = "info";  // trace, debug, info, warn, error, critical, off
+  std::string log_format = "text";  // text, or json (one object per line)
   std::string requirepass;         // proxy's own password; empty: no AUTH needed
   std::string backend_username;    // sent as AUTH to every backend when set
   std::string backend_password;

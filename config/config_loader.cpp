@@ -52,6 +52,7 @@ enum class Kind {
   kReadPolicy,
   kLogLevel,
   kCommandTable,  // builtin | primary
+  kLogFormat,     // text | json
   kBool,          // true/false, yes/no, on/off, 1/0
   kLimitSize,     // like kSize, but 0 is allowed and means "no limit"
   kNameList,      // comma list or YAML list of command names ("name" or "name|sub")
@@ -216,6 +217,10 @@ const std::vector<KeySpec>& Specs() {
        "trace, debug, info, warn, error, critical or off (logger kompress_cache).", 0, 0,
        [](Config& c, const Value& v) { c.log_level = std::get<std::string>(v); },
        [](const Config& c) { return c.log_level; }},
+      {"log_format", Kind::kLogFormat, "FORMAT",
+       "text, or json: one JSON object per line (time, level, logger, message).", 0, 0,
+       [](Config& c, const Value& v) { c.log_format = std::get<std::string>(v); },
+       [](const Config& c) { return c.log_format; }},
       {"requirepass", Kind::kSecret, "PASSWORD",
        "Password clients must AUTH with; empty: no AUTH needed.", 0, 0,
        [](Config& c, const Value& v) { c.requirepass = std::get<std::string>(v); },
@@ -963,6 +968,12 @@ Value Validate(const KeySpec& spec, const RawValue& raw) {
       return ValidateReadPolicy(spec, item);
     case Kind::kLogLevel:
       return ValidateLogLevel(spec, item);
+    case Kind::kLogFormat: {
+      std::string v = Lower(Trim(item.text));
+      if (v != "text" && v != "json")
+        Fail(spec.key, item.text, "must be text or json", item.source);
+      return v;
+    }
     case Kind::kCommandTable: {
       std::string v = Lower(Trim(item.text));
       if (v != "builtin" && v != "primary") {

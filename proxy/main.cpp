@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
     std::printf("configuration OK\n%s", kp::Describe(config).c_str());
     return 0;
   }
-  kp::InitLogging(config.log_level);
+  kp::InitLogging(config.log_level, config.log_format);
   std::signal(SIGPIPE, SIG_IGN);
   const kp::CommandTable* table = &kp::CommandTable::Builtin();
   std::unique_ptr<kp::CommandTable> merged;

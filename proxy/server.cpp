@@ -299,7 +299,7 @@ void Server::Reload() {
   }
   auto next = std::make_shared<const Config>(std::move(fresh));
   config_ = next;
-  InitLogging(next->log_level);
+  InitLogging(next->log_level, next->log_format);
   monitor_->Reconfigure(next);
   if (sentinels_) sentinels_->Reconfigure(next);
   for (auto& w : workers_) w->Reconfigure(next);

@@ -16,7 +16,7 @@ import redis
 from fixtures import (HOST, SLOWDOWN, Proxy, connect, delta, dump_proxy_log,
                       encode_command, free_port, http_get, metric, port_accepts, raw_command,
                       read_replies, read_until_closed, reply_depth, require_proxy_bin,
-                      run_proxy_once)
+                      run_proxy_once, wait_until)
 
 MAX_BULK = 1024 * 1024
 MAX_ARRAY = 1000
@@ -493,3 +493,28 @@ def test_healthcheck_flag_for_container_images(cluster, make_proxy):
     assert time.monotonic() - t0 < 5
     bad = run_proxy_once(["--healthcheck", "no-port-here"])
     assert bad.returncode == 1, bad
+
+
+def test_json_logs_one_object_per_line_and_no_secrets(fresh_cluster, make_proxy):
+    """log_format json: every line of the proxy's log is one JSON object (time, level, logger
+    kompress_cache, message), state changes included; passwords never appear."""
+    import json
+    c = fresh_cluster
+    p = make_proxy(c.primary.port, [r.port for r in c.replicas],
+                   extra_args=["--log-format", "json", "--requirepass", "s3cret-client",
+                               "--log-level", "debug"])
+    cl = p.client(password="s3cret-client")
+    assert cl.set("json:k", "v") is True
+    c.replicas[0].kill9()
+    wait_until(lambda: "marked down" in p.stderr(), 5 * SLOWDOWN, what="a state change logged")
+    lines = [ln for ln in p.stderr().splitlines() if ln.strip()]
+    assert lines
+    for ln in lines:
+        entry = json.loads(ln)
+        assert set(entry) == {"time", "level", "logger", "message"}, entry
+        assert entry["logger"] == "kompress_cache"
+        assert entry["time"].endswith("Z") and "T" in entry["time"], entry
+    assert any("marked down" in json.loads(ln)["message"] for ln in lines)
+    assert "s3cret-client" not in p.stderr()
+    bad = run_proxy_once(["--log-format", "xml"])
+    assert bad.returncode == 2 and b"log_format" in bad.stderr, bad
