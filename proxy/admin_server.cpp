@@ -168,6 +168,9 @@ std::string AdminServer::Respond(const std::string& head) const {
   } else if (path == "/metrics") {
     body = Metrics();
     type = "text/plain; version=0.0.4; charset=utf-8";
+  } else if (path == "/info" && info_) {
+    body = info_();
+    type = "application/json";
   } else if (path == "/healthz") {
     body = "ok\n";
   } else if (path == "/readyz") {
@@ -194,7 +197,7 @@ std::string AdminServer::Respond(const std::string& head) const {
     }
   } else {
     status = 404;
-    body = "not found; try /metrics, /healthz, /readyz\n";
+    body = "not found; try /metrics, /healthz, /readyz, /info\n";
   }
   const char* reason = status == 200   ? "OK"
                        : status == 404 ? "Not Found"

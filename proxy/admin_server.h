@@ -25,6 +25,8 @@ class AdminServer {
   bool Start(const std::string& host_port);
   void Stop();
   void SetDraining() { draining_ = true; }
+  // The proxy's own view as JSON, served at /info.
+  void SetInfo(std::function<std::string()> json) { info_ = std::move(json); }
   // More from the control plane (Sentinel reachability): Prometheus lines for /metrics and
   // lines for the /readyz body.
   void SetExtras(std::function<std::string()> metrics, std::function<std::string()> notes) {
@@ -45,6 +47,7 @@ class AdminServer {
   std::function<size_t()> clients_;
   std::function<std::string()> extra_metrics_;
   std::function<std::string()> notes_;
+  std::function<std::string()> info_;
   uv_tcp_t listener_;
   bool listening_ = false;
   bool draining_ = false;

@@ -9,6 +9,7 @@
 #include "common/resp_writer.h"
 #include "proxy/backend.h"
 #include "proxy/backend_conn.h"
+#include "proxy/proxy_info.h"
 #include "proxy/worker.h"
 
 namespace kp {
@@ -673,7 +674,8 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
              (local && d.local != LocalCommand::kPing && d.local != LocalCommand::kEcho &&
               d.local != LocalCommand::kClientSetName && d.local != LocalCommand::kClientGetName &&
               d.local != LocalCommand::kClientId && d.local != LocalCommand::kClientInfo &&
-              d.local != LocalCommand::kClientList && d.local != LocalCommand::kClientSetInfo)) {
+              d.local != LocalCommand::kClientList && d.local != LocalCommand::kClientSetInfo &&
+              d.local != LocalCommand::kProxy)) {
     // Anything else that changes the connection for good keeps it pinned: blocking and
     // pub/sub commands, SELECT n, CLIENT REPLY, and what the proxy would otherwise answer
     // itself (AUTH, HELLO, RESET, QUIT reach the backend on a pinned connection).
@@ -952,6 +954,23 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
         resp::AppendNullBulk(b);
       } else {
         resp::AppendBulk(b, name_);
+      }
+      break;
+    case LocalCommand::kProxy:
+      if (req.argc == 2 && EqualsLower(req.arg(1), "info") && worker_->info() != nullptr) {
+        resp::AppendBulk(b, worker_->info()->Text());
+      } else if (req.argc == 2 && EqualsLower(req.arg(1), "help")) {
+        const char* lines[] = {"PROXY <subcommand>. Subcommands are:", "INFO",
+                               "    The proxy's own view: version, uptime, configuration, nodes "
+                               "with role and state, clients, counters.",
+                               "HELP", "    Print this help."};
+        resp::AppendArrayHeader(b, std::size(lines));
+        for (const char* l : lines) resp::AppendSimple(b, l);
+      } else if (req.argc < 2) {
+        return wrong_args("proxy");
+      } else {
+        return ReplyErrorNow("ERR unknown subcommand '" + std::string(req.arg(1)) +
+                             "'. Try PROXY HELP.");
       }
       break;
     case LocalCommand::kClientId:

@@ -112,6 +112,11 @@ RouteDecision Router::Classify(const Request& req) const {
         d.local = LocalCommand::kHello;
         return d;
       }
+      if (EqualsLower(name, "proxy")) {
+        d.route = Route::kLocal;
+        d.local = LocalCommand::kProxy;
+        return d;
+      }
       if (EqualsLower(name, "reset")) {
         d.route = Route::kLocal;
         d.local = LocalCommand::kReset;

@@ -44,6 +44,7 @@ enum class LocalCommand : uint8_t {
   kClientInfo,     // this client as the proxy sees it, in CLIENT INFO's format
   kClientList,     // only this client: the others are not this client's business
   kClientSetInfo,  // lib-name / lib-ver, kept by the proxy
+  kProxy,          // PROXY INFO / PROXY HELP: the proxy's own view
   kReset,
 };
 

@@ -15,6 +15,7 @@
 
 #include "common/logging.h"
 #include "proxy/admin_server.h"
+#include "proxy/proxy_info.h"
 #include "proxy/replication_monitor.h"
 #include "proxy/sentinel_client.h"
 #include "proxy/worker.h"
@@ -142,6 +143,10 @@ int Server::Run() {
   for (unsigned i = 0; i < n; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, config_, *group_, router_));
   }
+  info_ = std::make_unique<ProxyInfo>(
+      *group_, workers_, config().listen.ToString(),
+      cli_.config_file ? "file " + *cli_.config_file : std::string("flags and environment"));
+  for (auto& w : workers_) w->SetInfo(info_.get());
   for (auto& w : workers_) w->Start();
 
   monitor_ = std::make_unique<ReplicationMonitor>(loop_, config_, *group_);
@@ -165,6 +170,7 @@ int Server::Run() {
           for (auto& w : workers_) n += w->client_count();
           return n;
         });
+    admin_->SetInfo([this] { return info_->Json(); });
     admin_->SetExtras([this] { return ExtraMetrics(); },
                       [this] { return sentinels_ ? sentinels_->ReadyNotes() : std::string(); });
     if (!admin_->Start(config().admin_listen)) {
@@ -252,7 +258,7 @@ void Server::Reload() {
   try {
     fresh = LoadConfig(cli_, env_);
   } catch (const ConfigError& e) {
-    ++reloads_failed_;
+    info_->reloads_failed++;
     Log().error("reload refused, the running configuration stays: {}", e.what());
     return;
   }
@@ -303,7 +309,7 @@ void Server::Reload() {
   monitor_->Reconfigure(next);
   if (sentinels_) sentinels_->Reconfigure(next);
   for (auto& w : workers_) w->Reconfigure(next);
-  ++reloads_ok_;
+  info_->reloads_ok++;
   Log().info("configuration reloaded{}{}", changed.empty() ? " (no change)" : ": ", changed);
 }
 
@@ -312,10 +318,10 @@ std::string Server::ExtraMetrics() const {
       "# HELP kompress_config_reloads_total SIGHUP reloads, by result.\n"
       "# TYPE kompress_config_reloads_total counter\n"
       "kompress_config_reloads_total{result=\"ok\"} " +
-      std::to_string(reloads_ok_) +
+      std::to_string(info_->reloads_ok.load()) +
       "\n"
       "kompress_config_reloads_total{result=\"failed\"} " +
-      std::to_string(reloads_failed_) + "\n";
+      std::to_string(info_->reloads_failed.load()) + "\n";
   if (sentinels_) out += sentinels_->Metrics();
   return out;
 }

@@ -20,6 +20,7 @@ class Worker;
 class ReplicationMonitor;
 class SentinelClient;
 class AdminServer;
+class ProxyInfo;
 
 class Server {
  public:
@@ -44,8 +45,7 @@ class Server {
   std::shared_ptr<const Config> config_;  // in force on the main thread
   CommandLine cli_;
   EnvLookup env_;
-  uint64_t reloads_ok_ = 0;
-  uint64_t reloads_failed_ = 0;
+  std::unique_ptr<ProxyInfo> info_;
   std::unique_ptr<BackendGroup> group_;
   Router router_;
   uv_loop_t* loop_;

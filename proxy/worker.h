@@ -22,6 +22,7 @@ namespace kp {
 
 class BackendConn;
 class ClientSession;
+class ProxyInfo;
 
 class Worker {
  public:
@@ -39,6 +40,9 @@ class Worker {
   void RequestDrain();
   // Thread-safe: the settings to use from the next loop turn on (SIGHUP reload).
   void Reconfigure(std::shared_ptr<const Config> config);
+  // Before Start(): what PROXY INFO reports (read-only, shared by all workers).
+  void SetInfo(const ProxyInfo* info) { info_ = info; }
+  const ProxyInfo* info() const { return info_; }
 
   // Loop-thread API.
   uv_loop_t* loop() { return &loop_; }
@@ -90,6 +94,7 @@ class Worker {
 
   size_t id_;
   std::shared_ptr<const Config> config_;
+  const ProxyInfo* info_ = nullptr;
   const BackendGroup& backends_;
   const Router& router_;
   uint64_t timeout_ms_;

@@ -393,3 +393,31 @@ def test_client_subcommands_are_per_client(cluster, proxy):
             for r in cluster.replicas] == links_before == ["up", "up"]
     assert a.ping() is True
     assert "marked down" not in proxy.stderr()
+
+
+def test_proxy_info_command_and_json(fresh_cluster, make_proxy):
+    """PROXY INFO answers the proxy's own view; INFO still answers the primary's (clients and
+    tools parse it); /info on the admin endpoint is the same view as JSON."""
+    import json
+    admin = free_port()
+    c = fresh_cluster
+    p = make_proxy(c.primary.port, [r.port for r in c.replicas],
+                   extra_args=["--admin-listen", f"{HOST}:{admin}"])
+    cl = p.client()
+    cl.set("pi:k", "v")
+    text = cl.execute_command("PROXY", "INFO").decode()
+    assert text.startswith("# Proxy\r\nversion:"), text
+    assert f"primary:{HOST}:{c.primary.port}\r\n" in text and "primary_confirmed:1" in text
+    for r in c.replicas:
+        assert f"addr={HOST}:{r.port},role=replica,up=1" in text, text
+    assert "writes:1\r\n" in text, text
+    info = cl.info("server")
+    assert "redis_version" in info and "tcp_port" in info and info["tcp_port"] == c.primary.port
+    with pytest.raises(redis.ResponseError):
+        cl.execute_command("PROXY", "NOPE")
+    status, body = http_get(admin, "/info")
+    assert status == 200
+    view = json.loads(body)
+    assert view["primary"] == f"{HOST}:{c.primary.port}" and view["primary_confirmed"] is True
+    assert {n["role"] for n in view["nodes"]} == {"primary", "replica"}
+    assert view["stats"]["writes"] >= 1  # the SET (INFO goes to the primary as well)
