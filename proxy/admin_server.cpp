@@ -10,6 +10,9 @@ namespace kp {
 
 namespace {
 constexpr size_t kMaxHead = 8192;
+// Admin connections open at once, and how long one may take to be answered.
+constexpr size_t kMaxConns = 64;
+constexpr uint64_t kConnTimeoutMs = 5000;
 
 void AppendMetric(std::string& out, const char* name, const char* help, const char* type) {
   out += "# HELP ";
@@ -56,7 +59,17 @@ struct AdminServer::Conn {
   std::string in;
   std::string out;
   bool answered = false;
+  bool closing = false;
+  uint64_t started_ms = 0;
 };
+
+void AdminServer::CloseConn(Conn* c) {
+  if (c->closing) return;
+  c->closing = true;
+  c->owner->conns_.erase(c);
+  uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp),
+           [](uv_handle_t* h) { delete static_cast<Conn*>(h->data); });
+}
 
 AdminServer::AdminServer(uv_loop_t* loop, const BackendGroup& backends,
                          std::function<std::vector<const WorkerStats*>()> stats,
@@ -92,6 +105,22 @@ bool AdminServer::Start(const std::string& host_port) {
     return false;
   }
   listening_ = true;
+  // Connections that have not been answered and closed in time are closed: a client that
+  // sends nothing (or a byte a minute) must not keep descriptors the proxy needs.
+  uv_timer_init(loop_, &sweep_);
+  sweep_.data = this;
+  uv_timer_start(
+      &sweep_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<AdminServer*>(t->data);
+        uint64_t now = uv_now(self->loop_);
+        std::vector<Conn*> late;
+        for (Conn* c : self->conns_) {
+          if (now - c->started_ms >= kConnTimeoutMs) late.push_back(c);
+        }
+        for (Conn* c : late) CloseConn(c);
+      },
+      500, 500);
   Log().info("admin endpoint on http://{}/metrics", host_port);
   return true;
 }
@@ -100,17 +129,31 @@ void AdminServer::Stop() {
   if (!listening_) return;
   listening_ = false;
   uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+  uv_timer_stop(&sweep_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&sweep_), nullptr);
+  std::vector<Conn*> open(conns_.begin(), conns_.end());
+  for (Conn* c : open) CloseConn(c);
 }
 
 void AdminServer::OnConnection() {
-  auto* c = new Conn{this, {}, {}, {}, {}, false};
+  auto* c = new Conn{this, {}, {}, {}, {}, false, false, uv_now(loop_)};
   uv_tcp_init(loop_, &c->tcp);
   c->tcp.data = c;
+  conns_.insert(c);
   if (uv_accept(reinterpret_cast<uv_stream_t*>(&listener_),
                 reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp),
-             [](uv_handle_t* h) { delete static_cast<Conn*>(h->data); });
+    CloseConn(c);
     return;
+  }
+  if (conns_.size() > kMaxConns) {
+    // Capped apart from client connections. The oldest goes: idle connections piling up
+    // (someone holding them open) must not lock the next scrape out.
+    Conn* oldest = c;
+    for (Conn* o : conns_) {
+      if (o->started_ms < oldest->started_ms) oldest = o;
+    }
+    CloseConn(oldest);
+    if (oldest == c) return;
   }
   uv_read_start(
       reinterpret_cast<uv_stream_t*>(&c->tcp),
@@ -121,12 +164,8 @@ void AdminServer::OnConnection() {
       },
       [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
         auto* conn = static_cast<Conn*>(s->data);
-        auto close_conn = [](Conn* cc) {
-          uv_close(reinterpret_cast<uv_handle_t*>(&cc->tcp),
-                   [](uv_handle_t* h) { delete static_cast<Conn*>(h->data); });
-        };
         if (n < 0) {
-          if (!conn->answered) close_conn(conn);
+          if (!conn->answered) CloseConn(conn);
           return;
         }
         if (conn->answered) return;
@@ -139,12 +178,9 @@ void AdminServer::OnConnection() {
         conn->out = conn->owner->Respond(conn->in);
         uv_buf_t b = uv_buf_init(conn->out.data(), static_cast<unsigned>(conn->out.size()));
         conn->write_req.data = conn;
-        if (uv_write(&conn->write_req, s, &b, 1, [](uv_write_t* req, int) {
-              auto* cc = static_cast<Conn*>(req->data);
-              uv_close(reinterpret_cast<uv_handle_t*>(&cc->tcp),
-                       [](uv_handle_t* h) { delete static_cast<Conn*>(h->data); });
-            }) != 0) {
-          close_conn(conn);
+        if (uv_write(&conn->write_req, s, &b, 1,
+                     [](uv_write_t* req, int) { CloseConn(static_cast<Conn*>(req->data)); }) != 0) {
+          CloseConn(conn);
         }
       });
 }

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "proxy/backend.h"
@@ -39,6 +40,8 @@ class AdminServer {
  private:
   struct Conn;
   void OnConnection();
+  // Closes once and forgets the connection; deleted in libuv's close callback.
+  static void CloseConn(Conn* c);
   std::string Respond(const std::string& request_head) const;
 
   uv_loop_t* loop_;
@@ -49,6 +52,8 @@ class AdminServer {
   std::function<std::string()> notes_;
   std::function<std::string()> info_;
   uv_tcp_t listener_;
+  uv_timer_t sweep_;  // closes admin connections not done within their time
+  std::unordered_set<Conn*> conns_;
   bool listening_ = false;
   bool draining_ = false;
 };

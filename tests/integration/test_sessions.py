@@ -8,7 +8,8 @@ import time
 import pytest
 import redis
 
-from fixtures import HOST, connect, free_port, http_get, metric, read_replies, wait_until
+from fixtures import (HOST, SLOWDOWN, connect, free_port, http_get, metric, read_replies,
+                      wait_until)
 
 
 def send(sock, *args):
@@ -421,3 +422,50 @@ def test_proxy_info_command_and_json(fresh_cluster, make_proxy):
     assert view["primary"] == f"{HOST}:{c.primary.port}" and view["primary_confirmed"] is True
     assert {n["role"] for n in view["nodes"]} == {"primary", "replica"}
     assert view["stats"]["writes"] >= 1  # the SET (INFO goes to the primary as well)
+
+
+def test_admin_endpoint_holds_up_to_bad_http(cluster, make_proxy):
+    """Idle, slow, oversized and malformed admin requests neither stop the next scrape nor
+    hold descriptors for long; clients of the proxy see nothing of it."""
+    import socket as sk
+    admin = free_port()
+    p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+                   extra_args=["--admin-listen", f"{HOST}:{admin}"])
+    idle = [sk.create_connection((HOST, admin), timeout=5) for _ in range(100)]
+    try:
+        # More idle connections than the cap: the oldest are shed, a scrape still works.
+        status, text = http_get(admin, "/metrics")
+        assert status == 200 and "kompress_requests_total" in text
+        # Oversized head (no end of headers): answered and closed, not buffered forever.
+        with sk.create_connection((HOST, admin), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 100_000)
+            data = b""
+            while True:
+                try:
+                    chunk = s.recv(65536)
+                except (ConnectionResetError, sk.timeout):
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 "), data[:100]
+        # Malformed request line.
+        with sk.create_connection((HOST, admin), timeout=5) as s:
+            s.sendall(b"\x00\x01garbage\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 400"), "malformed request not refused"
+        # A request that never finishes is closed after a few seconds.
+        slow = sk.create_connection((HOST, admin), timeout=10)
+        slow.sendall(b"GET /metr")
+        t0 = time.monotonic()
+        try:
+            assert slow.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - t0 < 8 * SLOWDOWN
+        slow.close()
+    finally:
+        for s in idle:
+            s.close()
+    assert http_get(admin, "/healthz")[0] == 200
+    assert p.client().ping() is True
+    assert p.alive
