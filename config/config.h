@@ -56,10 +56,10 @@ struct Config {
   double max_replica_lag_s = 1.0;
   uint64_t max_replica_lag_bytes = 0;
   double drain_timeout_s = 10.0;
-  std::string log_level = "info";  // trace, debug, info, warn, error, critical, off
+  std::string log_level = "info";   // trace, debug, info, warn, error, critical, off
   std::string log_format = "text";  // text, or json (one object per line)
-  std::string requirepass;         // proxy's own password; empty: no AUTH needed
-  std::string backend_username;    // sent as AUTH to every backend when set
+  std::string requirepass;          // proxy's own password; empty: no AUTH needed
+  std::string backend_username;     // sent as AUTH to every backend when set
   std::string backend_password;
   std::string admin_listen;  // host:port of the HTTP admin endpoint; empty: off
   // Commands the proxy refuses ("name" or "name|subcommand", lower case): server-wide
