@@ -64,15 +64,16 @@ void ReplicationMonitor::Reconfigure(std::shared_ptr<const Config> config) {
   if (topology && config_->sentinels.empty()) ApplyStaticView(config_->primary, config_->replicas);
 }
 
-void ReplicationMonitor::ApplyStaticView(const Endpoint& primary,
-                                         const std::vector<Endpoint>& replicas) {
-  // The same path as a Sentinel's view: nodes are added, those no longer listed get no
-  // requests, and a newly configured primary takes the writes once it confirms the role.
+Backend* ReplicationMonitor::ApplyView(const Endpoint& primary,
+                                       const std::vector<Endpoint>& replicas, const char* source) {
+  // Every topology source (the configuration, the Sentinels) comes through here: nodes are
+  // added, those no longer listed get no requests, and the named primary takes the writes
+  // only once it confirms the role (SwitchOrAsk).
   Backend* p = group_.FindOrAdd(primary);
   if (p == nullptr) {
     Log().error("more nodes than the proxy tracks ({}); ignoring {}", BackendGroup::kMaxNodes,
                 primary.ToString());
-    return;
+    return nullptr;
   }
   Backend* current = group_.primary();
   std::vector<bool> listed(BackendGroup::kMaxNodes, false);
@@ -91,22 +92,32 @@ void ReplicationMonitor::ApplyStaticView(const Endpoint& primary,
   for (size_t i = 0; i < group_.size(); ++i) {
     Backend* b = group_.node(i);
     if (!listed[i] && b != current && b->role() != BackendRole::kNone) {
-      Log().info("{} is no longer configured; it gets no requests", b->name());
+      Log().info("{} is no longer {}; it gets no requests", b->name(), source);
       b->Disqualify();
       b->set_role(BackendRole::kNone);
     }
   }
-  static_primary_ = p;
   SyncProbes();
-  if (p != current) {
-    if (Reports(p, true)) {
-      SwitchPrimary(ProbeOf(p), "configured as the primary");
-    } else {
-      Probe& pp = ProbeOf(p);
-      if (!pp.conn->open()) pp.conn->Connect();
-      if (!pp.awaiting) SendProbe(pp);
-    }
+  return p;
+}
+
+void ReplicationMonitor::SwitchOrAsk(Backend* p, const char* why) {
+  if (p == group_.primary()) return;
+  if (Reports(p, true)) {
+    SwitchPrimary(ProbeOf(p), why);
+    return;
   }
+  Probe& pp = ProbeOf(p);
+  if (!pp.conn->open()) pp.conn->Connect();
+  if (!pp.awaiting) SendProbe(pp);  // ask it now rather than at the next tick
+}
+
+void ReplicationMonitor::ApplyStaticView(const Endpoint& primary,
+                                         const std::vector<Endpoint>& replicas) {
+  Backend* p = ApplyView(primary, replicas, "configured");
+  if (p == nullptr) return;
+  static_primary_ = p;
+  SwitchOrAsk(p, "configured as the primary");
 }
 
 ReplicationMonitor::~ReplicationMonitor() = default;
@@ -450,53 +461,20 @@ void ReplicationMonitor::Judge(Probe& p) {
 
 void ReplicationMonitor::ApplySentinelView(const Endpoint& master,
                                            const std::vector<Endpoint>& replicas) {
-  Backend* m = group_.FindOrAdd(master);
-  if (m == nullptr) {
-    Log().error("Sentinel names more nodes than the proxy tracks ({}); ignoring {}",
-                BackendGroup::kMaxNodes, master.ToString());
-    return;
-  }
-  Backend* primary = group_.primary();
+  Backend* m = ApplyView(master, replicas, "listed by the Sentinels");
+  if (m == nullptr) return;
   if (m != sentinel_master_) {
     Log().info("the Sentinels name {} as the primary", m->name());
     sentinel_master_ = m;
   }
-  std::vector<bool> listed(BackendGroup::kMaxNodes, false);
-  listed[m->index()] = true;
-  if (m != primary && m->role() == BackendRole::kNone) m->set_role(BackendRole::kReplica);
-  for (const Endpoint& r : replicas) {
-    Backend* b = group_.FindOrAdd(r);
-    if (b == nullptr) continue;
-    listed[b->index()] = true;
-    if (b != primary && b->role() == BackendRole::kNone) {
-      b->Disqualify();  // judged before it serves
-      b->set_role(BackendRole::kReplica);
-    }
-  }
-  for (size_t i = 0; i < group_.size(); ++i) {
-    Backend* b = group_.node(i);
-    if (!listed[i] && b != primary && b->role() != BackendRole::kNone) {
-      Log().info("{} is no longer listed by the Sentinels; it gets no requests", b->name());
-      b->Disqualify();
-      b->set_role(BackendRole::kNone);
-    }
-  }
-  SyncProbes();
+  Backend* primary = group_.primary();
   if (primary != nullptr && primary != m && primary->qualified()) {
     // Writes stop at once: the Sentinels have promoted another node.
     primary->Disqualify();
     primary->set_last_error("the Sentinels name " + m->name() + " as the primary");
     Log().warn("primary {} gets no writes: the Sentinels name {}", primary->name(), m->name());
   }
-  if (m != primary) {
-    if (Reports(m, true)) {
-      SwitchPrimary(ProbeOf(m), "named by the Sentinels");
-    } else {
-      Probe& mp = ProbeOf(m);
-      if (!mp.conn->open()) mp.conn->Connect();
-      if (!mp.awaiting) SendProbe(mp);  // ask it now rather than at the next tick
-    }
-  }
+  SwitchOrAsk(m, "named by the Sentinels");
 }
 
 }  // namespace kp

@@ -61,6 +61,11 @@ class ReplicationMonitor {
   };
 
   void SetConfig(std::shared_ptr<const Config> config);
+  // The one path for topology from any source; returns the named primary's node.
+  Backend* ApplyView(const Endpoint& primary, const std::vector<Endpoint>& replicas,
+                     const char* source);
+  // Makes `p` the primary if it already confirmed the role, else asks it now.
+  void SwitchOrAsk(Backend* p, const char* why);
   void ApplyStaticView(const Endpoint& primary, const std::vector<Endpoint>& replicas);
   void OnTick();
   // Makes a probe for every node of the group that has none yet.
