@@ -61,6 +61,7 @@ struct AdminServer::Conn {
   bool answered = false;
   bool closing = false;
   uint64_t started_ms = 0;
+  uint64_t seq = 0;  // accept order: many accepts share one uv_now() millisecond
 };
 
 void AdminServer::CloseConn(Conn* c) {
@@ -136,7 +137,7 @@ void AdminServer::Stop() {
 }
 
 void AdminServer::OnConnection() {
-  auto* c = new Conn{this, {}, {}, {}, {}, false, false, uv_now(loop_)};
+  auto* c = new Conn{this, {}, {}, {}, {}, false, false, uv_now(loop_), ++accepted_};
   uv_tcp_init(loop_, &c->tcp);
   c->tcp.data = c;
   conns_.insert(c);
@@ -150,7 +151,7 @@ void AdminServer::OnConnection() {
     // (someone holding them open) must not lock the next scrape out.
     Conn* oldest = c;
     for (Conn* o : conns_) {
-      if (o->started_ms < oldest->started_ms) oldest = o;
+      if (o->seq < oldest->seq) oldest = o;
     }
     CloseConn(oldest);
     if (oldest == c) return;

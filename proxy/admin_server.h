@@ -54,6 +54,7 @@ class AdminServer {
   uv_tcp_t listener_;
   uv_timer_t sweep_;  // closes admin connections not done within their time
   std::unordered_set<Conn*> conns_;
+  uint64_t accepted_ = 0;
   bool listening_ = false;
   bool draining_ = false;
 };
