@@ -31,6 +31,9 @@ struct ClientLimits {
   // Requests a client may have in flight; past it the proxy stops reading from that client
   // until replies drain (backpressure, not an error).
   size_t max_pipeline_depth = 1024;
+  // Reply bytes held for all clients together (Redis 7's maxmemory-clients): past it the
+  // clients holding the most are dropped first. Sized for a sidecar's memory limit.
+  size_t max_total_client_buffer_bytes = 256ull * 1024 * 1024;
 };
 
 struct Config {
@@ -43,8 +46,10 @@ struct Config {
   std::string sentinel_master;
   std::string sentinel_username;
   std::string sentinel_password;
-  double timeout_s = 5.0;            // per command, backend side
-  unsigned workers = 0;              // 0: one per core
+  double timeout_s = 5.0;  // per command, backend side
+  unsigned workers = 0;    // 0: one per core
+  // Client connections at once; lowered at start-up to fit the descriptor limit.
+  uint64_t max_clients = 10000;
   unsigned backend_connections = 1;  // multiplexed connections per worker per backend
   ReadPolicy read_policy = ReadPolicy::kRoundRobin;
   // Every backend gets INFO replication this often: liveness, and for replicas whether they

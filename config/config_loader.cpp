@@ -160,6 +160,11 @@ const std::vector<KeySpec>& Specs() {
       {"timeout", Kind::kDuration, "SECONDS", "Per-command timeout on the backend side.", 1, 0,
        [](Config& c, const Value& v) { c.timeout_s = std::get<double>(v); },
        [](const Config& c) { return FormatDuration(c.timeout_s); }},
+      {"max_clients", Kind::kInteger, "N",
+       "Client connections at once (lowered to fit the descriptor limit); over it a client "
+       "gets -ERR max number of clients reached.",
+       1, 1000000, [](Config& c, const Value& v) { c.max_clients = std::get<uint64_t>(v); },
+       [](const Config& c) { return std::to_string(c.max_clients); }},
       {"workers", Kind::kInteger, "N", "Worker threads; 0: one per core.", 0, 1024,
        [](Config& c, const Value& v) { c.workers = static_cast<unsigned>(std::get<uint64_t>(v)); },
        [](const Config& c) {
@@ -262,6 +267,14 @@ const std::vector<KeySpec>& Specs() {
        "Bytes buffered per client (input + unsent replies); over it: disconnected.", 0, 0,
        [](Config& c, const Value& v) { c.client.max_client_buffer_bytes = std::get<uint64_t>(v); },
        [](const Config& c) { return FormatSize(c.client.max_client_buffer_bytes); }},
+      {"limits.max_total_client_buffer_bytes", Kind::kSize, "SIZE",
+       "Reply bytes held for all clients together; over it the clients holding most are "
+       "dropped.",
+       0, 0,
+       [](Config& c, const Value& v) {
+         c.client.max_total_client_buffer_bytes = std::get<uint64_t>(v);
+       },
+       [](const Config& c) { return FormatSize(c.client.max_total_client_buffer_bytes); }},
       {"limits.max_pipeline_depth", Kind::kCount, "N",
        "Requests in flight per client before the proxy stops reading it.", 0, 0,
        [](Config& c, const Value& v) { c.client.max_pipeline_depth = std::get<uint64_t>(v); },
@@ -1029,6 +1042,11 @@ void CrossCheck(const Config& c, const RawMap& raw) {
          "too small: at least 64kb (replies for a pipeline must fit)",
          SourceOf(raw, "limits.max_client_buffer_bytes"));
   }
+  if (c.client.max_total_client_buffer_bytes < kMinClientBuffer) {
+    Fail("limits.max_total_client_buffer_bytes", FormatSize(c.client.max_total_client_buffer_bytes),
+         "too small: at least 64kb (replies for a pipeline must fit)",
+         SourceOf(raw, "limits.max_total_client_buffer_bytes"));
+  }
   if (!c.sentinels.empty() || !c.sentinel_master.empty()) {
     if (c.sentinels.empty()) {
       FailPlain("sentinels: empty while sentinel_master is set (which Sentinels to ask?)",
@@ -1139,6 +1157,46 @@ Config LoadConfig(const CommandLine& cli, const EnvLookup& env) {
   }
   CrossCheck(config, raw);
   return config;
+}
+
+namespace {
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+}  // namespace
+
+std::vector<std::string> UnknownEnvWarnings(const std::vector<std::string>& names) {
+  std::vector<std::string> known = {"KOMPRESS_CONFIG"};
+  for (const KeySpec& s : Specs()) known.push_back(EnvName(s));
+  std::vector<std::string> out;
+  for (const std::string& name : names) {
+    if (name.rfind("KOMPRESS_", 0) != 0) continue;
+    if (std::find(known.begin(), known.end(), name) != known.end()) continue;
+    const std::string* best = &known.front();
+    size_t best_d = SIZE_MAX;
+    for (const std::string& k : known) {
+      size_t d = EditDistance(name, k);
+      if (d < best_d) {
+        best_d = d;
+        best = &k;
+      }
+    }
+    out.push_back("environment variable " + name + " is not a setting and is ignored" +
+                  (best_d <= 4 ? "; did you mean " + *best + "?" : std::string()) +
+                  " (see --help)");
+  }
+  return out;
 }
 
 std::string HelpText() {

@@ -42,6 +42,10 @@ using EnvLookup = std::function<const char*(const char*)>;
 // --config (or KOMPRESS_CONFIG). Throws ConfigError.
 Config LoadConfig(const CommandLine& cli, const EnvLookup& env);
 
+// One warning per KOMPRESS_* name in `names` (the environment's variable names) that is no
+// setting, naming the nearest one: a typo must not be ignored silently.
+std::vector<std::string> UnknownEnvWarnings(const std::vector<std::string>& names);
+
 // The --help text: usage, every flag, every env var, defaults.
 std::string HelpText();
 

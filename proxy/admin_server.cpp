@@ -5,13 +5,14 @@
 #include <cstring>
 
 #include "common/logging.h"
+#include "proxy/client_budget.h"
 
 namespace kp {
 
 namespace {
 constexpr size_t kMaxHead = 8192;
 // Admin connections open at once, and how long one may take to be answered.
-constexpr size_t kMaxConns = 64;
+constexpr size_t kMaxConns = 32;  // descriptors.cpp reserves as many
 constexpr uint64_t kConnTimeoutMs = 5000;
 
 void AppendMetric(std::string& out, const char* name, const char* help, const char* type) {
@@ -336,6 +337,25 @@ std::string AdminServer::Metrics() const {
                     RespLimitName(static_cast<RespLimit>(i)) + "\"}",
                 v);
   }
+  AppendMetric(out, "kompress_client_drops_total",
+               "Clients closed by the proxy because of the replies held for them, by reason.",
+               "counter");
+  for (size_t i = 0; i < kDropReasonCount; ++i) {
+    uint64_t v = 0;
+    for (const WorkerStats* st : all) v += st->client_drops[i].value();
+    AppendValue(out,
+                std::string("kompress_client_drops_total{reason=\"") +
+                    DropReasonName(static_cast<DropReason>(i)) + "\"}",
+                v);
+  }
+  AppendMetric(out, "kompress_read_retries_total",
+               "Reads that timed out on a replica: re-run on the primary within the retry "
+               "budget, or answered with the timeout when over it.",
+               "counter");
+  AppendValue(out, "kompress_read_retries_total{outcome=\"retried\"}",
+              sum(&WorkerStats::read_retries));
+  AppendValue(out, "kompress_read_retries_total{outcome=\"over_budget\"}",
+              sum(&WorkerStats::read_retries_refused));
   AppendMetric(out, "kompress_pinned_sessions_total",
                "Sessions given a dedicated primary connection.", "counter");
   AppendValue(out, "kompress_pinned_sessions_total", sum(&WorkerStats::pinned_sessions));

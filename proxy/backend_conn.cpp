@@ -7,6 +7,7 @@
 #include "common/logging.h"
 #include "common/resp_writer.h"
 #include "proxy/client_session.h"
+#include "proxy/descriptors.h"
 #include "proxy/worker.h"
 
 namespace kp {
@@ -141,9 +142,17 @@ void BackendConn::ConnectTo(const sockaddr* addr) {
   state_ = State::kConnecting;
   connect_req_.data = this;
   int rc = uv_tcp_connect(&connect_req_, &tcp_, addr, ConnectCb);
-  if (rc != 0) {
-    Fail(std::string("connect: ") + uv_strerror(rc), true);
-  }
+  if (rc != 0) FailConnect(rc);
+}
+
+void BackendConn::FailConnect(int err) {
+  // A connection refused, reset or timed out is the backend's answer: the connect is itself
+  // the retry after whatever failed before, so the node is marked down. Running out of
+  // descriptors is this process's problem, and blaming the backend for it would turn a
+  // client surge into an outage.
+  bool local = IsDescriptorShortage(err);
+  if (local) NoteDescriptorShortage("backend connection");
+  Fail(std::string("connect: ") + uv_strerror(err), !local);
 }
 
 void BackendConn::ConnectCb(uv_connect_t* req, int status) {
@@ -153,7 +162,7 @@ void BackendConn::ConnectCb(uv_connect_t* req, int status) {
 void BackendConn::OnConnected(int status) {
   if (state_ != State::kConnecting) return;  // closed while connecting (status is ECANCELED)
   if (status != 0) {
-    Fail(std::string("connect: ") + uv_strerror(status), true);
+    FailConnect(status);
     return;
   }
   state_ = State::kReady;
@@ -173,7 +182,7 @@ void BackendConn::Flush() {
   int rc = uv_write(&write_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1, WriteCb);
   if (rc != 0) {
     wbuf_.Clear();
-    Fail(std::string("write: ") + uv_strerror(rc), true);
+    Fail(std::string("write: ") + uv_strerror(rc), false);  // lost: see OnRead
     return;
   }
   writing_ = true;
@@ -186,7 +195,7 @@ void BackendConn::WriteCb(uv_write_t* req, int status) {
   self->wbuf_.ShrinkIfEmpty(kKeepBuffer);
   if (status == UV_ECANCELED) return;  // the socket is closing; Fail() already answered
   if (status < 0) {
-    self->Fail(std::string("write: ") + uv_strerror(status), true);
+    self->Fail(std::string("write: ") + uv_strerror(status), false);  // lost: see OnRead
     return;
   }
   self->Flush();
@@ -209,15 +218,17 @@ void BackendConn::OnRead(ssize_t nread) {
     return;
   }
   if (nread == 0) return;
-  // A server closing an idle connection (its `timeout` setting, CLIENT KILL, a forwarded
-  // QUIT) is not evidence that it is down; one closing with requests outstanding is.
-  bool busy = !pending_.empty() || deadline_ms_ != 0;
-  // But the server behind the address may be a new one when the next connection is made (a
+  // An established connection that is lost is not by itself evidence that the server is
+  // down: its `timeout` setting, CLIENT KILL, a proxy restart on the path, a dedicated
+  // connection's session ending. What was in flight fails (reads go elsewhere), the next
+  // request connects again, and only a failed connect marks the node down (as the monitor,
+  // probing every interval, also decides).
+  // The server behind the address may be a new one when the next connection is made (a
   // replica restarted empty): it gets no reads until the monitor has looked at it.
-  if (!busy && !backend_->is_primary()) backend_->Disqualify();
+  if (!backend_->is_primary()) backend_->Disqualify();
   Fail(nread == UV_EOF ? std::string("connection closed by server")
                        : std::string("read: ") + uv_strerror(static_cast<int>(nread)),
-       busy);
+       false);
 }
 
 void BackendConn::ProcessReplies() {
@@ -281,6 +292,8 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
   // Shared connection: each late request is answered on its own (a read fails over, a write
   // gets an error) and its reply, when it comes, is dropped. The connection stays, so a
   // slow command does not take the requests queued behind it down with it.
+  // One pass: a client's requests timing out together cost its retry budget once.
+  uint64_t pass = worker_->NextTimeoutPass();
   size_t i = cancelled_;
   bool any = false;
   while (i < pending_.size() && pending_[i].deadline_ms <= now_ms) {
@@ -291,7 +304,7 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     if (pr.client != nullptr) {
       ClientSession* c = pr.client;
       pr.client = nullptr;
-      c->OnBackendFailure(pr.seq, backend_, msg, true);
+      c->OnBackendFailure(pr.seq, backend_, msg, true, pass);
     }
     // A callback may have failed this connection (pending_ is then empty).
     if (state_ != State::kReady && state_ != State::kConnecting) return;

@@ -70,6 +70,7 @@ class BackendConn {
   void StartConnect();
   void ConnectTo(const sockaddr* addr);
   void OnConnected(int status);
+  void FailConnect(int err);
   void OnRead(ssize_t nread);
   void ProcessReplies();
   // Closes the socket and answers every pending request with a failure.

@@ -2,6 +2,7 @@
 // sessions, failover of reads, limits and backpressure for one client.
 #include "proxy/client_session.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/errors.h"
@@ -83,7 +84,7 @@ void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
 }
 
 void ClientSession::ResumeReading() {
-  if (reading_ || closed_ || closing_after_flush_) return;
+  if (reading_ || closed_ || closing_after_flush_ || quit_pending_) return;
   reading_ = true;
   paused_ = false;
   uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), AllocCb, ReadCb);
@@ -97,7 +98,7 @@ void ClientSession::PauseReading() {
 
 void ClientSession::ProcessInput() {
   const Config& cfg = worker_->config();
-  while (!closed_ && !closing_after_flush_ && !in_.empty()) {
+  while (!closed_ && !closing_after_flush_ && !quit_pending_ && !in_.empty()) {
     if ((dedicated_ == nullptr && next_ - head_ >= cfg.client.max_pipeline_depth) ||
         CountedReplyBytes() > cfg.client.max_client_buffer_bytes / 2) {
       // Backpressure: too many requests in flight, or replies piling up that the client does
@@ -166,6 +167,21 @@ void ClientSession::EndWithError(const std::string& msg) {
 
 // ---- routing ----
 
+namespace {
+// A PING's answer: "+PONG" normally, ["pong", ""] while subscribed (RESP2).
+bool IsPong(const char* data, size_t len) {
+  static constexpr std::string_view kPong = "+PONG\r\n";
+  static constexpr std::string_view kSubscribedPong = "*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+  std::string_view f(data, len);
+  return f == kPong || f == kSubscribedPong;
+}
+
+// Retry budget per client: 20 % of its replica reads may be re-run after a timeout (Envoy's
+// default budget share), with up to 10 re-runs saved up.
+constexpr double kRetryEarn = 0.2;
+constexpr double kRetryCap = 10.0;
+}  // namespace
+
 void ClientSession::HandleRequest(const char* raw, size_t len) {
   Request req;
   req.argc = parser_.argc();
@@ -193,6 +209,15 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
       ReplyErrorNow(d.deny_reason);
       PauseReading();
       MaybeFinish();
+      return;
+    }
+    if (d.route == Route::kLocal && d.local == LocalCommand::kQuit) {
+      // Never forwarded: the server would close the connection with the session's state,
+      // and a connection closing under the proxy must stay a sign of trouble. The client gets
+      // its +OK once what it sent before has been answered.
+      quit_pending_ = true;
+      PauseReading();
+      MaybeQuit();
       return;
     }
     ForwardPinned(req, d, raw, len);
@@ -245,6 +270,7 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
     if (t.replica != nullptr) {
       if (keep) s.request.Append(raw, len);
       worker_->stats().reads_replica++;
+      retry_tokens_ = std::min(kRetryCap, retry_tokens_ + kRetryEarn);
       worker_->SharedConn(t.replica)->Send(this, seq, raw, len, deadline);
       ++inflight_;
       return true;
@@ -387,6 +413,32 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req,
   return t;
 }
 
+bool ClientSession::RetryAllowed(uint64_t timeout_pass) {
+  // A read that timed out may be slow itself: re-running it on the primary doubles exactly
+  // the load that hurts, and a burst of them would stall the primary for everyone. So a
+  // re-run costs a token of the client's budget: each read it sends earns kRetryEarn (20 %
+  // of its reads may be re-run), at most kRetryCap saved. A client that has not earned one
+  // (a new connection) may take the worker's spare one, refilled once a second, so a quiet
+  // client still fails over while a burst of new connections with slow reads gets at most
+  // one re-run. The client's requests found late in the same check cost one token together
+  // (a pipeline stuck behind a stalled replica fails over as a whole).
+  if (timeout_pass != 0 && timeout_pass == last_retry_pass_) {
+    (last_retry_allowed_ ? worker_->stats().read_retries : worker_->stats().read_retries_refused)++;
+    return last_retry_allowed_;
+  }
+  bool allowed = false;
+  if (retry_tokens_ >= 1.0) {
+    retry_tokens_ -= 1.0;
+    allowed = true;
+  } else {
+    allowed = worker_->TakeSpareRetry();
+  }
+  last_retry_pass_ = timeout_pass;
+  last_retry_allowed_ = allowed;
+  (allowed ? worker_->stats().read_retries : worker_->stats().read_retries_refused)++;
+  return allowed;
+}
+
 void ClientSession::RetryOnPrimary(uint64_t seq) {
   Backend* primary = worker_->backends().primary();
   Slot& s = SlotAt(seq);
@@ -473,7 +525,7 @@ void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_
 }
 
 void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason,
-                                     bool timeout) {
+                                     bool timeout, uint64_t timeout_pass) {
   --inflight_;
   if (closed_) {
     worker_->MarkDirty(this);
@@ -483,7 +535,14 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
   // A write that failed or timed out may still have been applied.
   if (s.kind == 2) NoteWriteDone();
   if (s.is_read && !from->is_primary() && !s.tried_primary) {
-    RetryOnPrimary(seq);
+    if (!timeout || RetryAllowed(timeout_pass)) {
+      RetryOnPrimary(seq);
+      return;
+    }
+    worker_->stats().errors++;
+    CompleteError(seq, "ERR kompress: read timed out on replica " + from->name() + " (" + reason +
+                           "); not re-run on the primary: this client's retry budget is spent "
+                           "(slow reads are not doubled onto the primary)");
     return;
   }
   if (s.is_read && from->is_primary() && !s.tried_replica && RetryOnReplica(seq)) return;
@@ -524,7 +583,9 @@ void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
   Slot& s = SlotAt(seq);
   // One reply larger than the whole bound is Redis's legitimate answer (a big value): it is
   // written to a client that reads, not counted against it. Replies piling up are.
-  if (len > worker_->config().client.max_client_buffer_bytes) oversize_bytes_ += len;
+  if (len > worker_->config().client.max_client_buffer_bytes) {
+    oversize_bytes_ = std::max(oversize_bytes_, len);
+  }
   if (s.kind != 0) {
     uint64_t ns = uv_hrtime() - s.start_ns;
     (s.kind == 1 ? worker_->stats().read_latency : worker_->stats().write_latency).Observe(ns);
@@ -575,6 +636,11 @@ void ClientSession::AdvanceHead() {
           NoteSentPinned(backlog_kinds_.front());
           backlog_kinds_.pop_front();
         }
+      }
+      if (quit_pending_) {
+        MaybeQuit();
+        // The stream slot may have ended (and the +OK behind it with it).
+        if (!SlotAt(head_).stream || head_ == next_) continue;
       }
       break;
     }
@@ -644,7 +710,6 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
                                                          const RouteDecision& d) {
   std::string_view name = req.arg(0);
   bool local = d.route == Route::kLocal;
-  if (local && d.local == LocalCommand::kQuit) quit_forwarded_ = true;
   if (reset_forwarded_) ++after_reset_;
   if (local && d.local == LocalCommand::kReset) {
     reset_forwarded_ = true;
@@ -687,6 +752,7 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
 void ClientSession::ForwardPinned(const Request& req, const RouteDecision& d, const char* raw,
                                   size_t len) {
   worker_->stats().pinned_requests++;
+  if (push_mode_ && d.route == Route::kLocal && d.local == LocalCommand::kPing) ++push_pings_;
   PinnedReq kind = TrackPinnedState(req, d);
   if (EqualsLower(req.arg(0), "wait") && !in_multi_) {
     // WAIT counts replicas that acknowledged this connection's last write, but the client's
@@ -736,6 +802,15 @@ void ClientSession::ArmPinnedDeadline() {
 
 void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (closed_) return;
+  if ((push_pings_ > 0 || quit_marker_sent_) && IsPong(data, len)) {
+    if (push_pings_ > 0) {
+      --push_pings_;  // the client's own PING
+    } else {
+      quit_marker_seen_ = true;  // the proxy's, after QUIT: everything before it is relayed
+      MaybeQuit();
+      return;
+    }
+  }
   bool swallow = false;
   if (!pinned_inflight_.empty()) {
     swallow = pinned_inflight_.front().swallow;
@@ -746,7 +821,9 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   // Anything answered on the dedicated connection may have been a write (EXEC, EVAL...):
   // the reads that follow once the session is unpinned must see it.
   ryw_.OnWrite(worker_->backends().progress());
-  if (len > worker_->config().client.max_client_buffer_bytes) oversize_bytes_ += len;
+  if (len > worker_->config().client.max_client_buffer_bytes) {
+    oversize_bytes_ = std::max(oversize_bytes_, len);
+  }
   out_.Append(data, len);
   worker_->MarkDirty(this);
   if (stream_outstanding_ > 0) --stream_outstanding_;
@@ -766,10 +843,35 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     if (!worker_->config().backend_password.empty()) dedicated_reusable_ = false;
   }
   if (!pin_permanent_) MaybeUnpin();
+  MaybeQuit();
+}
+
+void ClientSession::MaybeQuit() {
+  if (!quit_pending_ || closed_ || dedicated_ == nullptr) return;
+  if (!backlog_.empty() || head_ != stream_seq_) return;  // earlier requests not sent yet
+  // Replies still due are relayed first. In push mode they do not pair with requests, so a
+  // PING goes last: once its answer is back, everything before it has been relayed.
+  if (push_mode_) {
+    if (!quit_marker_sent_) {
+      quit_marker_sent_ = true;
+      static const char kPing[] = "*1\r\n$4\r\nPING\r\n";
+      dedicated_->SendRaw(kPing, sizeof kPing - 1);
+      dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
+    }
+    if (!quit_marker_seen_) return;
+  } else if (stream_outstanding_ != 0 || !pinned_inflight_.empty()) {
+    return;
+  }
+  AbandonPinned();  // closed quietly: the backend is not blamed for it
+  scratch_.Clear();
+  resp::AppendSimple(scratch_, "OK");
+  ReplyNow(scratch_);
+  closing_after_flush_ = true;
+  MaybeFinish();
 }
 
 void ClientSession::MaybeUnpin() {
-  if (pin_permanent_ || quit_forwarded_ || stream_outstanding_ != 0 || !backlog_.empty() ||
+  if (pin_permanent_ || quit_pending_ || stream_outstanding_ != 0 || !backlog_.empty() ||
       !pinned_inflight_.empty() || dedicated_ == nullptr || head_ != stream_seq_) {
     return;
   }
@@ -811,11 +913,9 @@ void ClientSession::OnStreamFailure(const std::string& reason) {
   if (closed_) return;
   closing_after_flush_ = true;
   AbandonPinned();
-  if (!quit_forwarded_) {
-    Log().debug("client {}: pinned connection failed: {}", id_, reason);
-    worker_->stats().errors++;
-    ReplyErrorNow(std::string(errors::kPinnedLost) + " (" + reason + ")");
-  }
+  Log().debug("client {}: pinned connection failed: {}", id_, reason);
+  worker_->stats().errors++;
+  ReplyErrorNow(std::string(errors::kPinnedLost) + " (" + reason + ")");
   closing_after_flush_ = true;
   PauseReading();
   MaybeFinish();
@@ -1083,23 +1183,53 @@ std::string ClientSession::DescribeSelf(std::string_view cmd) const {
 // ---- writing and closing ----
 
 bool ClientSession::CheckOutputLimit() {
-  // Unsent replies, including those that arrived ahead of an earlier slow one (single
-  // replies larger than the bound excepted).
+  // Unsent replies, including those that arrived ahead of an earlier slow one and messages
+  // pushed to a subscriber (one reply larger than the bound excepted: it is delivered).
   size_t buffered = CountedReplyBytes();
   if (buffered <= worker_->config().client.max_client_buffer_bytes) return true;
-  Log().warn("client {}: {} bytes of replies unread, over max_client_buffer_bytes; closing", id_,
-             buffered);
+  // As Redis drops a client past its output buffer limit: the proxy cannot slow the server
+  // down for one client of a shared connection, so it must not hold the bytes either.
+  Log().warn(
+      "client {}{}: {} bytes of replies unread, over limits.max_client_buffer_bytes ({}); "
+      "closing",
+      id_, push_mode_ ? " (subscriber)" : "", buffered,
+      worker_->config().client.max_client_buffer_bytes);
   worker_->stats().limit_drops[static_cast<size_t>(RespLimit::kClientBuffer)]++;
+  worker_->stats().client_drops[static_cast<size_t>(DropReason::kClientBuffer)]++;
   Close();
   return false;
 }
 
+void ClientSession::Account() {
+  size_t now = CountedReplyBytes();
+  if (now == accounted_) return;
+  auto delta = static_cast<int64_t>(now) - static_cast<int64_t>(accounted_);
+  accounted_ = now;
+  int64_t total = worker_->budget().reply_bytes.fetch_add(delta, std::memory_order_relaxed) + delta;
+  if (delta > 0 &&
+      total > static_cast<int64_t>(worker_->config().client.max_total_client_buffer_bytes)) {
+    worker_->EnforceTotalBudget();
+  }
+}
+
+void ClientSession::DropForTotalBudget() {
+  Log().warn(
+      "client {}{}: holds {} bytes of replies, the most while all clients together hold "
+      "more than limits.max_total_client_buffer_bytes ({}); closing",
+      id_, push_mode_ ? " (subscriber)" : "", accounted_,
+      worker_->config().client.max_total_client_buffer_bytes);
+  worker_->stats().client_drops[static_cast<size_t>(DropReason::kTotalClientBuffer)]++;
+  Close();
+}
+
 void ClientSession::Flush() {
-  if (closed_ || writing_ || out_.empty()) {
+  if (closed_) return;
+  Account();
+  if (closed_ || !CheckOutputLimit()) return;
+  if (writing_ || out_.empty()) {
     MaybeFinish();
     return;
   }
-  if (!CheckOutputLimit()) return;
   std::swap(out_, wbuf_);
   uv_buf_t b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
   write_req_.data = this;
@@ -1160,6 +1290,11 @@ void ClientSession::Close() {
   if (closed_) return;
   closed_ = true;
   reading_ = false;
+  if (accounted_ != 0) {
+    worker_->budget().reply_bytes.fetch_sub(static_cast<int64_t>(accounted_),
+                                            std::memory_order_relaxed);
+    accounted_ = 0;
+  }
   if (dedicated_ != nullptr) {
     BackendConn* d = dedicated_;
     dedicated_ = nullptr;

@@ -34,7 +34,9 @@ class ClientSession {
 
   // Backend callbacks (see BackendConn's contract).
   void OnReply(uint64_t seq, Backend* from, const char* data, size_t len, bool is_error);
-  void OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason, bool timeout);
+  // `timeout_pass`: for a timeout, the worker's number for the check that found it late.
+  void OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason, bool timeout,
+                        uint64_t timeout_pass = 0);
   // Dedicated connection callbacks.
   void OnStreamFrame(const char* data, size_t len);
   void OnStreamFailure(const std::string& reason);
@@ -51,6 +53,10 @@ class ClientSession {
   void Close();
 
   uint64_t id() const { return id_; }
+  // Reply bytes this session last reported to the worker's ClientBudget.
+  size_t accounted() const { return accounted_; }
+  // Closed because all clients together hold too much (this one the most).
+  void DropForTotalBudget();
   bool closed() const { return closed_; }
   // The worker may delete the session only when libuv and every backend are done with it.
   bool deletable() const { return handle_closed_ && inflight_ == 0 && !dirty; }
@@ -90,9 +96,13 @@ class ClientSession {
   void NoteSentPinned(PinnedReq kind);
   void ArmPinnedDeadline();
   void MaybeUnpin();
+  // A QUIT received while pinned: ends the session once what came before it is answered.
+  void MaybeQuit();
   // Ends the pinned session: closes the dedicated connection, completes the stream slot.
   void AbandonPinned();
   void RetryOnPrimary(uint64_t seq);
+  // Whether a read that timed out on a replica may be re-run on the primary (retry budget).
+  bool RetryAllowed(uint64_t timeout_pass);
   // False when no replica can take it (the caller answers the error).
   bool RetryOnReplica(uint64_t seq);
   // Where a read goes: a replica, or nullptr for the primary (and whether that is because of
@@ -135,6 +145,8 @@ class ClientSession {
   // Replies `msg` as an error, then closes once everything before it is written.
   void EndWithError(const std::string& msg);
   bool CheckOutputLimit();
+  // Reports the reply bytes held to the ClientBudget; enforces the total bound when it grew.
+  void Account();
 
   static void AllocCb(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
   static void ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
@@ -164,7 +176,8 @@ class ClientSession {
   uint64_t head_ = 0;          // oldest slot not yet flushed into out_
   uint64_t next_ = 0;          // next slot to hand out
   size_t held_bytes_ = 0;      // reply bytes waiting in slots behind an unanswered one
-  size_t oversize_bytes_ = 0;  // buffered replies each larger than the bound (not counted)
+  size_t oversize_bytes_ = 0;  // the largest buffered reply larger than the bound (not counted)
+  size_t accounted_ = 0;       // see accounted()
 
   std::string name_;                // CLIENT SETNAME
   std::string lib_name_, lib_ver_;  // CLIENT SETINFO
@@ -174,6 +187,10 @@ class ClientSession {
   Backend* scan_backend_ = nullptr;
   bool scan_on_primary_ = false;
   ReadYourWrites ryw_;
+  // Retry budget for reads that timed out on a replica (see OnBackendFailure).
+  double retry_tokens_ = 0.0;
+  uint64_t last_retry_pass_ = 0;
+  bool last_retry_allowed_ = false;
   size_t writes_inflight_ = 0;  // writes sent on shared connections, not answered yet
   Ring<uint64_t> parked_;       // requests waiting for a backend (failover), in order
   // Pinned session: a dedicated primary connection and the bytes waiting for the slots
@@ -181,7 +198,10 @@ class ClientSession {
   BackendConn* dedicated_ = nullptr;
   uint64_t stream_seq_ = 0;
   Buffer backlog_;
-  bool quit_forwarded_ = false;
+  bool quit_pending_ = false;      // QUIT received while pinned: +OK once earlier replies are in
+  bool quit_marker_sent_ = false;  // push mode: the PING that marks the end of what is due
+  bool quit_marker_seen_ = false;
+  uint32_t push_pings_ = 0;  // the client's PINGs forwarded in push mode, not answered yet
   // Why the session is pinned. A transaction (MULTI/WATCH) gives the connection back once
   // EXEC/DISCARD/UNWATCH has been answered; anything else (blocking, pub/sub, SELECT n, ...)
   // keeps it for the life of the client.

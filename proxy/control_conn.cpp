@@ -6,8 +6,11 @@
 #include <hiredis/hiredis.h>
 #include <sys/socket.h>
 
+#include <cerrno>
 #include <cstdarg>
 #include <cstring>
+
+#include "proxy/descriptors.h"
 
 namespace kp {
 
@@ -96,13 +99,23 @@ void ControlConn::StartResolve() {
 }
 
 void ControlConn::ConnectTo(const std::string& ip) {
+  int saved_errno = errno;
+  errno = 0;
   redisAsyncContext* c = redisAsyncConnect(ip.c_str(), endpoint_.port);
+  int err = errno;
+  errno = saved_errno;
   lost_established_ = false;
+  lost_to_shortage_ = false;
   if (c == nullptr) {
+    lost_to_shortage_ = true;
     on_lost_("connect: out of memory");
     return;
   }
   if (c->err) {
+    // hiredis keeps the errno text; the socket() failure is what matters here.
+    lost_to_shortage_ = IsDescriptorShortage(err) ||
+                        std::strstr(c->errstr, std::strerror(EMFILE)) != nullptr ||
+                        std::strstr(c->errstr, std::strerror(ENFILE)) != nullptr;
     std::string why = std::string("connect: ") + c->errstr;
     redisAsyncFree(c);
     on_lost_(why);

@@ -40,6 +40,9 @@ class ControlConn {
   // In on_lost: whether the connection lost had been established (closed or reset by the
   // server, as opposed to never made).
   bool lost_established() const { return lost_established_; }
+  // In on_lost: the connection could not be made for want of descriptors (this process's
+  // shortage, not the server's fault).
+  bool lost_to_shortage() const { return lost_to_shortage_; }
 
   // Starts connecting unless open(). Commands sent before it is established are queued.
   void Connect();
@@ -80,6 +83,7 @@ class ControlConn {
   redisAsyncContext* ctx_ = nullptr;
   bool connected_ = false;
   bool lost_established_ = false;
+  bool lost_to_shortage_ = false;
   uint64_t connect_started_ms_ = 0;
   bool resolving_ = false;
   // A resolution in flight outlives a Close(): it holds a pointer that Close() clears.

@@ -3,6 +3,9 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "common/logging.h"
 #include "config/config_loader.h"
@@ -11,6 +14,33 @@
 #include "proxy/health_probe.h"
 #include "proxy/sentinel_lookup.h"
 #include "proxy/server.h"
+
+extern char** environ;
+
+namespace {
+std::vector<std::string> EnvNames() {
+  std::vector<std::string> names;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    std::string_view kv(*e);
+    names.emplace_back(kv.substr(0, kv.find('=')));
+  }
+  return names;
+}
+
+// A deny_commands name the table does not know is a configuration error (exit 2).
+bool CheckDenied(const kp::Config& config, kp::CommandTable* table) {
+  for (const std::string& name : config.deny_commands) {
+    if (!table->Deny(name)) {
+      std::fprintf(stderr,
+                   "kompress-proxy: config: deny_commands: \"%s\": no such command or "
+                   "subcommand\n",
+                   name.c_str());
+      return false;
+    }
+  }
+  return true;
+}
+}  // namespace
 
 #ifndef KP_VERSION
 #define KP_VERSION "dev"
@@ -44,11 +74,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kompress-proxy: %s\n", e.what());
     return 2;
   }
+  std::vector<std::string> env_warnings = kp::UnknownEnvWarnings(EnvNames());
   if (cli.check_config) {
+    for (const std::string& w : env_warnings)
+      std::fprintf(stderr, "kompress-proxy: %s\n", w.c_str());
+    // Commands learned from the primary at start-up are not known here: the built-in table
+    // decides (a module's command in deny_commands is checked when the proxy starts).
+    kp::CommandTable check(kp::CommandTable::Builtin());
+    if (!CheckDenied(config, &check)) return 2;
     std::printf("configuration OK\n%s", kp::Describe(config).c_str());
     return 0;
   }
   kp::InitLogging(config.log_level, config.log_format);
+  for (const std::string& w : env_warnings) kp::Log().warn("{}", w);
   std::signal(SIGPIPE, SIG_IGN);
   const kp::CommandTable* table = &kp::CommandTable::Builtin();
   std::unique_ptr<kp::CommandTable> merged;
@@ -79,15 +117,7 @@ int main(int argc, char** argv) {
   if (!config.deny_commands.empty()) {
     // Denials are marks on the table's rows: the router pays nothing extra per request.
     if (!merged) merged = std::make_unique<kp::CommandTable>(*table);
-    for (const std::string& name : config.deny_commands) {
-      if (!merged->Deny(name)) {
-        std::fprintf(stderr,
-                     "kompress-proxy: config: deny_commands: \"%s\": no such command or "
-                     "subcommand\n",
-                     name.c_str());
-        return 2;
-      }
-    }
+    if (!CheckDenied(config, merged.get())) return 2;
     table = merged.get();
   }
   kp::Server server(

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/logging.h"
+#include "proxy/descriptors.h"
 
 namespace kp {
 
@@ -151,6 +152,13 @@ void ReplicationMonitor::SyncProbes() {
 
 void ReplicationMonitor::OnLost(Probe& p, const std::string& why) {
   p.awaiting = false;
+  if (p.conn->lost_to_shortage()) {
+    // Out of descriptors here says nothing about the node: its state stays as last seen
+    // and the next tick asks again.
+    NoteDescriptorShortage("health check");
+    p.reconnecting = false;
+    return;
+  }
   if (p.conn->lost_established() && !p.reconnecting && running_) {
     // A server that closes a connection is not thereby down: Sentinel kills clients when it
     // reconfigures a node, an operator may CLIENT KILL. Ask again on a fresh connection at

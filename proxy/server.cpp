@@ -15,6 +15,7 @@
 
 #include "common/logging.h"
 #include "proxy/admin_server.h"
+#include "proxy/descriptors.h"
 #include "proxy/proxy_info.h"
 #include "proxy/replication_monitor.h"
 #include "proxy/sentinel_client.h"
@@ -114,10 +115,14 @@ void Server::OnAcceptable() {
     if (fd < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
       if (errno == ECONNABORTED) continue;
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        // Out of descriptors: the socket stays readable, so polling it would spin. Pause
+      if (IsDescriptorShortage(errno)) {
+        NoteDescriptorShortage("accepting a client");
+        if (spare_fd_ >= 0) {
+          RefuseOneWithSpare();
+          continue;
+        }
+        // No spare either: the socket stays readable, so polling it would spin. Pause
         // accepting for a moment; established clients carry on.
-        Log().error("accept: {}; pausing accepts for 100 ms", std::strerror(errno));
         uv_poll_stop(&listen_poll_);
         uv_timer_start(
             &accept_pause_,
@@ -132,16 +137,57 @@ void Server::OnAcceptable() {
       Log().error("accept: {}", std::strerror(errno));
       return;
     }
+    uint64_t limit = std::min<uint64_t>(max_clients_, config().max_clients);
+    if (budget_.clients.load(std::memory_order_relaxed) >= static_cast<int64_t>(limit)) {
+      Refuse(fd);
+      continue;
+    }
+    budget_.clients.fetch_add(1, std::memory_order_relaxed);
     workers_[next_worker_++ % workers_.size()]->AddClient(fd);
   }
+}
+
+void Server::Refuse(int fd) {
+  // What Redis answers past maxclients; the socket buffer of a new connection takes it.
+  static const char kMsg[] = "-ERR max number of clients reached\r\n";
+  ssize_t rc = ::send(fd, kMsg, sizeof kMsg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+  (void)rc;
+  ::close(fd);
+  budget_.refused++;
+}
+
+void Server::RefuseOneWithSpare() {
+  ::close(spare_fd_);
+  spare_fd_ = -1;
+  int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd >= 0) Refuse(fd);
+  spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
 int Server::Run() {
   if (!Listen()) return 1;
   unsigned n = config().workers;
   if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+  DescriptorPlan plan =
+      PlanDescriptors(config().max_clients,
+                      DescriptorReserve(n, config().replicas.size() + 1, config().sentinels.size(),
+                                        !config().admin_listen.empty()));
+  max_clients_ = plan.max_clients;
+  if (plan.max_clients < config().max_clients) {
+    Log().warn(
+        "descriptor limit {} (ulimit -n) leaves room for {} clients after {} kept for backend, "
+        "probe and admin connections: max_clients {} lowered to {}",
+        plan.limit, plan.max_clients, plan.reserve, config().max_clients, plan.max_clients);
+  } else {
+    Log().info(
+        "descriptor limit {}{}: up to {} clients ({} kept for backend, probe and admin "
+        "connections)",
+        plan.limit, plan.raised ? " (raised)" : "", plan.max_clients, plan.reserve);
+  }
+  spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   for (unsigned i = 0; i < n; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, config_, *group_, router_));
+    workers_.back()->SetBudget(&budget_);
   }
   info_ = std::make_unique<ProxyInfo>(
       *group_, workers_, config().listen.ToString(),
@@ -227,6 +273,8 @@ void Server::BeginShutdown(int signum) {
   uv_close(reinterpret_cast<uv_handle_t*>(&accept_pause_), nullptr);
   ::close(listen_fd_);
   listen_fd_ = -1;
+  if (spare_fd_ >= 0) ::close(spare_fd_);
+  spare_fd_ = -1;
   for (auto& w : workers_) w->RequestDrain();
   if (admin_) admin_->SetDraining();
   // Health checks and the admin endpoint keep running while workers drain (in-flight reads
@@ -322,6 +370,29 @@ std::string Server::ExtraMetrics() const {
       "\n"
       "kompress_config_reloads_total{result=\"failed\"} " +
       std::to_string(info_->reloads_failed.load()) + "\n";
+  out +=
+      "# HELP kompress_clients_refused_total Connections refused with -ERR max number of "
+      "clients reached.\n"
+      "# TYPE kompress_clients_refused_total counter\n"
+      "kompress_clients_refused_total " +
+      std::to_string(budget_.refused.value()) +
+      "\n"
+      "# HELP kompress_max_clients Clients accepted at most (max_clients, lowered to fit the "
+      "descriptor limit).\n"
+      "# TYPE kompress_max_clients gauge\n"
+      "kompress_max_clients " +
+      std::to_string(std::min<uint64_t>(max_clients_, config().max_clients)) +
+      "\n"
+      "# HELP kompress_descriptor_shortages_total Times a descriptor could not be had "
+      "(accept, backend or probe connection).\n"
+      "# TYPE kompress_descriptor_shortages_total counter\n"
+      "kompress_descriptor_shortages_total " +
+      std::to_string(DescriptorShortages()) +
+      "\n"
+      "# HELP kompress_client_buffer_bytes Reply bytes held for all clients together.\n"
+      "# TYPE kompress_client_buffer_bytes gauge\n"
+      "kompress_client_buffer_bytes " +
+      std::to_string(std::max<int64_t>(0, budget_.reply_bytes.load())) + "\n";
   if (sentinels_) out += sentinels_->Metrics();
   return out;
 }

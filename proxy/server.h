@@ -11,6 +11,7 @@
 #include "config/config.h"
 #include "config/config_loader.h"
 #include "proxy/backend.h"
+#include "proxy/client_budget.h"
 #include "proxy/command_table.h"
 #include "proxy/router.h"
 
@@ -40,6 +41,11 @@ class Server {
   // can change live; anything invalid leaves the running configuration as it is.
   void Reload();
   std::string ExtraMetrics() const;
+  // Answers and closes a connection that cannot be served (max_clients reached).
+  void Refuse(int fd);
+  // Out of descriptors while clients wait to be accepted: the spare descriptor makes room to
+  // accept one, tell it why and close it, so clients are refused rather than left hanging.
+  void RefuseOneWithSpare();
 
   const Config& config() const { return *config_; }
   std::shared_ptr<const Config> config_;  // in force on the main thread
@@ -50,6 +56,9 @@ class Server {
   Router router_;
   uv_loop_t* loop_;
   int listen_fd_ = -1;
+  int spare_fd_ = -1;  // held for RefuseOneWithSpare
+  ClientBudget budget_;
+  uint64_t max_clients_ = 0;  // config max_clients lowered to fit the descriptor limit
   uv_poll_t listen_poll_;
   uv_timer_t accept_pause_;  // re-arms accepting after running out of descriptors
   uv_timer_t ready_wait_;    // start-up: accepting begins once the primary is confirmed

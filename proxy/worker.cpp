@@ -125,6 +125,7 @@ void Worker::AcceptPending() {
   for (int fd : fds) {
     if (draining_) {
       ::close(fd);
+      budget_->clients.fetch_sub(1, std::memory_order_relaxed);
       continue;
     }
     auto* c = new ClientSession(this, next_client_id_++);
@@ -268,12 +269,39 @@ void Worker::Bury(BackendConn* c) {
 }
 
 void Worker::OnClientClosed(ClientSession* c) {
+  budget_->clients.fetch_sub(1, std::memory_order_relaxed);
   clients_.erase(c);
   client_count_.store(clients_.size(), std::memory_order_relaxed);
   stats_.connections_closed++;
   closed_clients_.push_back(c);
   MarkDirty(c);
   FinishIfDrained();
+}
+
+bool Worker::TakeSpareRetry() {
+  uint64_t t = now();
+  if (spare_retry_used_ && t - spare_retry_taken_ms_ < 1000) return false;
+  spare_retry_used_ = true;
+  spare_retry_taken_ms_ = t;
+  return true;
+}
+
+void Worker::EnforceTotalBudget() {
+  const int64_t bound = static_cast<int64_t>(config_->client.max_total_client_buffer_bytes);
+  while (budget_->reply_bytes.load(std::memory_order_relaxed) > bound) {
+    // Largest first, as Redis's maxmemory-clients evicts: the client that holds the most is
+    // the one not reading, and dropping it frees the most. (The largest on this worker: the
+    // worker that sees the total go over is the one whose clients just grew.)
+    ClientSession* largest = nullptr;
+    for (ClientSession* c : clients_) {
+      if (!c->closed() && c->accounted() > 0 &&
+          (largest == nullptr || c->accounted() > largest->accounted())) {
+        largest = c;
+      }
+    }
+    if (largest == nullptr) return;
+    largest->DropForTotalBudget();
+  }
 }
 
 void Worker::OnCheck() {

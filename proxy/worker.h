@@ -15,6 +15,7 @@
 
 #include "config/config.h"
 #include "proxy/backend.h"
+#include "proxy/client_budget.h"
 #include "proxy/router.h"
 #include "proxy/stats.h"
 
@@ -43,6 +44,9 @@ class Worker {
   // Before Start(): what PROXY INFO reports (read-only, shared by all workers).
   void SetInfo(const ProxyInfo* info) { info_ = info; }
   const ProxyInfo* info() const { return info_; }
+  // Before Start(): the process-wide client budget (owned by the server).
+  void SetBudget(ClientBudget* budget) { budget_ = budget; }
+  ClientBudget& budget() { return *budget_; }
 
   // Loop-thread API.
   uv_loop_t* loop() { return &loop_; }
@@ -80,6 +84,13 @@ class Worker {
   // Deletes the object at the next flush point (after libuv has released its handles).
   void Bury(BackendConn* c);
   void OnClientClosed(ClientSession* c);
+  // Numbers one timeout check of one connection (never 0).
+  uint64_t NextTimeoutPass() { return ++timeout_pass_; }
+  // The retry budget's spare token for clients that have not earned one: one per second.
+  bool TakeSpareRetry();
+  // All clients together hold more than limits.max_total_client_buffer_bytes: closes this
+  // worker's clients holding the most until the total fits (or none holds anything).
+  void EnforceTotalBudget();
 
  private:
   void Run();
@@ -95,6 +106,7 @@ class Worker {
   size_t id_;
   std::shared_ptr<const Config> config_;
   const ProxyInfo* info_ = nullptr;
+  ClientBudget* budget_ = nullptr;
   const BackendGroup& backends_;
   const Router& router_;
   uint64_t timeout_ms_;
@@ -125,6 +137,9 @@ class Worker {
   std::vector<BackendConn*> idle_dedicated_;
   std::unordered_set<BackendConn*> dedicated_;  // every live dedicated connection
   size_t replica_rr_ = 0;
+  uint64_t timeout_pass_ = 0;
+  uint64_t spare_retry_taken_ms_ = 0;
+  bool spare_retry_used_ = false;
   uint64_t rng_state_;
 
   std::vector<ClientSession*> dirty_clients_;

@@ -1,0 +1,37 @@
+// ClientBudget: what all clients together may use, shared by the accepting thread and the
+// workers: the open client count (max_clients) and the reply bytes held for clients
+// (limits.max_total_client_buffer_bytes, Redis 7's maxmemory-clients). Sessions report their
+// holdings at flush points (once per loop turn at most), never per request.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "proxy/stats.h"
+
+namespace kp {
+
+// Why the proxy closed a client on its own initiative (kompress_client_drops_total{reason}).
+enum class DropReason : uint8_t {
+  kClientBuffer,       // its own replies piled up past limits.max_client_buffer_bytes
+  kTotalClientBuffer,  // all clients together past limits.max_total_client_buffer_bytes
+};
+inline constexpr size_t kDropReasonCount = 2;
+
+inline const char* DropReasonName(DropReason r) {
+  switch (r) {
+    case DropReason::kClientBuffer:
+      return "max_client_buffer_bytes";
+    case DropReason::kTotalClientBuffer:
+      return "max_total_client_buffer_bytes";
+  }
+  return "other";
+}
+
+struct ClientBudget {
+  std::atomic<int64_t> clients{0};      // accepted and not yet closed
+  std::atomic<int64_t> reply_bytes{0};  // sum of the sessions' counted reply bytes
+  Counter refused;                      // accepting thread only: over max_clients
+};
+
+}  // namespace kp

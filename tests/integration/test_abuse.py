@@ -1,0 +1,1080 @@
+"""Holds under abuse: clients (and operators) that misbehave on purpose, while a second,
+well-behaved client pipelines SET+GET through the same proxy (1 worker, `timeout 1`) for the
+whole duration of the abuse. That client must see no error and no wrong value, and no
+backend may be marked down (unless a test stops the backend itself; see each test).
+
+Cases: QUIT inside pinned sessions; transactions and WATCH across a primary stall and a
+killed dedicated connection; a subscriber that never reads; the total bound on client
+buffers; the retry budget for slow reads; descriptor exhaustion and max_clients; the admin
+port flooded under ulimit 1024; an unknown KOMPRESS_* variable.
+
+Names this file assumes (the behaviour is required even where the code does not have it yet):
+  options  limits.max_client_buffer_bytes (--max-client-buffer-bytes), max_total_client_
+           buffer_bytes (--max-total-client-buffer-bytes), max_clients (--max-clients)
+  metrics  kompress_backend_up{backend,role}, kompress_client_connections,
+           kompress_client_drops_total{reason="max_client_buffer_bytes"} and
+           {reason="max_total_client_buffer_bytes"}
+  replies  -ERR max number of clients reached (Redis's words)
+"""
+
+import errno
+import os
+import re
+import resource
+import selectors
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+import fixtures
+from fixtures import (HOST, SLOWDOWN, IncompleteReply, Proxy, connect, encode_command,
+                      free_port, http_get, port_accepts, read_replies, read_until_closed,
+                      reply_end, run_proxy_once, wait_until)
+
+TIMEOUT_S = 1.0
+BASE_ARGS = ["--workers", "1", "--timeout", str(TIMEOUT_S), "--health-check-interval", "0.2"]
+MB = 1 << 20
+
+# RSS bounds: the configured byte bound plus this constant (allocator slack, buffer capacity
+# rounding, the proxy's own growth during the test).
+RSS_SLACK_BYTES = 64 * MB
+# Under ASan freed memory sits in a quarantine (256 MB by default) and would count as RSS:
+# keep it small for the tests that measure RSS. Ignored by builds without ASan.
+ASAN_SMALL_QUARANTINE = ":quarantine_size_mb=8:thread_local_quarantine_size_kb=256"
+
+MAX_CLIENTS_ERROR = b"-ERR max number of clients reached\r\n"
+# Clients the proxy closed because of the replies held for them, by reason
+# ("max_client_buffer_bytes", "max_total_client_buffer_bytes").
+DROPS_METRIC = "kompress_client_drops_total"
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+def start_proxy(make_proxy, cluster, *extra, replicas=1, env=None):
+    """A proxy with BASE_ARGS, an admin endpoint (proxy.admin) and `replicas` replicas."""
+    admin = free_port()
+    p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas[:replicas]],
+                   extra_args=BASE_ARGS + ["--admin-listen", f"{HOST}:{admin}"] + list(extra),
+                   use_base_args=False, env=env)
+    p.admin = admin
+    return p
+
+
+def rss_env():
+    base = os.environ.get("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
+    return {"ASAN_OPTIONS": base + ASAN_SMALL_QUARANTINE}
+
+
+class LimitedProxy(Proxy):
+    """fixtures.Proxy started with RLIMIT_NOFILE (soft and hard) lowered to `nofile`."""
+
+    def __init__(self, *args, nofile, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nofile = nofile
+
+    def start(self, timeout=20):
+        nofile = self.nofile
+
+        def lower_limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=self._log, env=self.env, preexec_fn=lower_limit)
+        fixtures.REGISTRY.add(self.proc)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited with {self.proc.returncode}: {self.stderr()}")
+            return port_accepts(self.port)
+        try:
+            wait_until(ready, timeout, what="proxy to accept connections")
+        except (TimeoutError, RuntimeError) as exc:
+            self.stop()
+            raise RuntimeError(f"proxy did not start: {exc}\nargs: {self.args}\n"
+                               f"stderr:\n{self.stderr()}") from None
+        return self
+
+
+@pytest.fixture
+def make_limited_proxy(tmp_path):
+    """Factory: make(cluster, nofile, *extra, replicas=1): a LimitedProxy with BASE_ARGS and
+    an admin endpoint (proxy.admin). Stopped (and its log tail printed) at teardown."""
+    started = []
+
+    def make(cluster, nofile, *extra, replicas=1):
+        fixtures.require_proxy_bin()
+        admin = free_port()
+        p = LimitedProxy(tmp_path / "limited", cluster.primary.port,
+                         [r.port for r in cluster.replicas[:replicas]],
+                         extra_args=BASE_ARGS + ["--admin-listen", f"{HOST}:{admin}"]
+                         + list(extra), use_base_args=False, name=f"limited{len(started)}",
+                         nofile=nofile)
+        p.admin = admin
+        started.append(p)
+        return p.start()
+
+    yield make
+    for p in started:
+        p.stop()
+        fixtures.dump_proxy_log(p)
+
+
+def own_nofile_at_least(n):
+    """Raises this process's soft RLIMIT_NOFILE to n; returns the old limits (to restore)."""
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = old
+    if soft < n:
+        if hard != resource.RLIM_INFINITY and hard < n:
+            pytest.fail(f"this test opens {n} sockets; the hard RLIMIT_NOFILE is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+    return old
+
+
+def series(text, name):
+    """{series: value} for every sample of metric `name` in Prometheus text."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def metrics(proxy):
+    status, text = http_get(proxy.admin, "/metrics")
+    assert status == 200, (status, text[:200])
+    return text
+
+
+def client_drops(proxy, reason):
+    """DROPS_METRIC{reason=...}; AssertionError if the series is not exported."""
+    name = f'{DROPS_METRIC}{{reason="{reason}"}}'
+    values = series(metrics(proxy), DROPS_METRIC)
+    assert name in values, f"{name} not exported; have {sorted(values)}"
+    return values[name]
+
+
+def marked_down_lines(proxy, backend_port=None):
+    return [line for line in proxy.stderr().splitlines() if "marked down" in line
+            and (backend_port is None or f"{HOST}:{backend_port} marked down" in line)]
+
+
+def assert_no_backend_marked_down(proxy):
+    down = marked_down_lines(proxy)
+    assert not down, "a backend was marked down:\n" + "\n".join(down[:10])
+    ups = series(metrics(proxy), "kompress_backend_up")
+    assert ups and all(v == 1 for v in ups.values()), f"backend not up: {ups}"
+
+
+def kill_normal_clients(server):
+    """CLIENT KILL TYPE normal on a Redis server over a direct connection: every client
+    connection (the proxy's shared, dedicated and probe connections) except this one; the
+    replication links (type replica/master) stay."""
+    return server.client().execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+
+def vm_rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class RssSampler:
+    """Samples a process's VmRSS every 10 ms in a thread; .peak is the highest seen."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.peak = vm_rss_bytes(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, vm_rss_bytes(self.pid))
+            except (OSError, AssertionError):
+                return
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class GoodClient:
+    """The well-behaved client: one connection, pipelining SET k v + GET k in rounds, with a
+    fresh key and value each round, checking the GET returns the value just SET.
+
+    errors: (sent, done, what) of rounds that got an error reply or lost the connection
+    (monotonic times, to tell errors inside a fault window from others); wrong: rounds whose
+    reply was not an error but not the right answer either. quiet(): a context manager
+    during which no round is in flight (so a test can kill connections between rounds)."""
+
+    ROUND_TIMEOUT_S = 15.0  # longer than any stall in this file plus the proxy's timeout
+
+    def __init__(self, port, tag="good"):
+        self.port = port
+        self.tag = tag
+        self.rounds = 0
+        self.errors = []
+        self.wrong = []
+        self._sock = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._sock = connect(self.port, timeout=self.ROUND_TIMEOUT_S)
+        self._round()  # connected and answering before the abuse starts
+        assert self.errors == [] and self.wrong == [], (self.errors, self.wrong)
+        self._thread.start()
+        return self
+
+    def _round(self):
+        i = self.rounds
+        self.rounds += 1
+        key = f"{self.tag}:{i}"
+        value = f"{self.tag}-{i}-{os.urandom(6).hex()}".encode()
+        t0 = time.monotonic()
+        try:
+            if self._sock is None:
+                self._sock = connect(self.port, timeout=self.ROUND_TIMEOUT_S)
+            self._sock.sendall(encode_command("SET", key, value) + encode_command("GET", key))
+            (set_reply, get_reply), rest = read_replies(self._sock, 2,
+                                                        timeout=self.ROUND_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - every client-visible failure counts
+            self.errors.append((t0, time.monotonic(), f"round {i}: {exc!r}"))
+            if self._sock is not None:
+                self._sock.close()
+            self._sock = None
+            return
+        t1 = time.monotonic()
+        if rest:
+            self.wrong.append((round(t0, 3), f"round {i}: extra bytes {rest[:100]!r}"))
+        if set_reply != b"+OK\r\n":
+            if set_reply.startswith(b"-"):
+                # The SET may or may not have been applied: the GET can show either value.
+                self.errors.append((t0, t1, f"round {i}: SET -> {set_reply!r}"))
+            else:
+                self.wrong.append((round(t0, 3), f"round {i}: SET -> {set_reply!r}"))
+            return
+        want = b"$%d\r\n%s\r\n" % (len(value), value)
+        if get_reply != want:
+            if get_reply.startswith(b"-"):
+                self.errors.append((t0, t1, f"round {i}: GET -> {get_reply!r}"))
+            else:
+                self.wrong.append((round(t0, 3), f"round {i}: GET -> {get_reply[:80]!r}, "
+                                   f"want {want!r}"))
+
+    def _run(self):
+        while not self._stop.is_set():
+            with self._lock:
+                self._round()
+            time.sleep(0.002)
+
+    def wait_rounds(self, n):
+        """Waits until n more rounds were made (the client keeps going meanwhile)."""
+        target = self.rounds + n
+        wait_until(lambda: self.rounds >= target, 10 * SLOWDOWN, what=f"{n} more good rounds")
+
+    def quiet(self):
+        return self._lock
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), "good client stuck"
+        if self._sock is not None:
+            self._sock.close()
+
+    def errors_outside(self, windows):
+        return [e for e in self.errors
+                if not any(e[0] <= w_end and e[1] >= w_start for w_start, w_end in windows)]
+
+    def assert_clean(self, min_rounds=20):
+        assert self.wrong == [], f"well-behaved client got wrong values: {self.wrong[:5]}"
+        assert self.errors == [], (f"well-behaved client got {len(self.errors)} errors: "
+                                   f"{[e[2] for e in self.errors[:5]]}")
+        assert self.rounds >= min_rounds, f"well-behaved client made only {self.rounds} rounds"
+
+
+class Swarm:
+    """n non-blocking connections to port. Each sends `payload` once connected, then reads
+    until finished(data, closed) is true (or EOF); with finished=None it is done once
+    connected. Sockets stay open until close(). Per connection: .connected, .error (errno of
+    a failed connect), .data, .closed, .done."""
+
+    class Conn:
+        def __init__(self, sock):
+            self.sock = sock
+            self.connected = False
+            self.error = None
+            self.data = b""
+            self.closed = False
+            self.done = False
+
+    def __init__(self, port, n, payload=b"", finished=None):
+        self.payload = payload
+        self.finished = finished
+        self.sel = selectors.DefaultSelector()
+        self.conns = []
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            c = Swarm.Conn(s)
+            self.conns.append(c)
+            rc = s.connect_ex((HOST, port))
+            if rc not in (0, errno.EINPROGRESS):
+                c.error, c.done = rc, True
+                continue
+            self.sel.register(s, selectors.EVENT_WRITE, c)
+
+    def _finish(self, c):
+        c.done = True
+        self.sel.unregister(c.sock)
+
+    def run(self, timeout):
+        deadline = time.monotonic() + timeout
+        while any(not c.done for c in self.conns):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for key, _ in self.sel.select(timeout=min(0.05, remaining)):
+                c = key.data
+                if not c.connected:
+                    err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        c.error = err
+                        self._finish(c)
+                        continue
+                    c.connected = True
+                    if self.payload:
+                        try:
+                            c.sock.send(self.payload)
+                        except OSError as exc:
+                            c.error = exc.errno
+                            c.closed = True
+                            self._finish(c)
+                            continue
+                    if self.finished is None:
+                        self._finish(c)
+                    else:
+                        self.sel.modify(c.sock, selectors.EVENT_READ, c)
+                    continue
+                try:
+                    chunk = c.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    c.data += chunk
+                else:
+                    c.closed = True
+                if c.closed or self.finished(c.data, c.closed):
+                    self._finish(c)
+        return self
+
+    def close(self):
+        for c in self.conns:
+            c.sock.close()
+        self.sel.close()
+
+
+def read_n_or_closed(sock, n, timeout):
+    """Reads until n complete replies arrived or the peer closed: (replies, closed). A
+    trailing partial reply at the close is left out. Raises TimeoutError on neither."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while True:
+        replies = complete_replies(buf)
+        if len(replies) >= n:
+            return replies[:n], False
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{len(replies)} of {n} replies and not closed in {timeout}s")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(1 << 20)
+        except (ConnectionResetError, BrokenPipeError):
+            chunk = b""
+        if not chunk:
+            return complete_replies(buf), True
+        buf += chunk
+
+
+def complete_replies(buf):
+    """The complete RESP replies at the start of buf (a trailing partial one is left out)."""
+    out, pos = [], 0
+    while True:
+        try:
+            end = reply_end(buf, pos)
+        except IncompleteReply:
+            return out
+        out.append(buf[pos:end])
+        pos = end
+
+
+# -- 1. QUIT inside pinned sessions ----------------------------------------------------------
+
+QUIT_ABUSE = [
+    # (what is pinned, bytes sent in one write, what Redis answers before closing)
+    ("MULTI", b"MULTI\r\nQUIT\r\nPING\r\n", b"+OK\r\n+OK\r\n"),
+    ("WATCH", b"WATCH abuse:w\r\nQUIT\r\nPING\r\n", b"+OK\r\n+OK\r\n"),
+    ("SUBSCRIBE", b"SUBSCRIBE abuse:ch\r\nQUIT\r\nPING\r\n",
+     b"*3\r\n$9\r\nsubscribe\r\n$8\r\nabuse:ch\r\n:1\r\n+OK\r\n"),
+]
+QUIT_CLIENTS = 30
+QUIT_SPREAD_S = 3.0
+
+
+def test_quit_inside_multi_watch_and_subscribe(fresh_cluster, make_proxy):
+    """30 clients over 3 s send MULTI/WATCH/SUBSCRIBE, QUIT and PING in one write: each gets
+    Redis's answer (+OK for QUIT), no PONG, and is closed; the primary is never marked down
+    and the well-behaved client sees nothing of it."""
+    c = fresh_cluster
+    # The expectation is what Redis itself does with the same bytes.
+    for what, payload, expected in QUIT_ABUSE:
+        with connect(c.primary.port) as s:
+            s.sendall(payload)
+            assert read_until_closed(s, timeout=5) == (expected, True), f"Redis, {what}"
+
+    proxy = start_proxy(make_proxy, c)
+    good = GoodClient(proxy.port).start()
+    results = [None] * QUIT_CLIENTS
+
+    def abuser(i):
+        what, payload, _ = QUIT_ABUSE[i % len(QUIT_ABUSE)]
+        try:
+            with connect(proxy.port) as s:
+                s.sendall(payload)
+                results[i] = read_until_closed(s, timeout=5 * SLOWDOWN, limit=1 << 20)
+        except OSError as exc:
+            results[i] = (repr(exc).encode(), None)
+
+    threads = []
+    try:
+        for i in range(QUIT_CLIENTS):
+            t = threading.Thread(target=abuser, args=(i,), daemon=True)
+            t.start()
+            threads.append(t)
+            time.sleep(QUIT_SPREAD_S / QUIT_CLIENTS)
+        for t in threads:
+            t.join(timeout=15 * SLOWDOWN)
+        time.sleep(0.5)
+    finally:
+        good.stop()
+
+    bad = []
+    for i, res in enumerate(results):
+        what, _, expected = QUIT_ABUSE[i % len(QUIT_ABUSE)]
+        if res != (expected, True):
+            bad.append((i, what, res))
+    assert not bad, (f"{len(bad)} of {QUIT_CLIENTS} QUIT clients not answered like Redis and "
+                     f"closed (want (replies, closed=True)): {bad[:4]}")
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
+    # No session outlives its QUIT (the well-behaved client has left too).
+    wait_until(lambda: series(metrics(proxy), "kompress_client_connections")
+               .get("kompress_client_connections") == 0, 5 * SLOWDOWN,
+               what="kompress_client_connections back to 0 once every client left")
+    assert proxy.alive
+
+
+# -- 2. transactions and WATCH across a primary stall / a killed dedicated connection -------
+
+STALL_S = 2.5  # SIGSTOP of the primary: well past the 1 s timeout
+# After SIGCONT the proxy needs a probe (0.2 s) to confirm the primary again; the well-behaved
+# client's errors are excused from SIGSTOP until this long after SIGCONT.
+RECOVERY_GRACE_S = 2.0 * SLOWDOWN
+
+
+class RawSession:
+    """A client connection speaking one command at a time; reply None once it was closed."""
+
+    def __init__(self, port):
+        self.sock = connect(port, timeout=15)
+        self.closed = False
+        self.log = []  # (command, raw reply or None)
+
+    def cmd(self, *args, timeout=15.0):
+        reply = None
+        if not self.closed:
+            try:
+                self.sock.sendall(encode_command(*args))
+                (reply,), rest = read_replies(self.sock, 1, timeout=timeout)
+                assert rest == b"", f"{args}: bytes beyond the one reply: {rest[:200]!r}"
+            except TimeoutError:
+                raise AssertionError(f"no reply to {args} within {timeout}s and not closed; "
+                                     f"so far: {self.log}") from None
+            except OSError:  # ConnectionError: closed by the proxy
+                self.closed = True
+                reply = None
+        self.log.append((" ".join(map(str, args)), reply))
+        return reply
+
+    def close(self):
+        self.sock.close()
+
+
+def is_error(reply):
+    return reply is not None and reply.startswith(b"-")
+
+
+def test_transactions_hold_across_primary_stall_and_connection_kill(fresh_cluster, make_proxy):
+    """Never a command run outside its MULTI, never EXEC succeeding without its WATCH:
+      A  MULTI, SET tx:1, primary stalled 2.5 s, SET tx:2, EXEC
+      B  MULTI, primary stalled 2.5 s with SET tx:1 sent meanwhile, SET tx:2, EXEC
+      C  MULTI, SET tx:1, the dedicated connection killed (CLIENT KILL TYPE normal), ...
+      W1 WATCH k, primary stalled, k changed directly, MULTI, SET k, EXEC
+      W2 WATCH k, the dedicated connection killed, k changed directly, MULTI, SET k, EXEC
+    Afterwards tx:1 and tx:2 both exist or neither; no SET is answered +OK; an EXEC that
+    succeeded ran both; a watched EXEC is nil, an error or a disconnect. The well-behaved
+    client may see errors only while the primary is stopped (and RECOVERY_GRACE_S after);
+    the connection kills happen between its rounds, so they may cost it nothing."""
+    c = fresh_cluster
+    proxy = start_proxy(make_proxy, c)
+    direct = c.primary.client(timeout=30)
+    good = GoodClient(proxy.port).start()
+    windows = []
+    tx = {}       # variant: (session log, keys)
+    watched = {}  # variant: (session log, key)
+
+    def stall(during=None):
+        """SIGSTOP the primary for STALL_S; `during` runs meanwhile in this thread."""
+        t0 = time.monotonic()
+        c.primary.sigstop()
+        timer = threading.Timer(STALL_S, c.primary.sigcont)
+        timer.start()
+        try:
+            if during is not None:
+                during()
+        finally:
+            timer.join()
+            if c.primary.stopped:
+                c.primary.sigcont()
+            windows.append((t0, time.monotonic() + RECOVERY_GRACE_S))
+
+    def kill_dedicated():
+        with good.quiet():
+            assert kill_normal_clients(c.primary) >= 1
+            time.sleep(0.5)  # the proxy sees the closes before the next request
+
+    def recovered():
+        wait_until(lambda: proxy.client(timeout=2).set("abuse:recovered", "1"),
+                   10 * SLOWDOWN, interval=0.1, what="writes through the proxy again")
+
+    def transaction(name, fault, queue_first):
+        keys = [f"tx:{name}:1", f"tx:{name}:2"]
+        s = RawSession(proxy.port)
+        assert s.cmd("MULTI") == b"+OK\r\n"
+        if queue_first:
+            assert s.cmd("SET", keys[0], "a") == b"+QUEUED\r\n"
+            fault()
+        else:
+            fault(lambda: s.cmd("SET", keys[0], "a"))
+        s.cmd("SET", keys[1], "b")
+        s.cmd("EXEC")
+        s.close()
+        tx[name] = (s.log, keys)
+        recovered()
+
+    def watch(name, fault):
+        key = f"w:{name}"
+        direct.set(key, "orig")
+        s = RawSession(proxy.port)
+        assert s.cmd("WATCH", key) == b"+OK\r\n"
+        fault()
+        direct.set(key, "changed")
+        s.cmd("MULTI")
+        s.cmd("SET", key, "mine")
+        s.cmd("EXEC")
+        s.close()
+        watched[name] = (s.log, key)
+        recovered()
+
+    try:
+        transaction("A", stall, queue_first=True)
+        transaction("B", stall, queue_first=False)
+        transaction("C", kill_dedicated, queue_first=True)
+        watch("W1", stall)
+        watch("W2", kill_dedicated)
+    finally:
+        good.stop()
+
+    for name, (log, _) in list(tx.items()) + list(watched.items()):
+        print(f"{name}: {log}")
+    print(f"good client: {good.rounds} rounds, errors {[e[2] for e in good.errors[:5]]}")
+    problems = []
+    for name, (log, keys) in tx.items():
+        state = [direct.get(k) for k in keys]
+        exec_reply = log[-1][1]
+        if state not in ([None, None], [b"a", b"b"]):
+            problems.append(f"{name}: partial transaction on the primary {dict(zip(keys, state))}"
+                            f"; replies {log}")
+        if any(cmd.startswith("SET") and r == b"+OK\r\n" for cmd, r in log):
+            problems.append(f"{name}: a SET ran outside MULTI: {log}")
+        if exec_reply is not None and exec_reply.startswith(b"*") and exec_reply != b"*-1\r\n":
+            if exec_reply != b"*2\r\n+OK\r\n+OK\r\n" or state != [b"a", b"b"]:
+                problems.append(f"{name}: EXEC answered {exec_reply!r}, primary has {state}")
+    for name, (log, key) in watched.items():
+        exec_reply = log[-1][1]
+        value = direct.get(key)
+        if value != b"changed":
+            problems.append(f"{name}: watched key overwritten ({value!r}): {log}")
+        if not (exec_reply is None or exec_reply == b"*-1\r\n" or is_error(exec_reply)):
+            problems.append(f"{name}: EXEC after a lost WATCH answered {exec_reply!r}: {log}")
+        if any(cmd.startswith("SET") and r == b"+OK\r\n" for cmd, r in log):
+            problems.append(f"{name}: SET ran outside MULTI: {log}")
+    assert not problems, "\n".join(problems)
+
+    assert good.wrong == [], f"well-behaved client got wrong values: {good.wrong[:5]}"
+    outside = good.errors_outside(windows)
+    assert outside == [], (f"well-behaved client got {len(outside)} errors outside the stalls: "
+                           f"{[e[2] for e in outside[:5]]}")
+    assert good.rounds >= 20
+    down = marked_down_lines(proxy, c.replicas[0].port)
+    assert not down, "the replica (never stopped) was marked down:\n" + "\n".join(down)
+    assert proxy.alive
+
+
+# -- 3. a subscriber that never reads --------------------------------------------------------
+
+SUB_BUFFER_BYTES = 8 * MB
+PUBLISH_COUNT = 400
+PUBLISH_BYTES = 1 * MB  # 400 MB in all
+
+
+def test_unread_subscriber_is_bounded_and_dropped(fresh_cluster, make_proxy):
+    """A subscriber that never reads while 400 x 1 MB is published: the proxy's RSS stays
+    within max_client_buffer_bytes (8 MB) + RSS_SLACK_BYTES of where it started, the
+    subscriber is dropped (its socket closed) and counted in
+    kompress_client_drops_total{reason="max_client_buffer_bytes"}."""
+    c = fresh_cluster
+    direct = c.primary.client(timeout=60)
+    # Redis's own pub/sub output limit would cut the proxy's subscription (and so end the
+    # subscriber) on its own: off, so what bounds the memory here is the proxy.
+    direct.config_set("client-output-buffer-limit", "pubsub 0 0 0")
+    proxy = start_proxy(make_proxy, c, "--max-client-buffer-bytes", str(SUB_BUFFER_BYTES),
+                        env=rss_env())
+    good = GoodClient(proxy.port).start()
+    time.sleep(0.5)
+    baseline = vm_rss_bytes(proxy.proc.pid)
+    bound = baseline + SUB_BUFFER_BYTES + RSS_SLACK_BYTES
+
+    sub = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sub.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # before connect: fixed
+    sub.connect((HOST, proxy.port))
+    sub.sendall(encode_command("SUBSCRIBE", "abuse:feed"))
+    (confirm,), _ = read_replies(sub, 1)
+    assert confirm == b"*3\r\n$9\r\nsubscribe\r\n$10\r\nabuse:feed\r\n:1\r\n"
+
+    payload = os.urandom(PUBLISH_BYTES // 2).hex().encode()
+    receivers = []
+    try:
+        with RssSampler(proxy.proc.pid) as rss:
+            for _ in range(PUBLISH_COUNT):
+                receivers.append(direct.publish("abuse:feed", payload))
+                if rss.peak > bound + 256 * MB:
+                    break  # failed already; spare the machine
+            time.sleep(0.5)
+        data, closed = read_until_closed(sub, timeout=10 * SLOWDOWN, limit=64 * MB)
+    finally:
+        sub.close()
+        good.stop()
+
+    print(f"RSS {baseline / MB:.0f} MB -> peak {rss.peak / MB:.0f} MB; subscriber read "
+          f"{len(data) / MB:.1f} MB, closed {closed}; {len(receivers)} published")
+    assert rss.peak <= bound, (f"proxy RSS reached {rss.peak / MB:.0f} MB: over "
+                               f"{baseline / MB:.0f} MB at start + 8 MB bound + "
+                               f"{RSS_SLACK_BYTES // MB} MB ({len(receivers)} messages "
+                               f"published, receivers {receivers[:1]}..{receivers[-1:]})")
+    assert closed, (f"unread subscriber not dropped: it read {len(data) / MB:.1f} MB after "
+                    f"{len(receivers)} x 1 MB were published and its socket is still open")
+    wait_until(lambda: client_drops(proxy, "max_client_buffer_bytes") >= 1, 5 * SLOWDOWN,
+               what=f'{DROPS_METRIC}{{reason="max_client_buffer_bytes"}} >= 1')
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
+    assert proxy.alive
+
+
+# -- 4. the bound on all clients' buffers together -------------------------------------------
+
+PER_CLIENT_BUFFER = 16 * MB
+TOTAL_CLIENT_BUFFER = 24 * MB
+VALUE_BYTES = 1 * MB
+# Clients that never read. Each big one asks for 15 MB: under its own 16 MB bound, so only
+# the total bound can drop it (the kernel takes about 4 MB per socket, so the proxy holds
+# about 11 MB for each: 44 MB in all, well over 24 MB). Pipelining 96 GETs (the issue's
+# example) would pass the per-client bound by itself and not exercise the total one. The
+# small ones (3 MB, most of it in the kernel) hold least and must not be the ones dropped.
+BIG_CLIENTS, BIG_GETS = 4, 15
+SMALL_CLIENTS, SMALL_GETS = 2, 3
+
+
+def test_total_client_buffer_bound_drops_the_biggest(fresh_cluster, make_proxy):
+    """max_total_client_buffer_bytes 24mb with 16mb per client: clients that pipeline reads
+    of a 1 MB value and do not read the replies hold about 44 MB between them. Clients holding most are dropped
+    (counted in kompress_client_drops_total{reason="max_total_client_buffer_bytes"}), those
+    holding least are not and later read every reply intact, the proxy's RSS stays within
+    the total bound + RSS_SLACK_BYTES, and the well-behaved client notices nothing."""
+    c = fresh_cluster
+    c.primary.client().set("abuse:big", b"v" * VALUE_BYTES)
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c, "--max-client-buffer-bytes", str(PER_CLIENT_BUFFER),
+                        "--max-total-client-buffer-bytes", str(TOTAL_CLIENT_BUFFER),
+                        env=rss_env())
+    good = GoodClient(proxy.port).start()
+    time.sleep(0.5)
+    baseline = vm_rss_bytes(proxy.proc.pid)
+    bound = baseline + TOTAL_CLIENT_BUFFER + RSS_SLACK_BYTES
+    want = b"$%d\r\n%s\r\n" % (VALUE_BYTES, b"v" * VALUE_BYTES)
+
+    def client():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.connect((HOST, proxy.port))
+        return s
+
+    # Oldest and newest connections are small ones: dropping by age would hit one of them.
+    plan = ([("small", SMALL_GETS)] + [("big", BIG_GETS)] * BIG_CLIENTS
+            + [("small", SMALL_GETS)] * (SMALL_CLIENTS - 1))
+    socks = [client() for _ in plan]
+    # GETRANGE k 0 -1: the value, as GET returns it, under a command name the well-behaved
+    # client does not use, so commandstats count the abusers' reads alone.
+    read_big = encode_command("GETRANGE", "abuse:big", "0", "-1")
+    before = sum(server.calls("getrange") for server in c.servers)
+    outcome = []
+    try:
+        with RssSampler(proxy.proc.pid) as rss:
+            for s, (_, n) in zip(socks, plan):
+                s.sendall(read_big * n)
+            # Redis has served what the proxy sent on (all of it, unless the proxy dropped a
+            # client first): the GET count stops growing.
+            served = []
+
+            def settled():
+                served.append(sum(server.calls("getrange") for server in c.servers) - before)
+                return len(served) > 10 and served[-1] == served[-11] > 0
+            wait_until(settled, 15 * SLOWDOWN, interval=0.1, what="the big reads to settle")
+            time.sleep(0.5 * SLOWDOWN)
+        for s, (kind, n) in zip(socks, plan):
+            replies, closed = read_n_or_closed(s, n, timeout=10 * SLOWDOWN)
+            outcome.append((kind, "dropped" if closed else "kept", replies, n))
+    finally:
+        for s in socks:
+            s.close()
+        good.stop()
+
+    # Kept clients get every reply; dropped ones get right replies up to the drop (and at
+    # most an error as the last one).
+    bad = [(kind, fate, [r[:40] for r in replies if r != want], n)
+           for kind, fate, replies, n in outcome
+           if (fate == "kept" and replies != [want] * n)
+           or (fate == "dropped" and any(r != want for r in replies[:-1]))
+           or (fate == "dropped" and replies and replies[-1] != want
+               and not replies[-1].startswith(b"-"))]
+    assert not bad, f"wrong replies: {bad}"
+    outcome = [(kind, fate, len(replies), n) for kind, fate, replies, n in outcome]
+    print(f"RSS {baseline / MB:.0f} MB -> peak {rss.peak / MB:.0f} MB; outcome {outcome}")
+    dropped_small = [o for o in outcome if o[0] == "small" and o[1] == "dropped"]
+    dropped_big = [o for o in outcome if o[0] == "big" and o[1] == "dropped"]
+    assert dropped_big, (f"no client dropped though {BIG_CLIENTS} x {BIG_GETS} MB unread is far "
+                         f"over max_total_client_buffer_bytes {TOTAL_CLIENT_BUFFER // MB} MB: "
+                         f"{outcome}")
+    assert not dropped_small, f"clients holding least were dropped: {outcome}"
+    assert client_drops(proxy, "max_total_client_buffer_bytes") >= len(dropped_big)
+    assert rss.peak <= bound, (f"proxy RSS reached {rss.peak / MB:.0f} MB: over "
+                               f"{baseline / MB:.0f} MB at start + "
+                               f"{TOTAL_CLIENT_BUFFER // MB} MB total bound + "
+                               f"{RSS_SLACK_BYTES // MB} MB")
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
+    assert proxy.alive
+
+
+# -- 5. the retry budget ---------------------------------------------------------------------
+
+SLOW_READ_S = 2.0  # on the replica, with timeout 1 s
+# No retry-budget option exists yet. The required behaviour: a burst of reads that all time
+# out on a slow replica is not all re-run on the primary; at most this many of a burst of
+# RETRY_BURST reach it (the implementer aligns these numbers with the budget's defaults).
+RETRY_BURST = 5
+MAX_BURST_RETRIES_ON_PRIMARY = 1
+
+# Busy-loops until the absolute time ARGV[1] (microseconds, the replica's clock) on a
+# replica; returns at once on the primary. Every read of the burst shares the deadline, so
+# the replica is busy SLOW_READ_S in all, and each read waits about that long for its reply.
+SLOW_SCRIPT = """
+local info = redis.call('INFO', 'replication')
+if not string.find(info, 'role:slave', 1, true) then return 'primary' end
+local deadline = tonumber(ARGV[1])
+while true do
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000000 + tonumber(t[2]) >= deadline then return 'replica' end
+end
+"""
+
+
+def test_slow_replica_reads_do_not_all_retry_on_the_primary(fresh_cluster, make_proxy):
+    """A burst of RETRY_BURST reads (EVAL_RO) that each take 2 s on the replica, timeout 1 s:
+    at most MAX_BURST_RETRIES_ON_PRIMARY of them are re-run on the primary (its
+    commandstats), the primary is not marked down, the well-behaved client sees nothing."""
+    c = fresh_cluster
+    replica = c.replicas[0]
+    # Requests queued behind the script wait (no -BUSY) for the whole burst.
+    replica.client().config_set("busy-reply-threshold", 10_000)
+    proxy = start_proxy(make_proxy, c)
+    # The script reaches the replica through the proxy and ends at once with a past deadline.
+    wait_until(lambda: proxy.client().eval_ro(SLOW_SCRIPT, 0, "0") == b"replica",
+               5 * SLOWDOWN, interval=0.1, what="EVAL_RO served by the replica")
+    good = GoodClient(proxy.port).start()
+    time.sleep(0.3)
+    before = c.primary.calls("eval_ro")
+    sec, usec = replica.client().time()
+    deadline = sec * 1_000_000 + usec + int(SLOW_READ_S * 1_000_000)
+    replies = [None] * RETRY_BURST
+    barrier = threading.Barrier(RETRY_BURST)
+
+    def slow_read(i):
+        with connect(proxy.port, timeout=15) as s:
+            barrier.wait(timeout=10)
+            s.sendall(encode_command("EVAL_RO", SLOW_SCRIPT, "0", str(deadline)))
+            try:
+                replies[i] = read_replies(s, 1, timeout=15 * SLOWDOWN)[0][0]
+            except (OSError, ConnectionError) as exc:
+                replies[i] = repr(exc).encode()
+
+    threads = [threading.Thread(target=slow_read, args=(i,), daemon=True)
+               for i in range(RETRY_BURST)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30 * SLOWDOWN)
+        time.sleep(0.5)
+    finally:
+        good.stop()
+
+    retried = c.primary.calls("eval_ro") - before
+    odd = [r for r in replies
+           if r not in (b"$7\r\nreplica\r\n", b"$7\r\nprimary\r\n") and not is_error(r)]
+    assert not odd, f"slow reads got neither an answer nor an error: {odd}"
+    assert retried <= MAX_BURST_RETRIES_ON_PRIMARY, (
+        f"{retried} of a burst of {RETRY_BURST} slow replica reads were re-run on the "
+        f"primary (at most {MAX_BURST_RETRIES_ON_PRIMARY} allowed); replies {replies}")
+    down = marked_down_lines(proxy, c.primary.port)
+    assert not down, "primary marked down:\n" + "\n".join(down)
+    good.assert_clean()
+    assert proxy.alive
+
+
+# -- 6. descriptor exhaustion and max_clients ------------------------------------------------
+
+PROXY_NOFILE = 128
+FD_CLIENTS = 200
+# Log lines about running out of descriptors: at most this many per 5 s of exhaustion.
+FD_LOG_LINES_PER_5S = 10
+FD_LOG_PATTERN = re.compile(r"too many open files|EMFILE|ENFILE|descriptor|max number of clients"
+                            r"|max_clients", re.IGNORECASE)
+
+
+def pong_or_refused(data, closed):
+    return data == b"+PONG\r\n" or closed
+
+
+def classify(swarm):
+    """(answered PONG and open, refused with MAX_CLIENTS_ERROR and closed, anything else)."""
+    ok, refused, other = [], [], []
+    for i, conn in enumerate(swarm.conns):
+        if conn.data == b"+PONG\r\n" and not conn.closed:
+            ok.append(i)
+        elif conn.data == MAX_CLIENTS_ERROR and conn.closed:
+            refused.append(i)
+        else:
+            other.append((i, conn.connected, conn.error, conn.data[:80], conn.closed))
+    return ok, refused, other
+
+
+def test_descriptor_exhaustion(fresh_cluster, make_limited_proxy):
+    """Under RLIMIT_NOFILE 128, 200 clients connect: each either works or gets
+    -ERR max number of clients reached and is closed (none hangs). While exhausted, the
+    proxy's backend connections are killed: the well-behaved client (connected before) keeps
+    getting right answers with no error, no backend is marked down, and running out of
+    descriptors is logged at most FD_LOG_LINES_PER_5S times per 5 s."""
+    c = fresh_cluster
+    old_limit = own_nofile_at_least(FD_CLIENTS + 200)
+    proxy = make_limited_proxy(c, PROXY_NOFILE)
+    good = GoodClient(proxy.port).start()
+    def fd_lines():
+        return [line for line in proxy.stderr().splitlines() if FD_LOG_PATTERN.search(line)]
+    log_before = len(fd_lines())  # start-up may say what the descriptor limit allows
+    swarms = []
+    try:
+        t_exhausted = time.monotonic()
+        swarm = Swarm(proxy.port, FD_CLIENTS, encode_command("PING"), pong_or_refused)
+        swarms.append(swarm)
+        swarm.run(timeout=10 * SLOWDOWN)
+        ok, refused, other = classify(swarm)
+        print(f"{len(ok)} served, {len(refused)} refused, {len(other)} other")
+        assert not other, (f"{len(other)} of {FD_CLIENTS} clients neither served nor refused "
+                           f"with {MAX_CLIENTS_ERROR!r} and closed (e.g. hung): {other[:5]}; "
+                           f"{len(ok)} served, {len(refused)} refused")
+        assert refused, f"{FD_CLIENTS} clients served under RLIMIT_NOFILE {PROXY_NOFILE}?"
+
+        # Exhausted: the proxy's backend connections go; it must make new ones.
+        with good.quiet():
+            assert kill_normal_clients(c.primary) >= 1
+            assert kill_normal_clients(c.replicas[0]) >= 1
+            time.sleep(0.3)
+        time.sleep(2.0)
+        # Still exhausted: newcomers are refused promptly, not left hanging.
+        more = Swarm(proxy.port, 20, encode_command("PING"), pong_or_refused)
+        swarms.append(more)
+        more.run(timeout=5 * SLOWDOWN)
+        _, more_refused, more_other = classify(more)
+        assert not more_other, f"while exhausted, newcomers not refused and closed: {more_other}"
+        time.sleep(1.0)
+        exhausted_s = time.monotonic() - t_exhausted
+    finally:
+        for s in swarms:
+            s.close()
+        good.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, old_limit)
+
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
+    lines = fd_lines()[log_before:]
+    allowed = FD_LOG_LINES_PER_5S * max(1, -(-int(exhausted_s) // 5))
+    assert len(lines) <= allowed, (f"{len(lines)} log lines about descriptors in "
+                                   f"{exhausted_s:.1f}s (at most {allowed}): {lines[:3]}")
+    # Descriptors back: new clients are served again.
+    wait_until(lambda: proxy.client(timeout=2).ping(), 5 * SLOWDOWN, interval=0.1,
+               what="a new client served after the swarm left")
+    assert proxy.alive
+
+
+def test_max_clients_option(fresh_cluster, make_proxy):
+    """--max-clients 5: five clients are served, the sixth gets
+    -ERR max number of clients reached and is closed; once one leaves, a newcomer gets in."""
+    c = fresh_cluster
+    proxy = start_proxy(make_proxy, c, "--max-clients", "5")
+    good = GoodClient(proxy.port).start()  # client 1 of 5
+    others = []
+    try:
+        for _ in range(4):
+            s = connect(proxy.port)
+            s.sendall(encode_command("PING"))
+            assert read_replies(s, 1)[0] == [b"+PONG\r\n"]
+            others.append(s)
+        with connect(proxy.port) as sixth:
+            sixth.sendall(encode_command("PING"))
+            assert read_until_closed(sixth, timeout=5 * SLOWDOWN) == (MAX_CLIENTS_ERROR, True)
+        good.wait_rounds(20)  # served, with five clients in
+        others.pop().close()
+
+        def newcomer_served():
+            with connect(proxy.port) as s:
+                s.sendall(encode_command("PING"))
+                return read_replies(s, 1, timeout=2)[0] == [b"+PONG\r\n"]
+        wait_until(newcomer_served, 5 * SLOWDOWN, interval=0.1,
+                   what="a newcomer served after a client left")
+    finally:
+        for s in others:
+            s.close()
+        good.stop()
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
+
+
+# -- 7. the admin port cannot starve the proxy ------------------------------------------------
+
+ADMIN_FLOOD = 1200
+ADMIN_NOFILE = 1024
+ANSWER_WITHIN_S = 1.0 * SLOWDOWN
+
+
+def test_admin_flood_does_not_starve_clients(fresh_cluster, make_limited_proxy):
+    """1,200 idle or half-sent connections to the admin port of a proxy under ulimit 1024:
+    a new Redis client still connects and is answered, and /healthz answers, each within
+    1 s; the well-behaved client sees nothing."""
+    c = fresh_cluster
+    old_limit = own_nofile_at_least(ADMIN_FLOOD + 300)
+    proxy = make_limited_proxy(c, ADMIN_NOFILE)
+    good = GoodClient(proxy.port).start()
+    idle = half = None
+    try:
+        idle = Swarm(proxy.admin, ADMIN_FLOOD // 2).run(timeout=10 * SLOWDOWN)
+        half = Swarm(proxy.admin, ADMIN_FLOOD // 2,
+                     b"GET /metrics HTTP/1.1\r\nHost: x\r\n").run(timeout=10 * SLOWDOWN)
+        connected = sum(conn.connected for conn in idle.conns + half.conns)
+
+        t0 = time.monotonic()
+        with connect(proxy.port, timeout=5) as s:
+            s.sendall(encode_command("PING"))
+            assert read_replies(s, 1, timeout=5)[0] == [b"+PONG\r\n"]
+        redis_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        status, body = http_get(proxy.admin, "/healthz")
+        healthz_s = time.monotonic() - t0
+    finally:
+        for s in (idle, half):
+            if s is not None:
+                s.close()
+        good.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, old_limit)
+
+    print(f"{connected} admin connections; redis {redis_s:.3f}s, healthz {healthz_s:.3f}s")
+    assert redis_s <= ANSWER_WITHIN_S, (f"a new Redis client took {redis_s:.2f}s with "
+                                        f"{connected} admin connections open")
+    assert status == 200, (status, body[:200])
+    assert healthz_s <= ANSWER_WITHIN_S, (f"/healthz took {healthz_s:.2f}s with {connected} "
+                                          f"admin connections open")
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
+    assert proxy.alive
+
+
+# -- 8. an unknown KOMPRESS_* variable ------------------------------------------------------
+
+def unknown_var_warnings(stderr):
+    return [line for line in stderr.splitlines() if "KOMPRESS_LISTNE" in line]
+
+
+def names_listen(line):
+    return "KOMPRESS_LISTEN" in line.replace("KOMPRESS_LISTNE", "") or re.search(
+        r"\blisten\b", line) is not None
+
+
+def test_unknown_env_var_is_warned_about_with_the_nearest_key(fresh_cluster, make_proxy):
+    """KOMPRESS_LISTNE (a typo) in the environment: stderr warns, naming it and the nearest
+    known key (KOMPRESS_LISTEN or listen), both for --check-config and a real start; a
+    correctly spelt KOMPRESS_ variable gets no such warning."""
+    env = {"KOMPRESS_LISTNE": "127.0.0.1:1234", "KOMPRESS_TIMEOUT": "1"}
+    r = run_proxy_once(["--check-config", "--primary", f"{HOST}:{fresh_cluster.primary.port}"],
+                       env=env)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, f"a misspelt variable is a warning, not an error: {err}"
+    lines = unknown_var_warnings(err)
+    assert lines and any(names_listen(line) for line in lines), (
+        f"--check-config: no warning naming KOMPRESS_LISTNE and KOMPRESS_LISTEN; stderr:\n{err}")
+    assert "KOMPRESS_TIMEOUT" not in err, f"a known variable was warned about: {err}"
+
+    proxy = make_proxy(fresh_cluster.primary.port, [r.port for r in fresh_cluster.replicas],
+                       env=env)
+    assert proxy.client().ping() is True
+    err = proxy.stderr()
+    lines = unknown_var_warnings(err)
+    assert lines and any(names_listen(line) for line in lines), (
+        f"start-up: no warning naming KOMPRESS_LISTNE and KOMPRESS_LISTEN; stderr:\n{err}")
+    assert "KOMPRESS_TIMEOUT" not in err, f"a known variable was warned about: {err}"
