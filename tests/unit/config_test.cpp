@@ -728,3 +728,40 @@ TEST_CASE("Config: Sentinel settings and their cross-checks") {
 
 }  // namespace
 }  // namespace kp
+
+namespace kp {
+namespace {
+
+TEST_CASE("Config: client and memory bounds (max_clients, max_total_client_buffer_bytes)") {
+  Config d;
+  Config c = Load({});
+  CHECK(c.max_clients == 10000);
+  CHECK(c.client.max_total_client_buffer_bytes == d.client.max_total_client_buffer_bytes);
+  c = Load({{"KOMPRESS_MAX_CLIENTS", "50"}, {"KOMPRESS_MAX_TOTAL_CLIENT_BUFFER_BYTES", "32mb"}});
+  CHECK(c.max_clients == 50);
+  CHECK(c.client.max_total_client_buffer_bytes == 32u * 1024 * 1024);
+  c = Load({}, {"--max-clients", "7", "--max-total-client-buffer-bytes", "1gb"});
+  CHECK(c.max_clients == 7);
+  CHECK(c.client.max_total_client_buffer_bytes == 1024ull * 1024 * 1024);
+  CHECK(Has(ErrorOf({}, {"--max-clients", "0"}), "config: max_clients: \"0\""));
+  CHECK(Has(ErrorOf({}, {"--max-clients", "lots"}), "not a whole number"));
+  std::string msg = ErrorOf({}, {"--max-total-client-buffer-bytes", "1kb"});
+  CHECK(Has(msg, "limits.max_total_client_buffer_bytes"));
+  CHECK(Has(msg, "at least 64kb"));
+}
+
+TEST_CASE("Config: unknown KOMPRESS_ variables are warned about with the nearest name") {
+  auto w = UnknownEnvWarnings({"PATH", "KOMPRESS_LISTNE", "KOMPRESS_TIMEOUT", "KOMPRESS_CONFIG",
+                               "REDIS_HOST", "KOMPRESS_MAX_CLIENT_BUFER_BYTES",
+                               "KOMPRESS_SOMETHING_ELSE_ENTIRELY"});
+  REQUIRE(w.size() == 3);
+  CHECK(Has(w[0], "KOMPRESS_LISTNE"));
+  CHECK(Has(w[0], "did you mean KOMPRESS_LISTEN?"));
+  CHECK(Has(w[1], "did you mean KOMPRESS_MAX_CLIENT_BUFFER_BYTES?"));
+  CHECK(Has(w[2], "KOMPRESS_SOMETHING_ELSE_ENTIRELY"));
+  CHECK_FALSE(Has(w[2], "did you mean"));
+  CHECK(UnknownEnvWarnings({"KOMPRESS_LISTEN", "KOMPRESS_SENTINELS", "HOME"}).empty());
+}
+
+}  // namespace
+}  // namespace kp
