@@ -4,6 +4,7 @@
 // between calls so a request or reply split over many reads is scanned once.
 #include "common/resp_parser.h"
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
@@ -474,6 +475,27 @@ ParseStatus ReplyFramer::OpenAggregate(char type, const char* num, size_t n, boo
   }
   stack_.push_back(Level{pairs ? count * 2 : count, kind});
   return ParseStatus::kOk;
+}
+
+size_t ReplyFramer::Settled(size_t len) const {
+  if (failed_) return 0;
+  if (state_ == State::kPayload) {
+    // Payload bytes are settled as they arrive: they are skipped by length, never scanned.
+    return std::min(len, pos_ + static_cast<size_t>(bulk_len_));
+  }
+  return std::min(len, pos_);
+}
+
+void ReplyFramer::Discard(size_t n) {
+  if (n <= pos_) {
+    pos_ -= n;
+    scan_ = scan_ >= n ? scan_ - n : 0;
+    return;
+  }
+  // Into the payload being skipped (state kPayload, by Settled's bound).
+  bulk_len_ -= static_cast<int64_t>(n - pos_);
+  pos_ = 0;
+  scan_ = 0;
 }
 
 ParseStatus ReplyFramer::Frame(const char* data, size_t len, size_t* consumed) {

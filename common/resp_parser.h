@@ -107,6 +107,13 @@ class ReplyFramer {
   const std::string& error() const { return error_; }
   void Reset();
 
+  // Streaming a large reply: after kIncomplete on `len` bytes, how many leading bytes of
+  // the frame are settled (framed, and part of this reply whatever follows), and dropping
+  // them (n <= Settled(len)) so the rest is framed as if they had never been given. The
+  // caller hands them on and frees their memory before the reply is complete.
+  size_t Settled(size_t len) const;
+  void Discard(size_t n);
+
  private:
   enum class State : uint8_t { kHeader, kPayload, kChunkHeader };
   enum class Kind : uint8_t { kCounted, kStreamed, kAttribute };

@@ -14,6 +14,8 @@ namespace kp {
 
 namespace {
 constexpr size_t kReadChunk = 64 * 1024;
+// A reply still incomplete with this much buffered is streamed (see StreamPart).
+constexpr size_t kStreamAt = 256 * 1024;
 constexpr size_t kKeepBuffer = 1024 * 1024;
 }  // namespace
 
@@ -235,7 +237,10 @@ void BackendConn::ProcessReplies() {
   while (!in_.empty() && state_ == State::kReady) {
     size_t consumed = 0;
     ParseStatus st = framer_.Frame(in_.data(), in_.size(), &consumed);
-    if (st == ParseStatus::kIncomplete) break;
+    if (st == ParseStatus::kIncomplete) {
+      if (mode_ == Mode::kShared && in_.size() >= kStreamAt) StreamPart();
+      break;
+    }
     if (st == ParseStatus::kError) {
       Fail("malformed reply: " + framer_.error(), true);
       return;
@@ -277,6 +282,22 @@ void BackendConn::ProcessReplies() {
     in_.Consume(consumed);
   }
   if (in_.empty()) in_.ShrinkIfEmpty(kKeepBuffer);
+}
+
+void BackendConn::StreamPart() {
+  // A large reply is handed on as it arrives rather than held here whole: the client sees
+  // its first bytes sooner, and the proxy holds at most what the client has not read yet
+  // instead of the whole reply twice (here and in the client's buffer).
+  size_t n = framer_.Settled(in_.size());
+  if (n < kStreamAt / 2 || pending_.empty()) return;
+  PendingReply& pr = pending_.front();
+  if (cancelled_ == 0 && pr.client != nullptr) {
+    // Progress: a reply that keeps arriving is not late, however long it takes in all.
+    pr.deadline_ms = worker_->now() + worker_->timeout_ms();
+    pr.client->OnReplyPart(pr.seq, in_.data(), n);
+  }  // else the reply of a request already answered (timed out): its bytes are dropped
+  in_.Consume(n);
+  framer_.Discard(n);
 }
 
 void BackendConn::CheckTimeout(uint64_t now_ms) {

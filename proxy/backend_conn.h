@@ -6,7 +6,8 @@
 // server sends is relayed to that session in order.
 //
 // Contract: every request handed to Send() is answered exactly once, by
-// ClientSession::OnReply() or ClientSession::OnBackendFailure().
+// ClientSession::OnReply() or ClientSession::OnBackendFailure(). A large reply may first
+// arrive in parts (ClientSession::OnReplyPart), the final OnReply carrying the rest.
 #pragma once
 
 #include <uv.h>
@@ -73,6 +74,8 @@ class BackendConn {
   void FailConnect(int err);
   void OnRead(ssize_t nread);
   void ProcessReplies();
+  // Shared mode: hands the settled part of an incomplete large reply to its client.
+  void StreamPart();
   // Closes the socket and answers every pending request with a failure.
   void Fail(const std::string& reason, bool mark_down);
   void OnClosed();

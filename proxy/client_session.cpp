@@ -524,6 +524,23 @@ void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_
   Complete(seq, data, len);
 }
 
+void ClientSession::OnReplyPart(uint64_t seq, const char* data, size_t len) {
+  if (closed_) return;
+  Slot& s = SlotAt(seq);
+  s.streamed += len;
+  // A reply larger than the bound is delivered, not counted (as when it arrives whole).
+  if (s.streamed > worker_->config().client.max_client_buffer_bytes) {
+    oversize_bytes_ = std::max(oversize_bytes_, s.streamed);
+  }
+  if (seq == head_) {
+    out_.Append(data, len);
+  } else {
+    s.reply.Append(data, len);
+    held_bytes_ += len;
+  }
+  worker_->MarkDirty(this);
+}
+
 void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason,
                                      bool timeout, uint64_t timeout_pass) {
   --inflight_;
@@ -532,6 +549,15 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     return;
   }
   Slot& s = SlotAt(seq);
+  if (s.streamed > 0) {
+    // Part of the reply has been passed on: neither a retry nor an error can follow it in
+    // the stream, so the connection ends, as it would have with Redis itself.
+    Log().info("client {}: connection to {} lost in the middle of a {}-byte reply ({}); closing",
+               id_, from->name(), s.streamed, reason);
+    worker_->stats().errors++;
+    Close();
+    return;
+  }
   // A write that failed or timed out may still have been applied.
   if (s.kind == 2) NoteWriteDone();
   if (s.is_read && !from->is_primary() && !s.tried_primary) {
@@ -572,6 +598,7 @@ uint64_t ClientSession::NewSlot() {
   s.tried_primary = false;
   s.tried_replica = false;
   s.park_deadline = 0;
+  s.streamed = 0;
   s.stream = false;
   s.kind = 0;
   s.reply.Clear();
@@ -583,8 +610,8 @@ void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
   Slot& s = SlotAt(seq);
   // One reply larger than the whole bound is Redis's legitimate answer (a big value): it is
   // written to a client that reads, not counted against it. Replies piling up are.
-  if (len > worker_->config().client.max_client_buffer_bytes) {
-    oversize_bytes_ = std::max(oversize_bytes_, len);
+  if (len + s.streamed > worker_->config().client.max_client_buffer_bytes) {
+    oversize_bytes_ = std::max(oversize_bytes_, len + s.streamed);
   }
   if (s.kind != 0) {
     uint64_t ns = uv_hrtime() - s.start_ns;
@@ -644,7 +671,16 @@ void ClientSession::AdvanceHead() {
       }
       break;
     }
-    if (!s.done) break;
+    if (!s.done) {
+      if (!s.reply.empty()) {
+        // The first part of a large reply that arrived while earlier slots were open: it
+        // goes out now, and the rest straight after it (OnReplyPart, Complete).
+        out_.Append(s.reply.data(), s.reply.size());
+        held_bytes_ -= s.reply.size();
+        s.reply.Clear();
+      }
+      break;
+    }
     out_.Append(s.reply.data(), s.reply.size());
     held_bytes_ -= s.reply.size();
     s.reply.Clear();

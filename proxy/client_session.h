@@ -32,7 +32,9 @@ class ClientSession {
   // Adopts an accepted socket; false when libuv refuses it (the fd is then closed).
   bool Open(int fd);
 
-  // Backend callbacks (see BackendConn's contract).
+  // Backend callbacks (see BackendConn's contract). OnReplyPart: the leading bytes of a
+  // large reply still arriving (the final OnReply carries the rest).
+  void OnReplyPart(uint64_t seq, const char* data, size_t len);
   void OnReply(uint64_t seq, Backend* from, const char* data, size_t len, bool is_error);
   // `timeout_pass`: for a timeout, the worker's number for the check that found it late.
   void OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason, bool timeout,
@@ -69,6 +71,7 @@ class ClientSession {
     bool tried_primary = false;
     bool tried_replica = false;  // a read the primary failed, re-sent to a replica
     uint64_t park_deadline = 0;  // waiting for a backend until then (worker clock)
+    size_t streamed = 0;         // bytes of a large reply passed on before it was complete
     bool stream = false;         // the pinned session's slot: never completes
     uint8_t kind = 0;            // for latency stats: 0 local/other, 1 read, 2 write
     uint64_t start_ns = 0;

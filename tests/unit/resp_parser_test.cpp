@@ -232,12 +232,45 @@ void CheckReplyEverySplit(std::string_view input, const RepResult& expect, size_
   }
 }
 
+// Fed `step` bytes at a time, handing on and dropping the settled prefix after every
+// kIncomplete (as a backend connection streams a large reply): the same verdict, and the
+// bytes handed on plus the final frame are exactly the input.
+void CheckReplyStreamed(std::string_view input, ParseStatus want, const RespLimits& limits) {
+  for (size_t step : {size_t{1}, size_t{3}, size_t{7}, size_t{64}}) {
+    CAPTURE(step);
+    ReplyFramer f(limits);
+    std::string passed, held;
+    size_t fed = 0;
+    RepResult r;
+    for (;;) {
+      size_t n = std::min(step, input.size() - fed);
+      held.append(input.substr(fed, n));
+      fed += n;
+      auto buf = Copy(held, held.size());
+      r = Frame(f, buf.data(), buf.size());
+      if (r.status != ParseStatus::kIncomplete || fed == input.size()) break;
+      size_t settled = f.Settled(held.size());
+      REQUIRE(settled <= held.size());
+      passed.append(held, 0, settled);
+      held.erase(0, settled);
+      f.Discard(settled);
+    }
+    CHECK(r.status == want);
+    if (want == ParseStatus::kOk) {
+      CHECK(fed == input.size());
+      CHECK(r.consumed == held.size());
+      CHECK(passed + held == std::string(input));
+    }
+  }
+}
+
 // `input` is exactly one reply.
 void CheckReply(std::string_view input, bool is_error = false, const RespLimits& limits = {}) {
   CAPTURE(input);
   RepResult expect{ParseStatus::kOk, input.size(), is_error, ""};
   REQUIRE(FrameWhole(input, limits) == expect);
   CheckReplyEverySplit(input, expect, input.size(), limits);
+  CheckReplyStreamed(input, ParseStatus::kOk, limits);
 }
 
 // `input` is refused however it is split; returns the message.
@@ -247,6 +280,7 @@ std::string CheckReplyError(std::string_view input, const RespLimits& limits = {
   REQUIRE(whole.status == ParseStatus::kError);
   CHECK(whole.error.rfind("Protocol error: ", 0) == 0);
   CheckReplyEverySplit(input, whole, 0, limits);
+  CheckReplyStreamed(input, ParseStatus::kError, limits);
   return whole.error;
 }
 
