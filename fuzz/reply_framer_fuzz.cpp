@@ -1,6 +1,8 @@
 // libFuzzer target for kp::ReplyFramer: frames every reply of the input fed whole, split at a
-// data-derived point and (for small inputs) one byte at a time, and requires the same reply
-// boundaries, error flags and errors every way.
+// data-derived point, (for small inputs) one byte at a time, and streamed (settled bytes
+// dropped as they come), and requires the same reply boundaries, error flags and errors
+// every way.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -64,6 +66,38 @@ std::vector<Outcome> Run(const kp::RespLimits& limits, const char* data, size_t 
   return out;
 }
 
+// Streamed, as a backend connection passes on a large reply: fed `step` more bytes at a
+// time, the settled prefix dropped after every kIncomplete. The outcome must be the same,
+// with `consumed` counting the dropped bytes too.
+std::vector<Outcome> RunStreamed(const kp::RespLimits& limits, const char* data, size_t size,
+                                 size_t step) {
+  kp::ReplyFramer f(limits);
+  std::vector<Outcome> out;
+  size_t start = 0;
+  while (start < size) {
+    const size_t avail = size - start;
+    size_t dropped = 0;
+    Outcome o{};
+    for (size_t n = std::min(step, avail);; n = std::min(n + step, avail)) {
+      std::vector<char> buf(data + start + dropped, data + start + n);
+      size_t consumed = 0;
+      const kp::ParseStatus st = f.Frame(buf.data(), buf.size(), &consumed);
+      o = Outcome{st, st == kp::ParseStatus::kOk ? consumed + dropped : 0, false, {}};
+      if (st == kp::ParseStatus::kOk) o.is_error = f.is_error();
+      if (st == kp::ParseStatus::kError) o.error = f.error();
+      if (st != kp::ParseStatus::kIncomplete || n == avail) break;
+      const size_t settled = f.Settled(buf.size());
+      Require(settled <= buf.size());
+      f.Discard(settled);
+      dropped += settled;
+    }
+    out.push_back(o);
+    if (o.status != kp::ParseStatus::kOk) break;
+    start += o.consumed;
+  }
+  return out;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* raw, size_t size) {
@@ -83,5 +117,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* raw, size_t size) {
   const std::vector<Outcome> whole = Run(limits, data, size, 0, 0);
   Require(Run(limits, data, size, 1, split) == whole);
   if (size <= 256) Require(Run(limits, data, size, 2, 0) == whole);
+  Require(RunStreamed(limits, data, size, 1 + split % 7) == whole);
   return 0;
 }
