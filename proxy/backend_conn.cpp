@@ -16,6 +16,8 @@ namespace {
 constexpr size_t kReadChunk = 64 * 1024;
 // A reply still incomplete with this much buffered is streamed (see StreamPart).
 constexpr size_t kStreamAt = 256 * 1024;
+// A client this far behind a streamed reply pauses its connection (see StreamPart).
+constexpr size_t kStreamWindow = 1024 * 1024;
 constexpr size_t kKeepBuffer = 1024 * 1024;
 }  // namespace
 
@@ -280,6 +282,10 @@ void BackendConn::ProcessReplies() {
     // A callback may have failed or shut this connection (in_ is then already cleared).
     if (state_ != State::kReady) return;
     in_.Consume(consumed);
+    if (detached_ && pending_.empty()) {
+      Shutdown("streamed reply done", true);  // out of the pool: its work is done
+      return;
+    }
   }
   if (in_.empty()) in_.ShrinkIfEmpty(kKeepBuffer);
 }
@@ -291,17 +297,49 @@ void BackendConn::StreamPart() {
   size_t n = framer_.Settled(in_.size());
   if (n < kStreamAt / 2 || pending_.empty()) return;
   PendingReply& pr = pending_.front();
-  if (cancelled_ == 0 && pr.client != nullptr) {
+  ClientSession* client = cancelled_ == 0 ? pr.client : nullptr;
+  if (client != nullptr) {
     // Progress: a reply that keeps arriving is not late, however long it takes in all.
     pr.deadline_ms = worker_->now() + worker_->timeout_ms();
-    pr.client->OnReplyPart(pr.seq, in_.data(), n);
+    client->OnReplyPart(pr.seq, in_.data(), n);
   }  // else the reply of a request already answered (timed out): its bytes are dropped
   in_.Consume(n);
   framer_.Discard(n);
+  if (client == nullptr || client->UnsentBytes() <= kStreamWindow || state_ != State::kReady) {
+    return;
+  }
+  // The client reads slower than the server sends. Holding the rest here would let one
+  // client grow the proxy by a whole reply; stopping this connection would stall whoever
+  // queues behind. So, when nobody does yet, the connection leaves the pool (a new one takes
+  // its place) and waits for the client to read.
+  if (!detached_) {
+    if (pending_.size() != 1) return;  // others already wait behind: keep the bytes
+    worker_->DetachSharedConn(this);
+    detached_ = true;
+  }
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+  read_paused_ = true;
+  drain_waiter_ = client;
+  client->WaitForDrain(this);
+}
+
+void BackendConn::ResumeStream() {
+  drain_waiter_ = nullptr;
+  if (!read_paused_ || state_ != State::kReady) return;
+  read_paused_ = false;
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), AllocCb, ReadCb);
 }
 
 void BackendConn::CheckTimeout(uint64_t now_ms) {
   if (state_ == State::kClosing || state_ == State::kIdle) return;
+  if (detached_) {
+    // Only the streamed reply is here, and its deadline moves with each part passed on: a
+    // client that stopped reading it ends, without blaming the server.
+    if (!pending_.empty() && pending_.front().deadline_ms <= now_ms) {
+      Fail("the client did not read its reply within the timeout", false);
+    }
+    return;
+  }
   char msg[96];
   std::snprintf(msg, sizeof msg, "no reply within %.3gs", worker_->timeout_ms() / 1000.0);
   if (mode_ == Mode::kDedicated) {
@@ -343,6 +381,11 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
 }
 
 void BackendConn::Fail(const std::string& reason, bool mark_down) {
+  if (drain_waiter_ != nullptr) {
+    drain_waiter_->ForgetDrainWait(this);
+    drain_waiter_ = nullptr;
+  }
+  read_paused_ = false;
   if (state_ == State::kResolving && resolve_ != nullptr) {
     resolve_->conn = nullptr;
     resolve_ = nullptr;
@@ -415,6 +458,7 @@ void BackendConn::Destroy() {
   if (dead_) return;
   dead_ = true;
   if (mode_ == Mode::kDedicated) worker_->ForgetDedicatedConn(this);
+  if (detached_) worker_->ForgetDetachedConn(this);
   worker_->Bury(this);
 }
 

@@ -52,6 +52,9 @@ class BackendConn {
   // session (dedicated) are answered with `reason`. The backend is not marked down.
   void Abort(const std::string& reason) { Fail(reason, false); }
 
+  // A detached connection's client has read enough of the streamed reply: read on.
+  void ResumeStream();
+
   Backend* backend() const { return backend_; }
   // Dedicated mode: hands the connection to another session (nullptr: idle in the worker).
   void set_owner(ClientSession* owner) { owner_ = owner; }
@@ -97,6 +100,12 @@ class BackendConn {
   bool writing_ = false;
   bool destroy_on_close_ = false;
   bool dead_ = false;
+  // Streaming a large reply to a client that reads slower than the server sends: the
+  // connection is taken out of the shared pool (a fresh one replaces it, so nobody queues
+  // behind) and stops reading while the client is more than kStreamWindow behind.
+  bool detached_ = false;
+  bool read_paused_ = false;
+  ClientSession* drain_waiter_ = nullptr;
   int auth_replies_expected_ = 0;  // dedicated mode: frames to swallow after connect
   uint64_t deadline_ms_ = 0;       // dedicated mode: see SetDeadline; 0 = none
   size_t cancelled_ = 0;  // shared mode: leading pending entries already answered by timeout

@@ -180,6 +180,8 @@ bool IsPong(const char* data, size_t len) {
 // default budget share), with up to 10 re-runs saved up.
 constexpr double kRetryEarn = 0.2;
 constexpr double kRetryCap = 10.0;
+// A connection paused while streaming this client a reply reads on below this.
+constexpr size_t kStreamResumeAt = 512 * 1024;
 }  // namespace
 
 void ClientSession::HandleRequest(const char* raw, size_t len) {
@@ -698,6 +700,11 @@ size_t ClientSession::CountedReplyBytes() const {
 }
 
 void ClientSession::MaybeResume() {
+  if (drain_waiter_ != nullptr && UnsentBytes() <= kStreamResumeAt) {
+    BackendConn* c = drain_waiter_;
+    drain_waiter_ = nullptr;
+    c->ResumeStream();
+  }
   const ClientLimits& lim = worker_->config().client;
   if (!paused_ || closed_ || next_ - head_ > lim.max_pipeline_depth / 2 ||
       CountedReplyBytes() > lim.max_client_buffer_bytes / 4) {
@@ -1326,6 +1333,12 @@ void ClientSession::Close() {
   if (closed_) return;
   closed_ = true;
   reading_ = false;
+  if (drain_waiter_ != nullptr) {
+    // The rest of the reply is read and dropped (the connection then closes).
+    BackendConn* c = drain_waiter_;
+    drain_waiter_ = nullptr;
+    c->ResumeStream();
+  }
   if (accounted_ != 0) {
     worker_->budget().reply_bytes.fetch_sub(static_cast<int64_t>(accounted_),
                                             std::memory_order_relaxed);

@@ -43,6 +43,15 @@ class ClientSession {
   void OnStreamFrame(const char* data, size_t len);
   void OnStreamFailure(const std::string& reason);
 
+  // Reply bytes held for the client and not yet written to it.
+  size_t UnsentBytes() const { return out_.size() + wbuf_.size() + held_bytes_; }
+  // A connection streaming this client a large reply waits until the client has read more
+  // (ResumeStream when UnsentBytes is low again); Forget: it went away meanwhile.
+  void WaitForDrain(BackendConn* c) { drain_waiter_ = c; }
+  void ForgetDrainWait(BackendConn* c) {
+    if (drain_waiter_ == c) drain_waiter_ = nullptr;
+  }
+
   // Writes what is ready (called once per loop turn by the worker).
   void Flush();
   // Sends the requests waiting for a backend that can go now, fails those past their
@@ -181,6 +190,7 @@ class ClientSession {
   size_t held_bytes_ = 0;      // reply bytes waiting in slots behind an unanswered one
   size_t oversize_bytes_ = 0;  // the largest buffered reply larger than the bound (not counted)
   size_t accounted_ = 0;       // see accounted()
+  BackendConn* drain_waiter_ = nullptr;  // see WaitForDrain
 
   std::string name_;                // CLIENT SETNAME
   std::string lib_name_, lib_ver_;  // CLIENT SETINFO

@@ -176,6 +176,13 @@ BackendConn* Worker::SharedConn(Backend* b) {
   return pool[pool_rr_[b->index()]++ % pool.size()];
 }
 
+void Worker::DetachSharedConn(BackendConn* c) {
+  for (BackendConn*& slot : pools_[c->backend()->index()]) {
+    if (slot == c) slot = new BackendConn(this, c->backend(), BackendConn::Mode::kShared);
+  }
+  detached_.insert(c);
+}
+
 BackendConn* Worker::PrimaryConnFor(Backend* primary, uint64_t client_id) {
   BackendConn* any = SharedConn(primary);  // makes the pool
   auto& pool = pools_[primary->index()];
@@ -344,6 +351,12 @@ void Worker::OnTick() {
   for (auto& pool : pools_) {
     for (BackendConn* c : pool) c->CheckTimeout(now);
   }
+  if (!detached_.empty()) {
+    std::vector<BackendConn*> all(detached_.begin(), detached_.end());
+    for (BackendConn* c : all) {
+      if (detached_.count(c)) c->CheckTimeout(now);
+    }
+  }
   if (!dedicated_.empty()) {
     // A timeout fails the connection, which may erase it from the set: iterate a copy.
     Backend* primary = backends_.primary();
@@ -392,6 +405,8 @@ void Worker::Shutdown() {
   for (auto& pool : pools_) {
     for (BackendConn* c : pool) c->Shutdown("proxy shutting down", true);
   }
+  std::vector<BackendConn*> detached(detached_.begin(), detached_.end());
+  for (BackendConn* c : detached) c->Shutdown("proxy shutting down", true);
   std::vector<BackendConn*> idle;
   idle.swap(idle_dedicated_);
   for (BackendConn* c : idle) c->Shutdown("proxy shutting down", true);

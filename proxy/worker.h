@@ -77,6 +77,10 @@ class Worker {
   // Called when a dedicated connection fails or dies: it must not be handed out or checked
   // for timeouts again.
   void ForgetDedicatedConn(BackendConn* c);
+  // Takes a shared connection out of its pool (a new one takes its place): it streams a
+  // large reply to a slow client and closes when done. Checked for timeouts until then.
+  void DetachSharedConn(BackendConn* c);
+  void ForgetDetachedConn(BackendConn* c) { detached_.erase(c); }
   // A session has requests waiting for a backend: retried every few milliseconds.
   void Park(ClientSession* c);
   void MarkDirty(ClientSession* c);
@@ -136,6 +140,7 @@ class Worker {
   std::vector<size_t> pool_rr_;
   std::vector<BackendConn*> idle_dedicated_;
   std::unordered_set<BackendConn*> dedicated_;  // every live dedicated connection
+  std::unordered_set<BackendConn*> detached_;   // out of their pool, finishing a reply
   size_t replica_rr_ = 0;
   uint64_t timeout_pass_ = 0;
   uint64_t spare_retry_taken_ms_ = 0;

@@ -1078,3 +1078,86 @@ def test_unknown_env_var_is_warned_about_with_the_nearest_key(fresh_cluster, mak
     assert lines and any(names_listen(line) for line in lines), (
         f"start-up: no warning naming KOMPRESS_LISTNE and KOMPRESS_LISTEN; stderr:\n{err}")
     assert "KOMPRESS_TIMEOUT" not in err, f"a known variable was warned about: {err}"
+
+
+# -- 9. large replies to slow readers --------------------------------------------------------
+
+BIG_REPLY_BYTES = 16 * MB
+SLOW_READER_BUFFER = 4 * MB
+# What the proxy may hold beyond its start for one 16 MB reply to a slow reader: the
+# per-client bound plus a constant that is not the reply's size (a streaming window, read
+# chunks, allocator slack).
+SLOW_READER_SLACK = 24 * MB
+
+
+def test_slow_reader_of_16mb_replies_is_streamed_within_bounds(fresh_cluster, make_proxy):
+    """A client reading 16 MB replies at a trickle gets them whole and correct while the
+    proxy's RSS stays within max_client_buffer_bytes plus a constant (the reply is streamed
+    and its connection waits for the reader, out of the shared pool); the well-behaved
+    client sees nothing of it and no backend is marked down."""
+    c = fresh_cluster
+    value = os.urandom(BIG_REPLY_BYTES // 2).hex().encode()
+    c.primary.client(timeout=30).set("abuse:big", value)
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c, "--max-client-buffer-bytes", str(SLOW_READER_BUFFER),
+                        env=rss_env())
+    good = GoodClient(proxy.port).start()
+    time.sleep(0.3)
+    baseline = vm_rss_bytes(proxy.proc.pid)
+    want = b"$%d\r\n%s\r\n" % (len(value), value)
+    reader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    reader.connect((HOST, proxy.port))
+    reader.settimeout(10 * SLOWDOWN)
+    try:
+        with RssSampler(proxy.proc.pid) as rss:
+            for _ in range(3):
+                reader.sendall(encode_command("GET", "abuse:big"))
+                got = bytearray()
+                while len(got) < len(want):
+                    chunk = reader.recv(256 * 1024)
+                    assert chunk, "slow reader disconnected"
+                    got += chunk
+                    time.sleep(0.005)  # about 50 MB/s at most: slower than the proxy reads
+                assert bytes(got) == want, "slow reader got a wrong reply"
+    finally:
+        reader.close()
+        good.stop()
+    print(f"RSS {baseline / MB:.0f} MB -> peak {rss.peak / MB:.0f} MB")
+    assert rss.peak <= baseline + SLOW_READER_BUFFER + SLOW_READER_SLACK, (
+        f"proxy RSS reached {rss.peak / MB:.0f} MB from {baseline / MB:.0f} MB for a slow "
+        f"reader of {BIG_REPLY_BYTES // MB} MB replies")
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
+
+
+def test_reader_that_stops_mid_reply_is_closed_after_the_timeout(fresh_cluster, make_proxy):
+    """A client that stops reading in the middle of a 16 MB reply holds neither memory nor a
+    shared connection: after the timeout without progress it is closed, the replica is not
+    blamed, and other clients' reads keep going to the replica."""
+    c = fresh_cluster
+    value = os.urandom(BIG_REPLY_BYTES // 2).hex().encode()
+    c.primary.client(timeout=30).set("abuse:big2", value)
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c, "--max-client-buffer-bytes", str(SLOW_READER_BUFFER),
+                        env=rss_env())
+    good = GoodClient(proxy.port).start()
+    baseline = vm_rss_bytes(proxy.proc.pid)
+    stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    stuck.connect((HOST, proxy.port))
+    try:
+        with RssSampler(proxy.proc.pid) as rss:
+            stuck.sendall(encode_command("GET", "abuse:big2"))
+            time.sleep(TIMEOUT_S * 3 + 1)  # reads nothing
+        data, closed = read_until_closed(stuck, timeout=10 * SLOWDOWN, limit=64 * MB)
+    finally:
+        stuck.close()
+        good.stop()
+    assert closed, "a client that stopped reading mid-reply was not closed"
+    assert len(data) < len(value), "the whole reply was delivered to a client that did not read"
+    assert rss.peak <= baseline + SLOW_READER_BUFFER + SLOW_READER_SLACK, (
+        f"proxy RSS reached {rss.peak / MB:.0f} MB from {baseline / MB:.0f} MB")
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
+    assert c.replicas[0].calls("get") > 0
