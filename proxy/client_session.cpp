@@ -122,7 +122,12 @@ void ClientSession::ProcessInput() {
       }
       return;
     }
-    if (parser_.argc() > 0) HandleRequest(in_.data(), consumed);
+    if (parser_.argc() > 0 && !HandleRequest(in_.data(), consumed)) {
+      // Held (a session waiting for a primary to pin to): parsed again when it can go.
+      parser_.Reset();
+      PauseReading();
+      return;
+    }
     in_.Consume(consumed);
     parser_.Reset();
     if (backlog_.size() > cfg.client.max_client_buffer_bytes) {
@@ -184,7 +189,7 @@ constexpr double kRetryCap = 10.0;
 constexpr size_t kStreamResumeAt = 512 * 1024;
 }  // namespace
 
-void ClientSession::HandleRequest(const char* raw, size_t len) {
+bool ClientSession::HandleRequest(const char* raw, size_t len) {
   Request req;
   req.argc = parser_.argc();
   req.nviews = req.argc < RequestParser::kMaxArgViews ? req.argc : RequestParser::kMaxArgViews;
@@ -198,7 +203,7 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
     raw = scratch_.data();
     len = scratch_.size();
   }
-  worker_->stats().requests++;
+  if (pin_wait_deadline_ == 0) worker_->stats().requests++;  // not again when re-run
   last_request_ms_ = worker_->now();
 
   RouteDecision d = worker_->router().Classify(req);
@@ -211,7 +216,7 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
       ReplyErrorNow(d.deny_reason);
       PauseReading();
       MaybeFinish();
-      return;
+      return true;
     }
     if (d.route == Route::kLocal && d.local == LocalCommand::kQuit) {
       // Never forwarded: the server would close the connection with the session's state,
@@ -220,33 +225,64 @@ void ClientSession::HandleRequest(const char* raw, size_t len) {
       quit_pending_ = true;
       PauseReading();
       MaybeQuit();
-      return;
+      return true;
     }
     ForwardPinned(req, d, raw, len);
-    return;
+    return true;
   }
 
   if (!authenticated_ && !(d.route == Route::kLocal &&
                            (d.local == LocalCommand::kAuth || d.local == LocalCommand::kHello ||
                             d.local == LocalCommand::kQuit || d.local == LocalCommand::kReset))) {
     ReplyErrorNow(errors::kNoAuth);
-    return;
+    return true;
+  }
+  if (multi_refused_) {
+    InRefusedTransaction(req, d);
+    return true;
   }
   switch (d.route) {
     case Route::kLocal:
       HandleLocal(d.local, req);
-      return;
+      return true;
     case Route::kDeny:
       ReplyErrorNow(d.deny_reason);
-      return;
+      return true;
     case Route::kPin:
-      EnterPinned(req, d, raw, len);
-      return;
+      return EnterPinned(req, d, raw, len);
     case Route::kRead:
     case Route::kWrite:
       Dispatch(req, d, raw, len);
-      return;
+      return true;
   }
+  return true;
+}
+
+void ClientSession::InRefusedTransaction(const Request& req, const RouteDecision& d) {
+  // The client believes it is inside MULTI; as Redis does for a command refused at queue
+  // time, every command gets an error and EXEC aborts the transaction.
+  std::string_view name = req.arg(0);
+  if (EqualsLower(name, "exec")) {
+    multi_refused_ = false;
+    return ReplyErrorNow("EXECABORT Transaction discarded because of previous errors.");
+  }
+  if (EqualsLower(name, "discard")) {
+    multi_refused_ = false;
+    scratch_.Clear();
+    resp::AppendSimple(scratch_, "OK");
+    return ReplyNow(scratch_);
+  }
+  if (d.route == Route::kLocal &&
+      (d.local == LocalCommand::kQuit || d.local == LocalCommand::kReset)) {
+    multi_refused_ = false;
+    return HandleLocal(d.local, req);
+  }
+  if (EqualsLower(name, "multi")) return ReplyErrorNow("ERR MULTI calls can not be nested");
+  if (EqualsLower(name, "watch")) return ReplyErrorNow("ERR WATCH inside MULTI is not allowed");
+  worker_->stats().errors++;
+  ReplyErrorNow(
+      "ERR kompress: not queued: the transaction could not start (primary unavailable); EXEC "
+      "will abort it");
 }
 
 void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const char* raw,
@@ -325,6 +361,13 @@ void ClientSession::Park(uint64_t seq, const char* raw, size_t len) {
 }
 
 bool ClientSession::RetryParked() {
+  if (waiting_to_pin_) {
+    waiting_to_pin_ = false;
+    if (!closed_) {
+      ResumeReading();
+      ProcessInput();  // holds the request again (waiting_to_pin_) while it must wait
+    }
+  }
   uint64_t now = worker_->now();
   RouteDecision plain;
   while (!parked_.empty()) {
@@ -344,7 +387,7 @@ bool ClientSession::RetryParked() {
     if (!closed_) FailParked(seq);
   }
   if (closed_) worker_->MarkDirty(this);  // deletable now
-  return !parked_.empty();
+  return !parked_.empty() || waiting_to_pin_;
 }
 
 void ClientSession::FailParked(uint64_t seq) {
@@ -717,14 +760,28 @@ void ClientSession::MaybeResume() {
 
 // ---- pinned sessions ----
 
-void ClientSession::EnterPinned(const Request& req, const RouteDecision& d, const char* raw,
+bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, const char* raw,
                                 size_t len) {
   Backend* primary = worker_->backends().primary();
   if (primary == nullptr || !primary->serves_writes()) {
+    // During a failover a transaction, a blocking command or a subscription waits for the
+    // new primary like a write does (up to the timeout), rather than failing at once.
+    uint64_t now = worker_->now();
+    if (MayWait() && (pin_wait_deadline_ == 0 || now < pin_wait_deadline_)) {
+      if (pin_wait_deadline_ == 0) pin_wait_deadline_ = now + worker_->timeout_ms();
+      waiting_to_pin_ = true;
+      worker_->Park(this);
+      return false;
+    }
+    pin_wait_deadline_ = 0;
     worker_->stats().errors++;
-    ReplyErrorNow(PrimaryUnavailable(primary));
-    return;
+    std::string why = PrimaryUnavailable(primary);
+    // What follows a MULTI that could not start must not run outside the transaction.
+    if (EqualsLower(req.arg(0), "multi")) multi_refused_ = true;
+    ReplyErrorNow(why);
+    return true;
   }
+  pin_wait_deadline_ = 0;
   worker_->stats().pinned_sessions++;
   dedicated_ = worker_->NewDedicatedConn(primary, this);
   stream_seq_ = NewSlot();
@@ -747,6 +804,7 @@ void ClientSession::EnterPinned(const Request& req, const RouteDecision& d, cons
     dedicated_reusable_ = false;
   }
   ForwardPinned(req, d, raw, len);
+  return true;
 }
 
 ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,

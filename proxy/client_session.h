@@ -70,7 +70,7 @@ class ClientSession {
   void DropForTotalBudget();
   bool closed() const { return closed_; }
   // The worker may delete the session only when libuv and every backend are done with it.
-  bool deletable() const { return handle_closed_ && inflight_ == 0 && !dirty; }
+  bool deletable() const { return handle_closed_ && inflight_ == 0 && !dirty && !in_park_list; }
   bool dirty = false;
 
  private:
@@ -89,18 +89,21 @@ class ClientSession {
   };
 
   void ProcessInput();
-  void HandleRequest(const char* raw, size_t len);
+  // False when the request cannot be taken yet (it stays in the input, see EnterPinned).
+  bool HandleRequest(const char* raw, size_t len);
   void HandleLocal(LocalCommand cmd, const Request& req);
   // This client's line for CLIENT INFO / CLIENT LIST.
   std::string DescribeSelf(std::string_view cmd) const;
   void Dispatch(const Request& req, const RouteDecision& d, const char* raw, size_t len);
+  // After a MULTI the proxy could not start: queue-time errors, then EXECABORT.
+  void InRefusedTransaction(const Request& req, const RouteDecision& d);
   // One request on the dedicated connection, as far as reply pairing and deadlines go.
   struct PinnedReq {
     bool blocking = false;  // may wait past the timeout (BLPOP, WAIT, ...)
     bool swallow = false;   // added by the proxy; its reply is not the client's
     bool push = false;      // switches the connection to unpaired replies (SUBSCRIBE, ...)
   };
-  void EnterPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len);
+  bool EnterPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len);
   void ForwardPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len);
   // Updates the pinned session's state for one forwarded request.
   PinnedReq TrackPinnedState(const Request& req, const RouteDecision& d);
@@ -211,8 +214,12 @@ class ClientSession {
   BackendConn* dedicated_ = nullptr;
   uint64_t stream_seq_ = 0;
   Buffer backlog_;
-  bool quit_pending_ = false;      // QUIT received while pinned: +OK once earlier replies are in
-  bool quit_marker_sent_ = false;  // push mode: the PING that marks the end of what is due
+  // A request that needs a dedicated connection while no primary can take one (failover).
+  bool waiting_to_pin_ = false;
+  bool multi_refused_ = false;      // see InRefusedTransaction
+  uint64_t pin_wait_deadline_ = 0;  // worker clock; 0: not waiting
+  bool quit_pending_ = false;       // QUIT received while pinned: +OK once earlier replies are in
+  bool quit_marker_sent_ = false;   // push mode: the PING that marks the end of what is due
   bool quit_marker_seen_ = false;
   uint32_t push_pings_ = 0;  // the client's PINGs forwarded in push mode, not answered yet
   // Why the session is pinned. A transaction (MULTI/WATCH) gives the connection back once

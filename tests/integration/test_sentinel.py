@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from fixtures import (HOST, SENTINEL_MASTER, SLOWDOWN, SentinelCluster, encode_command,
-                      free_port, http_get, raw_command, run_proxy_once, wait_until)
+from fixtures import (HOST, SENTINEL_MASTER, SLOWDOWN, SentinelCluster, connect,
+                      encode_command, free_port, http_get, raw_command, read_replies,
+                      run_proxy_once, wait_until)
 
 N_KEYS = 50
 MAX_OPS = 200_000  # per client thread; the loops stop on time long before
@@ -251,6 +252,50 @@ def kill_primary_and_follow(c, sc, admin, load):
     return new, t_kill, t_dead, t_sentinel, t_proxy
 
 
+class TransactionLoop:
+    """MULTI / INCR / EXEC on a new connection each time, back to back, in a thread: ok
+    holds the finish times of those EXEC answered with the INCR's result, failed the other
+    outcomes (time, what)."""
+
+    def __init__(self, port):
+        self.port = port
+        self.ok, self.failed = [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        payload = (encode_command("MULTI") + encode_command("INCR", "tx:counter") +
+                   encode_command("EXEC"))
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                with connect(self.port, timeout=15) as s:
+                    s.sendall(payload)
+                    replies, _ = read_replies(s, 3, timeout=15)
+                if replies[:2] == [b"+OK\r\n", b"+QUEUED\r\n"] and replies[2].startswith(b"*1\r\n:"):
+                    self.ok.append(time.monotonic())
+                else:
+                    self.failed.append((round(t, 3), replies))
+            except Exception as exc:  # noqa: BLE001 - every failure counts
+                self.failed.append((round(t, 3), repr(exc)))
+            time.sleep(0.01)
+
+    def ok_after(self, t):
+        return sum(1 for x in self.ok if x > t)
+
+    def wait_ok_after(self, t, n):
+        wait_until(lambda: self.ok_after(t) >= n, 20 * SLOWDOWN,
+                   what=f"{n} transactions after the failover")
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 # -- 1. a failover is followed without a restart ----------------------------------------------
 
 def test_failover_followed_without_restart(fresh_cluster, sentinels, make_proxy):
@@ -262,11 +307,14 @@ def test_failover_followed_without_restart(fresh_cluster, sentinels, make_proxy)
     changes_before = topology_changes(admin)
 
     load = Load(proxy, keys).start()
+    tx = TransactionLoop(proxy.port).start()
     t0 = time.monotonic()
     extra_reads = {"n": 0, "wrong": [], "errors": []}
     try:
         time.sleep(1.0)
         new, t_kill, _, t_sentinel, t_proxy = kill_primary_and_follow(c, sc, admin, load)
+        tx.wait_ok_after(time.monotonic(), 5)
+        tx.stop()
 
         # The old primary comes back (empty: no persistence). Sentinel turns it into a replica
         # of the new primary; once synced, the proxy sends it reads again, still unrestarted.
@@ -299,6 +347,7 @@ def test_failover_followed_without_restart(fresh_cluster, sentinels, make_proxy)
                    what="the old primary, now a replica, to get reads through the proxy")
     finally:
         load.stop()
+        tx.stop()
 
     first_ack, gap = outage_numbers(load, t_kill)
     print(f"\nFAILOVER --timeout 5: Sentinel switched after {t_sentinel - t_kill:.2f}s, "
@@ -310,6 +359,11 @@ def test_failover_followed_without_restart(fresh_cluster, sentinels, make_proxy)
     assert load.read_errors == [], load.summary(t0)
     assert load.wrong == [], load.summary(t0)
     assert extra_reads["errors"] == [] and extra_reads["wrong"] == [], extra_reads
+    # Transactions started while the primary was gone waited for the new one: only one in
+    # flight on the old primary when it died may fail (its connection, and state, are lost).
+    print(f"  transactions: {len(tx.ok)} ok, failed {tx.failed[:3]}")
+    assert len(tx.failed) <= 1, tx.failed
+    assert tx.ok_after(t_kill) >= 5, (tx.ok, tx.failed)
     # Writes wait (up to the 5 s timeout) for the new primary: none fails, except that a
     # write in flight on the old primary when it died cannot be known to have been applied.
     ambiguous = [e for e in load.write_errors if "may or may not have been applied" in e[3]]
@@ -340,13 +394,16 @@ def test_failover_longer_than_timeout_writes_fail_fast_reads_flow(fresh_cluster,
     wait_topology(admin, old, c.replicas)
 
     load = Load(proxy, keys).start()
+    tx = TransactionLoop(proxy.port).start()
     t0 = time.monotonic()
     try:
         time.sleep(1.0)
         new, t_kill, t_dead, t_sentinel, t_proxy = kill_primary_and_follow(c, sc, admin, load)
+        tx.wait_ok_after(time.monotonic(), 5)
         time.sleep(0.5)
     finally:
         load.stop()
+        tx.stop()
 
     first_ack, gap = outage_numbers(load, t_kill)
     kinds = {}
@@ -361,6 +418,13 @@ def test_failover_longer_than_timeout_writes_fail_fast_reads_flow(fresh_cluster,
     assert load.read_errors == [], load.summary(t0)
     assert load.wrong == [], load.summary(t0)
     assert load.acks_after(t_proxy) >= 20, load.summary(t0)
+    # Transactions that could not start within the timeout failed as a whole: never a
+    # command of theirs run outside MULTI (the counter on the new primary counts exactly the
+    # committed ones, give or take the one in flight when the primary died).
+    print(f"  transactions: {len(tx.ok)} ok, {len(tx.failed)} failed, e.g. {tx.failed[:2]}")
+    assert not [f for f in tx.failed if "EXEC without MULTI" in repr(f)], tx.failed
+    counter = int(new.client().get("tx:counter") or 0)
+    assert len(tx.ok) <= counter <= len(tx.ok) + 1, (counter, len(tx.ok), tx.failed)
     # Each write is answered within the timeout and a second: an error, not a hang.
     assert load.max_write_latency <= timeout + 1.0 * SLOWDOWN, load.summary(t0)
     # The failover takes longer than the timeout (down-after alone is 1 s): writes failed...
