@@ -5,12 +5,15 @@
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 
 namespace kp {
 
 namespace {
+
+thread_local const LogFields* t_fields = nullptr;
 
 std::shared_ptr<spdlog::logger>& Logger() {
   static std::shared_ptr<spdlog::logger> logger = [] {
@@ -44,7 +47,22 @@ class JsonFormatter final : public spdlog::formatter {
     Escape(dest, std::string_view(msg.logger_name.data(), msg.logger_name.size()));
     Append(dest, "\",\"message\":\"");
     Escape(dest, std::string_view(msg.payload.data(), msg.payload.size()));
-    Append(dest, "\"}\n");
+    Append(dest, "\"");
+    // Innermost first; a name given again further out is left out (no duplicate keys).
+    std::vector<std::string_view> seen;
+    for (const LogFields* f = t_fields; f != nullptr; f = f->outer()) {
+      for (const auto& [key, value] : f->fields()) {
+        if (key == "time" || key == "level" || key == "logger" || key == "message") continue;
+        if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
+        seen.push_back(key);
+        Append(dest, ",\"");
+        Escape(dest, key);
+        Append(dest, "\":\"");
+        Escape(dest, value);
+        Append(dest, "\"");
+      }
+    }
+    Append(dest, "}\n");
   }
   std::unique_ptr<spdlog::formatter> clone() const override {
     return std::make_unique<JsonFormatter>();
@@ -86,6 +104,16 @@ class JsonFormatter final : public spdlog::formatter {
 };
 
 }  // namespace
+
+LogFields::LogFields(std::initializer_list<std::pair<std::string_view, std::string_view>> fields)
+    : outer_(t_fields) {
+  for (const auto& [k, v] : fields) fields_.emplace_back(k, v);
+  t_fields = this;
+}
+
+LogFields::~LogFields() {
+  t_fields = outer_;
+}
 
 bool InitLogging(const std::string& level, const std::string& format) {
   auto& l = Logger();

@@ -33,7 +33,9 @@ bool Backend::MarkDown(const std::string& reason) {
     was_up = up_.exchange(false, std::memory_order_acq_rel);
   }
   if (was_up) {
-    Log().warn("{} {} marked down: {}", is_primary() ? "primary" : "replica", name_, reason);
+    const char* role = is_primary() ? "primary" : "replica";
+    LogFields f{{"event", "backend_down"}, {"backend", name_}, {"role", role}, {"reason", reason}};
+    Log().warn("{} {} marked down: {}", role, name_, reason);
   }
   return was_up;
 }
@@ -45,7 +47,11 @@ bool Backend::MarkUp(uint64_t epoch_at_probe) {
     if (down_epoch() != epoch_at_probe) return false;
     was_up = up_.exchange(true, std::memory_order_acq_rel);
   }
-  if (!was_up) Log().info("{} {} is healthy again", is_primary() ? "primary" : "replica", name_);
+  if (!was_up) {
+    const char* role = is_primary() ? "primary" : "replica";
+    LogFields f{{"event", "backend_up"}, {"backend", name_}, {"role", role}};
+    Log().info("{} {} is healthy again", role, name_);
+  }
   return !was_up;
 }
 

@@ -1290,6 +1290,9 @@ bool ClientSession::CheckOutputLimit() {
   if (buffered <= worker_->config().client.max_client_buffer_bytes) return true;
   // As Redis drops a client past its output buffer limit: the proxy cannot slow the server
   // down for one client of a shared connection, so it must not hold the bytes either.
+  std::string client = std::to_string(id_);
+  LogFields f{
+      {"event", "client_dropped"}, {"client", client}, {"reason", "max_client_buffer_bytes"}};
   Log().warn(
       "client {}{}: {} bytes of replies unread, over limits.max_client_buffer_bytes ({}); "
       "closing",
@@ -1314,6 +1317,9 @@ void ClientSession::Account() {
 }
 
 void ClientSession::DropForTotalBudget() {
+  std::string client = std::to_string(id_);
+  LogFields f{
+      {"event", "client_dropped"}, {"client", client}, {"reason", "max_total_client_buffer_bytes"}};
   Log().warn(
       "client {}{}: holds {} bytes of replies, the most while all clients together hold "
       "more than limits.max_total_client_buffer_bytes ({}); closing",

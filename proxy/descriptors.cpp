@@ -71,6 +71,8 @@ void NoteDescriptorShortage(const char* where) {
   g_logged_count = total;
   g_last_log_ms = now;
   g_logged_once = true;
+  std::string count = std::to_string(since);
+  LogFields f{{"event", "descriptor_shortage"}, {"where", where}, {"count", count}};
   Log().error(
       "out of file descriptors ({}): {} time(s) since the last report, {} in all; raise the "
       "descriptor limit (ulimit -n) or lower max_clients. Backends are not blamed for it",

@@ -279,7 +279,10 @@ void ReplicationMonitor::OnAnswer(Probe& p, const char* data, size_t len, bool i
     std::string why = "it reports itself as a replica of " + p.info.master_host + ":" +
                       std::to_string(p.info.master_port);
     p.backend->set_last_error(why);
-    if (changed) Log().warn("primary {} gets no writes: {}", p.backend->name(), why);
+    if (changed) {
+      LogFields f{{"event", "primary_no_writes"}, {"backend", p.backend->name()}, {"reason", why}};
+      Log().warn("primary {} gets no writes: {}", p.backend->name(), why);
+    }
     Backend* d = Desired();
     if (d != nullptr && d != p.backend && Reports(d, true)) {
       SwitchPrimary(ProbeOf(d), "the old primary now replicates it");
@@ -356,9 +359,11 @@ void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
 void ReplicationMonitor::SwitchPrimary(Probe& to, const std::string& why) {
   Backend* old = group_.primary();
   group_.SetPrimary(to.backend);
+  LogFields f{{"event", "primary_changed"}, {"backend", to.backend->name()}, {"reason", why}};
   if (old == nullptr) {
     Log().info("primary is {}: {}", to.backend->name(), why);
   } else {
+    LogFields was{{"previous", old->name()}};
     Log().warn("primary is now {} (was {}): {}", to.backend->name(), old->name(), why);
   }
   // Its last answer confirmed the role.
@@ -454,12 +459,15 @@ void ReplicationMonitor::Judge(Probe& p) {
   b.lag_bytes = v.lag_bytes;
   b.lag_seconds = v.lag_seconds;
   bool changed = b.SetReplicationState(p.info_epoch, v.qualified, info.replica_offset);
+  LogFields f{{"backend", b.name()}, {"role", "replica"}};
   if (changed && v.qualified) {
+    LogFields e{{"event", "replica_serves_reads"}};
     Log().info("replica {} serves reads (offset {}, {} bytes and {:.3g}s behind the primary)",
                b.name(), info.replica_offset, v.lag_bytes < 0 ? 0 : v.lag_bytes,
                v.lag_seconds < 0 ? 0.0 : v.lag_seconds);
   } else if (changed ||
              (!v.qualified && v.reason != b.not_serving_reason && b.not_serving_reason.empty())) {
+    LogFields e{{"event", "replica_no_reads"}, {"reason", v.reason}};
     Log().warn("replica {} gets no reads: {}", b.name(), v.reason);
   } else if (!v.qualified && v.reason != b.not_serving_reason) {
     Log().debug("replica {} still gets no reads: {}", b.name(), v.reason);

@@ -497,7 +497,8 @@ def test_healthcheck_flag_for_container_images(cluster, make_proxy):
 
 def test_json_logs_one_object_per_line_and_no_secrets(fresh_cluster, make_proxy):
     """log_format json: every line of the proxy's log is one JSON object (time, level, logger
-    kompress_cache, message), state changes included; passwords never appear."""
+    kompress_cache, message), state changes with structured fields (event, backend, role,
+    reason); passwords never appear."""
     import json
     c = fresh_cluster
     p = make_proxy(c.primary.port, [r.port for r in c.replicas],
@@ -509,12 +510,18 @@ def test_json_logs_one_object_per_line_and_no_secrets(fresh_cluster, make_proxy)
     wait_until(lambda: "marked down" in p.stderr(), 5 * SLOWDOWN, what="a state change logged")
     lines = [ln for ln in p.stderr().splitlines() if ln.strip()]
     assert lines
-    for ln in lines:
-        entry = json.loads(ln)
-        assert set(entry) == {"time", "level", "logger", "message"}, entry
+    entries = [json.loads(ln) for ln in lines]
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= set(entry), entry
+        assert all(isinstance(v, str) for v in entry.values()), entry
         assert entry["logger"] == "kompress_cache"
         assert entry["time"].endswith("Z") and "T" in entry["time"], entry
-    assert any("marked down" in json.loads(ln)["message"] for ln in lines)
+    # State changes carry structured fields: what happened, to which backend, and why.
+    down = [e for e in entries if e.get("event") == "backend_down"]
+    assert down and "marked down" in down[0]["message"], entries[-5:]
+    assert down[0]["backend"] == f"127.0.0.1:{c.replicas[0].port}", down[0]
+    assert down[0]["role"] == "replica" and down[0]["reason"], down[0]
+    assert any(e.get("event") == "replica_serves_reads" and e.get("backend") for e in entries)
     assert "s3cret-client" not in p.stderr()
     bad = run_proxy_once(["--log-format", "xml"])
     assert bad.returncode == 2 and b"log_format" in bad.stderr, bad
