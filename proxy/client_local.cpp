@@ -1,0 +1,278 @@
+// ClientSession, local commands: what the proxy answers itself (PING, ECHO, AUTH, HELLO,
+// SELECT 0, CLIENT ID/INFO/LIST/SETNAME/GETNAME/SETINFO, RESET, QUIT, PROXY) and this
+// client's line for CLIENT INFO / CLIENT LIST.
+#include "proxy/client_session.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/errors.h"
+#include "common/logging.h"
+#include "common/resp_writer.h"
+#include "proxy/backend.h"
+#include "proxy/backend_conn.h"
+#include "proxy/proxy_info.h"
+#include "proxy/worker.h"
+
+namespace kp {
+
+// ---- local commands ----
+
+void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
+  const Config& cfg = worker_->config();
+  Buffer& b = scratch_;
+  b.Clear();
+  auto wrong_args = [&](std::string_view name) {
+    std::string lower(name);
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    ReplyErrorNow("ERR wrong number of arguments for '" + lower + "' command");
+  };
+  switch (cmd) {
+    case LocalCommand::kPing:
+      if (req.argc == 1) {
+        resp::AppendSimple(b, "PONG");
+      } else if (req.argc == 2) {
+        resp::AppendBulk(b, req.arg(1));
+      } else {
+        return wrong_args("ping");
+      }
+      break;
+    case LocalCommand::kEcho:
+      if (req.argc != 2) return wrong_args("echo");
+      resp::AppendBulk(b, req.arg(1));
+      break;
+    case LocalCommand::kQuit:
+      resp::AppendSimple(b, "OK");
+      ReplyNow(b);
+      closing_after_flush_ = true;
+      PauseReading();
+      MaybeFinish();
+      return;
+    case LocalCommand::kAuth: {
+      if (req.argc < 2) return wrong_args("auth");
+      if (req.argc > 3) return ReplyErrorNow("ERR syntax error");
+      if (cfg.requirepass.empty()) {
+        if (req.argc == 2) return ReplyErrorNow(errors::kAuthNotConfigured);
+        if (!EqualsLower(req.arg(1), "default")) return ReplyErrorNow(errors::kWrongPass);
+        resp::AppendSimple(b, "OK");
+        break;
+      }
+      bool user_ok = req.argc == 2 || EqualsLower(req.arg(1), "default");
+      if (!user_ok || req.arg(req.argc - 1) != cfg.requirepass) {
+        return ReplyErrorNow(errors::kWrongPass);
+      }
+      authenticated_ = true;
+      resp::AppendSimple(b, "OK");
+      break;
+    }
+    case LocalCommand::kHello: {
+      size_t i = 1;
+      if (req.argc >= 2) {
+        std::string_view ver = req.arg(1);
+        if (ver != "2") {
+          bool numeric = !ver.empty() && ver.size() < 19;
+          for (char c : ver) numeric = numeric && ((c >= '0' && c <= '9') || c == '-');
+          if (!numeric) {
+            return ReplyErrorNow("ERR Protocol version is not an integer or out of range");
+          }
+          return ReplyErrorNow(ver == "3" ? errors::kNoResp3 : errors::kNoProto);
+        }
+        i = 2;
+      }
+      std::string setname;
+      bool has_setname = false;
+      for (; i < req.argc; ++i) {
+        if (EqualsLower(req.arg(i), "auth") && i + 2 < req.argc) {
+          std::string_view user = req.arg(i + 1), pass = req.arg(i + 2);
+          bool ok = cfg.requirepass.empty()
+                        ? EqualsLower(user, "default")
+                        : (EqualsLower(user, "default") && pass == cfg.requirepass);
+          if (!ok) return ReplyErrorNow(errors::kWrongPass);
+          authenticated_ = true;
+          i += 2;
+        } else if (EqualsLower(req.arg(i), "setname") && i + 1 < req.argc) {
+          setname = req.arg(i + 1);
+          for (char c : setname) {
+            if (c < '!' || c > '~') {
+              return ReplyErrorNow(
+                  "ERR Client names cannot contain spaces, newlines or special characters.");
+            }
+          }
+          has_setname = true;
+          i += 1;
+        } else {
+          return ReplyErrorNow("ERR Syntax error in HELLO option '" + std::string(req.arg(i)) +
+                               "'");
+        }
+      }
+      if (!authenticated_) {
+        return ReplyErrorNow(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+            "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and "
+            "select the RESP protocol version at the same time");
+      }
+      if (has_setname) name_ = setname;
+      resp::AppendArrayHeader(b, 14);
+      resp::AppendBulk(b, "server");
+      resp::AppendBulk(b, "redis");
+      resp::AppendBulk(b, "version");
+      resp::AppendBulk(b, "7.0.0");
+      resp::AppendBulk(b, "proto");
+      resp::AppendInteger(b, 2);
+      resp::AppendBulk(b, "id");
+      resp::AppendInteger(b, static_cast<int64_t>(id_));
+      resp::AppendBulk(b, "mode");
+      resp::AppendBulk(b, "standalone");
+      resp::AppendBulk(b, "role");
+      resp::AppendBulk(b, "master");
+      resp::AppendBulk(b, "modules");
+      resp::AppendArrayHeader(b, 0);
+      break;
+    }
+    case LocalCommand::kSelectZero:
+      resp::AppendSimple(b, "OK");
+      break;
+    case LocalCommand::kClientSetName: {
+      std::string_view n = req.arg(2);
+      for (char c : n) {
+        if (c < '!' || c > '~') {
+          return ReplyErrorNow(
+              "ERR Client names cannot contain spaces, newlines or special characters.");
+        }
+      }
+      name_ = n;
+      resp::AppendSimple(b, "OK");
+      break;
+    }
+    case LocalCommand::kClientGetName:
+      if (name_.empty()) {
+        resp::AppendNullBulk(b);
+      } else {
+        resp::AppendBulk(b, name_);
+      }
+      break;
+    case LocalCommand::kProxy:
+      if (req.argc == 2 && EqualsLower(req.arg(1), "info") && worker_->info() != nullptr) {
+        resp::AppendBulk(b, worker_->info()->Text());
+      } else if (req.argc == 2 && EqualsLower(req.arg(1), "help")) {
+        const char* lines[] = {"PROXY <subcommand>. Subcommands are:", "INFO",
+                               "    The proxy's own view: version, uptime, configuration, nodes "
+                               "with role and state, clients, counters.",
+                               "HELP", "    Print this help."};
+        resp::AppendArrayHeader(b, std::size(lines));
+        for (const char* l : lines) resp::AppendSimple(b, l);
+      } else if (req.argc < 2) {
+        return wrong_args("proxy");
+      } else {
+        return ReplyErrorNow("ERR unknown subcommand '" + std::string(req.arg(1)) +
+                             "'. Try PROXY HELP.");
+      }
+      break;
+    case LocalCommand::kClientId:
+      resp::AppendInteger(b, static_cast<int64_t>(id_));
+      break;
+    case LocalCommand::kClientInfo:
+      resp::AppendBulk(b, DescribeSelf("client|info"));
+      break;
+    case LocalCommand::kClientList: {
+      // Only this client is listed: the proxy's other clients are not its business, and the
+      // server's list would show the proxy's shared connections.
+      bool match = true;
+      for (size_t i = 2; i < req.argc; ++i) {
+        std::string_view opt = req.arg(i);
+        if (EqualsLower(opt, "type") && i + 1 < req.argc) {
+          std::string_view t = req.arg(++i);
+          if (!EqualsLower(t, "normal") && !EqualsLower(t, "master") &&
+              !EqualsLower(t, "replica") && !EqualsLower(t, "slave") && !EqualsLower(t, "pubsub")) {
+            return ReplyErrorNow("ERR Unknown client type '" + std::string(t) + "'");
+          }
+          match = match && EqualsLower(t, "normal");
+        } else if (EqualsLower(opt, "id") && i + 1 < req.argc) {
+          bool listed = false;
+          for (++i; i < req.argc; ++i) {
+            std::string_view v = req.arg(i);
+            bool digits = !v.empty() && v.size() < 20;
+            for (char ch : v) digits = digits && ch >= '0' && ch <= '9';
+            if (!digits) return ReplyErrorNow("ERR Invalid client ID");
+            listed = listed || std::stoull(std::string(v)) == id_;
+          }
+          match = match && listed;
+        } else {
+          return ReplyErrorNow("ERR syntax error");
+        }
+      }
+      resp::AppendBulk(b, match ? DescribeSelf("client|list") : std::string());
+      break;
+    }
+    case LocalCommand::kClientSetInfo: {
+      if (req.argc != 4) return wrong_args("client|setinfo");
+      std::string_view attr = req.arg(2), value = req.arg(3);
+      bool is_name = EqualsLower(attr, "lib-name");
+      if (!is_name && !EqualsLower(attr, "lib-ver")) {
+        return ReplyErrorNow("ERR Unrecognized option '" + std::string(attr) + "'");
+      }
+      for (char ch : value) {
+        if (ch < '!' || ch > '~') {
+          return ReplyErrorNow("ERR " + std::string(is_name ? "lib-name" : "lib-ver") +
+                               " cannot contain spaces, newlines or special characters.");
+        }
+      }
+      (is_name ? lib_name_ : lib_ver_) = value;
+      resp::AppendSimple(b, "OK");
+      break;
+    }
+    case LocalCommand::kReset:
+      if (req.argc != 1) return wrong_args("reset");
+      name_.clear();
+      authenticated_ = cfg.requirepass.empty();
+      resp::AppendSimple(b, "RESET");
+      break;
+    case LocalCommand::kNone:
+      return ReplyErrorNow("ERR kompress: internal routing error");
+  }
+  ReplyNow(b);
+}
+
+std::string ClientSession::DescribeSelf(std::string_view cmd) const {
+  // CLIENT INFO's fields as Redis 7 prints them; where a field is about the server's own
+  // buffers the proxy gives its own numbers for this client.
+  auto addr = [&](bool peer) {
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    auto* sa = reinterpret_cast<sockaddr*>(&ss);
+    int rc = peer ? uv_tcp_getpeername(&tcp_, sa, &len) : uv_tcp_getsockname(&tcp_, sa, &len);
+    if (rc != 0) return std::string("?:0");
+    char host[INET6_ADDRSTRLEN] = {0};
+    int port = 0;
+    if (ss.ss_family == AF_INET6) {
+      auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+      uv_ip6_name(a, host, sizeof host);
+      port = ntohs(a->sin6_port);
+    } else {
+      auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+      uv_ip4_name(a, host, sizeof host);
+      port = ntohs(a->sin_port);
+    }
+    return std::string(host) + ":" + std::to_string(port);
+  };
+  uint64_t now = worker_->now();
+  uv_os_fd_t fd = -1;
+  uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd);
+  std::string flags = dedicated_ != nullptr && in_multi_ ? "x" : "N";
+  char line[1024];
+  std::snprintf(line, sizeof line,
+                "id=%llu addr=%s laddr=%s fd=%d name=%s age=%llu idle=%llu flags=%s db=0 sub=0 "
+                "psub=0 ssub=0 multi=%d qbuf=%zu qbuf-free=0 argv-mem=0 multi-mem=0 rbs=%zu "
+                "rbp=0 obl=0 oll=0 omem=%zu tot-mem=%zu events=r cmd=%.*s user=default redir=-1 "
+                "resp=2 lib-name=%s lib-ver=%s\n",
+                static_cast<unsigned long long>(id_), addr(true).c_str(), addr(false).c_str(),
+                static_cast<int>(fd), name_.c_str(),
+                static_cast<unsigned long long>((now - created_ms_) / 1000),
+                static_cast<unsigned long long>((now - last_request_ms_) / 1000), flags.c_str(),
+                in_multi_ ? 0 : -1, in_.size(), in_.capacity(), out_.size() + held_bytes_,
+                in_.capacity() + out_.capacity() + wbuf_.capacity() + held_bytes_,
+                static_cast<int>(cmd.size()), cmd.data(), lib_name_.c_str(), lib_ver_.c_str());
+  return line;
+}
+
+}  // namespace kp

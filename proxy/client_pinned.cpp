@@ -1,0 +1,320 @@
+// ClientSession, pinned sessions: a dedicated primary connection for what cannot share one
+// (transactions, blocking commands, pub/sub, a selected database), the order of its replies
+// among the client's others, leaving it again, QUIT inside it, and a transaction that could
+// not start.
+#include "proxy/client_session.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/errors.h"
+#include "common/logging.h"
+#include "common/resp_writer.h"
+#include "proxy/backend.h"
+#include "proxy/backend_conn.h"
+#include "proxy/worker.h"
+
+namespace kp {
+
+namespace {
+// A PING's answer: "+PONG" normally, ["pong", ""] while subscribed (RESP2).
+bool IsPong(const char* data, size_t len) {
+  static constexpr std::string_view kPong = "+PONG\r\n";
+  static constexpr std::string_view kSubscribedPong = "*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+  std::string_view f(data, len);
+  return f == kPong || f == kSubscribedPong;
+}
+}  // namespace
+
+// ---- pinned sessions ----
+
+bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, const char* raw,
+                                size_t len) {
+  Backend* primary = worker_->backends().primary();
+  if (primary == nullptr || !primary->serves_writes()) {
+    // During a failover a transaction, a blocking command or a subscription waits for the
+    // new primary like a write does (up to the timeout), rather than failing at once.
+    uint64_t now = worker_->now();
+    if (MayWait() && (pin_wait_deadline_ == 0 || now < pin_wait_deadline_)) {
+      if (pin_wait_deadline_ == 0) pin_wait_deadline_ = now + worker_->timeout_ms();
+      waiting_to_pin_ = true;
+      worker_->Park(this);
+      return false;
+    }
+    pin_wait_deadline_ = 0;
+    worker_->stats().errors++;
+    std::string why = PrimaryUnavailable(primary);
+    // What follows a MULTI that could not start must not run outside the transaction.
+    if (EqualsLower(req.arg(0), "multi")) multi_refused_ = true;
+    ReplyErrorNow(why);
+    return true;
+  }
+  pin_wait_deadline_ = 0;
+  worker_->stats().pinned_sessions++;
+  dedicated_ = worker_->NewDedicatedConn(primary, this);
+  stream_seq_ = NewSlot();
+  SlotAt(stream_seq_).stream = true;
+  pin_permanent_ = false;
+  in_multi_ = watching_ = false;
+  reset_forwarded_ = false;
+  dedicated_reusable_ = true;
+  push_mode_ = false;
+  stream_outstanding_ = 0;
+  pinned_inflight_.clear();
+  backlog_kinds_.clear();
+  if (!name_.empty()) {
+    // The name the client set before it was pinned belongs on the connection it now uses
+    // (CLIENT GETNAME inside a transaction, CLIENT LIST on the primary).
+    inject_.Clear();
+    std::string_view args[] = {"CLIENT", "SETNAME", name_};
+    resp::AppendCommand(inject_, args);
+    SendPinned(inject_.data(), inject_.size(), {false, true, false});
+    dedicated_reusable_ = false;
+  }
+  ForwardPinned(req, d, raw, len);
+  return true;
+}
+
+ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
+                                                         const RouteDecision& d) {
+  std::string_view name = req.arg(0);
+  bool local = d.route == Route::kLocal;
+  if (reset_forwarded_) ++after_reset_;
+  if (local && d.local == LocalCommand::kReset) {
+    reset_forwarded_ = true;
+    after_reset_ = 0;
+  }
+  if (local && d.local == LocalCommand::kClientSetName) {
+    name_ = std::string(req.arg(2));
+    dedicated_reusable_ = false;
+  }
+  ++stream_outstanding_;
+  PinnedReq kind{d.blocking && !in_multi_, false, d.push && !in_multi_};
+  if (pin_permanent_) return kind;
+  if (EqualsLower(name, "multi")) {
+    in_multi_ = true;
+  } else if (EqualsLower(name, "exec") || EqualsLower(name, "discard")) {
+    // Only inside MULTI do they end the transaction and drop WATCHes; outside it Redis
+    // answers an error and the WATCH stays (the connection must not be reused then).
+    if (in_multi_) watching_ = false;
+    in_multi_ = false;
+  } else if (EqualsLower(name, "watch")) {
+    watching_ = true;
+  } else if (EqualsLower(name, "unwatch")) {
+    if (!in_multi_) watching_ = false;
+  } else if (EqualsLower(name, "wait")) {
+    // WAIT changes nothing on the connection.
+  } else if (d.route == Route::kPin ||
+             (local && d.local != LocalCommand::kPing && d.local != LocalCommand::kEcho &&
+              d.local != LocalCommand::kClientSetName && d.local != LocalCommand::kClientGetName &&
+              d.local != LocalCommand::kClientId && d.local != LocalCommand::kClientInfo &&
+              d.local != LocalCommand::kClientList && d.local != LocalCommand::kClientSetInfo &&
+              d.local != LocalCommand::kProxy)) {
+    // Anything else that changes the connection for good keeps it pinned: blocking and
+    // pub/sub commands, SELECT n, CLIENT REPLY, and what the proxy would otherwise answer
+    // itself (AUTH, HELLO, RESET, QUIT reach the backend on a pinned connection).
+    pin_permanent_ = true;
+  }
+  return kind;
+}
+
+void ClientSession::ForwardPinned(const Request& req, const RouteDecision& d, const char* raw,
+                                  size_t len) {
+  worker_->stats().pinned_requests++;
+  if (push_mode_ && d.route == Route::kLocal && d.local == LocalCommand::kPing) ++push_pings_;
+  PinnedReq kind = TrackPinnedState(req, d);
+  if (EqualsLower(req.arg(0), "wait") && !in_multi_) {
+    // WAIT counts replicas that acknowledged this connection's last write, but the client's
+    // writes went out on shared connections. A propagated no-op write here first (the
+    // client's earlier writes have all been answered by now) makes WAIT wait for at least
+    // those writes; its reply is swallowed.
+    inject_.Clear();
+    std::string_view args[] = {"PUBLISH", "__kompress:wait", ""};
+    resp::AppendCommand(inject_, args);
+    SendPinned(inject_.data(), inject_.size(), {false, true, false});
+  }
+  SendPinned(raw, len, kind);
+}
+
+void ClientSession::SendPinned(const char* raw, size_t len, PinnedReq kind) {
+  if (head_ == stream_seq_ && backlog_.empty()) {
+    dedicated_->SendRaw(raw, len);
+    NoteSentPinned(kind);
+  } else {
+    backlog_.Append(raw, len);
+    backlog_kinds_.push_back(kind);
+  }
+}
+
+void ClientSession::NoteSentPinned(PinnedReq kind) {
+  if (kind.push) {
+    // From here replies no longer pair with requests: no per-request deadlines.
+    push_mode_ = true;
+    dedicated_->SetDeadline(0);
+    return;
+  }
+  if (push_mode_) return;
+  pinned_inflight_.push_back(kind);
+  if (pinned_inflight_.size() == 1) ArmPinnedDeadline();
+}
+
+void ClientSession::ArmPinnedDeadline() {
+  // The oldest request must be answered within the timeout unless it may legitimately
+  // block (BLPOP, WAIT, ...): the same rule as on shared connections.
+  if (dedicated_ == nullptr) return;
+  if (push_mode_ || pinned_inflight_.empty() || pinned_inflight_.front().blocking) {
+    dedicated_->SetDeadline(0);
+  } else {
+    dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
+  }
+}
+
+void ClientSession::OnStreamFrame(const char* data, size_t len) {
+  if (closed_) return;
+  if ((push_pings_ > 0 || quit_marker_sent_) && IsPong(data, len)) {
+    if (push_pings_ > 0) {
+      --push_pings_;  // the client's own PING
+    } else {
+      quit_marker_seen_ = true;  // the proxy's, after QUIT: everything before it is relayed
+      MaybeQuit();
+      return;
+    }
+  }
+  bool swallow = false;
+  if (!pinned_inflight_.empty()) {
+    swallow = pinned_inflight_.front().swallow;
+    pinned_inflight_.pop_front();
+    ArmPinnedDeadline();
+  }
+  if (swallow) return;  // the reply to a command the proxy added (CLIENT SETNAME, PUBLISH)
+  // Anything answered on the dedicated connection may have been a write (EXEC, EVAL...):
+  // the reads that follow once the session is unpinned must see it.
+  ryw_.OnWrite(worker_->backends().progress());
+  if (len > worker_->config().client.max_client_buffer_bytes) {
+    oversize_bytes_ = std::max(oversize_bytes_, len);
+  }
+  out_.Append(data, len);
+  worker_->MarkDirty(this);
+  if (stream_outstanding_ > 0) --stream_outstanding_;
+  if (reset_forwarded_ && len == 8 && std::memcmp(data, "+RESET\r\n", 8) == 0) {
+    // RESET answered: the connection is back to its defaults (database 0, no transaction,
+    // no subscriptions), so the session can leave pinned mode once everything sent after
+    // RESET is answered too. RESET also logged the connection out of the backend, so with
+    // backend credentials it is closed rather than reused.
+    reset_forwarded_ = false;
+    name_.clear();
+    authenticated_ = worker_->config().requirepass.empty();
+    pin_permanent_ = false;
+    in_multi_ = watching_ = false;
+    push_mode_ = false;
+    // Counting replies was meaningless in push mode; what is still due is what came after.
+    stream_outstanding_ = after_reset_;
+    if (!worker_->config().backend_password.empty()) dedicated_reusable_ = false;
+  }
+  if (!pin_permanent_) MaybeUnpin();
+  MaybeQuit();
+}
+
+void ClientSession::MaybeQuit() {
+  if (!quit_pending_ || closed_ || dedicated_ == nullptr) return;
+  if (!backlog_.empty() || head_ != stream_seq_) return;  // earlier requests not sent yet
+  // Replies still due are relayed first. In push mode they do not pair with requests, so a
+  // PING goes last: once its answer is back, everything before it has been relayed.
+  if (push_mode_) {
+    if (!quit_marker_sent_) {
+      quit_marker_sent_ = true;
+      static const char kPing[] = "*1\r\n$4\r\nPING\r\n";
+      dedicated_->SendRaw(kPing, sizeof kPing - 1);
+      dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
+    }
+    if (!quit_marker_seen_) return;
+  } else if (stream_outstanding_ != 0 || !pinned_inflight_.empty()) {
+    return;
+  }
+  AbandonPinned();  // closed quietly: the backend is not blamed for it
+  scratch_.Clear();
+  resp::AppendSimple(scratch_, "OK");
+  ReplyNow(scratch_);
+  closing_after_flush_ = true;
+  MaybeFinish();
+}
+
+void ClientSession::MaybeUnpin() {
+  if (pin_permanent_ || quit_pending_ || stream_outstanding_ != 0 || !backlog_.empty() ||
+      !pinned_inflight_.empty() || dedicated_ == nullptr || head_ != stream_seq_) {
+    return;
+  }
+  if (in_multi_ || watching_) return;
+  // The transaction is over and every reply is in: the connection is clean (no MULTI, no
+  // WATCH, database 0), so it goes back to the worker and reads balance over replicas again.
+  if (dedicated_reusable_) {
+    worker_->ReleaseDedicatedConn(dedicated_);
+  } else {
+    dedicated_->Shutdown("released", true);
+  }
+  dedicated_ = nullptr;
+  Slot& s = SlotAt(stream_seq_);
+  s.stream = false;
+  s.done = true;
+  AdvanceHead();
+}
+
+void ClientSession::AbandonPinned() {
+  if (dedicated_ != nullptr) {
+    BackendConn* d = dedicated_;
+    dedicated_ = nullptr;
+    d->Shutdown("session ended", true);  // clears its owner first: no callback comes back
+  }
+  backlog_.Clear();
+  backlog_kinds_.clear();
+  pinned_inflight_.clear();
+  Slot& s = SlotAt(stream_seq_);
+  if (s.stream) {
+    // The stream slot ends here; replies ahead of it keep their order.
+    s.stream = false;
+    s.done = true;
+    AdvanceHead();
+  }
+}
+
+void ClientSession::OnStreamFailure(const std::string& reason) {
+  dedicated_ = nullptr;  // the connection is going away by itself
+  if (closed_) return;
+  closing_after_flush_ = true;
+  AbandonPinned();
+  Log().debug("client {}: pinned connection failed: {}", id_, reason);
+  worker_->stats().errors++;
+  ReplyErrorNow(std::string(errors::kPinnedLost) + " (" + reason + ")");
+  closing_after_flush_ = true;
+  PauseReading();
+  MaybeFinish();
+}
+
+void ClientSession::InRefusedTransaction(const Request& req, const RouteDecision& d) {
+  // The client believes it is inside MULTI; as Redis does for a command refused at queue
+  // time, every command gets an error and EXEC aborts the transaction.
+  std::string_view name = req.arg(0);
+  if (EqualsLower(name, "exec")) {
+    multi_refused_ = false;
+    return ReplyErrorNow("EXECABORT Transaction discarded because of previous errors.");
+  }
+  if (EqualsLower(name, "discard")) {
+    multi_refused_ = false;
+    scratch_.Clear();
+    resp::AppendSimple(scratch_, "OK");
+    return ReplyNow(scratch_);
+  }
+  if (d.route == Route::kLocal &&
+      (d.local == LocalCommand::kQuit || d.local == LocalCommand::kReset)) {
+    multi_refused_ = false;
+    return HandleLocal(d.local, req);
+  }
+  if (EqualsLower(name, "multi")) return ReplyErrorNow("ERR MULTI calls can not be nested");
+  if (EqualsLower(name, "watch")) return ReplyErrorNow("ERR WATCH inside MULTI is not allowed");
+  worker_->stats().errors++;
+  ReplyErrorNow(
+      "ERR kompress: not queued: the transaction could not start (primary unavailable); EXEC "
+      "will abort it");
+}
+
+}  // namespace kp
