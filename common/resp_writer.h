@@ -46,6 +46,26 @@ inline void AppendNullBulk(Buffer& b) {
   b.Append("$-1\r\n", 5);
 }
 
+// RESP3 where the client speaks it (proto 3), RESP2's equivalent otherwise.
+inline void AppendNull(Buffer& b, int proto) {
+  if (proto == 3) {
+    b.Append("_\r\n", 3);
+  } else {
+    AppendNullBulk(b);
+  }
+}
+inline void AppendMapHeader(Buffer& b, size_t pairs, int proto) {
+  AppendLength(b, proto == 3 ? '%' : '*', static_cast<int64_t>(proto == 3 ? pairs : 2 * pairs));
+}
+// Text Redis sends as a verbatim string in RESP3 (INFO, CLIENT INFO, CLIENT LIST).
+inline void AppendVerbatim(Buffer& b, std::string_view s, int proto) {
+  if (proto != 3) return AppendBulk(b, s);
+  AppendLength(b, '=', static_cast<int64_t>(s.size() + 4));
+  b.Append("txt:", 4);
+  b.Append(s.data(), s.size());
+  b.Append("\r\n", 2);
+}
+
 inline void AppendArrayHeader(Buffer& b, size_t n) {
   AppendLength(b, '*', static_cast<int64_t>(n));
 }

@@ -88,6 +88,19 @@ class Backend {
     last_error_ = std::move(why);
   }
 
+  // What the server says of itself (INFO server, CONFIG GET databases), asked once per probe
+  // connection: HELLO reports the primary's version, SELECT checks against its databases.
+  std::string server_version() const {
+    std::lock_guard<std::mutex> g(mu_);
+    return server_version_;
+  }
+  void set_server_version(std::string v) {
+    std::lock_guard<std::mutex> g(mu_);
+    server_version_ = std::move(v);
+  }
+  uint32_t databases() const { return databases_.load(std::memory_order_relaxed); }
+  void set_databases(uint32_t n) { databases_.store(n, std::memory_order_relaxed); }
+
   // For /metrics (written and read on the main thread only).
   int64_t lag_bytes = -1;
   double lag_seconds = -1;
@@ -105,6 +118,8 @@ class Backend {
   std::atomic<uint64_t> unavailable_since_ms_{0};
   mutable std::mutex mu_;  // guards last_error_ and transitions; failure paths, never per request
   std::string last_error_;
+  std::string server_version_;           // empty until known
+  std::atomic<uint32_t> databases_{16};  // Redis's default until the server says
 
   void NoteUnavailable();  // under mu_, before the flags change
 };

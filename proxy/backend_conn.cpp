@@ -28,11 +28,13 @@ struct BackendConn::Resolve {
   BackendConn* conn;
 };
 
-BackendConn::BackendConn(Worker* worker, Backend* backend, Mode mode, ClientSession* owner)
+BackendConn::BackendConn(Worker* worker, Backend* backend, Mode mode, ClientSession* owner,
+                         ConnClass cls)
     : worker_(worker),
       backend_(backend),
       mode_(mode),
       owner_(owner),
+      cls_(cls),
       framer_(worker->config().resp.ForReplies()) {}
 
 void BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, size_t len,
@@ -55,29 +57,65 @@ void BackendConn::SendRaw(const char* data, size_t len) {
   }
 }
 
-void BackendConn::QueueAuth() {
+void BackendConn::QueueHandshake() {
+  // What makes the connection what its class says, in front of whatever is already queued:
+  // AUTH (or HELLO 3 with AUTH), then SELECT. Each reply is checked and dropped.
   const Config& c = worker_->config();
-  if (c.backend_password.empty()) return;
-  // AUTH goes in front of whatever is already queued: it must be the first thing sent.
-  Buffer auth;
-  resp::AppendAuth(auth, c.backend_username, c.backend_password);
-  auth.Append(out_.data(), out_.size());
-  std::swap(out_, auth);
+  Buffer hs;
+  uint8_t kinds[2];
+  size_t n = 0;
+  if (cls_.proto == 3) {
+    std::string user = c.backend_username.empty() ? "default" : c.backend_username;
+    if (c.backend_password.empty()) {
+      std::string_view args[] = {"HELLO", "3"};
+      resp::AppendCommand(hs, args);
+    } else {
+      std::string_view args[] = {"HELLO", "3", "AUTH", user, c.backend_password};
+      resp::AppendCommand(hs, args);
+    }
+    kinds[n++] = c.backend_password.empty() ? kHandshakeHello : kHandshakeAuth;
+  } else if (!c.backend_password.empty()) {
+    resp::AppendAuth(hs, c.backend_username, c.backend_password);
+    kinds[n++] = kHandshakeAuth;
+  }
+  if (cls_.db != 0) {
+    std::string db = std::to_string(cls_.db);
+    std::string_view args[] = {"SELECT", db};
+    resp::AppendCommand(hs, args);
+    kinds[n++] = kHandshakeSelect;
+  }
+  if (n == 0) return;
+  hs.Append(out_.data(), out_.size());
+  std::swap(out_, hs);
   if (mode_ == Mode::kShared) {
-    Ring<PendingReply> with_auth;
-    with_auth.push_back({nullptr, 0, worker_->now() + worker_->timeout_ms()});
+    Ring<PendingReply> with;
+    for (size_t k = 0; k < n; ++k) {
+      with.push_back({nullptr, kinds[k], worker_->now() + worker_->timeout_ms()});
+    }
     while (!pending_.empty()) {
-      with_auth.push_back(pending_.front());
+      with.push_back(pending_.front());
       pending_.pop_front();
     }
-    pending_.swap(with_auth);
+    pending_.swap(with);
   } else {
-    auth_replies_expected_ = 1;
+    for (size_t k = 0; k < n; ++k) handshake_kinds_[k] = kinds[k];
+    handshake_next_ = 0;
+    auth_replies_expected_ = static_cast<int>(n);
   }
 }
 
+void BackendConn::HandshakeRefused(uint64_t kind, const char* p, size_t len) {
+  // A refused AUTH is a configuration problem of that node (marked down, as the monitor's
+  // own AUTH would find); a refused SELECT or HELLO concerns only this class.
+  std::string text(p + 1, len > 3 ? len - 3 : 0);
+  const char* what = kind == kHandshakeAuth    ? "AUTH"
+                     : kind == kHandshakeHello ? "HELLO 3"
+                                               : "SELECT";
+  Fail(std::string(what) + " refused: " + text, kind == kHandshakeAuth);
+}
+
 void BackendConn::StartConnect() {
-  QueueAuth();
+  QueueHandshake();
   const Endpoint& ep = backend_->endpoint();
   sockaddr_in6 a6;
   sockaddr_in a4;
@@ -253,8 +291,9 @@ void BackendConn::ProcessReplies() {
     if (mode_ == Mode::kDedicated) {
       if (auth_replies_expected_ > 0) {
         --auth_replies_expected_;
+        uint8_t kind = handshake_kinds_[handshake_next_++ % 2];
         if (is_error) {
-          Fail("AUTH rejected: " + std::string(p + 1, consumed > 3 ? consumed - 3 : 0), true);
+          HandshakeRefused(kind, p, consumed);
           return;
         }
       } else {
@@ -272,7 +311,7 @@ void BackendConn::ProcessReplies() {
         --cancelled_;  // the late reply of a request already answered by the timeout: dropped
       } else if (pr.client == nullptr) {
         if (is_error) {
-          Fail("AUTH rejected: " + std::string(p + 1, consumed > 3 ? consumed - 3 : 0), true);
+          HandshakeRefused(pr.seq, p, consumed);
           return;
         }
       } else {

@@ -19,6 +19,7 @@
 #include "common/resp_parser.h"
 #include "common/ring.h"
 #include "proxy/backend.h"
+#include "proxy/connection_class.h"
 
 namespace kp {
 
@@ -29,7 +30,8 @@ class BackendConn {
  public:
   enum class Mode { kShared, kDedicated };
 
-  BackendConn(Worker* worker, Backend* backend, Mode mode, ClientSession* owner = nullptr);
+  BackendConn(Worker* worker, Backend* backend, Mode mode, ClientSession* owner = nullptr,
+              ConnClass cls = {});
   BackendConn(const BackendConn&) = delete;
   BackendConn& operator=(const BackendConn&) = delete;
 
@@ -56,6 +58,7 @@ class BackendConn {
   void ResumeStream();
 
   Backend* backend() const { return backend_; }
+  const ConnClass& conn_class() const { return cls_; }
   // Dedicated mode: hands the connection to another session (nullptr: idle in the worker).
   void set_owner(ClientSession* owner) { owner_ = owner; }
   bool idle() const { return pending_.empty() && out_.empty(); }
@@ -84,7 +87,10 @@ class BackendConn {
   void OnClosed();
   // Hands the object to the worker for deletion, once.
   void Destroy();
-  void QueueAuth();
+  // AUTH / HELLO 3 / SELECT for the connection's class, first on every new connection.
+  void QueueHandshake();
+  void HandshakeRefused(uint64_t kind, const char* reply, size_t len);
+  static constexpr uint8_t kHandshakeAuth = 0, kHandshakeHello = 1, kHandshakeSelect = 2;
 
   static void AllocCb(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
   static void ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
@@ -106,9 +112,12 @@ class BackendConn {
   bool detached_ = false;
   bool read_paused_ = false;
   ClientSession* drain_waiter_ = nullptr;
-  int auth_replies_expected_ = 0;  // dedicated mode: frames to swallow after connect
-  uint64_t deadline_ms_ = 0;       // dedicated mode: see SetDeadline; 0 = none
-  size_t cancelled_ = 0;  // shared mode: leading pending entries already answered by timeout
+  ConnClass cls_;
+  int auth_replies_expected_ = 0;  // dedicated mode: handshake frames to check and swallow
+  uint8_t handshake_kinds_[2] = {0, 0};
+  uint8_t handshake_next_ = 0;
+  uint64_t deadline_ms_ = 0;  // dedicated mode: see SetDeadline; 0 = none
+  size_t cancelled_ = 0;      // shared mode: leading pending entries already answered by timeout
   uv_tcp_t tcp_;
   uv_connect_t connect_req_;
   uv_write_t write_req_;

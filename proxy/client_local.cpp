@@ -67,16 +67,23 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
     }
     case LocalCommand::kHello: {
       size_t i = 1;
+      int proto = cls_.proto;
+      const Backend* primary = worker_->backends().primary();
+      std::string version = primary != nullptr ? primary->server_version() : std::string();
       if (req.argc >= 2) {
         std::string_view ver = req.arg(1);
-        if (ver != "2") {
-          bool numeric = !ver.empty() && ver.size() < 19;
-          for (char c : ver) numeric = numeric && ((c >= '0' && c <= '9') || c == '-');
-          if (!numeric) {
-            return ReplyErrorNow("ERR Protocol version is not an integer or out of range");
-          }
-          return ReplyErrorNow(ver == "3" ? errors::kNoResp3 : errors::kNoProto);
+        bool numeric = !ver.empty() && ver.size() < 19;
+        for (char c : ver) numeric = numeric && ((c >= '0' && c <= '9') || c == '-');
+        if (!numeric) {
+          return ReplyErrorNow("ERR Protocol version is not an integer or out of range");
         }
+        if (ver != "2" && ver != "3") return ReplyErrorNow(errors::kNoProto);
+        // RESP3 needs Redis 6 or later behind the proxy (its connections speak it too).
+        if (ver == "3" && !version.empty() && version[0] >= '1' && version[0] <= '5' &&
+            version[1] == '.') {
+          return ReplyErrorNow(errors::kNoProto);
+        }
+        proto = ver == "3" ? 3 : 2;
         i = 2;
       }
       std::string setname;
@@ -112,13 +119,17 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
             "select the RESP protocol version at the same time");
       }
       if (has_setname) name_ = setname;
-      resp::AppendArrayHeader(b, 14);
+      // From here on this client's replies (relayed and local) are in this protocol: its
+      // class's shared connections speak it to Redis.
+      cls_.proto = static_cast<uint8_t>(proto);
+      resp::AppendMapHeader(b, 7, proto);
       resp::AppendBulk(b, "server");
       resp::AppendBulk(b, "redis");
       resp::AppendBulk(b, "version");
-      resp::AppendBulk(b, "7.0.0");
+      // The primary's own version (known from its first health check).
+      resp::AppendBulk(b, version.empty() ? std::string_view("7.0.0") : std::string_view(version));
       resp::AppendBulk(b, "proto");
-      resp::AppendInteger(b, 2);
+      resp::AppendInteger(b, proto);
       resp::AppendBulk(b, "id");
       resp::AppendInteger(b, static_cast<int64_t>(id_));
       resp::AppendBulk(b, "mode");
@@ -129,9 +140,23 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       resp::AppendArrayHeader(b, 0);
       break;
     }
-    case LocalCommand::kSelectZero:
+    case LocalCommand::kSelect: {
+      if (req.argc != 2) return wrong_args("select");
+      std::string_view v = req.arg(1);
+      bool digits = !v.empty() && v.size() < 10;
+      for (char ch : v) digits = digits && ch >= '0' && ch <= '9';
+      bool negative = v.size() > 1 && v[0] == '-';
+      if (!digits && !negative) return ReplyErrorNow("ERR value is not an integer or out of range");
+      const Backend* primary = worker_->backends().primary();
+      uint32_t databases = primary != nullptr ? primary->databases() : 16;
+      uint64_t n = digits ? std::stoull(std::string(v)) : UINT64_MAX;
+      if (n >= databases) return ReplyErrorNow("ERR DB index is out of range");
+      // Only the class changes: reads still go to replicas (in that database), on
+      // connections shared with every other client of the same database.
+      cls_.db = static_cast<uint32_t>(n);
       resp::AppendSimple(b, "OK");
       break;
+    }
     case LocalCommand::kClientSetName: {
       std::string_view n = req.arg(2);
       for (char c : n) {
@@ -146,14 +171,14 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
     }
     case LocalCommand::kClientGetName:
       if (name_.empty()) {
-        resp::AppendNullBulk(b);
+        resp::AppendNull(b, cls_.proto);
       } else {
         resp::AppendBulk(b, name_);
       }
       break;
     case LocalCommand::kProxy:
       if (req.argc == 2 && EqualsLower(req.arg(1), "info") && worker_->info() != nullptr) {
-        resp::AppendBulk(b, worker_->info()->Text());
+        resp::AppendVerbatim(b, worker_->info()->Text(), cls_.proto);
       } else if (req.argc == 2 && EqualsLower(req.arg(1), "help")) {
         const char* lines[] = {"PROXY <subcommand>. Subcommands are:", "INFO",
                                "    The proxy's own view: version, uptime, configuration, nodes "
@@ -172,7 +197,7 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       resp::AppendInteger(b, static_cast<int64_t>(id_));
       break;
     case LocalCommand::kClientInfo:
-      resp::AppendBulk(b, DescribeSelf("client|info"));
+      resp::AppendVerbatim(b, DescribeSelf("client|info"), cls_.proto);
       break;
     case LocalCommand::kClientList: {
       // Only this client is listed: the proxy's other clients are not its business, and the
@@ -201,7 +226,7 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
           return ReplyErrorNow("ERR syntax error");
         }
       }
-      resp::AppendBulk(b, match ? DescribeSelf("client|list") : std::string());
+      resp::AppendVerbatim(b, match ? DescribeSelf("client|list") : std::string(), cls_.proto);
       break;
     }
     case LocalCommand::kClientSetInfo: {
@@ -224,6 +249,7 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
     case LocalCommand::kReset:
       if (req.argc != 1) return wrong_args("reset");
       name_.clear();
+      cls_ = ConnClass{};  // database 0, RESP2
       authenticated_ = cfg.requirepass.empty();
       resp::AppendSimple(b, "RESET");
       break;
@@ -261,17 +287,18 @@ std::string ClientSession::DescribeSelf(std::string_view cmd) const {
   std::string flags = dedicated_ != nullptr && in_multi_ ? "x" : "N";
   char line[1024];
   std::snprintf(line, sizeof line,
-                "id=%llu addr=%s laddr=%s fd=%d name=%s age=%llu idle=%llu flags=%s db=0 sub=0 "
+                "id=%llu addr=%s laddr=%s fd=%d name=%s age=%llu idle=%llu flags=%s db=%u sub=0 "
                 "psub=0 ssub=0 multi=%d qbuf=%zu qbuf-free=0 argv-mem=0 multi-mem=0 rbs=%zu "
                 "rbp=0 obl=0 oll=0 omem=%zu tot-mem=%zu events=r cmd=%.*s user=default redir=-1 "
-                "resp=2 lib-name=%s lib-ver=%s\n",
+                "resp=%d lib-name=%s lib-ver=%s\n",
                 static_cast<unsigned long long>(id_), addr(true).c_str(), addr(false).c_str(),
                 static_cast<int>(fd), name_.c_str(),
                 static_cast<unsigned long long>((now - created_ms_) / 1000),
                 static_cast<unsigned long long>((now - last_request_ms_) / 1000), flags.c_str(),
-                in_multi_ ? 0 : -1, in_.size(), in_.capacity(), out_.size() + held_bytes_,
+                cls_.db, in_multi_ ? 0 : -1, in_.size(), in_.capacity(), out_.size() + held_bytes_,
                 in_.capacity() + out_.capacity() + wbuf_.capacity() + held_bytes_,
-                static_cast<int>(cmd.size()), cmd.data(), lib_name_.c_str(), lib_ver_.c_str());
+                static_cast<int>(cmd.size()), cmd.data(), static_cast<int>(cls_.proto),
+                lib_name_.c_str(), lib_ver_.c_str());
   return line;
 }
 

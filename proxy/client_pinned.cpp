@@ -51,7 +51,7 @@ bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, cons
   }
   pin_wait_deadline_ = 0;
   worker_->stats().pinned_sessions++;
-  dedicated_ = worker_->NewDedicatedConn(primary, this);
+  dedicated_ = worker_->NewDedicatedConn(primary, this, cls_);
   stream_seq_ = NewSlot();
   SlotAt(stream_seq_).stream = true;
   pin_permanent_ = false;
@@ -104,15 +104,22 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
     if (!in_multi_) watching_ = false;
   } else if (EqualsLower(name, "wait")) {
     // WAIT changes nothing on the connection.
+  } else if (d.push && name.size() >= 9 && EqualsLower(name.substr(name.size() - 9), "subscribe")) {
+    // (P|S)(UN)SUBSCRIBE: pinned while subscribed; the confirmations say when that ends.
+    subscribed_ = true;
+  } else if (d.blocking && !d.push) {
+    // BLPOP, XREAD BLOCK, WAITAOF...: the connection only while it blocks. The session
+    // leaves it once the reply is in (MaybeUnpin), so the client is back on shared
+    // connections and replica reads.
   } else if (d.route == Route::kPin ||
              (local && d.local != LocalCommand::kPing && d.local != LocalCommand::kEcho &&
               d.local != LocalCommand::kClientSetName && d.local != LocalCommand::kClientGetName &&
               d.local != LocalCommand::kClientId && d.local != LocalCommand::kClientInfo &&
               d.local != LocalCommand::kClientList && d.local != LocalCommand::kClientSetInfo &&
               d.local != LocalCommand::kProxy)) {
-    // Anything else that changes the connection for good keeps it pinned: blocking and
-    // pub/sub commands, SELECT n, CLIENT REPLY, and what the proxy would otherwise answer
-    // itself (AUTH, HELLO, RESET, QUIT reach the backend on a pinned connection).
+    // Anything else that changes the connection for good keeps it pinned: MONITOR, CLIENT
+    // REPLY/TRACKING, and what the proxy would otherwise answer itself (AUTH, HELLO,
+    // SELECT, RESET reach the backend on a pinned connection).
     pin_permanent_ = true;
   }
   return kind;
@@ -171,6 +178,18 @@ void ClientSession::ArmPinnedDeadline() {
 
 void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (closed_) return;
+  if (unpin_marker_sent_ && std::string_view(data, len) == unpin_marker_) {
+    // Everything sent before the marker has been answered: the connection is quiet and
+    // clean, the session leaves it, and the client's input is read again.
+    unpin_marker_sent_ = false;
+    stream_outstanding_ = 0;
+    pinned_inflight_.clear();
+    dedicated_->SetDeadline(0);
+    MaybeUnpin();
+    ResumeReading();
+    if (!in_.empty()) ProcessInput();
+    return;
+  }
   if ((push_pings_ > 0 || quit_marker_sent_) && IsPong(data, len)) {
     if (push_pings_ > 0) {
       --push_pings_;  // the client's own PING
@@ -187,15 +206,16 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     ArmPinnedDeadline();
   }
   if (swallow) return;  // the reply to a command the proxy added (CLIENT SETNAME, PUBLISH)
-  // Anything answered on the dedicated connection may have been a write (EXEC, EVAL...):
-  // the reads that follow once the session is unpinned must see it.
-  ryw_.OnWrite(worker_->backends().progress());
+  // Anything answered on the dedicated connection may have been a write (EXEC, BLPOP...):
+  // the reads that follow once the session is unpinned must see it. (Not pub/sub traffic.)
+  if (!push_mode_) ryw_.OnWrite(worker_->backends().progress());
   if (len > worker_->config().client.max_client_buffer_bytes) {
     oversize_bytes_ = std::max(oversize_bytes_, len);
   }
   out_.Append(data, len);
   worker_->MarkDirty(this);
   if (stream_outstanding_ > 0) --stream_outstanding_;
+  if (push_mode_ && subscribed_) NoteSubscriptionReply(data, len);
   if (reset_forwarded_ && len == 8 && std::memcmp(data, "+RESET\r\n", 8) == 0) {
     // RESET answered: the connection is back to its defaults (database 0, no transaction,
     // no subscriptions), so the session can leave pinned mode once everything sent after
@@ -206,13 +226,58 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     authenticated_ = worker_->config().requirepass.empty();
     pin_permanent_ = false;
     in_multi_ = watching_ = false;
-    push_mode_ = false;
+    push_mode_ = subscribed_ = false;
     // Counting replies was meaningless in push mode; what is still due is what came after.
     stream_outstanding_ = after_reset_;
     if (!worker_->config().backend_password.empty()) dedicated_reusable_ = false;
+    if (!cls_.is_default()) dedicated_reusable_ = false;  // the connection is in db 0, RESP2 now
+    cls_ = ConnClass{};
   }
   if (!pin_permanent_) MaybeUnpin();
   MaybeQuit();
+}
+
+void ClientSession::NoteSubscriptionReply(const char* data, size_t len) {
+  // A (un)subscribe confirmation: [kind, channel, count] with `count` the subscriptions left
+  // of that family (channels and patterns together; shard channels on their own).
+  std::string_view f(data, len);
+  if (f.size() < 8 || (f[0] != '*' && f[0] != '>') || f.substr(1, 3) != "3\r\n") return;
+  size_t eol = f.find("\r\n", 4);
+  if (eol == std::string_view::npos || f[4] != '$') return;
+  size_t name_len = static_cast<size_t>(std::atoi(std::string(f.substr(5, eol - 5)).c_str()));
+  if (eol + 2 + name_len > f.size()) return;
+  std::string_view kind = f.substr(eol + 2, name_len);
+  bool shard = EqualsLower(kind, "ssubscribe") || EqualsLower(kind, "sunsubscribe");
+  if (!shard && !EqualsLower(kind, "subscribe") && !EqualsLower(kind, "unsubscribe") &&
+      !EqualsLower(kind, "psubscribe") && !EqualsLower(kind, "punsubscribe")) {
+    return;  // a message
+  }
+  size_t colon = f.rfind(':');
+  if (colon == std::string_view::npos || f.size() < colon + 3) return;
+  int64_t count = std::atoll(std::string(f.substr(colon + 1, f.size() - colon - 3)).c_str());
+  (shard ? shard_subscriptions_ : subscriptions_) = count;
+  if (subscriptions_ != 0 || shard_subscriptions_ != 0) return;
+  // No subscription left: the connection answers normally again. Unless something else keeps
+  // it (MONITOR, a transaction...), the session leaves it once what the client sent after the
+  // last UNSUBSCRIBE is answered too: a marker PING goes last, and the client's further input
+  // waits for its answer.
+  subscribed_ = false;
+  push_mode_ = false;
+  if (pin_permanent_ || in_multi_ || watching_ || quit_pending_ || dedicated_ == nullptr) return;
+  unpin_marker_token_++;
+  std::string token =
+      "kompress-unpin-" + std::to_string(id_) + "-" + std::to_string(unpin_marker_token_);
+  inject_.Clear();
+  std::string_view args[] = {"PING", token};
+  resp::AppendCommand(inject_, args);
+  dedicated_->SendRaw(inject_.data(), inject_.size());
+  dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
+  unpin_marker_.clear();
+  Buffer b;
+  resp::AppendBulk(b, token);
+  unpin_marker_.assign(b.data(), b.size());
+  unpin_marker_sent_ = true;
+  PauseReading();
 }
 
 void ClientSession::MaybeQuit() {
@@ -240,8 +305,9 @@ void ClientSession::MaybeQuit() {
 }
 
 void ClientSession::MaybeUnpin() {
-  if (pin_permanent_ || quit_pending_ || stream_outstanding_ != 0 || !backlog_.empty() ||
-      !pinned_inflight_.empty() || dedicated_ == nullptr || head_ != stream_seq_) {
+  if (pin_permanent_ || subscribed_ || unpin_marker_sent_ || quit_pending_ ||
+      stream_outstanding_ != 0 || !backlog_.empty() || !pinned_inflight_.empty() ||
+      dedicated_ == nullptr || head_ != stream_seq_) {
     return;
   }
   if (in_multi_ || watching_) return;

@@ -85,7 +85,7 @@ void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
 }
 
 void ClientSession::ResumeReading() {
-  if (reading_ || closed_ || closing_after_flush_ || quit_pending_) return;
+  if (reading_ || closed_ || closing_after_flush_ || quit_pending_ || unpin_marker_sent_) return;
   reading_ = true;
   paused_ = false;
   uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), AllocCb, ReadCb);
@@ -99,7 +99,8 @@ void ClientSession::PauseReading() {
 
 void ClientSession::ProcessInput() {
   const Config& cfg = worker_->config();
-  while (!closed_ && !closing_after_flush_ && !quit_pending_ && !in_.empty()) {
+  while (!closed_ && !closing_after_flush_ && !quit_pending_ && !unpin_marker_sent_ &&
+         !in_.empty()) {
     if ((dedicated_ == nullptr && next_ - head_ >= cfg.client.max_pipeline_depth) ||
         CountedReplyBytes() > cfg.client.max_client_buffer_bytes / 2) {
       // Backpressure: too many requests in flight, or replies piling up that the client does
@@ -275,7 +276,7 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
       if (keep) s.request.Append(raw, len);
       worker_->stats().reads_replica++;
       retry_tokens_ = std::min(kRetryCap, retry_tokens_ + kRetryEarn);
-      worker_->SharedConn(t.replica)->Send(this, seq, raw, len, deadline);
+      worker_->SharedConn(t.replica, cls_)->Send(this, seq, raw, len, deadline);
       ++inflight_;
       return true;
     }
@@ -295,7 +296,7 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
   }
   // All of one client's primary requests share one connection, so they run in the order the
   // client sent them (a read behind its own write sees it).
-  worker_->PrimaryConnFor(primary, id_)->Send(this, seq, raw, len, deadline);
+  worker_->PrimaryConnFor(primary, id_, cls_)->Send(this, seq, raw, len, deadline);
   ++inflight_;
   return true;
 }
@@ -462,7 +463,7 @@ void ClientSession::RetryOnPrimary(uint64_t seq) {
   }
   s.tried_primary = true;
   worker_->stats().failovers++;
-  worker_->PrimaryConnFor(primary, id_)
+  worker_->PrimaryConnFor(primary, id_, cls_)
       ->Send(this, seq, s.request.data(), s.request.size(), worker_->now() + worker_->timeout_ms());
   ++inflight_;
 }
@@ -485,8 +486,8 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
   Backend* replica = worker_->PickReplica(need);
   if (replica == nullptr) return false;
   worker_->stats().failovers++;
-  worker_->SharedConn(replica)->Send(this, seq, s.request.data(), s.request.size(),
-                                     worker_->now() + worker_->timeout_ms());
+  worker_->SharedConn(replica, cls_)
+      ->Send(this, seq, s.request.data(), s.request.size(), worker_->now() + worker_->timeout_ms());
   ++inflight_;
   return true;
 }

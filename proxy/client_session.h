@@ -13,6 +13,7 @@
 #include "common/buffer.h"
 #include "common/resp_parser.h"
 #include "common/ring.h"
+#include "proxy/connection_class.h"
 #include "proxy/read_your_writes.h"
 #include "proxy/router.h"
 
@@ -111,6 +112,9 @@ class ClientSession {
   void NoteSentPinned(PinnedReq kind);
   void ArmPinnedDeadline();
   void MaybeUnpin();
+  // Pub/sub: follows the subscription counts in (un)subscribe confirmations; at zero the
+  // session leaves the dedicated connection (after a marker PING).
+  void NoteSubscriptionReply(const char* data, size_t len);
   // A QUIT received while pinned: ends the session once what came before it is answered.
   void MaybeQuit();
   // Ends the pinned session: closes the dedicated connection, completes the stream slot.
@@ -195,6 +199,7 @@ class ClientSession {
   size_t accounted_ = 0;       // see accounted()
   BackendConn* drain_waiter_ = nullptr;  // see WaitForDrain
 
+  ConnClass cls_;                   // database and RESP version: which connections serve it
   std::string name_;                // CLIENT SETNAME
   std::string lib_name_, lib_ver_;  // CLIENT SETINFO
   uint64_t created_ms_ = 0;
@@ -226,6 +231,11 @@ class ClientSession {
   // EXEC/DISCARD/UNWATCH has been answered; anything else (blocking, pub/sub, SELECT n, ...)
   // keeps it for the life of the client.
   bool pin_permanent_ = false;
+  bool subscribed_ = false;  // pinned by (P|S)SUBSCRIBE until no subscription is left
+  int64_t subscriptions_ = 0, shard_subscriptions_ = 0;
+  bool unpin_marker_sent_ = false;  // the PING sent to leave pub/sub; input waits for it
+  std::string unpin_marker_;        // its reply's exact bytes
+  uint64_t unpin_marker_token_ = 0;
   bool in_multi_ = false;
   bool watching_ = false;
   uint64_t stream_outstanding_ = 0;  // requests forwarded, not yet answered (exact for

@@ -5,6 +5,7 @@
 #include <hiredis/hiredis.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "common/logging.h"
@@ -152,6 +153,7 @@ void ReplicationMonitor::SyncProbes() {
 
 void ReplicationMonitor::OnLost(Probe& p, const std::string& why) {
   p.awaiting = false;
+  p.facts_asked = false;
   if (p.conn->lost_to_shortage()) {
     // Out of descriptors here says nothing about the node: its state stays as last seen
     // and the next tick asks again.
@@ -223,11 +225,38 @@ void ReplicationMonitor::SendProbe(Probe& p) {
     // contained in the offset this probe returns (see PrimaryProgress).
     poll_epoch = group_.progress().poll_epoch.fetch_add(1, std::memory_order_seq_cst) + 1;
   }
+  if (!p.facts_asked) AskFacts(p);
   if (!p.conn->Command(OnInfo, &p, "INFO replication")) return;
   p.awaiting = true;
   p.sent_ms = uv_now(loop_);
   p.epoch = p.backend->down_epoch();
   p.poll_epoch = poll_epoch;
+}
+
+void ReplicationMonitor::AskFacts(Probe& p) {
+  p.facts_asked = true;
+  p.conn->Command(
+      [](ControlConn*, redisReply* r, void* privdata) {
+        auto* b = static_cast<Backend*>(privdata);
+        if (r->type != REDIS_REPLY_STRING) return;
+        std::string_view text(r->str, r->len);
+        size_t at = text.find("redis_version:");
+        if (at == std::string_view::npos) return;
+        text.remove_prefix(at + 14);
+        b->set_server_version(std::string(text.substr(0, text.find_first_of("\r\n"))));
+      },
+      p.backend, "INFO server");
+  // Refused where CONFIG is renamed or denied by ACL: Redis's default (16) stays.
+  p.conn->Command(
+      [](ControlConn*, redisReply* r, void* privdata) {
+        auto* b = static_cast<Backend*>(privdata);
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) return;
+        const redisReply* v = r->element[1];
+        if (v->type != REDIS_REPLY_STRING) return;
+        uint64_t n = std::strtoull(v->str, nullptr, 10);
+        if (n > 0 && n <= 1u << 20) b->set_databases(static_cast<uint32_t>(n));
+      },
+      p.backend, "CONFIG GET databases");
 }
 
 void ReplicationMonitor::OnInfo(ControlConn*, redisReply* r, void* privdata) {

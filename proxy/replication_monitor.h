@@ -50,6 +50,7 @@ class ReplicationMonitor {
     std::unique_ptr<ControlConn> conn;
     bool awaiting = false;
     bool reconnecting = false;  // its connection was closed; this is the fresh one
+    bool facts_asked = false;   // INFO server / CONFIG GET databases sent on this connection
     uint64_t sent_ms = 0;
     uint64_t epoch = 0;       // the backend's down_epoch when the probe was sent
     uint64_t poll_epoch = 0;  // sent to the primary: PrimaryProgress::poll_epoch of it
@@ -75,6 +76,8 @@ class ReplicationMonitor {
   void PollReplicas();
   void OnLost(Probe& p, const std::string& why);
   static void OnInfo(ControlConn* conn, redisReply* reply, void* privdata);
+  // The server's version and database count, asked once per connection.
+  void AskFacts(Probe& p);
   void OnAnswer(Probe& p, const char* data, size_t len, bool is_error);
   // A node that says it is a primary (the current one or not).
   void OnPrimaryAnswer(Probe& p);

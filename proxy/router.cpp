@@ -134,12 +134,9 @@ RouteDecision Router::Classify(const Request& req) const {
       break;
     case 6:
       if (EqualsLower(name, "select")) {
-        if (req.argc == 2 && sub == "0") {
-          d.route = Route::kLocal;
-          d.local = LocalCommand::kSelectZero;
-        } else {
-          d.route = Route::kPin;
-        }
+        // Changes only the client's connection class (see ConnClass): answered here.
+        d.route = Route::kLocal;
+        d.local = LocalCommand::kSelect;
         return d;
       }
       if (EqualsLower(name, "client")) {

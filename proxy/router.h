@@ -37,7 +37,7 @@ enum class LocalCommand : uint8_t {
   kQuit,
   kAuth,
   kHello,
-  kSelectZero,
+  kSelect,  // SELECT n: changes the client's connection class
   kClientSetName,
   kClientGetName,
   kClientId,       // the proxy's id for this client (HELLO's id too)

@@ -41,7 +41,7 @@ Worker::Worker(size_t id, std::shared_ptr<const Config> config, const BackendGro
   // Shared connections are made on first use, per node: nodes come and go with the
   // topology (Sentinel), and their index is stable.
   pools_.resize(BackendGroup::kMaxNodes);
-  pool_rr_.assign(BackendGroup::kMaxNodes, 0);
+  class_pools_.resize(BackendGroup::kMaxNodes);
 }
 
 Worker::~Worker() {
@@ -164,43 +164,73 @@ Backend* Worker::PickReplica(int64_t min_offset) {
   return nullptr;
 }
 
-BackendConn* Worker::SharedConn(Backend* b) {
-  auto& pool = pools_[b->index()];
-  if (pool.empty()) {
+Worker::Pool& Worker::PoolFor(Backend* b, const ConnClass& cls) {
+  Pool& pool = cls.is_default() ? pools_[b->index()] : class_pools_[b->index()][cls.key()];
+  if (pool.conns.empty()) {
     unsigned per = std::max(1u, config_->backend_connections);
     for (unsigned i = 0; i < per; ++i) {
-      pool.push_back(new BackendConn(this, b, BackendConn::Mode::kShared));
+      pool.conns.push_back(new BackendConn(this, b, BackendConn::Mode::kShared, nullptr, cls));
     }
   }
-  if (pool.size() == 1) return pool.front();
-  return pool[pool_rr_[b->index()]++ % pool.size()];
+  return pool;
+}
+
+BackendConn* Worker::SharedConn(Backend* b, const ConnClass& cls) {
+  Pool& pool = PoolFor(b, cls);
+  if (!cls.is_default()) pool.used_ms = now();
+  if (pool.conns.size() == 1) return pool.conns.front();
+  return pool.conns[pool.rr++ % pool.conns.size()];
 }
 
 void Worker::DetachSharedConn(BackendConn* c) {
-  for (BackendConn*& slot : pools_[c->backend()->index()]) {
-    if (slot == c) slot = new BackendConn(this, c->backend(), BackendConn::Mode::kShared);
+  Pool& pool = PoolFor(c->backend(), c->conn_class());
+  for (BackendConn*& slot : pool.conns) {
+    if (slot == c) {
+      slot =
+          new BackendConn(this, c->backend(), BackendConn::Mode::kShared, nullptr, c->conn_class());
+    }
   }
   detached_.insert(c);
 }
 
-BackendConn* Worker::PrimaryConnFor(Backend* primary, uint64_t client_id) {
-  BackendConn* any = SharedConn(primary);  // makes the pool
-  auto& pool = pools_[primary->index()];
-  return pool.size() == 1 ? any : pool[client_id % pool.size()];
+BackendConn* Worker::PrimaryConnFor(Backend* primary, uint64_t client_id, const ConnClass& cls) {
+  Pool& pool = PoolFor(primary, cls);
+  if (!cls.is_default()) pool.used_ms = now();
+  return pool.conns.size() == 1 ? pool.conns.front() : pool.conns[client_id % pool.conns.size()];
 }
 
-BackendConn* Worker::NewDedicatedConn(Backend* primary, ClientSession* owner) {
+void Worker::CloseIdleClassPools(uint64_t now_ms) {
+  // A class whose clients have gone (or moved on) keeps its connections only this long.
+  constexpr uint64_t kIdleClassMs = 60'000;
+  for (auto& classes : class_pools_) {
+    for (auto it = classes.begin(); it != classes.end();) {
+      Pool& p = it->second;
+      bool idle = now_ms - p.used_ms >= kIdleClassMs;
+      for (BackendConn* c : p.conns) idle = idle && c->idle();
+      if (!idle) {
+        ++it;
+        continue;
+      }
+      for (BackendConn* c : p.conns) c->Shutdown("idle", true);
+      it = classes.erase(it);
+    }
+  }
+}
+
+BackendConn* Worker::NewDedicatedConn(Backend* primary, ClientSession* owner,
+                                      const ConnClass& cls) {
   while (!idle_dedicated_.empty()) {
     BackendConn* c = idle_dedicated_.back();
     idle_dedicated_.pop_back();
-    if (c->backend() != primary) {
-      c->Shutdown("primary changed", true);  // to a node that is no longer the primary
+    if (c->backend() != primary || !(c->conn_class() == cls)) {
+      // To a node that is no longer the primary, or in another class: not reusable here.
+      c->Shutdown("not reusable", true);
       continue;
     }
     c->set_owner(owner);
     return c;
   }
-  auto* c = new BackendConn(this, primary, BackendConn::Mode::kDedicated, owner);
+  auto* c = new BackendConn(this, primary, BackendConn::Mode::kDedicated, owner, cls);
   dedicated_.insert(c);
   return c;
 }
@@ -348,8 +378,13 @@ void Worker::OnCheck() {
 
 void Worker::OnTick() {
   uint64_t now = uv_now(&loop_);
-  for (auto& pool : pools_) {
-    for (BackendConn* c : pool) c->CheckTimeout(now);
+  // Collected first: a timeout's retry may open a pool of another class meanwhile.
+  std::vector<BackendConn*> shared;
+  ForEachShared([&shared](BackendConn* c) { shared.push_back(c); });
+  for (BackendConn* c : shared) c->CheckTimeout(now);
+  if (now - last_sweep_ms_ >= 5000) {
+    last_sweep_ms_ = now;
+    CloseIdleClassPools(now);
   }
   if (!detached_.empty()) {
     std::vector<BackendConn*> all(detached_.begin(), detached_.end());
@@ -402,9 +437,9 @@ void Worker::FinishIfDrained() {
 
 void Worker::Shutdown() {
   shut_down_ = true;
-  for (auto& pool : pools_) {
-    for (BackendConn* c : pool) c->Shutdown("proxy shutting down", true);
-  }
+  std::vector<BackendConn*> shared;
+  ForEachShared([&shared](BackendConn* c) { shared.push_back(c); });
+  for (BackendConn* c : shared) c->Shutdown("proxy shutting down", true);
   std::vector<BackendConn*> detached(detached_.begin(), detached_.end());
   for (BackendConn* c : detached) c->Shutdown("proxy shutting down", true);
   std::vector<BackendConn*> idle;

@@ -10,12 +10,14 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
 #include "config/config.h"
 #include "proxy/backend.h"
 #include "proxy/client_budget.h"
+#include "proxy/connection_class.h"
 #include "proxy/router.h"
 #include "proxy/stats.h"
 
@@ -65,13 +67,14 @@ class Worker {
   // A replica that serves reads and has applied at least `min_offset` (-1: any), by the read
   // policy; nullptr when none (then the primary serves the read).
   Backend* PickReplica(int64_t min_offset);
-  // A shared connection to `b`, rotating over the pool.
-  BackendConn* SharedConn(Backend* b);
+  // A shared connection to `b` for clients of class `cls`, rotating over the pool.
+  BackendConn* SharedConn(Backend* b, const ConnClass& cls = {});
   // The shared primary connection that carries every primary request of one client, so they
   // run in the order it sent them.
-  BackendConn* PrimaryConnFor(Backend* primary, uint64_t client_id);
-  // A dedicated primary connection for a pinned session, reusing a clean idle one if any.
-  BackendConn* NewDedicatedConn(Backend* primary, ClientSession* owner);
+  BackendConn* PrimaryConnFor(Backend* primary, uint64_t client_id, const ConnClass& cls = {});
+  // A dedicated primary connection for a pinned session, opened in the client's class,
+  // reusing a clean idle one of that class if any.
+  BackendConn* NewDedicatedConn(Backend* primary, ClientSession* owner, const ConnClass& cls);
   // Takes back a dedicated connection whose session state is clean (after a transaction).
   void ReleaseDedicatedConn(BackendConn* c);
   // Called when a dedicated connection fails or dies: it must not be handed out or checked
@@ -136,8 +139,29 @@ class Worker {
   std::atomic<size_t> client_count_{0};
   std::atomic<bool> finished_{false};
   uint64_t next_client_id_;
-  std::vector<std::vector<BackendConn*>> pools_;  // per backend index
-  std::vector<size_t> pool_rr_;
+  struct Pool {
+    std::vector<BackendConn*> conns;
+    size_t rr = 0;
+    uint64_t used_ms = 0;  // last request (classes other than the default close when idle)
+  };
+  Pool& PoolFor(Backend* b, const ConnClass& cls);
+  // Every shared connection of every class.
+  template <typename Fn>
+  void ForEachShared(Fn fn) {
+    for (Pool& p : pools_) {
+      for (BackendConn* c : p.conns) fn(c);
+    }
+    for (auto& classes : class_pools_) {
+      for (auto& [key, p] : classes) {
+        for (BackendConn* c : p.conns) fn(c);
+      }
+    }
+  }
+  // Closes pools of non-default classes idle for a while (a client that once selected db 7).
+  void CloseIdleClassPools(uint64_t now);
+  std::vector<Pool> pools_;  // the default class (db 0, RESP2), per backend index
+  std::vector<std::unordered_map<uint64_t, Pool>> class_pools_;  // others, by ConnClass::key
+  uint64_t last_sweep_ms_ = 0;
   std::vector<BackendConn*> idle_dedicated_;
   std::unordered_set<BackendConn*> dedicated_;  // every live dedicated connection
   std::unordered_set<BackendConn*> detached_;   // out of their pool, finishing a reply

@@ -629,7 +629,8 @@ def encode_command(*args):
 class FakeBackend:
     """A TCP server speaking just enough RESP to pass the proxy's health check as a replica
     of the primary on `info_from` (INFO gets that primary's INFO replication, rewritten as a
-    linked replica that has everything; PING gets +PONG) and answering every other request
+    linked replica that has everything; PING gets +PONG; CONFIG GET the default databases)
+    and answering every other request
     according to `mode`:
       "garbage"    bytes that are not RESP
       "close"      closes the connection without a reply
@@ -726,6 +727,10 @@ class FakeBackend:
                         with self._lock:
                             self.pings += 1
                         out += b"+PONG\r\n"
+                        continue
+                    if argv[0].upper() == b"CONFIG":
+                        # The proxy's health check asks once per connection (databases).
+                        out += b"*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n"
                         continue
                     if argv[0].upper() == b"INFO" and self.info_from is not None:
                         with self._lock:

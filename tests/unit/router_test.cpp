@@ -55,7 +55,7 @@ TEST_CASE("router: readonly commands are reads, the rest writes") {
 TEST_CASE("router: connection-state commands pin the client to a dedicated connection") {
   for (auto r : {Classify({"MULTI"}), Classify({"WATCH", "k"}), Classify({"SUBSCRIBE", "c"}),
                  Classify({"psubscribe", "p*"}), Classify({"SSUBSCRIBE", "c"}),
-                 Classify({"UNSUBSCRIBE"}), Classify({"SELECT", "3"}), Classify({"MONITOR"}),
+                 Classify({"UNSUBSCRIBE"}), Classify({"MONITOR"}),
                  Classify({"CLIENT", "REPLY", "OFF"}), Classify({"CLIENT", "TRACKING", "on"})}) {
     CHECK(r.route == Route::kPin);
   }
@@ -77,7 +77,8 @@ TEST_CASE("router: commands the proxy answers itself") {
   CHECK(Classify({"QUIT"}).local == LocalCommand::kQuit);
   CHECK(Classify({"AUTH", "pw"}).local == LocalCommand::kAuth);
   CHECK(Classify({"HELLO", "2"}).local == LocalCommand::kHello);
-  CHECK(Classify({"SELECT", "0"}).local == LocalCommand::kSelectZero);
+  CHECK(Classify({"SELECT", "0"}).local == LocalCommand::kSelect);
+  CHECK(Classify({"SELECT", "7"}).local == LocalCommand::kSelect);
   CHECK(Classify({"CLIENT", "SETNAME", "n"}).local == LocalCommand::kClientSetName);
   CHECK(Classify({"client", "getname"}).local == LocalCommand::kClientGetName);
   CHECK(Classify({"RESET"}).local == LocalCommand::kReset);
