@@ -24,6 +24,19 @@ bool IsPong(const char* data, size_t len) {
   std::string_view f(data, len);
   return f == kPong || f == kSubscribedPong;
 }
+
+// "subscribe" / "psubscribe" / "ssubscribe" confirmation frames (RESP2 array or RESP3 push).
+bool IsSubscribeConfirmation(const char* data, size_t len) {
+  std::string_view f(data, len);
+  for (std::string_view kind :
+       {"$9\r\nsubscribe\r\n", "$10\r\npsubscribe\r\n", "$10\r\nssubscribe\r\n"}) {
+    if (f.size() > 4 + kind.size() && (f[0] == '*' || f[0] == '>') && f.substr(1, 3) == "3\r\n" &&
+        f.substr(4, kind.size()) == kind) {
+      return true;
+    }
+  }
+  return false;
+}
 }  // namespace
 
 // ---- pinned sessions ----
@@ -178,6 +191,16 @@ void ClientSession::ArmPinnedDeadline() {
 
 void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (closed_) return;
+  if (resub_swallow_ > 0 && IsSubscribeConfirmation(data, len)) {
+    // The confirmations of renewed subscriptions: the client has had them already.
+    if (--resub_swallow_ == 0) {
+      resubscribe_since_ = 0;
+      dedicated_->SetDeadline(0);
+      ResumeReading();
+      if (!in_.empty()) ProcessInput();
+    }
+    return;
+  }
   if (unpin_marker_sent_ && std::string_view(data, len) == unpin_marker_) {
     // Everything sent before the marker has been answered: the connection is quiet and
     // clean, the session leaves it, and the client's input is read again.
@@ -256,6 +279,26 @@ void ClientSession::NoteSubscriptionReply(const char* data, size_t len) {
   if (colon == std::string_view::npos || f.size() < colon + 3) return;
   int64_t count = std::atoll(std::string(f.substr(colon + 1, f.size() - colon - 3)).c_str());
   (shard ? shard_subscriptions_ : subscriptions_) = count;
+  // What the client is subscribed to, to renew it elsewhere if the connection is lost.
+  size_t at = eol + 2 + name_len + 2;
+  if (at < f.size() && f[at] == '$') {
+    size_t e = f.find("\r\n", at);
+    int64_t n = e == std::string_view::npos
+                    ? -1
+                    : std::atoll(std::string(f.substr(at + 1, e - at - 1)).c_str());
+    if (n >= 0 && e + 2 + static_cast<size_t>(n) <= f.size()) {
+      std::string target(f.substr(e + 2, static_cast<size_t>(n)));
+      bool pattern = kind.size() > 1 && (kind[0] == 'p' || kind[0] == 'P');
+      auto& set = shard ? shard_channels_ : pattern ? patterns_ : channels_;
+      bool adds = !(EqualsLower(kind, "unsubscribe") || EqualsLower(kind, "punsubscribe") ||
+                    EqualsLower(kind, "sunsubscribe"));
+      if (adds) {
+        set.insert(std::move(target));
+      } else {
+        set.erase(target);
+      }
+    }
+  }
   if (subscriptions_ != 0 || shard_subscriptions_ != 0) return;
   // No subscription left: the connection answers normally again. Unless something else keeps
   // it (MONITOR, a transaction...), the session leaves it once what the client sent after the
@@ -346,6 +389,26 @@ void ClientSession::AbandonPinned() {
 void ClientSession::OnStreamFailure(const std::string& reason) {
   dedicated_ = nullptr;  // the connection is going away by itself
   if (closed_) return;
+  if (subscribed_ && !pin_permanent_ && !in_multi_ && !watching_ && !quit_pending_ &&
+      !unpin_marker_sent_ && backlog_.empty() && head_ == stream_seq_ &&
+      (!channels_.empty() || !patterns_.empty() || !shard_channels_.empty())) {
+    // A subscriber has nothing in flight but its subscriptions: they are renewed on the
+    // primary (a new one after a failover) instead of ending the client. Messages published
+    // in between are lost, as with any reconnecting subscriber.
+    if (resubscribe_since_ == 0) {
+      resubscribe_since_ = worker_->now();
+      Log().warn("client {}: subscription connection lost ({}); renewing its subscriptions", id_,
+                 reason);
+    }
+    resubscribing_ = true;
+    resubscribe_reason_ = reason;
+    pinned_inflight_.clear();
+    push_pings_ = 0;
+    resub_swallow_ = 0;
+    PauseReading();
+    worker_->Park(this);
+    return;
+  }
   closing_after_flush_ = true;
   AbandonPinned();
   Log().debug("client {}: pinned connection failed: {}", id_, reason);
@@ -354,6 +417,38 @@ void ClientSession::OnStreamFailure(const std::string& reason) {
   closing_after_flush_ = true;
   PauseReading();
   MaybeFinish();
+}
+
+void ClientSession::TryResubscribe() {
+  // A subscriber waits for a primary longer than a request would: it has nothing else to do,
+  // and failovers take seconds.
+  constexpr uint64_t kPatienceMs = 30'000;
+  Backend* primary = worker_->backends().primary();
+  if (primary == nullptr || !primary->serves_writes()) {
+    if (worker_->now() - resubscribe_since_ < kPatienceMs) return;
+    resubscribing_ = false;
+    resubscribe_since_ = 0;
+    subscribed_ = false;
+    OnStreamFailure(resubscribe_reason_ + "; no primary to renew the subscriptions on");
+    return;
+  }
+  resubscribing_ = false;
+  dedicated_ = worker_->NewDedicatedConn(primary, this, cls_);
+  inject_.Clear();
+  resub_swallow_ = 0;
+  auto add = [&](const char* cmd, const std::set<std::string>& targets) {
+    if (targets.empty()) return;
+    std::vector<std::string_view> args{cmd};
+    for (const std::string& t : targets) args.push_back(t);
+    resp::AppendCommand(inject_, args);
+    resub_swallow_ += targets.size();
+  };
+  add("SUBSCRIBE", channels_);
+  add("PSUBSCRIBE", patterns_);
+  add("SSUBSCRIBE", shard_channels_);
+  dedicated_->SendRaw(inject_.data(), inject_.size());
+  dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
+  Log().info("client {}: {} subscription(s) renewed on {}", id_, resub_swallow_, primary->name());
 }
 
 void ClientSession::InRefusedTransaction(const Request& req, const RouteDecision& d) {

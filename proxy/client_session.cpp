@@ -85,7 +85,10 @@ void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
 }
 
 void ClientSession::ResumeReading() {
-  if (reading_ || closed_ || closing_after_flush_ || quit_pending_ || unpin_marker_sent_) return;
+  if (reading_ || closed_ || closing_after_flush_ || quit_pending_ || unpin_marker_sent_ ||
+      resubscribing_ || resub_swallow_ != 0) {
+    return;
+  }
   reading_ = true;
   paused_ = false;
   uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), AllocCb, ReadCb);
@@ -100,7 +103,7 @@ void ClientSession::PauseReading() {
 void ClientSession::ProcessInput() {
   const Config& cfg = worker_->config();
   while (!closed_ && !closing_after_flush_ && !quit_pending_ && !unpin_marker_sent_ &&
-         !in_.empty()) {
+         !resubscribing_ && resub_swallow_ == 0 && !in_.empty()) {
     if ((dedicated_ == nullptr && next_ - head_ >= cfg.client.max_pipeline_depth) ||
         CountedReplyBytes() > cfg.client.max_client_buffer_bytes / 2) {
       // Backpressure: too many requests in flight, or replies piling up that the client does
@@ -328,6 +331,7 @@ void ClientSession::Park(uint64_t seq, const char* raw, size_t len) {
 }
 
 bool ClientSession::RetryParked() {
+  if (resubscribing_ && !closed_) TryResubscribe();
   if (waiting_to_pin_) {
     waiting_to_pin_ = false;
     if (!closed_) {
@@ -354,7 +358,7 @@ bool ClientSession::RetryParked() {
     if (!closed_) FailParked(seq);
   }
   if (closed_) worker_->MarkDirty(this);  // deletable now
-  return !parked_.empty() || waiting_to_pin_;
+  return !parked_.empty() || waiting_to_pin_ || (resubscribing_ && !closed_);
 }
 
 void ClientSession::FailParked(uint64_t seq) {
@@ -825,7 +829,9 @@ void ClientSession::MaybeFinish() {
 void ClientSession::StartDrain() {
   if (closed_) return;
   draining_ = true;
-  if (dedicated_ != nullptr && (pin_permanent_ || stream_outstanding_ == 0)) {
+  resubscribing_ = false;
+  if ((dedicated_ != nullptr || subscribed_) &&
+      (pin_permanent_ || subscribed_ || stream_outstanding_ == 0)) {
     // A blocking or pub/sub session may never finish on its own: what it has received is
     // delivered, the rest ends with the connection. A transaction with replies still due
     // gets them first (MaybeUnpin ends it; the drain timeout bounds the wait).

@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -115,6 +116,8 @@ class ClientSession {
   // Pub/sub: follows the subscription counts in (un)subscribe confirmations; at zero the
   // session leaves the dedicated connection (after a marker PING).
   void NoteSubscriptionReply(const char* data, size_t len);
+  // A subscriber's connection was lost: subscribes again on the primary once there is one.
+  void TryResubscribe();
   // A QUIT received while pinned: ends the session once what came before it is answered.
   void MaybeQuit();
   // Ends the pinned session: closes the dedicated connection, completes the stream slot.
@@ -236,6 +239,11 @@ class ClientSession {
   bool unpin_marker_sent_ = false;  // the PING sent to leave pub/sub; input waits for it
   std::string unpin_marker_;        // its reply's exact bytes
   uint64_t unpin_marker_token_ = 0;
+  std::set<std::string> channels_, patterns_, shard_channels_;  // subscribed, per the server
+  bool resubscribing_ = false;      // waiting for a primary to renew them on
+  uint64_t resubscribe_since_ = 0;  // worker clock; 0: not renewing
+  std::string resubscribe_reason_;
+  size_t resub_swallow_ = 0;  // confirmations of the renewal still to drop
   bool in_multi_ = false;
   bool watching_ = false;
   uint64_t stream_outstanding_ = 0;  // requests forwarded, not yet answered (exact for

@@ -308,6 +308,9 @@ def test_failover_followed_without_restart(fresh_cluster, sentinels, make_proxy)
 
     load = Load(proxy, keys).start()
     tx = TransactionLoop(proxy.port).start()
+    subscriber = connect(proxy.port, timeout=20)
+    subscriber.sendall(encode_command("SUBSCRIBE", "failover:news"))
+    sub_rest = read_replies(subscriber, 1)[1]
     t0 = time.monotonic()
     extra_reads = {"n": 0, "wrong": [], "errors": []}
     try:
@@ -315,6 +318,13 @@ def test_failover_followed_without_restart(fresh_cluster, sentinels, make_proxy)
         new, t_kill, _, t_sentinel, t_proxy = kill_primary_and_follow(c, sc, admin, load)
         tx.wait_ok_after(time.monotonic(), 5)
         tx.stop()
+        # The subscriber was not cut off: its subscription was renewed on the new primary.
+        wait_until(lambda: new.client().pubsub_numsub("failover:news")[0][1] == 1,
+                   10 * SLOWDOWN, what="the subscription renewed on the new primary")
+        assert new.client().publish("failover:news", "after") == 1
+        got, sub_rest = read_replies(subscriber, 1, timeout=10, buf=sub_rest)
+        assert got == [b"*3\r\n$7\r\nmessage\r\n$13\r\nfailover:news\r\n$5\r\nafter\r\n"], got
+        subscriber.close()
 
         # The old primary comes back (empty: no persistence). Sentinel turns it into a replica
         # of the new primary; once synced, the proxy sends it reads again, still unrestarted.

@@ -469,3 +469,43 @@ def test_admin_endpoint_holds_up_to_bad_http(cluster, make_proxy):
     assert http_get(admin, "/healthz")[0] == 200
     assert p.client().ping() is True
     assert p.alive
+
+
+def test_subscriber_survives_losing_its_connection(fresh_cluster, make_proxy):
+    """A subscriber whose dedicated connection is killed (CLIENT KILL TYPE pubsub on the
+    primary, as an operator or a failover would) keeps its subscriptions: the proxy renews
+    them, swallows the repeated confirmations, and later messages arrive in order."""
+    c = fresh_cluster
+    p = make_proxy(c.primary.port, [r.port for r in c.replicas])
+    sub = connect(p.port)
+    send(sub, "SUBSCRIBE", "ch:a", "ch:b")
+    send(sub, "PSUBSCRIBE", "pat:*")
+    replies, rest = read_replies(sub, 3)
+    assert [r.split(b"\r\n")[1:4:2] for r in replies] == [
+        [b"$9", b"$4"], [b"$9", b"$4"], [b"$10", b"$5"]], replies
+    direct = c.primary.client()
+    assert direct.publish("ch:a", "before") == 1
+    got, rest = read_replies(sub, 1, buf=rest)
+    assert got == [b"*3\r\n$7\r\nmessage\r\n$4\r\nch:a\r\n$6\r\nbefore\r\n"]
+    assert direct.client_kill_filter(_type="pubsub") >= 1
+    # Renewed: all three subscriptions are back on the primary.
+    wait_until(lambda: direct.pubsub_numsub("ch:a", "ch:b") == [(b"ch:a", 1), (b"ch:b", 1)]
+               and direct.pubsub_numpat() == 1, 10 * SLOWDOWN, what="subscriptions renewed")
+    for i in range(20):
+        direct.publish("ch:b" if i % 2 else "pat:x", str(i))
+    got, rest = read_replies(sub, 20, buf=rest)
+    for i, r in enumerate(got):
+        if i % 2:
+            assert r == b"*3\r\n$7\r\nmessage\r\n$4\r\nch:b\r\n$%d\r\n%d\r\n" % (len(str(i)), i), r
+        else:
+            assert r == (b"*4\r\n$8\r\npmessage\r\n$5\r\npat:*\r\n$5\r\npat:x\r\n$%d\r\n%d\r\n"
+                         % (len(str(i)), i)), r
+    assert rest == b"", rest  # no duplicate confirmation reached the client
+    send(sub, "UNSUBSCRIBE")
+    send(sub, "PUNSUBSCRIBE")
+    got, rest = read_replies(sub, 3)
+    assert got[-1].endswith(b":0\r\n"), got
+    send(sub, "PING")
+    assert read_replies(sub, 1, buf=rest)[0] == [b"+PONG\r\n"]
+    sub.close()
+    assert "marked down" not in p.stderr()
