@@ -16,6 +16,20 @@
 
 namespace kp {
 
+namespace {
+// Compares a password in time that does not depend on where it differs (only its length
+// shows), so response timing does not reveal a prefix.
+bool SecretEquals(std::string_view given, std::string_view secret) {
+  unsigned diff = given.size() != secret.size() ? 1u : 0u;
+  size_t n = secret.empty() ? 1 : secret.size();
+  for (size_t i = 0; i < given.size(); ++i) {
+    diff |= static_cast<unsigned char>(given[i]) ^
+            static_cast<unsigned char>(secret.empty() ? 0 : secret[i % n]);
+  }
+  return diff == 0;
+}
+}  // namespace
+
 // ---- local commands ----
 
 void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
@@ -58,7 +72,7 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
         break;
       }
       bool user_ok = req.argc == 2 || EqualsLower(req.arg(1), "default");
-      if (!user_ok || req.arg(req.argc - 1) != cfg.requirepass) {
+      if (!user_ok || !SecretEquals(req.arg(req.argc - 1), cfg.requirepass)) {
         return ReplyErrorNow(errors::kWrongPass);
       }
       authenticated_ = true;
@@ -93,7 +107,7 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
           std::string_view user = req.arg(i + 1), pass = req.arg(i + 2);
           bool ok = cfg.requirepass.empty()
                         ? EqualsLower(user, "default")
-                        : (EqualsLower(user, "default") && pass == cfg.requirepass);
+                        : (EqualsLower(user, "default") && SecretEquals(pass, cfg.requirepass));
           if (!ok) return ReplyErrorNow(errors::kWrongPass);
           authenticated_ = true;
           i += 2;

@@ -42,8 +42,21 @@ ReplicaRefusal ClassifyReplicaError(const char* p, size_t n) {
 }
 }  // namespace
 
+namespace {
+// Redis's bounds for a client that has not authenticated: 10 arguments of 16 KB at most.
+RespLimits PreAuthLimits(RespLimits l) {
+  l.max_array_len = 10;
+  l.max_bulk_len = 16 * 1024;
+  l.max_request_bytes = 11 * 16 * 1024;
+  return l;
+}
+}  // namespace
+
 ClientSession::ClientSession(Worker* worker, uint64_t id)
-    : worker_(worker), id_(id), parser_(worker->config().resp) {
+    : worker_(worker),
+      id_(id),
+      parser_(worker->config().resp),
+      preauth_parser_(PreAuthLimits(worker->config().resp)) {
   created_ms_ = last_request_ms_ = worker->now();
   slots_.resize(16);
   authenticated_ = worker->config().requirepass.empty();
@@ -114,27 +127,35 @@ void ClientSession::ProcessInput() {
       return;
     }
     size_t consumed = 0;
-    ParseStatus st = parser_.Parse(in_.data(), in_.size(), &consumed);
+    // Before AUTH only small requests are framed (Redis's own bounds for unauthenticated
+    // clients), so a client without the password cannot make the proxy hold large buffers.
+    bool preauth = !authenticated_;
+    RequestParser& parser = preauth ? preauth_parser_ : parser_;
+    ParseStatus st = parser.Parse(in_.data(), in_.size(), &consumed);
     if (st == ParseStatus::kIncomplete) {
       if (in_.size() > cfg.client.max_client_buffer_bytes) LimitError(RespLimit::kClientBuffer);
       return;
     }
     if (st == ParseStatus::kError) {
-      if (parser_.limit_hit() != RespLimit::kNone) {
-        LimitError(parser_.limit_hit());
+      if (preauth && parser.limit_hit() == RespLimit::kArrayLen) {
+        ProtocolError("Protocol error: unauthenticated multibulk length");
+      } else if (preauth && parser.limit_hit() != RespLimit::kNone) {
+        ProtocolError("Protocol error: unauthenticated bulk length");
+      } else if (parser.limit_hit() != RespLimit::kNone) {
+        LimitError(parser.limit_hit());
       } else {
-        ProtocolError(parser_.error());
+        ProtocolError(parser.error());
       }
       return;
     }
-    if (parser_.argc() > 0 && !HandleRequest(in_.data(), consumed)) {
+    if (parser.argc() > 0 && !HandleRequest(parser, in_.data(), consumed)) {
       // Held (a session waiting for a primary to pin to): parsed again when it can go.
-      parser_.Reset();
+      parser.Reset();
       PauseReading();
       return;
     }
     in_.Consume(consumed);
-    parser_.Reset();
+    parser.Reset();
     if (backlog_.size() > cfg.client.max_client_buffer_bytes) {
       // A pinned session's requests waiting for earlier replies count against its buffer.
       LimitError(RespLimit::kClientBuffer);
@@ -186,17 +207,17 @@ constexpr double kRetryCap = 10.0;
 constexpr size_t kStreamResumeAt = 512 * 1024;
 }  // namespace
 
-bool ClientSession::HandleRequest(const char* raw, size_t len) {
+bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, size_t len) {
   Request req;
-  req.argc = parser_.argc();
+  req.argc = parser.argc();
   req.nviews = req.argc < RequestParser::kMaxArgViews ? req.argc : RequestParser::kMaxArgViews;
-  for (size_t i = 0; i < req.nviews; ++i) req.argv[i] = parser_.arg(i, raw);
+  for (size_t i = 0; i < req.nviews; ++i) req.argv[i] = parser.arg(i, raw);
 
-  if (parser_.is_inline()) {
+  if (parser.is_inline()) {
     // Backends get RESP; an inline command is re-encoded once (rare: telnet users).
     scratch_.Clear();
     resp::AppendArrayHeader(scratch_, req.argc);
-    for (size_t i = 0; i < req.argc; ++i) resp::AppendBulk(scratch_, parser_.arg(i, raw));
+    for (size_t i = 0; i < req.argc; ++i) resp::AppendBulk(scratch_, parser.arg(i, raw));
     raw = scratch_.data();
     len = scratch_.size();
   }

@@ -92,7 +92,7 @@ class ClientSession {
 
   void ProcessInput();
   // False when the request cannot be taken yet (it stays in the input, see EnterPinned).
-  bool HandleRequest(const char* raw, size_t len);
+  bool HandleRequest(const RequestParser& parser, const char* raw, size_t len);
   void HandleLocal(LocalCommand cmd, const Request& req);
   // This client's line for CLIENT INFO / CLIENT LIST.
   std::string DescribeSelf(std::string_view cmd) const;
@@ -193,6 +193,7 @@ class ClientSession {
   Buffer wbuf_;
   Buffer scratch_;  // inline commands re-encoded as RESP, local replies
   RequestParser parser_;
+  RequestParser preauth_parser_;  // used until the client has authenticated
 
   std::vector<Slot> slots_;    // ring, size a power of two; index = seq & (size - 1)
   uint64_t head_ = 0;          // oldest slot not yet flushed into out_

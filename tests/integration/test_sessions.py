@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
-from fixtures import (HOST, SLOWDOWN, connect, free_port, http_get, metric, read_replies,
-                      wait_until)
+from fixtures import (HOST, SLOWDOWN, connect, encode_command, free_port, http_get, metric,
+                      read_replies, wait_until)
 
 
 def send(sock, *args):
@@ -176,6 +176,36 @@ def test_requirepass(cluster, make_proxy):
     assert ok.set("auth:k", "v") is True
     assert ok.ping() is True
     assert p.client(username="default", password="s3cret").ping() is True
+
+
+def test_unauthenticated_clients_get_redis_bounds(tmp_path, cluster, make_proxy):
+    """Before AUTH a request may have at most 10 arguments of 16 KB (as Redis bounds an
+    unauthenticated client): past that the client gets Redis's own protocol error and is
+    closed, so it cannot make the proxy hold large buffers. After AUTH the usual limits."""
+    from fixtures import RedisServer, port_accepts, read_until_closed
+    guarded = RedisServer(str(tmp_path), "guarded", extra_args=["--requirepass", "s3cret"])
+    guarded.start(wait=False)  # its PING needs the password
+    wait_until(lambda: port_accepts(guarded.port), 10 * SLOWDOWN, what="guarded redis-server")
+    p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+                   extra_args=["--requirepass", "s3cret"])
+    big_bulk = encode_command("SET", "k", "v" * 20_000)
+    many_args = encode_command("MSET", *(["k", "v"] * 10))
+    try:
+        for payload in (big_bulk, many_args):
+            answers = []
+            for port in (guarded.port, p.port):
+                with connect(port) as s:
+                    s.sendall(payload)
+                    answers.append(read_until_closed(s, timeout=5))
+            assert answers[0] == answers[1], answers
+            assert answers[1][1] is True and answers[1][0].startswith(
+                b"-ERR Protocol error: unauthenticated"), answers[1]
+        # Authenticated first, in the same pipeline: the big request is served.
+        with connect(p.port) as s:
+            s.sendall(encode_command("AUTH", "s3cret") + big_bulk + encode_command("STRLEN", "k"))
+            assert read_replies(s, 3)[0] == [b"+OK\r\n", b"+OK\r\n", b":20000\r\n"]
+    finally:
+        guarded.stop()
 
 
 def test_backend_password(tmp_path, make_proxy):
