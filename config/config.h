@@ -64,6 +64,9 @@ struct Config {
   std::string log_level = "info";   // trace, debug, info, warn, error, critical, off
   std::string log_format = "text";  // text, or json (one object per line)
   std::string requirepass;          // proxy's own password; empty: no AUTH needed
+  // auth_mode passthrough: a client's AUTH is checked by Redis, and its commands then run on
+  // connections authenticated as that user (a connection class per user).
+  bool auth_passthrough = false;
   std::string backend_username;     // sent as AUTH to every backend when set
   std::string backend_password;
   std::string admin_listen;  // host:port of the HTTP admin endpoint; empty: off

@@ -53,6 +53,7 @@ enum class Kind {
   kLogLevel,
   kCommandTable,  // builtin | primary
   kLogFormat,     // text | json
+  kAuthMode,      // proxy | passthrough
   kBool,          // true/false, yes/no, on/off, 1/0
   kLimitSize,     // like kSize, but 0 is allowed and means "no limit"
   kNameList,      // comma list or YAML list of command names ("name" or "name|sub")
@@ -226,6 +227,12 @@ const std::vector<KeySpec>& Specs() {
        "text, or json: one JSON object per line (time, level, logger, message).", 0, 0,
        [](Config& c, const Value& v) { c.log_format = std::get<std::string>(v); },
        [](const Config& c) { return c.log_format; }},
+      {"auth_mode", Kind::kAuthMode, "MODE",
+       "proxy: clients AUTH against requirepass; passthrough: Redis checks each client's AUTH "
+       "(ACL users) and its commands run as that user.",
+       0, 0,
+       [](Config& c, const Value& v) { c.auth_passthrough = std::get<std::string>(v) == "passthrough"; },
+       [](const Config& c) { return std::string(c.auth_passthrough ? "passthrough" : "proxy"); }},
       {"requirepass", Kind::kSecret, "PASSWORD",
        "Password clients must AUTH with; empty: no AUTH needed.", 0, 0,
        [](Config& c, const Value& v) { c.requirepass = std::get<std::string>(v); },
@@ -987,6 +994,13 @@ Value Validate(const KeySpec& spec, const RawValue& raw) {
         Fail(spec.key, item.text, "must be text or json", item.source);
       return v;
     }
+    case Kind::kAuthMode: {
+      std::string v = Lower(Trim(item.text));
+      if (v != "proxy" && v != "passthrough") {
+        Fail(spec.key, item.text, "must be proxy or passthrough", item.source);
+      }
+      return v;
+    }
     case Kind::kCommandTable: {
       std::string v = Lower(Trim(item.text));
       if (v != "builtin" && v != "primary") {
@@ -1041,6 +1055,11 @@ void CrossCheck(const Config& c, const RawMap& raw) {
     Fail("limits.max_client_buffer_bytes", FormatSize(c.client.max_client_buffer_bytes),
          "too small: at least 64kb (replies for a pipeline must fit)",
          SourceOf(raw, "limits.max_client_buffer_bytes"));
+  }
+  if (c.auth_passthrough && !c.requirepass.empty()) {
+    FailPlain("requirepass: set together with auth_mode passthrough (Redis checks clients' "
+              "passwords then; remove requirepass)",
+              SourceOf(raw, "requirepass"));
   }
   if (c.client.max_total_client_buffer_bytes < kMinClientBuffer) {
     Fail("limits.max_total_client_buffer_bytes", FormatSize(c.client.max_total_client_buffer_bytes),

@@ -3,6 +3,7 @@
 #include "proxy/backend_conn.h"
 
 #include <cstring>
+#include <tuple>
 
 #include "common/logging.h"
 #include "common/resp_writer.h"
@@ -61,21 +62,26 @@ void BackendConn::QueueHandshake() {
   // What makes the connection what its class says, in front of whatever is already queued:
   // AUTH (or HELLO 3 with AUTH), then SELECT. Each reply is checked and dropped.
   const Config& c = worker_->config();
+  std::string username = c.backend_username, password = c.backend_password;
+  if (cls_.user != 0) {
+    // An ACL user's class: the connection is that user's (auth_mode passthrough).
+    std::tie(username, password) = worker_->credentials().Get(cls_.user);
+  }
   Buffer hs;
   uint8_t kinds[2];
   size_t n = 0;
   if (cls_.proto == 3) {
-    std::string user = c.backend_username.empty() ? "default" : c.backend_username;
-    if (c.backend_password.empty()) {
+    std::string user = username.empty() ? "default" : username;
+    if (password.empty()) {
       std::string_view args[] = {"HELLO", "3"};
       resp::AppendCommand(hs, args);
     } else {
-      std::string_view args[] = {"HELLO", "3", "AUTH", user, c.backend_password};
+      std::string_view args[] = {"HELLO", "3", "AUTH", user, password};
       resp::AppendCommand(hs, args);
     }
-    kinds[n++] = c.backend_password.empty() ? kHandshakeHello : kHandshakeAuth;
-  } else if (!c.backend_password.empty()) {
-    resp::AppendAuth(hs, c.backend_username, c.backend_password);
+    kinds[n++] = password.empty() ? kHandshakeHello : kHandshakeAuth;
+  } else if (!password.empty()) {
+    resp::AppendAuth(hs, username, password);
     kinds[n++] = kHandshakeAuth;
   }
   if (cls_.db != 0) {
@@ -111,7 +117,8 @@ void BackendConn::HandshakeRefused(uint64_t kind, const char* p, size_t len) {
   const char* what = kind == kHandshakeAuth    ? "AUTH"
                      : kind == kHandshakeHello ? "HELLO 3"
                                                : "SELECT";
-  Fail(std::string(what) + " refused: " + text, kind == kHandshakeAuth);
+  // An ACL user's password refused is that client's business, never the node's.
+  Fail(std::string(what) + " refused: " + text, kind == kHandshakeAuth && cls_.user == 0);
 }
 
 void BackendConn::StartConnect() {

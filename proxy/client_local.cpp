@@ -65,6 +65,9 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
     case LocalCommand::kAuth: {
       if (req.argc < 2) return wrong_args("auth");
       if (req.argc > 3) return ReplyErrorNow("ERR syntax error");
+      if (cfg.auth_passthrough) {
+        return StartPassthroughAuth(req.argc == 3 ? req.arg(1) : "default", req.arg(req.argc - 1));
+      }
       if (cfg.requirepass.empty()) {
         if (req.argc == 2) return ReplyErrorNow(errors::kAuthNotConfigured);
         if (!EqualsLower(req.arg(1), "default")) return ReplyErrorNow(errors::kWrongPass);
@@ -102,8 +105,16 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       }
       std::string setname;
       bool has_setname = false;
+      std::string_view auth_user, auth_pass;
+      bool has_auth = false;
       for (; i < req.argc; ++i) {
-        if (EqualsLower(req.arg(i), "auth") && i + 2 < req.argc) {
+        if (EqualsLower(req.arg(i), "auth") && i + 2 < req.argc && cfg.auth_passthrough) {
+          // Checked by Redis below, once the options are known to be valid.
+          auth_user = req.arg(i + 1);
+          auth_pass = req.arg(i + 2);
+          has_auth = true;
+          i += 2;
+        } else if (EqualsLower(req.arg(i), "auth") && i + 2 < req.argc) {
           std::string_view user = req.arg(i + 1), pass = req.arg(i + 2);
           bool ok = cfg.requirepass.empty()
                         ? EqualsLower(user, "default")
@@ -126,6 +137,11 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
                                "'");
         }
       }
+      if (has_auth) {
+        // The HELLO is answered once Redis has accepted the password.
+        hello_pending_ = {proto, has_setname, setname};
+        return StartPassthroughAuth(auth_user, auth_pass);
+      }
       if (!authenticated_) {
         return ReplyErrorNow(
             "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
@@ -133,25 +149,7 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
             "select the RESP protocol version at the same time");
       }
       if (has_setname) name_ = setname;
-      // From here on this client's replies (relayed and local) are in this protocol: its
-      // class's shared connections speak it to Redis.
-      cls_.proto = static_cast<uint8_t>(proto);
-      resp::AppendMapHeader(b, 7, proto);
-      resp::AppendBulk(b, "server");
-      resp::AppendBulk(b, "redis");
-      resp::AppendBulk(b, "version");
-      // The primary's own version (known from its first health check).
-      resp::AppendBulk(b, version.empty() ? std::string_view("7.0.0") : std::string_view(version));
-      resp::AppendBulk(b, "proto");
-      resp::AppendInteger(b, proto);
-      resp::AppendBulk(b, "id");
-      resp::AppendInteger(b, static_cast<int64_t>(id_));
-      resp::AppendBulk(b, "mode");
-      resp::AppendBulk(b, "standalone");
-      resp::AppendBulk(b, "role");
-      resp::AppendBulk(b, "master");
-      resp::AppendBulk(b, "modules");
-      resp::AppendArrayHeader(b, 0);
+      AppendHello(b, proto);
       break;
     }
     case LocalCommand::kSelect: {
@@ -264,13 +262,95 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       if (req.argc != 1) return wrong_args("reset");
       name_.clear();
       cls_ = ConnClass{};  // database 0, RESP2
-      authenticated_ = cfg.requirepass.empty();
+      authenticated_ = NeedsNoAuth(cfg);
       resp::AppendSimple(b, "RESET");
       break;
     case LocalCommand::kNone:
       return ReplyErrorNow("ERR kompress: internal routing error");
   }
   ReplyNow(b);
+}
+
+void ClientSession::AppendHello(Buffer& b, int proto) {
+  // From here on this client's replies (relayed and local) are in this protocol: its class's
+  // shared connections speak it to Redis.
+  cls_.proto = static_cast<uint8_t>(proto);
+  const Backend* primary = worker_->backends().primary();
+  std::string version = primary != nullptr ? primary->server_version() : std::string();
+  resp::AppendMapHeader(b, 7, proto);
+  resp::AppendBulk(b, "server");
+  resp::AppendBulk(b, "redis");
+  resp::AppendBulk(b, "version");
+  // The primary's own version (known from its first health check).
+  resp::AppendBulk(b, version.empty() ? std::string_view("7.0.0") : std::string_view(version));
+  resp::AppendBulk(b, "proto");
+  resp::AppendInteger(b, proto);
+  resp::AppendBulk(b, "id");
+  resp::AppendInteger(b, static_cast<int64_t>(id_));
+  resp::AppendBulk(b, "mode");
+  resp::AppendBulk(b, "standalone");
+  resp::AppendBulk(b, "role");
+  resp::AppendBulk(b, "master");
+  resp::AppendBulk(b, "modules");
+  resp::AppendArrayHeader(b, 0);
+}
+
+void ClientSession::StartPassthroughAuth(std::string_view user, std::string_view password) {
+  // Redis checks the password: the AUTH goes to the primary on a connection of the class
+  // this user's commands will use (opened authenticated as the user, or already so; a
+  // repeated AUTH as the same user leaves the connection's user as it was either way). The
+  // client's next commands wait for the answer, since it decides where they go.
+  uint32_t id = worker_->credentials().Intern(user, password);
+  if (id == 0) {
+    hello_pending_.reset();
+    return ReplyErrorNow(
+        "ERR kompress: too many distinct ACL users authenticated through the proxy");
+  }
+  Backend* primary = worker_->backends().primary();
+  if (primary == nullptr || !primary->serves_writes()) {
+    hello_pending_.reset();
+    worker_->stats().errors++;
+    return ReplyErrorNow(PrimaryUnavailable(primary));
+  }
+  ConnClass as_user = cls_;
+  as_user.user = id;
+  if (hello_pending_) as_user.proto = static_cast<uint8_t>(hello_pending_->proto);
+  uint64_t seq = NewSlot();
+  SlotAt(seq).auth_user = id;
+  scratch_.Clear();
+  std::string_view args[] = {"AUTH", user, password};
+  resp::AppendCommand(scratch_, args);
+  worker_->PrimaryConnFor(primary, id_, as_user)
+      ->Send(this, seq, scratch_.data(), scratch_.size(), worker_->now() + worker_->timeout_ms());
+  ++inflight_;
+  auth_pending_ = true;
+  PauseReading();
+}
+
+void ClientSession::FinishPassthroughAuth(uint64_t seq, std::string_view error) {
+  Slot& s = SlotAt(seq);
+  uint32_t id = s.auth_user;
+  s.auth_user = 0;
+  auth_pending_ = false;
+  auto hello = std::move(hello_pending_);
+  hello_pending_.reset();
+  if (error.empty()) {
+    cls_.user = id;
+    authenticated_ = true;
+    scratch_.Clear();
+    if (hello) {
+      if (hello->has_setname) name_ = hello->setname;
+      AppendHello(scratch_, hello->proto);
+    } else {
+      resp::AppendSimple(scratch_, "OK");
+    }
+    Complete(seq, scratch_.data(), scratch_.size());
+  } else {
+    // Redis's own words (WRONGPASS...), the client's class unchanged.
+    CompleteError(seq, error);
+  }
+  ResumeReading();
+  if (!in_.empty()) ProcessInput();
 }
 
 std::string ClientSession::DescribeSelf(std::string_view cmd) const {

@@ -246,7 +246,7 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     // backend credentials it is closed rather than reused.
     reset_forwarded_ = false;
     name_.clear();
-    authenticated_ = worker_->config().requirepass.empty();
+    authenticated_ = NeedsNoAuth(worker_->config());
     pin_permanent_ = false;
     in_multi_ = watching_ = false;
     push_mode_ = subscribed_ = false;

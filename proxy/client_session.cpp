@@ -59,7 +59,7 @@ ClientSession::ClientSession(Worker* worker, uint64_t id)
       preauth_parser_(PreAuthLimits(worker->config().resp)) {
   created_ms_ = last_request_ms_ = worker->now();
   slots_.resize(16);
-  authenticated_ = worker->config().requirepass.empty();
+  authenticated_ = NeedsNoAuth(worker->config());
 }
 
 ClientSession::~ClientSession() = default;
@@ -99,7 +99,7 @@ void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
 
 void ClientSession::ResumeReading() {
   if (reading_ || closed_ || closing_after_flush_ || quit_pending_ || unpin_marker_sent_ ||
-      resubscribing_ || resub_swallow_ != 0) {
+      resubscribing_ || resub_swallow_ != 0 || auth_pending_) {
     return;
   }
   reading_ = true;
@@ -116,7 +116,7 @@ void ClientSession::PauseReading() {
 void ClientSession::ProcessInput() {
   const Config& cfg = worker_->config();
   while (!closed_ && !closing_after_flush_ && !quit_pending_ && !unpin_marker_sent_ &&
-         !resubscribing_ && resub_swallow_ == 0 && !in_.empty()) {
+         !resubscribing_ && resub_swallow_ == 0 && !auth_pending_ && !in_.empty()) {
     if ((dedicated_ == nullptr && next_ - head_ >= cfg.client.max_pipeline_depth) ||
         CountedReplyBytes() > cfg.client.max_client_buffer_bytes / 2) {
       // Backpressure: too many requests in flight, or replies piling up that the client does
@@ -532,6 +532,11 @@ void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_
     return;
   }
   Slot& s = SlotAt(seq);
+  if (s.auth_user != 0) {
+    std::string_view text(data, len);
+    if (!is_error) return FinishPassthroughAuth(seq, {});
+    return FinishPassthroughAuth(seq, text.substr(1, len >= 3 ? len - 3 : 0));
+  }
   if (s.kind == 2) NoteWriteDone();
   if (is_error && s.is_read && !from->is_primary() && !s.tried_primary) {
     ReplicaRefusal r = ClassifyReplicaError(data, len);
@@ -586,6 +591,15 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     return;
   }
   Slot& s = SlotAt(seq);
+  if (s.auth_user != 0) {
+    // The connection opened as the user was refused: Redis's own reason (WRONGPASS...).
+    for (std::string_view prefix : {"AUTH refused: ", "HELLO 3 refused: "}) {
+      if (std::string_view(reason).substr(0, prefix.size()) == prefix) {
+        return FinishPassthroughAuth(seq, std::string_view(reason).substr(prefix.size()));
+      }
+    }
+    return FinishPassthroughAuth(seq, std::string(errors::kPrimaryLost) + " (" + reason + ")");
+  }
   if (s.streamed > 0) {
     // Part of the reply has been passed on: neither a retry nor an error can follow it in
     // the stream, so the connection ends, as it would have with Redis itself.
@@ -636,6 +650,7 @@ uint64_t ClientSession::NewSlot() {
   s.tried_replica = false;
   s.park_deadline = 0;
   s.streamed = 0;
+  s.auth_user = 0;
   s.stream = false;
   s.kind = 0;
   s.reply.Clear();

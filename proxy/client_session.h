@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "common/buffer.h"
 #include "common/resp_parser.h"
 #include "common/ring.h"
+#include "config/config.h"
 #include "proxy/connection_class.h"
 #include "proxy/read_your_writes.h"
 #include "proxy/router.h"
@@ -23,6 +25,13 @@ namespace kp {
 class Worker;
 class Backend;
 class BackendConn;
+
+// Whether a new client may send commands without AUTH: no requirepass, and in passthrough
+// mode only when the proxy's own backend connections carry no credentials (otherwise an
+// unauthenticated client would act with the proxy's rights).
+inline bool NeedsNoAuth(const Config& c) {
+  return c.requirepass.empty() && !(c.auth_passthrough && !c.backend_password.empty());
+}
 
 class ClientSession {
  public:
@@ -83,6 +92,7 @@ class ClientSession {
     bool tried_replica = false;  // a read the primary failed, re-sent to a replica
     uint64_t park_deadline = 0;  // waiting for a backend until then (worker clock)
     size_t streamed = 0;         // bytes of a large reply passed on before it was complete
+    uint32_t auth_user = 0;      // a passthrough AUTH: the Credentials id it is for
     bool stream = false;         // the pinned session's slot: never completes
     uint8_t kind = 0;            // for latency stats: 0 local/other, 1 read, 2 write
     uint64_t start_ns = 0;
@@ -94,6 +104,13 @@ class ClientSession {
   // False when the request cannot be taken yet (it stays in the input, see EnterPinned).
   bool HandleRequest(const RequestParser& parser, const char* raw, size_t len);
   void HandleLocal(LocalCommand cmd, const Request& req);
+  // HELLO's reply map (the client's protocol becomes `proto`).
+  void AppendHello(Buffer& b, int proto);
+  // auth_mode passthrough: Redis checks the password (see client_local.cpp); the answer
+  // arrives as the reply of a slot marked with the user's Credentials id.
+  void StartPassthroughAuth(std::string_view user, std::string_view password);
+  // `error`: empty when Redis accepted it, else its error text (without '-').
+  void FinishPassthroughAuth(uint64_t seq, std::string_view error);
   // This client's line for CLIENT INFO / CLIENT LIST.
   std::string DescribeSelf(std::string_view cmd) const;
   void Dispatch(const Request& req, const RouteDecision& d, const char* raw, size_t len);
@@ -225,10 +242,17 @@ class ClientSession {
   Buffer backlog_;
   // A request that needs a dedicated connection while no primary can take one (failover).
   bool waiting_to_pin_ = false;
-  bool multi_refused_ = false;      // see InRefusedTransaction
-  uint64_t pin_wait_deadline_ = 0;  // worker clock; 0: not waiting
-  bool quit_pending_ = false;       // QUIT received while pinned: +OK once earlier replies are in
-  bool quit_marker_sent_ = false;   // push mode: the PING that marks the end of what is due
+  bool multi_refused_ = false;  // see InRefusedTransaction
+  bool auth_pending_ = false;   // a passthrough AUTH is with Redis: input waits for it
+  struct PendingHello {
+    int proto = 2;
+    bool has_setname = false;
+    std::string setname;
+  };
+  std::optional<PendingHello> hello_pending_;  // HELLO ... AUTH: answered after the AUTH
+  uint64_t pin_wait_deadline_ = 0;             // worker clock; 0: not waiting
+  bool quit_pending_ = false;      // QUIT received while pinned: +OK once earlier replies are in
+  bool quit_marker_sent_ = false;  // push mode: the PING that marks the end of what is due
   bool quit_marker_seen_ = false;
   uint32_t push_pings_ = 0;  // the client's PINGs forwarded in push mode, not answered yet
   // Why the session is pinned. A transaction (MULTI/WATCH) gives the connection back once

@@ -188,6 +188,7 @@ int Server::Run() {
   for (unsigned i = 0; i < n; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, config_, *group_, router_));
     workers_.back()->SetBudget(&budget_);
+    workers_.back()->SetCredentials(&credentials_);
   }
   info_ = std::make_unique<ProxyInfo>(
       *group_, workers_, config().listen.ToString(),

@@ -13,6 +13,7 @@
 #include "proxy/backend.h"
 #include "proxy/client_budget.h"
 #include "proxy/command_table.h"
+#include "proxy/credentials.h"
 #include "proxy/router.h"
 
 namespace kp {
@@ -58,6 +59,7 @@ class Server {
   int listen_fd_ = -1;
   int spare_fd_ = -1;  // held for RefuseOneWithSpare
   ClientBudget budget_;
+  Credentials credentials_;
   uint64_t max_clients_ = 0;  // config max_clients lowered to fit the descriptor limit
   uv_poll_t listen_poll_;
   uv_timer_t accept_pause_;  // re-arms accepting after running out of descriptors

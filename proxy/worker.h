@@ -18,6 +18,7 @@
 #include "proxy/backend.h"
 #include "proxy/client_budget.h"
 #include "proxy/connection_class.h"
+#include "proxy/credentials.h"
 #include "proxy/router.h"
 #include "proxy/stats.h"
 
@@ -49,6 +50,9 @@ class Worker {
   // Before Start(): the process-wide client budget (owned by the server).
   void SetBudget(ClientBudget* budget) { budget_ = budget; }
   ClientBudget& budget() { return *budget_; }
+  // Before Start(): the ACL users clients authenticated as (shared, owned by the server).
+  void SetCredentials(Credentials* c) { credentials_ = c; }
+  Credentials& credentials() { return *credentials_; }
 
   // Loop-thread API.
   uv_loop_t* loop() { return &loop_; }
@@ -114,6 +118,7 @@ class Worker {
   std::shared_ptr<const Config> config_;
   const ProxyInfo* info_ = nullptr;
   ClientBudget* budget_ = nullptr;
+  Credentials* credentials_ = nullptr;
   const BackendGroup& backends_;
   const Router& router_;
   uint64_t timeout_ms_;

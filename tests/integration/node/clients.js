@@ -6,6 +6,12 @@
 // Prints one JSON object (the results) on stdout and exits 0; any error prints its message
 // on stderr and exits 1; a scenario still running after args.deadline_ms exits 2. The
 // Python side checks the results and where the commands ran.
+//
+// With args.gate, a read scenario first settles: it repeats one read until a replica served
+// it (asking the servers' INFO commandstats on direct connections to args.replicas): the
+// connection's handshake is over, including the read-your-writes window that commands the
+// client libraries send on connect can open. Then it prints {"ready": true} and waits for a
+// line on stdin before the reads the Python side counts.
 'use strict';
 
 const { createClient } = require('redis');
@@ -58,6 +64,43 @@ function waitFor(pred, ms, what) {
   });
 }
 
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function getCalls(clients) {
+  const out = [];
+  for (const c of clients) {
+    const m = /cmdstat_get:calls=(\d+)/.exec(await c.info('commandstats'));
+    out.push(m ? Number(m[1]) : 0);
+  }
+  return out;
+}
+
+// Settles (see the top), says ready, and waits for the go-ahead.
+async function gate(read) {
+  if (!args.gate) return;
+  const replicas = [];
+  for (const port of args.replicas) replicas.push(await nodeRedis(port, 0, 2));
+  const t0 = Date.now();
+  for (;;) {
+    const before = await getCalls(replicas);
+    await read();
+    const after = await getCalls(replicas);
+    if (after.some((x, i) => x > before[i])) break;
+    if (Date.now() - t0 > args.settle_ms) throw new Error('no read reached a replica');
+    await sleep(20);
+  }
+  for (const r of replicas) await r.quit();
+  const go = new Promise((resolve) => {
+    let buf = '';
+    process.stdin.on('data', (d) => {
+      buf += d;
+      if (buf.includes('\n')) resolve();
+    });
+  });
+  process.stdout.write(JSON.stringify({ ready: true }) + '\n');
+  await go;
+}
+
 // Raw RESP3 replies as node-redis decodes them without command transforms: a map comes
 // back as an object, a double as a number, a null as null (RESP2: array, string, null).
 function describe(v) {
@@ -75,6 +118,7 @@ const scenarios = {
   // Reads only (the client never writes): they may all go to replicas.
   async 'node-redis-read'() {
     const c = await nodeRedis(args.proxy, args.db, 3);
+    await gate(() => c.get(args.str));
     const out = { get: [], hGetAll: [], raw: {} };
     for (let i = 0; i < args.n; i++) {
       out.get.push(await c.get(args.str));
@@ -90,6 +134,7 @@ const scenarios = {
 
   async 'ioredis-read'() {
     const c = await ioredis(args.proxy, args.db);
+    await gate(() => c.get(args.str));
     const out = { get: [], hgetall: [] };
     for (let i = 0; i < args.n; i++) {
       out.get.push(await c.get(args.str));
@@ -171,6 +216,7 @@ const scenarios = {
     await sub.unsubscribe(args.channel);
     await sub.pUnsubscribe(args.pattern);
     const out = { got, pgot, receivers };
+    await gate(() => sub.get(args.str));
     // No subscription left: the same client runs ordinary commands again.
     out.after = [];
     for (let i = 0; i < args.reads_after; i++) out.after.push(await sub.get(args.str));
@@ -196,6 +242,7 @@ const scenarios = {
     await sub.unsubscribe(args.channel);
     await sub.punsubscribe(args.pattern);
     const out = { got, pgot, receivers };
+    await gate(() => sub.get(args.str));
     out.after = [];
     for (let i = 0; i < args.reads_after; i++) out.after.push(await sub.get(args.str));
     out.receiversAfter = await pub.publish(args.channel, 'late');

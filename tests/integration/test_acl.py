@@ -1,0 +1,145 @@
+"""Redis ACL users through the proxy (auth_mode passthrough): Redis itself checks each
+client's AUTH, and the client's commands then run on connections authenticated as that user,
+on the primary and on the replicas, so Redis's own rules and error texts apply. Users
+interleaving on one worker never borrow each other's rights."""
+
+import threading
+
+import pytest
+import redis
+
+from fixtures import (SLOWDOWN, connect, encode_command, read_replies, run_proxy_once,
+                      wait_until)
+
+USERS = {
+    # name: (password, ACL rules)
+    "reader": ("r-pass", ["~*", "+@read", "+@connection"]),
+    "writer": ("w-pass", ["~*", "+@all"]),
+    "scoped": ("s-pass", ["~own:*", "+@all"]),
+}
+
+
+@pytest.fixture
+def acl_cluster(fresh_cluster):
+    # ACL users are per server (SETUSER is not replicated): defined on every node, as an
+    # operator would for replicas that serve reads.
+    for server in fresh_cluster.servers:
+        client = server.client()
+        for name, (password, rules) in USERS.items():
+            client.execute_command("ACL", "SETUSER", name, "on", f">{password}", *rules)
+    return fresh_cluster
+
+
+def passthrough_proxy(make_proxy, c, *extra):
+    return make_proxy(c.primary.port, [r.port for r in c.replicas],
+                      extra_args=["--workers", "1", "--auth-mode", "passthrough", *extra])
+
+
+def test_acl_users_are_checked_and_applied_by_redis(acl_cluster, make_proxy):
+    c = acl_cluster
+    p = passthrough_proxy(make_proxy, c)
+    c.primary.client().set("k", "v")
+    c.primary.client().set("own:k", "mine")
+    c.wait_replicated()
+
+    reader = p.client(username="reader", password="r-pass")
+    writer = p.client(username="writer", password="w-pass")
+    scoped = p.client(username="scoped", password="s-pass")
+    assert reader.get("k") == b"v"
+    # Redis's own refusal, word for word as a direct connection gets it.
+    direct = c.primary.client(username="reader", password="r-pass")
+    with pytest.raises(redis.exceptions.NoPermissionError) as via_proxy:
+        reader.set("k", "x")
+    with pytest.raises(redis.exceptions.NoPermissionError) as via_redis:
+        direct.set("k", "x")
+    assert str(via_proxy.value) == str(via_redis.value)
+    assert writer.set("k2", "w") is True and writer.get("k2") == b"w"
+    assert scoped.get("own:k") == b"mine"
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        scoped.get("k")  # key outside its pattern: Redis says so, also on a replica
+
+    # Wrong password: Redis's WRONGPASS, and the client stays unauthenticated as before.
+    raw = connect(p.port)
+    raw.sendall(encode_command("AUTH", "reader", "nope") + encode_command("AUTH", "reader", "r-pass")
+                + encode_command("GET", "k"))
+    replies, _ = read_replies(raw, 3)
+    assert replies == [b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+                       b"+OK\r\n", b"$1\r\nv\r\n"], replies
+    raw.close()
+
+    # Reads of an ACL user go to the replicas like anyone's.
+    before = sum(r.calls("get") for r in c.replicas)
+    fresh_reader = p.client(username="reader", password="r-pass")
+    for _ in range(20):
+        assert fresh_reader.get("k") == b"v"
+    assert sum(r.calls("get") for r in c.replicas) >= before + 20
+    assert "marked down" not in p.stderr()
+    assert "r-pass" not in p.stderr() and "w-pass" not in p.stderr()
+
+
+def test_users_interleaving_on_one_worker_never_borrow_rights(acl_cluster, make_proxy):
+    c = acl_cluster
+    p = passthrough_proxy(make_proxy, c)
+    c.primary.client().set("k", "v")
+    c.wait_replicated()
+    wrong = []
+
+    def run(user, password, i):
+        client = p.client(username=user, password=password)
+        for n in range(150):
+            try:
+                client.set(f"t:{i}:{n}", n)
+                wrote = True
+            except redis.exceptions.NoPermissionError:
+                wrote = False
+            if wrote != (user == "writer"):
+                wrong.append((user, n, "write allowed" if wrote else "write refused"))
+            if client.get("k") != b"v":
+                wrong.append((user, n, "read"))
+
+    threads = [threading.Thread(target=run, args=(u, USERS[u][0], i))
+               for i, u in enumerate(["reader", "writer", "reader", "writer", "reader"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60 * SLOWDOWN)
+    assert wrong == [], wrong[:5]
+    assert "marked down" not in p.stderr()
+
+
+def test_hello_auth_and_unauthenticated_clients(acl_cluster, make_proxy):
+    c = acl_cluster
+    # The proxy's own connections use an admin user; the default user needs a password, so a
+    # client that has not authenticated must not act with the proxy's rights.
+    for server in c.servers:
+        server.client().execute_command("ACL", "SETUSER", "proxyadmin", "on", ">adm", "~*",
+                                        "+@all")
+    p = passthrough_proxy(make_proxy, c, "--backend-username", "proxyadmin",
+                          "--backend-password", "adm")
+    raw = connect(p.port)
+    raw.sendall(encode_command("GET", "k"))
+    assert read_replies(raw, 1)[0][0].startswith(b"-NOAUTH"), "acted without authenticating"
+    raw.sendall(encode_command("HELLO", "3", "AUTH", "writer", "w-pass", "SETNAME", "app")
+                + encode_command("SET", "h:k", "1") + encode_command("CLIENT", "GETNAME"))
+    replies, _ = read_replies(raw, 3)
+    assert replies[0].startswith(b"%7\r\n"), replies[0][:40]
+    assert replies[1:] == [b"+OK\r\n", b"$3\r\napp\r\n"], replies
+    raw.sendall(encode_command("HELLO", "2", "AUTH", "reader", "bad"))
+    assert read_replies(raw, 1)[0] == [
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"]
+    # Still the writer.
+    raw.sendall(encode_command("SET", "h:k", "2"))
+    assert read_replies(raw, 1)[0] == [b"+OK\r\n"]
+    # RESET: back to unauthenticated.
+    raw.sendall(encode_command("RESET") + encode_command("GET", "k"))
+    replies, _ = read_replies(raw, 2)
+    assert replies[0] == b"+RESET\r\n" and replies[1].startswith(b"-NOAUTH"), replies
+    raw.close()
+    wait_until(lambda: c.primary.client().get("h:k") == b"2", 5, what="the writer's SET")
+
+
+def test_passthrough_conflicts_with_requirepass():
+    r = run_proxy_once(["--auth-mode", "passthrough", "--requirepass", "x", "--check-config"])
+    assert r.returncode == 2 and b"requirepass" in r.stderr and b"passthrough" in r.stderr, r
+    r = run_proxy_once(["--auth-mode", "sometimes", "--check-config"])
+    assert r.returncode == 2 and b"auth_mode" in r.stderr, r
