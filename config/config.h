@@ -67,9 +67,22 @@ struct Config {
   // auth_mode passthrough: a client's AUTH is checked by Redis, and its commands then run on
   // connections authenticated as that user (a connection class per user).
   bool auth_passthrough = false;
-  std::string backend_username;     // sent as AUTH to every backend when set
+  std::string backend_username;  // sent as AUTH to every backend when set
   std::string backend_password;
   std::string admin_listen;  // host:port of the HTTP admin endpoint; empty: off
+  // TLS to every backend connection (shared, dedicated, probes, Sentinels).
+  bool backend_tls = false;
+  std::string backend_tls_ca_file, backend_tls_ca_dir;
+  std::string backend_tls_cert_file, backend_tls_key_file;  // mutual TLS
+  std::string backend_tls_server_name;  // SNI and the name checked; empty: each node's host
+  bool backend_tls_verify = true;       // the server's certificate and name are checked
+  // TLS for clients: another listening address (alongside or instead of `listen`).
+  std::string tls_listen;  // host:port; empty: off
+  std::string tls_cert_file, tls_key_file, tls_ca_file;
+  bool tls_auth_clients = false;  // clients must present a certificate the CA signed
+  // Both sides.
+  std::string tls_min_version = "1.2";
+  std::string tls_ciphers, tls_ciphersuites;
   // Commands the proxy refuses ("name" or "name|subcommand", lower case): server-wide
   // operations that no application should send through a shared sidecar.
   std::vector<std::string> deny_commands = {"shutdown", "replicaof", "slaveof", "failover"};

@@ -231,7 +231,9 @@ const std::vector<KeySpec>& Specs() {
        "proxy: clients AUTH against requirepass; passthrough: Redis checks each client's AUTH "
        "(ACL users) and its commands run as that user.",
        0, 0,
-       [](Config& c, const Value& v) { c.auth_passthrough = std::get<std::string>(v) == "passthrough"; },
+       [](Config& c, const Value& v) {
+         c.auth_passthrough = std::get<std::string>(v) == "passthrough";
+       },
        [](const Config& c) { return std::string(c.auth_passthrough ? "passthrough" : "proxy"); }},
       {"requirepass", Kind::kSecret, "PASSWORD",
        "Password clients must AUTH with; empty: no AUTH needed.", 0, 0,
@@ -247,6 +249,58 @@ const std::vector<KeySpec>& Specs() {
        "HTTP admin endpoint (stats, health); empty: off.", 0, 0,
        [](Config& c, const Value& v) { c.admin_listen = std::get<std::string>(v); },
        [](const Config& c) { return ShowOrNone(c.admin_listen, "(off)"); }},
+      {"backend_tls", Kind::kBool, "BOOL", "TLS to every backend and Sentinel connection.", 0, 0,
+       [](Config& c, const Value& v) { c.backend_tls = std::get<bool>(v); },
+       [](const Config& c) { return std::string(c.backend_tls ? "true" : "false"); }},
+      {"backend_tls_ca_file", Kind::kString, "FILE",
+       "CA certificates backends are verified against (default: the system's).", 0, 0,
+       [](Config& c, const Value& v) { c.backend_tls_ca_file = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.backend_tls_ca_file, "(system)"); }},
+      {"backend_tls_ca_dir", Kind::kString, "DIR", "A directory of CA certificates (c_rehash).", 0,
+       0, [](Config& c, const Value& v) { c.backend_tls_ca_dir = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.backend_tls_ca_dir, "(none)"); }},
+      {"backend_tls_cert_file", Kind::kString, "FILE",
+       "Client certificate for backends that require one (mutual TLS).", 0, 0,
+       [](Config& c, const Value& v) { c.backend_tls_cert_file = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.backend_tls_cert_file, "(none)"); }},
+      {"backend_tls_key_file", Kind::kString, "FILE", "Its private key.", 0, 0,
+       [](Config& c, const Value& v) { c.backend_tls_key_file = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.backend_tls_key_file, "(none)"); }},
+      {"backend_tls_server_name", Kind::kString, "NAME",
+       "SNI and the name backends' certificates must carry; empty: each node's host.", 0, 0,
+       [](Config& c, const Value& v) { c.backend_tls_server_name = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.backend_tls_server_name, "(each node's host)"); }},
+      {"backend_tls_verify", Kind::kBool, "BOOL",
+       "Verify backends' certificates and names; false only for testing.", 0, 0,
+       [](Config& c, const Value& v) { c.backend_tls_verify = std::get<bool>(v); },
+       [](const Config& c) { return std::string(c.backend_tls_verify ? "true" : "false"); }},
+      {"tls_listen", Kind::kOptionalEndpoint, "HOST:PORT",
+       "Where TLS clients connect (alongside listen); empty: off.", 0, 0,
+       [](Config& c, const Value& v) { c.tls_listen = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.tls_listen, "(off)"); }},
+      {"tls_cert_file", Kind::kString, "FILE", "Certificate presented to TLS clients.", 0, 0,
+       [](Config& c, const Value& v) { c.tls_cert_file = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.tls_cert_file, "(none)"); }},
+      {"tls_key_file", Kind::kString, "FILE", "Its private key.", 0, 0,
+       [](Config& c, const Value& v) { c.tls_key_file = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.tls_key_file, "(none)"); }},
+      {"tls_ca_file", Kind::kString, "FILE",
+       "CA certificates client certificates are verified against.", 0, 0,
+       [](Config& c, const Value& v) { c.tls_ca_file = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.tls_ca_file, "(none)"); }},
+      {"tls_auth_clients", Kind::kBool, "BOOL",
+       "TLS clients must present a certificate tls_ca_file signed.", 0, 0,
+       [](Config& c, const Value& v) { c.tls_auth_clients = std::get<bool>(v); },
+       [](const Config& c) { return std::string(c.tls_auth_clients ? "true" : "false"); }},
+      {"tls_min_version", Kind::kString, "VERSION", "Oldest TLS version accepted: 1.2 or 1.3.", 0,
+       0, [](Config& c, const Value& v) { c.tls_min_version = std::get<std::string>(v); },
+       [](const Config& c) { return c.tls_min_version; }},
+      {"tls_ciphers", Kind::kString, "LIST", "TLS 1.2 cipher list (OpenSSL syntax).", 0, 0,
+       [](Config& c, const Value& v) { c.tls_ciphers = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.tls_ciphers, "(OpenSSL's default)"); }},
+      {"tls_ciphersuites", Kind::kString, "LIST", "TLS 1.3 cipher suites (OpenSSL syntax).", 0, 0,
+       [](Config& c, const Value& v) { c.tls_ciphersuites = std::get<std::string>(v); },
+       [](const Config& c) { return ShowOrNone(c.tls_ciphersuites, "(OpenSSL's default)"); }},
       {"deny_commands", Kind::kNameList, "CMD,CMD",
        "Commands the proxy refuses (\"name\" or \"name|subcommand\"); empty: none.", 0, 0,
        [](Config& c, const Value& v) { c.deny_commands = std::get<std::vector<std::string>>(v); },
@@ -1056,10 +1110,33 @@ void CrossCheck(const Config& c, const RawMap& raw) {
          "too small: at least 64kb (replies for a pipeline must fit)",
          SourceOf(raw, "limits.max_client_buffer_bytes"));
   }
+  if (c.tls_min_version != "1.2" && c.tls_min_version != "1.3") {
+    Fail("tls_min_version", c.tls_min_version, "must be 1.2 or 1.3",
+         SourceOf(raw, "tls_min_version"));
+  }
+  if (!c.tls_listen.empty() && (c.tls_cert_file.empty() || c.tls_key_file.empty())) {
+    FailPlain(
+        "tls_listen: set without tls_cert_file and tls_key_file (what would the proxy "
+        "present to TLS clients?)",
+        SourceOf(raw, "tls_listen"));
+  }
+  if (c.tls_auth_clients && c.tls_ca_file.empty()) {
+    FailPlain("tls_auth_clients: set without tls_ca_file (which CA signs client certificates?)",
+              SourceOf(raw, "tls_auth_clients"));
+  }
+  if (!c.tls_listen.empty() && c.tls_listen == FormatHostPort(c.listen.host, c.listen.port)) {
+    Fail("tls_listen", c.tls_listen, "same address as listen", SourceOf(raw, "tls_listen"));
+  }
+  if ((c.backend_tls_cert_file.empty()) != (c.backend_tls_key_file.empty())) {
+    FailPlain("backend_tls_cert_file and backend_tls_key_file: set both or neither",
+              SourceOf(raw, c.backend_tls_cert_file.empty() ? "backend_tls_key_file"
+                                                            : "backend_tls_cert_file"));
+  }
   if (c.auth_passthrough && !c.requirepass.empty()) {
-    FailPlain("requirepass: set together with auth_mode passthrough (Redis checks clients' "
-              "passwords then; remove requirepass)",
-              SourceOf(raw, "requirepass"));
+    FailPlain(
+        "requirepass: set together with auth_mode passthrough (Redis checks clients' "
+        "passwords then; remove requirepass)",
+        SourceOf(raw, "requirepass"));
   }
   if (c.client.max_total_client_buffer_bytes < kMinClientBuffer) {
     Fail("limits.max_total_client_buffer_bytes", FormatSize(c.client.max_total_client_buffer_bytes),

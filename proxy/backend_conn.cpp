@@ -9,6 +9,7 @@
 #include "common/resp_writer.h"
 #include "proxy/client_session.h"
 #include "proxy/descriptors.h"
+#include "proxy/tls.h"
 #include "proxy/worker.h"
 
 namespace kp {
@@ -215,6 +216,15 @@ void BackendConn::OnConnected(int status) {
     return;
   }
   state_ = State::kReady;
+  if (worker_->backend_tls() != nullptr) {
+    const std::string& name = worker_->config().backend_tls_server_name;
+    tls_ = std::make_unique<TlsStream>(worker_->backend_tls(),
+                                       name.empty() ? backend_->endpoint().host : name);
+    if (tls_->Start() != TlsStream::Status::kOk) {
+      Fail("TLS: " + tls_->error(), true);
+      return;
+    }
+  }
   uv_tcp_nodelay(&tcp_, 1);
   uv_tcp_keepalive(&tcp_, 1, 60);
   uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), AllocCb, ReadCb);
@@ -224,8 +234,23 @@ void BackendConn::OnConnected(int status) {
 }
 
 void BackendConn::Flush() {
-  if (state_ != State::kReady || writing_ || out_.empty()) return;
-  std::swap(out_, wbuf_);
+  if (state_ != State::kReady || writing_) return;
+  if (tls_) {
+    // Plaintext is encrypted as it goes (held by the stream until the handshake is done);
+    // the handshake's own records go out too.
+    if (!out_.empty()) {
+      if (tls_->Write(out_.data(), out_.size()) != TlsStream::Status::kOk) {
+        Fail("TLS: " + tls_->error(), true);
+        return;
+      }
+      out_.Clear();
+    }
+    tls_->TakeOutput(&wbuf_);
+    if (wbuf_.empty()) return;
+  } else {
+    if (out_.empty()) return;
+    std::swap(out_, wbuf_);
+  }
   uv_buf_t b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
   write_req_.data = this;
   int rc = uv_write(&write_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1, WriteCb);
@@ -252,8 +277,9 @@ void BackendConn::WriteCb(uv_write_t* req, int status) {
 
 void BackendConn::AllocCb(uv_handle_t* h, size_t, uv_buf_t* buf) {
   auto* self = static_cast<BackendConn*>(h->data);
-  char* p = self->in_.PrepareWrite(kReadChunk);
-  *buf = uv_buf_init(p, static_cast<unsigned>(self->in_.writable()));
+  Buffer& into = self->tls_ ? self->tls_in_ : self->in_;  // ciphertext first, with TLS
+  char* p = into.PrepareWrite(kReadChunk);
+  *buf = uv_buf_init(p, static_cast<unsigned>(into.writable()));
 }
 
 void BackendConn::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
@@ -261,8 +287,20 @@ void BackendConn::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
 }
 
 void BackendConn::OnRead(ssize_t nread) {
+  if (nread > 0 && tls_) {
+    tls_in_.Commit(static_cast<size_t>(nread));
+    TlsStream::Status st = tls_->Feed(tls_in_.data(), tls_in_.size(), &in_);
+    tls_in_.Clear();
+    if (st == TlsStream::Status::kError) {
+      // A certificate or protocol problem on this node: not a passing network fault.
+      Fail("TLS: " + tls_->error(), true);
+      return;
+    }
+    if (tls_->has_output()) worker_->MarkDirty(this);
+    if (st == TlsStream::Status::kClosed) nread = UV_EOF;
+  }
   if (nread > 0) {
-    in_.Commit(static_cast<size_t>(nread));
+    if (!tls_) in_.Commit(static_cast<size_t>(nread));
     ProcessReplies();
     return;
   }
@@ -443,6 +481,8 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   }
   out_.Clear();
   in_.Clear();
+  tls_.reset();
+  tls_in_.Clear();
   framer_.Reset();
   auth_replies_expected_ = 0;
   deadline_ms_ = 0;

@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "common/buffer.h"
@@ -20,6 +21,7 @@
 #include "common/ring.h"
 #include "proxy/backend.h"
 #include "proxy/connection_class.h"
+#include "proxy/tls.h"
 
 namespace kp {
 
@@ -125,6 +127,8 @@ class BackendConn {
   Buffer out_;   // queued, not yet handed to the kernel
   Buffer wbuf_;  // being written; owned until WriteCb
   Buffer in_;
+  std::unique_ptr<TlsStream> tls_;  // with backend_tls: this connection's session
+  Buffer tls_in_;                   // ciphertext read, before decryption
   ReplyFramer framer_;
   Ring<PendingReply> pending_;
 };

@@ -12,6 +12,7 @@
 #include "proxy/backend.h"
 #include "proxy/backend_conn.h"
 #include "proxy/proxy_info.h"
+#include "proxy/tls.h"
 #include "proxy/worker.h"
 
 namespace kp {
@@ -64,7 +65,8 @@ ClientSession::ClientSession(Worker* worker, uint64_t id)
 
 ClientSession::~ClientSession() = default;
 
-bool ClientSession::Open(int fd) {
+bool ClientSession::Open(int fd, std::shared_ptr<const TlsContext> tls) {
+  if (tls) tls_ = std::make_unique<TlsStream>(std::move(tls), std::string());
   uv_tcp_init(worker_->loop(), &tcp_);
   tcp_.data = this;
   if (uv_tcp_open(&tcp_, fd) != 0) {
@@ -82,13 +84,32 @@ bool ClientSession::Open(int fd) {
 
 void ClientSession::AllocCb(uv_handle_t* h, size_t, uv_buf_t* buf) {
   auto* self = static_cast<ClientSession*>(h->data);
-  char* p = self->in_.PrepareWrite(kReadChunk);
-  *buf = uv_buf_init(p, static_cast<unsigned>(self->in_.writable()));
+  Buffer& into = self->tls_ ? self->tls_in_ : self->in_;  // ciphertext first, with TLS
+  char* p = into.PrepareWrite(kReadChunk);
+  *buf = uv_buf_init(p, static_cast<unsigned>(into.writable()));
 }
 
 void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   auto* self = static_cast<ClientSession*>(s->data);
-  if (nread > 0) {
+  if (nread > 0 && self->tls_) {
+    self->tls_in_.Commit(static_cast<size_t>(nread));
+    TlsStream::Status st = self->tls_->Feed(self->tls_in_.data(), self->tls_in_.size(), &self->in_);
+    self->tls_in_.Clear();
+    if (st == TlsStream::Status::kError) {
+      // A plaintext client on the TLS port, a certificate not signed by tls_ca_file...: the
+      // connection ends, with a line saying why (debug: any client can cause it).
+      Log().debug("client {}: {}", self->id_, self->tls_->error());
+      self->worker_->stats().tls_failures++;
+      self->Close();
+      return;
+    }
+    if (self->tls_->has_output()) self->worker_->MarkDirty(self);
+    if (st == TlsStream::Status::kClosed) {
+      self->Close();
+      return;
+    }
+    if (!self->in_.empty()) self->ProcessInput();
+  } else if (nread > 0) {
     self->in_.Commit(static_cast<size_t>(nread));
     self->ProcessInput();
   } else if (nread < 0) {
@@ -817,11 +838,21 @@ void ClientSession::Flush() {
   if (closed_) return;
   Account();
   if (closed_ || !CheckOutputLimit()) return;
-  if (writing_ || out_.empty()) {
+  if (writing_ || (out_.empty() && !(tls_ && tls_->has_output()))) {
     MaybeFinish();
     return;
   }
-  std::swap(out_, wbuf_);
+  if (tls_) {
+    if (!out_.empty() && tls_->Write(out_.data(), out_.size()) != TlsStream::Status::kOk) {
+      Log().debug("client {}: {}", id_, tls_->error());
+      Close();
+      return;
+    }
+    out_.Clear();
+    tls_->TakeOutput(&wbuf_);
+  } else {
+    std::swap(out_, wbuf_);
+  }
   uv_buf_t b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
   write_req_.data = this;
   if (uv_write(&write_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1, WriteCb) != 0) {

@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -19,6 +20,7 @@
 #include "proxy/connection_class.h"
 #include "proxy/read_your_writes.h"
 #include "proxy/router.h"
+#include "proxy/tls.h"
 
 namespace kp {
 
@@ -40,8 +42,9 @@ class ClientSession {
   ClientSession& operator=(const ClientSession&) = delete;
   ~ClientSession();
 
-  // Adopts an accepted socket; false when libuv refuses it (the fd is then closed).
-  bool Open(int fd);
+  // Adopts an accepted socket (a TLS session on it when `tls` is set, for tls_listen); false
+  // when libuv refuses it (the fd is then closed).
+  bool Open(int fd, std::shared_ptr<const TlsContext> tls = nullptr);
 
   // Backend callbacks (see BackendConn's contract). OnReplyPart: the leading bytes of a
   // large reply still arriving (the final OnReply carries the rest).
@@ -205,6 +208,8 @@ class ClientSession {
   bool authenticated_ = false;
   size_t inflight_ = 0;  // requests a BackendConn will still call back about
 
+  std::unique_ptr<TlsStream> tls_;  // clients of tls_listen
+  Buffer tls_in_;                   // ciphertext read, before decryption
   Buffer in_;
   Buffer out_;
   Buffer wbuf_;

@@ -1,8 +1,7 @@
-// ControlConn: resolve, connect, AUTH and failure detection for control-plane connections.
+// ControlConn: resolve, connect (TLS when configured), AUTH, framing replies with hiredis's
+// reader, and failure detection for control-plane connections.
 #include "proxy/control_conn.h"
 
-#include <hiredis/adapters/libuv.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <sys/socket.h>
 
@@ -17,6 +16,22 @@ namespace kp {
 struct ControlConn::Resolve {
   uv_getaddrinfo_t req;
   ControlConn* conn;
+};
+
+// One TCP connection. It outlives a Drop() until libuv has closed its handle: `owner` is
+// cleared then, so late callbacks only clean up.
+struct ControlConn::Link {
+  ControlConn* owner = nullptr;
+  uv_tcp_t tcp;
+  uv_connect_t connect_req;
+  uv_write_t write_req;
+  bool writing = false;
+  Buffer out;     // plaintext queued
+  Buffer wbuf;    // bytes being written
+  Buffer in;      // plaintext read
+  Buffer tls_in;  // ciphertext read
+  std::unique_ptr<TlsStream> tls;
+  redisReader* reader = nullptr;
 };
 
 ControlConn::ControlConn(uv_loop_t* loop, Endpoint endpoint, std::string username,
@@ -46,7 +61,7 @@ void ControlConn::StartResolve() {
     ConnectTo(host);
     return;
   }
-  // hiredis would block the loop in getaddrinfo: resolve on libuv's thread pool.
+  // getaddrinfo would block the loop: resolve on libuv's thread pool.
   resolving_ = true;
   resolve_ = new Resolve{{}, this};
   resolve_->req.data = resolve_;
@@ -99,59 +114,170 @@ void ControlConn::StartResolve() {
 }
 
 void ControlConn::ConnectTo(const std::string& ip) {
-  int saved_errno = errno;
-  errno = 0;
-  redisAsyncContext* c = redisAsyncConnect(ip.c_str(), endpoint_.port);
-  int err = errno;
-  errno = saved_errno;
   lost_established_ = false;
   lost_to_shortage_ = false;
-  if (c == nullptr) {
-    lost_to_shortage_ = true;
-    on_lost_("connect: out of memory");
+  sockaddr_storage addr{};
+  if (uv_ip4_addr(ip.c_str(), endpoint_.port, reinterpret_cast<sockaddr_in*>(&addr)) != 0 &&
+      uv_ip6_addr(ip.c_str(), endpoint_.port, reinterpret_cast<sockaddr_in6*>(&addr)) != 0) {
+    on_lost_("connect: bad address " + ip);
     return;
   }
-  if (c->err) {
-    // hiredis keeps the errno text; the socket() failure is what matters here.
-    lost_to_shortage_ = IsDescriptorShortage(err) ||
-                        std::strstr(c->errstr, std::strerror(EMFILE)) != nullptr ||
-                        std::strstr(c->errstr, std::strerror(ENFILE)) != nullptr;
-    std::string why = std::string("connect: ") + c->errstr;
-    redisAsyncFree(c);
-    on_lost_(why);
-    return;
-  }
-  c->data = this;
-  if (redisLibuvAttach(c, loop_) != REDIS_OK) {
-    redisAsyncFree(c);
-    on_lost_("connect: cannot attach to the event loop");
-    return;
-  }
-  redisAsyncSetConnectCallback(c, OnConnect);
-  redisAsyncSetDisconnectCallback(c, OnDisconnect);
-  ctx_ = c;
+  auto* l = new Link;
+  l->owner = this;
+  l->reader = redisReaderCreate();
+  l->tcp.data = l;
+  l->connect_req.data = l;
+  l->write_req.data = l;
+  uv_tcp_init(loop_, &l->tcp);
+  link_ = l;
   connected_ = false;
   connect_started_ms_ = uv_now(loop_);
   if (!password_.empty()) {
     // Queued first, so it is the first thing the server reads.
     if (username_.empty()) {
-      redisAsyncCommand(c, OnAuth, this, "AUTH %b", password_.data(), password_.size());
+      Queue(Pending{nullptr, nullptr, Pending::kAuth}, "AUTH %b", password_.data(),
+            password_.size());
     } else {
-      redisAsyncCommand(c, OnAuth, this, "AUTH %b %b", username_.data(), username_.size(),
-                        password_.data(), password_.size());
+      Queue(Pending{nullptr, nullptr, Pending::kAuth}, "AUTH %b %b", username_.data(),
+            username_.size(), password_.data(), password_.size());
     }
+  }
+  int rc =
+      uv_tcp_connect(&l->connect_req, &l->tcp, reinterpret_cast<const sockaddr*>(&addr), OnConnect);
+  if (rc != 0) {
+    lost_to_shortage_ = IsDescriptorShortage(rc);
+    Drop(std::string("connect: ") + uv_strerror(rc), true);
   }
 }
 
-void ControlConn::Check(uint64_t now_ms, uint64_t connect_timeout_ms) {
-  if (ctx_ == nullptr) return;
-  int err = 0;
-  socklen_t len = sizeof err;
-  if (getsockopt(ctx_->c.fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0) {
-    Fail(std::string(connected_ ? "connection lost: " : "connect: ") + std::strerror(err));
+void ControlConn::OnConnect(uv_connect_t* req, int status) {
+  auto* l = static_cast<Link*>(req->data);
+  ControlConn* self = l->owner;
+  if (self == nullptr) return;  // dropped meanwhile (its handle is closing)
+  if (status != 0) {
+    self->Drop(std::string("connect: ") + uv_strerror(status), true);
     return;
   }
-  if (!connected_ && now_ms - connect_started_ms_ >= connect_timeout_ms) {
+  self->connected_ = true;
+  uv_tcp_nodelay(&l->tcp, 1);
+  if (self->tls_ != nullptr) {
+    l->tls = std::make_unique<TlsStream>(
+        self->tls_, self->tls_name_.empty() ? self->endpoint_.host : self->tls_name_);
+    if (l->tls->Start() != TlsStream::Status::kOk) {
+      self->Fail("TLS: " + l->tls->error());
+      return;
+    }
+  }
+  uv_read_start(
+      reinterpret_cast<uv_stream_t*>(&l->tcp),
+      [](uv_handle_t* h, size_t, uv_buf_t* buf) {
+        auto* link = static_cast<Link*>(h->data);
+        Buffer& into = link->tls ? link->tls_in : link->in;
+        char* p = into.PrepareWrite(16 * 1024);
+        *buf = uv_buf_init(p, static_cast<unsigned>(into.writable()));
+      },
+      [](uv_stream_t* s, ssize_t n, const uv_buf_t*) {
+        auto* link = static_cast<Link*>(s->data);
+        if (link->owner != nullptr) link->owner->OnRead(n);
+      });
+  self->Flush();
+}
+
+void ControlConn::OnRead(ssize_t n) {
+  Link* l = link_;
+  if (n > 0 && l->tls) {
+    l->tls_in.Commit(static_cast<size_t>(n));
+    TlsStream::Status st = l->tls->Feed(l->tls_in.data(), l->tls_in.size(), &l->in);
+    l->tls_in.Clear();
+    if (st == TlsStream::Status::kError) return Fail("TLS: " + l->tls->error());
+    if (l->tls->has_output()) Flush();
+    if (st == TlsStream::Status::kClosed) n = UV_EOF;
+  } else if (n > 0) {
+    l->in.Commit(static_cast<size_t>(n));
+  }
+  if (n < 0) {
+    return Fail(n == UV_EOF ? std::string("connection closed")
+                            : std::string("connection lost: ") + uv_strerror(static_cast<int>(n)));
+  }
+  if (l->in.empty()) return;
+  if (redisReaderFeed(l->reader, l->in.data(), l->in.size()) != REDIS_OK) {
+    return Fail(std::string("protocol error: ") + l->reader->errstr);
+  }
+  l->in.Clear();
+  for (;;) {
+    void* reply = nullptr;
+    if (redisReaderGetReply(l->reader, &reply) != REDIS_OK) {
+      return Fail(std::string("protocol error: ") + l->reader->errstr);
+    }
+    if (reply == nullptr) return;
+    Dispatch(static_cast<redisReply*>(reply));
+    freeReplyObject(reply);
+    if (link_ != l) return;  // a callback dropped the connection
+  }
+}
+
+void ControlConn::Dispatch(redisReply* r) {
+  if (subscribed_) {
+    if (sub_.fn != nullptr) sub_.fn(this, r, sub_.privdata);
+    return;
+  }
+  if (pending_.empty()) return Fail("reply with no command outstanding");
+  Pending p = pending_.front();
+  pending_.pop_front();
+  if (p.kind == Pending::kAuth) {
+    if (r->type == REDIS_REPLY_ERROR) Fail(std::string("AUTH rejected: ") + r->str);
+    return;
+  }
+  if (p.kind == Pending::kSubscribe) {
+    // From here every frame is the subscription's (confirmations, then messages).
+    subscribed_ = true;
+    sub_ = p;
+  }
+  if (p.fn != nullptr) p.fn(this, r, p.privdata);
+}
+
+void ControlConn::Flush() {
+  Link* l = link_;
+  if (l == nullptr || !connected_ || l->writing) return;
+  if (l->tls) {
+    if (!l->out.empty()) {
+      if (l->tls->Write(l->out.data(), l->out.size()) != TlsStream::Status::kOk) {
+        return Fail("TLS: " + l->tls->error());
+      }
+      l->out.Clear();
+    }
+    l->tls->TakeOutput(&l->wbuf);
+  } else {
+    std::swap(l->out, l->wbuf);
+  }
+  if (l->wbuf.empty()) return;
+  uv_buf_t b = uv_buf_init(l->wbuf.data(), static_cast<unsigned>(l->wbuf.size()));
+  int rc = uv_write(&l->write_req, reinterpret_cast<uv_stream_t*>(&l->tcp), &b, 1,
+                    [](uv_write_t* req, int status) {
+                      auto* link = static_cast<Link*>(req->data);
+                      link->writing = false;
+                      link->wbuf.Clear();
+                      ControlConn* owner = link->owner;
+                      if (owner == nullptr || status == UV_ECANCELED) return;
+                      if (status < 0) {
+                        return owner->Fail(std::string("connection lost: ") + uv_strerror(status));
+                      }
+                      owner->Flush();
+                    });
+  if (rc != 0) {
+    l->wbuf.Clear();
+    return Fail(std::string("connection lost: ") + uv_strerror(rc));
+  }
+  l->writing = true;
+}
+
+bool ControlConn::established() const {
+  return link_ != nullptr && connected_ && (!link_->tls || link_->tls->handshake_done());
+}
+
+void ControlConn::Check(uint64_t now_ms, uint64_t connect_timeout_ms) {
+  // A connection (and its TLS handshake) not done in time is given up on.
+  if (link_ != nullptr && !established() && now_ms - connect_started_ms_ >= connect_timeout_ms) {
     Fail("connect: no answer");
   }
 }
@@ -171,86 +297,57 @@ void ControlConn::Close() {
 
 void ControlConn::Drop(const std::string& why, bool report) {
   lost_established_ = connected_;
-  redisAsyncContext* c = ctx_;
-  ctx_ = nullptr;
+  Link* l = link_;
+  link_ = nullptr;
   connected_ = false;
-  // Callbacks fired by the free see no reply (or a context that is not ours) and stay quiet.
-  if (c != nullptr) redisAsyncFree(c);
+  subscribed_ = false;
+  sub_ = Pending{};
+  pending_.clear();  // their callbacks are not called: the owner hears of it through on_lost
+  if (l != nullptr) {
+    l->owner = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), [](uv_handle_t* h) {
+      auto* link = static_cast<Link*>(h->data);
+      redisReaderFree(link->reader);
+      delete link;
+    });
+  }
   if (report && on_lost_) on_lost_(why);
 }
 
-bool ControlConn::Command(ReplyFn fn, void* privdata, const char* format, ...) {
-  if (ctx_ == nullptr) return false;
-  // Freed when hiredis calls back, with a reply or with none (the connection went away).
-  auto* p = new Pending{this, fn, privdata};
+bool ControlConn::Queue(Pending p, const char* format, ...) {
   va_list ap;
   va_start(ap, format);
-  int rc = redisvAsyncCommand(ctx_, OnReply, p, format, ap);
+  bool ok = QueueV(p, format, ap);
   va_end(ap);
-  if (rc != REDIS_OK) {
-    delete p;
-    return false;
-  }
+  return ok;
+}
+
+bool ControlConn::QueueV(Pending p, const char* format, va_list ap) {
+  if (link_ == nullptr) return false;
+  char* cmd = nullptr;
+  int len = redisvFormatCommand(&cmd, format, ap);
+  if (len < 0 || cmd == nullptr) return false;
+  link_->out.Append(cmd, static_cast<size_t>(len));
+  redisFreeCommand(cmd);
+  pending_.push_back(p);
+  Flush();
   return true;
 }
 
-bool ControlConn::Subscribe(ReplyFn fn, void* privdata, const char* format, ...) {
-  if (ctx_ == nullptr) return false;
-  // hiredis keeps a subscription's callback for every message (and calls it once per channel
-  // with no reply when the connection goes): one Pending per connection, owned by it.
-  sub_ = Pending{this, fn, privdata};
+bool ControlConn::Command(ReplyFn fn, void* privdata, const char* format, ...) {
   va_list ap;
   va_start(ap, format);
-  int rc = redisvAsyncCommand(ctx_, OnSubscription, &sub_, format, ap);
+  bool ok = QueueV(Pending{fn, privdata, Pending::kCommand}, format, ap);
   va_end(ap);
-  return rc == REDIS_OK;
+  return ok;
 }
 
-void ControlConn::OnConnect(const redisAsyncContext* c, int status) {
-  auto* self = static_cast<ControlConn*>(c->data);
-  if (self == nullptr || self->ctx_ != c) return;
-  if (status == REDIS_OK) {
-    self->connected_ = true;
-    return;
-  }
-  // hiredis frees the context after this callback.
-  self->ctx_ = nullptr;
-  self->connected_ = false;
-  self->lost_established_ = false;
-  self->on_lost_(std::string("connect: ") + c->errstr);
-}
-
-void ControlConn::OnDisconnect(const redisAsyncContext* c, int status) {
-  auto* self = static_cast<ControlConn*>(c->data);
-  if (self == nullptr || self->ctx_ != c) return;
-  self->lost_established_ = self->connected_;
-  self->ctx_ = nullptr;
-  self->connected_ = false;
-  self->on_lost_(status == REDIS_OK ? std::string("connection closed")
-                                    : std::string("connection lost: ") + c->errstr);
-}
-
-void ControlConn::OnReply(redisAsyncContext* c, void* reply, void* privdata) {
-  auto* p = static_cast<Pending*>(privdata);
-  ControlConn* self = p->conn;
-  ReplyFn fn = p->fn;
-  void* priv = p->privdata;
-  delete p;
-  if (reply == nullptr || self->ctx_ != c) return;
-  fn(self, static_cast<redisReply*>(reply), priv);
-}
-
-void ControlConn::OnSubscription(redisAsyncContext* c, void* reply, void* privdata) {
-  auto* p = static_cast<Pending*>(privdata);
-  if (reply == nullptr || p->conn->ctx_ != c) return;
-  p->fn(p->conn, static_cast<redisReply*>(reply), p->privdata);
-}
-
-void ControlConn::OnAuth(redisAsyncContext* c, void* reply, void* privdata) {
-  auto* self = static_cast<ControlConn*>(privdata);
-  auto* r = static_cast<redisReply*>(reply);
-  if (r == nullptr || self->ctx_ != c) return;
-  if (r->type == REDIS_REPLY_ERROR) self->Fail(std::string("AUTH rejected: ") + r->str);
+bool ControlConn::Subscribe(ReplyFn fn, void* privdata, const char* format, ...) {
+  va_list ap;
+  va_start(ap, format);
+  bool ok = QueueV(Pending{fn, privdata, Pending::kSubscribe}, format, ap);
+  va_end(ap);
+  return ok;
 }
 
 }  // namespace kp

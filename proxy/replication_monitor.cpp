@@ -46,6 +46,11 @@ void ReplicationMonitor::SetConfig(std::shared_ptr<const Config> config) {
   connect_timeout_ms_ = std::min(timeout_ms_, std::max<uint64_t>(4 * interval_ms_, 250));
 }
 
+void ReplicationMonitor::SetTls(std::shared_ptr<const TlsContext> tls) {
+  tls_ = std::move(tls);
+  for (auto& p : probes_) p->conn->SetTls(tls_, config_->backend_tls_server_name);
+}
+
 void ReplicationMonitor::Reconfigure(std::shared_ptr<const Config> config) {
   bool topology = config->primary != config_->primary || config->replicas != config_->replicas;
   bool credentials = config->backend_username != config_->backend_username ||
@@ -147,6 +152,7 @@ void ReplicationMonitor::SyncProbes() {
     p->conn = std::make_unique<ControlConn>(
         loop_, p->backend->endpoint(), config_->backend_username, config_->backend_password,
         [raw](const std::string& why) { raw->owner->OnLost(*raw, why); });
+    p->conn->SetTls(tls_, config_->backend_tls_server_name);
     probes_.push_back(std::move(p));
   }
 }

@@ -42,6 +42,8 @@ class ReplicationMonitor {
   // Reload: new settings (intervals, timeouts, lag limits, credentials for new connections),
   // and with a static topology the configured primary and replicas, applied like a view.
   void Reconfigure(std::shared_ptr<const Config> config);
+  // TLS for probe connections from now on (nullptr: plaintext); open ones stay as they are.
+  void SetTls(std::shared_ptr<const TlsContext> tls);
 
  private:
   struct Probe {
@@ -95,6 +97,7 @@ class ReplicationMonitor {
 
   uv_loop_t* loop_;
   std::shared_ptr<const Config> owned_config_;
+  std::shared_ptr<const TlsContext> tls_;
   const Config* config_ = nullptr;
   BackendGroup& group_;
   uint64_t timeout_ms_ = 1;

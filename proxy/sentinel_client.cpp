@@ -80,7 +80,17 @@ void SentinelClient::SetConfig(std::shared_ptr<const Config> config) {
     s->sub = std::make_unique<ControlConn>(
         loop_, ep, config_->sentinel_username, config_->sentinel_password,
         [raw](const std::string& why) { raw->owner->OnLost(*raw, true, why); });
+    s->cmd->SetTls(tls_, config_->backend_tls_server_name);
+    s->sub->SetTls(tls_, config_->backend_tls_server_name);
     sentinels_.push_back(std::move(s));
+  }
+}
+
+void SentinelClient::SetTls(std::shared_ptr<const TlsContext> tls) {
+  tls_ = std::move(tls);
+  for (auto& s : sentinels_) {
+    s->cmd->SetTls(tls_, config_->backend_tls_server_name);
+    s->sub->SetTls(tls_, config_->backend_tls_server_name);
   }
 }
 

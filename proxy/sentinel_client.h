@@ -29,6 +29,8 @@ class SentinelClient {
   void Stop();
   // Reload: other Sentinels, master name or credentials mean new links.
   void Reconfigure(std::shared_ptr<const Config> config);
+  // TLS to the Sentinels (backend_tls) for connections made from now on.
+  void SetTls(std::shared_ptr<const TlsContext> tls);
 
   // Prometheus lines (kompress_sentinel_up per Sentinel) and /readyz lines.
   std::string Metrics() const;
@@ -65,6 +67,7 @@ class SentinelClient {
 
   uv_loop_t* loop_;
   std::shared_ptr<const Config> owned_config_;
+  std::shared_ptr<const TlsContext> tls_;
   const Config* config_ = nullptr;
   ReplicationMonitor& monitor_;
   uv_timer_t timer_;

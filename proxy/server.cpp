@@ -34,18 +34,18 @@ Server::Server(Config config, CommandLine cli, EnvLookup env, const CommandTable
 
 Server::~Server() = default;
 
-bool Server::Listen() {
-  std::string host = config().listen.host;
+bool Server::ListenOn(const std::string& host_in, uint16_t port, Listener* l) {
+  std::string host = host_in;
+  std::string shown = host + ":" + std::to_string(port);
   if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE;
   addrinfo* res = nullptr;
-  std::string port = std::to_string(config().listen.port);
-  int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
   if (rc != 0) {
-    Log().critical("cannot listen on {}: {}", config().listen.ToString(), gai_strerror(rc));
+    Log().critical("cannot listen on {}: {}", shown, gai_strerror(rc));
     return false;
   }
   std::string err = "no address";
@@ -58,28 +58,94 @@ bool Server::Listen() {
     int one = 1;
     ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (::bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && ::listen(fd, 511) == 0) {
-      listen_fd_ = fd;
+      l->fd = fd;
       break;
     }
     err = std::strerror(errno);
     ::close(fd);
   }
   freeaddrinfo(res);
-  if (listen_fd_ < 0) {
-    Log().critical("cannot listen on {}: {}", config().listen.ToString(), err);
+  if (l->fd < 0) {
+    Log().critical("cannot listen on {}: {}", shown, err);
     return false;
   }
+  l->server = this;
+  l->active = true;
+  uv_poll_init(loop_, &l->poll, l->fd);
+  l->poll.data = l;
+  return true;
+}
+
+bool Server::Listen() {
   uv_timer_init(loop_, &accept_pause_);
   accept_pause_.data = this;
-  uv_poll_init(loop_, &listen_poll_, listen_fd_);
-  listen_poll_.data = this;
+  if (!ListenOn(config().listen.host, config().listen.port, &listeners_[0])) return false;
+  if (!config().tls_listen.empty()) {
+    const std::string& t = config().tls_listen;
+    size_t colon = t.rfind(':');
+    listeners_[1].tls = true;
+    if (!ListenOn(t.substr(0, colon), static_cast<uint16_t>(std::stoi(t.substr(colon + 1))),
+                  &listeners_[1])) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool Server::BuildTls(const Config& c, std::shared_ptr<const TlsContext>* backend,
+                      std::shared_ptr<const TlsContext>* clients, std::string* error) {
+  backend->reset();
+  clients->reset();
+  if (c.backend_tls) {
+    TlsOptions o;
+    o.ca_file = c.backend_tls_ca_file;
+    o.ca_dir = c.backend_tls_ca_dir;
+    o.cert_file = c.backend_tls_cert_file;
+    o.key_file = c.backend_tls_key_file;
+    o.verify_peer = c.backend_tls_verify;
+    o.min_version = c.tls_min_version;
+    o.ciphers = c.tls_ciphers;
+    o.ciphersuites = c.tls_ciphersuites;
+    std::string why;
+    *backend = TlsContext::ForClient(o, &why);
+    if (!*backend) {
+      *error = "backend_tls: " + why;
+      return false;
+    }
+  }
+  if (!c.tls_listen.empty()) {
+    TlsOptions o;
+    o.cert_file = c.tls_cert_file;
+    o.key_file = c.tls_key_file;
+    o.ca_file = c.tls_ca_file;
+    o.verify_peer = c.tls_auth_clients;
+    o.min_version = c.tls_min_version;
+    o.ciphers = c.tls_ciphers;
+    o.ciphersuites = c.tls_ciphersuites;
+    std::string why;
+    *clients = TlsContext::ForServer(o, &why);
+    if (!*clients) {
+      *error = "tls_listen: " + why;
+      return false;
+    }
+  }
   return true;
 }
 
 void Server::StartAccepting() {
-  uv_poll_start(&listen_poll_, UV_READABLE, [](uv_poll_t* h, int status, int) {
-    if (status == 0) static_cast<Server*>(h->data)->OnAcceptable();
-  });
+  for (Listener& l : listeners_) {
+    if (!l.active) continue;
+    uv_poll_start(&l.poll, UV_READABLE, [](uv_poll_t* h, int status, int) {
+      auto* listener = static_cast<Listener*>(h->data);
+      if (status == 0) listener->server->OnAcceptable(*listener);
+    });
+  }
+}
+
+void Server::StopAccepting() {
+  for (Listener& l : listeners_) {
+    if (l.active) uv_poll_stop(&l.poll);
+  }
 }
 
 void Server::AcceptWhenReady() {
@@ -106,24 +172,24 @@ void Server::AcceptWhenReady() {
       1, 1);
 }
 
-void Server::OnAcceptable() {
+void Server::OnAcceptable(Listener& l) {
   // Accept everything queued; each socket goes to the next worker, which adopts it on its
   // own loop. This is the only cross-thread hand-off, and it is per connection, not per
   // request.
   for (int i = 0; i < 256; ++i) {
-    int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = ::accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
       if (errno == ECONNABORTED) continue;
       if (IsDescriptorShortage(errno)) {
         NoteDescriptorShortage("accepting a client");
         if (spare_fd_ >= 0) {
-          RefuseOneWithSpare();
+          RefuseOneWithSpare(l);
           continue;
         }
         // No spare either: the socket stays readable, so polling it would spin. Pause
         // accepting for a moment; established clients carry on.
-        uv_poll_stop(&listen_poll_);
+        StopAccepting();
         uv_timer_start(
             &accept_pause_,
             [](uv_timer_t* t) {
@@ -143,7 +209,7 @@ void Server::OnAcceptable() {
       continue;
     }
     budget_.clients.fetch_add(1, std::memory_order_relaxed);
-    workers_[next_worker_++ % workers_.size()]->AddClient(fd);
+    workers_[next_worker_++ % workers_.size()]->AddClient(fd, l.tls);
   }
 }
 
@@ -156,15 +222,23 @@ void Server::Refuse(int fd) {
   budget_.refused++;
 }
 
-void Server::RefuseOneWithSpare() {
+void Server::RefuseOneWithSpare(Listener& l) {
   ::close(spare_fd_);
   spare_fd_ = -1;
-  int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  // (A TLS client gets the plaintext refusal: it sees a broken handshake, then the close.)
+  int fd = ::accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (fd >= 0) Refuse(fd);
   spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
 int Server::Run() {
+  {
+    std::string error;
+    if (!BuildTls(config(), &backend_tls_, &client_tls_, &error)) {
+      std::fprintf(stderr, "kompress-proxy: config: %s\n", error.c_str());
+      return 2;
+    }
+  }
   if (!Listen()) return 1;
   unsigned n = config().workers;
   if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
@@ -189,6 +263,7 @@ int Server::Run() {
     workers_.push_back(std::make_unique<Worker>(i, config_, *group_, router_));
     workers_.back()->SetBudget(&budget_);
     workers_.back()->SetCredentials(&credentials_);
+    workers_.back()->SetTls(backend_tls_, client_tls_);
   }
   info_ = std::make_unique<ProxyInfo>(
       *group_, workers_, config().listen.ToString(),
@@ -197,9 +272,11 @@ int Server::Run() {
   for (auto& w : workers_) w->Start();
 
   monitor_ = std::make_unique<ReplicationMonitor>(loop_, config_, *group_);
+  monitor_->SetTls(backend_tls_);
   monitor_->Start();
   if (!config().sentinels.empty()) {
     sentinels_ = std::make_unique<SentinelClient>(loop_, config_, *monitor_);
+    sentinels_->SetTls(backend_tls_);
     sentinels_->Start();
   }
   AcceptWhenReady();
@@ -242,19 +319,22 @@ int Server::Run() {
       &sigint_, [](uv_signal_t* s, int sig) { static_cast<Server*>(s->data)->BeginShutdown(sig); },
       SIGINT);
 
+  std::string where = config().listen.ToString();
+  if (!config().tls_listen.empty()) where += " and " + config().tls_listen + " (TLS)";
+  if (config().backend_tls) where += "; TLS to backends";
   if (config().sentinels.empty()) {
     std::string replicas;
     for (const Endpoint& r : config().replicas)
       replicas += (replicas.empty() ? "" : ",") + r.ToString();
-    Log().info("kompress-proxy listening on {} ({} workers); primary {}, replicas [{}]",
-               config().listen.ToString(), n, config().primary.ToString(), replicas);
+    Log().info("kompress-proxy listening on {} ({} workers); primary {}, replicas [{}]", where, n,
+               config().primary.ToString(), replicas);
   } else {
     std::string sentinels;
     for (const Endpoint& e : config().sentinels) {
       sentinels += (sentinels.empty() ? "" : ",") + e.ToString();
     }
-    Log().info("kompress-proxy listening on {} ({} workers); master {} from Sentinels [{}]",
-               config().listen.ToString(), n, config().sentinel_master, sentinels);
+    Log().info("kompress-proxy listening on {} ({} workers); master {} from Sentinels [{}]", where,
+               n, config().sentinel_master, sentinels);
   }
 
   uv_run(loop_, UV_RUN_DEFAULT);
@@ -269,11 +349,15 @@ void Server::BeginShutdown(int signum) {
   shutting_down_ = true;
   Log().info("{} received: draining (up to {}s)", signum == SIGTERM ? "SIGTERM" : "SIGINT",
              config().drain_timeout_s);
-  uv_poll_stop(&listen_poll_);
-  uv_close(reinterpret_cast<uv_handle_t*>(&listen_poll_), nullptr);
+  for (Listener& l : listeners_) {
+    if (!l.active) continue;
+    l.active = false;
+    uv_poll_stop(&l.poll);
+    uv_close(reinterpret_cast<uv_handle_t*>(&l.poll), nullptr);
+    ::close(l.fd);
+    l.fd = -1;
+  }
   uv_close(reinterpret_cast<uv_handle_t*>(&accept_pause_), nullptr);
-  ::close(listen_fd_);
-  listen_fd_ = -1;
   if (spare_fd_ >= 0) ::close(spare_fd_);
   spare_fd_ = -1;
   for (auto& w : workers_) w->RequestDrain();
@@ -324,6 +408,8 @@ void Server::Reload() {
   keep(fresh.workers != cur.workers, "workers", [&] { fresh.workers = cur.workers; });
   keep(fresh.admin_listen != cur.admin_listen, "admin_listen",
        [&] { fresh.admin_listen = cur.admin_listen; });
+  keep(fresh.tls_listen != cur.tls_listen, "tls_listen",
+       [&] { fresh.tls_listen = cur.tls_listen; });
   keep(fresh.backend_connections != cur.backend_connections, "backend_connections",
        [&] { fresh.backend_connections = cur.backend_connections; });
   keep(fresh.deny_commands != cur.deny_commands, "deny_commands",
@@ -352,12 +438,29 @@ void Server::Reload() {
       changed += (changed.empty() ? "" : ", ") + key;
     }
   }
+  // Certificates are read again (rotated ones take effect for new connections; open ones
+  // keep their sessions). A file that cannot be used fails the reload as a whole.
+  std::shared_ptr<const TlsContext> backend_tls, client_tls;
+  {
+    std::string error;
+    if (!BuildTls(fresh, &backend_tls, &client_tls, &error)) {
+      info_->reloads_failed++;
+      Log().error("reload failed, configuration unchanged: config: {}", error);
+      return;
+    }
+  }
   auto next = std::make_shared<const Config>(std::move(fresh));
   config_ = next;
+  backend_tls_ = backend_tls;
+  client_tls_ = client_tls;
   InitLogging(next->log_level, next->log_format);
   monitor_->Reconfigure(next);
-  if (sentinels_) sentinels_->Reconfigure(next);
-  for (auto& w : workers_) w->Reconfigure(next);
+  monitor_->SetTls(backend_tls_);
+  if (sentinels_) {
+    sentinels_->Reconfigure(next);
+    sentinels_->SetTls(backend_tls_);
+  }
+  for (auto& w : workers_) w->Reconfigure(next, backend_tls_, client_tls_);
   info_->reloads_ok++;
   Log().info("configuration reloaded{}{}", changed.empty() ? " (no change)" : ": ", changed);
 }

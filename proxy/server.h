@@ -15,6 +15,7 @@
 #include "proxy/command_table.h"
 #include "proxy/credentials.h"
 #include "proxy/router.h"
+#include "proxy/tls.h"
 
 namespace kp {
 
@@ -33,10 +34,22 @@ class Server {
   int Run();
 
  private:
+  struct Listener {
+    Server* server = nullptr;
+    int fd = -1;
+    uv_poll_t poll;
+    bool tls = false;  // tls_listen: clients get a TLS session
+    bool active = false;
+  };
   bool Listen();
+  bool ListenOn(const std::string& host, uint16_t port, Listener* l);
   void StartAccepting();
+  void StopAccepting();
   void AcceptWhenReady();
-  void OnAcceptable();
+  void OnAcceptable(Listener& l);
+  // The TLS contexts `c` asks for (nullptr where off); false with *error on a bad file.
+  static bool BuildTls(const Config& c, std::shared_ptr<const TlsContext>* backend,
+                       std::shared_ptr<const TlsContext>* clients, std::string* error);
   void BeginShutdown(int signum);
   // SIGHUP: reads the configuration again (file, environment, same flags) and applies what
   // can change live; anything invalid leaves the running configuration as it is.
@@ -46,7 +59,7 @@ class Server {
   void Refuse(int fd);
   // Out of descriptors while clients wait to be accepted: the spare descriptor makes room to
   // accept one, tell it why and close it, so clients are refused rather than left hanging.
-  void RefuseOneWithSpare();
+  void RefuseOneWithSpare(Listener& l);
 
   const Config& config() const { return *config_; }
   std::shared_ptr<const Config> config_;  // in force on the main thread
@@ -56,14 +69,14 @@ class Server {
   std::unique_ptr<BackendGroup> group_;
   Router router_;
   uv_loop_t* loop_;
-  int listen_fd_ = -1;
+  Listener listeners_[2];  // listen, tls_listen
+  std::shared_ptr<const TlsContext> backend_tls_, client_tls_;
   int spare_fd_ = -1;  // held for RefuseOneWithSpare
   ClientBudget budget_;
   Credentials credentials_;
   uint64_t max_clients_ = 0;  // config max_clients lowered to fit the descriptor limit
-  uv_poll_t listen_poll_;
-  uv_timer_t accept_pause_;  // re-arms accepting after running out of descriptors
-  uv_timer_t ready_wait_;    // start-up: accepting begins once the primary is confirmed
+  uv_timer_t accept_pause_;   // re-arms accepting after running out of descriptors
+  uv_timer_t ready_wait_;     // start-up: accepting begins once the primary is confirmed
   uint64_t ready_deadline_ms_ = 0;
   uv_signal_t sigterm_;
   uv_signal_t sigint_;

@@ -63,6 +63,7 @@ struct WorkerStats {
   Counter read_retries;          // timed-out replica reads re-run on the primary
   Counter read_retries_refused;  // ... not re-run: over the retry budget
   Counter pinned_sessions;
+  Counter tls_failures;  // TLS clients that failed their handshake or sent garbage
   LatencyHistogram read_latency;
   LatencyHistogram write_latency;
 };

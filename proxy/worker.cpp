@@ -69,10 +69,10 @@ void Worker::Run() {
   finished_.store(true, std::memory_order_release);
 }
 
-void Worker::AddClient(int fd) {
+void Worker::AddClient(int fd, bool tls) {
   {
     std::lock_guard<std::mutex> g(mu_);
-    incoming_.push_back(fd);
+    incoming_.emplace_back(fd, tls);
   }
   uv_async_send(&async_);
 }
@@ -85,10 +85,14 @@ void Worker::RequestDrain() {
   uv_async_send(&async_);
 }
 
-void Worker::Reconfigure(std::shared_ptr<const Config> config) {
+void Worker::Reconfigure(std::shared_ptr<const Config> config,
+                         std::shared_ptr<const TlsContext> backend,
+                         std::shared_ptr<const TlsContext> clients) {
   {
     std::lock_guard<std::mutex> g(mu_);
     pending_config_ = std::move(config);
+    pending_backend_tls_ = std::move(backend);
+    pending_client_tls_ = std::move(clients);
   }
   uv_async_send(&async_);
 }
@@ -101,6 +105,11 @@ void Worker::OnAsync() {
     std::lock_guard<std::mutex> g(mu_);
     drain = drain_requested_;
     fresh.swap(pending_config_);
+    if (fresh) {
+      // New connections use them; open ones keep the sessions they have.
+      backend_tls_ = std::move(pending_backend_tls_);
+      client_tls_ = std::move(pending_client_tls_);
+    }
   }
   if (fresh) {
     // Between loop turns: nothing of this thread holds on to the old settings (requests in
@@ -117,12 +126,12 @@ void Worker::OnAsync() {
 }
 
 void Worker::AcceptPending() {
-  std::vector<int> fds;
+  std::vector<std::pair<int, bool>> fds;
   {
     std::lock_guard<std::mutex> g(mu_);
     fds.swap(incoming_);
   }
-  for (int fd : fds) {
+  for (auto [fd, tls] : fds) {
     if (draining_) {
       ::close(fd);
       budget_->clients.fetch_sub(1, std::memory_order_relaxed);
@@ -132,7 +141,7 @@ void Worker::AcceptPending() {
     clients_.insert(c);
     client_count_.store(clients_.size(), std::memory_order_relaxed);
     stats_.connections_accepted++;
-    c->Open(fd);
+    c->Open(fd, tls ? client_tls_ : nullptr);
   }
 }
 

@@ -27,6 +27,7 @@ namespace kp {
 class BackendConn;
 class ClientSession;
 class ProxyInfo;
+class TlsContext;
 
 class Worker {
  public:
@@ -38,18 +39,29 @@ class Worker {
 
   void Start();
   void Join();
-  // Thread-safe: hands an accepted socket to this worker.
-  void AddClient(int fd);
+  // Thread-safe: hands an accepted socket to this worker (from tls_listen when `tls`).
+  void AddClient(int fd, bool tls = false);
   // Thread-safe: stop taking requests, finish what is in flight, then stop the loop.
   void RequestDrain();
-  // Thread-safe: the settings to use from the next loop turn on (SIGHUP reload).
-  void Reconfigure(std::shared_ptr<const Config> config);
+  // Thread-safe: the settings to use from the next loop turn on (SIGHUP reload), with the
+  // TLS contexts built from them (certificates read again).
+  void Reconfigure(std::shared_ptr<const Config> config, std::shared_ptr<const TlsContext> backend,
+                   std::shared_ptr<const TlsContext> clients);
   // Before Start(): what PROXY INFO reports (read-only, shared by all workers).
   void SetInfo(const ProxyInfo* info) { info_ = info; }
   const ProxyInfo* info() const { return info_; }
   // Before Start(): the process-wide client budget (owned by the server).
   void SetBudget(ClientBudget* budget) { budget_ = budget; }
   ClientBudget& budget() { return *budget_; }
+  // TLS contexts for backend connections and for clients of tls_listen (nullptr: off). Set
+  // before Start() and with each Reconfigure (new connections use the new ones).
+  const std::shared_ptr<const TlsContext>& backend_tls() const { return backend_tls_; }
+  const std::shared_ptr<const TlsContext>& client_tls() const { return client_tls_; }
+  void SetTls(std::shared_ptr<const TlsContext> backend,
+              std::shared_ptr<const TlsContext> clients) {
+    backend_tls_ = std::move(backend);
+    client_tls_ = std::move(clients);
+  }
   // Before Start(): the ACL users clients authenticated as (shared, owned by the server).
   void SetCredentials(Credentials* c) { credentials_ = c; }
   Credentials& credentials() { return *credentials_; }
@@ -119,6 +131,7 @@ class Worker {
   const ProxyInfo* info_ = nullptr;
   ClientBudget* budget_ = nullptr;
   Credentials* credentials_ = nullptr;
+  std::shared_ptr<const TlsContext> backend_tls_, client_tls_;
   const BackendGroup& backends_;
   const Router& router_;
   uint64_t timeout_ms_;
@@ -134,8 +147,9 @@ class Worker {
   WorkerStats stats_;
 
   std::mutex mu_;  // guards incoming_, drain_requested_, pending_config_ (never per request)
-  std::vector<int> incoming_;
+  std::vector<std::pair<int, bool>> incoming_;  // (fd, from tls_listen)
   std::shared_ptr<const Config> pending_config_;
+  std::shared_ptr<const TlsContext> pending_backend_tls_, pending_client_tls_;
   bool drain_requested_ = false;
   bool draining_ = false;
   bool shut_down_ = false;

@@ -3,7 +3,7 @@
 # Skips apt-get entirely when everything is already installed, so reruns are fast.
 set -euo pipefail
 pkgs=(cmake g++ make pkg-config libuv1-dev libhiredis-dev libyaml-cpp-dev libspdlog-dev
-      libfmt-dev doctest-dev redis-server redis-tools "$@")
+      libfmt-dev doctest-dev libssl-dev redis-server redis-tools "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

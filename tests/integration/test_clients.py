@@ -253,8 +253,9 @@ def test_select_dbs_interleaved_on_one_worker(cluster, kp):
                     errors.append((db, tag, r, "marker", got[10]))
                 if got[11:] != values:
                     errors.append((db, tag, r, "pipelined get", got[11:]))
-                if c.mget(keys) != values:
-                    errors.append((db, tag, r, "mget", c.mget(keys)))
+                many = c.mget(keys)
+                if many != values:
+                    errors.append((db, tag, r, "mget", many))
                 j = r % 10
                 one = c.get(keys[j])
                 if one != values[j]:
@@ -861,6 +862,83 @@ def test_pubsub_subscribe_again_after_leaving(cluster, kp):
         assert pub.call("PUBLISH", "again", f"lost{round_}") == b":0\r\n"
         assert direct.run(("PING",), ("GET", "again:missing")) == \
             via.run(("PING",), ("GET", "again:missing"))
+
+
+@pytest.mark.parametrize("proto", [2, 3])
+def test_pubsub_sequences_match_redis(cluster, kp, proto):
+    """Subscribe / unsubscribe sequences (several channels, no-argument UNSUBSCRIBE,
+    unsubscribing when not subscribed, commands pipelined right after the last unsubscribe):
+    the replies as Redis gives them, then the client reads from the replicas."""
+    key = f"pseq:{proto}:v"
+    cluster.primary.client().set(key, "val")
+    cluster.wait_replicated()
+    sequences = [
+        [("SUBSCRIBE", "pa", "pb", "pc"), ("UNSUBSCRIBE",), ("GET", key)],
+        [("SUBSCRIBE", "pa"), ("UNSUBSCRIBE", "pa"), ("GET", key), ("GET", key)],
+        [("PSUBSCRIBE", "p*"), ("SUBSCRIBE", "pa"), ("PUNSUBSCRIBE",), ("UNSUBSCRIBE",),
+         ("GET", key)],
+        [("UNSUBSCRIBE",), ("PUNSUBSCRIBE", "nothing*"), ("GET", key)],
+        [("SSUBSCRIBE", "sa", "sb"), ("SUNSUBSCRIBE", "sa"), ("SUNSUBSCRIBE",), ("GET", key)],
+        [("SUBSCRIBE", "pa"), ("PING",), ("PING", "x"), ("UNSUBSCRIBE", "pa", "pb"),
+         ("PING",), ("GET", key)],
+    ]
+    end = ("ECHO", "end-of-sequence")
+
+    def replies(conn, seq):
+        conn.send(*seq, end)
+        out = []
+        while not out or out[-1] != bulk(end[1]):
+            out += conn.read(1)
+        return out
+    for seq in sequences:
+        direct, via = Conn(cluster.primary.port), Conn(kp.port)
+        if proto == 3:
+            assert direct.call("HELLO", "3")[:1] == via.call("HELLO", "3")[:1] == b"%"
+        want, got = replies(direct, seq), replies(via, seq)
+        assert got == want, f"{seq}: direct {want!r}, proxy {got!r}"
+        settle_on_replicas(cluster, lambda: via.call("GET", key),
+                           what=f"reads on replicas after {seq}")
+
+        def reads():
+            for _ in range(5):
+                assert via.call("GET", key) == bulk("val")
+        assert_reads_on_replicas(cluster, ["get"], 5, reads)
+        direct.close()
+        via.close()
+
+
+def test_resp3_reply_resembling_unsubscribe_keeps_subscription(cluster, kp):
+    """A RESP3 subscriber may run ordinary commands; a reply whose data happens to look like
+    an unsubscribe confirmation (a list holding "unsubscribe", "x", "y:0") must not end its
+    subscription: it still gets the channel's messages, and no other client ever does."""
+    r = cluster.primary.client()
+    r.delete("trap:list")
+    r.rpush("trap:list", "unsubscribe", "x", "y:0")
+    cluster.wait_replicated()
+    direct, via = Conn(cluster.primary.port), Conn(kp.port)
+    for c in (direct, via):
+        assert c.call("HELLO", "3")[:1] == b"%"
+        assert c.call("SUBSCRIBE", "trap:ch")[:1] == b">"
+    assert via.call("LRANGE", "trap:list", "0", "-1") == \
+        direct.call("LRANGE", "trap:list", "0", "-1")
+    # Another RESP3 client blocks meanwhile (a pinned session of the same class).
+    other = Conn(kp.port)
+    assert other.call("HELLO", "3")[:1] == b"%"
+    blocked0 = r.info("clients")["blocked_clients"]
+    other.send(("BLPOP", "trap:empty", "2"))
+    wait_until(lambda: r.info("clients")["blocked_clients"] > blocked0, WAIT,
+               what="the other client's BLPOP blocked")
+    assert r.publish("trap:ch", "for-subscribers-only") == 2
+    want = direct.read(1)
+    try:
+        via.timeout = 2 * SLOW  # the direct subscriber has it already
+        got = via.read(1)
+    except (TimeoutError, OSError) as exc:
+        got = [f"nothing ({exc!r})"]
+    other_reply = other.read(1)
+    assert other_reply == [b"_\r\n"], \
+        f"the blocked client got {other_reply!r} instead of its BLPOP timeout"
+    assert got == want, f"the subscriber got {got!r} instead of {want!r}"
 
 
 # -- 6. many clients, databases and protocols on one worker ------------------------------------
