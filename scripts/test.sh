@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh python3 python3-redis python3-pytest nutcracker redis-sentinel prometheus clang-14 libclang-rt-14-dev
+# Real Node.js clients for tests/integration/test_clients.py (node-redis with RESP3, ioredis)
+# at the versions its package-lock.json pins.
+command -v npm >/dev/null 2>&1 || ./scripts/deps.sh nodejs npm
+(cd tests/integration/node && npm ci --no-audit --no-fund)
 jobs=$(nproc)
 
 echo "== release build"
