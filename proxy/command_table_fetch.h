@@ -8,11 +8,15 @@
 
 #include "config/config.h"
 #include "proxy/command_table.h"
+#include "proxy/tls.h"
 
 namespace kp {
 
 // Returns the primary's table, or nullptr with *error set (unreachable, AUTH refused, bad
 // reply). The caller falls back to the built-in table.
-std::unique_ptr<CommandTable> FetchPrimaryCommandTable(const Config& config, std::string* error);
+// `tls`: the backend TLS context (nullptr: plaintext).
+std::unique_ptr<CommandTable> FetchPrimaryCommandTable(const Config& config,
+                                                       std::shared_ptr<const TlsContext> tls,
+                                                       std::string* error);
 
 }  // namespace kp

@@ -14,6 +14,7 @@
 #include "proxy/health_probe.h"
 #include "proxy/sentinel_lookup.h"
 #include "proxy/server.h"
+#include "proxy/tls_config.h"
 
 extern char** environ;
 
@@ -82,11 +83,27 @@ int main(int argc, char** argv) {
     // decides (a module's command in deny_commands is checked when the proxy starts).
     kp::CommandTable check(kp::CommandTable::Builtin());
     if (!CheckDenied(config, &check)) return 2;
+    std::shared_ptr<const kp::TlsContext> b, c;
+    std::string tls_error;
+    if (!kp::BuildTlsContexts(config, &b, &c, &tls_error)) {
+      std::fprintf(stderr, "kompress-proxy: config: %s\n", tls_error.c_str());
+      return 2;
+    }
     std::printf("configuration OK\n%s", kp::Describe(config).c_str());
     return 0;
   }
   kp::InitLogging(config.log_level, config.log_format);
   for (const std::string& w : env_warnings) kp::Log().warn("{}", w);
+  // The certificate files are checked before anything connects (a bad one is a
+  // configuration error, exit 2); the start-up conversations below use them too.
+  std::shared_ptr<const kp::TlsContext> backend_tls, client_tls;
+  {
+    std::string error;
+    if (!kp::BuildTlsContexts(config, &backend_tls, &client_tls, &error)) {
+      std::fprintf(stderr, "kompress-proxy: config: %s\n", error.c_str());
+      return 2;
+    }
+  }
   std::signal(SIGPIPE, SIG_IGN);
   const kp::CommandTable* table = &kp::CommandTable::Builtin();
   std::unique_ptr<kp::CommandTable> merged;
@@ -96,11 +113,11 @@ int main(int argc, char** argv) {
     bool known = true;
     if (!config.sentinels.empty()) {
       // The primary is whoever the Sentinels name now.
-      auto master = kp::LookupSentinelMaster(config, &error);
+      auto master = kp::LookupSentinelMaster(config, backend_tls, &error);
       known = master.has_value();
       if (known) ask.primary = *master;
     }
-    auto primary = known ? kp::FetchPrimaryCommandTable(ask, &error) : nullptr;
+    auto primary = known ? kp::FetchPrimaryCommandTable(ask, backend_tls, &error) : nullptr;
     if (primary) {
       size_t added = 0;
       merged = kp::CommandTable::Merge(*table, *primary, &added);

@@ -19,6 +19,7 @@
 #include "proxy/proxy_info.h"
 #include "proxy/replication_monitor.h"
 #include "proxy/sentinel_client.h"
+#include "proxy/tls_config.h"
 #include "proxy/worker.h"
 
 namespace kp {
@@ -86,46 +87,6 @@ bool Server::Listen() {
     listeners_[1].tls = true;
     if (!ListenOn(t.substr(0, colon), static_cast<uint16_t>(std::stoi(t.substr(colon + 1))),
                   &listeners_[1])) {
-      return false;
-    }
-  }
-  return true;
-}
-
-bool Server::BuildTls(const Config& c, std::shared_ptr<const TlsContext>* backend,
-                      std::shared_ptr<const TlsContext>* clients, std::string* error) {
-  backend->reset();
-  clients->reset();
-  if (c.backend_tls) {
-    TlsOptions o;
-    o.ca_file = c.backend_tls_ca_file;
-    o.ca_dir = c.backend_tls_ca_dir;
-    o.cert_file = c.backend_tls_cert_file;
-    o.key_file = c.backend_tls_key_file;
-    o.verify_peer = c.backend_tls_verify;
-    o.min_version = c.tls_min_version;
-    o.ciphers = c.tls_ciphers;
-    o.ciphersuites = c.tls_ciphersuites;
-    std::string why;
-    *backend = TlsContext::ForClient(o, &why);
-    if (!*backend) {
-      *error = "backend_tls: " + why;
-      return false;
-    }
-  }
-  if (!c.tls_listen.empty()) {
-    TlsOptions o;
-    o.cert_file = c.tls_cert_file;
-    o.key_file = c.tls_key_file;
-    o.ca_file = c.tls_ca_file;
-    o.verify_peer = c.tls_auth_clients;
-    o.min_version = c.tls_min_version;
-    o.ciphers = c.tls_ciphers;
-    o.ciphersuites = c.tls_ciphersuites;
-    std::string why;
-    *clients = TlsContext::ForServer(o, &why);
-    if (!*clients) {
-      *error = "tls_listen: " + why;
       return false;
     }
   }
@@ -234,7 +195,7 @@ void Server::RefuseOneWithSpare(Listener& l) {
 int Server::Run() {
   {
     std::string error;
-    if (!BuildTls(config(), &backend_tls_, &client_tls_, &error)) {
+    if (!BuildTlsContexts(config(), &backend_tls_, &client_tls_, &error)) {
       std::fprintf(stderr, "kompress-proxy: config: %s\n", error.c_str());
       return 2;
     }
@@ -443,7 +404,7 @@ void Server::Reload() {
   std::shared_ptr<const TlsContext> backend_tls, client_tls;
   {
     std::string error;
-    if (!BuildTls(fresh, &backend_tls, &client_tls, &error)) {
+    if (!BuildTlsContexts(fresh, &backend_tls, &client_tls, &error)) {
       info_->reloads_failed++;
       Log().error("reload failed, configuration unchanged: config: {}", error);
       return;
@@ -462,6 +423,9 @@ void Server::Reload() {
   }
   for (auto& w : workers_) w->Reconfigure(next, backend_tls_, client_tls_);
   info_->reloads_ok++;
+  if (backend_tls_ || client_tls_) {
+    changed += std::string(changed.empty() ? "" : "; ") + "TLS certificates read again";
+  }
   Log().info("configuration reloaded{}{}", changed.empty() ? " (no change)" : ": ", changed);
 }
 

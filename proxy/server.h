@@ -47,9 +47,7 @@ class Server {
   void StopAccepting();
   void AcceptWhenReady();
   void OnAcceptable(Listener& l);
-  // The TLS contexts `c` asks for (nullptr where off); false with *error on a bad file.
-  static bool BuildTls(const Config& c, std::shared_ptr<const TlsContext>* backend,
-                       std::shared_ptr<const TlsContext>* clients, std::string* error);
+
   void BeginShutdown(int signum);
   // SIGHUP: reads the configuration again (file, environment, same flags) and applies what
   // can change live; anything invalid leaves the running configuration as it is.
