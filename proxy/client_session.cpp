@@ -406,7 +406,12 @@ bool ClientSession::RetryParked() {
 void ClientSession::FailParked(uint64_t seq) {
   worker_->stats().errors++;
   if (SlotAt(seq).is_read) {
-    CompleteError(seq, errors::kNoBackendForRead);
+    // Why the primary cannot answer either (a certificate refused, connection refused...).
+    const Backend* primary = worker_->backends().primary();
+    std::string why = primary != nullptr ? primary->last_error() : std::string();
+    CompleteError(seq, why.empty() ? std::string(errors::kNoBackendForRead)
+                                   : std::string(errors::kNoBackendForRead) + " (primary " +
+                                         primary->name() + ": " + why + ")");
   } else {
     CompleteError(seq, PrimaryUnavailable(worker_->backends().primary()));
   }
