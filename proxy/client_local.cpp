@@ -4,6 +4,7 @@
 #include "proxy/client_session.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "common/errors.h"
@@ -17,6 +18,25 @@
 namespace kp {
 
 namespace {
+// A number as Redis's string2ll reads it: an optional '-', no leading zeros, no '+', no
+// spaces, within int64 ("01", "-0" and "" are not integers).
+bool ParseRedisInteger(std::string_view s, int64_t* out) {
+  if (s.empty() || s.size() > 20) return false;
+  bool negative = s[0] == '-';
+  std::string_view digits = negative ? s.substr(1) : s;
+  if (digits.empty() || (digits[0] == '0' && (digits.size() > 1 || negative))) return false;
+  uint64_t v = 0;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return false;
+    uint64_t next = v * 10 + static_cast<uint64_t>(c - '0');
+    if (next / 10 != v) return false;
+    v = next;
+  }
+  if (negative ? v > uint64_t{INT64_MAX} + 1 : v > uint64_t{INT64_MAX}) return false;
+  *out = negative ? static_cast<int64_t>(0 - v) : static_cast<int64_t>(v);
+  return true;
+}
+
 // Compares a password in time that does not depend on where it differs (only its length
 // shows), so response timing does not reveal a prefix.
 bool SecretEquals(std::string_view given, std::string_view secret) {
@@ -89,12 +109,11 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       std::string version = primary != nullptr ? primary->server_version() : std::string();
       if (req.argc >= 2) {
         std::string_view ver = req.arg(1);
-        bool numeric = !ver.empty() && ver.size() < 19;
-        for (char c : ver) numeric = numeric && ((c >= '0' && c <= '9') || c == '-');
-        if (!numeric) {
+        int64_t n = 0;
+        if (!ParseRedisInteger(ver, &n)) {
           return ReplyErrorNow("ERR Protocol version is not an integer or out of range");
         }
-        if (ver != "2" && ver != "3") return ReplyErrorNow(errors::kNoProto);
+        if (n != 2 && n != 3) return ReplyErrorNow(errors::kNoProto);
         // RESP3 needs Redis 6 or later behind the proxy (its connections speak it too).
         if (ver == "3" && !version.empty() && version[0] >= '1' && version[0] <= '5' &&
             version[1] == '.') {
@@ -145,8 +164,8 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       if (!authenticated_) {
         return ReplyErrorNow(
             "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
-            "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and "
-            "select the RESP protocol version at the same time");
+            "HELLO AUTH <user> <pass> option can be used to authenticate the client and select "
+            "the RESP protocol version at the same time");
       }
       if (has_setname) name_ = setname;
       AppendHello(b, proto);
@@ -154,15 +173,18 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
     }
     case LocalCommand::kSelect: {
       if (req.argc != 2) return wrong_args("select");
-      std::string_view v = req.arg(1);
-      bool digits = !v.empty() && v.size() < 10;
-      for (char ch : v) digits = digits && ch >= '0' && ch <= '9';
-      bool negative = v.size() > 1 && v[0] == '-';
-      if (!digits && !negative) return ReplyErrorNow("ERR value is not an integer or out of range");
+      // Redis's own checks, in its order and words.
+      int64_t n = 0;
+      if (!ParseRedisInteger(req.arg(1), &n)) {
+        return ReplyErrorNow("ERR value is not an integer or out of range");
+      }
+      if (n < INT32_MIN || n > INT32_MAX) {
+        return ReplyErrorNow(
+            "ERR value is out of range, value must between -2147483648 and 2147483647");
+      }
       const Backend* primary = worker_->backends().primary();
-      uint32_t databases = primary != nullptr ? primary->databases() : 16;
-      uint64_t n = digits ? std::stoull(std::string(v)) : UINT64_MAX;
-      if (n >= databases) return ReplyErrorNow("ERR DB index is out of range");
+      int64_t databases = primary != nullptr ? primary->databases() : 16;
+      if (n < 0 || n >= databases) return ReplyErrorNow("ERR DB index is out of range");
       // Only the class changes: reads still go to replicas (in that database), on
       // connections shared with every other client of the same database.
       cls_.db = static_cast<uint32_t>(n);

@@ -26,12 +26,12 @@ bool IsPong(const char* data, size_t len) {
 }
 
 // "subscribe" / "psubscribe" / "ssubscribe" confirmation frames (RESP2 array or RESP3 push).
-bool IsSubscribeConfirmation(const char* data, size_t len) {
+bool IsSubscribeConfirmation(const char* data, size_t len, int proto) {
   std::string_view f(data, len);
   for (std::string_view kind :
        {"$9\r\nsubscribe\r\n", "$10\r\npsubscribe\r\n", "$10\r\nssubscribe\r\n"}) {
-    if (f.size() > 4 + kind.size() && (f[0] == '*' || f[0] == '>') && f.substr(1, 3) == "3\r\n" &&
-        f.substr(4, kind.size()) == kind) {
+    if (f.size() > 4 + kind.size() && f[0] == (proto == 3 ? '>' : '*') &&
+        f.substr(1, 3) == "3\r\n" && f.substr(4, kind.size()) == kind) {
       return true;
     }
   }
@@ -191,7 +191,7 @@ void ClientSession::ArmPinnedDeadline() {
 
 void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (closed_) return;
-  if (resub_swallow_ > 0 && IsSubscribeConfirmation(data, len)) {
+  if (resub_swallow_ > 0 && IsSubscribeConfirmation(data, len, cls_.proto)) {
     // The confirmations of renewed subscriptions: the client has had them already.
     if (--resub_swallow_ == 0) {
       resubscribe_since_ = 0;
@@ -264,7 +264,10 @@ void ClientSession::NoteSubscriptionReply(const char* data, size_t len) {
   // A (un)subscribe confirmation: [kind, channel, count] with `count` the subscriptions left
   // of that family (channels and patterns together; shard channels on their own).
   std::string_view f(data, len);
-  if (f.size() < 8 || (f[0] != '*' && f[0] != '>') || f.substr(1, 3) != "3\r\n") return;
+  // RESP3 sends confirmations as pushes; an array there is an ordinary reply (a RESP3
+  // client may run any command while subscribed), whatever it contains.
+  char type = cls_.proto == 3 ? '>' : '*';
+  if (f.size() < 8 || f[0] != type || f.substr(1, 3) != "3\r\n") return;
   size_t eol = f.find("\r\n", 4);
   if (eol == std::string_view::npos || f[4] != '$') return;
   size_t name_len = static_cast<size_t>(std::atoi(std::string(f.substr(5, eol - 5)).c_str()));
@@ -275,8 +278,12 @@ void ClientSession::NoteSubscriptionReply(const char* data, size_t len) {
       !EqualsLower(kind, "psubscribe") && !EqualsLower(kind, "punsubscribe")) {
     return;  // a message
   }
+  // The count is the last element: an integer line of its own.
   size_t colon = f.rfind(':');
-  if (colon == std::string_view::npos || f.size() < colon + 3) return;
+  if (colon == std::string_view::npos || colon == 0 || f[colon - 1] != '\n' ||
+      f.size() < colon + 3) {
+    return;
+  }
   int64_t count = std::atoll(std::string(f.substr(colon + 1, f.size() - colon - 3)).c_str());
   (shard ? shard_subscriptions_ : subscriptions_) = count;
   // What the client is subscribed to, to renew it elsewhere if the connection is lost.

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 import fixtures
 from fixtures import (HOST, SLOWDOWN, Proxy, RedisServer, connect, encode_command, free_port,
@@ -235,7 +234,10 @@ def test_select_dbs_interleaved_on_one_worker(cluster, kp):
 
     def worker(db, tag):
         try:
-            c = kp.client(db=db, single_connection_client=True, timeout=WAIT)
+            # One connection for all of this thread's commands: read-your-writes is per
+            # connection (a single_connection_client's pipeline() would run on another one
+            # taken from its pool), and redis-py's pool hands one thread the same connection.
+            c = kp.client(db=db, timeout=WAIT)
             keys = [f"sel:{tag}:{j}" for j in range(10)]
             start.wait(WAIT)
             for r in range(rounds):
