@@ -304,6 +304,7 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
   s.start_ns = uv_hrtime();
   s.kind = d.route == Route::kRead ? 1 : 2;
   s.is_read = d.route == Route::kRead;
+  s.may_write = d.route == Route::kWrite && d.may_write;
   // Behind a request that waits for a backend, everything waits: order is the client's.
   if (!parked_.empty() || !Send(seq, &req, d, raw, len)) Park(seq, raw, len);
 }
@@ -545,9 +546,9 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
 
 // ---- backend callbacks ----
 
-void ClientSession::NoteWriteDone() {
+void ClientSession::NoteWriteDone(bool may_have_written) {
   if (writes_inflight_ > 0) --writes_inflight_;
-  ryw_.OnWrite(worker_->backends().progress());
+  if (may_have_written) ryw_.OnWrite(worker_->backends().progress());
 }
 
 void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_t len,
@@ -563,7 +564,7 @@ void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_
     if (!is_error) return FinishPassthroughAuth(seq, {});
     return FinishPassthroughAuth(seq, text.substr(1, len >= 3 ? len - 3 : 0));
   }
-  if (s.kind == 2) NoteWriteDone();
+  if (s.kind == 2) NoteWriteDone(s.may_write);
   if (is_error && s.is_read && !from->is_primary() && !s.tried_primary) {
     ReplicaRefusal r = ClassifyReplicaError(data, len);
     if (r != ReplicaRefusal::kNone) {
@@ -636,7 +637,7 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     return;
   }
   // A write that failed or timed out may still have been applied.
-  if (s.kind == 2) NoteWriteDone();
+  if (s.kind == 2) NoteWriteDone(s.may_write);
   if (s.is_read && !from->is_primary() && !s.tried_primary) {
     if (!timeout || RetryAllowed(timeout_pass)) {
       RetryOnPrimary(seq);
@@ -679,6 +680,7 @@ uint64_t ClientSession::NewSlot() {
   s.auth_user = 0;
   s.stream = false;
   s.kind = 0;
+  s.may_write = false;
   s.reply.Clear();
   s.request.Clear();
   return seq;

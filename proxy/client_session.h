@@ -98,6 +98,7 @@ class ClientSession {
     uint32_t auth_user = 0;      // a passthrough AUTH: the Credentials id it is for
     bool stream = false;         // the pinned session's slot: never completes
     uint8_t kind = 0;            // for latency stats: 0 local/other, 1 read, 2 write
+    bool may_write = false;      // a write that may change data (read-your-writes follows it)
     uint64_t start_ns = 0;
     Buffer reply;    // reply bytes that arrived before the slots ahead of it
     Buffer request;  // kept for reads so a failed replica's read can go to the primary
@@ -163,7 +164,7 @@ class ClientSession {
   void Park(uint64_t seq, const char* raw, size_t len);
   void FailParked(uint64_t seq);
   // A write of this client has been answered (or failed and may have been applied).
-  void NoteWriteDone();
+  void NoteWriteDone(bool may_have_written);
   // The error for a request that needs the primary when none can take it, saying why.
   std::string PrimaryUnavailable(const Backend* primary) const;
 

@@ -229,6 +229,19 @@ RouteDecision Router::Classify(const Request& req) const {
     }
   }
   d.route = info->is(kCmdReadonly) ? Route::kRead : Route::kWrite;
+  // INFO, CLIENT ..., CONFIG GET... go to the primary but change no data: a client's reads
+  // after them need not wait for replicas (read-your-writes; client libraries send some of
+  // them on every new connection). Anything not known to be harmless counts as a write:
+  // scripts and functions carry no write flag and may write.
+  if (d.route == Route::kWrite && !info->is(kCmdWrite)) {
+    static constexpr std::string_view kHarmless[] = {"info",     "client", "command", "time",
+                                                     "lastsave", "memory", "latency", "slowlog",
+                                                     "pubsub",   "object", "lolwut"};
+    for (std::string_view h : kHarmless) {
+      if (EqualsLower(name, h)) d.may_write = false;
+    }
+    if (EqualsLower(name, "config") && EqualsLower(sub, "get")) d.may_write = false;
+  }
   if (d.route == Route::kRead && name.size() >= 4 &&
       EqualsLower(name.substr(name.size() - 4), "scan")) {
     if (name.size() == 4) {

@@ -61,6 +61,8 @@ struct RouteDecision {
   // A cursor is only meaningful on the server that issued it, so a scan sticks to one
   // replica from cursor 0 to the end.
   uint8_t cursor_arg = 0;
+  // kWrite: the command may change data (unknown commands are assumed to).
+  bool may_write = true;
 };
 
 class Router {

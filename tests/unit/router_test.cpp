@@ -171,3 +171,13 @@ TEST_CASE("router: scan commands name their cursor argument") {
   CHECK(Classify({"ZSCAN", "z", "0", "COUNT", "5"}).cursor_arg == 2);
   CHECK(Classify({"GET", "k"}).cursor_arg == 0);
 }
+
+TEST_CASE("router: which primary commands may change data (read-your-writes follows them)") {
+  CHECK(Classify({"SET", "k", "v"}).may_write);
+  CHECK(Classify({"EVAL", "return 1", "0"}).may_write);  // may-replicate, not write
+  CHECK(Classify({"FCALL", "f", "0"}).may_write);
+  CHECK(Classify({"NOSUCHCOMMAND", "x"}).may_write);  // unknown: assumed to
+  CHECK(Classify({"INFO"}).route == Route::kWrite);   // to the primary...
+  CHECK_FALSE(Classify({"INFO"}).may_write);          // ...but changes nothing
+  CHECK_FALSE(Classify({"CONFIG", "GET", "maxmemory"}).may_write);
+}
