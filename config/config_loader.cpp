@@ -131,9 +131,13 @@ std::string ShowSecret(const std::string& s) {
 const std::vector<KeySpec>& Specs() {
   // Captureless lambdas decay to the function pointers above.
   static const std::vector<KeySpec> specs = {
-      {"listen", Kind::kEndpoint, "HOST:PORT", "Address the proxy accepts clients on.", 0, 0,
+      {"listen", Kind::kEndpoint, "HOST:PORT",
+       "Address the proxy accepts clients on; empty: none (TLS clients only, on tls_listen).", 0, 0,
        [](Config& c, const Value& v) { c.listen = std::get<Endpoint>(v); },
-       [](const Config& c) { return FormatHostPort(c.listen.host, c.listen.port); }},
+       [](const Config& c) {
+         return c.listen.port == 0 ? std::string("(off)")
+                                   : FormatHostPort(c.listen.host, c.listen.port);
+       }},
       {"primary", Kind::kEndpoint, "HOST:PORT", "Primary Redis: all writes, reads as fallback.", 0,
        0, [](Config& c, const Value& v) { c.primary = std::get<Endpoint>(v); },
        [](const Config& c) { return FormatHostPort(c.primary.host, c.primary.port); }},
@@ -1021,6 +1025,8 @@ Value Validate(const KeySpec& spec, const RawValue& raw) {
   const RawItem& item = raw.value;
   switch (spec.kind) {
     case Kind::kEndpoint:
+      // An empty `listen`: no plaintext port, for TLS only (checked with tls_listen below).
+      if (spec.key == "listen" && Trim(item.text).empty()) return Endpoint{};
       return spec.key == "primary" ? ValidatePrimary(spec.key, raw)
                                    : ValidateEndpoint(spec.key, item);
     case Kind::kOptionalEndpoint: {
@@ -1123,6 +1129,10 @@ void CrossCheck(const Config& c, const RawMap& raw) {
   if (c.tls_auth_clients && c.tls_ca_file.empty()) {
     FailPlain("tls_auth_clients: set without tls_ca_file (which CA signs client certificates?)",
               SourceOf(raw, "tls_auth_clients"));
+  }
+  if (c.listen.port == 0 && c.tls_listen.empty()) {
+    FailPlain("listen: empty and no tls_listen (clients could not connect anywhere)",
+              SourceOf(raw, "listen"));
   }
   if (!c.tls_listen.empty() && c.tls_listen == FormatHostPort(c.listen.host, c.listen.port)) {
     Fail("tls_listen", c.tls_listen, "same address as listen", SourceOf(raw, "tls_listen"));

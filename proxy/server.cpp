@@ -80,7 +80,10 @@ bool Server::ListenOn(const std::string& host_in, uint16_t port, Listener* l) {
 bool Server::Listen() {
   uv_timer_init(loop_, &accept_pause_);
   accept_pause_.data = this;
-  if (!ListenOn(config().listen.host, config().listen.port, &listeners_[0])) return false;
+  if (config().listen.port != 0 &&
+      !ListenOn(config().listen.host, config().listen.port, &listeners_[0])) {
+    return false;
+  }
   if (!config().tls_listen.empty()) {
     const std::string& t = config().tls_listen;
     size_t colon = t.rfind(':');
@@ -227,7 +230,8 @@ int Server::Run() {
     workers_.back()->SetTls(backend_tls_, client_tls_);
   }
   info_ = std::make_unique<ProxyInfo>(
-      *group_, workers_, config().listen.ToString(),
+      *group_, workers_,
+      config().listen.port != 0 ? config().listen.ToString() : config().tls_listen,
       cli_.config_file ? "file " + *cli_.config_file : std::string("flags and environment"));
   for (auto& w : workers_) w->SetInfo(info_.get());
   for (auto& w : workers_) w->Start();
@@ -280,8 +284,10 @@ int Server::Run() {
       &sigint_, [](uv_signal_t* s, int sig) { static_cast<Server*>(s->data)->BeginShutdown(sig); },
       SIGINT);
 
-  std::string where = config().listen.ToString();
-  if (!config().tls_listen.empty()) where += " and " + config().tls_listen + " (TLS)";
+  std::string where = config().listen.port != 0 ? config().listen.ToString() : std::string();
+  if (!config().tls_listen.empty()) {
+    where += (where.empty() ? "" : " and ") + config().tls_listen + " (TLS)";
+  }
   if (config().backend_tls) where += "; TLS to backends";
   if (config().sentinels.empty()) {
     std::string replicas;

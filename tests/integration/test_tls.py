@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import redis
 
+import fixtures
 from fixtures import (HOST, SENTINEL_MASTER, SLOWDOWN, Cluster, RedisServer, Sentinel,
                       SentinelCluster, connect, encode_command, free_port, http_get, metric,
                       read_replies, read_until_closed, run_proxy_once, wait_until)
@@ -769,3 +770,51 @@ def test_config_error_missing_backend_ca_file(cluster_factory, certs):
     assert missing in err.splitlines()[-1], err
     assert took < 5 * SLOWDOWN, f"took {took:.1f}s: {err}"
     assert len(err.splitlines()) == 1, f"more than the one-line error:\n{err}"
+
+
+def listening_ports(pid):
+    """The TCP ports process `pid` listens on (its socket inodes in /proc/net/tcp{,6})."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
+                    ports.append(int(cols[1].rsplit(":", 1)[1], 16))
+    return sorted(ports)
+
+
+def test_tls_only_no_plaintext_port(cluster, certs, tmp_path):
+    """`listen` empty with `tls_listen`: the proxy opens no plaintext port at all (for
+    deployments where nothing may travel unencrypted); without tls_listen that is refused."""
+    r = run_proxy_once(["--listen", "", "--primary", f"{HOST}:{free_port()}", "--check-config"])
+    assert r.returncode == 2 and b"listen" in r.stderr and b"tls_listen" in r.stderr, r
+    port = free_port()
+    log = open(tmp_path / "tls-only.log", "wb")
+    proc = subprocess.Popen(
+        [str(fixtures.PROXY_BIN), "--listen", "",
+         "--tls-listen", f"{HOST}:{port}", "--tls-cert-file", certs.server.crt,
+         "--tls-key-file", certs.server.key, "--primary", f"{HOST}:{cluster.primary.port}",
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT)
+    fixtures.REGISTRY.add(proc)
+    try:
+        wait_until(lambda: fixtures.port_accepts(port), 15 * SLOWDOWN, what="the TLS port")
+        c = proxy_tls_client(port, certs)
+        assert c.set("tlsonly:k", "v") is True and c.get("tlsonly:k") == b"v"
+        text = (tmp_path / "tls-only.log").read_text()
+        assert f"listening on {HOST}:{port} (TLS)" in text, text
+        # The process listens on nothing else (its only listening socket is the TLS one).
+        assert listening_ports(proc.pid) == [port]
+    finally:
+        fixtures.stop_process(proc)
+        fixtures.REGISTRY.discard(proc)
+        log.close()
