@@ -51,6 +51,26 @@ TEST_CASE("slot map: three shards with replicas, one primary split over two rang
   CHECK(m.ShardOfKey("bar") == 0);  // slot 5061
 }
 
+TEST_CASE("slot map: a reply captured from a 3-node redis-server 7.0 cluster") {
+  // Each node entry carries a fourth element (networking metadata), empty here.
+  Reply r(
+      "*3\r\n*3\r\n:0\r\n:5460\r\n*4\r\n$9\r\n127.0.0.1\r\n:17911\r\n$"
+      "40\r\n4526ec58f2fab0010beb8fd36bb697948e7cf9c8\r\n*0\r\n*3\r\n:5461\r\n:10922\r\n*4\r\n$"
+      "9\r\n127.0.0.1\r\n:17912\r\n$40\r\n348b6d9f8db5b369b99d4440e0216182727984c4\r\n*0\r\n*3\r\n:"
+      "10923\r\n:16383\r\n*4\r\n$9\r\n127.0.0.1\r\n:17913\r\n$"
+      "40\r\nee7f1a6139ad708f7c82b59c30b94a5e2b75b0e8\r\n*0\r\n");
+  SlotMap m;
+  std::string error;
+  REQUIRE(m.FromClusterSlots(r.reply, &error));
+  REQUIRE(m.shards().size() == 3);
+  CHECK(m.unassigned() == 0);
+  CHECK(m.shards()[0].primary == Endpoint{"127.0.0.1", 17911});
+  CHECK(m.shards()[0].primary_id.size() == 40);
+  CHECK(m.ShardOf(5460) == 0);
+  CHECK(m.ShardOf(5461) == 1);
+  CHECK(m.ShardOf(16383) == 2);
+}
+
 TEST_CASE("slot map: uncovered slots and malformed replies") {
   Reply part("*1\r\n*3\r\n:0\r\n:99\r\n" + Node("h", 1, "x"));
   SlotMap m;
