@@ -97,7 +97,7 @@ void BackendConn::QueueHandshake() {
   if (mode_ == Mode::kShared) {
     Ring<PendingReply> with;
     for (size_t k = 0; k < n; ++k) {
-      with.push_back({nullptr, kinds[k], worker_->now() + worker_->timeout_ms()});
+      with.push_back({nullptr, kinds[k], worker_->now() + worker_->timeout_ms(), true});
     }
     while (!pending_.empty()) {
       with.push_back(pending_.front());
@@ -182,7 +182,7 @@ void BackendConn::StartConnect() {
     delete resolve_;
     resolve_ = nullptr;
     state_ = State::kIdle;
-    Fail(std::string("cannot resolve host: ") + uv_strerror(rc), true);
+    FailSoon(std::string("cannot resolve host: ") + uv_strerror(rc), true);
   }
 }
 
@@ -192,7 +192,12 @@ void BackendConn::ConnectTo(const sockaddr* addr) {
   state_ = State::kConnecting;
   connect_req_.data = this;
   int rc = uv_tcp_connect(&connect_req_, &tcp_, addr, ConnectCb);
-  if (rc != 0) FailConnect(rc);
+  if (rc != 0) {
+    // Called from Send(): reported a loop turn later (see FailSoon).
+    bool local = IsDescriptorShortage(rc);
+    if (local) NoteDescriptorShortage("backend connection");
+    FailSoon(std::string("connect: ") + uv_strerror(rc), !local);
+  }
 }
 
 void BackendConn::FailConnect(int err) {
@@ -234,6 +239,11 @@ void BackendConn::OnConnected(int status) {
 }
 
 void BackendConn::Flush() {
+  if (fail_soon_) {
+    std::string reason = std::move(fail_soon_reason_);
+    Fail(reason, fail_soon_mark_down_);
+    return;
+  }
   if (state_ != State::kReady || writing_) return;
   if (tls_) {
     // Plaintext is encrypted as it goes (held by the stream until the handshake is done);
@@ -352,14 +362,17 @@ void BackendConn::ProcessReplies() {
       }
       PendingReply pr = pending_.front();
       pending_.pop_front();
-      if (cancelled_ > 0) {
-        --cancelled_;  // the late reply of a request already answered by the timeout: dropped
-      } else if (pr.client == nullptr) {
+      if (pr.handshake) {
+        // AUTH / HELLO / SELECT of this connection: checked even when late (a refusal means
+        // the connection is not what its class says, and must not carry requests).
+        if (cancelled_ > 0) --cancelled_;
         if (is_error) {
           HandshakeRefused(pr.seq, p, consumed);
           return;
         }
-      } else {
+      } else if (cancelled_ > 0) {
+        --cancelled_;  // the late reply of a request already answered by the timeout: dropped
+      } else if (pr.client != nullptr) {
         pr.client->OnReply(pr.seq, backend_, p, consumed, is_error);
       }
     }
@@ -389,7 +402,8 @@ void BackendConn::StreamPart() {
   }  // else the reply of a request already answered (timed out): its bytes are dropped
   in_.Consume(n);
   framer_.Discard(n);
-  if (client == nullptr || client->UnsentBytes() <= kStreamWindow || state_ != State::kReady) {
+  if (client == nullptr || client->closed() || client->StreamBacklog() <= kStreamWindow ||
+      state_ != State::kReady) {
     return;
   }
   // The client reads slower than the server sends. Holding the rest here would let one
@@ -465,6 +479,10 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
 }
 
 void BackendConn::Fail(const std::string& reason, bool mark_down) {
+  // Nothing reached a server that was never connected to: what waits here was not applied.
+  bool unsent = state_ != State::kReady;
+  fail_soon_ = false;
+  if (detached_) destroy_on_close_ = true;  // out of the pool: nobody would use it again
   if (drain_waiter_ != nullptr) {
     drain_waiter_->ForgetDrainWait(this);
     drain_waiter_ = nullptr;
@@ -512,8 +530,20 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   while (!failed.empty()) {
     PendingReply pr = failed.front();
     failed.pop_front();
-    if (pr.client != nullptr) pr.client->OnBackendFailure(pr.seq, backend_, reason, timeout);
+    if (pr.client != nullptr) {
+      pr.client->OnBackendFailure(pr.seq, backend_, reason, timeout, 0, unsent);
+    }
   }
+  if (destroy_on_close_ && state_ == State::kIdle) Destroy();
+}
+
+void BackendConn::FailSoon(std::string reason, bool mark_down) {
+  // From inside Send()/SendRaw() a failure must not call back into the session that is
+  // still in the middle of handing over its request: it is reported on the next flush.
+  fail_soon_ = true;
+  fail_soon_reason_ = std::move(reason);
+  fail_soon_mark_down_ = mark_down;
+  worker_->MarkDirty(this);
 }
 
 void BackendConn::CloseCb(uv_handle_t* h) {

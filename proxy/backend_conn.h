@@ -73,6 +73,7 @@ class BackendConn {
     ClientSession* client = nullptr;  // nullptr: the connection's own AUTH, checked and dropped
     uint64_t seq = 0;
     uint64_t deadline_ms = 0;
+    bool handshake = false;  // the connection's own AUTH/HELLO/SELECT (seq: its kind)
   };
   struct Resolve;
 
@@ -80,6 +81,7 @@ class BackendConn {
   void ConnectTo(const sockaddr* addr);
   void OnConnected(int status);
   void FailConnect(int err);
+  void FailSoon(std::string reason, bool mark_down);
   void OnRead(ssize_t nread);
   void ProcessReplies();
   // Shared mode: hands the settled part of an incomplete large reply to its client.
@@ -112,6 +114,9 @@ class BackendConn {
   // connection is taken out of the shared pool (a fresh one replaces it, so nobody queues
   // behind) and stops reading while the client is more than kStreamWindow behind.
   bool detached_ = false;
+  bool fail_soon_ = false;  // see FailSoon
+  bool fail_soon_mark_down_ = false;
+  std::string fail_soon_reason_;
   bool read_paused_ = false;
   ClientSession* drain_waiter_ = nullptr;
   ConnClass cls_;

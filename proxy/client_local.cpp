@@ -356,6 +356,11 @@ void ClientSession::FinishPassthroughAuth(uint64_t seq, std::string_view error) 
   auth_pending_ = false;
   auto hello = std::move(hello_pending_);
   hello_pending_.reset();
+  if (error.empty() && !worker_->credentials().Verify(id)) {
+    // Forgotten while Redis was asked (a flood of other candidates): connections of this
+    // class could not authenticate as the user, so the client must try again.
+    error = "ERR kompress: too many authentications at once; try AUTH again";
+  }
   if (error.empty()) {
     cls_.user = id;
     authenticated_ = true;

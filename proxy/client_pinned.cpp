@@ -17,12 +17,12 @@
 namespace kp {
 
 namespace {
-// A PING's answer: "+PONG" normally, ["pong", ""] while subscribed (RESP2).
-bool IsPong(const char* data, size_t len) {
-  static constexpr std::string_view kPong = "+PONG\r\n";
-  static constexpr std::string_view kSubscribedPong = "*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+// The answer to the proxy's own `PING token`: the token as a bulk string, or ["pong", token]
+// while subscribed (RESP2).
+bool IsMarkerPong(const char* data, size_t len, const std::string& token) {
+  std::string bulk = "$" + std::to_string(token.size()) + "\r\n" + token + "\r\n";
   std::string_view f(data, len);
-  return f == kPong || f == kSubscribedPong;
+  return f == bulk || f == "*2\r\n$4\r\npong\r\n" + bulk;
 }
 
 // "subscribe" / "psubscribe" / "ssubscribe" confirmation frames (RESP2 array or RESP3 push).
@@ -118,8 +118,14 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
   } else if (EqualsLower(name, "wait")) {
     // WAIT changes nothing on the connection.
   } else if (d.push && name.size() >= 9 && EqualsLower(name.substr(name.size() - 9), "subscribe")) {
-    // (P|S)(UN)SUBSCRIBE: pinned while subscribed; the confirmations say when that ends.
+    // (P|S)(UN)SUBSCRIBE: pinned while subscribed; the confirmations say when that ends. A
+    // SUBSCRIBE not confirmed yet keeps the session in pub/sub whatever counts arrive first
+    // (UNSUBSCRIBE and SUBSCRIBE in one batch), and a connection that ever subscribed is
+    // not handed to anyone else afterwards.
     subscribed_ = true;
+    dedicated_reusable_ = false;
+    bool unsub = name.size() >= 11 && EqualsLower(name.substr(name.size() - 11), "unsubscribe");
+    if (!unsub) pending_sub_confirms_ += req.argc > 1 ? req.argc - 1 : 0;
   } else if (d.blocking && !d.push) {
     // BLPOP, XREAD BLOCK, WAITAOF...: the connection only while it blocks. The session
     // leaves it once the reply is in (MaybeUnpin), so the client is back on shared
@@ -141,7 +147,6 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
 void ClientSession::ForwardPinned(const Request& req, const RouteDecision& d, const char* raw,
                                   size_t len) {
   worker_->stats().pinned_requests++;
-  if (push_mode_ && d.route == Route::kLocal && d.local == LocalCommand::kPing) ++push_pings_;
   PinnedReq kind = TrackPinnedState(req, d);
   if (EqualsLower(req.arg(0), "wait") && !in_multi_) {
     // WAIT counts replicas that acknowledged this connection's last write, but the client's
@@ -191,6 +196,21 @@ void ClientSession::ArmPinnedDeadline() {
 
 void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (closed_) return;
+  if (resub_swallow_ > 0 && len > 0 && (data[0] == '-' || data[0] == '!')) {
+    // The renewal was refused (an ACL changed meanwhile...): the subscriber cannot be given
+    // back what it had, so it is told and disconnected.
+    std::string why(data + 1, len > 3 ? len - 3 : 0);
+    resub_swallow_ = 0;
+    resubscribe_since_ = 0;
+    subscribed_ = false;
+    closing_after_flush_ = true;
+    AbandonPinned();
+    worker_->stats().errors++;
+    ReplyErrorNow("ERR kompress: subscriptions lost and could not be renewed (" + why + ")");
+    PauseReading();
+    MaybeFinish();
+    return;
+  }
   if (resub_swallow_ > 0 && IsSubscribeConfirmation(data, len, cls_.proto)) {
     // The confirmations of renewed subscriptions: the client has had them already.
     if (--resub_swallow_ == 0) {
@@ -213,14 +233,10 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     if (!in_.empty()) ProcessInput();
     return;
   }
-  if ((push_pings_ > 0 || quit_marker_sent_) && IsPong(data, len)) {
-    if (push_pings_ > 0) {
-      --push_pings_;  // the client's own PING
-    } else {
-      quit_marker_seen_ = true;  // the proxy's, after QUIT: everything before it is relayed
-      MaybeQuit();
-      return;
-    }
+  if (quit_marker_sent_ && IsMarkerPong(data, len, quit_marker_)) {
+    quit_marker_seen_ = true;  // the proxy's, after QUIT: everything before it is relayed
+    MaybeQuit();
+    return;
   }
   bool swallow = false;
   if (!pinned_inflight_.empty()) {
@@ -286,6 +302,9 @@ void ClientSession::NoteSubscriptionReply(const char* data, size_t len) {
   }
   int64_t count = std::atoll(std::string(f.substr(colon + 1, f.size() - colon - 3)).c_str());
   (shard ? shard_subscriptions_ : subscriptions_) = count;
+  bool confirms_subscribe = EqualsLower(kind, "subscribe") || EqualsLower(kind, "psubscribe") ||
+                            EqualsLower(kind, "ssubscribe");
+  if (confirms_subscribe && pending_sub_confirms_ > 0) --pending_sub_confirms_;
   // What the client is subscribed to, to renew it elsewhere if the connection is lost.
   size_t at = eol + 2 + name_len + 2;
   if (at < f.size() && f[at] == '$') {
@@ -306,7 +325,7 @@ void ClientSession::NoteSubscriptionReply(const char* data, size_t len) {
       }
     }
   }
-  if (subscriptions_ != 0 || shard_subscriptions_ != 0) return;
+  if (subscriptions_ != 0 || shard_subscriptions_ != 0 || pending_sub_confirms_ != 0) return;
   // No subscription left: the connection answers normally again. Unless something else keeps
   // it (MONITOR, a transaction...), the session leaves it once what the client sent after the
   // last UNSUBSCRIBE is answered too: a marker PING goes last, and the client's further input
@@ -338,9 +357,13 @@ void ClientSession::MaybeQuit() {
   if (push_mode_) {
     if (!quit_marker_sent_) {
       quit_marker_sent_ = true;
-      static const char kPing[] = "*1\r\n$4\r\nPING\r\n";
-      dedicated_->SendRaw(kPing, sizeof kPing - 1);
+      // A token of its own, so no PING of the client's can be taken for it.
+      quit_marker_ = "kompress-quit-" + std::to_string(id_);
+      inject_.Clear();
+      std::string_view args[] = {"PING", quit_marker_};
+      resp::AppendCommand(inject_, args);
       dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
+      dedicated_->SendRaw(inject_.data(), inject_.size());
     }
     if (!quit_marker_seen_) return;
   } else if (stream_outstanding_ != 0 || !pinned_inflight_.empty()) {
@@ -410,7 +433,6 @@ void ClientSession::OnStreamFailure(const std::string& reason) {
     resubscribing_ = true;
     resubscribe_reason_ = reason;
     pinned_inflight_.clear();
-    push_pings_ = 0;
     resub_swallow_ = 0;
     PauseReading();
     worker_->Park(this);

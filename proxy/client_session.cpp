@@ -611,7 +611,7 @@ void ClientSession::OnReplyPart(uint64_t seq, const char* data, size_t len) {
 }
 
 void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason,
-                                     bool timeout, uint64_t timeout_pass) {
+                                     bool timeout, uint64_t timeout_pass, bool unsent) {
   --inflight_;
   if (closed_) {
     worker_->MarkDirty(this);
@@ -650,6 +650,17 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     return;
   }
   if (s.is_read && from->is_primary() && !s.tried_replica && RetryOnReplica(seq)) return;
+  if (!s.is_read && unsent) {
+    // Never sent, so certainly not applied: it waits for a primary like a new write (or
+    // gets "primary is unavailable" when it may not wait).
+    if (!s.request.empty()) {
+      Park(seq, s.request.data(), s.request.size());
+      return;
+    }
+    worker_->stats().errors++;
+    CompleteError(seq, PrimaryUnavailable(from) + " (" + reason + ")");
+    return;
+  }
   worker_->stats().errors++;
   if (s.is_read) {
     CompleteError(seq, "ERR kompress: read failed on primary " + from->name() + ": " + reason);
@@ -777,12 +788,14 @@ size_t ClientSession::CountedReplyBytes() const {
   return buffered > oversize_bytes_ ? buffered - oversize_bytes_ : 0;
 }
 
+void ClientSession::ResumeStreams() {
+  std::vector<BackendConn*> waiting;
+  waiting.swap(drain_waiters_);
+  for (BackendConn* c : waiting) c->ResumeStream();
+}
+
 void ClientSession::MaybeResume() {
-  if (drain_waiter_ != nullptr && UnsentBytes() <= kStreamResumeAt) {
-    BackendConn* c = drain_waiter_;
-    drain_waiter_ = nullptr;
-    c->ResumeStream();
-  }
+  if (!drain_waiters_.empty() && StreamBacklog() <= kStreamResumeAt) ResumeStreams();
   const ClientLimits& lim = worker_->config().client;
   if (!paused_ || closed_ || next_ - head_ > lim.max_pipeline_depth / 2 ||
       CountedReplyBytes() > lim.max_client_buffer_bytes / 4) {
@@ -921,12 +934,8 @@ void ClientSession::Close() {
   if (closed_) return;
   closed_ = true;
   reading_ = false;
-  if (drain_waiter_ != nullptr) {
-    // The rest of the reply is read and dropped (the connection then closes).
-    BackendConn* c = drain_waiter_;
-    drain_waiter_ = nullptr;
-    c->ResumeStream();
-  }
+  // The rest of any reply streaming to it is read and dropped (those connections then close).
+  ResumeStreams();
   if (accounted_ != 0) {
     worker_->budget().reply_bytes.fetch_sub(static_cast<int64_t>(accounted_),
                                             std::memory_order_relaxed);

@@ -6,6 +6,7 @@
 
 #include <uv.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -51,19 +52,26 @@ class ClientSession {
   void OnReplyPart(uint64_t seq, const char* data, size_t len);
   void OnReply(uint64_t seq, Backend* from, const char* data, size_t len, bool is_error);
   // `timeout_pass`: for a timeout, the worker's number for the check that found it late.
+  // `unsent`: the connection never reached the server, so the request was not applied.
   void OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason, bool timeout,
-                        uint64_t timeout_pass = 0);
+                        uint64_t timeout_pass = 0, bool unsent = false);
   // Dedicated connection callbacks.
   void OnStreamFrame(const char* data, size_t len);
   void OnStreamFailure(const std::string& reason);
 
-  // Reply bytes held for the client and not yet written to it.
-  size_t UnsentBytes() const { return out_.size() + wbuf_.size() + held_bytes_; }
+  // Reply bytes ready for the client and not yet written to it (what it must read before a
+  // streamed reply may go on; replies held behind an open slot cannot drain meanwhile).
+  size_t StreamBacklog() const { return out_.size() + wbuf_.size(); }
   // A connection streaming this client a large reply waits until the client has read more
-  // (ResumeStream when UnsentBytes is low again); Forget: it went away meanwhile.
-  void WaitForDrain(BackendConn* c) { drain_waiter_ = c; }
+  // (ResumeStream when StreamBacklog is low again); Forget: it went away meanwhile.
+  void WaitForDrain(BackendConn* c) {
+    if (std::find(drain_waiters_.begin(), drain_waiters_.end(), c) == drain_waiters_.end()) {
+      drain_waiters_.push_back(c);
+    }
+  }
   void ForgetDrainWait(BackendConn* c) {
-    if (drain_waiter_ == c) drain_waiter_ = nullptr;
+    drain_waiters_.erase(std::remove(drain_waiters_.begin(), drain_waiters_.end(), c),
+                         drain_waiters_.end());
   }
 
   // Writes what is ready (called once per loop turn by the worker).
@@ -180,6 +188,8 @@ class ClientSession {
   void ResumeReading();
   // Reading resumes once in-flight requests and unread replies are well below their bounds.
   void MaybeResume();
+  // The connections waiting for this client to read (see WaitForDrain) read on.
+  void ResumeStreams();
   // Reply bytes held for the client that count against max_client_buffer_bytes.
   size_t CountedReplyBytes() const;
   void MaybeFinish();
@@ -224,7 +234,7 @@ class ClientSession {
   size_t held_bytes_ = 0;      // reply bytes waiting in slots behind an unanswered one
   size_t oversize_bytes_ = 0;  // the largest buffered reply larger than the bound (not counted)
   size_t accounted_ = 0;       // see accounted()
-  BackendConn* drain_waiter_ = nullptr;  // see WaitForDrain
+  std::vector<BackendConn*> drain_waiters_;  // see WaitForDrain
 
   ConnClass cls_;                   // database and RESP version: which connections serve it
   std::string name_;                // CLIENT SETNAME
@@ -260,15 +270,16 @@ class ClientSession {
   bool quit_pending_ = false;      // QUIT received while pinned: +OK once earlier replies are in
   bool quit_marker_sent_ = false;  // push mode: the PING that marks the end of what is due
   bool quit_marker_seen_ = false;
-  uint32_t push_pings_ = 0;  // the client's PINGs forwarded in push mode, not answered yet
+  std::string quit_marker_;  // its token
   // Why the session is pinned. A transaction (MULTI/WATCH) gives the connection back once
   // EXEC/DISCARD/UNWATCH has been answered; anything else (blocking, pub/sub, SELECT n, ...)
   // keeps it for the life of the client.
   bool pin_permanent_ = false;
   bool subscribed_ = false;  // pinned by (P|S)SUBSCRIBE until no subscription is left
   int64_t subscriptions_ = 0, shard_subscriptions_ = 0;
-  bool unpin_marker_sent_ = false;  // the PING sent to leave pub/sub; input waits for it
-  std::string unpin_marker_;        // its reply's exact bytes
+  uint64_t pending_sub_confirms_ = 0;  // channels of (P|S)SUBSCRIBEs sent, not confirmed yet
+  bool unpin_marker_sent_ = false;     // the PING sent to leave pub/sub; input waits for it
+  std::string unpin_marker_;           // its reply's exact bytes
   uint64_t unpin_marker_token_ = 0;
   std::set<std::string> channels_, patterns_, shard_channels_;  // subscribed, per the server
   bool resubscribing_ = false;      // waiting for a primary to renew them on

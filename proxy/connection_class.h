@@ -14,8 +14,8 @@ struct ConnClass {
   uint32_t user = 0;  // Credentials id (passthrough AUTH); 0: the proxy's backend credentials
 
   bool is_default() const { return db == 0 && proto == 2 && user == 0; }
-  // db < 2^20 (checked against the server's `databases`), user < 2^13 (Credentials::kMax).
-  uint64_t key() const { return (uint64_t{user} << 40) | (uint64_t{db} << 8) | proto; }
+  // db < 2^20 (checked against the server's `databases`), so db and proto fit 32 bits.
+  uint64_t key() const { return (uint64_t{user} << 32) | (uint64_t{db} << 8) | proto; }
   bool operator==(const ConnClass&) const = default;
 };
 

@@ -190,7 +190,10 @@ void ControlConn::OnRead(ssize_t n) {
     TlsStream::Status st = l->tls->Feed(l->tls_in.data(), l->tls_in.size(), &l->in);
     l->tls_in.Clear();
     if (st == TlsStream::Status::kError) return Fail("TLS: " + l->tls->error());
-    if (l->tls->has_output()) Flush();
+    if (l->tls->has_output()) {
+      Flush();
+      if (link_ != l) return;  // the write failed and dropped the connection
+    }
     if (st == TlsStream::Status::kClosed) n = UV_EOF;
   } else if (n > 0) {
     l->in.Commit(static_cast<size_t>(n));

@@ -240,8 +240,8 @@ void ReplicationMonitor::SendProbe(Probe& p) {
 }
 
 void ReplicationMonitor::AskFacts(Probe& p) {
-  p.facts_asked = true;
-  p.conn->Command(
+  // Asked again on the next probe if the connection could not take it yet (resolving).
+  p.facts_asked = p.conn->Command(
       [](ControlConn*, redisReply* r, void* privdata) {
         auto* b = static_cast<Backend*>(privdata);
         if (r->type != REDIS_REPLY_STRING) return;

@@ -167,6 +167,8 @@ void Server::OnAcceptable(Listener& l) {
       Log().error("accept: {}", std::strerror(errno));
       return;
     }
+    // The spare may have been lost to a worker taking the descriptor it freed: try again.
+    if (spare_fd_ < 0) spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     uint64_t limit = std::min<uint64_t>(max_clients_, config().max_clients);
     if (budget_.clients.load(std::memory_order_relaxed) >= static_cast<int64_t>(limit)) {
       Refuse(fd);

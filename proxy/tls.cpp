@@ -55,6 +55,12 @@ bool Configure(SSL_CTX* ctx, const TlsOptions& o, bool server, std::string* erro
     *error = "a certificate and key are needed to accept TLS";
     return false;
   }
+  if (server) {
+    // Without it, resuming a session fails when client certificates are verified (Java and
+    // others resume by default).
+    static const unsigned char kContext[] = "kompress";
+    SSL_CTX_set_session_id_context(ctx, kContext, sizeof kContext - 1);
+  }
   if (!o.ca_file.empty() || !o.ca_dir.empty()) {
     if (SSL_CTX_load_verify_locations(ctx, o.ca_file.empty() ? nullptr : o.ca_file.c_str(),
                                       o.ca_dir.empty() ? nullptr : o.ca_dir.c_str()) != 1) {

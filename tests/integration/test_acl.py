@@ -143,3 +143,17 @@ def test_passthrough_conflicts_with_requirepass():
     assert r.returncode == 2 and b"requirepass" in r.stderr and b"passthrough" in r.stderr, r
     r = run_proxy_once(["--auth-mode", "sometimes", "--check-config"])
     assert r.returncode == 2 and b"auth_mode" in r.stderr, r
+
+
+def test_wrong_password_flood_does_not_lock_out_real_users(acl_cluster, make_proxy):
+    """Thousands of wrong passwords (each a new pair the proxy must ask Redis about) never
+    keep a user with the right one out."""
+    p = passthrough_proxy(make_proxy, acl_cluster)
+    raw = connect(p.port, timeout=60)
+    n = 5000
+    raw.sendall(b"".join(encode_command("AUTH", "reader", f"guess{i}") for i in range(n)))
+    replies, _ = read_replies(raw, n, timeout=60)
+    assert all(r.startswith(b"-WRONGPASS") for r in replies), {r[:40] for r in replies}
+    raw.close()
+    ok = p.client(username="reader", password="r-pass")
+    assert ok.ping() is True

@@ -539,3 +539,26 @@ def test_subscriber_survives_losing_its_connection(fresh_cluster, make_proxy):
     assert read_replies(sub, 1, buf=rest)[0] == [b"+PONG\r\n"]
     sub.close()
     assert "marked down" not in p.stderr()
+
+
+def test_unsubscribe_and_subscribe_in_one_batch_stay_subscribed(proxy, cluster):
+    """UNSUBSCRIBE of the last channel and SUBSCRIBE of another in one write: the client is
+    still a subscriber afterwards (messages arrive, nothing stray), and a PING with an
+    argument then QUIT is answered like Redis answers it."""
+    s = connect(proxy.port)
+    send(s, "SUBSCRIBE", "batch:a")
+    read_replies(s, 1)
+    s.sendall(encode_command("UNSUBSCRIBE", "batch:a") + encode_command("SUBSCRIBE", "batch:b"))
+    replies, rest = read_replies(s, 2)
+    assert replies[0].endswith(b":0\r\n") and replies[1].endswith(b":1\r\n"), replies
+    wait_until(lambda: cluster.primary.client().pubsub_numsub("batch:b")[0][1] == 1, 5,
+               what="the subscription")
+    assert cluster.primary.client().publish("batch:b", "hi") == 1
+    got, rest = read_replies(s, 1, buf=rest)
+    assert got == [b"*3\r\n$7\r\nmessage\r\n$7\r\nbatch:b\r\n$2\r\nhi\r\n"], got
+    s.sendall(encode_command("PING", "x") + encode_command("QUIT"))
+    got, rest = read_replies(s, 2, buf=rest)
+    assert got == [b"*2\r\n$4\r\npong\r\n$1\r\nx\r\n", b"+OK\r\n"], got
+    s.settimeout(5)
+    assert s.recv(100) == b"", "not closed after QUIT"
+    s.close()
