@@ -18,7 +18,7 @@ RUN ./scripts/deps.sh \
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libuv1 libhiredis0.14 libyaml-cpp0.7 libspdlog1.10 libfmt9 libssl3 \
+      libuv1 libhiredis0.14 libyaml-cpp0.7 libspdlog1.10 libfmt9 libssl3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 kompress \
  && useradd --system --uid 10001 --gid kompress --no-create-home \
