@@ -1131,8 +1131,8 @@ void CrossCheck(const Config& c, const RawMap& raw) {
               SourceOf(raw, "tls_auth_clients"));
   }
   if (c.listen.port == 0 && c.tls_listen.empty()) {
-    FailPlain("listen: empty and no tls_listen (clients could not connect anywhere)",
-              SourceOf(raw, "listen"));
+    Fail("listen", "", "empty, and no tls_listen: clients could not connect anywhere",
+         SourceOf(raw, "listen"));
   }
   if (!c.tls_listen.empty() && c.tls_listen == FormatHostPort(c.listen.host, c.listen.port)) {
     Fail("tls_listen", c.tls_listen, "same address as listen", SourceOf(raw, "tls_listen"));
