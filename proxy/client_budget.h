@@ -6,10 +6,13 @@
 
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 #include "proxy/stats.h"
 
 namespace kp {
+
+class Worker;
 
 // Why the proxy closed a client on its own initiative (kompress_client_drops_total{reason}).
 enum class DropReason : uint8_t {
@@ -32,6 +35,7 @@ struct ClientBudget {
   std::atomic<int64_t> clients{0};      // accepted and not yet closed
   std::atomic<int64_t> reply_bytes{0};  // sum of the sessions' counted reply bytes
   Counter refused;                      // accepting thread only: over max_clients
+  std::vector<Worker*> workers;         // set before they start; read-only afterwards
 };
 
 }  // namespace kp

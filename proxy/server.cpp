@@ -231,6 +231,7 @@ int Server::Run() {
     workers_.back()->SetCredentials(&credentials_);
     workers_.back()->SetTls(backend_tls_, client_tls_);
   }
+  for (auto& w : workers_) budget_.workers.push_back(w.get());
   info_ = std::make_unique<ProxyInfo>(
       *group_, workers_,
       config().listen.port != 0 ? config().listen.ToString() : config().tls_listen,

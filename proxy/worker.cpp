@@ -100,9 +100,12 @@ void Worker::Reconfigure(std::shared_ptr<const Config> config,
 void Worker::OnAsync() {
   AcceptPending();
   bool drain;
+  bool enforce;
   std::shared_ptr<const Config> fresh;
   {
     std::lock_guard<std::mutex> g(mu_);
+    enforce = enforce_requested_;
+    enforce_requested_ = false;
     drain = drain_requested_;
     fresh.swap(pending_config_);
     if (fresh) {
@@ -122,6 +125,7 @@ void Worker::OnAsync() {
           &tick_, [](uv_timer_t* t) { static_cast<Worker*>(t->data)->OnTick(); }, period, period);
     }
   }
+  if (enforce) EnforceTotalBudget();
   if (drain && !draining_) BeginDrain();
 }
 
@@ -332,22 +336,52 @@ bool Worker::TakeSpareRetry() {
   return true;
 }
 
+ClientSession* Worker::LargestHolder() {
+  ClientSession* largest = nullptr;
+  for (ClientSession* c : clients_) {
+    if (!c->closed() && c->accounted() > 0 &&
+        (largest == nullptr || c->accounted() > largest->accounted())) {
+      largest = c;
+    }
+  }
+  largest_held_.store(largest != nullptr ? largest->accounted() : 0, std::memory_order_relaxed);
+  return largest;
+}
+
 void Worker::EnforceTotalBudget() {
   const int64_t bound = static_cast<int64_t>(config_->client.max_total_client_buffer_bytes);
   while (budget_->reply_bytes.load(std::memory_order_relaxed) > bound) {
     // Largest first, as Redis's maxmemory-clients evicts: the client that holds the most is
-    // the one not reading, and dropping it frees the most. (The largest on this worker: the
-    // worker that sees the total go over is the one whose clients just grew.)
-    ClientSession* largest = nullptr;
-    for (ClientSession* c : clients_) {
-      if (!c->closed() && c->accounted() > 0 &&
-          (largest == nullptr || c->accounted() > largest->accounted())) {
-        largest = c;
+    // the one not reading, and dropping it frees the most. Clients live on every worker, so
+    // when another worker has published a larger holder, that worker is asked to drop it
+    // rather than this one dropping its own smaller clients.
+    ClientSession* largest = LargestHolder();
+    size_t mine = largest != nullptr ? largest->accounted() : 0;
+    Worker* bigger = nullptr;
+    size_t biggest = mine;
+    for (Worker* w : budget_->workers) {
+      size_t theirs = w == this ? 0 : w->largest_held_.load(std::memory_order_relaxed);
+      if (theirs > biggest) {
+        biggest = theirs;
+        bigger = w;
       }
+    }
+    if (bigger != nullptr) {
+      bigger->RequestEnforce();
+      return;
     }
     if (largest == nullptr) return;
     largest->DropForTotalBudget();
   }
+}
+
+void Worker::RequestEnforce() {
+  // Under the lock: Shutdown() closes the async handle under it too, so it is never signalled
+  // once closed (other workers call this).
+  std::lock_guard<std::mutex> g(mu_);
+  if (async_closed_) return;
+  enforce_requested_ = true;
+  uv_async_send(&async_);
 }
 
 void Worker::OnCheck() {
@@ -387,6 +421,14 @@ void Worker::OnCheck() {
 
 void Worker::OnTick() {
   uint64_t now = uv_now(&loop_);
+  // While all clients together hold more than half the total bound, this worker's largest
+  // holder is kept published, so the worker that goes over asks the right one to drop.
+  if (budget_->reply_bytes.load(std::memory_order_relaxed) >
+      static_cast<int64_t>(config_->client.max_total_client_buffer_bytes / 2)) {
+    LargestHolder();
+  } else {
+    largest_held_.store(0, std::memory_order_relaxed);
+  }
   // Collected first: a timeout's retry may open a pool of another class meanwhile.
   std::vector<BackendConn*> shared;
   ForEachShared([&shared](BackendConn* c) { shared.push_back(c); });
@@ -455,7 +497,11 @@ void Worker::Shutdown() {
   idle.swap(idle_dedicated_);
   for (BackendConn* c : idle) c->Shutdown("proxy shutting down", true);
   auto close = [](auto* h) { uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr); };
-  close(&async_);
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    async_closed_ = true;
+    close(&async_);
+  }
   close(&check_);
   close(&idle_);
   close(&tick_);

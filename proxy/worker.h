@@ -114,6 +114,9 @@ class Worker {
   // All clients together hold more than limits.max_total_client_buffer_bytes: closes this
   // worker's clients holding the most until the total fits (or none holds anything).
   void EnforceTotalBudget();
+  // Thread-safe: another worker found all clients over the total bound and this worker's
+  // published largest holder the largest: run EnforceTotalBudget on this loop.
+  void RequestEnforce();
 
  private:
   void Run();
@@ -122,6 +125,8 @@ class Worker {
   void OnTick();
   void OnParkTimer();
   void AcceptPending();
+  // This worker's client holding the most (nullptr: none holds anything); publishes it.
+  ClientSession* LargestHolder();
   void BeginDrain();
   void FinishIfDrained();
   void Shutdown();
@@ -151,11 +156,15 @@ class Worker {
   std::shared_ptr<const Config> pending_config_;
   std::shared_ptr<const TlsContext> pending_backend_tls_, pending_client_tls_;
   bool drain_requested_ = false;
+  bool enforce_requested_ = false;
+  bool async_closed_ = false;  // guarded by mu_
   bool draining_ = false;
   bool shut_down_ = false;
 
   std::unordered_set<ClientSession*> clients_;
   std::atomic<size_t> client_count_{0};
+  // Reply bytes held by this worker's largest client (see LargestHolder); read by others.
+  std::atomic<size_t> largest_held_{0};
   std::atomic<bool> finished_{false};
   uint64_t next_client_id_;
   struct Pool {

@@ -30,7 +30,7 @@ import time
 import pytest
 
 import fixtures
-from fixtures import (HOST, SLOWDOWN, IncompleteReply, Proxy, connect, encode_command,
+from fixtures import (HOST, SLOWDOWN, IncompleteReply, Proxy, connect, encode_command, metric,
                       free_port, http_get, port_accepts, read_replies, read_until_closed,
                       reply_end, run_proxy_once, wait_until)
 
@@ -1161,3 +1161,59 @@ def test_reader_that_stops_mid_reply_is_closed_after_the_timeout(fresh_cluster, 
     good.assert_clean()
     assert_no_backend_marked_down(proxy)
     assert c.replicas[0].calls("get") > 0
+
+
+def test_total_bound_drops_the_biggest_holder_on_another_worker(fresh_cluster, make_proxy):
+    """Two workers. Clients that hold most sit on one worker; a client on the other worker
+    then takes the total over max_total_client_buffer_bytes. The biggest holder (on the first
+    worker) is dropped, not the client whose growth was seen last."""
+    c = fresh_cluster
+    c.primary.client().set("abuse:mb", b"m" * VALUE_BYTES)
+    c.wait_replicated()
+    admin = free_port()
+    p = make_proxy(c.primary.port, [c.replicas[0].port],
+                   extra_args=["--workers", "2", "--timeout", "1", "--admin-listen",
+                               f"{HOST}:{admin}", "--max-client-buffer-bytes", str(16 * MB),
+                               "--max-total-client-buffer-bytes", str(44 * MB)],
+                   use_base_args=False)
+    p.admin = admin
+
+    def client():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.connect((HOST, p.port))
+        s.sendall(encode_command("CLIENT", "ID"))
+        (reply,), _ = read_replies(s, 1)
+        return s, int(reply[1:-2]) >> 48  # the worker is in the id's high bits
+
+    pool = [client() for _ in range(8)]
+    by_worker = {}
+    for s, w in pool:
+        by_worker.setdefault(w, []).append(s)
+    assert sorted(by_worker) == [0, 1] and all(len(v) >= 3 for v in by_worker.values()), \
+        {w: len(v) for w, v in by_worker.items()}
+    bigs, small = by_worker[0][:3], by_worker[1][0]
+    read_mb = encode_command("GETRANGE", "abuse:mb", "0", "-1")
+    try:
+        # About 13 MB held by each on worker 0 (the kernel takes the rest): 39 MB, under the
+        # 44 MB bound.
+        for s in bigs:
+            s.sendall(read_mb * 14)
+        wait_until(lambda: metric(http_get(admin, "/metrics")[1],
+                                  "kompress_client_buffer_bytes") >= 36 * MB,
+                   15 * SLOWDOWN, interval=0.1, what="worker 0's clients to hold their replies")
+        time.sleep(0.5)  # a few ticks: worker 0 publishes its largest holder
+        # About 8 MB on worker 1, less than any big holder: the total goes over the bound.
+        small.sendall(read_mb * 9)
+        wait_until(lambda: client_drops(p, "max_total_client_buffer_bytes") >= 1,
+                   15 * SLOWDOWN, interval=0.1, what="a drop for the total bound")
+        time.sleep(0.3)
+        replies, closed = read_n_or_closed(small, 9, timeout=10 * SLOWDOWN)
+        assert not closed and len(replies) == 9, \
+            f"the small client on the other worker was dropped instead of the biggest holder"
+        fates = [read_n_or_closed(s, 14, timeout=10 * SLOWDOWN)[1] for s in bigs]
+        assert any(fates), "no big holder was dropped"
+    finally:
+        for s, _ in pool:
+            s.close()
+    assert p.alive
