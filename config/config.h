@@ -37,6 +37,11 @@ struct ClientLimits {
 };
 
 struct Config {
+  // The topology comes from outside (the Sentinels, or the cluster) rather than this config:
+  // it is expected to change, and requests may wait for it to.
+  bool external_topology() const { return !sentinels.empty() || !cluster_nodes.empty(); }
+  bool cluster() const { return !cluster_nodes.empty(); }
+
   Endpoint listen{"127.0.0.1", 6380};
   Endpoint primary{"localhost", 6379};
   std::vector<Endpoint> replicas;  // empty: the primary serves reads too
@@ -46,6 +51,9 @@ struct Config {
   std::string sentinel_master;
   std::string sentinel_username;
   std::string sentinel_password;
+  // Redis Cluster: seed nodes; when set the proxy learns the shards and their slots from the
+  // cluster (instead of primary/replicas/sentinels) and routes each request by hash slot.
+  std::vector<Endpoint> cluster_nodes;
   double timeout_s = 5.0;  // per command, backend side
   unsigned workers = 0;    // 0: one per core
   // Client connections at once; lowered at start-up to fit the descriptor limit.

@@ -162,6 +162,12 @@ const std::vector<KeySpec>& Specs() {
        "Password the proxy AUTHs to Sentinels with.", 0, 0,
        [](Config& c, const Value& v) { c.sentinel_password = std::get<std::string>(v); },
        [](const Config& c) { return ShowSecret(c.sentinel_password); }},
+      {"cluster_nodes", Kind::kEndpointList, "H:P,H:P",
+       "Redis Cluster seed nodes (instead of primary/replicas/sentinels): the proxy learns the "
+       "shards and routes each request by hash slot.",
+       0, 0,
+       [](Config& c, const Value& v) { c.cluster_nodes = std::get<std::vector<Endpoint>>(v); },
+       [](const Config& c) { return ShowOrNone(FormatList(c.cluster_nodes), "(none)"); }},
       {"timeout", Kind::kDuration, "SECONDS", "Per-command timeout on the backend side.", 1, 0,
        [](Config& c, const Value& v) { c.timeout_s = std::get<double>(v); },
        [](const Config& c) { return FormatDuration(c.timeout_s); }},
@@ -1177,6 +1183,25 @@ void CrossCheck(const Config& c, const RawMap& raw) {
       if (e == c.listen) {
         Fail("sentinels", FormatHostPort(e.host, e.port), "same address as listen",
              SourceOf(raw, "sentinels"));
+      }
+    }
+  }
+  if (!c.cluster_nodes.empty()) {
+    // The cluster describes its own nodes: a primary, replicas or Sentinels given as well
+    // would be a second, conflicting source of truth.
+    for (std::string_view key : {"primary", "replicas", "sentinels", "sentinel_master"}) {
+      std::string from = SourceOf(raw, key);
+      if (from != "default") {
+        FailPlain(std::string(key) +
+                      ": set together with cluster_nodes (with Redis Cluster the shards come "
+                      "from the cluster itself; remove one of the two)",
+                  from);
+      }
+    }
+    for (const Endpoint& e : c.cluster_nodes) {
+      if (e == c.listen) {
+        Fail("cluster_nodes", FormatHostPort(e.host, e.port), "same address as listen",
+             SourceOf(raw, "cluster_nodes"));
       }
     }
   }

@@ -73,10 +73,10 @@ void AdminServer::CloseConn(Conn* c) {
            [](uv_handle_t* h) { delete static_cast<Conn*>(h->data); });
 }
 
-AdminServer::AdminServer(uv_loop_t* loop, const BackendGroup& backends,
+AdminServer::AdminServer(uv_loop_t* loop, const Topology& topology,
                          std::function<std::vector<const WorkerStats*>()> stats,
                          std::function<size_t()> clients)
-    : loop_(loop), backends_(backends), stats_(std::move(stats)), clients_(std::move(clients)) {}
+    : loop_(loop), topology_(topology), stats_(std::move(stats)), clients_(std::move(clients)) {}
 
 bool AdminServer::Start(const std::string& host_port) {
   size_t colon = host_port.rfind(':');
@@ -213,16 +213,16 @@ std::string AdminServer::Respond(const std::string& head) const {
     body = "ok\n";
   } else if (path == "/readyz") {
     bool any_up = false;
-    for (size_t i = 0; i < backends_.size(); ++i) {
-      const Backend& b = *backends_.node(i);
-      if (b.role() == BackendRole::kNone) continue;
+    ForEachNode([&](const Backend& b) {
+      if (b.role() == BackendRole::kNone) return;
+      if (topology_.cluster()) body += "shard " + std::to_string(b.group()) + " ";
       body += std::string(RoleName(b)) + " " + b.name() + (b.up() ? " up" : " down");
       if (b.is_primary() && b.up() && !b.serves_writes()) body += " (not confirmed as primary)";
       if (b.is_replica() && b.up() && !b.serves_reads()) body += " (gets no reads)";
       body += "\n";
       any_up = any_up || b.up();
-    }
-    if (backends_.primary() == nullptr) body += "no primary known\n";
+    });
+    if (topology_.main().primary() == nullptr) body += "no primary known\n";
     if (notes_) body += notes_();
     if (draining_) {
       status = 503;
@@ -249,6 +249,12 @@ std::string AdminServer::Respond(const std::string& head) const {
   return resp;
 }
 
+std::string AdminServer::NodeLabels(const Backend& b) const {
+  std::string l = "backend=\"" + b.name() + "\"";
+  if (topology_.cluster()) l += ",shard=\"" + std::to_string(b.group()) + "\"";
+  return l;
+}
+
 std::string AdminServer::Metrics() const {
   std::vector<const WorkerStats*> all = stats_();
   auto sum = [&](auto field) {
@@ -261,15 +267,13 @@ std::string AdminServer::Metrics() const {
 
   AppendMetric(out, "kompress_backend_up", "1 when the backend answers its probes.", "gauge");
   auto each = [&](BackendRole role, auto fn) {
-    for (size_t i = 0; i < backends_.size(); ++i) {
-      const Backend& b = *backends_.node(i);
+    ForEachNode([&](const Backend& b) {
       if (b.role() == role) fn(b);
-    }
+    });
   };
   for (BackendRole role : {BackendRole::kPrimary, BackendRole::kReplica}) {
     each(role, [&](const Backend& b) {
-      AppendValue(out,
-                  "kompress_backend_up{backend=\"" + b.name() + "\",role=\"" + RoleName(b) + "\"}",
+      AppendValue(out, "kompress_backend_up{" + NodeLabels(b) + ",role=\"" + RoleName(b) + "\"}",
                   b.up() ? 1 : 0);
     });
   }
@@ -277,24 +281,26 @@ std::string AdminServer::Metrics() const {
                "The node that takes writes now (1 while it is up and confirmed as primary).",
                "gauge");
   each(BackendRole::kPrimary, [&](const Backend& b) {
-    AppendValue(out, "kompress_primary{backend=\"" + b.name() + "\"}", b.serves_writes() ? 1 : 0);
+    AppendValue(out, "kompress_primary{" + NodeLabels(b) + "}", b.serves_writes() ? 1 : 0);
   });
   AppendMetric(out, "kompress_topology_changes_total",
                "Times the primary changed (failover, switchover).", "counter");
-  AppendValue(out, "kompress_topology_changes_total", backends_.topology_changes());
+  uint64_t changes = 0;
+  for (size_t g = 0; g < topology_.groups(); ++g) changes += topology_.group(g)->topology_changes();
+  AppendValue(out, "kompress_topology_changes_total", changes);
   AppendMetric(out, "kompress_replica_serves_reads",
                "1 when the replica is up, replicates the current primary, is linked, not "
                "syncing and within the lag limits.",
                "gauge");
   each(BackendRole::kReplica, [&](const Backend& b) {
-    AppendValue(out, "kompress_replica_serves_reads{backend=\"" + b.name() + "\"}",
+    AppendValue(out, "kompress_replica_serves_reads{" + NodeLabels(b) + "}",
                 b.serves_reads() ? 1 : 0);
   });
   AppendMetric(out, "kompress_replica_lag_bytes",
                "Replication stream bytes the replica is behind the primary (-1: unknown).",
                "gauge");
   each(BackendRole::kReplica, [&](const Backend& b) {
-    AppendSigned(out, "kompress_replica_lag_bytes{backend=\"" + b.name() + "\"}", b.lag_bytes);
+    AppendSigned(out, "kompress_replica_lag_bytes{" + NodeLabels(b) + "}", b.lag_bytes);
   });
   AppendMetric(out, "kompress_replica_lag_seconds",
                "How long ago the primary last had no data the replica lacks (-1: unknown).",
@@ -302,7 +308,7 @@ std::string AdminServer::Metrics() const {
   each(BackendRole::kReplica, [&](const Backend& b) {
     char v[64];
     std::snprintf(v, sizeof v, "%.3f", b.lag_seconds);
-    out += "kompress_replica_lag_seconds{backend=\"" + b.name() + "\"} " + v + "\n";
+    out += "kompress_replica_lag_seconds{" + NodeLabels(b) + "} " + v + "\n";
   });
   if (extra_metrics_) out += extra_metrics_();
   AppendMetric(out, "kompress_client_connections", "Client connections open now.", "gauge");
@@ -318,6 +324,10 @@ std::string AdminServer::Metrics() const {
               sum(&WorkerStats::reads_primary_ryw));
   AppendValue(out, "kompress_requests_total{route=\"primary_write\"}", sum(&WorkerStats::writes));
   AppendValue(out, "kompress_requests_total{route=\"failover\"}", sum(&WorkerStats::failovers));
+  if (topology_.cluster()) {
+    AppendValue(out, "kompress_requests_total{route=\"absent_recheck\"}",
+                sum(&WorkerStats::absent_rechecks));
+  }
   AppendValue(out, "kompress_requests_total{route=\"pinned\"}", sum(&WorkerStats::pinned_requests));
   AppendMetric(out, "kompress_requests_received_total",
                "Requests received from clients (all kinds).", "counter");

@@ -13,13 +13,14 @@
 
 #include "proxy/backend.h"
 #include "proxy/stats.h"
+#include "proxy/topology.h"
 
 namespace kp {
 
 class AdminServer {
  public:
   // `stats` returns every worker's counters; read from the main thread with relaxed loads.
-  AdminServer(uv_loop_t* loop, const BackendGroup& backends,
+  AdminServer(uv_loop_t* loop, const Topology& topology,
               std::function<std::vector<const WorkerStats*>()> stats,
               std::function<size_t()> clients);
   // Returns false (and logs) when the address cannot be bound.
@@ -45,7 +46,17 @@ class AdminServer {
   std::string Respond(const std::string& request_head) const;
 
   uv_loop_t* loop_;
-  const BackendGroup& backends_;
+  const Topology& topology_;
+  // Every node of every group (all shards with Redis Cluster).
+  template <typename Fn>
+  void ForEachNode(Fn fn) const {
+    for (size_t g = 0; g < topology_.groups(); ++g) {
+      const BackendGroup& group = *topology_.group(g);
+      for (size_t i = 0; i < group.size(); ++i) fn(*group.node(i));
+    }
+  }
+  // The label naming a node, with its shard under Redis Cluster.
+  std::string NodeLabels(const Backend& b) const;
   std::function<std::vector<const WorkerStats*>()> stats_;
   std::function<size_t()> clients_;
   std::function<std::string()> extra_metrics_;

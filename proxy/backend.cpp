@@ -72,16 +72,15 @@ bool Backend::SetReplicationState(uint64_t epoch_at_probe, bool qualified, int64
   return qualified_.exchange(qualified, std::memory_order_acq_rel) != qualified;
 }
 
-BackendGroup::BackendGroup() = default;
+BackendGroup::BackendGroup(size_t id, std::atomic<size_t>* next_index, size_t max_index)
+    : id_(id), next_index_(next_index), max_index_(max_index) {}
 
-std::unique_ptr<BackendGroup> BackendGroup::FromConfig(const Config& config) {
-  auto group = std::make_unique<BackendGroup>();
-  if (!config.sentinels.empty()) return group;  // Sentinel names the nodes
-  Backend* primary = group->FindOrAdd(config.primary);
+void BackendGroup::AddConfigured(const Config& config) {
+  if (config.external_topology()) return;  // the Sentinels or the cluster name the nodes
+  Backend* primary = FindOrAdd(config.primary);
   primary->set_role(BackendRole::kPrimary);
-  group->primary_.store(primary, std::memory_order_release);
-  for (const auto& r : config.replicas) group->FindOrAdd(r)->set_role(BackendRole::kReplica);
-  return group;
+  primary_.store(primary, std::memory_order_release);
+  for (const auto& r : config.replicas) FindOrAdd(r)->set_role(BackendRole::kReplica);
 }
 
 Backend* BackendGroup::Find(const Endpoint& ep) const {
@@ -96,7 +95,10 @@ Backend* BackendGroup::FindOrAdd(const Endpoint& ep) {
   if (Backend* b = Find(ep)) return b;
   size_t n = size();
   if (n == kMaxNodes) return nullptr;
-  nodes_[n] = std::make_unique<Backend>(n, ep);
+  size_t index = next_index_->load(std::memory_order_relaxed);
+  if (index >= max_index_) return nullptr;
+  next_index_->store(index + 1, std::memory_order_release);  // control plane only: no race
+  nodes_[n] = std::make_unique<Backend>(index, id_, n, ep);
   count_.store(n + 1, std::memory_order_release);  // the node is complete before it is seen
   return nodes_[n].get();
 }

@@ -27,13 +27,19 @@ enum class BackendRole : uint8_t {
 
 class Backend {
  public:
-  Backend(size_t index, Endpoint endpoint)
+  Backend(size_t index, size_t group, size_t position, Endpoint endpoint)
       : index_(index),
+        group_(group),
+        position_(position),
         endpoint_(std::move(endpoint)),
         name_(endpoint_.ToString()),
         unavailable_since_ms_(MonotonicMs()) {}  // not confirmed yet: just "changed"
 
+  // Unique across every group of the topology (workers keep per-node state by it).
   size_t index() const { return index_; }
+  // The group it belongs to (Topology::group), and its place within it.
+  size_t group() const { return group_; }
+  size_t position() const { return position_; }
   BackendRole role() const { return role_.load(std::memory_order_acquire); }
   bool is_primary() const { return role() == BackendRole::kPrimary; }
   bool is_replica() const { return role() == BackendRole::kReplica; }
@@ -108,6 +114,8 @@ class Backend {
 
  private:
   size_t index_;
+  size_t group_;
+  size_t position_;
   std::atomic<BackendRole> role_{BackendRole::kNone};
   Endpoint endpoint_;
   std::string name_;
@@ -137,17 +145,20 @@ struct PrimaryProgress {
   std::atomic<uint32_t> history{0};
 };
 
-// One primary and its replicas: the group a client's requests are served by (a Redis Cluster
-// shard later). Nodes are added by the control plane and never removed, so workers may hold
-// pointers to them; what changes is each node's role and which node is the primary, always
-// through ReplicationMonitor. Workers read the topology with a few atomic loads.
+// One primary and its replicas: the group a client's requests are served by (the only one,
+// or one Redis Cluster shard). Nodes are added by the control plane and never removed, so
+// workers may hold pointers to them; what changes is each node's role and which node is the
+// primary, always through ReplicationMonitor. Workers read the topology with a few atomic
+// loads.
 class BackendGroup {
  public:
   static constexpr size_t kMaxNodes = 64;
 
-  BackendGroup();
-  // The configured nodes of a static topology (primary first); none with Sentinel.
-  static std::unique_ptr<BackendGroup> FromConfig(const Config& config);
+  // `next_index` numbers nodes across all groups (Backend::index); `id`: this group's number.
+  BackendGroup(size_t id, std::atomic<size_t>* next_index, size_t max_index);
+  // The configured nodes of a static topology (primary first); none with Sentinel or Cluster.
+  void AddConfigured(const Config& config);
+  size_t id() const { return id_; }
 
   // The node that takes writes, or nullptr while none is known (Sentinel not asked yet).
   Backend* primary() const { return primary_.load(std::memory_order_acquire); }
@@ -166,6 +177,9 @@ class BackendGroup {
   const PrimaryProgress& progress() const { return progress_; }
 
  private:
+  size_t id_;
+  std::atomic<size_t>* next_index_;
+  size_t max_index_;
   std::unique_ptr<Backend> nodes_[kMaxNodes];
   std::atomic<size_t> count_{0};
   std::atomic<Backend*> primary_{nullptr};

@@ -69,7 +69,7 @@ void BackendConn::QueueHandshake() {
     std::tie(username, password) = worker_->credentials().Get(cls_.user);
   }
   Buffer hs;
-  uint8_t kinds[2];
+  uint8_t kinds[3];
   size_t n = 0;
   if (cls_.proto == 3) {
     std::string user = username.empty() ? "default" : username;
@@ -90,6 +90,13 @@ void BackendConn::QueueHandshake() {
     std::string_view args[] = {"SELECT", db};
     resp::AppendCommand(hs, args);
     kinds[n++] = kHandshakeSelect;
+  }
+  if (c.cluster()) {
+    // Redis Cluster replicas answer reads only on READONLY connections (harmless on a
+    // primary, and a replica may become one).
+    std::string_view args[] = {"READONLY"};
+    resp::AppendCommand(hs, args);
+    kinds[n++] = kHandshakeReadonly;
   }
   if (n == 0) return;
   hs.Append(out_.data(), out_.size());
@@ -115,9 +122,10 @@ void BackendConn::HandshakeRefused(uint64_t kind, const char* p, size_t len) {
   // A refused AUTH is a configuration problem of that node (marked down, as the monitor's
   // own AUTH would find); a refused SELECT or HELLO concerns only this class.
   std::string text(p + 1, len > 3 ? len - 3 : 0);
-  const char* what = kind == kHandshakeAuth    ? "AUTH"
-                     : kind == kHandshakeHello ? "HELLO 3"
-                                               : "SELECT";
+  const char* what = kind == kHandshakeAuth     ? "AUTH"
+                     : kind == kHandshakeHello  ? "HELLO 3"
+                     : kind == kHandshakeSelect ? "SELECT"
+                                                : "READONLY";
   // An ACL user's password refused is that client's business, never the node's.
   Fail(std::string(what) + " refused: " + text, kind == kHandshakeAuth && cls_.user == 0);
 }

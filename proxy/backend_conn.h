@@ -94,7 +94,8 @@ class BackendConn {
   // AUTH / HELLO 3 / SELECT for the connection's class, first on every new connection.
   void QueueHandshake();
   void HandshakeRefused(uint64_t kind, const char* reply, size_t len);
-  static constexpr uint8_t kHandshakeAuth = 0, kHandshakeHello = 1, kHandshakeSelect = 2;
+  static constexpr uint8_t kHandshakeAuth = 0, kHandshakeHello = 1, kHandshakeSelect = 2,
+                           kHandshakeReadonly = 3;
 
   static void AllocCb(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
   static void ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
@@ -121,7 +122,7 @@ class BackendConn {
   ClientSession* drain_waiter_ = nullptr;
   ConnClass cls_;
   int auth_replies_expected_ = 0;  // dedicated mode: handshake frames to check and swallow
-  uint8_t handshake_kinds_[2] = {0, 0};
+  uint8_t handshake_kinds_[3] = {0, 0, 0};
   uint8_t handshake_next_ = 0;
   uint64_t deadline_ms_ = 0;  // dedicated mode: see SetDeadline; 0 = none
   size_t cancelled_ = 0;      // shared mode: leading pending entries already answered by timeout

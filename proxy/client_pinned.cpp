@@ -42,13 +42,13 @@ bool IsSubscribeConfirmation(const char* data, size_t len, int proto) {
 // ---- pinned sessions ----
 
 bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, const char* raw,
-                                size_t len) {
-  Backend* primary = worker_->backends().primary();
+                                size_t len, bool multi_first) {
+  Backend* primary = PinGroup().primary();
   if (primary == nullptr || !primary->serves_writes()) {
     // During a failover a transaction, a blocking command or a subscription waits for the
     // new primary like a write does (up to the timeout), rather than failing at once.
     uint64_t now = worker_->now();
-    if (MayWait() && (pin_wait_deadline_ == 0 || now < pin_wait_deadline_)) {
+    if (MayWait(PinGroup()) && (pin_wait_deadline_ == 0 || now < pin_wait_deadline_)) {
       if (pin_wait_deadline_ == 0) pin_wait_deadline_ = now + worker_->timeout_ms();
       waiting_to_pin_ = true;
       worker_->Park(this);
@@ -58,7 +58,7 @@ bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, cons
     worker_->stats().errors++;
     std::string why = PrimaryUnavailable(primary);
     // What follows a MULTI that could not start must not run outside the transaction.
-    if (EqualsLower(req.arg(0), "multi")) multi_refused_ = true;
+    if (multi_first || EqualsLower(req.arg(0), "multi")) multi_refused_ = true;
     ReplyErrorNow(why);
     return true;
   }
@@ -83,6 +83,18 @@ bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, cons
     resp::AppendCommand(inject_, args);
     SendPinned(inject_.data(), inject_.size(), {false, true, false});
     dedicated_reusable_ = false;
+  }
+  if (multi_first) {
+    // The client had its +OK for MULTI already: the server's is dropped.
+    static constexpr char kMulti[] = "*1\r\n$5\r\nMULTI\r\n";
+    Request m;
+    m.argc = m.nviews = 1;
+    m.argv[0] = "MULTI";
+    RouteDecision md = worker_->router().Classify(m);
+    PinnedReq kind = TrackPinnedState(m, md);
+    --stream_outstanding_;
+    kind.swallow = true;
+    SendPinned(kMulti, sizeof kMulti - 1, kind);
   }
   ForwardPinned(req, d, raw, len);
   return true;
@@ -247,9 +259,17 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (swallow) return;  // the reply to a command the proxy added (CLIENT SETNAME, PUBLISH)
   // Anything answered on the dedicated connection may have been a write (EXEC, BLPOP...):
   // the reads that follow once the session is unpinned must see it. (Not pub/sub traffic.)
-  if (!push_mode_) ryw_.OnWrite(worker_->backends().progress());
+  if (!push_mode_) Ryw(pin_group_).OnWrite(PinGroup().progress());
   if (len > worker_->config().client.max_client_buffer_bytes) {
     oversize_bytes_ = std::max(oversize_bytes_, len);
+  }
+  if (worker_->topology().cluster() && len > 5 &&
+      (std::memcmp(data, "-MOVED ", 7) == 0 || std::memcmp(data, "-ASK ", 5) == 0)) {
+    // A command of the pinned session (a transaction) for a key another shard serves: what
+    // Redis says of keys in several slots, never a redirection the client cannot follow.
+    static constexpr char kCross[] = "-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+    data = kCross;
+    len = sizeof kCross - 1;
   }
   out_.Append(data, len);
   worker_->MarkDirty(this);
@@ -452,7 +472,7 @@ void ClientSession::TryResubscribe() {
   // A subscriber waits for a primary longer than a request would: it has nothing else to do,
   // and failovers take seconds.
   constexpr uint64_t kPatienceMs = 30'000;
-  Backend* primary = worker_->backends().primary();
+  Backend* primary = PinGroup().primary();
   if (primary == nullptr || !primary->serves_writes()) {
     if (worker_->now() - resubscribe_since_ < kPatienceMs) return;
     resubscribing_ = false;

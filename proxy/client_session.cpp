@@ -280,6 +280,7 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
     InRefusedTransaction(req, d);
     return true;
   }
+  if (cluster_multi_) return EnterPinnedCluster(req, d, raw, len);
   switch (d.route) {
     case Route::kLocal:
       HandleLocal(d.local, req);
@@ -288,19 +289,26 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
       ReplyErrorNow(d.deny_reason);
       return true;
     case Route::kPin:
+      if (worker_->topology().cluster()) return EnterPinnedCluster(req, d, raw, len);
       return EnterPinned(req, d, raw, len);
     case Route::kRead:
     case Route::kWrite:
-      Dispatch(req, d, raw, len);
+      if (worker_->topology().cluster()) {
+        DispatchCluster(req, d, raw, len);
+      } else {
+        Dispatch(req, d, raw, len);
+      }
       return true;
   }
   return true;
 }
 
 void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const char* raw,
-                             size_t len) {
+                             size_t len, uint16_t group, uint16_t hslot) {
   uint64_t seq = NewSlot();
   Slot& s = SlotAt(seq);
+  s.group = group;
+  s.hslot = hslot;
   s.start_ns = uv_hrtime();
   s.kind = d.route == Route::kRead ? 1 : 2;
   s.is_read = d.route == Route::kRead;
@@ -309,15 +317,25 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
   if (!parked_.empty() || !Send(seq, &req, d, raw, len)) Park(seq, raw, len);
 }
 
+BackendGroup& ClientSession::GroupOf(uint64_t seq) {
+  return *worker_->topology().group(SlotAt(seq).group);
+}
+
+BackendGroup& ClientSession::PinGroup() {
+  return *worker_->topology().group(pin_group_);
+}
+
 bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& d, const char* raw,
                          size_t len) {
-  Backend* primary = worker_->backends().primary();
-  bool primary_ok = primary != nullptr && primary->serves_writes();
   Slot& s = SlotAt(seq);
+  BackendGroup& group = GroupOf(seq);
+  Backend* primary = group.primary();
+  bool primary_ok = primary != nullptr && primary->serves_writes();
   bool keep = raw != s.request.data();  // a parked request is sent from its slot
+  bool cluster = worker_->topology().cluster();
   uint64_t deadline = worker_->now() + worker_->timeout_ms();
   if (s.is_read) {
-    ReadTarget t = PickReadTarget(req, d);
+    ReadTarget t = PickReadTarget(req, d, group);
     if (t.replica != nullptr) {
       if (keep) s.request.Append(raw, len);
       worker_->stats().reads_replica++;
@@ -329,14 +347,14 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
     if (!primary_ok) return false;
     s.tried_primary = true;
     // Kept in case the primary fails it and a replica can still answer (RetryOnReplica).
-    if (keep && worker_->backends().size() > 1) s.request.Append(raw, len);
+    if (keep && (group.size() > 1 || cluster)) s.request.Append(raw, len);
     (t.for_read_your_writes ? worker_->stats().reads_primary_ryw
                             : worker_->stats().reads_primary)++;
   } else {
     if (!primary_ok) return false;
     // Kept (when small) so a write refused with READONLY by a node that has just stopped
-    // being the primary can go to the new one.
-    if (keep && len <= kKeepWriteBytes) s.request.Append(raw, len);
+    // being the primary can go to the new one; with Redis Cluster always, for MOVED.
+    if (keep && (len <= kKeepWriteBytes || cluster)) s.request.Append(raw, len);
     worker_->stats().writes++;
     ++writes_inflight_;
   }
@@ -347,18 +365,19 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
   return true;
 }
 
-bool ClientSession::MayWait() const {
+bool ClientSession::MayWait(const BackendGroup& g) const {
   // A request waits (up to the timeout) for a backend while the topology is changing: with
-  // Sentinel a failover is expected to name a new primary; without it, a primary lost less
-  // than a timeout ago may come back (restart, switchover). One gone for longer fails fast.
-  const Backend* primary = worker_->backends().primary();
-  if (primary == nullptr || !worker_->config().sentinels.empty()) return true;
+  // Sentinel (or Redis Cluster) a failover is expected to name a new primary; without it, a
+  // primary lost less than a timeout ago may come back (restart, switchover). One gone for
+  // longer fails fast.
+  const Backend* primary = g.primary();
+  if (primary == nullptr || worker_->config().external_topology()) return true;
   return MonotonicMs() - primary->unavailable_since_ms() < worker_->timeout_ms();
 }
 
 void ClientSession::Park(uint64_t seq, const char* raw, size_t len) {
   Slot& s = SlotAt(seq);
-  if (parked_.empty() && !MayWait()) {
+  if (parked_.empty() && !MayWait(GroupOf(seq))) {
     FailParked(seq);
     return;
   }
@@ -389,6 +408,11 @@ bool ClientSession::RetryParked() {
     Slot& s = SlotAt(seq);
     if (!closed_) {
       plain.route = s.is_read ? Route::kRead : Route::kWrite;
+      // The slot's owner may have changed meanwhile (a shard failover, a MOVED).
+      if (s.hslot != kNoSlot) {
+        uint16_t g = worker_->topology().GroupOfSlot(s.hslot);
+        if (g != Topology::kNoGroup) s.group = g;
+      }
       if (Send(seq, nullptr, plain, s.request.data(), s.request.size())) {
         parked_.pop_front();
         --inflight_;
@@ -408,13 +432,13 @@ void ClientSession::FailParked(uint64_t seq) {
   worker_->stats().errors++;
   if (SlotAt(seq).is_read) {
     // Why the primary cannot answer either (a certificate refused, connection refused...).
-    const Backend* primary = worker_->backends().primary();
+    const Backend* primary = GroupOf(seq).primary();
     std::string why = primary != nullptr ? primary->last_error() : std::string();
     CompleteError(seq, why.empty() ? std::string(errors::kNoBackendForRead)
                                    : std::string(errors::kNoBackendForRead) + " (primary " +
                                          primary->name() + ": " + why + ")");
   } else {
-    CompleteError(seq, PrimaryUnavailable(worker_->backends().primary()));
+    CompleteError(seq, PrimaryUnavailable(GroupOf(seq).primary()));
   }
 }
 
@@ -422,8 +446,9 @@ std::string ClientSession::PrimaryUnavailable(const Backend* primary) const {
   std::string msg(errors::kPrimaryDown);
   if (primary == nullptr) {
     return msg + " (no primary known yet: " +
-           (worker_->config().sentinels.empty() ? std::string("none configured")
-                                                : "the Sentinels have not named one") +
+           (worker_->config().cluster()           ? std::string("the cluster has not named one")
+            : worker_->config().sentinels.empty() ? std::string("none configured")
+                                                  : "the Sentinels have not named one") +
            ")";
   }
   msg += " (" + primary->name();
@@ -432,18 +457,18 @@ std::string ClientSession::PrimaryUnavailable(const Backend* primary) const {
   return msg + ")";
 }
 
-ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req,
-                                                        const RouteDecision& d) {
+ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, const RouteDecision& d,
+                                                        const BackendGroup& g) {
   ReadTarget t;
   Worker& w = *worker_;
-  const Backend* primary = w.backends().primary();
+  const Backend* primary = g.primary();
   bool primary_up = primary != nullptr && primary->serves_writes();
   int64_t need = ReadYourWrites::kAny;
   if (w.config().read_your_writes) {
     // A read behind the client's own unanswered write goes after it, on the same primary
     // connection; after the write, to a replica only once that replica has it.
-    need = writes_inflight_ > 0 ? ReadYourWrites::kPrimaryOnly
-                                : ryw_.Requirement(w.backends().progress());
+    need =
+        writes_inflight_ > 0 ? ReadYourWrites::kPrimaryOnly : Ryw(g.id()).Requirement(g.progress());
     // Nothing newer than the replicas' data can be written while the primary is down, and
     // the replicas that serve reads then are those holding the newest data left: a replica
     // known to have the client's write if there is one, else the best there is.
@@ -461,14 +486,15 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req,
       return t;
     }
     if (scan_backend_ != nullptr && scan_backend_->serves_reads() &&
+        scan_backend_->group() == g.id() &&
         (continued || need == ReadYourWrites::kAny ||
          (need >= 0 && scan_backend_->offset() >= need))) {
       t.replica = scan_backend_;
       return t;
     }
   }
-  if (need != ReadYourWrites::kPrimaryOnly) t.replica = w.PickReplica(need);
-  if (t.replica == nullptr && !primary_up && need >= 0) t.replica = w.PickReplica(-1);
+  if (need != ReadYourWrites::kPrimaryOnly) t.replica = w.PickReplica(g, need);
+  if (t.replica == nullptr && !primary_up && need >= 0) t.replica = w.PickReplica(g, -1);
   t.for_read_your_writes = t.replica == nullptr && need != ReadYourWrites::kAny;
   if (d.cursor_arg != 0) {
     scan_backend_ = t.replica;
@@ -504,7 +530,7 @@ bool ClientSession::RetryAllowed(uint64_t timeout_pass) {
 }
 
 void ClientSession::RetryOnPrimary(uint64_t seq) {
-  Backend* primary = worker_->backends().primary();
+  Backend* primary = GroupOf(seq).primary();
   Slot& s = SlotAt(seq);
   if (primary == nullptr || !primary->serves_writes()) {
     s.tried_primary = true;
@@ -529,13 +555,14 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
   s.tried_replica = true;
   if (s.request.empty()) return false;
   int64_t need = ReadYourWrites::kAny;
-  const Backend* primary = worker_->backends().primary();
+  BackendGroup& g = GroupOf(seq);
+  const Backend* primary = g.primary();
   if (worker_->config().read_your_writes && primary != nullptr && primary->serves_writes()) {
-    need = writes_inflight_ > 0 ? ReadYourWrites::kPrimaryOnly
-                                : ryw_.Requirement(worker_->backends().progress());
+    need =
+        writes_inflight_ > 0 ? ReadYourWrites::kPrimaryOnly : Ryw(g.id()).Requirement(g.progress());
     if (need == ReadYourWrites::kPrimaryOnly) return false;
   }
-  Backend* replica = worker_->PickReplica(need);
+  Backend* replica = worker_->PickReplica(g, need);
   if (replica == nullptr) return false;
   worker_->stats().failovers++;
   worker_->SharedConn(replica, cls_)
@@ -546,9 +573,23 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
 
 // ---- backend callbacks ----
 
-void ClientSession::NoteWriteDone(bool may_have_written) {
+bool ClientSession::LooksAbsent(const char* data, size_t len) {
+  std::string_view r(data, len);
+  if (r == "$-1\r\n" || r == "*-1\r\n" || r == "_\r\n" || r == "*0\r\n" || r == "~0\r\n" ||
+      r == "%0\r\n" || r == ":0\r\n" || r == ":-2\r\n" || r == "+none\r\n") {
+    return true;
+  }
+  // An array with a null among its elements (MGET of a key that moved).
+  if (len > 4 && data[0] == '*') {
+    return r.find("\r\n$-1\r\n") != std::string_view::npos ||
+           r.find("\r\n_\r\n") != std::string_view::npos;
+  }
+  return false;
+}
+
+void ClientSession::NoteWriteDone(bool may_have_written, const BackendGroup& g) {
   if (writes_inflight_ > 0) --writes_inflight_;
-  if (may_have_written) ryw_.OnWrite(worker_->backends().progress());
+  if (may_have_written) Ryw(g.id()).OnWrite(g.progress());
 }
 
 void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_t len,
@@ -564,7 +605,20 @@ void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_
     if (!is_error) return FinishPassthroughAuth(seq, {});
     return FinishPassthroughAuth(seq, text.substr(1, len >= 3 ? len - 3 : 0));
   }
-  if (s.kind == 2) NoteWriteDone(s.may_write);
+  if (worker_->topology().cluster()) {
+    if (is_error && FollowRedirect(seq, from, data, len)) return;
+    if (!is_error && s.is_read && !s.tried_primary && !from->is_primary() &&
+        LooksAbsent(data, len)) {
+      // A replica of a shard whose slot is being moved away no longer has the keys already
+      // migrated (MIGRATE deleted them), and it answers for the slot without the ASK its
+      // primary would give. "No such key" from a replica is therefore asked again of the
+      // primary, which has it, redirects, or confirms.
+      worker_->stats().absent_rechecks++;
+      RetryOnPrimary(seq);
+      return;
+    }
+  }
+  if (s.kind == 2) NoteWriteDone(s.may_write, GroupOf(seq));
   if (is_error && s.is_read && !from->is_primary() && !s.tried_primary) {
     ReplicaRefusal r = ClassifyReplicaError(data, len);
     if (r != ReplicaRefusal::kNone) {
@@ -577,7 +631,7 @@ void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_
     }
   }
   if (is_error && !s.is_read && len > 9 && std::memcmp(data, "-READONLY", 9) == 0 &&
-      from == worker_->backends().primary()) {
+      from == GroupOf(seq).primary()) {
     // The "primary" refused a write as a replica: the topology changed under us (a failover
     // or switchover the monitor has not seen yet). The write was not applied. It waits for
     // the monitor to confirm a primary and goes there, not blindly elsewhere; a write whose
@@ -596,6 +650,11 @@ void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_
 void ClientSession::OnReplyPart(uint64_t seq, const char* data, size_t len) {
   if (closed_) return;
   Slot& s = SlotAt(seq);
+  if (s.parent != kNoParent || s.discard) {
+    // A part's reply is merged whole (OnPartReply): its leading bytes wait here.
+    s.reply.Append(data, len);
+    return;
+  }
   s.streamed += len;
   // A reply larger than the bound is delivered, not counted (as when it arrives whole).
   if (s.streamed > worker_->config().client.max_client_buffer_bytes) {
@@ -637,7 +696,9 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     return;
   }
   // A write that failed or timed out may still have been applied.
-  if (s.kind == 2) NoteWriteDone(s.may_write);
+  if (s.kind == 2) NoteWriteDone(s.may_write, GroupOf(seq));
+  // A shard's node failing may be the start of a failover: the slot map is read again soon.
+  if (worker_->topology().cluster()) worker_->topology().RequestRefresh();
   if (s.is_read && !from->is_primary() && !s.tried_primary) {
     if (!timeout || RetryAllowed(timeout_pass)) {
       RetryOnPrimary(seq);
@@ -694,11 +755,26 @@ uint64_t ClientSession::NewSlot() {
   s.may_write = false;
   s.reply.Clear();
   s.request.Clear();
+  s.group = 0;
+  s.hslot = kNoSlot;
+  s.redirects = 0;
+  s.discard = false;
+  s.parent = kNoParent;
+  s.part = 0;
+  s.fan.reset();
   return seq;
 }
 
 void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
   Slot& s = SlotAt(seq);
+  if (s.parent != kNoParent || s.discard) {
+    // A part of a split request, or the proxy's own ASKING: never shown as such.
+    if (s.parent != kNoParent) OnPartReply(seq, data, len);
+    s.done = true;
+    s.reply.Clear();
+    if (seq == head_) AdvanceHead();
+    return;
+  }
   // One reply larger than the whole bound is Redis's legitimate answer (a big value): it is
   // written to a client that reads, not counted against it. Replies piling up are.
   if (len + s.streamed > worker_->config().client.max_client_buffer_bytes) {

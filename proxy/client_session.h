@@ -28,6 +28,8 @@ namespace kp {
 class Worker;
 class Backend;
 class BackendConn;
+class BackendGroup;
+struct Endpoint;
 
 // Whether a new client may send commands without AUTH: no requirepass, and in passthrough
 // mode only when the proxy's own backend connections carry no credentials (otherwise an
@@ -35,6 +37,30 @@ class BackendConn;
 inline bool NeedsNoAuth(const Config& c) {
   return c.requirepass.empty() && !(c.auth_passthrough && !c.backend_password.empty());
 }
+
+// A request split over shards (MGET, DEL... across slots; DBSIZE, KEYS, SCAN over every
+// shard): each part goes as a request of its own, and the parts' replies are merged into the
+// one the client gets, in its order.
+struct FanOut {
+  enum class Merge : uint8_t {
+    kValues,      // MGET: each part's array elements back at their keys' positions
+    kAllOk,       // MSET, FLUSHALL, SCRIPT LOAD...: the first part's reply if none failed
+    kSum,         // DEL, EXISTS, DBSIZE...: the integers added up
+    kConcat,      // KEYS: the arrays joined
+    kFirstValue,  // RANDOMKEY: the first part's reply that is not null
+    kScan,        // SCAN: one shard's page, its cursor rewritten to name the shard
+  };
+  Merge merge = Merge::kAllOk;
+  uint32_t pending = 0;
+  std::vector<std::vector<uint32_t>> positions;  // kValues: per part, its keys' positions
+  std::vector<std::string> values;               // kValues: the elements by position
+  int64_t sum = 0;
+  size_t count = 0;
+  std::string concat;                // kConcat: elements' bytes
+  std::vector<std::string> replies;  // kAllOk / kFirstValue / kScan: by part
+  std::string error;                 // the first error a part got (its bytes)
+  uint16_t scan_group = 0;           // kScan: the shard this page came from
+};
 
 class ClientSession {
  public:
@@ -110,7 +136,18 @@ class ClientSession {
     uint64_t start_ns = 0;
     Buffer reply;    // reply bytes that arrived before the slots ahead of it
     Buffer request;  // kept for reads so a failed replica's read can go to the primary
+    // Redis Cluster: the group it goes to, and the hash slot that chose it (kNoSlot: a
+    // keyless request sent to a group of the proxy's choosing).
+    uint16_t group = 0;
+    uint16_t hslot = kNoSlot;
+    uint8_t redirects = 0;               // MOVED/ASK followed for it
+    bool discard = false;                // the proxy's own request (ASKING): its reply is dropped
+    uint64_t parent = kNoParent;         // one part of a request split over shards (see FanOut)
+    uint32_t part = 0;                   // which part
+    std::unique_ptr<struct FanOut> fan;  // a split request: its parts' replies merged here
   };
+  static constexpr uint16_t kNoSlot = 0xFFFF;
+  static constexpr uint64_t kNoParent = ~0ull;
 
   void ProcessInput();
   // False when the request cannot be taken yet (it stays in the input, see EnterPinned).
@@ -125,7 +162,8 @@ class ClientSession {
   void FinishPassthroughAuth(uint64_t seq, std::string_view error);
   // This client's line for CLIENT INFO / CLIENT LIST.
   std::string DescribeSelf(std::string_view cmd) const;
-  void Dispatch(const Request& req, const RouteDecision& d, const char* raw, size_t len);
+  void Dispatch(const Request& req, const RouteDecision& d, const char* raw, size_t len,
+                uint16_t group = 0, uint16_t hslot = kNoSlot);
   // After a MULTI the proxy could not start: queue-time errors, then EXECABORT.
   void InRefusedTransaction(const Request& req, const RouteDecision& d);
   // One request on the dedicated connection, as far as reply pairing and deadlines go.
@@ -134,7 +172,12 @@ class ClientSession {
     bool swallow = false;   // added by the proxy; its reply is not the client's
     bool push = false;      // switches the connection to unpaired replies (SUBSCRIBE, ...)
   };
-  bool EnterPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len);
+  // `multi_first`: a MULTI held back (Redis Cluster) goes on the connection first.
+  bool EnterPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len,
+                   bool multi_first = false);
+  // Redis Cluster: a command that needs a dedicated connection, routed to its keys' shard;
+  // MULTI waits for the transaction's first command to name the shard.
+  bool EnterPinnedCluster(const Request& req, const RouteDecision& d, const char* raw, size_t len);
   void ForwardPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len);
   // Updates the pinned session's state for one forwarded request.
   PinnedReq TrackPinnedState(const Request& req, const RouteDecision& d);
@@ -163,16 +206,50 @@ class ClientSession {
     bool for_read_your_writes = false;
   };
   // `req` is null for a request sent again after waiting (no cursor to stick to).
-  ReadTarget PickReadTarget(const Request* req, const RouteDecision& d);
+  ReadTarget PickReadTarget(const Request* req, const RouteDecision& d, const BackendGroup& g);
   // Sends one routed request to a backend; false when none can take it now.
   bool Send(uint64_t seq, const Request* req, const RouteDecision& d, const char* raw, size_t len);
   // Whether a request with no backend may wait for one (the topology is changing).
-  bool MayWait() const;
+  bool MayWait(const BackendGroup& g) const;
   // Holds a request no backend can take now, answering it with an error if it may not wait.
   void Park(uint64_t seq, const char* raw, size_t len);
   void FailParked(uint64_t seq);
   // A write of this client has been answered (or failed and may have been applied).
-  void NoteWriteDone(bool may_have_written);
+  void NoteWriteDone(bool may_have_written, const BackendGroup& g);
+  // The group a slot's request goes to / the pinned session's group.
+  BackendGroup& GroupOf(uint64_t seq);
+  BackendGroup& PinGroup();
+  // Read-your-writes state for a group (one per Redis Cluster shard).
+  ReadYourWrites& Ryw(size_t group) {
+    if (ryw_.size() <= group) ryw_.resize(group + 1);
+    return ryw_[group];
+  }
+
+  // ---- Redis Cluster (client_cluster.cpp) ----
+  // Routes a read or write by its keys' hash slot: one group, parts over several (MGET...),
+  // all groups (DBSIZE, KEYS, SCAN...), or Redis's CROSSSLOT error. Takes the request.
+  void DispatchCluster(const Request& req, const RouteDecision& d, const char* raw, size_t len);
+  // The hash slot of a request's keys: kNoSlot when keyless; false (with the error answered)
+  // when they span slots.
+  bool ClusterSlotOf(const Request& req, const RouteDecision& d, const char* raw, size_t len,
+                     uint16_t* slot);
+  // The group serving a slot (a keyless request: the first shard's).
+  uint16_t ClusterGroupFor(uint16_t slot) const;
+  // One part of a split request (its own slot, not flushed to the client).
+  void SendPart(uint64_t parent, uint32_t part, uint16_t group, uint16_t hslot, bool is_read,
+                bool may_write, const Buffer& raw, const RouteDecision& d, const Request* req);
+  // A part's reply (or error) merged into its parent; the parent completes with the last.
+  void OnPartReply(uint64_t seq, const char* data, size_t len);
+  void FinishFanOut(uint64_t parent);
+  // -MOVED / -ASK / -TRYAGAIN / -CLUSTERDOWN from a shard: followed, never shown. True when
+  // the reply was such a redirection and has been dealt with.
+  bool FollowRedirect(uint64_t seq, Backend* from, const char* data, size_t len);
+  // A reply that may mean "no such key" (nil, empty, 0, none, an array with a nil).
+  static bool LooksAbsent(const char* data, size_t len);
+  // MULTI under Redis Cluster waits for the transaction's first command, which names the
+  // shard (see EnterPinned).
+  bool cluster_multi_ = false;
+  uint16_t pin_group_ = 0;  // the pinned session's group
   // The error for a request that needs the primary when none can take it, saying why.
   std::string PrimaryUnavailable(const Backend* primary) const;
 
@@ -244,7 +321,9 @@ class ClientSession {
   // Cursor commands: the server that issued this client's last cursor.
   Backend* scan_backend_ = nullptr;
   bool scan_on_primary_ = false;
-  ReadYourWrites ryw_;
+  std::vector<ReadYourWrites> ryw_;     // by group
+  std::vector<std::string_view> args_;  // Redis Cluster: every argument of the request
+  std::vector<uint32_t> keys_;          // and where its keys are
   // Retry budget for reads that timed out on a replica (see OnBackendFailure).
   double retry_tokens_ = 0.0;
   uint64_t last_retry_pass_ = 0;

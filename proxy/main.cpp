@@ -111,7 +111,10 @@ int main(int argc, char** argv) {
     std::string error;
     kp::Config ask = config;
     bool known = true;
-    if (!config.sentinels.empty()) {
+    if (config.cluster()) {
+      // Every node of a cluster runs the same server: the first seed answers for all.
+      ask.primary = config.cluster_nodes.front();
+    } else if (!config.sentinels.empty()) {
       // The primary is whoever the Sentinels name now.
       auto master = kp::LookupSentinelMaster(config, backend_tls, &error);
       known = master.has_value();

@@ -17,6 +17,7 @@ struct ProxyInfo::Snapshot {
     const char* role;
     bool up, serves;
     int64_t offset;
+    size_t shard;
   };
   uint64_t uptime_s = 0;
   std::string primary;
@@ -27,9 +28,9 @@ struct ProxyInfo::Snapshot {
   std::vector<std::pair<const char*, uint64_t>> counters;
 };
 
-ProxyInfo::ProxyInfo(const BackendGroup& group, const std::vector<std::unique_ptr<Worker>>& workers,
+ProxyInfo::ProxyInfo(const Topology& topology, const std::vector<std::unique_ptr<Worker>>& workers,
                      std::string listen, std::string config_source)
-    : group_(group),
+    : topology_(topology),
       workers_(workers),
       listen_(std::move(listen)),
       config_source_(std::move(config_source)),
@@ -38,18 +39,21 @@ ProxyInfo::ProxyInfo(const BackendGroup& group, const std::vector<std::unique_pt
 ProxyInfo::Snapshot ProxyInfo::Take() const {
   Snapshot s;
   s.uptime_s = (MonotonicMs() - started_ms_) / 1000;
-  if (const Backend* p = group_.primary()) {
+  if (const Backend* p = topology_.main().primary()) {
     s.primary = p->name();
     s.primary_confirmed = p->serves_writes();
   }
-  for (size_t i = 0; i < group_.size(); ++i) {
-    const Backend& b = *group_.node(i);
-    if (b.role() == BackendRole::kNone) continue;
-    bool primary = b.is_primary();
-    s.nodes.push_back({b.name(), primary ? "primary" : "replica", b.up(),
-                       primary ? b.serves_writes() : b.serves_reads(), b.offset()});
+  for (size_t g = 0; g < topology_.groups(); ++g) {
+    const BackendGroup& group = *topology_.group(g);
+    for (size_t i = 0; i < group.size(); ++i) {
+      const Backend& b = *group.node(i);
+      if (b.role() == BackendRole::kNone) continue;
+      bool primary = b.is_primary();
+      s.nodes.push_back({b.name(), primary ? "primary" : "replica", b.up(),
+                         primary ? b.serves_writes() : b.serves_reads(), b.offset(), g});
+    }
+    s.topology_changes += group.topology_changes();
   }
-  s.topology_changes = group_.topology_changes();
   auto sum = [&](auto field) {
     uint64_t v = 0;
     for (const auto& w : workers_) v += (w->stats().*field).value();
@@ -85,7 +89,21 @@ std::string ProxyInfo::Text() const {
     const auto& n = s.nodes[i];
     out += "node" + std::to_string(i) + ":addr=" + n.addr + ",role=" + n.role +
            ",up=" + (n.up ? "1" : "0") + ",serving=" + (n.serves ? "1" : "0") +
-           ",offset=" + std::to_string(n.offset) + "\r\n";
+           ",offset=" + std::to_string(n.offset) +
+           (topology_.cluster() ? ",shard=" + std::to_string(n.shard) : std::string()) + "\r\n";
+  }
+  if (topology_.cluster()) {
+    const ClusterStats& c = topology_.stats();
+    size_t unassigned = 0;
+    for (uint32_t slot = 0; slot < kClusterSlots; ++slot) {
+      if (topology_.GroupOfSlot(static_cast<uint16_t>(slot)) == Topology::kNoGroup) ++unassigned;
+    }
+    out += "\r\n# Cluster\r\nslots_unassigned:" + std::to_string(unassigned) + "\r\n";
+    out += "slot_map_refreshes:" + std::to_string(c.refreshes.load()) + "\r\n";
+    out += "slot_map_failures:" + std::to_string(c.refresh_failures.load()) + "\r\n";
+    out += "slot_changes:" + std::to_string(c.slot_changes.load()) + "\r\n";
+    out += "redirections_moved:" + std::to_string(c.moved.load()) + "\r\n";
+    out += "redirections_ask:" + std::to_string(c.ask.load()) + "\r\n";
   }
   out += "\r\n# Clients\r\nconnected_clients:" + std::to_string(s.clients) + "\r\n";
   out += "\r\n# Stats\r\n";
@@ -115,7 +133,8 @@ std::string ProxyInfo::Json() const {
     out += std::string(i ? "," : "") + "{\"addr\":" + str(n.addr) + ",\"role\":\"" + n.role +
            "\",\"up\":" + (n.up ? "true" : "false") +
            ",\"serving\":" + (n.serves ? "true" : "false") +
-           ",\"offset\":" + std::to_string(n.offset) + "}";
+           ",\"offset\":" + std::to_string(n.offset) +
+           (topology_.cluster() ? ",\"shard\":" + std::to_string(n.shard) : std::string()) + "}";
   }
   out += "],\"clients\":" + std::to_string(s.clients) + ",\"stats\":{";
   for (size_t i = 0; i < s.counters.size(); ++i) {

@@ -11,6 +11,7 @@
 
 #include "proxy/backend.h"
 #include "proxy/stats.h"
+#include "proxy/topology.h"
 
 namespace kp {
 
@@ -18,7 +19,7 @@ class Worker;
 
 class ProxyInfo {
  public:
-  ProxyInfo(const BackendGroup& group, const std::vector<std::unique_ptr<Worker>>& workers,
+  ProxyInfo(const Topology& topology, const std::vector<std::unique_ptr<Worker>>& workers,
             std::string listen, std::string config_source);
 
   std::string Text() const;
@@ -31,7 +32,7 @@ class ProxyInfo {
   struct Snapshot;
   Snapshot Take() const;
 
-  const BackendGroup& group_;
+  const Topology& topology_;
   const std::vector<std::unique_ptr<Worker>>& workers_;
   std::string listen_;
   std::string config_source_;

@@ -68,7 +68,8 @@ void ReplicationMonitor::Reconfigure(std::shared_ptr<const Config> config) {
         &timer_, [](uv_timer_t* t) { static_cast<ReplicationMonitor*>(t->data)->OnTick(); },
         interval_ms_, interval_ms_);
   }
-  if (topology && config_->sentinels.empty()) ApplyStaticView(config_->primary, config_->replicas);
+  if (topology && !config_->external_topology())
+    ApplyStaticView(config_->primary, config_->replicas);
 }
 
 Backend* ReplicationMonitor::ApplyView(const Endpoint& primary,
@@ -84,11 +85,11 @@ Backend* ReplicationMonitor::ApplyView(const Endpoint& primary,
   }
   Backend* current = group_.primary();
   std::vector<bool> listed(BackendGroup::kMaxNodes, false);
-  listed[p->index()] = true;
+  listed[p->position()] = true;
   for (const Endpoint& r : replicas) {
     Backend* b = group_.FindOrAdd(r);
     if (b == nullptr) continue;
-    listed[b->index()] = true;
+    listed[b->position()] = true;
     if (b != current && b->role() != BackendRole::kReplica) {
       b->Disqualify();  // judged before it serves
       b->set_role(BackendRole::kReplica);
@@ -330,12 +331,12 @@ void ReplicationMonitor::OnAnswer(Probe& p, const char* data, size_t len, bool i
 }
 
 bool ReplicationMonitor::Reports(const Backend* b, bool primary) const {
-  const Probe& p = *probes_[b->index()];
+  const Probe& p = *probes_[b->position()];
   return p.has_info && b->up() && p.info.is_replica != primary;
 }
 
 Backend* ReplicationMonitor::Desired() const {
-  if (!config_->sentinels.empty()) return sentinel_master_;
+  if (config_->external_topology()) return sentinel_master_;
   Backend* cur = group_.primary();
   if (cur == nullptr) return nullptr;
   // The operator configured another primary (reload): it takes over once it says so itself.
@@ -344,7 +345,7 @@ Backend* ReplicationMonitor::Desired() const {
   }
   // A static topology moves only on evidence: the primary itself says it is a replica now.
   if (!Reports(cur, false)) return cur;
-  const ReplicationInfo& ci = probes_[cur->index()]->info;
+  const ReplicationInfo& ci = probes_[cur->position()]->info;
   Backend* only = nullptr;
   size_t primaries = 0;
   for (size_t i = 0; i < group_.size(); ++i) {
@@ -362,9 +363,9 @@ void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
   if (&b != group_.primary()) {
     b.MarkUp(p.epoch);
     if (Desired() == &b) {
-      SwitchPrimary(p, !config_->sentinels.empty() ? "named by the Sentinels"
-                       : &b == static_primary_     ? "configured as the primary"
-                                                   : "the old primary now replicates it");
+      SwitchPrimary(p, config_->external_topology() ? Named()
+                       : &b == static_primary_      ? "configured as the primary"
+                                                    : "the old primary now replicates it");
       return;
     }
     // A second primary listed as a replica (or one the Sentinels do not name): no reads.
@@ -376,9 +377,9 @@ void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
     // written here (it is about to be turned into a replica, or is cut off).
     b.SetReplicationState(p.epoch, false, -1);
     b.MarkUp(p.epoch);
-    b.set_last_error("the Sentinels name " + sentinel_master_->name() + " as the primary");
+    b.set_last_error(Source() + " names " + sentinel_master_->name() + " as the primary");
     if (Reports(sentinel_master_, true)) {
-      SwitchPrimary(ProbeOf(sentinel_master_), "named by the Sentinels");
+      SwitchPrimary(ProbeOf(sentinel_master_), Named());
       return;
     }
     PollReplicas();
@@ -512,20 +513,21 @@ void ReplicationMonitor::Judge(Probe& p) {
 
 void ReplicationMonitor::ApplySentinelView(const Endpoint& master,
                                            const std::vector<Endpoint>& replicas) {
-  Backend* m = ApplyView(master, replicas, "listed by the Sentinels");
+  std::string listed = "listed by " + Source();
+  Backend* m = ApplyView(master, replicas, listed.c_str());
   if (m == nullptr) return;
   if (m != sentinel_master_) {
-    Log().info("the Sentinels name {} as the primary", m->name());
+    Log().info("{} names {} as the primary", Source(), m->name());
     sentinel_master_ = m;
   }
   Backend* primary = group_.primary();
   if (primary != nullptr && primary != m && primary->qualified()) {
-    // Writes stop at once: the Sentinels have promoted another node.
+    // Writes stop at once: the Sentinels (or the cluster) have promoted another node.
     primary->Disqualify();
-    primary->set_last_error("the Sentinels name " + m->name() + " as the primary");
-    Log().warn("primary {} gets no writes: the Sentinels name {}", primary->name(), m->name());
+    primary->set_last_error(Source() + " names " + m->name() + " as the primary");
+    Log().warn("primary {} gets no writes: {} names {}", primary->name(), Source(), m->name());
   }
-  SwitchOrAsk(m, "named by the Sentinels");
+  SwitchOrAsk(m, Named().c_str());
 }
 
 }  // namespace kp

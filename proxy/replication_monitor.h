@@ -36,8 +36,9 @@ class ReplicationMonitor {
   void Start();
   void Stop();
 
-  // From the Sentinel client: the master the Sentinels name and its replicas. Nodes are added
-  // as needed; the named master becomes the primary once it confirms the role.
+  // From the Sentinel client (or the cluster's slot map, per shard): the master the Sentinels name
+  // and its replicas. Nodes are added as needed; the named master becomes the primary once it
+  // confirms the role.
   void ApplySentinelView(const Endpoint& master, const std::vector<Endpoint>& replicas);
   // Reload: new settings (intervals, timeouts, lag limits, credentials for new connections),
   // and with a static topology the configured primary and replicas, applied like a view.
@@ -73,7 +74,12 @@ class ReplicationMonitor {
   void OnTick();
   // Makes a probe for every node of the group that has none yet.
   void SyncProbes();
-  Probe& ProbeOf(const Backend* b) { return *probes_[b->index()]; }
+  Probe& ProbeOf(const Backend* b) { return *probes_[b->position()]; }
+  // Who names the primary when the topology comes from outside, for logs and errors.
+  std::string Source() const {
+    return config_->cluster() ? "the cluster" : std::string("the Sentinels");
+  }
+  std::string Named() const { return "named by " + Source(); }
   void SendProbe(Probe& p);
   void PollReplicas();
   void OnLost(Probe& p, const std::string& why);

@@ -207,6 +207,7 @@ RouteDecision Router::Classify(const Request& req) const {
 
   if (!looked_up) info = table_.Lookup(name, sub);
   if (info == nullptr) return d;  // unknown: the primary answers (or rejects) it
+  d.info = info;
 
   if (info->is(kCmdPubsub)) {
     // PUBLISH/SPUBLISH and PUBSUB introspection are plain request/reply; (un)subscribe

@@ -63,6 +63,9 @@ struct RouteDecision {
   uint8_t cursor_arg = 0;
   // kWrite: the command may change data (unknown commands are assumed to).
   bool may_write = true;
+  // The command table's row (key positions, for Redis Cluster routing); null when the
+  // command was decided by name alone or is unknown.
+  const CommandInfo* info = nullptr;
 };
 
 class Router {

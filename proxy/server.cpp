@@ -15,6 +15,7 @@
 
 #include "common/logging.h"
 #include "proxy/admin_server.h"
+#include "proxy/cluster_monitor.h"
 #include "proxy/descriptors.h"
 #include "proxy/proxy_info.h"
 #include "proxy/replication_monitor.h"
@@ -28,7 +29,7 @@ Server::Server(Config config, CommandLine cli, EnvLookup env, const CommandTable
     : config_(std::make_shared<const Config>(std::move(config))),
       cli_(std::move(cli)),
       env_(std::move(env)),
-      group_(BackendGroup::FromConfig(*config_)),
+      topology_(std::make_unique<Topology>(*config_)),
       router_(table, !config_->deny_commands.empty()) {
   loop_ = uv_default_loop();
 }
@@ -124,8 +125,13 @@ void Server::AcceptWhenReady() {
       &ready_wait_,
       [](uv_timer_t* t) {
         auto* self = static_cast<Server*>(t->data);
-        const Backend* p = self->group_->primary();
-        bool ready = p != nullptr && p->serves_writes();
+        bool ready;
+        if (self->cluster_) {
+          ready = self->cluster_->Ready();
+        } else {
+          const Backend* p = self->topology_->main().primary();
+          ready = p != nullptr && p->serves_writes();
+        }
         if (!ready && uv_now(self->loop_) < self->ready_deadline_ms_ && !self->shutting_down_) {
           return;
         }
@@ -208,10 +214,11 @@ int Server::Run() {
   if (!Listen()) return 1;
   unsigned n = config().workers;
   if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
-  DescriptorPlan plan =
-      PlanDescriptors(config().max_clients,
-                      DescriptorReserve(n, config().replicas.size() + 1, config().sentinels.size(),
-                                        !config().admin_listen.empty()));
+  DescriptorPlan plan = PlanDescriptors(
+      config().max_clients,
+      DescriptorReserve(n,
+                        std::max(config().replicas.size() + 1, config().cluster_nodes.size() * 2),
+                        config().sentinels.size(), !config().admin_listen.empty()));
   max_clients_ = plan.max_clients;
   if (plan.max_clients < config().max_clients) {
     Log().warn(
@@ -226,22 +233,31 @@ int Server::Run() {
   }
   spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   for (unsigned i = 0; i < n; ++i) {
-    workers_.push_back(std::make_unique<Worker>(i, config_, *group_, router_));
+    workers_.push_back(std::make_unique<Worker>(i, config_, *topology_, router_));
     workers_.back()->SetBudget(&budget_);
     workers_.back()->SetCredentials(&credentials_);
     workers_.back()->SetTls(backend_tls_, client_tls_);
   }
   for (auto& w : workers_) budget_.workers.push_back(w.get());
   info_ = std::make_unique<ProxyInfo>(
-      *group_, workers_,
+      *topology_, workers_,
       config().listen.port != 0 ? config().listen.ToString() : config().tls_listen,
       cli_.config_file ? "file " + *cli_.config_file : std::string("flags and environment"));
   for (auto& w : workers_) w->SetInfo(info_.get());
+  if (config().cluster()) {
+    // Before the workers start: they signal it for a fresh slot map.
+    cluster_ = std::make_unique<ClusterMonitor>(loop_, config_, *topology_);
+    cluster_->SetTls(backend_tls_);
+  }
   for (auto& w : workers_) w->Start();
 
-  monitor_ = std::make_unique<ReplicationMonitor>(loop_, config_, *group_);
-  monitor_->SetTls(backend_tls_);
-  monitor_->Start();
+  if (cluster_) {
+    cluster_->Start();
+  } else {
+    monitor_ = std::make_unique<ReplicationMonitor>(loop_, config_, topology_->main());
+    monitor_->SetTls(backend_tls_);
+    monitor_->Start();
+  }
   if (!config().sentinels.empty()) {
     sentinels_ = std::make_unique<SentinelClient>(loop_, config_, *monitor_);
     sentinels_->SetTls(backend_tls_);
@@ -251,7 +267,7 @@ int Server::Run() {
 
   if (!config().admin_listen.empty()) {
     admin_ = std::make_unique<AdminServer>(
-        loop_, *group_,
+        loop_, *topology_,
         [this] {
           std::vector<const WorkerStats*> v;
           for (auto& w : workers_) v.push_back(&w->stats());
@@ -264,7 +280,10 @@ int Server::Run() {
         });
     admin_->SetInfo([this] { return info_->Json(); });
     admin_->SetExtras([this] { return ExtraMetrics(); },
-                      [this] { return sentinels_ ? sentinels_->ReadyNotes() : std::string(); });
+                      [this] {
+                        if (cluster_) return cluster_->ReadyNotes();
+                        return sentinels_ ? sentinels_->ReadyNotes() : std::string();
+                      });
     if (!admin_->Start(config().admin_listen)) {
       for (auto& w : workers_) w->RequestDrain();
       for (auto& w : workers_) w->Join();
@@ -292,7 +311,14 @@ int Server::Run() {
     where += (where.empty() ? "" : " and ") + config().tls_listen + " (TLS)";
   }
   if (config().backend_tls) where += "; TLS to backends";
-  if (config().sentinels.empty()) {
+  if (config().cluster()) {
+    std::string seeds;
+    for (const Endpoint& e : config().cluster_nodes) {
+      seeds += (seeds.empty() ? "" : ",") + e.ToString();
+    }
+    Log().info("kompress-proxy listening on {} ({} workers); Redis Cluster from seeds [{}]", where,
+               n, seeds);
+  } else if (config().sentinels.empty()) {
     std::string replicas;
     for (const Endpoint& r : config().replicas)
       replicas += (replicas.empty() ? "" : ",") + r.ToString();
@@ -346,7 +372,8 @@ void Server::BeginShutdown(int signum) {
         }
         uv_timer_stop(t);
         uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
-        self->monitor_->Stop();
+        if (self->monitor_) self->monitor_->Stop();
+        if (self->cluster_) self->cluster_->Stop();
         if (self->sentinels_) self->sentinels_->Stop();
         if (self->admin_) self->admin_->Stop();
         uv_close(reinterpret_cast<uv_handle_t*>(&self->sigterm_), nullptr);
@@ -386,6 +413,14 @@ void Server::Reload() {
        [&] { fresh.deny_commands = cur.deny_commands; });
   keep(fresh.refresh_command_table != cur.refresh_command_table, "command_table",
        [&] { fresh.refresh_command_table = cur.refresh_command_table; });
+  keep(fresh.cluster_nodes.empty() != cur.cluster_nodes.empty(), "cluster_nodes (cluster <-> not)",
+       [&] {
+         fresh.cluster_nodes = cur.cluster_nodes;
+         fresh.sentinels = cur.sentinels;
+         fresh.sentinel_master = cur.sentinel_master;
+         fresh.primary = cur.primary;
+         fresh.replicas = cur.replicas;
+       });
   keep(fresh.sentinels.empty() != cur.sentinels.empty(), "sentinels (static <-> Sentinel)", [&] {
     fresh.sentinels = cur.sentinels;
     fresh.sentinel_master = cur.sentinel_master;
@@ -424,8 +459,14 @@ void Server::Reload() {
   backend_tls_ = backend_tls;
   client_tls_ = client_tls;
   InitLogging(next->log_level, next->log_format);
-  monitor_->Reconfigure(next);
-  monitor_->SetTls(backend_tls_);
+  if (monitor_) {
+    monitor_->Reconfigure(next);
+    monitor_->SetTls(backend_tls_);
+  }
+  if (cluster_) {
+    cluster_->Reconfigure(next);
+    cluster_->SetTls(backend_tls_);
+  }
   if (sentinels_) {
     sentinels_->Reconfigure(next);
     sentinels_->SetTls(backend_tls_);
@@ -471,6 +512,7 @@ std::string Server::ExtraMetrics() const {
       "kompress_client_buffer_bytes " +
       std::to_string(std::max<int64_t>(0, budget_.reply_bytes.load())) + "\n";
   if (sentinels_) out += sentinels_->Metrics();
+  if (cluster_) out += cluster_->Metrics();
   return out;
 }
 

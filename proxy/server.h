@@ -16,12 +16,14 @@
 #include "proxy/credentials.h"
 #include "proxy/router.h"
 #include "proxy/tls.h"
+#include "proxy/topology.h"
 
 namespace kp {
 
 class Worker;
 class ReplicationMonitor;
 class SentinelClient;
+class ClusterMonitor;
 class AdminServer;
 class ProxyInfo;
 
@@ -64,7 +66,7 @@ class Server {
   CommandLine cli_;
   EnvLookup env_;
   std::unique_ptr<ProxyInfo> info_;
-  std::unique_ptr<BackendGroup> group_;
+  std::unique_ptr<Topology> topology_;
   Router router_;
   uv_loop_t* loop_;
   Listener listeners_[2];  // listen, tls_listen
@@ -79,8 +81,9 @@ class Server {
   uv_signal_t sigterm_;
   uv_signal_t sigint_;
   uv_signal_t sighup_;
-  std::unique_ptr<ReplicationMonitor> monitor_;
-  std::unique_ptr<SentinelClient> sentinels_;  // with config `sentinels` only
+  std::unique_ptr<ReplicationMonitor> monitor_;  // without Redis Cluster
+  std::unique_ptr<ClusterMonitor> cluster_;      // with it (a monitor per shard)
+  std::unique_ptr<SentinelClient> sentinels_;    // with config `sentinels` only
   std::unique_ptr<AdminServer> admin_;
   uv_timer_t drain_watch_;  // polls for the workers to finish, then ends the main loop
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -11,9 +11,9 @@
 
 namespace kp {
 
-Worker::Worker(size_t id, std::shared_ptr<const Config> config, const BackendGroup& backends,
+Worker::Worker(size_t id, std::shared_ptr<const Config> config, Topology& topology,
                const Router& router)
-    : id_(id), config_(std::move(config)), backends_(backends), router_(router) {
+    : id_(id), config_(std::move(config)), topology_(topology), router_(router) {
   timeout_ms_ = static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5);
   if (timeout_ms_ == 0) timeout_ms_ = 1;
   next_client_id_ = (static_cast<uint64_t>(id) << 48) + 1;
@@ -40,8 +40,8 @@ Worker::Worker(size_t id, std::shared_ptr<const Config> config, const BackendGro
 
   // Shared connections are made on first use, per node: nodes come and go with the
   // topology (Sentinel), and their index is stable.
-  pools_.resize(BackendGroup::kMaxNodes);
-  class_pools_.resize(BackendGroup::kMaxNodes);
+  pools_.resize(Topology::kMaxNodes);
+  class_pools_.resize(Topology::kMaxNodes);
 }
 
 Worker::~Worker() {
@@ -149,8 +149,8 @@ void Worker::AcceptPending() {
   }
 }
 
-Backend* Worker::PickReplica(int64_t min_offset) {
-  size_t n = backends_.size();
+Backend* Worker::PickReplica(const BackendGroup& group, int64_t min_offset) {
+  size_t n = group.size();
   if (n == 0 || config_->read_policy == ReadPolicy::kPrimary) return nullptr;
   auto fits = [&](Backend* b) {
     return b->serves_reads() && (min_offset < 0 || b->offset() >= min_offset);
@@ -163,7 +163,7 @@ Backend* Worker::PickReplica(int64_t min_offset) {
     rng_state_ ^= rng_state_ << 17;
     start = rng_state_ % n;
     for (size_t k = 0; k < n; ++k) {
-      Backend* b = backends_.node((start + k) % n);
+      Backend* b = group.node((start + k) % n);
       if (fits(b)) return b;
     }
     return nullptr;
@@ -171,7 +171,7 @@ Backend* Worker::PickReplica(int64_t min_offset) {
   // Round robin over the replicas that fit: the rotation moves past the nodes skipped, so a
   // replica out of service does not hand its whole share to its neighbour.
   for (size_t k = 0; k < n; ++k) {
-    Backend* b = backends_.node(replica_rr_++ % n);
+    Backend* b = group.node(replica_rr_++ % n);
     if (fits(b)) return b;
   }
   return nullptr;
@@ -445,11 +445,10 @@ void Worker::OnTick() {
   }
   if (!dedicated_.empty()) {
     // A timeout fails the connection, which may erase it from the set: iterate a copy.
-    Backend* primary = backends_.primary();
     std::vector<BackendConn*> all(dedicated_.begin(), dedicated_.end());
     for (BackendConn* c : all) {
       if (!dedicated_.count(c)) continue;
-      if (c->backend() != primary) {
+      if (c->backend() != topology_.group(c->backend()->group())->primary()) {
         // A pinned session (transaction, subscription...) lives on the primary it started
         // on; once another node is the primary its state is gone for good: the client is
         // told and disconnected rather than left talking to a replica.

@@ -21,6 +21,7 @@
 #include "proxy/credentials.h"
 #include "proxy/router.h"
 #include "proxy/stats.h"
+#include "proxy/topology.h"
 
 namespace kp {
 
@@ -31,8 +32,7 @@ class TlsContext;
 
 class Worker {
  public:
-  Worker(size_t id, std::shared_ptr<const Config> config, const BackendGroup& backends,
-         const Router& router);
+  Worker(size_t id, std::shared_ptr<const Config> config, Topology& topology, const Router& router);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -72,7 +72,10 @@ class Worker {
   // them at the point of use, never keep a reference across turns.
   const Config& config() const { return *config_; }
   const Router& router() const { return router_; }
-  const BackendGroup& backends() const { return backends_; }
+  // Without Redis Cluster, the one group; with it, the first shard's (facts such as the
+  // server version that any node can tell).
+  const BackendGroup& backends() const { return topology_.main(); }
+  Topology& topology() const { return topology_; }
   WorkerStats& stats() { return stats_; }
   const WorkerStats& stats() const { return stats_; }
   uint64_t now() const { return uv_now(const_cast<uv_loop_t*>(&loop_)); }
@@ -80,9 +83,9 @@ class Worker {
   bool finished() const { return finished_.load(std::memory_order_acquire); }
   size_t client_count() const { return client_count_.load(std::memory_order_relaxed); }
 
-  // A replica that serves reads and has applied at least `min_offset` (-1: any), by the read
-  // policy; nullptr when none (then the primary serves the read).
-  Backend* PickReplica(int64_t min_offset);
+  // A replica of `group` that serves reads and has applied at least `min_offset` (-1: any),
+  // by the read policy; nullptr when none (then the primary serves the read).
+  Backend* PickReplica(const BackendGroup& group, int64_t min_offset);
   // A shared connection to `b` for clients of class `cls`, rotating over the pool.
   BackendConn* SharedConn(Backend* b, const ConnClass& cls = {});
   // The shared primary connection that carries every primary request of one client, so they
@@ -137,7 +140,7 @@ class Worker {
   ClientBudget* budget_ = nullptr;
   Credentials* credentials_ = nullptr;
   std::shared_ptr<const TlsContext> backend_tls_, client_tls_;
-  const BackendGroup& backends_;
+  Topology& topology_;
   const Router& router_;
   uint64_t timeout_ms_;
   uv_loop_t loop_;

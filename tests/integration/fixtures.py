@@ -24,6 +24,7 @@ HOST = "127.0.0.1"
 REPO_ROOT = Path(os.environ.get("KP_SOURCE_DIR") or Path(__file__).resolve().parents[2])
 PROXY_BIN = Path(os.environ.get("KP_PROXY_BIN") or (REPO_ROOT / "build" / "kompress-proxy"))
 REDIS_SERVER = os.environ.get("KP_REDIS_SERVER", "redis-server")
+REDIS_CLI = os.environ.get("KP_REDIS_CLI", "redis-cli")
 
 # Multiplier for timing bounds: sanitizer builds are several times slower.
 SLOWDOWN = float(os.environ.get("KP_TEST_SLOWDOWN", "1"))
@@ -982,3 +983,103 @@ class SentinelCluster:
 
     def log_tails(self, n=20):
         return "\n".join(f"--- {s.name} :{s.port} ---\n{s.log_tail(n)}" for s in self.sentinels)
+
+
+def free_cluster_port():
+    """A port for a Redis Cluster node: it and its cluster bus port (+10000) both free, both
+    below the ephemeral range."""
+    low, _ = _ephemeral_range()
+    top = min(low, 32768) - 1 - 10000
+    for _ in range(500):
+        port = random.randint(10000, top)
+        if port_is_free(port) and port_is_free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisCluster:
+    """A real Redis Cluster: `shards` primaries with `replicas` replicas each, made by
+    redis-cli --cluster create, all slots covered and every node agreeing before start()
+    returns."""
+
+    def __init__(self, workdir, shards=3, replicas=1, node_timeout_ms=1000, extra_args=()):
+        self.workdir = Path(workdir)
+        self.shards = shards
+        self.replicas = replicas
+        self.nodes = [
+            RedisServer(self.workdir, f"node{i}", port=free_cluster_port(),
+                        extra_args=["--cluster-enabled", "yes",
+                                    "--cluster-config-file", "nodes.conf",
+                                    "--cluster-node-timeout", str(node_timeout_ms),
+                                    *extra_args])
+            for i in range(shards * (1 + replicas))]
+
+    def start(self):
+        for n in self.nodes:
+            n.start(wait=False)
+        for n in self.nodes:
+            n.wait_ready()
+        addrs = [f"{HOST}:{n.port}" for n in self.nodes]
+        out = subprocess.run([REDIS_CLI, "--cluster", "create", *addrs, "--cluster-replicas",
+                              str(self.replicas), "--cluster-yes"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        self.wait_ok()
+        return self
+
+    def alive_nodes(self):
+        return [n for n in self.nodes if n.alive and not n.stopped]
+
+    def wait_ok(self, timeout=30):
+        """Every running node says cluster_state:ok and agrees on who serves each slot."""
+        def ok():
+            maps = []
+            for n in self.alive_nodes():
+                try:
+                    c = n.client(timeout=1)
+                    if c.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") < 0:
+                        return False
+                    maps.append(sorted((s[0], s[1], s[2][1]) for s in
+                                       c.execute_command("CLUSTER", "SLOTS")))
+                except redis.RedisError:
+                    return False
+            return all(m == maps[0] for m in maps)
+        wait_until(ok, timeout * SLOWDOWN, interval=0.1, what="cluster state ok everywhere")
+
+    def primaries(self):
+        """{port: [replica ports]} per shard, as the cluster says now."""
+        for n in self.alive_nodes():
+            try:
+                slots = n.client(timeout=1).execute_command("CLUSTER", "SLOTS")
+            except redis.RedisError:
+                continue
+            out = {}
+            for s in slots:
+                out.setdefault(s[2][1], set()).update(r[1] for r in s[3:])
+            return {p: sorted(r) for p, r in out.items()}
+        raise RuntimeError("no node answers CLUSTER SLOTS")
+
+    def node(self, port):
+        return next(n for n in self.nodes if n.port == port)
+
+    def owner(self, key):
+        """The node (RedisServer) serving `key` as primary now."""
+        c = self.alive_nodes()[0].client(timeout=2)
+        slot = c.execute_command("CLUSTER", "KEYSLOT", key)
+        for s in c.execute_command("CLUSTER", "SLOTS"):
+            if s[0] <= slot <= s[1]:
+                return self.node(s[2][1])
+        raise RuntimeError(f"slot {slot} not served")
+
+    def stop(self):
+        for n in self.nodes:
+            if n.proc is not None and n.stopped:
+                try:
+                    n.sigcont()
+                except ProcessLookupError:
+                    pass
+        for n in self.nodes:
+            n.stop()
+
+    def seeds(self, count=2):
+        return ",".join(f"{HOST}:{n.port}" for n in self.nodes[:count])
