@@ -154,12 +154,17 @@ bool ClientSession::ClusterSlotOf(const Request& req, const RouteDecision& d, co
     return true;  // cannot happen for a framed request; the server answers
   }
   keys_.clear();
-  if (d.info != nullptr && d.info->name == "publish" && args_.size() > 1) {
+  const CommandInfo* info = d.info;
+  if (info == nullptr) {
+    // Decided by name (WATCH, MULTI, SUBSCRIBE...): the table still knows its keys.
+    info = worker_->router().table().Lookup(args_[0], args_.size() > 1 ? args_[1] : "");
+  }
+  if (info != nullptr && info->name == "publish" && args_.size() > 1) {
     // Cluster pub/sub reaches every node from any node: the channel's slot spreads the load.
     *slot = KeySlot(args_[1]);
     return true;
   }
-  if (!KeyPositions(d.info, args_, &keys_)) return true;
+  if (!KeyPositions(info, args_, &keys_)) return true;
   for (uint32_t k : keys_) {
     uint16_t s = KeySlot(args_[k]);
     if (*slot == kNoSlot) {

@@ -75,6 +75,7 @@ class Router {
   explicit Router(const CommandTable& table, bool has_denials = false)
       : table_(table), has_denials_(has_denials) {}
   RouteDecision Classify(const Request& req) const;
+  const CommandTable& table() const { return table_; }
 
  private:
   const CommandTable& table_;

@@ -1025,6 +1025,10 @@ class RedisCluster:
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
         self.wait_ok()
+        # Replicas are listed once they have synced with their primary.
+        wait_until(lambda: sum(len(r) for r in self.primaries().values())
+                   == self.shards * self.replicas, 30 * SLOWDOWN, interval=0.1,
+                   what="every replica listed in CLUSTER SLOTS")
         return self
 
     def alive_nodes(self):

@@ -1,0 +1,449 @@
+"""Redis Cluster behind one address: a real local cluster (3 primaries + 3 replicas made by
+redis-cli --cluster create), a plain non-cluster client (redis-py `Redis`) talking to the proxy.
+
+Keys must land where cluster-aware clients find them, reads must spread over each shard's
+replicas, multi-key commands must be split or refused exactly as Redis would, transactions
+must run on their keys' shard, and neither resharding nor a shard primary's kill -9 may show
+the client a redirection, an error or a stale value.
+"""
+
+import threading
+import time
+
+import pytest
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+import fixtures
+from fixtures import HOST, SLOWDOWN, Proxy, RedisCluster as LocalCluster, wait_until
+
+CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
+
+
+def start_proxy(workdir, cluster, extra=()):
+    fixtures.require_proxy_bin()
+    p = Proxy(workdir, extra_args=["--cluster-nodes", cluster.seeds(2), *extra])
+    p.start(timeout=30 * SLOWDOWN)
+    return p
+
+
+def proxy_info(proxy):
+    text = proxy.client(timeout=5).execute_command("PROXY", "INFO")
+    return text.decode() if isinstance(text, bytes) else text
+
+
+def wait_proxy_ready(proxy, replicas=3, timeout=20):
+    """Every slot served through the proxy (a write to each shard answers) and every shard's
+    replica taking reads."""
+    c = proxy.client(timeout=5)
+
+    def ok():
+        try:
+            if not all(c.set(f"ready:{{{t}}}", 1) for t in ("a", "b", "c", "d", "e", "f")):
+                return False
+            return proxy_info(proxy).count("role=replica,up=1,serving=1") >= replicas
+        except redis.RedisError:
+            return False
+    wait_until(ok, timeout * SLOWDOWN, interval=0.1, what="proxy serving every slot")
+
+
+@pytest.fixture(scope="module")
+def rc(tmp_path_factory):
+    c = LocalCluster(tmp_path_factory.mktemp("rcluster"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def rproxy(rc, tmp_path_factory):
+    p = start_proxy(tmp_path_factory.mktemp("rproxy"), rc)
+    try:
+        wait_proxy_ready(p)
+        yield p
+    finally:
+        p.stop()
+
+
+def cluster_client(rc):
+    n = rc.alive_nodes()[0]
+    return RedisCluster(startup_nodes=[ClusterNode(HOST, n.port)], socket_timeout=5)
+
+
+def commandstats_calls(node, command):
+    try:
+        return node.calls(command)
+    except redis.RedisError:
+        return 0
+
+
+# ---- routing ------------------------------------------------------------------------------
+
+def test_keys_land_where_cluster_clients_find_them_and_reads_spread(rc, rproxy):
+    c = rproxy.client()
+    keys = [f"user:{i}" for i in range(600)]
+    p = c.pipeline(transaction=False)
+    for k in keys:
+        p.set(k, f"v-{k}")
+    assert all(p.execute())
+    # A cluster-aware client finds every key, with its value, on the node owning its slot.
+    cc = cluster_client(rc)
+    for k in keys[::7]:
+        assert cc.get(k) == f"v-{k}".encode()
+        owner = rc.owner(k)
+        assert owner.client().execute_command("GET", k) == f"v-{k}".encode()
+    shards = rc.primaries()
+    assert len(shards) == 3
+    # Reads through the proxy spread over every shard's replica (READONLY connections).
+    before = {r: commandstats_calls(rc.node(r), "get") for reps in shards.values() for r in reps}
+    for _ in range(3):
+        for k in keys:
+            assert c.get(k) == f"v-{k}".encode()
+    after = {r: commandstats_calls(rc.node(r), "get") for r in before}
+    for r in before:
+        assert after[r] - before[r] > 100, f"replica {r} served {after[r] - before[r]} GETs"
+
+
+def test_split_commands_merge_in_client_order(rproxy):
+    c = rproxy.client()
+    keys = [f"split:{i}" for i in range(40)]
+    assert c.mset({k: f"val{i}" for i, k in enumerate(keys)}) is True
+    want = [f"val{i}".encode() for i in range(40)]
+    assert c.mget(keys) == want
+    mixed = ["split:3", "nope:1", "split:17", "split:3", "nope:2", "split:39"]
+    assert c.mget(mixed) == [b"val3", None, b"val17", b"val3", None, b"val39"]
+    assert c.exists(*mixed) == 4  # duplicates count, as in Redis
+    assert c.touch("split:1", "split:2", "nope:3") == 2
+    assert c.delete("split:1", "split:2", "nope:3", "split:30") == 3
+    assert c.unlink("split:4", "split:5", "nope:4") == 2
+    assert c.mget(["split:1", "split:4", "split:6"]) == [None, None, b"val6"]
+
+
+def test_unsplittable_cross_slot_commands_get_redis_own_error(rc, rproxy):
+    c = rproxy.client()
+    node = rc.alive_nodes()[0].client()
+    cases = [
+        ("MSETNX", "a", "1", "b", "2"),
+        ("SUNIONSTORE", "dst", "s1", "s2"),
+        ("RENAME", "a", "b"),
+        ("EVAL", "return 1", "2", "a", "b"),
+        ("BLPOP", "a", "b", "1"),
+        ("ZUNIONSTORE", "d", "2", "z1", "z2"),
+    ]
+    for cmd in cases:
+        with pytest.raises(redis.ResponseError) as direct:
+            node.execute_command(*cmd)
+        assert str(direct.value) == CROSSSLOT, cmd  # what Redis itself says
+        with pytest.raises(redis.ResponseError) as proxied:
+            c.execute_command(*cmd)
+        assert str(proxied.value) == CROSSSLOT, cmd
+    # The same commands within one slot (hash tags) work.
+    assert c.msetnx({"{t}a": 1, "{t}b": 2}) is True
+    assert c.execute_command("RENAME", "{t}a", "{t}c") is True
+    assert c.eval("return redis.call('get', KEYS[1]) .. redis.call('get', KEYS[2])", 2,
+                  "{t}b", "{t}c") == b"21"
+
+
+def test_hash_tag_transactions_and_watch(rproxy):
+    c = rproxy.client()
+    c.delete("{acct}balance", "{acct}log")
+    p = c.pipeline(transaction=True)
+    p.set("{acct}balance", 100)
+    p.incrby("{acct}balance", 5)
+    p.rpush("{acct}log", "deposit")
+    p.get("{acct}balance")
+    assert p.execute() == [True, 105, 1, b"105"]
+    # WATCH on the key's shard: a concurrent change aborts the transaction.
+    with c.pipeline() as p:
+        p.watch("{acct}balance")
+        p.multi()
+        p.incr("{acct}balance")
+        rproxy.client().set("{acct}balance", 0)
+        with pytest.raises(redis.WatchError):
+            p.execute()
+    assert c.get("{acct}balance") == b"0"
+    with c.pipeline() as p:
+        p.watch("{acct}balance")
+        v = int(p.get("{acct}balance"))
+        p.multi()
+        p.set("{acct}balance", v + 7)
+        assert p.execute() == [True]
+    assert c.get("{acct}balance") == b"7"
+    # Keys of several slots in one transaction: refused, nothing applied.
+    c.delete("{x}k", "{y}k")
+    p = c.pipeline(transaction=True)
+    p.set("{x}k", 1)
+    p.set("{y}k", 1)
+    with pytest.raises(redis.ResponseError):
+        p.execute()
+    assert c.exists("{x}k", "{y}k") == 0
+    # An empty transaction and DISCARD are answered like Redis.
+    raw = c.connection_pool.get_connection("MULTI")
+    try:
+        raw.send_command("MULTI")
+        assert raw.read_response() == b"OK"
+        raw.send_command("EXEC")
+        assert raw.read_response() == []
+        raw.send_command("MULTI")
+        raw.read_response()
+        raw.send_command("SET", "{acct}d", "1")
+        assert raw.read_response() == b"QUEUED"
+        raw.send_command("DISCARD")
+        assert raw.read_response() == b"OK"
+    finally:
+        c.connection_pool.release(raw)
+    assert c.exists("{acct}d") == 0
+    assert c.set("after", 1) is True  # the connection is back on shared connections
+
+
+def test_mixed_pipeline_across_shards_keeps_order(rproxy):
+    c = rproxy.client()
+    c.delete(*[f"ctr:{i}" for i in range(7)])
+    p = c.pipeline(transaction=False)
+    for i in range(300):
+        p.set(f"pipe:{i}", i)
+        p.get(f"pipe:{i}")
+        p.mget([f"pipe:{j}" for j in range(max(0, i - 4), i + 1)])
+        p.incr(f"ctr:{i % 7}")
+    res = p.execute()
+    counts = {}
+    for i in range(300):
+        assert res[4 * i] is True
+        assert res[4 * i + 1] == str(i).encode()
+        assert res[4 * i + 2] == [str(j).encode() for j in range(max(0, i - 4), i + 1)]
+        counts[i % 7] = counts.get(i % 7, 0) + 1
+        assert res[4 * i + 3] == counts[i % 7]
+
+
+def test_keyless_commands_cover_the_whole_cluster(rc, rproxy):
+    c = rproxy.client()
+    assert c.flushall() is True
+    assert c.dbsize() == 0
+    keys = {f"scan:{i}" for i in range(1000)}
+    p = c.pipeline(transaction=False)
+    for k in keys:
+        p.set(k, 1)
+    p.execute()
+    direct = sum(n.client().dbsize() for n in rc.nodes if n.port in rc.primaries())
+    assert direct == 1000
+    assert c.dbsize() == 1000
+    assert set(k.decode() for k in c.keys("scan:*")) == keys
+    seen = []
+    for k in c.scan_iter(match="scan:*", count=100):
+        seen.append(k.decode())
+    assert sorted(seen) == sorted(keys)  # every key exactly once, across all shards
+    assert c.randomkey().decode() in keys
+    with pytest.raises(redis.ResponseError):
+        c.execute_command("SCAN", "notanumber")
+    # A script loaded through the proxy is on every primary: EVALSHA works for any key.
+    sha = c.script_load("return redis.call('get', KEYS[1])")
+    c.set("tagged", "v")
+    for k in ["tagged", "scan:1", "scan:2", "scan:3", "scan:500"]:
+        assert c.evalsha(sha, 1, k) is not None
+    for port in rc.primaries():
+        assert rc.node(port).client().script_exists(sha) == [True]
+    assert c.ping() is True
+    assert c.echo("hi") == b"hi"
+    assert "redis_version" in c.info("server")
+    assert c.flushall() is True
+    assert c.dbsize() == 0
+
+
+def test_pubsub_and_sharded_pubsub(rproxy):
+    c = rproxy.client()
+    sub = rproxy.client().pubsub()
+    sub.subscribe("news")
+    sub.psubscribe("ne*")
+    assert sub.get_message(timeout=2)["type"] == "subscribe"
+    assert sub.get_message(timeout=2)["type"] == "psubscribe"
+    # Published through the proxy on whichever node: the cluster delivers it everywhere.
+    c.publish("news", "hello")
+    got = {sub.get_message(timeout=2)["type"], sub.get_message(timeout=2)["type"]}
+    assert got == {"message", "pmessage"}
+    sub.close()
+    # Sharded pub/sub: SSUBSCRIBE and SPUBLISH go to the shard owning the channel.
+    conn = rproxy.client().connection_pool.get_connection("SSUBSCRIBE")
+    conn.send_command("SSUBSCRIBE", "{orders}new")
+    assert conn.read_response() == [b"ssubscribe", b"{orders}new", 1]
+    assert c.execute_command("SPUBLISH", "{orders}new", "o1") == 1
+    assert conn.read_response() == [b"smessage", b"{orders}new", b"o1"]
+    conn.disconnect()
+
+
+def test_blocking_command_on_its_keys_shard(rproxy):
+    c = rproxy.client()
+    c.delete("{jobs}q")
+
+    def push():
+        time.sleep(0.3)
+        rproxy.client().rpush("{jobs}q", "job1")
+    t = threading.Thread(target=push)
+    t.start()
+    assert c.blpop("{jobs}q", timeout=5) == (b"{jobs}q", b"job1")
+    t.join()
+    assert c.set("after-blpop", 1) is True
+
+
+def test_info_and_metrics_show_shards(rc, rproxy):
+    text = proxy_info(rproxy)
+    assert "# Cluster" in text and "slots_unassigned:0" in text
+    assert text.count(",shard=") == 6
+    # Metrics need the admin endpoint: a second proxy with one.
+    admin = fixtures.free_port()
+    p = start_proxy(rproxy.workdir / "m", rc, ["--admin-listen", f"{HOST}:{admin}"])
+    try:
+        wait_proxy_ready(p)
+        body = fixtures.http_get(admin, "/metrics")[1]
+        assert "kompress_cluster_shards 3" in body
+        assert "kompress_cluster_slots_unassigned 0" in body
+        assert "kompress_cluster_slot_map_refreshes_total" in body
+        assert 'kompress_cluster_redirections_total{kind="moved"}' in body
+        assert body.count('kompress_backend_up{backend=') == 6
+        assert 'shard="2"' in body
+    finally:
+        p.stop()
+
+
+# ---- topology changes under load ----------------------------------------------------------
+
+class Load:
+    """Clients writing and reading through the proxy, counting errors and wrong values. Each
+    client reads back what it wrote (read-your-writes) and keys written once before the load
+    (a read of "no such key" for those is a stale read)."""
+
+    def __init__(self, proxy, clients=6, fixed=2000):
+        self.proxy = proxy
+        self.fixed = fixed
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.ops = self.errors = self.wrong = 0
+        self.samples = []
+        self.threads = [threading.Thread(target=self.run, args=(i,)) for i in range(clients)]
+
+    def seed(self):
+        c = self.proxy.client()
+        p = c.pipeline(transaction=False)
+        for i in range(self.fixed):
+            p.set(f"fixed:{i}", f"f{i}")
+        p.execute()
+
+    def note(self, kind, msg):
+        with self.lock:
+            if kind == "error":
+                self.errors += 1
+            else:
+                self.wrong += 1
+            if len(self.samples) < 10:
+                self.samples.append(msg)
+
+    def run(self, wid):
+        c = self.proxy.client(timeout=20)
+        i = 0
+        mine = {}
+        while not self.stop.is_set():
+            i += 1
+            k = f"w{wid}:{i % 200}"
+            v = f"{wid}-{i}"
+            fk = [f"fixed:{(i * 31 + wid * 7 + j * 101) % self.fixed}" for j in range(8)]
+            try:
+                c.set(k, v)
+                mine[k] = v
+                got = c.get(k)
+                vals = c.mget(fk)
+                one = c.get(fk[0])
+            except redis.RedisError as e:
+                self.note("error", f"{type(e).__name__}: {e}")
+                continue
+            if got is None or got.decode() != v:
+                self.note("wrong", f"{k}: {got!r}, wrote {v}")
+            for key, val in zip(fk + fk[:1], vals + [one]):
+                if val is None or val.decode() != "f" + key.split(":")[1]:
+                    self.note("wrong", f"{key}: {val!r}")
+            with self.lock:
+                self.ops += 4
+
+    def __enter__(self):
+        self.seed()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+    def report(self):
+        return f"ops={self.ops} errors={self.errors} wrong={self.wrong} {self.samples}"
+
+
+def test_resharding_under_load_shows_no_redirections_errors_or_stale_reads(
+        tmp_path, rc, rproxy):
+    shards = rc.primaries()
+    src, dst = sorted(shards)[:2]
+    ids = {p: rc.node(p).client().execute_command("CLUSTER", "MYID").decode() for p in (src, dst)}
+    with Load(rproxy) as load:
+        time.sleep(0.5)
+        for a, b in ((src, dst), (dst, src)):
+            rc.wait_ok()
+            for attempt in range(20):
+                # redis-cli refuses while the nodes' views still differ (gossip settling).
+                out = fixtures.subprocess.run(
+                    [fixtures.REDIS_CLI, "--cluster", "reshard", f"{HOST}:{a}", "--cluster-from",
+                     ids[a], "--cluster-to", ids[b], "--cluster-slots", "1500", "--cluster-yes",
+                     "--cluster-pipeline", "20"], capture_output=True, text=True, timeout=120)
+                if out.returncode == 0 or "don't agree" not in out.stdout:
+                    break
+                time.sleep(0.5)
+            assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        time.sleep(1.0)
+    assert load.ops > 1000, load.report()
+    assert load.errors == 0 and load.wrong == 0, load.report()
+    # Slots did move under the clients: the proxy followed redirections for them.
+    text = proxy_info(rproxy)
+    moved = int(text.split("redirections_moved:")[1].split("\r\n")[0])
+    changes = int(text.split("slot_changes:")[1].split("\r\n")[0])
+    assert changes >= 3000, text
+    assert moved > 0, text
+
+
+def test_shard_primary_kill9_under_load(tmp_path):
+    rc = LocalCluster(tmp_path / "kc", node_timeout_ms=1000)
+    rc.start()
+    try:
+        # Requests wait for the promotion: the timeout must outlast the cluster's failover.
+        proxy = start_proxy(tmp_path / "kp", rc, ["--timeout", str(8 * SLOWDOWN)])
+        try:
+            wait_proxy_ready(proxy)
+            victim_port = sorted(rc.primaries())[0]
+            victim = rc.node(victim_port)
+            promoted_from = rc.primaries()[victim_port]
+            with Load(proxy) as load:
+                time.sleep(1.0)
+                ops_before = load.ops
+                victim.kill9()
+                wait_until(lambda: victim_port not in rc.primaries(), 20 * SLOWDOWN, 0.1,
+                           what="the cluster to promote a replica")
+                time.sleep(2.0)
+            assert load.ops > ops_before, load.report()
+            assert load.errors == 0 and load.wrong == 0, load.report()
+            assert set(rc.primaries()) & set(promoted_from)
+            # Writes to the failed shard work again without a restart; the old primary comes
+            # back as a replica and is taken into the shard.
+            c = proxy.client()
+            for i in range(200):
+                assert c.set(f"after:{i}", i) is True
+                assert c.get(f"after:{i}") == str(i).encode()
+            victim.start()
+            wait_until(lambda: victim_port in {r for reps in rc.primaries().values()
+                                               for r in reps}, 20 * SLOWDOWN, 0.2,
+                       what="old primary to rejoin as a replica")
+            wait_until(lambda: f"addr={HOST}:{victim_port},role=replica" in proxy_info(proxy),
+                       10 * SLOWDOWN, 0.2,
+                what="proxy to list the rejoined node as a replica")
+        finally:
+            proxy.stop()
+    finally:
+        rc.stop()
