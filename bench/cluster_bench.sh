@@ -3,6 +3,11 @@
 #   direct   redis-benchmark --cluster (cluster-aware: it reads the slot map and talks to
 #            each primary itself)
 #   proxy    plain redis-benchmark -> kompress-proxy --cluster-nodes -> the same cluster
+# Both use one client thread by default (THREADS): redis-benchmark --cluster otherwise runs
+# one thread per primary, and in its multi-thread mode a thread whose clients all finished
+# early only stops on its 250 ms timer, so the run's time (and its ops/s) is off by up to
+# 250 ms: on short pipelined runs that halves the figure. One thread also gives both modes
+# the same client.
 # The cluster is real and local: 6 redis-server processes (3 primaries, 3 replicas) made with
 # `redis-cli --cluster create --cluster-replicas 1`. Both targets run the same tests with the
 # same clients, requests, pipeline depth and random keyspace (-r), interleaved: in every round
@@ -19,6 +24,9 @@
 #   PIPELINES   pipeline depths, -P (default "1 16"; BENCH_PIPELINES)
 #   KEYSPACE    redis-benchmark -r (default 100000)
 #   WORKERS     proxy --workers (default 1; BENCH_WORKERS)
+#   THREADS     redis-benchmark client threads in both modes (default 1: --threads 1 for
+#               direct, no --threads for the proxy; N > 1: --threads N for both, with the
+#               250 ms stop granularity above)
 #   PROXY_ARGS  extra proxy flags, e.g. "--read-policy primary" (default none)
 #   KP_PROXY_BIN  proxy binary; default build-release/kompress-proxy, built (Release) on
 #                 first use; it must know --cluster-nodes
@@ -36,9 +44,13 @@ PIPELINES="${PIPELINES:-${BENCH_PIPELINES:-1 16}}"
 KEYSPACE="${KEYSPACE:-100000}"
 WORKERS="${WORKERS:-${BENCH_WORKERS:-1}}"
 PROXY_ARGS="${PROXY_ARGS:-}"
+THREADS="${THREADS:-1}"
 HOST=127.0.0.1
 NODES=6
 
+for v in ROUNDS REQUESTS CLIENTS KEYSPACE WORKERS THREADS; do
+  [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || { echo "cluster_bench: $v must be a positive integer" >&2; exit 1; }
+done
 for tool in redis-server redis-benchmark redis-cli python3 timeout; do
   command -v "$tool" >/dev/null || { echo "cluster_bench: $tool not found" >&2; exit 1; }
 done
@@ -195,10 +207,16 @@ for i in $(seq 1 300); do
   sleep 0.1
 done
 [[ "$ok" == 1 ]] || { redis-cli -h "$HOST" -p "${PORTS[0]}" CLUSTER NODES >&2; die "cluster not ok after 30 s"; }
-PRIMARIES=0
+PRIMARY_PORTS=()
+REPLICA_PORTS=()
 for port in "${PORTS[@]}"; do
-  [[ "$(info_field "$port" replication role)" == master ]] && PRIMARIES=$((PRIMARIES + 1))
+  if [[ "$(info_field "$port" replication role)" == master ]]; then
+    PRIMARY_PORTS+=("$port")
+  else
+    REPLICA_PORTS+=("$port")
+  fi
 done
+[[ "${#PRIMARY_PORTS[@]}" == $((NODES / 2)) ]] || die "expected $((NODES / 2)) primaries"
 
 # -- the proxy ----------------------------------------------------------------------------
 PPORT="$(free_port "${PORTS[@]}")"
@@ -222,6 +240,15 @@ done
 
 # -- runs ---------------------------------------------------------------------------------
 TICK="$(getconf CLK_TCK)"
+get_calls() {  # GET calls the nodes answered so far, summed
+  local port c t=0
+  for port in "$@"; do
+    c="$(redis-cli -h "$HOST" -p "$port" INFO commandstats | tr -d '\r' |
+      awk -F'[=,:]' '/^cmdstat_get:/ { print $3 }')"
+    t=$((t + ${c:-0}))
+  done
+  echo "$t"
+}
 proc_ticks() {  # summed utime + stime of the PIDs, in clock ticks
   local pid t=0
   for pid in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done
@@ -229,15 +256,19 @@ proc_ticks() {  # summed utime + stime of the PIDs, in clock ticks
 }
 
 # run ROUND TARGET P TEST: one redis-benchmark run; appends to results.tsv
-#   round target P test ops/s proxy-ticks redis-ticks
+#   round target P test ops/s proxy-ticks redis-ticks GETs-on-primaries GETs-on-replicas
 run() {
   local round=$1 target=$2 p=$3 test=$4 out="$W/bench-$1-$2-$3-$4" ops p0 p1 r0 r1 rc=0
+  local gp0 gp1 gr0 gr1
   local args=(-h "$HOST" -c "$CLIENTS" -n "$REQUESTS" -P "$p" -r "$KEYSPACE" -t "$test" -q --csv)
   if [[ "$target" == direct ]]; then
-    args+=(--cluster -p "${PORTS[0]}")
+    args+=(--cluster -p "${PORTS[0]}" --threads "$THREADS")
   else
     args+=(-p "$PPORT")
+    [[ "$THREADS" == 1 ]] || args+=(--threads "$THREADS")
   fi
+  gp0="$(get_calls "${PRIMARY_PORTS[@]}")"
+  gr0="$(get_calls "${REPLICA_PORTS[@]}")"
   p0="$(proc_ticks "$PROXY_PID")"
   r0="$(proc_ticks "${NODE_PIDS[@]}")"
   redis-benchmark "${args[@]}" >"$out.csv" 2>"$out.err" &
@@ -246,6 +277,8 @@ run() {
   BENCH_PID=""
   p1="$(proc_ticks "$PROXY_PID")"
   r1="$(proc_ticks "${NODE_PIDS[@]}")"
+  gp1="$(get_calls "${PRIMARY_PORTS[@]}")"
+  gr1="$(get_calls "${REPLICA_PORTS[@]}")"
   if [[ "$rc" != 0 ]]; then
     cat "$out.csv" "$out.err" >&2
     die "redis-benchmark against $target (-P $p -t $test) failed (status $rc)"
@@ -258,13 +291,15 @@ run() {
   [[ -n "$ops" ]] || { cat "$out.csv" "$out.err" >&2; die "no $test result for $target"; }
   printf 'round %s  %-6s -P %-3s %-3s %12s ops/s  proxy CPU %s ticks  redis CPU %s ticks\n' \
     "$round" "$target" "$p" "$test" "$ops" "$((p1 - p0))" "$((r1 - r0))"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$p" "$test" "$ops" \
-    "$((p1 - p0))" "$((r1 - r0))" >>"$W/results.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$p" "$test" "$ops" \
+    "$((p1 - p0))" "$((r1 - r0))" "$((gp1 - gp0))" "$((gr1 - gr0))" >>"$W/results.tsv"
 }
 
 echo "kompress-proxy cluster bench: $NODES redis-server $(redis-server --version | awk '{ print $3 }')" \
-  "($PRIMARIES primaries + replicas), $(nproc) cores; redis-benchmark -c $CLIENTS -n $REQUESTS" \
-  "-r $KEYSPACE (pipelines: $PIPELINES), $ROUNDS rounds; proxy --workers $WORKERS $PROXY_ARGS"
+  "(${#PRIMARY_PORTS[@]} primaries, ${#REPLICA_PORTS[@]} replicas), $(nproc) cores; redis-benchmark" \
+  "-c $CLIENTS -n $REQUESTS -r $KEYSPACE, $THREADS client thread(s) (pipelines: $PIPELINES)," \
+  "$ROUNDS rounds; proxy $(basename "$(dirname "$PROXY_BIN")")/kompress-proxy --workers $WORKERS" \
+  "$PROXY_ARGS"
 for round in $(seq 1 "$ROUNDS"); do
   if ((round % 2)); then order="direct proxy"; else order="proxy direct"; fi
   for p in $PIPELINES; do
@@ -281,8 +316,9 @@ import statistics, sys
 path, tick, n, pipelines = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4].split()
 runs = {}
 for line in open(path):
-    rnd, target, p, test, ops, pt, rt = line.split("\t")
-    runs.setdefault((target, p, test.upper()), []).append((float(ops), int(pt), int(rt)))
+    rnd, target, p, test, ops, pt, rt, gp, gr = line.split("\t")
+    runs.setdefault((target, p, test.upper()), []).append(
+        (float(ops), int(pt), int(rt), int(gp), int(gr)))
 def med(target, p, test, i):
     return statistics.median(r[i] for r in runs[(target, p, test)])
 def us(ticks):  # CPU microseconds per request
@@ -299,24 +335,11 @@ for p in pipelines:
                          f"{us(med('proxy', p, test, 1)):.2f}",
                          f"{us(med('direct', p, test, 2)):.2f}",
                          f"{us(med('proxy', p, test, 2)):.2f}"))
+print()
+for target in ("direct", "proxy"):
+    gp = sum(r[3] for p in pipelines for r in runs[(target, p, "GET")])
+    gr = sum(r[4] for p in pipelines for r in runs[(target, p, "GET")])
+    print(f"GET calls the nodes answered during the {target} runs: primaries {gp}, replicas {gr}")
 PY
 
-echo
-get_calls() {
-  redis-cli -h "$HOST" -p "$1" INFO commandstats | tr -d '\r' |
-    awk -F'[=,:]' '/^cmdstat_get:/ { print $3 }'
-}
-on_primaries=0
-on_replicas=0
-for port in "${PORTS[@]}"; do
-  c="$(get_calls "$port")"
-  c="${c:-0}"
-  if [[ "$(info_field "$port" replication role)" == master ]]; then
-    on_primaries=$((on_primaries + c))
-  else
-    on_replicas=$((on_replicas + c))
-  fi
-done
-echo "GET calls answered over the run: primaries $on_primaries, replicas $on_replicas" \
-  "(redis-benchmark --cluster sends its GETs to the primaries)"
 echo "peak RSS (VmHWM) kompress-proxy: $(awk '/^VmHWM:/ { print $2, $3 }' "/proc/$PROXY_PID/status")"

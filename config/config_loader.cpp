@@ -1097,7 +1097,13 @@ Value Validate(const KeySpec& spec, const RawValue& raw) {
 
 std::string SourceOf(const RawMap& raw, std::string_view key) {
   auto it = raw.find(key);
-  return it == raw.end() ? "default" : it->second.value.source;
+  if (it == raw.end()) return "default";
+  // REDIS_HOST / REDIS_PORT patch the primary on top of the default: they set it too.
+  if (it->second.value.source == "default") {
+    if (it->second.port_override) return it->second.port_override->source;
+    if (it->second.host_override) return it->second.host_override->source;
+  }
+  return it->second.value.source;
 }
 
 void CrossCheck(const Config& c, const RawMap& raw) {
@@ -1159,6 +1165,25 @@ void CrossCheck(const Config& c, const RawMap& raw) {
          "too small: at least 64kb (replies for a pipeline must fit)",
          SourceOf(raw, "limits.max_total_client_buffer_bytes"));
   }
+  if (!c.cluster_nodes.empty()) {
+    // The cluster describes its own nodes: a primary, replicas or Sentinels given as well
+    // would be a second, conflicting source of truth.
+    for (std::string_view key : {"primary", "replicas", "sentinels", "sentinel_master"}) {
+      std::string from = SourceOf(raw, key);
+      if (from != "default") {
+        FailPlain(std::string(key) +
+                      ": set together with cluster_nodes (with Redis Cluster the shards come "
+                      "from the cluster itself; remove one of the two)",
+                  from);
+      }
+    }
+    for (const Endpoint& e : c.cluster_nodes) {
+      if (e == c.listen) {
+        Fail("cluster_nodes", FormatHostPort(e.host, e.port), "same address as listen",
+             SourceOf(raw, "cluster_nodes"));
+      }
+    }
+  }
   if (!c.sentinels.empty() || !c.sentinel_master.empty()) {
     if (c.sentinels.empty()) {
       FailPlain("sentinels: empty while sentinel_master is set (which Sentinels to ask?)",
@@ -1183,25 +1208,6 @@ void CrossCheck(const Config& c, const RawMap& raw) {
       if (e == c.listen) {
         Fail("sentinels", FormatHostPort(e.host, e.port), "same address as listen",
              SourceOf(raw, "sentinels"));
-      }
-    }
-  }
-  if (!c.cluster_nodes.empty()) {
-    // The cluster describes its own nodes: a primary, replicas or Sentinels given as well
-    // would be a second, conflicting source of truth.
-    for (std::string_view key : {"primary", "replicas", "sentinels", "sentinel_master"}) {
-      std::string from = SourceOf(raw, key);
-      if (from != "default") {
-        FailPlain(std::string(key) +
-                      ": set together with cluster_nodes (with Redis Cluster the shards come "
-                      "from the cluster itself; remove one of the two)",
-                  from);
-      }
-    }
-    for (const Endpoint& e : c.cluster_nodes) {
-      if (e == c.listen) {
-        Fail("cluster_nodes", FormatHostPort(e.host, e.port), "same address as listen",
-             SourceOf(raw, "cluster_nodes"));
       }
     }
   }

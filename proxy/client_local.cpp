@@ -182,6 +182,10 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
         return ReplyErrorNow(
             "ERR value is out of range, value must between -2147483648 and 2147483647");
       }
+      if (worker_->topology().cluster() && n != 0) {
+        // A Redis Cluster has database 0 only; the nodes answer exactly this.
+        return ReplyErrorNow("ERR SELECT is not allowed in cluster mode");
+      }
       const Backend* primary = worker_->backends().primary();
       int64_t databases = primary != nullptr ? primary->databases() : 16;
       if (n < 0 || n >= databases) return ReplyErrorNow("ERR DB index is out of range");

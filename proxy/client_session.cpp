@@ -711,6 +711,12 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     return;
   }
   if (s.is_read && from->is_primary() && !s.tried_replica && RetryOnReplica(seq)) return;
+  if (s.is_read && worker_->topology().cluster() && !s.request.empty()) {
+    // A read changes nothing, so one the shard's primary failed can run again: it waits for
+    // the cluster to promote a replica (or the node to answer again), up to the timeout.
+    Park(seq, s.request.data(), s.request.size());
+    return;
+  }
   if (!s.is_read && unsent) {
     // Never sent, so certainly not applied: it waits for a primary like a new write (or
     // gets "primary is unavailable" when it may not wait).

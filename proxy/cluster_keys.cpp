@@ -54,8 +54,13 @@ bool KeyPositions(const CommandInfo* info, const std::vector<std::string_view>& 
     }
     if (Is(name, {"blmpop", "bzmpop"})) return NumKeysAt(args, 2, out);
     if (Is(name, {"xread", "xreadgroup"})) {
+      // Options before STREAMS; GROUP takes two arguments that may be any word.
       for (size_t i = 1; i < argc; ++i) {
-        if (EqualsLower(args[i], "streams")) {
+        if (name == "xreadgroup" && EqualsLower(args[i], "group")) {
+          i += 2;
+        } else if (EqualsLower(args[i], "count") || EqualsLower(args[i], "block")) {
+          i += 1;
+        } else if (EqualsLower(args[i], "streams")) {
           size_t rest = argc - i - 1;
           if (rest == 0 || rest % 2 != 0) return false;
           for (size_t k = 0; k < rest / 2; ++k) out->push_back(static_cast<uint32_t>(i + 1 + k));
@@ -65,30 +70,54 @@ bool KeyPositions(const CommandInfo* info, const std::vector<std::string_view>& 
       return false;
     }
     if (Is(name, {"sort", "sort_ro"})) {
+      // SORT key [BY pattern] [LIMIT offset count] [GET pattern ...] [ASC|DESC] [ALPHA]
+      // [STORE destination]: only the last STORE's destination is a key.
       if (argc < 2) return false;
       out->push_back(1);
-      for (size_t i = 2; i + 1 < argc; ++i) {
-        if (EqualsLower(args[i], "store")) out->push_back(static_cast<uint32_t>(i + 1));
+      size_t store = 0;
+      for (size_t i = 2; i < argc; ++i) {
+        if (EqualsLower(args[i], "by") || EqualsLower(args[i], "get")) {
+          i += 1;
+        } else if (EqualsLower(args[i], "limit")) {
+          i += 2;
+        } else if (EqualsLower(args[i], "store") && i + 1 < argc) {
+          store = ++i;
+        }
       }
+      if (store != 0) out->push_back(static_cast<uint32_t>(store));
       return true;
     }
     if (Is(name, {"georadius", "georadiusbymember"})) {
+      // As Redis 7's key specs: the first STORE and the first STOREDIST after the key,
+      // center (lon lat, or member), radius and unit each name a key.
       if (argc < 2) return false;
       out->push_back(1);
-      for (size_t i = 2; i + 1 < argc; ++i) {
-        if (EqualsLower(args[i], "store") || EqualsLower(args[i], "storedist")) {
-          out->push_back(static_cast<uint32_t>(i + 1));
+      size_t first = name == "georadius" ? 6 : 5;
+      bool store = false, storedist = false;
+      for (size_t i = first; i + 1 < argc; ++i) {
+        if (!store && EqualsLower(args[i], "store")) {
+          store = true;
+          out->push_back(static_cast<uint32_t>(++i));
+        } else if (!storedist && EqualsLower(args[i], "storedist")) {
+          storedist = true;
+          out->push_back(static_cast<uint32_t>(++i));
         }
       }
       return true;
     }
     if (name == "migrate") {
+      // MIGRATE host port key|"" db timeout [COPY] [REPLACE] [AUTH pw] [AUTH2 user pw]
+      // [KEYS key...]
       if (argc > 3 && !args[3].empty()) {
         out->push_back(3);
         return true;
       }
       for (size_t i = 6; i < argc; ++i) {
-        if (EqualsLower(args[i], "keys")) {
+        if (EqualsLower(args[i], "auth")) {
+          i += 1;
+        } else if (EqualsLower(args[i], "auth2")) {
+          i += 2;
+        } else if (EqualsLower(args[i], "keys")) {
           for (size_t k = i + 1; k < argc; ++k) out->push_back(static_cast<uint32_t>(k));
           return true;
         }
@@ -116,23 +145,31 @@ bool KeyPositions(const CommandInfo* info, const std::vector<std::string_view>& 
 
 bool SplitRequest(const char* raw, size_t len, std::vector<std::string_view>* args) {
   args->clear();
+  // A length line: type, at least one digit, CRLF; bounded so it cannot overflow.
   auto read_len = [&](size_t& at, char type, size_t* n) {
     if (at >= len || raw[at] != type) return false;
     size_t v = 0;
     size_t i = at + 1;
-    while (i < len && raw[i] >= '0' && raw[i] <= '9')
+    while (i < len && raw[i] >= '0' && raw[i] <= '9' && i - at <= 18) {
       v = v * 10 + static_cast<size_t>(raw[i++] - '0');
-    if (i + 1 >= len || raw[i] != '\r' || raw[i + 1] != '\n') return false;
+    }
+    if (i == at + 1 || i + 1 >= len || raw[i] != '\r' || raw[i + 1] != '\n') return false;
     at = i + 2;
     *n = v;
     return true;
   };
   size_t at = 0, argc = 0;
   if (!read_len(at, '*', &argc)) return false;
+  // Each argument takes at least 6 bytes ("$0\r\n\r\n"): more than that cannot be there.
+  if (argc > (len - at) / 6) return false;
   args->reserve(argc);
   for (size_t k = 0; k < argc; ++k) {
     size_t n = 0;
-    if (!read_len(at, '$', &n) || at + n + 2 > len) return false;
+    if (!read_len(at, '$', &n) || n > len - at || len - at - n < 2 || raw[at + n] != '\r' ||
+        raw[at + n + 1] != '\n') {
+      args->clear();
+      return false;
+    }
     args->emplace_back(raw + at, n);
     at += n + 2;
   }

@@ -93,7 +93,7 @@ void ClusterMonitor::OnTick() {
   if (conn_) conn_->Check(now, std::min<uint64_t>(timeout_ms, 1000));
   if (asking_) {
     if (conn_ && now - asked_ms_ > std::min<uint64_t>(timeout_ms, 2000)) {
-      conn_->Fail("no answer to CLUSTER SLOTS in time");
+      conn_->Fail("no answer to the slot map query in time");
     }
     return;
   }
@@ -118,7 +118,7 @@ void ClusterMonitor::Ask() {
   if (!conn_->open()) conn_->Connect();
   asking_ = true;
   asked_ms_ = uv_now(loop_);
-  conn_->Command(&ClusterMonitor::OnSlots, this, "CLUSTER SLOTS");
+  conn_->Command(&ClusterMonitor::OnSlots, this, use_slots_ ? "CLUSTER SLOTS" : "CLUSTER SHARDS");
 }
 
 void ClusterMonitor::OnLost(const std::string& why) {
@@ -140,9 +140,19 @@ void ClusterMonitor::OnSlots(ControlConn*, redisReply* reply, void* privdata) {
   self->asking_ = false;
   SlotMap map;
   std::string error;
+  if (reply->type == REDIS_REPLY_ERROR && !self->use_slots_ &&
+      std::string_view(reply->str, reply->len).find("nknown") != std::string_view::npos) {
+    // Before Redis 7: CLUSTER SLOTS says the same, less of it (no shard without slots).
+    Log().info("cluster: {} does not know CLUSTER SHARDS ({}); using CLUSTER SLOTS",
+               self->conn_->endpoint().ToString(), std::string(reply->str, reply->len));
+    self->use_slots_ = true;
+    self->asked_ms_ = 0;
+    return;
+  }
   if (reply->type == REDIS_REPLY_ERROR) {
     error = std::string(reply->str, reply->len);
-  } else if (!map.FromClusterSlots(reply, &error)) {
+  } else if (self->use_slots_ ? !map.FromClusterSlots(reply, &error)
+                              : !map.FromClusterShards(reply, self->config_->backend_tls, &error)) {
     error = "not a slot map: " + error;
   }
   if (!error.empty()) {
@@ -168,7 +178,16 @@ void ClusterMonitor::Apply(const SlotMap& map) {
   topology_.stats().refreshes++;
   std::vector<uint16_t> group_of(map.shards().size(), Topology::kNoGroup);
   std::vector<bool> taken(Topology::kMaxGroups, false);
+  // Shards serving slots first: they keep the groups they had; a shard without slots (a
+  // node about to be filled) must not take one of theirs.
+  std::vector<size_t> order;
   for (size_t s = 0; s < map.shards().size(); ++s) {
+    if (map.shards()[s].slots > 0) order.push_back(s);
+  }
+  for (size_t s = 0; s < map.shards().size(); ++s) {
+    if (map.shards()[s].slots == 0) order.push_back(s);
+  }
+  for (size_t s : order) {
     const ClusterShard& shard = map.shards()[s];
     // The group that already holds one of the shard's nodes: after a failover the promoted
     // replica is in its old primary's group, so the shard keeps its group (and its

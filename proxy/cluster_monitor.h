@@ -1,7 +1,7 @@
 // ClusterMonitor: the proxy's view of a Redis Cluster (config `cluster_nodes`). It asks one
-// reachable node for the slot map (CLUSTER SLOTS) at start, every second, and soon after a
-// worker asks for it (a MOVED, a lost shard primary), and hands each shard to the
-// ReplicationMonitor of its group: the same path as a Sentinel's view, so a promoted replica
+// reachable node for the slot map (CLUSTER SHARDS; CLUSTER SLOTS before Redis 7) at start, every
+// second, and soon after a worker asks for it (a MOVED, a lost shard primary), and hands each shard
+// to the ReplicationMonitor of its group: the same path as a Sentinel's view, so a promoted replica
 // takes the shard's writes only once it confirms the role itself, and each shard's replicas
 // are qualified for reads like any others. Then it points each slot at its shard's group.
 #pragma once
@@ -64,6 +64,7 @@ class ClusterMonitor {
   bool running_ = false;
   bool asking_ = false;
   bool have_map_ = false;
+  bool use_slots_ = false;  // the nodes predate CLUSTER SHARDS
   uint64_t asked_ms_ = 0;
   uint64_t answered_ms_ = 0;
   size_t next_ = 0;  // the candidate to ask next when the current node fails

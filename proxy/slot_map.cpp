@@ -1,4 +1,4 @@
-// SlotMap: parsing CLUSTER SLOTS.
+// SlotMap: parsing CLUSTER SHARDS and CLUSTER SLOTS.
 #include "proxy/slot_map.h"
 
 #include <hiredis/hiredis.h>
@@ -62,6 +62,96 @@ bool SlotMap::FromClusterSlots(const redisReply* reply, std::string* error) {
     }
     auto index = static_cast<uint16_t>(it - shards.begin());
     for (long long s = start; s <= end; ++s) slots[static_cast<size_t>(s)] = index;
+    it->slots += static_cast<size_t>(end - start + 1);
+  }
+  slots_ = slots;
+  shards_ = std::move(shards);
+  return true;
+}
+
+namespace {
+// CLUSTER SHARDS entries are maps, in RESP2 (the control connections' protocol) an array of
+// alternating names and values. The value named `key`, or nullptr.
+const redisReply* Field(const redisReply* m, std::string_view key) {
+  if (m == nullptr || m->type != REDIS_REPLY_ARRAY) return nullptr;
+  for (size_t i = 0; i + 1 < m->elements; i += 2) {
+    const redisReply* k = m->element[i];
+    if ((k->type == REDIS_REPLY_STRING || k->type == REDIS_REPLY_STATUS) &&
+        std::string_view(k->str, k->len) == key) {
+      return m->element[i + 1];
+    }
+  }
+  return nullptr;
+}
+
+std::string_view Str(const redisReply* r) {
+  if (r == nullptr || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)) return {};
+  return {r->str, r->len};
+}
+}  // namespace
+
+bool SlotMap::FromClusterShards(const redisReply* reply, bool tls, std::string* error) {
+  if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY) {
+    *error = "CLUSTER SHARDS: not an array";
+    return false;
+  }
+  std::array<uint16_t, kClusterSlots> slots = MakeUnassigned();
+  std::vector<ClusterShard> shards;
+  for (size_t i = 0; i < reply->elements; ++i) {
+    const redisReply* sh = reply->element[i];
+    const redisReply* ranges = Field(sh, "slots");
+    const redisReply* nodes = Field(sh, "nodes");
+    if (ranges == nullptr || ranges->type != REDIS_REPLY_ARRAY || ranges->elements % 2 != 0 ||
+        nodes == nullptr || nodes->type != REDIS_REPLY_ARRAY) {
+      *error = "CLUSTER SHARDS: entry " + std::to_string(i) + " has no slots and nodes";
+      return false;
+    }
+    ClusterShard shard;
+    bool have_primary = false;
+    for (size_t k = 0; k < nodes->elements; ++k) {
+      const redisReply* n = nodes->element[k];
+      std::string_view host = Str(Field(n, "endpoint"));
+      if (host.empty() || host == "?") host = Str(Field(n, "ip"));
+      const redisReply* port = tls ? Field(n, "tls-port") : nullptr;
+      if (port == nullptr) port = Field(n, "port");
+      if (host.empty() || port == nullptr || port->type != REDIS_REPLY_INTEGER ||
+          port->integer <= 0 || port->integer > 65535) {
+        continue;
+      }
+      Endpoint ep{std::string(host), static_cast<uint16_t>(port->integer)};
+      std::string_view role = Str(Field(n, "role"));
+      if (role == "master") {
+        // A primary that failed and has no slots left is what remains of a failover.
+        if (ranges->elements == 0 && Str(Field(n, "health")) != "online") continue;
+        // The shard's primary, whatever its health: its slots are its until the cluster
+        // promotes another node.
+        shard.primary = ep;
+        shard.primary_id = std::string(Str(Field(n, "id")));
+        have_primary = true;
+      } else if (Str(Field(n, "health")) == "online") {
+        // A failed replica or one still loading its data serves nothing.
+        shard.replicas.push_back(ep);
+      }
+    }
+    if (!have_primary) continue;  // only replicas left of a shard (all primaries failed)
+    auto same = [&](const ClusterShard& s) { return s.primary == shard.primary; };
+    auto it = std::find_if(shards.begin(), shards.end(), same);
+    if (it == shards.end()) {
+      shards.push_back(std::move(shard));
+      it = shards.end() - 1;
+    }
+    auto index = static_cast<uint16_t>(it - shards.begin());
+    for (size_t r = 0; r + 1 < ranges->elements; r += 2) {
+      const redisReply* a = ranges->element[r];
+      const redisReply* b = ranges->element[r + 1];
+      if (a->type != REDIS_REPLY_INTEGER || b->type != REDIS_REPLY_INTEGER || a->integer < 0 ||
+          b->integer < a->integer || b->integer >= kClusterSlots) {
+        *error = "CLUSTER SHARDS: bad slot range in entry " + std::to_string(i);
+        return false;
+      }
+      for (long long s = a->integer; s <= b->integer; ++s) slots[static_cast<size_t>(s)] = index;
+      it->slots += static_cast<size_t>(b->integer - a->integer + 1);
+    }
   }
   slots_ = slots;
   shards_ = std::move(shards);

@@ -1,7 +1,6 @@
 // SlotMap: which shard serves each of Redis Cluster's 16384 hash slots, and each shard's
-// primary and replicas, as the cluster describes itself (CLUSTER SLOTS). Groundwork for
-// Redis Cluster behind one address: one BackendGroup per shard, requests routed by
-// KeySlot(key).
+// primary and replicas, as the cluster describes itself (CLUSTER SHARDS, or CLUSTER SLOTS
+// before Redis 7). ClusterMonitor turns it into one BackendGroup per shard.
 #pragma once
 
 #include <array>
@@ -20,6 +19,7 @@ struct ClusterShard {
   Endpoint primary;
   std::string primary_id;
   std::vector<Endpoint> replicas;
+  size_t slots = 0;  // how many slots it serves (0: a node being filled, say)
 };
 
 class SlotMap {
@@ -29,6 +29,10 @@ class SlotMap {
   // From a CLUSTER SLOTS reply. False with *error when it is not one (the map is unchanged).
   // Ranges of one primary become one shard, whatever order they come in.
   bool FromClusterSlots(const redisReply* reply, std::string* error);
+  // From a CLUSTER SHARDS reply (Redis 7): shards without slots are kept (a node being
+  // filled by a reshard is known before it owns anything), replicas that are not online are
+  // left out. `tls`: nodes' tls-port where given.
+  bool FromClusterShards(const redisReply* reply, bool tls, std::string* error);
 
   const std::vector<ClusterShard>& shards() const { return shards_; }
   // The shard serving `slot`, or kUnassigned (no node serves it: CLUSTERDOWN territory).

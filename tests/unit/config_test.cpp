@@ -765,3 +765,162 @@ TEST_CASE("Config: unknown KOMPRESS_ variables are warned about with the nearest
 
 }  // namespace
 }  // namespace kp
+
+namespace kp {
+namespace {
+
+TEST_CASE("Config: cluster_nodes is empty by default") {
+  Config c = Load({});
+  CHECK(c.cluster_nodes.empty());
+  CHECK_FALSE(c.cluster());
+  CHECK_FALSE(c.external_topology());
+  // An empty list is a value like for replicas, and still means no cluster.
+  CHECK_FALSE(Load({{"KOMPRESS_CLUSTER_NODES", ""}}).cluster());
+  CHECK_FALSE(Load({}, {"--cluster-nodes", ""}).cluster());
+}
+
+TEST_CASE("Config: KOMPRESS_CLUSTER_NODES is a comma-separated list") {
+  Config c = Load({{"KOMPRESS_CLUSTER_NODES", "n1:7000, n2:7001 ,[::1]:7002"}});
+  REQUIRE(c.cluster_nodes.size() == 3);
+  CHECK(c.cluster_nodes[0] == Endpoint{"n1", 7000});
+  CHECK(c.cluster_nodes[1] == Endpoint{"n2", 7001});
+  CHECK(c.cluster_nodes[2] == Endpoint{"::1", 7002});
+  CHECK(c.cluster());
+  CHECK(c.external_topology());
+  // The fixed topology stays at its defaults, unused.
+  CHECK(c.primary == Endpoint{"localhost", 6379});
+  CHECK(c.replicas.empty());
+  CHECK(c.sentinels.empty());
+  CHECK(UnknownEnvWarnings({"KOMPRESS_CLUSTER_NODES"}).empty());
+}
+
+TEST_CASE("Config: --cluster-nodes flag, and it beats the environment") {
+  Config c = Load({}, {"--cluster-nodes", "10.0.0.1:7000,10.0.0.2:7000"});
+  REQUIRE(c.cluster_nodes.size() == 2);
+  CHECK(c.cluster_nodes[0] == Endpoint{"10.0.0.1", 7000});
+  CHECK(c.cluster_nodes[1] == Endpoint{"10.0.0.2", 7000});
+  CHECK(c.cluster());
+
+  c = Load({}, {"--cluster-nodes=seed:7000"});
+  REQUIRE(c.cluster_nodes.size() == 1);
+  CHECK(c.cluster_nodes[0] == Endpoint{"seed", 7000});
+
+  c = Load({{"KOMPRESS_CLUSTER_NODES", "env:1,env:2"}}, {"--cluster-nodes", "cli:3"});
+  REQUIRE(c.cluster_nodes.size() == 1);
+  CHECK(c.cluster_nodes[0] == Endpoint{"cli", 3});
+}
+
+TEST_CASE("Config: cluster_nodes in YAML as a list or a string") {
+  TempYaml list(
+      "cluster_nodes:\n"
+      "  - a:7000\n"
+      "  - \"[fe80::1]:7001\"\n");
+  Config c = Load({}, {"--config", list.path()});
+  REQUIRE(c.cluster_nodes.size() == 2);
+  CHECK(c.cluster_nodes[0] == Endpoint{"a", 7000});
+  CHECK(c.cluster_nodes[1] == Endpoint{"fe80::1", 7001});
+  CHECK(c.cluster());
+
+  TempYaml flow("cluster_nodes: [a:1, b:2]\n");
+  CHECK(Load({}, {"--config", flow.path()}).cluster_nodes.size() == 2);
+
+  TempYaml str("cluster_nodes: \"a:1, b:2, c:3\"\n");
+  c = Load({}, {"--config", str.path()});
+  REQUIRE(c.cluster_nodes.size() == 3);
+  CHECK(c.cluster_nodes[2] == Endpoint{"c", 3});
+
+  // env beats the file.
+  c = Load({{"KOMPRESS_CLUSTER_NODES", "e:9"}}, {"--config", str.path()});
+  REQUIRE(c.cluster_nodes.size() == 1);
+  CHECK(c.cluster_nodes[0] == Endpoint{"e", 9});
+}
+
+TEST_CASE("Config: cluster_nodes with primary or replicas is refused") {
+  std::vector<std::pair<Env, std::vector<std::string>>> cases = {
+      {{}, {"--cluster-nodes", "a:1", "--primary", "p:1"}},
+      {{{"KOMPRESS_PRIMARY", "p:1"}}, {"--cluster-nodes", "a:1"}},
+      {{}, {"--cluster-nodes", "a:1", "--replicas", "r:1"}},
+      {{{"KOMPRESS_REPLICAS", "r:1,r:2"}}, {"--cluster-nodes", "a:1"}},
+      {{{"REDIS_REPLICAS_HOST_PORT", "r:1"}}, {"--cluster-nodes", "a:1"}},
+  };
+  for (const auto& [env, args] : cases) {
+    CAPTURE(args);
+    std::string msg = ErrorOf(env, args);
+    CHECK(Has(msg, "cluster_nodes"));
+    CHECK(Has(msg, "set together with cluster_nodes"));
+    CHECK((Has(msg, "primary:") || Has(msg, "replicas:")));
+  }
+  CHECK(ErrorOf({}, {"--cluster-nodes", "a:1", "--primary", "p:1"}) ==
+        "config: primary: set together with cluster_nodes (with Redis Cluster the shards come from "
+        "the cluster itself; remove one of the two) (from flag --primary)");
+  CHECK(Has(ErrorOf({{"KOMPRESS_CLUSTER_NODES", "a:1"}, {"KOMPRESS_REPLICAS", "r:1"}}),
+            "(from env KOMPRESS_REPLICAS)"));
+  TempYaml file("primary: p:1\ncluster_nodes: [a:1]\n");
+  CHECK(Has(ErrorOf({}, {"--config", file.path()}), "primary: set together with cluster_nodes"));
+}
+
+TEST_CASE("Config: cluster_nodes with Sentinel settings is refused") {
+  std::string both =
+      ErrorOf({}, {"--cluster-nodes", "a:1", "--sentinels", "s:26379", "--sentinel-master", "m"});
+  CHECK(Has(both, "sentinels: set together with cluster_nodes"));
+  CHECK(Has(both, "(from flag --sentinels)"));
+  CHECK(Has(ErrorOf({{"KOMPRESS_CLUSTER_NODES", "a:1"},
+                     {"KOMPRESS_SENTINELS", "s:26379"},
+                     {"KOMPRESS_SENTINEL_MASTER", "m"}}),
+            "cluster_nodes"));
+  // Either Sentinel key alone is refused as well.
+  CHECK_THROWS_AS(Load({}, {"--cluster-nodes", "a:1", "--sentinels", "s:26379"}), ConfigError);
+  CHECK_THROWS_AS(Load({}, {"--cluster-nodes", "a:1", "--sentinel-master", "m"}), ConfigError);
+  CHECK_THROWS_AS(Load({{"KOMPRESS_SENTINEL_MASTER", "m"}}, {"--cluster-nodes", "a:1"}),
+                  ConfigError);
+}
+
+TEST_CASE("Config: a cluster node at the listen address is refused") {
+  CHECK(ErrorOf({}, {"--cluster-nodes", "127.0.0.1:6380"}) ==
+        "config: cluster_nodes: \"127.0.0.1:6380\": same address as listen "
+        "(from flag --cluster-nodes)");
+  std::string msg =
+      ErrorOf({{"KOMPRESS_CLUSTER_NODES", "b:2,0.0.0.0:7000"}}, {"--listen", "0.0.0.0:7000"});
+  CHECK(Has(msg, "cluster_nodes"));
+  CHECK(Has(msg, "\"0.0.0.0:7000\""));
+  CHECK(Has(msg, "same address as listen"));
+  CHECK(Has(msg, "(from env KOMPRESS_CLUSTER_NODES)"));
+  // Same port on another host is fine.
+  CHECK(Load({}, {"--cluster-nodes", "10.0.0.1:6380"}).cluster());
+}
+
+TEST_CASE("Config: bad cluster_nodes entries name the key and the value") {
+  std::string msg = ErrorOf({}, {"--cluster-nodes", "a:1,b:x"});
+  CHECK(Has(msg, "cluster_nodes"));
+  CHECK(Has(msg, "\"b:x\""));
+  CHECK(Has(msg, "not a number"));
+  CHECK(Has(msg, "(from flag --cluster-nodes)"));
+  CHECK(Has(ErrorOf({{"KOMPRESS_CLUSTER_NODES", "a:1,a:1"}}), "twice"));
+  CHECK(Has(ErrorOf({{"KOMPRESS_CLUSTER_NODES", "a:70000"}}), "port must be 1-65535"));
+  CHECK(Has(ErrorOf({{"KOMPRESS_CLUSTER_NODES", "a"}}), "missing port"));
+}
+
+TEST_CASE("Config: cluster_nodes in Describe and the help text") {
+  CHECK(Has(Describe(Load({{"KOMPRESS_CLUSTER_NODES", "n1:7000,n2:7001"}})), "n1:7000,n2:7001"));
+  CHECK(Has(Describe(Load({})), "cluster_nodes"));
+  std::string help = HelpText();
+  CHECK(Has(help, "--cluster-nodes"));
+  CHECK(Has(help, "KOMPRESS_CLUSTER_NODES"));
+}
+
+TEST_CASE("Config: cluster_nodes with only one Sentinel key names cluster_nodes") {
+  // Refused, but by the Sentinel pairing check ("sentinel_master: empty while sentinels is
+  // set"), which sends the user to add the other Sentinel key instead.
+  CHECK(Has(ErrorOf({}, {"--cluster-nodes", "a:1", "--sentinels", "s:26379"}), "cluster_nodes"));
+  CHECK(Has(ErrorOf({}, {"--cluster-nodes", "a:1", "--sentinel-master", "m"}), "cluster_nodes"));
+}
+
+TEST_CASE("Config: cluster_nodes with REDIS_HOST or REDIS_PORT is refused") {
+  // REDIS_HOST/REDIS_PORT patch the primary but leave its source "default", so the conflict
+  // check does not see them and they are silently ignored.
+  CHECK(Has(ErrorOf({{"REDIS_HOST", "h"}}, {"--cluster-nodes", "a:1"}), "cluster_nodes"));
+  CHECK(Has(ErrorOf({{"REDIS_PORT", "7000"}}, {"--cluster-nodes", "a:1"}), "cluster_nodes"));
+}
+
+}  // namespace
+}  // namespace kp

@@ -89,3 +89,111 @@ TEST_CASE("slot map: uncovered slots and malformed replies") {
 
 }  // namespace
 }  // namespace kp
+
+namespace kp {
+namespace {
+
+std::string Bulk(const std::string& s) {
+  return "$" + std::to_string(s.size()) + "\r\n" + s + "\r\n";
+}
+
+// One node of a CLUSTER SHARDS entry, as Redis 7.0 sends it (RESP2: names and values).
+std::string ShardNode(const std::string& id, int port, const std::string& role,
+                      const std::string& health, int tls_port = 0) {
+  std::string fields = Bulk("id") + Bulk(id) + Bulk("port") + ":" + std::to_string(port) + "\r\n";
+  int n = 14;
+  if (tls_port != 0) {
+    fields += Bulk("tls-port") + ":" + std::to_string(tls_port) + "\r\n";
+    n += 2;
+  }
+  fields += Bulk("ip") + Bulk("127.0.0.1") + Bulk("endpoint") + Bulk("127.0.0.1") + Bulk("role") +
+            Bulk(role) + Bulk("replication-offset") + ":100\r\n" + Bulk("health") + Bulk(health);
+  return "*" + std::to_string(n) + "\r\n" + fields;
+}
+
+std::string ShardEntry(const std::vector<int>& ranges, const std::vector<std::string>& nodes) {
+  std::string s = "*4\r\n" + Bulk("slots") + "*" + std::to_string(ranges.size()) + "\r\n";
+  for (int r : ranges) s += ":" + std::to_string(r) + "\r\n";
+  s += Bulk("nodes") + "*" + std::to_string(nodes.size()) + "\r\n";
+  for (const std::string& n : nodes) s += n;
+  return s;
+}
+
+TEST_CASE("slot map: CLUSTER SHARDS captured from a redis-server 7.0 cluster after a reshard") {
+  Reply r(
+      "*3\r\n*4\r\n$5\r\nslots\r\n*2\r\n:3000\r\n:5460\r\n$5\r\nnodes\r\n*2\r\n*14\r\n$2\r\nid\r\n$"
+      "40\r\n6d12b709770a5561e42f71e0ac1f264ec15d6264\r\n$4\r\nport\r\n:13762\r\n$2\r\nip\r\n$9\r\n"
+      "127.0.0.1\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$18\r\nrepl"
+      "ication-offset\r\n:927828\r\n$6\r\nhealth\r\n$6\r\nonline\r\n*14\r\n$2\r\nid\r\n$40\r\nfa76"
+      "eed129ef0b389242cc275194252720d15c02\r\n$4\r\nport\r\n:12036\r\n$2\r\nip\r\n$9\r\n127.0.0."
+      "1\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$7\r\nreplica\r\n$18\r\nreplicatio"
+      "n-offset\r\n:927828\r\n$6\r\nhealth\r\n$6\r\nonline\r\n*4\r\n$5\r\nslots\r\n*4\r\n:5461\r\n"
+      ":9460\r\n:14923\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n*14\r\n$2\r\nid\r\n$40\r\n855f9c5304ed7c"
+      "e76bb56ddae581891ea3fc3e32\r\n$4\r\nport\r\n:18711\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\n"
+      "endpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$18\r\nreplication-offset\r\n:"
+      "1111104\r\n$6\r\nhealth\r\n$6\r\nonline\r\n*14\r\n$2\r\nid\r\n$40\r\n16dcfe7e2d067f34ed7e8"
+      "5c0aaa201c54eea0db9\r\n$4\r\nport\r\n:20425\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoi"
+      "nt\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$7\r\nreplica\r\n$18\r\nreplication-offset\r\n:11111"
+      "04\r\n$6\r\nhealth\r\n$6\r\nonline\r\n*4\r\n$5\r\nslots\r\n*4\r\n:0\r\n:2999\r\n:9461\r\n:"
+      "14922\r\n$5\r\nnodes\r\n*2\r\n*14\r\n$2\r\nid\r\n$40\r\na040d7281bc39eaf59a2a436e446a116bf"
+      "bd4e24\r\n$4\r\nport\r\n:11037\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$9\r\n1"
+      "27.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$18\r\nreplication-offset\r\n:926156\r\n$6\r\nhe"
+      "alth\r\n$6\r\nonline\r\n*14\r\n$2\r\nid\r\n$40\r\naf58cde1241fbe1159c729ccc3234fddba2e1c1d"
+      "\r\n$4\r\nport\r\n:13436\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$9\r\n127.0.0"
+      ".1\r\n$4\r\nrole\r\n$7\r\nreplica\r\n$18\r\nreplication-offset\r\n:926156\r\n$6\r\nhealth\r"
+      "\n$6\r\nonline\r\n");
+  SlotMap m;
+  std::string error;
+  REQUIRE(m.FromClusterShards(r.reply, false, &error));
+  REQUIRE(m.shards().size() == 3);
+  CHECK(m.unassigned() == 0);
+  CHECK(m.shards()[0].primary == Endpoint{"127.0.0.1", 13762});
+  CHECK(m.shards()[0].primary_id == "6d12b709770a5561e42f71e0ac1f264ec15d6264");
+  CHECK(m.shards()[0].replicas == std::vector<Endpoint>{{"127.0.0.1", 12036}});
+  CHECK(m.shards()[0].slots == 2461);
+  CHECK(m.shards()[1].slots == 4000 + 1461);
+  CHECK(m.shards()[2].slots == 3000 + 5462);
+  CHECK(m.ShardOf(2999) == 2);
+  CHECK(m.ShardOf(3000) == 0);
+  CHECK(m.ShardOf(9460) == 1);
+  CHECK(m.ShardOf(9461) == 2);
+  CHECK(m.ShardOf(16383) == 1);
+}
+
+TEST_CASE("slot map: CLUSTER SHARDS health, slotless shards and TLS ports") {
+  std::string resp = "*4\r\n";
+  // A shard with a failed replica and one still loading: neither serves.
+  resp += ShardEntry(
+      {0, 8191},
+      {ShardNode("a", 7000, "master", "online"), ShardNode("b", 7001, "replica", "failed"),
+       ShardNode("c", 7002, "replica", "loading"), ShardNode("d", 7003, "replica", "online")});
+  resp += ShardEntry({8192, 16383}, {ShardNode("e", 7004, "master", "online", 8004)});
+  // What a failover leaves: the old primary, failed, without slots. Not a shard.
+  resp += ShardEntry({}, {ShardNode("f", 7005, "master", "failed")});
+  // A new node with no slots yet: known (an ASK may name it), serving nothing.
+  resp += ShardEntry({}, {ShardNode("g", 7006, "master", "online")});
+  Reply r(resp);
+  SlotMap m;
+  std::string error;
+  REQUIRE(m.FromClusterShards(r.reply, false, &error));
+  REQUIRE(m.shards().size() == 3);
+  CHECK(m.shards()[0].replicas == std::vector<Endpoint>{{"127.0.0.1", 7003}});
+  CHECK(m.shards()[1].primary == Endpoint{"127.0.0.1", 7004});
+  CHECK(m.shards()[2].primary == Endpoint{"127.0.0.1", 7006});
+  CHECK(m.shards()[2].slots == 0);
+  CHECK(m.unassigned() == 0);
+
+  SlotMap tls;
+  REQUIRE(tls.FromClusterShards(r.reply, true, &error));
+  CHECK(tls.shards()[1].primary == Endpoint{"127.0.0.1", 8004});
+  CHECK(tls.shards()[0].primary == Endpoint{"127.0.0.1", 7000});  // no tls-port given
+
+  Reply bad("*1\r\n*2\r\n$5\r\nslots\r\n*1\r\n:0\r\n");
+  SlotMap unchanged;
+  CHECK_FALSE(unchanged.FromClusterShards(bad.reply, false, &error));
+  CHECK(error.find("CLUSTER SHARDS") != std::string::npos);
+  CHECK(unchanged.unassigned() == kClusterSlots);
+}
+
+}  // namespace
+}  // namespace kp
