@@ -171,18 +171,48 @@ ParseStatus RequestParser::FindLineEnd(const char* data, size_t len, char term,
   return ParseStatus::kIncomplete;
 }
 
+namespace {
+// The common case of a length line, "*3\r\n" or "$5\r\n", read in place: 1 to 9 digits, no
+// leading zero, CR LF, all in the buffer. Anything else (a sign, a leading zero, a line not
+// all there yet) returns false and takes the general path, which decides exactly as before.
+inline bool FastLength(const char* data, size_t len, size_t at, size_t max_line, int64_t* n,
+                       size_t* cr) {
+  size_t i = at + 1;
+  if (i >= len || data[i] < '1' || data[i] > '9') {
+    if (i + 2 < len && data[i] == '0' && data[i + 1] == '\r' && data[i + 2] == '\n' &&
+        max_line >= 2) {
+      *n = 0;
+      *cr = i + 1;
+      return true;
+    }
+    return false;
+  }
+  int64_t v = 0;
+  while (i < len && i - at <= 9 && data[i] >= '0' && data[i] <= '9') {
+    v = v * 10 + (data[i] - '0');
+    ++i;
+  }
+  if (i + 1 >= len || data[i] != '\r' || data[i + 1] != '\n' || i - at > max_line) return false;
+  *n = v;
+  *cr = i;
+  return true;
+}
+}  // namespace
+
 ParseStatus RequestParser::ParseMultibulk(const char* data, size_t len, size_t* consumed) {
   size_t cr = 0;
   if (remaining_ < 0) {
-    ParseStatus st = FindLineEnd(data, len, '\r', kErrMbulkTooBig, &cr);
-    if (st != ParseStatus::kOk) return st;
-    if (cr + 1 >= len) return ParseStatus::kIncomplete;
     int64_t n = 0;
-    // Redis takes the byte after '\r' on trust; requiring '\n' keeps the proxy and the
-    // backend reading the same bytes the same way.
-    if (!ParseRedisLongLong(data + pos_ + 1, cr - pos_ - 1, &n) || n > INT_MAX ||
-        data[cr + 1] != '\n') {
-      return Fail(kErrMbulkLen);
+    if (!FastLength(data, len, pos_, limits_.max_inline_len, &n, &cr)) {
+      ParseStatus st = FindLineEnd(data, len, '\r', kErrMbulkTooBig, &cr);
+      if (st != ParseStatus::kOk) return st;
+      if (cr + 1 >= len) return ParseStatus::kIncomplete;
+      // Redis takes the byte after '\r' on trust; requiring '\n' keeps the proxy and the
+      // backend reading the same bytes the same way.
+      if (!ParseRedisLongLong(data + pos_ + 1, cr - pos_ - 1, &n) || n > INT_MAX ||
+          data[cr + 1] != '\n') {
+        return Fail(kErrMbulkLen);
+      }
     }
     if (n > 0 && static_cast<uint64_t>(n) > limits_.max_array_len) {
       return FailLimit(RespLimit::kArrayLen);
@@ -198,7 +228,10 @@ ParseStatus RequestParser::ParseMultibulk(const char* data, size_t len, size_t* 
   }
   while (remaining_ > 0) {
     if (bulk_len_ < 0) {
-      ParseStatus st = FindLineEnd(data, len, '\r', kErrBulkTooBig, &cr);
+      int64_t n = 0;
+      bool fast = pos_ < len && data[pos_] == '$' &&
+                  FastLength(data, len, pos_, limits_.max_inline_len, &n, &cr);
+      ParseStatus st = fast ? ParseStatus::kOk : FindLineEnd(data, len, '\r', kErrBulkTooBig, &cr);
       if (st != ParseStatus::kOk) return st;
       if (cr + 1 >= len) return ParseStatus::kIncomplete;
       if (data[pos_] != '$') {
@@ -210,9 +243,8 @@ ParseStatus RequestParser::ParseMultibulk(const char* data, size_t len, size_t* 
         why += '\'';
         return Fail(why);
       }
-      int64_t n = 0;
-      if (!ParseRedisLongLong(data + pos_ + 1, cr - pos_ - 1, &n) || n < 0 ||
-          data[cr + 1] != '\n') {
+      if (!fast && (!ParseRedisLongLong(data + pos_ + 1, cr - pos_ - 1, &n) || n < 0 ||
+                    data[cr + 1] != '\n')) {
         return Fail(kErrBulkLen);
       }
       if (static_cast<uint64_t>(n) > limits_.max_bulk_len) return FailLimit(RespLimit::kBulkLen);
@@ -559,6 +591,12 @@ ParseStatus ReplyFramer::Frame(const char* data, size_t len, size_t* consumed) {
         break;
       }
       case ':': {
+        int64_t fast = 0;
+        if (FastLength(data, len, pos_, kMaxNumberLine, &fast, &cr)) {
+          pos_ = cr + 2;
+          if (CompleteElement()) return Done(consumed);
+          break;
+        }
         ParseStatus st = FindCrlf(data, len, kMaxNumberLine, &cr);
         if (st == ParseStatus::kError) return Fail(kErrReplyInteger);
         if (st != ParseStatus::kOk) return st;
@@ -584,6 +622,15 @@ ParseStatus ReplyFramer::Frame(const char* data, size_t len, size_t* consumed) {
       case '$':
       case '=':
       case '!': {
+        int64_t fast = 0;
+        if (type == '$' && FastLength(data, len, pos_, kMaxNumberLine, &fast, &cr)) {
+          // The usual "$5\r\n" read in place (a null, a sign or a long line: below).
+          if (static_cast<uint64_t>(fast) > limits_.max_bulk_len) return Fail(kErrReplyBulkLen);
+          pos_ = cr + 2;
+          bulk_len_ = fast;
+          state_ = State::kPayload;
+          break;
+        }
         ParseStatus st = FindCrlf(data, len, kMaxNumberLine, &cr);
         if (st == ParseStatus::kError) return Fail(kErrReplyBulkLen);
         if (st != ParseStatus::kOk) return st;

@@ -270,6 +270,24 @@ void BackendConn::Flush() {
     std::swap(out_, wbuf_);
   }
   uv_buf_t b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
+  // Straight to the socket first: when it takes everything (the usual case) no write request
+  // is queued, so libuv neither calls back nor re-arms the poller (one epoll_ctl per write
+  // otherwise).
+  int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
+  if (n == static_cast<int>(wbuf_.size())) {
+    wbuf_.Clear();
+    wbuf_.ShrinkIfEmpty(kKeepBuffer);
+    return;
+  }
+  if (n < 0 && n != UV_EAGAIN) {
+    wbuf_.Clear();
+    Fail(std::string("write: ") + uv_strerror(n), false);  // lost: see OnRead
+    return;
+  }
+  if (n > 0) {
+    wbuf_.Consume(static_cast<size_t>(n));
+    b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
+  }
   write_req_.data = this;
   int rc = uv_write(&write_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1, WriteCb);
   if (rc != 0) {
@@ -305,6 +323,7 @@ void BackendConn::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
 }
 
 void BackendConn::OnRead(ssize_t nread) {
+  worker_->TouchClock();
   if (nread > 0 && tls_) {
     tls_in_.Commit(static_cast<size_t>(nread));
     TlsStream::Status st = tls_->Feed(tls_in_.data(), tls_in_.size(), &in_);

@@ -195,7 +195,7 @@ void ClientSession::DispatchCluster(const Request& req, const RouteDecision& d, 
     uint64_t parent = NewSlot();
     Slot& p = SlotAt(parent);
     p.kind = d.route == Route::kRead ? 1 : 2;
-    p.start_ns = uv_hrtime();
+    p.start_ns = worker_->clock_ns();
     p.fan = std::make_unique<FanOut>();
     FanOut& f = *p.fan;
     Buffer b;
@@ -265,7 +265,7 @@ void ClientSession::DispatchCluster(const Request& req, const RouteDecision& d, 
     uint64_t parent = NewSlot();
     Slot& p = SlotAt(parent);
     p.kind = d.route == Route::kRead ? 1 : 2;
-    p.start_ns = uv_hrtime();
+    p.start_ns = worker_->clock_ns();
     p.fan = std::make_unique<FanOut>();
     FanOut& f = *p.fan;
     f.merge = split == Split::kValues  ? FanOut::Merge::kValues

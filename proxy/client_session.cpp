@@ -59,7 +59,7 @@ ClientSession::ClientSession(Worker* worker, uint64_t id)
       parser_(worker->config().resp),
       preauth_parser_(PreAuthLimits(worker->config().resp)) {
   created_ms_ = last_request_ms_ = worker->now();
-  slots_.resize(16);
+  slots_.resize(4);  // grows (doubling) with the pipeline; small for the idle many
   authenticated_ = NeedsNoAuth(worker->config());
 }
 
@@ -85,13 +85,20 @@ bool ClientSession::Open(int fd, std::shared_ptr<const TlsContext> tls) {
 void ClientSession::AllocCb(uv_handle_t* h, size_t, uv_buf_t* buf) {
   auto* self = static_cast<ClientSession*>(h->data);
   Buffer& into = self->tls_ ? self->tls_in_ : self->in_;  // ciphertext first, with TLS
-  char* p = into.PrepareWrite(kReadChunk);
-  *buf = uv_buf_init(p, static_cast<unsigned>(into.writable()));
+  // Small reads for a client that sends little (most of ten thousand connections), growing
+  // to kReadChunk for one whose reads fill what they are given (a pipeline, a big value).
+  char* p = into.PrepareWrite(self->read_chunk_);
+  self->read_offered_ = into.writable();
+  *buf = uv_buf_init(p, static_cast<unsigned>(self->read_offered_));
 }
 
 void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   auto* self = static_cast<ClientSession*>(s->data);
+  self->worker_->TouchClock();
   if (nread > 0 && self->tls_) {
+    if (static_cast<size_t>(nread) == self->read_offered_ && self->read_chunk_ < kReadChunk) {
+      self->read_chunk_ *= 2;
+    }
     self->tls_in_.Commit(static_cast<size_t>(nread));
     TlsStream::Status st = self->tls_->Feed(self->tls_in_.data(), self->tls_in_.size(), &self->in_);
     self->tls_in_.Clear();
@@ -110,6 +117,9 @@ void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
     }
     if (!self->in_.empty()) self->ProcessInput();
   } else if (nread > 0) {
+    if (static_cast<size_t>(nread) == self->read_offered_ && self->read_chunk_ < kReadChunk) {
+      self->read_chunk_ *= 2;
+    }
     self->in_.Commit(static_cast<size_t>(nread));
     self->ProcessInput();
   } else if (nread < 0) {
@@ -309,7 +319,7 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
   Slot& s = SlotAt(seq);
   s.group = group;
   s.hslot = hslot;
-  s.start_ns = uv_hrtime();
+  s.start_ns = worker_->clock_ns();
   s.kind = d.route == Route::kRead ? 1 : 2;
   s.is_read = d.route == Route::kRead;
   s.may_write = d.route == Route::kWrite && d.may_write;
@@ -787,7 +797,7 @@ void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
     oversize_bytes_ = std::max(oversize_bytes_, len + s.streamed);
   }
   if (s.kind != 0) {
-    uint64_t ns = uv_hrtime() - s.start_ns;
+    uint64_t ns = worker_->clock_ns() - s.start_ns;
     (s.kind == 1 ? worker_->stats().read_latency : worker_->stats().write_latency).Observe(ns);
   }
   if (seq == head_) {
@@ -916,11 +926,9 @@ void ClientSession::Account() {
   if (now == accounted_) return;
   auto delta = static_cast<int64_t>(now) - static_cast<int64_t>(accounted_);
   accounted_ = now;
-  int64_t total = worker_->budget().reply_bytes.fetch_add(delta, std::memory_order_relaxed) + delta;
-  if (delta > 0 &&
-      total > static_cast<int64_t>(worker_->config().client.max_total_client_buffer_bytes)) {
-    worker_->EnforceTotalBudget();
-  }
+  // Added up per worker and published once per loop turn (Worker::OnCheck), which also
+  // enforces the total bound: no shared counter touched per client write.
+  worker_->AddReplyBytes(delta);
 }
 
 void ClientSession::DropForTotalBudget() {
@@ -956,6 +964,24 @@ void ClientSession::Flush() {
     std::swap(out_, wbuf_);
   }
   uv_buf_t b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
+  // Straight to the socket first (see BackendConn::Flush): a client that reads keeps the
+  // poller untouched and gets no write callback.
+  int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
+  if (n == static_cast<int>(wbuf_.size())) {
+    wbuf_.Clear();
+    wbuf_.ShrinkIfEmpty(kKeepBuffer);
+    OnWritten();
+    return;
+  }
+  if (n < 0 && n != UV_EAGAIN) {
+    wbuf_.Clear();
+    Close();
+    return;
+  }
+  if (n > 0) {
+    wbuf_.Consume(static_cast<size_t>(n));
+    b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
+  }
   write_req_.data = this;
   if (uv_write(&write_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1, WriteCb) != 0) {
     wbuf_.Clear();
@@ -974,16 +1000,40 @@ void ClientSession::WriteCb(uv_write_t* req, int status) {
     self->Close();
     return;
   }
-  if (self->out_.empty() && self->held_bytes_ == 0) {
-    self->oversize_bytes_ = 0;  // everything written: no big reply is pending any more
-    self->out_.ShrinkIfEmpty(kKeepBuffer);
-  }
   if (!self->out_.empty()) {
     self->Flush();
-  } else {
-    self->MaybeFinish();
+    self->MaybeResume();
+    return;
   }
-  self->MaybeResume();
+  self->OnWritten();
+}
+
+bool ClientSession::TrimIfIdle(uint64_t now_ms) {
+  if (closed_ || writing_ || head_ != next_ || dedicated_ != nullptr || !in_.empty() ||
+      !out_.empty() || now_ms - last_request_ms_ < 2000) {
+    return false;
+  }
+  bool had = in_.capacity() + out_.capacity() + wbuf_.capacity() + scratch_.capacity() > 0;
+  read_chunk_ = kFirstReadChunk;
+  in_.ShrinkIfEmpty(0);
+  out_.ShrinkIfEmpty(0);
+  wbuf_.ShrinkIfEmpty(0);
+  scratch_.ShrinkIfEmpty(0);
+  tls_in_.ShrinkIfEmpty(0);
+  for (Slot& s : slots_) {
+    s.reply.ShrinkIfEmpty(0);
+    s.request.ShrinkIfEmpty(0);
+  }
+  return had;
+}
+
+void ClientSession::OnWritten() {
+  if (out_.empty() && held_bytes_ == 0) {
+    oversize_bytes_ = 0;  // everything written: no big reply is pending any more
+    out_.ShrinkIfEmpty(kKeepBuffer);
+  }
+  MaybeFinish();
+  if (!closed_) MaybeResume();
 }
 
 void ClientSession::MaybeFinish() {
@@ -1019,8 +1069,7 @@ void ClientSession::Close() {
   // The rest of any reply streaming to it is read and dropped (those connections then close).
   ResumeStreams();
   if (accounted_ != 0) {
-    worker_->budget().reply_bytes.fetch_sub(static_cast<int64_t>(accounted_),
-                                            std::memory_order_relaxed);
+    worker_->AddReplyBytes(-static_cast<int64_t>(accounted_));
     accounted_ = 0;
   }
   if (dedicated_ != nullptr) {

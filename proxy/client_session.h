@@ -102,6 +102,12 @@ class ClientSession {
 
   // Writes what is ready (called once per loop turn by the worker).
   void Flush();
+  // Everything handed to the socket has been written.
+  void OnWritten();
+  // Nothing sent for a while and nothing in flight: frees the buffers kept for speed.
+  // Returns whether it had any to give.
+  bool TrimIfIdle(uint64_t now_ms);
+  static constexpr size_t kFirstReadChunk = 4096;
   // Sends the requests waiting for a backend that can go now, fails those past their
   // deadline (worker timer). Returns whether some still wait.
   bool RetryParked();
@@ -299,6 +305,8 @@ class ClientSession {
   std::unique_ptr<TlsStream> tls_;  // clients of tls_listen
   Buffer tls_in_;                   // ciphertext read, before decryption
   Buffer in_;
+  size_t read_chunk_ = kFirstReadChunk;  // what the next read is offered (grows to 64 KB)
+  size_t read_offered_ = 0;
   Buffer out_;
   Buffer wbuf_;
   Buffer scratch_;  // inline commands re-encoded as RESP, local replies

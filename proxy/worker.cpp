@@ -1,6 +1,8 @@
 // Worker: loop set-up, client adoption, batched flushing, request timeouts and draining.
 #include "proxy/worker.h"
 
+#include <malloc.h>
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -278,6 +280,7 @@ void Worker::Park(ClientSession* c) {
 }
 
 void Worker::OnParkTimer() {
+  TouchClock();
   std::vector<ClientSession*> all;
   all.swap(parked_);
   for (ClientSession* c : all) {
@@ -350,7 +353,7 @@ ClientSession* Worker::LargestHolder() {
 
 void Worker::EnforceTotalBudget() {
   const int64_t bound = static_cast<int64_t>(config_->client.max_total_client_buffer_bytes);
-  while (budget_->reply_bytes.load(std::memory_order_relaxed) > bound) {
+  while (PublishReplyBytes() > bound) {
     // Largest first, as Redis's maxmemory-clients evicts: the client that holds the most is
     // the one not reading, and dropping it frees the most. Clients live on every worker, so
     // when another worker has published a larger holder, that worker is asked to drop it
@@ -400,6 +403,14 @@ void Worker::OnCheck() {
     }
     dirty_clients_.clear();
   }
+  if (reply_delta_ != 0) {
+    bool grew = reply_delta_ > 0;
+    if (PublishReplyBytes() > static_cast<int64_t>(config_->client.max_total_client_buffer_bytes) &&
+        grew) {
+      EnforceTotalBudget();
+      // Clients it closed have flushed nothing more; their bytes are published next turn.
+    }
+  }
   for (BackendConn* c : graveyard_) delete c;
   graveyard_.clear();
   if (!closed_clients_.empty()) {
@@ -420,6 +431,7 @@ void Worker::OnCheck() {
 }
 
 void Worker::OnTick() {
+  TouchClock();  // timeouts complete requests here
   uint64_t now = uv_now(&loop_);
   // While all clients together hold more than half the total bound, this worker's largest
   // holder is kept published, so the worker that goes over asks the right one to drop.
@@ -436,6 +448,12 @@ void Worker::OnTick() {
   if (now - last_sweep_ms_ >= 5000) {
     last_sweep_ms_ = now;
     CloseIdleClassPools(now);
+    // Idle clients give their buffers back: ten thousand connections that wait cost their
+    // sessions, not their last read's 64 KB.
+    size_t trimmed = 0;
+    for (ClientSession* c : clients_) trimmed += c->TrimIfIdle(now) ? 1 : 0;
+    // The freed buffers are scattered through the heap: hand their pages back.
+    if (trimmed >= 64) malloc_trim(0);
   }
   if (!detached_.empty()) {
     std::vector<BackendConn*> all(detached_.begin(), detached_.end());

@@ -79,6 +79,10 @@ class Worker {
   WorkerStats& stats() { return stats_; }
   const WorkerStats& stats() const { return stats_; }
   uint64_t now() const { return uv_now(const_cast<uv_loop_t*>(&loop_)); }
+  // A nanosecond clock read once per socket read (not per request: a pipeline's requests
+  // share it), for the latency histograms.
+  uint64_t clock_ns() const { return clock_ns_; }
+  void TouchClock() { clock_ns_ = uv_hrtime(); }
   uint64_t timeout_ms() const { return timeout_ms_; }
   bool finished() const { return finished_.load(std::memory_order_acquire); }
   size_t client_count() const { return client_count_.load(std::memory_order_relaxed); }
@@ -114,6 +118,15 @@ class Worker {
   uint64_t NextTimeoutPass() { return ++timeout_pass_; }
   // The retry budget's spare token for clients that have not earned one: one per second.
   bool TakeSpareRetry();
+  // A change in the reply bytes this worker's clients hold (published once per loop turn).
+  void AddReplyBytes(int64_t delta) { reply_delta_ += delta; }
+  // Publishes what changed since the last time; returns the total of all workers.
+  int64_t PublishReplyBytes() {
+    if (reply_delta_ == 0) return budget_->reply_bytes.load(std::memory_order_relaxed);
+    int64_t d = reply_delta_;
+    reply_delta_ = 0;
+    return budget_->reply_bytes.fetch_add(d, std::memory_order_relaxed) + d;
+  }
   // All clients together hold more than limits.max_total_client_buffer_bytes: closes this
   // worker's clients holding the most until the total fits (or none holds anything).
   void EnforceTotalBudget();
@@ -198,6 +211,8 @@ class Worker {
   std::unordered_set<BackendConn*> detached_;   // out of their pool, finishing a reply
   size_t replica_rr_ = 0;
   uint64_t timeout_pass_ = 0;
+  uint64_t clock_ns_ = 0;
+  int64_t reply_delta_ = 0;  // see AddReplyBytes
   uint64_t spare_retry_taken_ms_ = 0;
   bool spare_retry_used_ = false;
   uint64_t rng_state_;
