@@ -143,6 +143,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Every proxy of the run starts from one copy, so a rebuild during the run does not mix two
+# versions into one table.
+PROXY_NAME="$(basename "$(dirname "$PROXY_BIN")")/$(basename "$PROXY_BIN")"
+cp "$PROXY_BIN" "$W/kompress-proxy"
+PROXY_BIN="$W/kompress-proxy"
+
 # stop PID: TERM, a bounded wait (valgrind writes its output on exit), then KILL; the PID
 # leaves the cleanup list, so a reused PID is never signalled later.
 stop() {
@@ -383,7 +389,7 @@ rotate() {  # rotate K WORDS...: the words, starting at index K mod count
 
 echo "kompress-proxy performance targets: $(nproc) cores, redis-server" \
   "$(redis-server --version | awk '{ print $3 }' | sed 's/v=//'), primary + 1 replica;" \
-  "proxy $(basename "$(dirname "$PROXY_BIN")")/$(basename "$PROXY_BIN") --workers 1;" \
+  "proxy $PROXY_NAME --workers 1;" \
   "peers: ${PEERS[*]:-none}; ROUNDS=$ROUNDS N=$N; sections: $SECTIONS"
 for note in "${NOTES[@]}"; do echo "  ($note)"; done
 
@@ -565,7 +571,8 @@ fi
 
 # -- table --------------------------------------------------------------------------------
 echo
-echo "== targets ($(basename "$(dirname "$PROXY_BIN")")/$(basename "$PROXY_BIN"), ROUNDS=$ROUNDS N=$N)"
+echo "== targets ($PROXY_NAME, ROUNDS=$ROUNDS N=$N)"
 status=0
 python3 "$HELPER" table "$VERDICTS" || status=$?
+for note in "${NOTES[@]}"; do echo "($note)"; done
 exit "$status"

@@ -303,7 +303,7 @@ def judge(section, raw, verdicts, tick, n, rounds):
                   f"({cpu['2'][0]} ticks), {fmt_ops(med(ops['2']))} ops/s")
             ratio = us["2"] / us["1"]
             v.add(6, "CPU/request GET P=16, 2 vs 1 workers",
-                  f"{us['2']:.2f} vs {us['1']:.2f} us", "<= 1.15x", f"{ratio:.2f}x",
+                  f"{us['2']:.3f} vs {us['1']:.3f} us", "<= 1.15x", f"{ratio:.3f}x",
                   "PASS" if ratio <= 1.15 else "MISS")
     elif section == "7":
         for r in rows:

@@ -373,7 +373,7 @@ void BackendConn::ProcessReplies() {
     if (mode_ == Mode::kDedicated) {
       if (auth_replies_expected_ > 0) {
         --auth_replies_expected_;
-        uint8_t kind = handshake_kinds_[handshake_next_++ % 2];
+        uint8_t kind = handshake_kinds_[handshake_next_++ % 3];
         if (is_error) {
           HandshakeRefused(kind, p, consumed);
           return;

@@ -206,7 +206,8 @@ void ClientSession::DispatchCluster(const Request& req, const RouteDecision& d, 
         p.fan.reset();
         return Complete(parent, "-ERR invalid cursor\r\n", 21);
       }
-      auto g = static_cast<uint16_t>(cursor & 0xFF);
+      // 0 starts at the first shard serving slots (which need not be group 0).
+      auto g = cursor == 0 ? groups[0] : static_cast<uint16_t>(cursor & 0xFF);
       if (std::find(groups.begin(), groups.end(), g) == groups.end()) {
         p.fan.reset();
         return Complete(parent, "-ERR invalid cursor\r\n", 21);
@@ -334,16 +335,11 @@ void ClientSession::SendPart(uint64_t parent, uint32_t part, uint16_t group, uin
   }
 }
 
-void ClientSession::OnPartReply(uint64_t seq, const char* data, size_t len) {
-  Slot& s = SlotAt(seq);
-  Slot& p = SlotAt(s.parent);
+void ClientSession::OnPartReply(uint64_t parent, uint32_t part, const char* data, size_t len) {
+  Slot& p = SlotAt(parent);
   if (!p.fan) return;
   FanOut& f = *p.fan;
   std::string_view r(data, len);
-  if (!s.reply.empty()) {
-    s.reply.Append(data, len);
-    r = s.reply.view();
-  }
   auto bad = [&f](std::string_view what) {
     if (f.error.empty())
       f.error = "-ERR kompress: unexpected reply from a shard to " + std::string(what) + "\r\n";
@@ -354,11 +350,11 @@ void ClientSession::OnPartReply(uint64_t seq, const char* data, size_t len) {
     switch (f.merge) {
       case FanOut::Merge::kValues: {
         std::vector<std::string_view> elems;
-        if (!SplitArray(r, &elems) || elems.size() != f.positions[s.part].size()) {
+        if (!SplitArray(r, &elems) || elems.size() != f.positions[part].size()) {
           bad("MGET");
           break;
         }
-        for (size_t i = 0; i < elems.size(); ++i) f.values[f.positions[s.part][i]] = elems[i];
+        for (size_t i = 0; i < elems.size(); ++i) f.values[f.positions[part][i]] = elems[i];
         break;
       }
       case FanOut::Merge::kSum: {
@@ -384,11 +380,11 @@ void ClientSession::OnPartReply(uint64_t seq, const char* data, size_t len) {
       case FanOut::Merge::kAllOk:
       case FanOut::Merge::kFirstValue:
       case FanOut::Merge::kScan:
-        f.replies[s.part] = std::string(r);
+        f.replies[part] = std::string(r);
         break;
     }
   }
-  if (--f.pending == 0) FinishFanOut(s.parent);
+  if (--f.pending == 0) FinishFanOut(parent);
 }
 
 void ClientSession::FinishFanOut(uint64_t parent) {
@@ -476,8 +472,11 @@ bool ClientSession::FollowRedirect(uint64_t seq, Backend* from, const char* data
   bool down = e.substr(0, 11) == "CLUSTERDOWN";
   if (!moved && !ask && !again && !down) return false;
   Slot& s = SlotAt(seq);
-  if (s.request.empty() || s.redirects >= kMaxRedirects) return false;  // shown as it is
-  ++s.redirects;
+  if (s.request.empty()) return false;  // shown as it is
+  // Only redirections followed count against the bound; TRYAGAIN, CLUSTERDOWN and a target
+  // not known yet wait for the park deadline, after which the server's error is shown.
+  if ((moved || ask) && s.redirects >= kMaxRedirects) return false;
+  if ((again || down) && s.park_deadline != 0 && worker_->now() >= s.park_deadline) return false;
   Topology& topo = worker_->topology();
   // Not applied: as far as read-your-writes goes the write has not happened yet.
   if (s.kind == 2 && writes_inflight_ > 0) --writes_inflight_;
@@ -502,7 +501,10 @@ bool ClientSession::FollowRedirect(uint64_t seq, Backend* from, const char* data
         if ((to = topo.FindNode(a)) != nullptr) break;
       }
     }
-    if (to != nullptr && to->up()) {
+    // Behind a request already waiting (TRYAGAIN...), this one waits too: the client's
+    // order is kept.
+    if (to != nullptr && to->up() && parked_.empty()) {
+      ++s.redirects;
       uint64_t deadline = worker_->now() + worker_->timeout_ms();
       BackendConn* conn = worker_->PrimaryConnFor(to, id_, cls_);
       if (ask) {
@@ -521,6 +523,7 @@ bool ClientSession::FollowRedirect(uint64_t seq, Backend* from, const char* data
       }
       if (SlotAt(seq).kind == 2) ++writes_inflight_;
       SlotAt(seq).tried_primary = true;
+      SlotAt(seq).tried_replica = true;  // no retry on the old shard's replicas
       ++inflight_;
       return true;
     }
@@ -581,6 +584,11 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
     return true;
   }
   uint16_t g = ClusterGroupFor(slot);
+  if (EqualsLower(req.arg(0), "wait") || EqualsLower(req.arg(0), "waitaof")) {
+    // WAIT counts the replicas that have this client's writes: those of the shard its last
+    // write went to.
+    g = last_write_group_;
+  }
   if (g == Topology::kNoGroup) {
     worker_->stats().errors++;
     ReplyErrorNow(kSlotNotServed);

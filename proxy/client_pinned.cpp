@@ -263,7 +263,7 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (len > worker_->config().client.max_client_buffer_bytes) {
     oversize_bytes_ = std::max(oversize_bytes_, len);
   }
-  if (worker_->topology().cluster() && len > 5 &&
+  if (worker_->topology().cluster() && len > 7 &&
       (std::memcmp(data, "-MOVED ", 7) == 0 || std::memcmp(data, "-ASK ", 5) == 0)) {
     // A command of the pinned session (a transaction) for a key another shard serves: what
     // Redis says of keys in several slots, never a redirection the client cannot follow.

@@ -290,7 +290,17 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
     InRefusedTransaction(req, d);
     return true;
   }
-  if (cluster_multi_) return EnterPinnedCluster(req, d, raw, len);
+  if (cluster_multi_) {
+    if (d.route == Route::kDeny) {
+      // Refused inside the transaction: like a command Redis rejects at queue time, it
+      // makes EXEC fail.
+      cluster_multi_ = false;
+      multi_refused_ = true;
+      ReplyErrorNow(d.deny_reason);
+      return true;
+    }
+    return EnterPinnedCluster(req, d, raw, len);
+  }
   switch (d.route) {
     case Route::kLocal:
       HandleLocal(d.local, req);
@@ -315,6 +325,12 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
 
 void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const char* raw,
                              size_t len, uint16_t group, uint16_t hslot) {
+  if (group == Topology::kNoGroup) {
+    // Redis Cluster with the slot unserved (or the map not read yet): what a node says.
+    worker_->stats().errors++;
+    ReplyErrorNow("CLUSTERDOWN Hash slot not served");
+    return;
+  }
   uint64_t seq = NewSlot();
   Slot& s = SlotAt(seq);
   s.group = group;
@@ -367,6 +383,7 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
     if (keep && (len <= kKeepWriteBytes || cluster)) s.request.Append(raw, len);
     worker_->stats().writes++;
     ++writes_inflight_;
+    last_write_group_ = static_cast<uint16_t>(group.id());
   }
   // All of one client's primary requests share one connection, so they run in the order the
   // client sent them (a read behind its own write sees it).
@@ -696,6 +713,7 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     }
     return FinishPassthroughAuth(seq, std::string(errors::kPrimaryLost) + " (" + reason + ")");
   }
+  if (s.parent != kNoParent) s.reply.Clear();  // a part's leading bytes: it is sent again
   if (s.streamed > 0) {
     // Part of the reply has been passed on: neither a retry nor an error can follow it in
     // the stream, so the connection ends, as it would have with Redis itself.
@@ -721,7 +739,7 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     return;
   }
   if (s.is_read && from->is_primary() && !s.tried_replica && RetryOnReplica(seq)) return;
-  if (s.is_read && worker_->topology().cluster() && !s.request.empty()) {
+  if (s.is_read && !timeout && worker_->topology().cluster() && !s.request.empty()) {
     // A read changes nothing, so one the shard's primary failed can run again: it waits for
     // the cluster to promote a replica (or the node to answer again), up to the timeout.
     Park(seq, s.request.data(), s.request.size());
@@ -784,10 +802,22 @@ uint64_t ClientSession::NewSlot() {
 void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
   Slot& s = SlotAt(seq);
   if (s.parent != kNoParent || s.discard) {
-    // A part of a split request, or the proxy's own ASKING: never shown as such.
-    if (s.parent != kNoParent) OnPartReply(seq, data, len);
+    // A part of a split request, or the proxy's own ASKING: never shown as such. The slot
+    // is settled before the merge, which may complete the parent and take more input (the
+    // ring may grow: `s` is not used after it).
+    uint64_t parent = s.parent;
+    uint32_t part = s.part;
     s.done = true;
+    Buffer whole;
+    if (parent != kNoParent && !s.reply.empty()) {
+      // Leading bytes of a large part reply arrived before (OnReplyPart).
+      std::swap(whole, s.reply);
+      whole.Append(data, len);
+      data = whole.data();
+      len = whole.size();
+    }
     s.reply.Clear();
+    if (parent != kNoParent) OnPartReply(parent, part, data, len);
     if (seq == head_) AdvanceHead();
     return;
   }
@@ -855,7 +885,7 @@ void ClientSession::AdvanceHead() {
       break;
     }
     if (!s.done) {
-      if (!s.reply.empty()) {
+      if (!s.reply.empty() && s.parent == kNoParent && !s.discard) {
         // The first part of a large reply that arrived while earlier slots were open: it
         // goes out now, and the rest straight after it (OnReplyPart, Complete).
         out_.Append(s.reply.data(), s.reply.size());

@@ -245,7 +245,7 @@ class ClientSession {
   void SendPart(uint64_t parent, uint32_t part, uint16_t group, uint16_t hslot, bool is_read,
                 bool may_write, const Buffer& raw, const RouteDecision& d, const Request* req);
   // A part's reply (or error) merged into its parent; the parent completes with the last.
-  void OnPartReply(uint64_t seq, const char* data, size_t len);
+  void OnPartReply(uint64_t parent, uint32_t part, const char* data, size_t len);
   void FinishFanOut(uint64_t parent);
   // -MOVED / -ASK / -TRYAGAIN / -CLUSTERDOWN from a shard: followed, never shown. True when
   // the reply was such a redirection and has been dealt with.
@@ -255,7 +255,8 @@ class ClientSession {
   // MULTI under Redis Cluster waits for the transaction's first command, which names the
   // shard (see EnterPinned).
   bool cluster_multi_ = false;
-  uint16_t pin_group_ = 0;  // the pinned session's group
+  uint16_t pin_group_ = 0;         // the pinned session's group
+  uint16_t last_write_group_ = 0;  // where this client's last write went (WAIT goes there)
   // The error for a request that needs the primary when none can take it, saying why.
   std::string PrimaryUnavailable(const Backend* primary) const;
 

@@ -116,9 +116,15 @@ void ClusterMonitor::Ask() {
     conn_->SetTls(tls_, config_->backend_tls_server_name);
   }
   if (!conn_->open()) conn_->Connect();
+  // Connect may fail at once (unreachable, out of descriptors): OnLost took the connection.
+  if (!conn_) return;
+  // While the name is being resolved nothing can be queued: asked again next tick.
+  if (!conn_->Command(&ClusterMonitor::OnSlots, this,
+                      use_slots_ ? "CLUSTER SLOTS" : "CLUSTER SHARDS")) {
+    return;
+  }
   asking_ = true;
   asked_ms_ = uv_now(loop_);
-  conn_->Command(&ClusterMonitor::OnSlots, this, use_slots_ ? "CLUSTER SLOTS" : "CLUSTER SHARDS");
 }
 
 void ClusterMonitor::OnLost(const std::string& why) {

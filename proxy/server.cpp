@@ -216,8 +216,10 @@ int Server::Run() {
   if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
   DescriptorPlan plan = PlanDescriptors(
       config().max_clients,
+      // A cluster's size is learned later: room for 32 nodes, or twice the seeds.
       DescriptorReserve(n,
-                        std::max(config().replicas.size() + 1, config().cluster_nodes.size() * 2),
+                        config().cluster() ? std::max<size_t>(32, config().cluster_nodes.size() * 2)
+                                           : config().replicas.size() + 1,
                         config().sentinels.size(), !config().admin_listen.empty()));
   max_clients_ = plan.max_clients;
   if (plan.max_clients < config().max_clients) {

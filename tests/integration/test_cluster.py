@@ -306,6 +306,82 @@ def test_info_and_metrics_show_shards(rc, rproxy):
         p.stop()
 
 
+def test_split_requests_under_backpressure_large_parts_and_denials(rc, tmp_path):
+    """A second proxy: hostname seeds, a tiny pipeline depth (a split request completing while
+    the client is paused), and CONFIG denied (also inside a transaction)."""
+    seeds = ",".join(f"localhost:{n.port}" for n in rc.nodes[:2])
+    fixtures.require_proxy_bin()
+    p = Proxy(tmp_path / "p2", extra_args=["--cluster-nodes", seeds, "--max-pipeline-depth", "4",
+                                            "--deny-commands", "config"])
+    p.start(timeout=30 * SLOWDOWN)
+    try:
+        wait_proxy_ready(p)
+        c = p.client()
+        small = [f"{{t{i}}}x" for i in range(60)]
+        three = ["{a}1", "{b}1", "{c}1"]
+        for k in small + three:
+            c.set(k, "v")
+        # Raw pipeline: the first MGET completes while the second waits in the input.
+        s = fixtures.socket.create_connection((HOST, p.port))
+        s.settimeout(10)
+
+        def enc(*args):
+            out = b"*%d\r\n" % len(args)
+            for a in args:
+                a = a if isinstance(a, bytes) else a.encode()
+                out += b"$%d\r\n%s\r\n" % (len(a), a)
+            return out
+        want = (b"*3\r\n" + b"$1\r\nv\r\n" * 3 + b"*60\r\n" + b"$1\r\nv\r\n" * 60 + b"+PONG\r\n")
+        s.sendall(enc("MGET", *three) + enc("MGET", *small) + enc("PING"))
+        got = b""
+        while len(got) < len(want):
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+        assert got == want
+        # Parts larger than the streaming threshold are merged whole, in order.
+        big = {k: bytes([65 + i]) * (1 << 20) for i, k in enumerate(three)}
+        c.mset(big)
+        s.sendall(enc("MGET", *three) + enc("PING"))
+        want = b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(v), v) for v in big.values()) \
+            + b"+PONG\r\n"
+        got = b""
+        while len(got) < len(want):
+            chunk = s.recv(1 << 20)
+            assert chunk, len(got)
+            got += chunk
+        assert got == want
+        s.close()
+        # A denied command inside MULTI: refused, and the transaction does not run.
+        before = rc.nodes[0].client().config_get("maxmemory-policy")
+        pipe = c.pipeline(transaction=True)
+        pipe.set("{d}k", 1)
+        pipe.execute_command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        # Inside a transaction already on its shard the session ends with the reason (as
+        # without Redis Cluster); either way nothing of it runs.
+        with pytest.raises((redis.ResponseError, redis.ConnectionError)):
+            pipe.execute()
+        raw = c.connection_pool.get_connection("MULTI")
+        try:
+            raw.send_command("MULTI")
+            assert raw.read_response() == b"OK"
+            raw.send_command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+            with pytest.raises(redis.ResponseError, match="refused by the proxy"):
+                raw.read_response()
+            raw.send_command("SET", "{d}k", "2")
+            with pytest.raises(redis.ResponseError):
+                raw.read_response()
+            raw.send_command("EXEC")
+            with pytest.raises(redis.exceptions.ExecAbortError):
+                raw.read_response()
+        finally:
+            c.connection_pool.release(raw)
+        assert rc.nodes[0].client().config_get("maxmemory-policy") == before
+        assert c.get("{d}k") is None
+    finally:
+        p.stop()
+
+
 # ---- topology changes under load ----------------------------------------------------------
 
 class Load:
