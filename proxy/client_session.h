@@ -104,6 +104,10 @@ class ClientSession {
   void Flush();
   // Everything handed to the socket has been written.
   void OnWritten();
+  // Writes a large reply at the head straight to the socket when nothing is queued ahead
+  // of it; returns the bytes written (the rest goes through out_).
+  size_t WriteThrough(const char* data, size_t len);
+  static constexpr size_t kWriteThroughAt = 64 * 1024;
   // Nothing sent for a while and nothing in flight: frees the buffers kept for speed.
   // Returns whether it had any to give.
   bool TrimIfIdle(uint64_t now_ms);
