@@ -83,7 +83,7 @@ class Buffer {
       return;
     }
     size_t want = used + n;
-    size_t ncap = cap_ ? cap_ : 4096;
+    size_t ncap = cap_ ? cap_ : 512;  // small first: ten thousand idle clients hold one each
     while (ncap < want) ncap *= 2;
     char* nd = static_cast<char*>(std::malloc(ncap));
     if (!nd) throw std::bad_alloc();

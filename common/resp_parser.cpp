@@ -623,6 +623,11 @@ ParseStatus ReplyFramer::Frame(const char* data, size_t len, size_t* consumed) {
       case '=':
       case '!': {
         int64_t fast = 0;
+        if (type == '$' && len - pos_ >= 5 && std::memcmp(data + pos_, "$-1\r\n", 5) == 0) {
+          pos_ += 5;  // the RESP2 null (a GET of no key), as common as a value
+          if (CompleteElement()) return Done(consumed);
+          break;
+        }
         if (type == '$' && FastLength(data, len, pos_, kMaxNumberLine, &fast, &cr)) {
           // The usual "$5\r\n" read in place (a null, a sign or a long line: below).
           if (static_cast<uint64_t>(fast) > limits_.max_bulk_len) return Fail(kErrReplyBulkLen);

@@ -54,10 +54,7 @@ RespLimits PreAuthLimits(RespLimits l) {
 }  // namespace
 
 ClientSession::ClientSession(Worker* worker, uint64_t id)
-    : worker_(worker),
-      id_(id),
-      parser_(worker->config().resp),
-      preauth_parser_(PreAuthLimits(worker->config().resp)) {
+    : worker_(worker), id_(id), parser_(worker->config().resp) {
   created_ms_ = last_request_ms_ = worker->now();
   slots_.resize(4);  // grows (doubling) with the pipeline; small for the idle many
   authenticated_ = NeedsNoAuth(worker->config());
@@ -161,7 +158,11 @@ void ClientSession::ProcessInput() {
     // Before AUTH only small requests are framed (Redis's own bounds for unauthenticated
     // clients), so a client without the password cannot make the proxy hold large buffers.
     bool preauth = !authenticated_;
-    RequestParser& parser = preauth ? preauth_parser_ : parser_;
+    if (preauth && !preauth_parser_) {
+      // Only clients that must authenticate need it: idle connections stay small.
+      preauth_parser_ = std::make_unique<RequestParser>(PreAuthLimits(cfg.resp));
+    }
+    RequestParser& parser = preauth ? *preauth_parser_ : parser_;
     ParseStatus st = parser.Parse(in_.data(), in_.size(), &consumed);
     if (st == ParseStatus::kIncomplete) {
       if (in_.size() > cfg.client.max_client_buffer_bytes) LimitError(RespLimit::kClientBuffer);

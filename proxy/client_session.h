@@ -111,7 +111,7 @@ class ClientSession {
   // Nothing sent for a while and nothing in flight: frees the buffers kept for speed.
   // Returns whether it had any to give.
   bool TrimIfIdle(uint64_t now_ms);
-  static constexpr size_t kFirstReadChunk = 4096;
+  static constexpr size_t kFirstReadChunk = 1024;
   // Sends the requests waiting for a backend that can go now, fails those past their
   // deadline (worker timer). Returns whether some still wait.
   bool RetryParked();
@@ -316,7 +316,7 @@ class ClientSession {
   Buffer wbuf_;
   Buffer scratch_;  // inline commands re-encoded as RESP, local replies
   RequestParser parser_;
-  RequestParser preauth_parser_;  // used until the client has authenticated
+  std::unique_ptr<RequestParser> preauth_parser_;  // until the client has authenticated
 
   std::vector<Slot> slots_;    // ring, size a power of two; index = seq & (size - 1)
   uint64_t head_ = 0;          // oldest slot not yet flushed into out_
