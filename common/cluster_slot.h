@@ -3,6 +3,7 @@
 // one address). No libuv, no allocation.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string_view>
 
@@ -10,15 +11,30 @@ namespace kp {
 
 inline constexpr uint16_t kClusterSlots = 16384;
 
-// CRC16 with polynomial 0x1021, initial value 0, no reflection (XMODEM): Redis's crc16().
-constexpr uint16_t Crc16(std::string_view data) {
-  uint16_t crc = 0;
-  for (char ch : data) {
-    crc ^= static_cast<uint16_t>(static_cast<uint8_t>(ch)) << 8;
+// CRC16 with polynomial 0x1021, initial value 0, no reflection (XMODEM): Redis's crc16(),
+// a byte at a time from a table built at compile time (the bit loop cost ~8 steps per key
+// byte on every request in cluster mode).
+namespace detail {
+constexpr std::array<uint16_t, 256> MakeCrc16Table() {
+  std::array<uint16_t, 256> t{};
+  for (int b = 0; b < 256; ++b) {
+    auto crc = static_cast<uint16_t>(b << 8);
     for (int i = 0; i < 8; ++i) {
       crc = (crc & 0x8000) ? static_cast<uint16_t>((crc << 1) ^ 0x1021)
                            : static_cast<uint16_t>(crc << 1);
     }
+    t[static_cast<size_t>(b)] = crc;
+  }
+  return t;
+}
+inline constexpr std::array<uint16_t, 256> kCrc16Table = MakeCrc16Table();
+}  // namespace detail
+
+constexpr uint16_t Crc16(std::string_view data) {
+  uint16_t crc = 0;
+  for (char ch : data) {
+    crc = static_cast<uint16_t>(
+        (crc << 8) ^ detail::kCrc16Table[((crc >> 8) ^ static_cast<uint8_t>(ch)) & 0xFF]);
   }
   return crc;
 }
