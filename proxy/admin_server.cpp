@@ -230,6 +230,9 @@ std::string AdminServer::Respond(const std::string& head) const {
     } else if (!any_up) {
       status = 503;
       body = "no backend up\n" + body;
+    } else if (covered_ && !covered_()) {
+      status = 503;
+      body = "hash slots not served\n" + body;
     } else {
       body = "ready\n" + body;
     }

@@ -36,6 +36,10 @@ class AdminServer {
     notes_ = std::move(notes);
   }
 
+  // Redis Cluster: false while some hash slot has no shard (no slot map yet, or the cluster
+  // does not cover it): /readyz then answers 503, as some keys cannot be served at all.
+  void SetCovered(std::function<bool()> covered) { covered_ = std::move(covered); }
+
   std::string Metrics() const;
 
  private:
@@ -61,6 +65,7 @@ class AdminServer {
   std::function<size_t()> clients_;
   std::function<std::string()> extra_metrics_;
   std::function<std::string()> notes_;
+  std::function<bool()> covered_;
   std::function<std::string()> info_;
   uv_tcp_t listener_;
   uv_timer_t sweep_;  // closes admin connections not done within their time

@@ -21,6 +21,8 @@ namespace {
 constexpr char kCrossSlot[] = "CROSSSLOT Keys in request don't hash to the same slot";
 constexpr char kSlotNotServed[] = "CLUSTERDOWN Hash slot not served";
 constexpr uint8_t kMaxRedirects = 16;
+// Keyless commands held after MULTI until a command names the shard (see EnterPinnedCluster).
+constexpr size_t kMaxHeldInMulti = 64;
 
 // Multi-key commands with a well-defined split: each part a command of the same name over
 // its keys.
@@ -545,7 +547,7 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
       ReplyErrorNow("ERR MULTI calls can not be nested");
       return true;
     }
-    if (EqualsLower(req.arg(0), "exec")) {
+    if (EqualsLower(req.arg(0), "exec") && multi_held_.empty()) {
       cluster_multi_ = false;
       Buffer b;
       resp::AppendArrayHeader(b, 0);
@@ -554,13 +556,16 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
     }
     if (EqualsLower(req.arg(0), "discard")) {
       cluster_multi_ = false;
+      multi_held_.clear();
       Buffer b;
       resp::AppendSimple(b, "OK");
       ReplyNow(b);
       return true;
     }
-    if (d.route == Route::kLocal && d.local == LocalCommand::kQuit) {
+    if (d.route == Route::kLocal &&
+        (d.local == LocalCommand::kQuit || d.local == LocalCommand::kReset)) {
       cluster_multi_ = false;
+      multi_held_.clear();
       HandleLocal(d.local, req);
       return true;
     }
@@ -579,12 +584,24 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
     if (cluster_multi_) {
       // Redis flags the transaction: EXEC will abort.
       cluster_multi_ = false;
+      multi_held_.clear();
       multi_refused_ = true;
     }
     return true;
   }
+  bool wait = EqualsLower(req.arg(0), "wait") || EqualsLower(req.arg(0), "waitaof");
+  if (cluster_multi_ && slot == kNoSlot && !wait && !EqualsLower(req.arg(0), "exec") &&
+      multi_held_.size() < kMaxHeldInMulti) {
+    // A keyless command before the transaction's first key (PING, CLIENT SETNAME...) does
+    // not choose the shard: it is queued here and goes ahead of that command.
+    multi_held_.emplace_back(raw, len);
+    Buffer b;
+    resp::AppendSimple(b, "QUEUED");
+    ReplyNow(b);
+    return true;
+  }
   uint16_t g = ClusterGroupFor(slot);
-  if (EqualsLower(req.arg(0), "wait") || EqualsLower(req.arg(0), "waitaof")) {
+  if (wait) {
     // WAIT counts the replicas that have this client's writes: those of the shard its last
     // write went to.
     g = last_write_group_;

@@ -95,6 +95,11 @@ bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, cons
     --stream_outstanding_;
     kind.swallow = true;
     SendPinned(kMulti, sizeof kMulti - 1, kind);
+    // Keyless commands the client queued before the first key (answered QUEUED already).
+    for (const std::string& held : multi_held_) {
+      SendPinned(held.data(), held.size(), {false, true, false});
+    }
+    multi_held_.clear();
   }
   ForwardPinned(req, d, raw, len);
   return true;

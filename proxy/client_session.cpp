@@ -296,6 +296,7 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
       // Refused inside the transaction: like a command Redis rejects at queue time, it
       // makes EXEC fail.
       cluster_multi_ = false;
+      multi_held_.clear();
       multi_refused_ = true;
       ReplyErrorNow(d.deny_reason);
       return true;
@@ -557,7 +558,7 @@ bool ClientSession::RetryAllowed(uint64_t timeout_pass) {
   return allowed;
 }
 
-void ClientSession::RetryOnPrimary(uint64_t seq) {
+void ClientSession::RetryOnPrimary(uint64_t seq, bool failover) {
   Backend* primary = GroupOf(seq).primary();
   Slot& s = SlotAt(seq);
   if (primary == nullptr || !primary->serves_writes()) {
@@ -568,7 +569,7 @@ void ClientSession::RetryOnPrimary(uint64_t seq) {
     return;
   }
   s.tried_primary = true;
-  worker_->stats().failovers++;
+  if (failover) worker_->stats().failovers++;
   worker_->PrimaryConnFor(primary, id_, cls_)
       ->Send(this, seq, s.request.data(), s.request.size(), worker_->now() + worker_->timeout_ms());
   ++inflight_;
@@ -642,7 +643,7 @@ void ClientSession::OnReply(uint64_t seq, Backend* from, const char* data, size_
       // primary would give. "No such key" from a replica is therefore asked again of the
       // primary, which has it, redirects, or confirms.
       worker_->stats().absent_rechecks++;
-      RetryOnPrimary(seq);
+      RetryOnPrimary(seq, false);
       return;
     }
   }

@@ -204,7 +204,8 @@ class ClientSession {
   void MaybeQuit();
   // Ends the pinned session: closes the dedicated connection, completes the stream slot.
   void AbandonPinned();
-  void RetryOnPrimary(uint64_t seq);
+  // `failover`: counted as a read failover (not for the cluster's absent re-check).
+  void RetryOnPrimary(uint64_t seq, bool failover = true);
   // Whether a read that timed out on a replica may be re-run on the primary (retry budget).
   bool RetryAllowed(uint64_t timeout_pass);
   // False when no replica can take it (the caller answers the error).
@@ -259,8 +260,9 @@ class ClientSession {
   // MULTI under Redis Cluster waits for the transaction's first command, which names the
   // shard (see EnterPinned).
   bool cluster_multi_ = false;
-  uint16_t pin_group_ = 0;         // the pinned session's group
-  uint16_t last_write_group_ = 0;  // where this client's last write went (WAIT goes there)
+  std::vector<std::string> multi_held_;  // keyless commands queued before the first key
+  uint16_t pin_group_ = 0;               // the pinned session's group
+  uint16_t last_write_group_ = 0;        // where this client's last write went (WAIT goes there)
   // The error for a request that needs the primary when none can take it, saying why.
   std::string PrimaryUnavailable(const Backend* primary) const;
 

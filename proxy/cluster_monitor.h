@@ -34,6 +34,8 @@ class ClusterMonitor {
 
   // Every slot is served by a group whose primary has confirmed its role.
   bool Ready() const;
+  // A slot map has been read and every slot has a shard (primaries may be failing over).
+  bool Covered() const { return have_map_ && unassigned_ == 0; }
   // Prometheus lines (shards, slot map state and refreshes, redirections) and /readyz notes.
   std::string Metrics() const;
   std::string ReadyNotes() const;

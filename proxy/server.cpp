@@ -286,6 +286,7 @@ int Server::Run() {
                         if (cluster_) return cluster_->ReadyNotes();
                         return sentinels_ ? sentinels_->ReadyNotes() : std::string();
                       });
+    if (cluster_) admin_->SetCovered([this] { return cluster_->Covered(); });
     if (!admin_->Start(config().admin_listen)) {
       for (auto& w : workers_) w->RequestDrain();
       for (auto& w : workers_) w->Join();

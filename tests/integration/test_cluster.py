@@ -171,6 +171,15 @@ def test_hash_tag_transactions_and_watch(rproxy):
         p.set("{acct}balance", v + 7)
         assert p.execute() == [True]
     assert c.get("{acct}balance") == b"7"
+    # Keyless commands before the first key do not choose the shard: they run in it.
+    p = c.pipeline(transaction=True)
+    p.ping()
+    p.echo("x")
+    p.incr("{acct}balance")
+    assert p.execute() == [True, b"x", 8]
+    p = c.pipeline(transaction=True)
+    p.ping()
+    assert p.execute() == [True]
     # Keys of several slots in one transaction: refused, nothing applied.
     c.delete("{x}k", "{y}k")
     p = c.pipeline(transaction=True)
@@ -302,6 +311,9 @@ def test_info_and_metrics_show_shards(rc, rproxy):
         assert 'kompress_cluster_redirections_total{kind="moved"}' in body
         assert body.count('kompress_backend_up{backend=') == 6
         assert 'shard="2"' in body
+        status, ready = fixtures.http_get(admin, "/readyz")
+        assert status == 200 and ready.startswith("ready"), ready
+        assert ready.count("shard ") == 6, ready
     finally:
         p.stop()
 
