@@ -818,3 +818,63 @@ def test_tls_only_no_plaintext_port(cluster, certs, tmp_path):
         fixtures.stop_process(proc)
         fixtures.REGISTRY.discard(proc)
         log.close()
+
+
+# -- Redis Cluster over TLS -------------------------------------------------------------------
+
+def test_redis_cluster_over_tls(certs, make_proxy, tmp_path):
+    """A TLS-only Redis Cluster (3 primaries + 3 replicas, tls-cluster and tls-replication):
+    the proxy reads the slot map, routes by slot and reads from the replicas, all over TLS."""
+    from fixtures import free_cluster_port
+    nodes = [TlsRedisServer(tmp_path / "rc", f"node{i}", certs, port=free_cluster_port(),
+                            extra_args=["--cluster-enabled", "yes", "--cluster-config-file",
+                                        "nodes.conf", "--cluster-node-timeout", "1000",
+                                        "--tls-cluster", "yes", "--tls-replication", "yes"])
+             for i in range(6)]
+    try:
+        for n in nodes:
+            n.start(wait=False)
+        for n in nodes:
+            n.wait_ready()
+        out = subprocess.run(["redis-cli", "--tls", "--cacert", certs.ca.crt, "--cert",
+                              certs.client.crt, "--key", certs.client.key, "--cluster", "create",
+                              *[f"{HOST}:{n.port}" for n in nodes], "--cluster-replicas", "1",
+                              "--cluster-yes"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+        def listed():
+            try:
+                slots = nodes[0].client().execute_command("CLUSTER", "SLOTS")
+            except redis.RedisError:
+                return False
+            return len(slots) == 3 and all(len(s) >= 4 for s in slots)
+        wait_until(listed, 30 * SLOWDOWN, 0.1, what="TLS cluster with its replicas")
+        proxy = make_proxy(None, [], extra_args=[
+            "--cluster-nodes", f"{HOST}:{nodes[0].port},{HOST}:{nodes[1].port}",
+            "--backend-tls", "true", "--backend-tls-ca-file", certs.ca.crt,
+            "--backend-tls-cert-file", certs.client.crt, "--backend-tls-key-file",
+            certs.client.key])
+        c = proxy.client()
+
+        def serving():
+            try:
+                return all(c.set(f"tls:{{{t}}}", t) for t in "abcdef") and c.execute_command(
+                    "PROXY", "INFO").decode().count("role=replica,up=1,serving=1") == 3
+            except redis.RedisError:
+                return False
+        wait_until(serving, 30 * SLOWDOWN, 0.1, what="proxy serving the TLS cluster")
+        keys = {f"tk:{i}": str(i) for i in range(300)}
+        assert c.mset(keys) is True
+        time.sleep(0.5)  # the replicas have the writes (read-your-writes would use primaries)
+        assert c.mget(list(keys)) == [v.encode() for v in keys.values()]
+        assert c.dbsize() == 300 + 6
+        replica_gets = 0
+        for n in nodes:
+            stats = n.client().info("commandstats")
+            role = n.client().info("replication")["role"]
+            if role == "slave":
+                replica_gets += stats.get("cmdstat_mget", {}).get("calls", 0)
+        assert replica_gets > 0
+    finally:
+        for n in nodes:
+            n.stop()
