@@ -351,9 +351,15 @@ def test_split_requests_under_backpressure_large_parts_and_denials(rc, tmp_path)
             assert chunk, got
             got += chunk
         assert got == want
-        # Parts larger than the streaming threshold are merged whole, in order.
+        # Parts larger than the streaming threshold are merged whole, in order. Written on the
+        # same connection: read-your-writes then holds across the shards (another client's
+        # write may still be on its way to the replicas).
         big = {k: bytes([65 + i]) * (1 << 20) for i, k in enumerate(three)}
-        c.mset(big)
+        s.sendall(enc("MSET", *[x for kv in big.items() for x in kv]))
+        got = b""
+        while len(got) < 5:
+            got += s.recv(16)
+        assert got == b"+OK\r\n"
         s.sendall(enc("MGET", *three) + enc("PING"))
         want = b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(v), v) for v in big.values()) \
             + b"+PONG\r\n"
