@@ -547,7 +547,7 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
       ReplyErrorNow("ERR MULTI calls can not be nested");
       return true;
     }
-    if (EqualsLower(req.arg(0), "exec") && multi_held_.empty()) {
+    if (EqualsLower(req.arg(0), "exec") && (!pin_ || pin_->multi_held.empty())) {
       cluster_multi_ = false;
       Buffer b;
       resp::AppendArrayHeader(b, 0);
@@ -556,7 +556,7 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
     }
     if (EqualsLower(req.arg(0), "discard")) {
       cluster_multi_ = false;
-      multi_held_.clear();
+      if (pin_) pin_->multi_held.clear();
       Buffer b;
       resp::AppendSimple(b, "OK");
       ReplyNow(b);
@@ -565,7 +565,7 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
     if (d.route == Route::kLocal &&
         (d.local == LocalCommand::kQuit || d.local == LocalCommand::kReset)) {
       cluster_multi_ = false;
-      multi_held_.clear();
+      if (pin_) pin_->multi_held.clear();
       HandleLocal(d.local, req);
       return true;
     }
@@ -584,17 +584,17 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
     if (cluster_multi_) {
       // Redis flags the transaction: EXEC will abort.
       cluster_multi_ = false;
-      multi_held_.clear();
+      if (pin_) pin_->multi_held.clear();
       multi_refused_ = true;
     }
     return true;
   }
   bool wait = EqualsLower(req.arg(0), "wait") || EqualsLower(req.arg(0), "waitaof");
   if (cluster_multi_ && slot == kNoSlot && !wait && !EqualsLower(req.arg(0), "exec") &&
-      multi_held_.size() < kMaxHeldInMulti) {
+      pin().multi_held.size() < kMaxHeldInMulti) {
     // A keyless command before the transaction's first key (PING, CLIENT SETNAME...) does
     // not choose the shard: it is queued here and goes ahead of that command.
-    multi_held_.emplace_back(raw, len);
+    pin().multi_held.emplace_back(raw, len);
     Buffer b;
     resp::AppendSimple(b, "QUEUED");
     ReplyNow(b);

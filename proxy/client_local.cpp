@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "common/errors.h"
 #include "common/logging.h"
@@ -158,7 +159,7 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       }
       if (has_auth) {
         // The HELLO is answered once Redis has accepted the password.
-        hello_pending_ = {proto, has_setname, setname};
+        pin().hello_pending = {proto, has_setname, setname};
         return StartPassthroughAuth(auth_user, auth_pass);
       }
       if (!authenticated_) {
@@ -328,19 +329,19 @@ void ClientSession::StartPassthroughAuth(std::string_view user, std::string_view
   // client's next commands wait for the answer, since it decides where they go.
   uint32_t id = worker_->credentials().Intern(user, password);
   if (id == 0) {
-    hello_pending_.reset();
+    if (pin_) pin_->hello_pending.reset();
     return ReplyErrorNow(
         "ERR kompress: too many distinct ACL users authenticated through the proxy");
   }
   Backend* primary = worker_->backends().primary();
   if (primary == nullptr || !primary->serves_writes()) {
-    hello_pending_.reset();
+    if (pin_) pin_->hello_pending.reset();
     worker_->stats().errors++;
     return ReplyErrorNow(PrimaryUnavailable(primary));
   }
   ConnClass as_user = cls_;
   as_user.user = id;
-  if (hello_pending_) as_user.proto = static_cast<uint8_t>(hello_pending_->proto);
+  if (pin_ && pin_->hello_pending) as_user.proto = static_cast<uint8_t>(pin_->hello_pending->proto);
   uint64_t seq = NewSlot();
   SlotAt(seq).auth_user = id;
   scratch_.Clear();
@@ -358,8 +359,8 @@ void ClientSession::FinishPassthroughAuth(uint64_t seq, std::string_view error) 
   uint32_t id = s.auth_user;
   s.auth_user = 0;
   auth_pending_ = false;
-  auto hello = std::move(hello_pending_);
-  hello_pending_.reset();
+  std::optional<PendingHello> hello;
+  if (pin_) hello = std::exchange(pin_->hello_pending, std::nullopt);
   if (error.empty() && !worker_->credentials().Verify(id)) {
     // Forgotten while Redis was asked (a flood of other candidates): connections of this
     // class could not authenticate as the user, so the client must try again.

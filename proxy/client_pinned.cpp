@@ -73,15 +73,15 @@ bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, cons
   dedicated_reusable_ = true;
   push_mode_ = false;
   stream_outstanding_ = 0;
-  pinned_inflight_.clear();
-  backlog_kinds_.clear();
+  pin().inflight.clear();
+  pin().backlog_kinds.clear();
   if (!name_.empty()) {
     // The name the client set before it was pinned belongs on the connection it now uses
     // (CLIENT GETNAME inside a transaction, CLIENT LIST on the primary).
-    inject_.Clear();
+    pin().inject.Clear();
     std::string_view args[] = {"CLIENT", "SETNAME", name_};
-    resp::AppendCommand(inject_, args);
-    SendPinned(inject_.data(), inject_.size(), {false, true, false});
+    resp::AppendCommand(pin().inject, args);
+    SendPinned(pin().inject.data(), pin().inject.size(), {false, true, false});
     dedicated_reusable_ = false;
   }
   if (multi_first) {
@@ -96,10 +96,10 @@ bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, cons
     kind.swallow = true;
     SendPinned(kMulti, sizeof kMulti - 1, kind);
     // Keyless commands the client queued before the first key (answered QUEUED already).
-    for (const std::string& held : multi_held_) {
+    for (const std::string& held : pin().multi_held) {
       SendPinned(held.data(), held.size(), {false, true, false});
     }
-    multi_held_.clear();
+    pin().multi_held.clear();
   }
   ForwardPinned(req, d, raw, len);
   return true;
@@ -170,21 +170,21 @@ void ClientSession::ForwardPinned(const Request& req, const RouteDecision& d, co
     // writes went out on shared connections. A propagated no-op write here first (the
     // client's earlier writes have all been answered by now) makes WAIT wait for at least
     // those writes; its reply is swallowed.
-    inject_.Clear();
+    pin().inject.Clear();
     std::string_view args[] = {"PUBLISH", "__kompress:wait", ""};
-    resp::AppendCommand(inject_, args);
-    SendPinned(inject_.data(), inject_.size(), {false, true, false});
+    resp::AppendCommand(pin().inject, args);
+    SendPinned(pin().inject.data(), pin().inject.size(), {false, true, false});
   }
   SendPinned(raw, len, kind);
 }
 
 void ClientSession::SendPinned(const char* raw, size_t len, PinnedReq kind) {
-  if (head_ == stream_seq_ && backlog_.empty()) {
+  if (head_ == stream_seq_ && pin().backlog.empty()) {
     dedicated_->SendRaw(raw, len);
     NoteSentPinned(kind);
   } else {
-    backlog_.Append(raw, len);
-    backlog_kinds_.push_back(kind);
+    pin().backlog.Append(raw, len);
+    pin().backlog_kinds.push_back(kind);
   }
 }
 
@@ -196,15 +196,15 @@ void ClientSession::NoteSentPinned(PinnedReq kind) {
     return;
   }
   if (push_mode_) return;
-  pinned_inflight_.push_back(kind);
-  if (pinned_inflight_.size() == 1) ArmPinnedDeadline();
+  pin().inflight.push_back(kind);
+  if (pin().inflight.size() == 1) ArmPinnedDeadline();
 }
 
 void ClientSession::ArmPinnedDeadline() {
   // The oldest request must be answered within the timeout unless it may legitimately
   // block (BLPOP, WAIT, ...): the same rule as on shared connections.
   if (dedicated_ == nullptr) return;
-  if (push_mode_ || pinned_inflight_.empty() || pinned_inflight_.front().blocking) {
+  if (push_mode_ || pin().inflight.empty() || pin().inflight.front().blocking) {
     dedicated_->SetDeadline(0);
   } else {
     dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
@@ -238,27 +238,27 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     }
     return;
   }
-  if (unpin_marker_sent_ && std::string_view(data, len) == unpin_marker_) {
+  if (unpin_marker_sent_ && std::string_view(data, len) == pin().unpin_marker) {
     // Everything sent before the marker has been answered: the connection is quiet and
     // clean, the session leaves it, and the client's input is read again.
     unpin_marker_sent_ = false;
     stream_outstanding_ = 0;
-    pinned_inflight_.clear();
+    pin().inflight.clear();
     dedicated_->SetDeadline(0);
     MaybeUnpin();
     ResumeReading();
     if (!in_.empty()) ProcessInput();
     return;
   }
-  if (quit_marker_sent_ && IsMarkerPong(data, len, quit_marker_)) {
+  if (quit_marker_sent_ && IsMarkerPong(data, len, pin().quit_marker)) {
     quit_marker_seen_ = true;  // the proxy's, after QUIT: everything before it is relayed
     MaybeQuit();
     return;
   }
   bool swallow = false;
-  if (!pinned_inflight_.empty()) {
-    swallow = pinned_inflight_.front().swallow;
-    pinned_inflight_.pop_front();
+  if (!pin().inflight.empty()) {
+    swallow = pin().inflight.front().swallow;
+    pin().inflight.pop_front();
     ArmPinnedDeadline();
   }
   if (swallow) return;  // the reply to a command the proxy added (CLIENT SETNAME, PUBLISH)
@@ -340,7 +340,7 @@ void ClientSession::NoteSubscriptionReply(const char* data, size_t len) {
     if (n >= 0 && e + 2 + static_cast<size_t>(n) <= f.size()) {
       std::string target(f.substr(e + 2, static_cast<size_t>(n)));
       bool pattern = kind.size() > 1 && (kind[0] == 'p' || kind[0] == 'P');
-      auto& set = shard ? shard_channels_ : pattern ? patterns_ : channels_;
+      auto& set = shard ? pin().shard_channels : pattern ? pin().patterns : pin().channels;
       bool adds = !(EqualsLower(kind, "unsubscribe") || EqualsLower(kind, "punsubscribe") ||
                     EqualsLower(kind, "sunsubscribe"));
       if (adds) {
@@ -361,37 +361,37 @@ void ClientSession::NoteSubscriptionReply(const char* data, size_t len) {
   unpin_marker_token_++;
   std::string token =
       "kompress-unpin-" + std::to_string(id_) + "-" + std::to_string(unpin_marker_token_);
-  inject_.Clear();
+  pin().inject.Clear();
   std::string_view args[] = {"PING", token};
-  resp::AppendCommand(inject_, args);
-  dedicated_->SendRaw(inject_.data(), inject_.size());
+  resp::AppendCommand(pin().inject, args);
+  dedicated_->SendRaw(pin().inject.data(), pin().inject.size());
   dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
-  unpin_marker_.clear();
+  pin().unpin_marker.clear();
   Buffer b;
   resp::AppendBulk(b, token);
-  unpin_marker_.assign(b.data(), b.size());
+  pin().unpin_marker.assign(b.data(), b.size());
   unpin_marker_sent_ = true;
   PauseReading();
 }
 
 void ClientSession::MaybeQuit() {
   if (!quit_pending_ || closed_ || dedicated_ == nullptr) return;
-  if (!backlog_.empty() || head_ != stream_seq_) return;  // earlier requests not sent yet
+  if (!pin().backlog.empty() || head_ != stream_seq_) return;  // earlier requests not sent yet
   // Replies still due are relayed first. In push mode they do not pair with requests, so a
   // PING goes last: once its answer is back, everything before it has been relayed.
   if (push_mode_) {
     if (!quit_marker_sent_) {
       quit_marker_sent_ = true;
       // A token of its own, so no PING of the client's can be taken for it.
-      quit_marker_ = "kompress-quit-" + std::to_string(id_);
-      inject_.Clear();
-      std::string_view args[] = {"PING", quit_marker_};
-      resp::AppendCommand(inject_, args);
+      pin().quit_marker = "kompress-quit-" + std::to_string(id_);
+      pin().inject.Clear();
+      std::string_view args[] = {"PING", pin().quit_marker};
+      resp::AppendCommand(pin().inject, args);
       dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
-      dedicated_->SendRaw(inject_.data(), inject_.size());
+      dedicated_->SendRaw(pin().inject.data(), pin().inject.size());
     }
     if (!quit_marker_seen_) return;
-  } else if (stream_outstanding_ != 0 || !pinned_inflight_.empty()) {
+  } else if (stream_outstanding_ != 0 || !pin().inflight.empty()) {
     return;
   }
   AbandonPinned();  // closed quietly: the backend is not blamed for it
@@ -404,7 +404,7 @@ void ClientSession::MaybeQuit() {
 
 void ClientSession::MaybeUnpin() {
   if (pin_permanent_ || subscribed_ || unpin_marker_sent_ || quit_pending_ ||
-      stream_outstanding_ != 0 || !backlog_.empty() || !pinned_inflight_.empty() ||
+      stream_outstanding_ != 0 || !pin().backlog.empty() || !pin().inflight.empty() ||
       dedicated_ == nullptr || head_ != stream_seq_) {
     return;
   }
@@ -429,9 +429,12 @@ void ClientSession::AbandonPinned() {
     dedicated_ = nullptr;
     d->Shutdown("session ended", true);  // clears its owner first: no callback comes back
   }
-  backlog_.Clear();
-  backlog_kinds_.clear();
-  pinned_inflight_.clear();
+  if (pin_) {
+    pin_->backlog.Clear();
+    pin_->backlog_kinds.clear();
+    pin_->inflight.clear();
+  }
+  if (slots_.empty()) return;  // an idle client: no stream slot
   Slot& s = SlotAt(stream_seq_);
   if (s.stream) {
     // The stream slot ends here; replies ahead of it keep their order.
@@ -445,8 +448,8 @@ void ClientSession::OnStreamFailure(const std::string& reason) {
   dedicated_ = nullptr;  // the connection is going away by itself
   if (closed_) return;
   if (subscribed_ && !pin_permanent_ && !in_multi_ && !watching_ && !quit_pending_ &&
-      !unpin_marker_sent_ && backlog_.empty() && head_ == stream_seq_ &&
-      (!channels_.empty() || !patterns_.empty() || !shard_channels_.empty())) {
+      !unpin_marker_sent_ && pin().backlog.empty() && head_ == stream_seq_ &&
+      (!pin().channels.empty() || !pin().patterns.empty() || !pin().shard_channels.empty())) {
     // A subscriber has nothing in flight but its subscriptions: they are renewed on the
     // primary (a new one after a failover) instead of ending the client. Messages published
     // in between are lost, as with any reconnecting subscriber.
@@ -456,8 +459,8 @@ void ClientSession::OnStreamFailure(const std::string& reason) {
                  reason);
     }
     resubscribing_ = true;
-    resubscribe_reason_ = reason;
-    pinned_inflight_.clear();
+    pin().resubscribe_reason = reason;
+    pin().inflight.clear();
     resub_swallow_ = 0;
     PauseReading();
     worker_->Park(this);
@@ -483,24 +486,24 @@ void ClientSession::TryResubscribe() {
     resubscribing_ = false;
     resubscribe_since_ = 0;
     subscribed_ = false;
-    OnStreamFailure(resubscribe_reason_ + "; no primary to renew the subscriptions on");
+    OnStreamFailure(pin().resubscribe_reason + "; no primary to renew the subscriptions on");
     return;
   }
   resubscribing_ = false;
   dedicated_ = worker_->NewDedicatedConn(primary, this, cls_);
-  inject_.Clear();
+  pin().inject.Clear();
   resub_swallow_ = 0;
   auto add = [&](const char* cmd, const std::set<std::string>& targets) {
     if (targets.empty()) return;
     std::vector<std::string_view> args{cmd};
     for (const std::string& t : targets) args.push_back(t);
-    resp::AppendCommand(inject_, args);
+    resp::AppendCommand(pin().inject, args);
     resub_swallow_ += targets.size();
   };
-  add("SUBSCRIBE", channels_);
-  add("PSUBSCRIBE", patterns_);
-  add("SSUBSCRIBE", shard_channels_);
-  dedicated_->SendRaw(inject_.data(), inject_.size());
+  add("SUBSCRIBE", pin().channels);
+  add("PSUBSCRIBE", pin().patterns);
+  add("SSUBSCRIBE", pin().shard_channels);
+  dedicated_->SendRaw(pin().inject.data(), pin().inject.size());
   dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
   Log().info("client {}: {} subscription(s) renewed on {}", id_, resub_swallow_, primary->name());
 }

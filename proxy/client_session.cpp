@@ -20,6 +20,14 @@ namespace kp {
 namespace {
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr size_t kKeepBuffer = 1024 * 1024;
+// An emptied buffer up to this size is freed at once: the allocator's per-thread cache hands
+// it to the next client that needs one, so a client between requests holds none. Larger ones
+// (a pipelining client's) are kept until it goes idle (TrimIfIdle), up to kKeepBuffer.
+constexpr size_t kFreeAtOnce = 4096;
+
+void Recycle(Buffer& b) {
+  b.ShrinkIfEmpty(b.capacity() <= kFreeAtOnce ? 0 : kKeepBuffer);
+}
 // Writes up to this size are kept until answered, to be re-sent after a READONLY.
 constexpr size_t kKeepWriteBytes = 64 * 1024;
 
@@ -53,10 +61,8 @@ RespLimits PreAuthLimits(RespLimits l) {
 }
 }  // namespace
 
-ClientSession::ClientSession(Worker* worker, uint64_t id)
-    : worker_(worker), id_(id), parser_(worker->config().resp) {
+ClientSession::ClientSession(Worker* worker, uint64_t id) : worker_(worker), id_(id) {
   created_ms_ = last_request_ms_ = worker->now();
-  slots_.resize(4);  // grows (doubling) with the pipeline; small for the idle many
   authenticated_ = NeedsNoAuth(worker->config());
 }
 
@@ -81,24 +87,44 @@ bool ClientSession::Open(int fd, std::shared_ptr<const TlsContext> tls) {
 
 void ClientSession::AllocCb(uv_handle_t* h, size_t, uv_buf_t* buf) {
   auto* self = static_cast<ClientSession*>(h->data);
-  Buffer& into = self->tls_ ? self->tls_in_ : self->in_;  // ciphertext first, with TLS
-  // Small reads for a client that sends little (most of ten thousand connections), growing
-  // to kReadChunk for one whose reads fill what they are given (a pipeline, a big value).
-  char* p = into.PrepareWrite(self->read_chunk_);
-  self->read_offered_ = into.writable();
+  if (self->tls_ || self->in_.empty()) {
+    // Nothing of this client waits to be parsed (ciphertext is always decrypted whole): the
+    // read lands in the worker's buffer, and only what it leaves unparsed is kept.
+    Buffer& shared = self->worker_->read_buffer();
+    shared.Clear();
+    char* p = shared.PrepareWrite(kReadChunk);
+    self->read_offered_ = shared.writable();
+    self->read_shared_ = true;
+    *buf = uv_buf_init(p, static_cast<unsigned>(self->read_offered_));
+    return;
+  }
+  // The rest of a partial request: small reads for a client that sends little, growing to
+  // kReadChunk for one whose reads fill what they are given (a pipeline, a big value).
+  char* p = self->in_.PrepareWrite(self->read_chunk_);
+  self->read_offered_ = self->in_.writable();
+  self->read_shared_ = false;
   *buf = uv_buf_init(p, static_cast<unsigned>(self->read_offered_));
 }
 
 void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   auto* self = static_cast<ClientSession*>(s->data);
   self->worker_->TouchClock();
-  if (nread > 0 && self->tls_) {
-    if (static_cast<size_t>(nread) == self->read_offered_ && self->read_chunk_ < kReadChunk) {
-      self->read_chunk_ *= 2;
-    }
-    self->tls_in_.Commit(static_cast<size_t>(nread));
-    TlsStream::Status st = self->tls_->Feed(self->tls_in_.data(), self->tls_in_.size(), &self->in_);
-    self->tls_in_.Clear();
+  if (nread <= 0) {
+    // The client went away (or reset): nothing to answer. 0: nothing to read after all.
+    if (nread < 0) self->Close();
+    return;
+  }
+  const size_t n = static_cast<size_t>(nread);
+  Buffer& shared = self->worker_->read_buffer();
+  const bool into_shared = self->read_shared_;
+  if (n == self->read_offered_ && self->read_chunk_ < kReadChunk) {
+    // A read that filled its buffer: more is coming, read it in big pieces.
+    self->read_chunk_ = into_shared ? kReadChunk : self->read_chunk_ * 2;
+  }
+  if (self->tls_) {
+    shared.Commit(n);
+    TlsStream::Status st = self->tls_->Feed(shared.data(), shared.size(), &self->in_);
+    shared.Clear();
     if (st == TlsStream::Status::kError) {
       // A plaintext client on the TLS port, a certificate not signed by tls_ca_file...: the
       // connection ends, with a line saying why (debug: any client can cause it).
@@ -113,16 +139,21 @@ void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
       return;
     }
     if (!self->in_.empty()) self->ProcessInput();
-  } else if (nread > 0) {
-    if (static_cast<size_t>(nread) == self->read_offered_ && self->read_chunk_ < kReadChunk) {
-      self->read_chunk_ *= 2;
-    }
-    self->in_.Commit(static_cast<size_t>(nread));
-    self->ProcessInput();
-  } else if (nread < 0) {
-    // The client went away (or reset): nothing to answer.
-    self->Close();
+    return;
   }
+  if (!into_shared) {
+    self->in_.Commit(n);
+    self->ProcessInput();
+    return;
+  }
+  // Parsed in place in the worker's buffer (lent as in_ meanwhile); what is left (a partial
+  // request, requests held back) moves into the client's own buffer.
+  shared.Commit(n);
+  std::swap(self->in_, shared);
+  self->ProcessInput();
+  if (!self->in_.empty()) shared.Append(self->in_.data(), self->in_.size());
+  self->in_.Clear();
+  std::swap(self->in_, shared);
 }
 
 void ClientSession::ResumeReading() {
@@ -162,9 +193,26 @@ void ClientSession::ProcessInput() {
       // Only clients that must authenticate need it: idle connections stay small.
       preauth_parser_ = std::make_unique<RequestParser>(PreAuthLimits(cfg.resp));
     }
-    RequestParser& parser = preauth ? *preauth_parser_ : parser_;
+    // Between requests a client frames with the worker's parser; one whose request is still
+    // arriving keeps that state in a parser of its own (own_parser_) until it goes idle.
+    RequestParser* shared = nullptr;
+    if (!preauth && !own_parser_) {
+      shared = worker_->TakeParser();
+      if (shared == nullptr) own_parser_ = std::make_unique<RequestParser>(cfg.resp);
+    }
+    RequestParser& parser = preauth ? *preauth_parser_ : shared ? *shared : *own_parser_;
+    struct GiveBack {
+      Worker* w;
+      RequestParser* p;
+      ~GiveBack() {
+        if (p == nullptr) return;
+        p->Reset();
+        w->ReturnParser(p);
+      }
+    } give_back{worker_, shared};
     ParseStatus st = parser.Parse(in_.data(), in_.size(), &consumed);
     if (st == ParseStatus::kIncomplete) {
+      if (shared) own_parser_ = std::make_unique<RequestParser>(*shared);  // resumes there
       if (in_.size() > cfg.client.max_client_buffer_bytes) LimitError(RespLimit::kClientBuffer);
       return;
     }
@@ -174,7 +222,7 @@ void ClientSession::ProcessInput() {
       } else if (preauth && parser.limit_hit() != RespLimit::kNone) {
         ProtocolError("Protocol error: unauthenticated bulk length");
       } else if (parser.limit_hit() != RespLimit::kNone) {
-        LimitError(parser.limit_hit());
+        LimitError(parser.limit_hit(), parser.error());
       } else {
         ProtocolError(parser.error());
       }
@@ -188,7 +236,7 @@ void ClientSession::ProcessInput() {
     }
     in_.Consume(consumed);
     parser.Reset();
-    if (backlog_.size() > cfg.client.max_client_buffer_bytes) {
+    if (pin_ && pin_->backlog.size() > cfg.client.max_client_buffer_bytes) {
       // A pinned session's requests waiting for earlier replies count against its buffer.
       LimitError(RespLimit::kClientBuffer);
       return;
@@ -198,13 +246,13 @@ void ClientSession::ProcessInput() {
   if (draining_) MaybeFinish();
 }
 
-void ClientSession::LimitError(RespLimit which) {
+void ClientSession::LimitError(RespLimit which, const std::string& parser_error) {
   // Named for what it is, and counted by limit: the input was well-formed, a bound was hit.
   std::string msg = which == RespLimit::kClientBuffer
                         ? "kompress: client buffer over limits.max_client_buffer_bytes (" +
                               std::to_string(worker_->config().client.max_client_buffer_bytes) +
                               " bytes); closing the connection"
-                        : parser_.error();
+                        : parser_error;
   Log().info("client {} dropped: {}", id_, msg);
   worker_->stats().limit_drops[static_cast<size_t>(which)]++;
   EndWithError(msg);
@@ -296,7 +344,7 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
       // Refused inside the transaction: like a command Redis rejects at queue time, it
       // makes EXEC fail.
       cluster_multi_ = false;
-      multi_held_.clear();
+      if (pin_) pin_->multi_held.clear();
       multi_refused_ = true;
       ReplyErrorNow(d.deny_reason);
       return true;
@@ -782,8 +830,42 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
 
 // ---- ordered replies ----
 
+std::vector<std::vector<ClientSession::Slot>>& ClientSession::RingPool() {
+  thread_local std::vector<std::vector<Slot>> pool;
+  return pool;
+}
+
+void ClientSession::MaybeReturnSlots() {
+  // Only a ring nothing refers to any more: every slot answered and written, and no backend
+  // still to call back about one (a late reply to a timed-out request names its slot).
+  if (head_ != next_ || inflight_ != 0 || slots_.size() != kFirstSlots) return;
+  auto& pool = RingPool();
+  if (pool.size() >= kRingPoolMax) return;
+  for (Slot& s : slots_) {
+    // Spares keep the small buffers they hold (the next client's read copies reuse them),
+    // not a big value's.
+    s.reply.ShrinkIfEmpty(kFreeAtOnce);
+    s.stream = false;
+    s.fan.reset();
+    s.request.Clear();
+    s.request.ShrinkIfEmpty(kFreeAtOnce);
+  }
+  pool.push_back(std::move(slots_));
+  slots_.clear();
+}
+
 uint64_t ClientSession::NewSlot() {
-  if (next_ - head_ == slots_.size()) {
+  if (slots_.empty()) {
+    // Idle clients hold no ring: one is taken from the worker thread's spares per burst of
+    // requests, and given back when all are answered (MaybeReturnSlots).
+    auto& pool = RingPool();
+    if (pool.empty()) {
+      slots_.resize(kFirstSlots);
+    } else {
+      slots_ = std::move(pool.back());
+      pool.pop_back();
+    }
+  } else if (next_ - head_ == slots_.size()) {
     std::vector<Slot> bigger(slots_.size() * 2);
     for (uint64_t q = head_; q < next_; ++q) {
       bigger[q & (bigger.size() - 1)] = std::move(slots_[q & (slots_.size() - 1)]);
@@ -885,12 +967,12 @@ void ClientSession::AdvanceHead() {
     Slot& s = SlotAt(head_);
     if (s.stream) {
       // Everything before the pinned session has been answered: its requests may go now.
-      if (!backlog_.empty() && dedicated_ != nullptr) {
-        dedicated_->SendRaw(backlog_.data(), backlog_.size());
-        backlog_.Clear();
-        while (!backlog_kinds_.empty()) {
-          NoteSentPinned(backlog_kinds_.front());
-          backlog_kinds_.pop_front();
+      if (pin_ && !pin_->backlog.empty() && dedicated_ != nullptr) {
+        dedicated_->SendRaw(pin().backlog.data(), pin().backlog.size());
+        pin().backlog.Clear();
+        while (!pin().backlog_kinds.empty()) {
+          NoteSentPinned(pin().backlog_kinds.front());
+          pin().backlog_kinds.pop_front();
         }
       }
       if (quit_pending_) {
@@ -1015,7 +1097,7 @@ void ClientSession::Flush() {
   int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
   if (n == static_cast<int>(wbuf_.size())) {
     wbuf_.Clear();
-    wbuf_.ShrinkIfEmpty(kKeepBuffer);
+    Recycle(wbuf_);
     OnWritten();
     return;
   }
@@ -1041,7 +1123,7 @@ void ClientSession::WriteCb(uv_write_t* req, int status) {
   auto* self = static_cast<ClientSession*>(req->data);
   self->writing_ = false;
   self->wbuf_.Clear();
-  self->wbuf_.ShrinkIfEmpty(kKeepBuffer);
+  Recycle(self->wbuf_);
   if (status < 0) {
     self->Close();
     return;
@@ -1065,10 +1147,16 @@ bool ClientSession::TrimIfIdle(uint64_t now_ms) {
   out_.ShrinkIfEmpty(0);
   wbuf_.ShrinkIfEmpty(0);
   scratch_.ShrinkIfEmpty(0);
-  tls_in_.ShrinkIfEmpty(0);
-  for (Slot& s : slots_) {
-    s.reply.ShrinkIfEmpty(0);
-    s.request.ShrinkIfEmpty(0);
+  if (inflight_ == 0) {
+    had = had || !slots_.empty();
+    std::vector<Slot>().swap(slots_);
+  }
+  own_parser_.reset();  // in_ is empty: nothing half framed
+  if (authenticated_) preauth_parser_.reset();
+  if (pin_ && pin_->Empty() && !subscribed_ && !resubscribing_ && !waiting_to_pin_ &&
+      !quit_pending_ && !unpin_marker_sent_ && !auth_pending_ && !cluster_multi_) {
+    pin_.reset();  // the session left its pinned state behind
+    had = true;
   }
   return had;
 }
@@ -1076,7 +1164,10 @@ bool ClientSession::TrimIfIdle(uint64_t now_ms) {
 void ClientSession::OnWritten() {
   if (out_.empty() && held_bytes_ == 0) {
     oversize_bytes_ = 0;  // everything written: no big reply is pending any more
-    out_.ShrinkIfEmpty(kKeepBuffer);
+    Recycle(out_);
+    scratch_.Clear();
+    Recycle(scratch_);
+    MaybeReturnSlots();
   }
   MaybeFinish();
   if (!closed_) MaybeResume();

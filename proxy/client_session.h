@@ -260,13 +260,17 @@ class ClientSession {
   // MULTI under Redis Cluster waits for the transaction's first command, which names the
   // shard (see EnterPinned).
   bool cluster_multi_ = false;
-  std::vector<std::string> multi_held_;  // keyless commands queued before the first key
-  uint16_t pin_group_ = 0;               // the pinned session's group
-  uint16_t last_write_group_ = 0;        // where this client's last write went (WAIT goes there)
+  uint16_t pin_group_ = 0;         // the pinned session's group
+  uint16_t last_write_group_ = 0;  // where this client's last write went (WAIT goes there)
   // The error for a request that needs the primary when none can take it, saying why.
   std::string PrimaryUnavailable(const Backend* primary) const;
 
   uint64_t NewSlot();
+  // An idle client gives its ring of slots back to the worker thread's spares.
+  void MaybeReturnSlots();
+  static constexpr size_t kFirstSlots = 4;    // grows (doubling) with the pipeline
+  static constexpr size_t kRingPoolMax = 64;  // spare rings kept per worker thread
+  static std::vector<std::vector<Slot>>& RingPool();
   Slot& SlotAt(uint64_t seq) { return slots_[seq & (slots_.size() - 1)]; }
   // Completes a slot with reply bytes; flushes the completed prefix into out_.
   void Complete(uint64_t seq, const char* data, size_t len);
@@ -284,7 +288,8 @@ class ClientSession {
   size_t CountedReplyBytes() const;
   void MaybeFinish();
   void ProtocolError(const std::string& msg);
-  void LimitError(RespLimit which);
+  // `parser_error`: the parser's message for a wire limit.
+  void LimitError(RespLimit which, const std::string& parser_error = {});
   // Replies `msg` as an error, then closes once everything before it is written.
   void EndWithError(const std::string& msg);
   bool CheckOutputLimit();
@@ -302,6 +307,7 @@ class ClientSession {
   uv_write_t write_req_;
   bool writing_ = false;
   bool reading_ = false;
+  bool read_shared_ = false;          // the read under way lands in the worker's buffer
   bool paused_ = false;               // backpressure: too many requests in flight
   bool closing_after_flush_ = false;  // QUIT, protocol error, drain
   bool closed_ = false;
@@ -310,14 +316,14 @@ class ClientSession {
   size_t inflight_ = 0;  // requests a BackendConn will still call back about
 
   std::unique_ptr<TlsStream> tls_;  // clients of tls_listen
-  Buffer tls_in_;                   // ciphertext read, before decryption
   Buffer in_;
-  size_t read_chunk_ = kFirstReadChunk;  // what the next read is offered (grows to 64 KB)
+  // What a read into in_ (the rest of a partial request) is offered; grows to 64 KB.
+  size_t read_chunk_ = kFirstReadChunk;
   size_t read_offered_ = 0;
   Buffer out_;
   Buffer wbuf_;
-  Buffer scratch_;  // inline commands re-encoded as RESP, local replies
-  RequestParser parser_;
+  Buffer scratch_;                             // inline commands re-encoded as RESP, local replies
+  std::unique_ptr<RequestParser> own_parser_;  // a request arriving in pieces (see ProcessInput)
   std::unique_ptr<RequestParser> preauth_parser_;  // until the client has authenticated
 
   std::vector<Slot> slots_;    // ring, size a power of two; index = seq & (size - 1)
@@ -349,7 +355,6 @@ class ClientSession {
   // ahead of the stream slot to complete (so earlier requests run first).
   BackendConn* dedicated_ = nullptr;
   uint64_t stream_seq_ = 0;
-  Buffer backlog_;
   // A request that needs a dedicated connection while no primary can take one (failover).
   bool waiting_to_pin_ = false;
   bool multi_refused_ = false;  // see InRefusedTransaction
@@ -359,12 +364,33 @@ class ClientSession {
     bool has_setname = false;
     std::string setname;
   };
-  std::optional<PendingHello> hello_pending_;  // HELLO ... AUTH: answered after the AUTH
-  uint64_t pin_wait_deadline_ = 0;             // worker clock; 0: not waiting
-  bool quit_pending_ = false;      // QUIT received while pinned: +OK once earlier replies are in
-  bool quit_marker_sent_ = false;  // push mode: the PING that marks the end of what is due
+  // The containers of a pinned session, pub/sub and held transactions: allocated when a
+  // client first needs them, so the many clients that never do stay small.
+  struct PinState {
+    Buffer backlog;                 // requests waiting for the slots ahead of the stream slot
+    Ring<PinnedReq> backlog_kinds;  // one per request waiting in backlog
+    Ring<PinnedReq> inflight;       // sent, reply not seen yet (not tracked in push mode)
+    Buffer inject;                  // commands the proxy adds to a pinned stream
+    std::string quit_marker;        // the QUIT marker PING's token
+    std::string unpin_marker;       // the reply to the PING that leaves pub/sub, exact bytes
+    std::set<std::string> channels, patterns, shard_channels;  // subscribed, per the server
+    std::string resubscribe_reason;             // why the subscriptions are being renewed
+    std::optional<PendingHello> hello_pending;  // HELLO ... AUTH: answered after the AUTH
+    std::vector<std::string> multi_held;  // Redis Cluster: keyless commands queued after MULTI
+    bool Empty() const {
+      return backlog.empty() && backlog_kinds.empty() && inflight.empty() && channels.empty() &&
+             patterns.empty() && shard_channels.empty() && !hello_pending && multi_held.empty();
+    }
+  };
+  std::unique_ptr<PinState> pin_;
+  PinState& pin() {
+    if (!pin_) pin_ = std::make_unique<PinState>();
+    return *pin_;
+  }
+  uint64_t pin_wait_deadline_ = 0;  // worker clock; 0: not waiting
+  bool quit_pending_ = false;       // QUIT received while pinned: +OK once earlier replies are in
+  bool quit_marker_sent_ = false;   // push mode: the PING that marks the end of what is due
   bool quit_marker_seen_ = false;
-  std::string quit_marker_;  // its token
   // Why the session is pinned. A transaction (MULTI/WATCH) gives the connection back once
   // EXEC/DISCARD/UNWATCH has been answered; anything else (blocking, pub/sub, SELECT n, ...)
   // keeps it for the life of the client.
@@ -373,24 +399,18 @@ class ClientSession {
   int64_t subscriptions_ = 0, shard_subscriptions_ = 0;
   uint64_t pending_sub_confirms_ = 0;  // channels of (P|S)SUBSCRIBEs sent, not confirmed yet
   bool unpin_marker_sent_ = false;     // the PING sent to leave pub/sub; input waits for it
-  std::string unpin_marker_;           // its reply's exact bytes
   uint64_t unpin_marker_token_ = 0;
-  std::set<std::string> channels_, patterns_, shard_channels_;  // subscribed, per the server
   bool resubscribing_ = false;      // waiting for a primary to renew them on
   uint64_t resubscribe_since_ = 0;  // worker clock; 0: not renewing
-  std::string resubscribe_reason_;
-  size_t resub_swallow_ = 0;  // confirmations of the renewal still to drop
+  size_t resub_swallow_ = 0;        // confirmations of the renewal still to drop
   bool in_multi_ = false;
   bool watching_ = false;
   uint64_t stream_outstanding_ = 0;  // requests forwarded, not yet answered (exact for
                                      // transactions; pub/sub replies are not one-to-one)
   bool reset_forwarded_ = false;
-  uint64_t after_reset_ = 0;         // requests forwarded after the RESET still unanswered
-  bool dedicated_reusable_ = true;   // false once RESET logged it out of the backend
-  bool push_mode_ = false;           // replies no longer pair with requests (pub/sub, MONITOR)
-  Ring<PinnedReq> pinned_inflight_;  // sent, reply not seen yet (not tracked in push mode)
-  Ring<PinnedReq> backlog_kinds_;    // one per request waiting in backlog_
-  Buffer inject_;                    // commands the proxy adds to a pinned stream
+  uint64_t after_reset_ = 0;        // requests forwarded after the RESET still unanswered
+  bool dedicated_reusable_ = true;  // false once RESET logged it out of the backend
+  bool push_mode_ = false;          // replies no longer pair with requests (pub/sub, MONITOR)
   bool draining_ = false;
 };
 

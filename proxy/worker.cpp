@@ -20,6 +20,8 @@ Worker::Worker(size_t id, std::shared_ptr<const Config> config, Topology& topolo
   if (timeout_ms_ == 0) timeout_ms_ = 1;
   next_client_id_ = (static_cast<uint64_t>(id) << 48) + 1;
   rng_state_ = 0x9E3779B97F4A7C15ull * (id + 1);
+  parser_ = std::make_unique<RequestParser>(config_->resp);
+  parser_free_ = parser_.get();
   uv_loop_init(&loop_);
   loop_.data = this;
   uv_async_init(&loop_, &async_, [](uv_async_t* a) { static_cast<Worker*>(a->data)->OnAsync(); });
@@ -120,6 +122,9 @@ void Worker::OnAsync() {
     // Between loop turns: nothing of this thread holds on to the old settings (requests in
     // flight keep the deadlines they were given). The old Config is freed with its last user.
     config_ = std::move(fresh);
+    // Not in use between loop turns; clients framing a request keep their own.
+    parser_ = std::make_unique<RequestParser>(config_->resp);
+    parser_free_ = parser_.get();
     timeout_ms_ = std::max<uint64_t>(1, static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5));
     uint64_t period = std::clamp<uint64_t>(timeout_ms_ / 10, 5, 100);
     if (!shut_down_) {

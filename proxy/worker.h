@@ -12,8 +12,11 @@
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
+#include "common/buffer.h"
+#include "common/resp_parser.h"
 #include "config/config.h"
 #include "proxy/backend.h"
 #include "proxy/client_budget.h"
@@ -83,6 +86,15 @@ class Worker {
   // share it), for the latency histograms.
   uint64_t clock_ns() const { return clock_ns_; }
   void TouchClock() { clock_ns_ = uv_hrtime(); }
+  // The buffer a client's read lands in when it holds no partial request: one per worker,
+  // so ten thousand connections that send a little now and then hold no read memory each
+  // (what a read leaves unparsed is copied into the client's own buffer).
+  Buffer& read_buffer() { return read_buffer_; }
+  // The request parser clients use between requests, with the current wire limits; a client
+  // whose request is still arriving keeps the state in a parser of its own. Null while in
+  // use (a client's request being handled can end up framing another's).
+  RequestParser* TakeParser() { return std::exchange(parser_free_, nullptr); }
+  void ReturnParser(RequestParser* p) { parser_free_ = p; }
   uint64_t timeout_ms() const { return timeout_ms_; }
   bool finished() const { return finished_.load(std::memory_order_acquire); }
   size_t client_count() const { return client_count_.load(std::memory_order_relaxed); }
@@ -135,6 +147,9 @@ class Worker {
   void RequestEnforce();
 
  private:
+  Buffer read_buffer_;
+  std::unique_ptr<RequestParser> parser_;
+  RequestParser* parser_free_ = nullptr;
   void Run();
   void OnAsync();
   void OnCheck();
