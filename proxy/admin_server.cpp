@@ -340,6 +340,9 @@ std::string AdminServer::Metrics() const {
   AppendMetric(out, "kompress_protocol_errors_total", "Clients closed for malformed RESP.",
                "counter");
   AppendValue(out, "kompress_protocol_errors_total", sum(&WorkerStats::protocol_errors));
+  AppendMetric(out, "kompress_tls_failures_total",
+               "TLS clients closed for a failed handshake or malformed TLS.", "counter");
+  AppendValue(out, "kompress_tls_failures_total", sum(&WorkerStats::tls_failures));
   AppendMetric(out, "kompress_limit_drops_total", "Clients dropped for exceeding a limit.",
                "counter");
   for (size_t i = 1; i < kRespLimitCount; ++i) {

@@ -69,6 +69,7 @@ ProxyInfo::Snapshot ProxyInfo::Take() const {
                 {"pinned_requests", sum(&WorkerStats::pinned_requests)},
                 {"errors", sum(&WorkerStats::errors)},
                 {"protocol_errors", sum(&WorkerStats::protocol_errors)},
+                {"tls_failures", sum(&WorkerStats::tls_failures)},
                 {"connections_accepted", sum(&WorkerStats::connections_accepted)},
                 {"reloads_ok", reloads_ok.load(std::memory_order_relaxed)},
                 {"reloads_failed", reloads_failed.load(std::memory_order_relaxed)}};

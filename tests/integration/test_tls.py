@@ -599,6 +599,9 @@ def test_client_side_tls(cluster, make_proxy, certs):
     assert load.errors == [] and load.wrong == [], (load.errors[:5], load.wrong[:5])
     assert load.ops > 20, load.ops
     assert proxy.alive
+    # The plaintext client on the TLS port and the two refused certificates are counted
+    # (the TLS client on the plaintext port is a protocol error there, not a TLS failure).
+    assert metric(metrics(proxy), "kompress_tls_failures_total") >= 3
 
 
 # -- 5. certificates read again on SIGHUP -----------------------------------------------------
