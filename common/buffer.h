@@ -3,7 +3,10 @@
 // between uses so the steady state allocates nothing.
 #pragma once
 
+#include <sys/mman.h>
+
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -48,8 +51,18 @@ class Buffer {
 
   // Returns space for at least n more bytes at the tail; moves or grows as needed.
   char* PrepareWrite(size_t n) {
-    if (cap_ - wpos_ < n) Reserve(n);
+    if (cap_ - wpos_ < n) Reserve(n, 0);
     return data_ + wpos_;
+  }
+  // PrepareWrite's room without the exception: false (the buffer unchanged) when the
+  // memory cannot be had.
+  bool TryPrepareWrite(size_t n) {
+    try {
+      PrepareWrite(n);
+      return true;
+    } catch (const std::bad_alloc&) {
+      return false;
+    }
   }
   size_t writable() const { return cap_ - wpos_; }
   // Marks n bytes written into the space PrepareWrite returned.
@@ -57,7 +70,8 @@ class Buffer {
 
   void Append(const char* p, size_t n) {
     if (n == 0) return;  // p may be null (an empty buffer's data()); memcpy forbids that
-    std::memcpy(PrepareWrite(n), p, n);
+    if (cap_ - wpos_ < n) Reserve(n, n);
+    std::memcpy(data_ + wpos_, p, n);
     wpos_ += n;
   }
   void Append(std::string_view s) { Append(s.data(), s.size()); }
@@ -73,7 +87,21 @@ class Buffer {
   }
 
  private:
-  void Reserve(size_t n) {
+  // A buffer about to be filled with this much (a big value copied in) is backed by
+  // transparent huge pages where the system offers them on request: each of its pages is
+  // otherwise faulted in (and zeroed) 4 KB at a time, which cost more than the copy itself.
+  // Not mere room for a read: a client that announces a large value and sends a byte of it
+  // must not cost a whole huge page.
+  static constexpr size_t kHugeAt = 4u << 20;
+  static void AdviseHuge(char* p, size_t n) {
+    constexpr uintptr_t kHuge = 2u << 20;
+    uintptr_t from = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+    uintptr_t to = (reinterpret_cast<uintptr_t>(p) + n) & ~(kHuge - 1);
+    if (to > from) madvise(reinterpret_cast<void*>(from), to - from, MADV_HUGEPAGE);
+  }
+
+  // `filling`: the bytes about to be written into the new room at once.
+  void Reserve(size_t n, size_t filling) {
     size_t used = wpos_ - rpos_;
     // Compact first when that alone makes room and the move is cheap relative to the space.
     if (rpos_ > 0 && cap_ - used >= n && used <= cap_ / 2) {
@@ -87,6 +115,7 @@ class Buffer {
     while (ncap < want) ncap *= 2;
     char* nd = static_cast<char*>(std::malloc(ncap));
     if (!nd) throw std::bad_alloc();
+    if (used + filling >= kHugeAt) AdviseHuge(nd, ncap);
     if (used) std::memcpy(nd, data_ + rpos_, used);
     std::free(data_);
     data_ = nd;

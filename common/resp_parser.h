@@ -58,6 +58,15 @@ class RequestParser {
 
   void Reset();
 
+  // After kIncomplete on `len` bytes, while an argument's payload is being read: the bytes of
+  // it and its CRLF that lie past them (0 otherwise), so the caller can make room for the
+  // whole argument at once instead of growing its buffer piece by piece.
+  size_t PayloadBeyond(size_t len) const {
+    if (failed_ || mode_ != Mode::kMultibulk || bulk_len_ < 0) return 0;
+    const size_t end = pos_ + static_cast<size_t>(bulk_len_) + 2;
+    return end > len ? end - len : 0;
+  }
+
  private:
   enum class Mode : uint8_t { kNone, kMultibulk, kInline };
   struct View {

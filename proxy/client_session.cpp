@@ -19,6 +19,8 @@ namespace kp {
 
 namespace {
 constexpr size_t kReadChunk = 64 * 1024;
+// The most room made at once for an argument still arriving (see AllocCb).
+constexpr size_t kRoomAtOnce = 32 * 1024 * 1024;
 constexpr size_t kKeepBuffer = 1024 * 1024;
 // An emptied buffer up to this size is freed at once: the allocator's per-thread cache hands
 // it to the next client that needs one, so a client between requests holds none. Larger ones
@@ -99,8 +101,17 @@ void ClientSession::AllocCb(uv_handle_t* h, size_t, uv_buf_t* buf) {
     return;
   }
   // The rest of a partial request: small reads for a client that sends little, growing to
-  // kReadChunk for one whose reads fill what they are given (a pipeline, a big value).
-  char* p = self->in_.PrepareWrite(self->read_chunk_);
+  // kReadChunk for one whose reads fill what they are given (a pipeline). A large argument
+  // being read gets room for all of it at once (up to kRoomAtOnce): one allocation instead
+  // of a doubling series of copies, and reads as large as what has arrived. Room is address
+  // space: its pages are only touched as the bytes arrive.
+  size_t want = self->read_chunk_;
+  if (const RequestParser* parser =
+          self->authenticated_ ? self->own_parser_.get() : self->preauth_parser_.get()) {
+    size_t beyond = std::min(parser->PayloadBeyond(self->in_.size()), kRoomAtOnce);
+    if (beyond > want && self->in_.TryPrepareWrite(beyond)) want = beyond;
+  }
+  char* p = self->in_.PrepareWrite(want);
   self->read_offered_ = self->in_.writable();
   self->read_shared_ = false;
   *buf = uv_buf_init(p, static_cast<unsigned>(self->read_offered_));

@@ -1239,3 +1239,55 @@ def test_total_bound_drops_the_biggest_holder_on_another_worker(fresh_cluster, m
         for s, _ in pool:
             s.close()
     assert p.alive
+
+
+def test_announced_large_values_cost_only_the_bytes_sent(fresh_cluster, make_proxy):
+    """Clients that announce 30 MB values and then send a few KB of each (a slowloris of big
+    SETs): the proxy makes room for the value as announced, but room is address space, so
+    its memory grows by about what was actually sent, not by the announced sizes (200
+    clients announce 6 GB). When the values do arrive they are stored whole; the
+    well-behaved client sees nothing of it."""
+    c = fresh_cluster
+    proxy = start_proxy(make_proxy, c, env=rss_env())
+    good = GoodClient(proxy.port).start()
+    clients = 200
+    announced = 30 * MB
+    sent_each = 8 * 1024
+    header = b"*3\r\n$3\r\nSET\r\n$12\r\nabuse:room:0\r\n$%d\r\n" % announced
+    time.sleep(0.3)
+    baseline = vm_rss_bytes(proxy.proc.pid)
+    socks = []
+    try:
+        for i in range(clients):
+            s = connect(proxy.port, timeout=10 * SLOWDOWN)
+            s.sendall(header.replace(b"abuse:room:0", b"abuse:room:%d" % (i % 10)) +
+                      b"x" * sent_each)
+            socks.append(s)
+        time.sleep(0.5)
+        for s in socks:  # a little more, in a second read
+            s.sendall(b"y" * sent_each)
+        time.sleep(0.5)
+        grown = vm_rss_bytes(proxy.proc.pid) - baseline
+        print(f"RSS growth for {clients} clients announcing {announced // MB} MB each: "
+              f"{grown / MB:.1f} MB")
+        assert grown <= 32 * MB, (
+            f"proxy RSS grew {grown / MB:.0f} MB for {clients} clients that sent "
+            f"{clients * 2 * sent_each // 1024} KB in all")
+        # One of them completes its value: stored whole.
+        value = b"x" * sent_each + b"y" * sent_each
+        rest = announced - len(value)
+        chunk = b"z" * (1 * MB)
+        s = socks[0]
+        while rest > 0:
+            s.sendall(chunk[:min(rest, len(chunk))])
+            rest -= min(rest, len(chunk))
+        s.sendall(b"\r\n")
+        replies, _ = read_replies(s, 1, timeout=30 * SLOWDOWN)
+        assert replies == [b"+OK\r\n"]
+        assert c.primary.client(timeout=30).strlen("abuse:room:0") == announced
+    finally:
+        for s in socks:
+            s.close()
+        good.stop()
+    good.assert_clean()
+    assert proxy.alive

@@ -348,6 +348,33 @@ TEST_CASE("RespRequest views are offsets: the buffer may move between calls") {
   CHECK(p.arg(1, moved.data() + 4) == "somekey");
 }
 
+TEST_CASE("RespRequest PayloadBeyond: what is still to come of the argument being read") {
+  const std::string value(100000, 'v');
+  const std::string req = Command({"SET", "k", value});
+  const size_t value_at = req.size() - value.size() - 2;  // the payload's first byte
+  RequestParser p(RespLimits{});
+  size_t consumed = 0;
+  // Inside a length line: nothing known yet; inside "SET": the rest of it.
+  REQUIRE(p.Parse(req.data(), 6, &consumed) == ParseStatus::kIncomplete);
+  CHECK(p.PayloadBeyond(6) == 0);
+  REQUIRE(p.Parse(req.data(), 10, &consumed) == ParseStatus::kIncomplete);
+  CHECK(p.PayloadBeyond(10) == 3);  // "T\r\n"
+  // The value's length is read: the rest of it and its CRLF, wherever the read stopped.
+  for (size_t len : {value_at, value_at + 1, value_at + 5000, req.size() - 2, req.size() - 1}) {
+    RequestParser q(RespLimits{});
+    REQUIRE(q.Parse(req.data(), len, &consumed) == ParseStatus::kIncomplete);
+    CHECK(q.PayloadBeyond(len) == req.size() - len);
+    // The buffer grown to that size completes the request.
+    REQUIRE(q.Parse(req.data(), len + q.PayloadBeyond(len), &consumed) == ParseStatus::kOk);
+    CHECK(consumed == req.size());
+    CHECK(q.PayloadBeyond(req.size()) == 0);
+  }
+  // Inline requests have no announced lengths.
+  RequestParser inl(RespLimits{});
+  REQUIRE(inl.Parse("SET k ", 6, &consumed) == ParseStatus::kIncomplete);
+  CHECK(inl.PayloadBeyond(6) == 0);
+}
+
 TEST_CASE("RespRequest pipelines, every read boundary") {
   const std::string pipeline = Command({"SET", "k", "v"}) + "*0\r\n" + "PING\r\n" +
                                Command({"GET", "k"}) + "\r\n" + "ECHO \"a b\"\n" +
