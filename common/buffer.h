@@ -11,6 +11,7 @@
 #include <cstring>
 #include <new>
 #include <string_view>
+#include <utility>
 
 namespace kp {
 
@@ -33,6 +34,12 @@ class Buffer {
     return *this;
   }
   ~Buffer() { std::free(data_); }
+  void swap(Buffer& o) noexcept {
+    std::swap(data_, o.data_);
+    std::swap(cap_, o.cap_);
+    std::swap(rpos_, o.rpos_);
+    std::swap(wpos_, o.wpos_);
+  }
 
   // Readable bytes.
   const char* data() const { return data_ + rpos_; }

@@ -279,7 +279,7 @@ void BackendConn::Flush() {
     if (wbuf_.empty()) return;
   } else {
     if (out_.empty()) return;
-    std::swap(out_, wbuf_);
+    out_.swap(wbuf_);
   }
   uv_buf_t b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
   // Straight to the socket first: when it takes everything (the usual case) no write request

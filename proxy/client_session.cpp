@@ -160,11 +160,11 @@ void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   // Parsed in place in the worker's buffer (lent as in_ meanwhile); what is left (a partial
   // request, requests held back) moves into the client's own buffer.
   shared.Commit(n);
-  std::swap(self->in_, shared);
+  self->in_.swap(shared);
   self->ProcessInput();
   if (!self->in_.empty()) shared.Append(self->in_.data(), self->in_.size());
   self->in_.Clear();
-  std::swap(self->in_, shared);
+  self->in_.swap(shared);
 }
 
 void ClientSession::ResumeReading() {
@@ -854,15 +854,14 @@ void ClientSession::MaybeReturnSlots() {
   if (pool.size() >= kRingPoolMax) return;
   for (Slot& s : slots_) {
     // Spares keep the small buffers they hold (the next client's read copies reuse them),
-    // not a big value's.
-    s.reply.ShrinkIfEmpty(kFreeAtOnce);
-    s.stream = false;
-    s.fan.reset();
-    s.request.Clear();
-    s.request.ShrinkIfEmpty(kFreeAtOnce);
+    // not a big value's. (NewSlot resets the rest when a slot is used again.)
+    if (s.reply.capacity() > kFreeAtOnce || s.request.capacity() > kFreeAtOnce) {
+      s.request.Clear();
+      s.reply.ShrinkIfEmpty(kFreeAtOnce);
+      s.request.ShrinkIfEmpty(kFreeAtOnce);
+    }
   }
-  pool.push_back(std::move(slots_));
-  slots_.clear();
+  pool.emplace_back().swap(slots_);
 }
 
 uint64_t ClientSession::NewSlot() {
@@ -873,7 +872,7 @@ uint64_t ClientSession::NewSlot() {
     if (pool.empty()) {
       slots_.resize(kFirstSlots);
     } else {
-      slots_ = std::move(pool.back());
+      slots_.swap(pool.back());
       pool.pop_back();
     }
   } else if (next_ - head_ == slots_.size()) {
@@ -1100,7 +1099,7 @@ void ClientSession::Flush() {
     out_.Clear();
     tls_->TakeOutput(&wbuf_);
   } else {
-    std::swap(out_, wbuf_);
+    out_.swap(wbuf_);
   }
   uv_buf_t b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
   // Straight to the socket first (see BackendConn::Flush): a client that reads keeps the
