@@ -96,11 +96,22 @@ def test_keys_land_where_cluster_clients_find_them_and_reads_spread(rc, rproxy):
         assert owner.client().execute_command("GET", k) == f"v-{k}".encode()
     shards = rc.primaries()
     assert len(shards) == 3
-    # Reads through the proxy spread over every shard's replica (READONLY connections).
+    # Reads through the proxy spread over every shard's replica (READONLY connections): from a
+    # client that wrote nothing (the writer's own reads may go to a primary until the proxy
+    # has seen the replica reach its writes), once every replica has them.
+    def offset(port):
+        return rc.node(port).client().info("replication")["master_repl_offset"]
+    for primary, reps in shards.items():
+        want = offset(primary)
+        for r in reps:
+            wait_until(lambda: offset(r) >= want, 10 * SLOWDOWN, what=f"replica {r} synced")
+            wait_until(lambda: f"addr={HOST}:{r},role=replica,up=1,serving=1" in
+                       proxy_info(rproxy), 10 * SLOWDOWN, what=f"replica {r} serving reads")
+    reader = rproxy.client()
     before = {r: commandstats_calls(rc.node(r), "get") for reps in shards.values() for r in reps}
     for _ in range(3):
         for k in keys:
-            assert c.get(k) == f"v-{k}".encode()
+            assert reader.get(k) == f"v-{k}".encode()
     after = {r: commandstats_calls(rc.node(r), "get") for r in before}
     for r in before:
         assert after[r] - before[r] > 100, f"replica {r} served {after[r] - before[r]} GETs"
