@@ -150,6 +150,14 @@ uint16_t ClientSession::ClusterGroupFor(uint16_t slot) const {
 bool ClientSession::ClusterSlotOf(const Request& req, const RouteDecision& d, const char* raw,
                                   size_t len, uint16_t* slot) {
   *slot = kNoSlot;
+  const CommandInfo* fixed = d.info;
+  if (fixed != nullptr && fixed->first_key == 1 && fixed->last_key == 1 &&
+      !fixed->is(kCmdMovableKeys)) {
+    // One key, the first argument (GET, SET, HGET, INCR...): most requests, so read it in
+    // place instead of listing every argument.
+    if (req.argc >= 2) *slot = KeySlot(req.arg(1));
+    return true;
+  }
   if (req.argc <= req.nviews) {
     args_.assign(req.argv, req.argv + req.argc);
   } else if (!SplitRequest(raw, len, &args_)) {
@@ -182,7 +190,8 @@ void ClientSession::DispatchCluster(const Request& req, const RouteDecision& d, 
                                     size_t len) {
   std::string_view name = d.info != nullptr ? std::string_view(d.info->name) : std::string_view();
   Topology& topo = worker_->topology();
-  Whole whole = WholeOf(name);
+  // Every command sent to every shard is keyless: a command with keys needs no lookup.
+  Whole whole = d.info != nullptr && d.info->first_key > 0 ? Whole::kNone : WholeOf(name);
   RouteDecision part_d;
   part_d.route = d.route;
   part_d.may_write = d.may_write;

@@ -288,6 +288,11 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     reset_forwarded_ = false;
     name_.clear();
     authenticated_ = NeedsNoAuth(worker_->config());
+    // What arrived after RESET is framed again from its start by the parser for the new
+    // state: a request half-read meanwhile must not resume in a parser the client may
+    // return to after authenticating again.
+    own_parser_.reset();
+    if (preauth_parser_) preauth_parser_->Reset();
     pin_permanent_ = false;
     in_multi_ = watching_ = false;
     push_mode_ = subscribed_ = false;

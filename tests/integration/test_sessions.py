@@ -178,6 +178,32 @@ def test_requirepass(cluster, make_proxy):
     assert p.client(username="default", password="s3cret").ping() is True
 
 
+def test_reset_in_a_transaction_with_a_request_half_sent(cluster, make_proxy):
+    """RESET logs the client out (requirepass); a request it had half sent behind the RESET is
+    framed again from its start once the rest arrives (NOAUTH, as Redis answers it), and after
+    AUTH the next requests are framed correctly: no parser resumes stale state."""
+    p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+                   extra_args=["--requirepass", "s3cret"])
+    with connect(p.port) as s:
+        send(s, "AUTH", "s3cret")
+        send(s, "MULTI")
+        assert read_replies(s, 2)[0] == [b"+OK\r\n", b"+OK\r\n"]
+        whole = encode_command("SET", "reset:half", "hello")
+        s.sendall(encode_command("RESET") + whole[:-4])
+        assert read_replies(s, 1)[0] == [b"+RESET\r\n"]
+        time.sleep(0.2)
+        s.sendall(whole[-4:])
+        got = read_replies(s, 1)[0][0]
+        assert got.startswith(b"-NOAUTH"), got
+        send(s, "AUTH", "s3cret")
+        send(s, "PING")
+        send(s, "SET", "reset:after", "v")
+        replies, rest = read_replies(s, 3, timeout=5 * SLOWDOWN)
+        assert replies == [b"+OK\r\n", b"+PONG\r\n", b"+OK\r\n"] and rest == b""
+    assert cluster.primary.client().get("reset:half") is None
+    assert cluster.primary.client().get("reset:after") == b"v"
+
+
 def test_unauthenticated_clients_get_redis_bounds(tmp_path, cluster, make_proxy):
     """Before AUTH a request may have at most 10 arguments of 16 KB (as Redis bounds an
     unauthenticated client): past that the client gets Redis's own protocol error and is
