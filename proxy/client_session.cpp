@@ -1087,6 +1087,9 @@ void ClientSession::Flush() {
   Account();
   if (closed_ || !CheckOutputLimit()) return;
   if (writing_ || (out_.empty() && !(tls_ && tls_->has_output()))) {
+    // Replies written straight through (a large one) leave nothing to flush: the ring goes
+    // back here then.
+    if (!writing_ && held_bytes_ == 0) MaybeReturnSlots();
     MaybeFinish();
     return;
   }
