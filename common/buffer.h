@@ -5,6 +5,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -63,9 +64,11 @@ class Buffer {
   }
   // PrepareWrite's room without the exception: false (the buffer unchanged) when the
   // memory cannot be had.
-  bool TryPrepareWrite(size_t n) {
+  // `exact`: grow to just the bytes asked for (an announced value's room) instead of the
+  // next power of two, so a 17 MB value reserves 17 MB of address space, not 32.
+  bool TryPrepareWrite(size_t n, bool exact = false) {
     try {
-      PrepareWrite(n);
+      if (cap_ - wpos_ < n) Reserve(n, 0, exact);
       return true;
     } catch (const std::bad_alloc&) {
       return false;
@@ -108,7 +111,7 @@ class Buffer {
   }
 
   // `filling`: the bytes about to be written into the new room at once.
-  void Reserve(size_t n, size_t filling) {
+  void Reserve(size_t n, size_t filling, bool exact = false) {
     size_t used = wpos_ - rpos_;
     // Compact first when that alone makes room and the move is cheap relative to the space.
     if (rpos_ > 0 && cap_ - used >= n && used <= cap_ / 2) {
@@ -119,6 +122,10 @@ class Buffer {
     }
     size_t want = used + n;
     size_t ncap = cap_ ? cap_ : 512;  // small first: ten thousand idle clients hold one each
+    if (exact) {
+      constexpr size_t kPage = 4096;
+      ncap = std::max(ncap, (want + kPage - 1) / kPage * kPage);
+    }
     while (ncap < want) ncap *= 2;
     char* nd = static_cast<char*>(std::malloc(ncap));
     if (!nd) throw std::bad_alloc();

@@ -108,8 +108,13 @@ void ClientSession::AllocCb(uv_handle_t* h, size_t, uv_buf_t* buf) {
   size_t want = self->read_chunk_;
   if (const RequestParser* parser =
           self->authenticated_ ? self->own_parser_.get() : self->preauth_parser_.get()) {
-    size_t beyond = std::min(parser->PayloadBeyond(self->in_.size()), kRoomAtOnce);
-    if (beyond > want && self->in_.TryPrepareWrite(beyond)) want = beyond;
+    // Never more room than the client may hold (max_client_buffer_bytes): past that the
+    // request is refused anyway, and the room would be address space reserved for nothing.
+    const size_t limit = self->worker_->config().client.max_client_buffer_bytes;
+    const size_t held = self->in_.size();
+    const size_t may = limit > held ? limit - held + 1 : 0;
+    size_t beyond = std::min({parser->PayloadBeyond(held), kRoomAtOnce, may});
+    if (beyond > want && self->in_.TryPrepareWrite(beyond, /*exact=*/true)) want = beyond;
   }
   char* p = self->in_.PrepareWrite(want);
   self->read_offered_ = self->in_.writable();
