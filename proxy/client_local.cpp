@@ -219,10 +219,11 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       if (req.argc == 2 && EqualsLower(req.arg(1), "info") && worker_->info() != nullptr) {
         resp::AppendVerbatim(b, worker_->info()->Text(), cls_.proto);
       } else if (req.argc == 2 && EqualsLower(req.arg(1), "help")) {
-        const char* lines[] = {"PROXY <subcommand>. Subcommands are:", "INFO",
-                               "    The proxy's own view: version, uptime, configuration, nodes "
-                               "with role and state, clients, counters.",
-                               "HELP", "    Print this help."};
+        constexpr const char* kInfoLine =
+            "    The proxy's own view: version, uptime, configuration, nodes with role and "
+            "state, clients, counters.";
+        const char* lines[] = {"PROXY <subcommand>. Subcommands are:", "INFO", kInfoLine, "HELP",
+                               "    Print this help."};
         resp::AppendArrayHeader(b, std::size(lines));
         for (const char* l : lines) resp::AppendSimple(b, l);
       } else if (req.argc < 2) {

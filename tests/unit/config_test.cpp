@@ -843,7 +843,9 @@ TEST_CASE("Config: cluster_nodes with primary or replicas is refused") {
       {{{"KOMPRESS_REPLICAS", "r:1,r:2"}}, {"--cluster-nodes", "a:1"}},
       {{{"REDIS_REPLICAS_HOST_PORT", "r:1"}}, {"--cluster-nodes", "a:1"}},
   };
-  for (const auto& [env, args] : cases) {
+  for (const auto& tc : cases) {
+    const Env& env = tc.first;  // not a structured binding: CAPTURE's lambda cannot capture one
+    const std::vector<std::string>& args = tc.second;
     CAPTURE(args);
     std::string msg = ErrorOf(env, args);
     CHECK(Has(msg, "cluster_nodes"));
