@@ -46,6 +46,9 @@ WORKERS="${WORKERS:-${BENCH_WORKERS:-1}}"
 PROXY_ARGS="${PROXY_ARGS:-}"
 THREADS="${THREADS:-1}"
 HOST=127.0.0.1
+BENCH_NAME=cluster_bench
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 NODES=6
 
 for v in ROUNDS REQUESTS CLIENTS KEYSPACE WORKERS THREADS; do
@@ -73,6 +76,7 @@ if ! "$PROXY_BIN" --help 2>&1 | grep -q -- '--cluster-nodes'; then
 fi
 
 W="$(mktemp -d "${TMPDIR:-/tmp}/kp-cluster-bench.XXXXXX")"
+BENCH_DIR="$W"
 PIDS=()
 BENCH_PID=""
 cleanup() {
@@ -94,11 +98,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-die() {
-  echo "cluster_bench: $*" >&2
-  exit 1
-}
 
 # COUNT loopback ports below the ephemeral range whose cluster bus port (port + 10000) is
 # free too, all distinct; the bus port stays below 32768.
@@ -125,43 +124,6 @@ if len(out) != count:
     sys.exit("no free ports")
 print(" ".join(map(str, out)))
 PY
-}
-
-# A free loopback port below the ephemeral range, none of the cluster's ports.
-free_port() {
-  python3 - "$@" <<'PY'
-import random, socket, sys
-taken = {int(p) for p in sys.argv[1:]} | {int(p) + 10000 for p in sys.argv[1:]}
-for _ in range(200):
-    port = random.randint(10000, 32000)
-    if port in taken:
-        continue
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        print(port)
-        break
-PY
-}
-
-# wait_ping PORT NAME: bounded wait until the target answers PING.
-wait_ping() {
-  local i
-  for i in $(seq 1 100); do
-    if [[ "$(redis-cli -h "$HOST" -p "$1" PING 2>/dev/null)" == "PONG" ]]; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "cluster_bench: $2 on port $1 did not answer PING; log:" >&2
-  tail -n 20 "$W/$2.log" >&2 || true
-  exit 1
-}
-
-info_field() {  # info_field PORT SECTION FIELD
-  redis-cli -h "$HOST" -p "$1" INFO "$2" 2>/dev/null | tr -d '\r' | awk -F: -v f="$3" '$1 == f { print $2 }'
 }
 
 # -- the cluster --------------------------------------------------------------------------
@@ -240,20 +202,6 @@ done
 
 # -- runs ---------------------------------------------------------------------------------
 TICK="$(getconf CLK_TCK)"
-get_calls() {  # GET calls the nodes answered so far, summed
-  local port c t=0
-  for port in "$@"; do
-    c="$(redis-cli -h "$HOST" -p "$port" INFO commandstats | tr -d '\r' |
-      awk -F'[=,:]' '/^cmdstat_get:/ { print $3 }')"
-    t=$((t + ${c:-0}))
-  done
-  echo "$t"
-}
-proc_ticks() {  # summed utime + stime of the PIDs, in clock ticks
-  local pid t=0
-  for pid in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done
-  echo "$t"
-}
 
 # run ROUND TARGET P TEST: one redis-benchmark run; appends to results.tsv
 #   round target P test ops/s proxy-ticks redis-ticks GETs-on-primaries GETs-on-replicas

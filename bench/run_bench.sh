@@ -29,6 +29,9 @@ WORKERS="${BENCH_WORKERS:-2}"
 TARGETS="${BENCH_TARGETS:-direct proxy nutcracker}"
 REPLICA="${BENCH_REPLICA:-0}"
 HOST=127.0.0.1
+BENCH_NAME=run_bench
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
 
@@ -50,6 +53,7 @@ if want proxy && [[ ! -x "$PROXY_BIN" ]]; then
 fi
 
 WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/kp-bench.XXXXXX")"
+BENCH_DIR="$WORKDIR"
 PIDS=()
 cleanup() {
   local pid
@@ -69,37 +73,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# A free loopback port below the ephemeral range, so no outgoing connection can take it
-# between the check and the server's bind.
-free_port() {
-  python3 - <<'PY'
-import random, socket
-for _ in range(200):
-    port = random.randint(10000, 32000)
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        print(port)
-        break
-PY
-}
-
-# wait_ping PORT NAME: bounded wait until the target answers PING.
-wait_ping() {
-  local i
-  for i in $(seq 1 100); do
-    if [[ "$(redis-cli -h "$HOST" -p "$1" PING 2>/dev/null)" == "PONG" ]]; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "run_bench: $2 on port $1 did not answer PING; log:" >&2
-  tail -n 20 "$WORKDIR/$2.log" >&2 || true
-  exit 1
-}
 
 # -- processes ----------------------------------------------------------------------------
 REDIS_PORT="$(free_port)"
@@ -214,10 +187,6 @@ fi
 if want nutcracker; then
   echo "peak RSS (VmHWM) nutcracker:     $(peak_rss "$NC_PID")"
 fi
-get_calls() {
-  redis-cli -h "$HOST" -p "$1" INFO commandstats | tr -d '\r' |
-    awk -F'[=,:]' '/^cmdstat_get:/ { print $3 }'
-}
 if [[ "$REPLICA" == 1 ]]; then
   echo "GET calls answered: primary $(get_calls "$REDIS_PORT"), replica $(get_calls "$REPLICA_PORT")" \
     "(direct and nutcracker GETs go to the primary)"

@@ -67,11 +67,10 @@ CG_N="${CG_N:-20000}"
 CLIENTS=50
 KEYSPACE=100000
 HOST=127.0.0.1
+BENCH_NAME=targets
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-die() {
-  echo "targets: $*" >&2
-  exit 1
-}
 for v in ROUNDS N LAT_N BIG1_N BIG16_N SLOW_BOUND_MB IDLE_CLIENTS CG_N; do
   [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || die "$v must be a positive integer"
 done
@@ -117,6 +116,7 @@ if want 5 && (($(ulimit -n) < IDLE_CLIENTS + 512)); then
 fi
 
 W="$(mktemp -d "${TMPDIR:-/tmp}/kp-targets.XXXXXX")"
+BENCH_DIR="$W"
 RAW="$W/raw.tsv"
 VERDICTS="$W/verdicts.tsv"
 : >"$RAW"
@@ -164,42 +164,6 @@ stop() {
   PIDS=("${keep[@]}")
 }
 
-# A free loopback port below the ephemeral range, so no outgoing connection can take it
-# between the check and the server's bind.
-free_port() {
-  python3 - <<'PY'
-import random, socket
-for _ in range(200):
-    port = random.randint(10000, 32000)
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        print(port)
-        break
-PY
-}
-
-# wait_ping PORT NAME [TRIES]: bounded wait until the target answers PING.
-wait_ping() {
-  local i
-  for i in $(seq 1 "${3:-100}"); do
-    if [[ "$(redis-cli -h "$HOST" -p "$1" PING 2>/dev/null)" == "PONG" ]]; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "targets: $2 on port $1 did not answer PING; log:" >&2
-  tail -n 20 "$W/$2.log" >&2 || true
-  exit 1
-}
-
-info_field() {  # info_field PORT SECTION FIELD
-  redis-cli -h "$HOST" -p "$1" INFO "$2" 2>/dev/null | tr -d '\r' |
-    awk -F: -v f="$3" '$1 == f { print $2 }'
-}
-
 # Bounded wait until the replica has applied everything the primary has written.
 wait_sync() {
   local want got
@@ -213,7 +177,6 @@ wait_sync() {
   die "the replica did not catch up with the primary in 60 s"
 }
 
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICK="$(getconf CLK_TCK)"
 
 # rb OUT ARGS...: one redis-benchmark --csv run into OUT.csv (killed with the script);
@@ -412,10 +375,10 @@ if want 1 || want 2 || want 3; then
         for t in "${order[@]}"; do
           out="$W/m-$round-$t-$p-$test"
           t0=0
-          [[ -n "${PID[$t]:-}" ]] && t0="$(ticks "${PID[$t]}")"
+          [[ -n "${PID[$t]:-}" ]] && t0="$(proc_ticks "${PID[$t]}")"
           rb "$out" -p "${PORT[$t]}" -c "$CLIENTS" -n "$N" -P "$p" -r "$KEYSPACE" -t "$test"
           dt=0
-          [[ -n "${PID[$t]:-}" ]] && dt=$(($(ticks "${PID[$t]}") - t0))
+          [[ -n "${PID[$t]:-}" ]] && dt=$(($(proc_ticks "${PID[$t]}") - t0))
           parse "$out" "$test" && ops=$OPS p50=$P50 p99=$P99
           printf 'm\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$p" "${test^^}" \
             "$ops" "$dt" "$p50" "$p99" "$N" >>"$RAW"
@@ -514,9 +477,9 @@ if want 6; then
     read -r -a order <<<"$(rotate $((round - 1)) proxy proxy2)"
     for t in "${order[@]}"; do
       out="$W/w-$round-$t"
-      t0="$(ticks "${PID[$t]}")"
+      t0="$(proc_ticks "${PID[$t]}")"
       rb "$out" -p "${PORT[$t]}" -c "$CLIENTS" -n "$N" -P 16 -r "$KEYSPACE" -t get
-      dt=$(($(ticks "${PID[$t]}") - t0))
+      dt=$(($(proc_ticks "${PID[$t]}") - t0))
       parse "$out" get && ops=$OPS
       workers=$([[ "$t" == proxy ]] && echo 1 || echo 2)
       printf 'w\t%s\t%s\t%s\t%s\t%s\n' "$round" "$workers" "$ops" "$dt" "$N" >>"$RAW"

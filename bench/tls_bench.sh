@@ -20,6 +20,9 @@ CLIENTS="${BENCH_CLIENTS:-50}"
 PIPELINES="${BENCH_PIPELINES:-1 16}"
 WORKERS="${BENCH_WORKERS:-1}"
 HOST=127.0.0.1
+BENCH_NAME=tls_bench
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for tool in redis-server redis-benchmark redis-cli openssl python3; do
   command -v "$tool" >/dev/null || { echo "tls_bench: $tool not found" >&2; exit 1; }
@@ -32,6 +35,7 @@ if [[ ! -x "$PROXY_BIN" ]]; then
 fi
 
 W="$(mktemp -d "${TMPDIR:-/tmp}/kp-tls-bench.XXXXXX")"
+BENCH_DIR="$W"
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -39,10 +43,6 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # A CA and a server certificate for 127.0.0.1 / localhost.
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench-ca" \
@@ -81,7 +81,6 @@ for i in $(seq 1 100); do
   sleep 0.1
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 
 # run NAME PORT PID TLS P -> "get_ops set_ops get_us set_us" (us: proxy CPU per request)
@@ -90,12 +89,12 @@ run() {
   local args=(-h "$HOST" -p "$port" -c "$CLIENTS" -n "$N" -P "$p" -q)
   [[ "$tls" == 1 ]] && args+=(--tls --cacert "$W/ca.crt")
   for t in get set; do
-    [[ -n "$pid" ]] && t0=$(cpu_ticks "$pid")
+    [[ -n "$pid" ]] && t0=$(proc_ticks "$pid")
     out=$(redis-benchmark "${args[@]}" -t "$t" 2>/dev/null | tr '\r' '\n' | grep -i "requests per second" | tail -1)
     ops=$(echo "$out" | sed -E 's/.*: ([0-9.]+) requests per second.*/\1/')
     opsv+=("$ops")
     if [[ -n "$pid" ]]; then
-      t1=$(cpu_ticks "$pid")
+      t1=$(proc_ticks "$pid")
       us+=("$(python3 -c "print(f'{($t1-$t0)/$TICK/$N*1e6:.2f}')")")
     else
       us+=("-")
@@ -118,9 +117,10 @@ for p in $PIPELINES; do
   python3 - "$p" "$dg" "$ds" "$pg" "$ps" "$pgu" "$psu" "$tg" "$ts" "$tgu" "$tsu" <<'EOF'
 import sys
 p, dg, ds, pg, ps, pgu, psu, tg, ts, tgu, tsu = sys.argv[1:]
-f = float
-print(f"  P={p}: proxy-tls/proxy throughput GET {f(tg)/f(pg):.2f} SET {f(ts)/f(ps):.2f}; "
-      f"CPU/request GET {f(tgu)/f(pgu):.2f}x SET {f(tsu)/f(psu):.2f}x; "
-      f"proxy-tls/direct-tls throughput GET {f(tg)/f(dg):.2f} SET {f(ts)/f(ds):.2f}")
+def r(a, b):  # "-" when a run was too short to measure (0 clock ticks)
+    return f"{float(a) / float(b):.2f}" if float(b) > 0 else "-"
+print(f"  P={p}: proxy-tls/proxy throughput GET {r(tg, pg)} SET {r(ts, ps)}; "
+      f"CPU/request GET {r(tgu, pgu)}x SET {r(tsu, psu)}x; "
+      f"proxy-tls/direct-tls throughput GET {r(tg, dg)} SET {r(ts, ds)}")
 EOF
 done
