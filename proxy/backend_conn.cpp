@@ -41,12 +41,12 @@ BackendConn::BackendConn(Worker* worker, Backend* backend, Mode mode, ClientSess
       cls_(cls),
       framer_(worker->config().resp.ForReplies()) {}
 
-void BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, size_t len,
-                       uint64_t deadline_ms) {
+bool BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, size_t len,
+                       uint64_t deadline_ms, Buffer* donor) {
   pending_.push_back({client, seq, deadline_ms});
   size_t sent = 0;
   if (len >= kWriteThroughAt && state_ == State::kReady && !tls_ && !writing_ && out_.empty() &&
-      !fail_soon_) {
+      queued_.empty() && !fail_soon_) {
     // A large request with nothing queued before it goes from the client's buffer to the
     // socket at once: what the socket takes is not copied (a 16 MB SET was bound by copying
     // and faulting in the pages to copy into). Errors show at the next write or read.
@@ -54,7 +54,30 @@ void BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, si
     int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
     if (n > 0) sent = static_cast<size_t>(n);
   }
-  out_.Append(data + sent, len - sent);
+  bool took = false;
+  if (donor != nullptr && len >= kWriteThroughAt && sent < len && donor->data() == data &&
+      donor->size() == len) {
+    // What the socket did not take is queued by taking the client's buffer itself: a 16 MB
+    // SET was otherwise copied once more, into pages faulted in and zeroed for it. It waits
+    // behind out_ as a buffer of its own; what comes after it goes into another.
+    queued_.emplace_back();
+    queued_.back().swap(*donor);
+    queued_.back().Consume(sent);
+    tail_appendable_ = false;
+    took = true;
+  } else {
+    Tail().Append(data + sent, len - sent);
+  }
+  if (state_ == State::kIdle) {
+    StartConnect();
+  } else if (state_ == State::kReady) {
+    worker_->MarkDirty(this);
+  }
+  return took;
+}
+
+void BackendConn::SendRaw(const char* data, size_t len) {
+  Tail().Append(data, len);
   if (state_ == State::kIdle) {
     StartConnect();
   } else if (state_ == State::kReady) {
@@ -62,13 +85,23 @@ void BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, si
   }
 }
 
-void BackendConn::SendRaw(const char* data, size_t len) {
-  out_.Append(data, len);
-  if (state_ == State::kIdle) {
-    StartConnect();
-  } else if (state_ == State::kReady) {
-    worker_->MarkDirty(this);
+Buffer& BackendConn::Tail() {
+  if (queued_.empty()) return out_;
+  if (!tail_appendable_) {
+    // Not appended to a taken buffer: growing it would copy the value after all.
+    queued_.emplace_back();
+    tail_appendable_ = true;
   }
+  return queued_.back();
+}
+
+bool BackendConn::NextQueued() {
+  if (!out_.empty()) return true;
+  if (queued_.empty()) return false;
+  out_.swap(queued_.front());
+  queued_.erase(queued_.begin());
+  if (queued_.empty()) tail_appendable_ = false;
+  return true;
 }
 
 void BackendConn::QueueHandshake() {
@@ -268,17 +301,18 @@ void BackendConn::Flush() {
   if (tls_) {
     // Plaintext is encrypted as it goes (held by the stream until the handshake is done);
     // the handshake's own records go out too.
-    if (!out_.empty()) {
+    while (NextQueued()) {
       if (tls_->Write(out_.data(), out_.size()) != TlsStream::Status::kOk) {
         Fail("TLS: " + tls_->error(), true);
         return;
       }
       out_.Clear();
+      out_.ShrinkIfEmpty(kKeepBuffer);  // a large value's room is not kept
     }
     tls_->TakeOutput(&wbuf_);
     if (wbuf_.empty()) return;
   } else {
-    if (out_.empty()) return;
+    if (!NextQueued()) return;
     out_.swap(wbuf_);
   }
   uv_buf_t b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
@@ -289,6 +323,7 @@ void BackendConn::Flush() {
   if (n == static_cast<int>(wbuf_.size())) {
     wbuf_.Clear();
     wbuf_.ShrinkIfEmpty(kKeepBuffer);
+    if (!queued_.empty()) Flush();  // the next queued buffer (at most a few: large values)
     return;
   }
   if (n < 0 && n != UV_EAGAIN) {
@@ -537,6 +572,8 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
     uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), CloseCb);
   }
   out_.Clear();
+  queued_.clear();
+  tail_appendable_ = false;
   in_.Clear();
   tls_.reset();
   tls_in_.Clear();

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/buffer.h"
 #include "common/resp_parser.h"
@@ -37,9 +38,12 @@ class BackendConn {
   BackendConn(const BackendConn&) = delete;
   BackendConn& operator=(const BackendConn&) = delete;
 
-  // Shared mode: queues one request; deadline_ms is in the worker loop's clock.
-  void Send(ClientSession* client, uint64_t seq, const char* data, size_t len,
-            uint64_t deadline_ms);
+  // Shared mode: queues one request; deadline_ms is in the worker loop's clock. `donor`: a
+  // buffer whose readable bytes are exactly this request, which the connection may take
+  // instead of copying from it (a large value); true when it did, and then `donor` holds
+  // empty storage. The request's bytes stay where they were until the next loop turn.
+  bool Send(ClientSession* client, uint64_t seq, const char* data, size_t len, uint64_t deadline_ms,
+            Buffer* donor = nullptr);
   // Dedicated mode: queues raw request bytes; replies arrive as OnStreamFrame().
   void SendRaw(const char* data, size_t len);
   // Starts writing queued bytes if none are being written (called once per loop turn).
@@ -63,7 +67,7 @@ class BackendConn {
   const ConnClass& conn_class() const { return cls_; }
   // Dedicated mode: hands the connection to another session (nullptr: idle in the worker).
   void set_owner(ClientSession* owner) { owner_ = owner; }
-  bool idle() const { return pending_.empty() && out_.empty(); }
+  bool idle() const { return pending_.empty() && out_.empty() && queued_.empty(); }
   bool dirty = false;  // queued in the worker's flush list
   bool dead() const { return dead_; }
 
@@ -92,6 +96,10 @@ class BackendConn {
   // Hands the object to the worker for deletion, once.
   void Destroy();
   // AUTH / HELLO 3 / SELECT for the connection's class, first on every new connection.
+  // The buffer queued bytes are appended to: out_, or the last of queued_ once that is used.
+  Buffer& Tail();
+  // Moves the next queued buffer into out_ when out_ is empty; false when nothing is queued.
+  bool NextQueued();
   void QueueHandshake();
   void HandshakeRefused(uint64_t kind, const char* reply, size_t len);
   static constexpr uint8_t kHandshakeAuth = 0, kHandshakeHello = 1, kHandshakeSelect = 2,
@@ -132,6 +140,10 @@ class BackendConn {
   Resolve* resolve_ = nullptr;
   Buffer out_;   // queued, not yet handed to the kernel
   Buffer wbuf_;  // being written; owned until WriteCb
+  // Queued behind out_, in order: clients' buffers taken whole (large values, see Send), and
+  // buffers for what is queued after one of them. Empty but for large values.
+  std::vector<Buffer> queued_;
+  bool tail_appendable_ = false;  // queued_.back() takes appends (it is not a taken buffer)
   Buffer in_;
   std::unique_ptr<TlsStream> tls_;  // with backend_tls: this connection's session
   Buffer tls_in_;                   // ciphertext read, before decryption

@@ -244,13 +244,23 @@ void ClientSession::ProcessInput() {
       }
       return;
     }
-    if (parser.argc() > 0 && !HandleRequest(parser, in_.data(), consumed)) {
+    // A large request that is all the client has sent may become the backend's queue
+    // (BackendConn::Send's donor) instead of being copied there.
+    may_donate_ = consumed == in_.size() && consumed >= kWriteThroughAt;
+    donated_ = false;
+    bool handled = parser.argc() == 0 || HandleRequest(parser, in_.data(), consumed);
+    may_donate_ = false;
+    if (!handled) {
       // Held (a session waiting for a primary to pin to): parsed again when it can go.
       parser.Reset();
       PauseReading();
       return;
     }
-    in_.Consume(consumed);
+    if (donated_) {
+      donated_ = false;  // in_ now holds the backend's empty storage: nothing to consume
+    } else {
+      in_.Consume(consumed);
+    }
     parser.Reset();
     if (pin_ && pin_->backlog.size() > cfg.client.max_client_buffer_bytes) {
       // A pinned session's requests waiting for earlier replies count against its buffer.
@@ -453,7 +463,11 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
   }
   // All of one client's primary requests share one connection, so they run in the order the
   // client sent them (a read behind its own write sees it).
-  worker_->PrimaryConnFor(primary, id_, cls_)->Send(this, seq, raw, len, deadline);
+  Buffer* donor = may_donate_ && raw == in_.data() && !s.is_read ? &in_ : nullptr;
+  if (worker_->PrimaryConnFor(primary, id_, cls_)->Send(this, seq, raw, len, deadline, donor)) {
+    donated_ = true;
+    may_donate_ = false;
+  }
   ++inflight_;
   return true;
 }

@@ -307,8 +307,10 @@ class ClientSession {
   uv_write_t write_req_;
   bool writing_ = false;
   bool reading_ = false;
-  bool read_shared_ = false;          // the read under way lands in the worker's buffer
-  bool paused_ = false;               // backpressure: too many requests in flight
+  bool read_shared_ = false;  // the read under way lands in the worker's buffer
+  bool may_donate_ = false;   // the request being handled is all of in_ and large (see Send)
+  bool donated_ = false;      // ... and in_'s storage went to a backend connection's queue
+  bool paused_ = false;       // backpressure: too many requests in flight
   bool closing_after_flush_ = false;  // QUIT, protocol error, drain
   bool closed_ = false;
   bool handle_closed_ = false;
