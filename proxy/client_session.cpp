@@ -127,7 +127,11 @@ void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   self->worker_->TouchClock();
   if (nread <= 0) {
     // The client went away (or reset): nothing to answer. 0: nothing to read after all.
-    if (nread < 0) self->Close();
+    if (nread == UV_EOF) {
+      self->OnPeerEof();
+    } else if (nread < 0) {
+      self->Close();
+    }
     return;
   }
   const size_t n = static_cast<size_t>(nread);
@@ -172,9 +176,21 @@ void ClientSession::ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   self->in_.swap(shared);
 }
 
+void ClientSession::OnPeerEof() {
+  // The client shut down its side (shutdown(SHUT_WR), `nc -N`, a script piping commands):
+  // like Redis, what it sent in full is answered, then the connection closes. libuv has
+  // stopped reading; a request cut short by the end can never complete and is dropped.
+  peer_eof_ = true;
+  reading_ = false;
+  if (closed_) return;
+  ProcessInput();
+  if (closed_) return;
+  StartDrain();
+}
+
 void ClientSession::ResumeReading() {
-  if (reading_ || closed_ || closing_after_flush_ || quit_pending_ || unpin_marker_sent_ ||
-      resubscribing_ || resub_swallow_ != 0 || auth_pending_) {
+  if (reading_ || peer_eof_ || closed_ || closing_after_flush_ || quit_pending_ ||
+      unpin_marker_sent_ || resubscribing_ || resub_swallow_ != 0 || auth_pending_) {
     return;
   }
   reading_ = true;
@@ -228,6 +244,13 @@ void ClientSession::ProcessInput() {
     } give_back{worker_, shared};
     ParseStatus st = parser.Parse(in_.data(), in_.size(), &consumed);
     if (st == ParseStatus::kIncomplete) {
+      if (peer_eof_) {
+        // Nothing more will come: the rest of this request never arrives (see OnPeerEof).
+        in_.Clear();
+        own_parser_.reset();
+        if (draining_) MaybeFinish();
+        return;
+      }
       if (shared) own_parser_ = std::make_unique<RequestParser>(*shared);  // resumes there
       if (in_.size() > cfg.client.max_client_buffer_bytes) LimitError(RespLimit::kClientBuffer);
       return;

@@ -280,6 +280,7 @@ class ClientSession {
   void AdvanceHead();
   void PauseReading();
   void ResumeReading();
+  void OnPeerEof();
   // Reading resumes once in-flight requests and unread replies are well below their bounds.
   void MaybeResume();
   // The connections waiting for this client to read (see WaitForDrain) read on.
@@ -308,6 +309,7 @@ class ClientSession {
   bool writing_ = false;
   bool reading_ = false;
   bool read_shared_ = false;  // the read under way lands in the worker's buffer
+  bool peer_eof_ = false;     // the client shut down its sending side (see OnPeerEof)
   bool may_donate_ = false;   // the request being handled is all of in_ and large (see Send)
   bool donated_ = false;      // ... and in_'s storage went to a backend connection's queue
   bool paused_ = false;       // backpressure: too many requests in flight

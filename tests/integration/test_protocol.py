@@ -445,6 +445,39 @@ def test_clients_vanishing_with_requests_in_flight(cluster, proxy):
     assert n <= 10 * 500
 
 
+def half_closed_exchange(port, payload):
+    """Sends payload, shuts down the sending side, and reads until the server closes."""
+    with connect(port) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        return read_until_closed(s, timeout=5 * SLOWDOWN)
+
+
+HALF_CLOSED = {
+    "inline": b"SET hc:a 1\r\nGET hc:a\r\nPING\r\n",
+    "pipeline": b"".join(encode_command("SET", f"hc:{i % 7}", str(i)) for i in range(3000))
+    + encode_command("GET", "hc:3"),
+    "cut-short": b"PING\r\n*2\r\n$3\r\nGET",
+    "transaction": b"MULTI\r\nINCR hc:n\r\nEXEC\r\n",
+}
+
+
+@pytest.mark.parametrize("what", sorted(HALF_CLOSED))
+def test_half_closed_client_gets_every_reply_then_eof(cluster, proxy, what):
+    """`nc -N`, `printf ... | socat`, health-check scripts: the client sends its commands and
+    shuts down its side. Like Redis, every complete command is answered, then the
+    connection closes; the proxy must not drop the replies (the writes were applied)."""
+    payload = HALF_CLOSED[what]
+    cluster.primary.client().delete("hc:n")
+    want = half_closed_exchange(cluster.primary.port, payload)
+    cluster.primary.client().delete("hc:n")
+    got = half_closed_exchange(proxy.port, payload)
+    assert got[1] is True, f"{what}: the proxy did not close the connection"
+    assert got == want, f"{what}: proxy {got[0][-200:]!r} vs Redis {want[0][-200:]!r}"
+    assert want[0], what  # Redis answered something: the comparison means something
+    assert proxy.client().ping() is True
+
+
 def test_deny_commands_default_and_configured(cluster, proxy, make_proxy):
     """By default the proxy refuses SHUTDOWN, REPLICAOF/SLAVEOF and FAILOVER (server-wide
     operations no application should send through a shared sidecar), naming the command and
