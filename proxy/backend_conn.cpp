@@ -2,6 +2,8 @@
 // matching them to requests, and turning every failure into answers for pending requests.
 #include "proxy/backend_conn.h"
 
+#include <sys/ioctl.h>
+
 #include <cstring>
 #include <tuple>
 
@@ -384,6 +386,7 @@ void BackendConn::OnRead(ssize_t nread) {
     if (st == TlsStream::Status::kClosed) nread = UV_EOF;
   }
   if (nread > 0) {
+    last_read_ms_ = worker_->now();
     if (!tls_) in_.Commit(static_cast<size_t>(nread));
     ProcessReplies();
     return;
@@ -540,16 +543,31 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     // A callback may have failed this connection (pending_ is then empty).
     if (state_ != State::kReady && state_ != State::kConnecting) return;
   }
-  if (any && !backend_->is_primary()) {
+  // Stalled means silent: a replica still sending replies for a whole timeout is only busy
+  // with what clients queued ahead (a client pipelining large GETs it does not read), and is
+  // not blamed for it; the late requests above have failed over all the same.
+  // Bytes waiting in the socket count too: this loop may itself have been busy (copying a
+  // large reply for a client that does not read) and not read them yet.
+  const bool silent = now_ms - last_read_ms_ >= worker_->timeout_ms() && !HasUnreadBytes();
+  if (any && silent && !backend_->is_primary()) {
     // Replicas are plentiful and the primary can answer: stop sending reads to a stalled one.
     backend_->MarkDown(msg);
   }
   // A server that stays silent far past the timeout is stuck (or the path to it is): start
   // over on a new connection.
-  if (cancelled_ > 0 && !pending_.empty() &&
+  if (cancelled_ > 0 && !pending_.empty() && silent &&
       pending_.front().deadline_ms + 3 * worker_->timeout_ms() <= now_ms) {
     Fail(std::string(msg) + "; connection abandoned", !backend_->is_primary());
   }
+}
+
+bool BackendConn::HasUnreadBytes() const {
+  uv_os_fd_t fd;
+  if (state_ != State::kReady || uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) != 0) {
+    return false;
+  }
+  int n = 0;
+  return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
 }
 
 void BackendConn::Fail(const std::string& reason, bool mark_down) {

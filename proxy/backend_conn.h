@@ -96,6 +96,8 @@ class BackendConn {
   // Hands the object to the worker for deletion, once.
   void Destroy();
   // AUTH / HELLO 3 / SELECT for the connection's class, first on every new connection.
+  // The server has sent bytes this connection has not read yet (FIONREAD).
+  bool HasUnreadBytes() const;
   // The buffer queued bytes are appended to: out_, or the last of queued_ once that is used.
   Buffer& Tail();
   // Moves the next queued buffer into out_ when out_ is empty; false when nothing is queued.
@@ -132,8 +134,9 @@ class BackendConn {
   int auth_replies_expected_ = 0;  // dedicated mode: handshake frames to check and swallow
   uint8_t handshake_kinds_[3] = {0, 0, 0};
   uint8_t handshake_next_ = 0;
-  uint64_t deadline_ms_ = 0;  // dedicated mode: see SetDeadline; 0 = none
-  size_t cancelled_ = 0;      // shared mode: leading pending entries already answered by timeout
+  uint64_t deadline_ms_ = 0;   // dedicated mode: see SetDeadline; 0 = none
+  uint64_t last_read_ms_ = 0;  // when the server last sent anything (worker loop clock)
+  size_t cancelled_ = 0;       // shared mode: leading pending entries already answered by timeout
   uv_tcp_t tcp_;
   uv_connect_t connect_req_;
   uv_write_t write_req_;

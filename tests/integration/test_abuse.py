@@ -1132,6 +1132,76 @@ def test_slow_reader_of_16mb_replies_is_streamed_within_bounds(fresh_cluster, ma
     assert_no_backend_marked_down(proxy)
 
 
+def test_replica_busy_sending_a_clients_large_replies_is_not_marked_down(fresh_cluster,
+                                                                         make_proxy):
+    """A client pipelines more large GETs than the replica can send within the timeout:
+    requests queued behind them on the shared connection time out while the replica is
+    sending steadily. That is the client's doing, not the replica's: the replica is not
+    marked down (only a silent one is), and every reply is right or an error, never wrong."""
+    c = fresh_cluster
+    value = os.urandom(256 * 1024).hex().encode()  # 512 KB
+    c.primary.client(timeout=30).set("abuse:half", value)
+    c.wait_replicated()
+    admin = free_port()
+    proxy = make_proxy(c.primary.port, [c.replicas[0].port],
+                       extra_args=["--workers", "1", "--timeout", "0.3",
+                                   "--health-check-interval", "0.2",
+                                   "--admin-listen", f"{HOST}:{admin}"],
+                       use_base_args=False)
+    proxy.admin = admin
+    n = 720  # 360 MB of replies: longer than the timeout to send, under every buffer bound
+    want = b"$%d\r\n%s\r\n" % (len(value), value)
+    # The replica connection is up before the bursts: a replica slower than the timeout to
+    # start answering is silent, and rightly blamed.
+    assert proxy.client().get("abuse:half") == value
+    hog = connect(proxy.port)
+    result = {"right": 0, "error": 0, "wrong": 0}
+
+    def read_all():
+        # A buffered reader that keeps up: a slow one is closed after the timeout (the
+        # streamed-reply rule), which is not what this test is about.
+        # The proxy may also end the connection in the middle of a reply when its loop was
+        # held up past the timeout (sanitizer builds): the rest is then simply not there.
+        hog.settimeout(30 * SLOWDOWN)
+        f = hog.makefile("rb")
+        try:
+            for _ in range(n):
+                line = f.readline()
+                if not line.endswith(b"\r\n"):
+                    result["closed"] = True
+                    break
+                if line.startswith(b"$"):
+                    body = f.read(int(line[1:-2]) + 2)
+                    if len(body) < int(line[1:-2]) + 2:
+                        result["closed"] = True
+                        break
+                    line += body
+                kind = "right" if line == want else "error" if line.startswith(b"-") else "wrong"
+                result[kind] += 1
+        except (OSError, ValueError) as exc:
+            result["failed"] = repr(exc)[:300]
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    try:
+        # In bursts: each one the replica builds well within the timeout; all of them
+        # together take longer than the timeout to go through.
+        for _ in range(n // 20):
+            hog.sendall(encode_command("GET", "abuse:half") * 20)
+            time.sleep(0.005)
+        reader.join(60 * SLOWDOWN)
+    finally:
+        hog.close()
+        reader.join()
+    # Late ones were answered by the timeout (or re-run on the primary).
+    assert "failed" not in result and result["wrong"] == 0, result
+    assert result["right"] + result["error"] == n or result.get("closed"), result
+    assert result["right"] > 0, result
+    assert proxy.client().get("abuse:half") == value
+    down = marked_down_lines(proxy, c.replicas[0].port)
+    assert not down, "the replica (sending all along) was marked down:\n" + "\n".join(down)
+
+
 def test_reader_that_stops_mid_reply_is_closed_after_the_timeout(fresh_cluster, make_proxy):
     """A client that stops reading in the middle of a 16 MB reply holds neither memory nor a
     shared connection: after the timeout without progress it is closed, the replica is not
