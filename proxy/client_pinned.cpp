@@ -178,6 +178,85 @@ void ClientSession::ForwardPinned(const Request& req, const RouteDecision& d, co
   SendPinned(raw, len, kind);
 }
 
+bool ClientSession::AnswerInStream(const Request& req, const RouteDecision& d) {
+  const bool self = d.route == Route::kLocal &&
+                    (d.local == LocalCommand::kClientId || d.local == LocalCommand::kClientInfo ||
+                     d.local == LocalCommand::kClientList);
+  if (d.route != Route::kDeny && !self) return false;
+  if (reset_forwarded_ || resubscribing_ || quit_pending_) return false;
+  Buffer reply;
+  if (d.route == Route::kDeny) {
+    resp::AppendError(reply, d.deny_reason);
+  } else {
+    capture_ = &reply;
+    HandleLocal(d.local, req);
+    capture_ = nullptr;
+  }
+  if (in_multi_) {
+    // Queued in a transaction: a refusal makes EXEC abort, as a command Redis refuses at
+    // queue time does. The proxy's own answers would have to sit inside EXEC's reply:
+    // CLIENT INFO/LIST go as ECHO of the proxy's text (the server's list is not this
+    // client's business); CLIENT ID goes to the server as before.
+    if (d.route == Route::kDeny) {
+      SendLocalMarker(std::string(reply.view()), /*as_command=*/true);
+      return true;
+    }
+    if (d.local == LocalCommand::kClientId || reply.empty() || reply.data()[0] == '-') {
+      return false;
+    }
+    std::string_view v = reply.view();  // $n\r\ntext\r\n, or =n\r\ntxt:text\r\n (RESP3)
+    size_t body = v.find("\r\n") + 2;
+    std::string_view text = v.substr(body, v.size() - body - 2);
+    if (v[0] == '=') text.remove_prefix(4);
+    pin().inject.Clear();
+    std::string_view args[] = {"ECHO", text};
+    resp::AppendCommand(pin().inject, args);
+    ++stream_outstanding_;
+    SendPinned(pin().inject.data(), pin().inject.size(), PinnedReq{});
+    return true;
+  }
+  SendLocalMarker(std::string(reply.view()), /*as_command=*/false);
+  return true;
+}
+
+void ClientSession::SendLocalMarker(std::string reply, bool as_command) {
+  PinState& p = pin();
+  uint64_t n = ++p.local_token;
+  std::string token = "kompress-local-" + std::to_string(id_) + "-" + std::to_string(n);
+  p.local_replies.emplace_back(n, std::move(reply));
+  p.inject.Clear();
+  if (as_command) {
+    std::string_view args[] = {token};
+    resp::AppendCommand(p.inject, args);
+  } else {
+    std::string_view args[] = {"PING", token};
+    resp::AppendCommand(p.inject, args);
+  }
+  ++stream_outstanding_;
+  SendPinned(p.inject.data(), p.inject.size(), PinnedReq{});
+}
+
+const std::string* ClientSession::TakeLocalReply(const char* data, size_t len) {
+  // The marker's reply: the token as a bulk string, ["pong", token] while subscribed
+  // (RESP2), or the error naming it as an unknown command (inside MULTI).
+  if (!pin_ || pin_->local_replies.empty() || len > 256) return nullptr;
+  std::string_view f(data, len);
+  std::string prefix = "kompress-local-" + std::to_string(id_) + "-";
+  size_t at = f.find(prefix);
+  if (at == std::string_view::npos) return nullptr;
+  uint64_t n = 0;
+  for (size_t i = at + prefix.size(); i < f.size() && f[i] >= '0' && f[i] <= '9'; ++i) {
+    n = n * 10 + static_cast<uint64_t>(f[i] - '0');
+  }
+  auto& q = pin_->local_replies;
+  // Markers whose replies never came (CLIENT REPLY OFF/SKIP) are passed over.
+  while (!q.empty() && q.front().first < n) q.pop_front();
+  if (q.empty() || q.front().first != n) return nullptr;
+  pin_->local_out = std::move(q.front().second);
+  q.pop_front();
+  return &pin_->local_out;
+}
+
 void ClientSession::SendPinned(const char* raw, size_t len, PinnedReq kind) {
   if (head_ == stream_seq_ && pin().backlog.empty()) {
     dedicated_->SendRaw(raw, len);
@@ -262,6 +341,10 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     ArmPinnedDeadline();
   }
   if (swallow) return;  // the reply to a command the proxy added (CLIENT SETNAME, PUBLISH)
+  if (const std::string* mine = TakeLocalReply(data, len)) {
+    data = mine->data();  // a marker's reply: the proxy's own answer goes in its place
+    len = mine->size();
+  }
   // Anything answered on the dedicated connection may have been a write (EXEC, BLPOP...):
   // the reads that follow once the session is unpinned must see it. (Not pub/sub traffic.)
   if (!push_mode_) Ryw(pin_group_).OnWrite(PinGroup().progress());

@@ -355,6 +355,7 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
 
   RouteDecision d = worker_->router().Classify(req);
   if (dedicated_ != nullptr) {
+    if (AnswerInStream(req, d)) return true;
     if (d.route == Route::kDeny) {
       // Cannot be forwarded, and a local reply could not be ordered within the stream: end
       // the session with the explanation, as for a protocol error.
@@ -1005,11 +1006,19 @@ void ClientSession::CompleteError(uint64_t seq, std::string_view msg) {
 }
 
 void ClientSession::ReplyNow(const Buffer& b) {
+  if (capture_ != nullptr) {
+    capture_->Append(b.data(), b.size());
+    return;
+  }
   uint64_t seq = NewSlot();
   Complete(seq, b.data(), b.size());
 }
 
 void ClientSession::ReplyErrorNow(std::string_view msg) {
+  if (capture_ != nullptr) {
+    resp::AppendError(*capture_, msg);
+    return;
+  }
   uint64_t seq = NewSlot();
   CompleteError(seq, msg);
 }

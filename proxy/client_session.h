@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <set>
@@ -277,6 +278,14 @@ class ClientSession {
   void CompleteError(uint64_t seq, std::string_view msg);
   void ReplyNow(const Buffer& b);
   void ReplyErrorNow(std::string_view msg);
+  // Pinned: answers a refused command or one the proxy answers itself in its place in the
+  // stream. False when it cannot be ordered there (the caller then does as before).
+  bool AnswerInStream(const Request& req, const RouteDecision& d);
+  // Sends the marker whose reply is replaced by `reply`: PING token, or (inside MULTI, for
+  // a refusal) the token as a command, which Redis refuses at queue time so EXEC aborts.
+  void SendLocalMarker(std::string reply, bool as_command);
+  // The answer that replaces this frame when it is a marker's reply; null otherwise.
+  const std::string* TakeLocalReply(const char* data, size_t len);
   void AdvanceHead();
   void PauseReading();
   void ResumeReading();
@@ -308,11 +317,12 @@ class ClientSession {
   uv_write_t write_req_;
   bool writing_ = false;
   bool reading_ = false;
-  bool read_shared_ = false;  // the read under way lands in the worker's buffer
-  bool peer_eof_ = false;     // the client shut down its sending side (see OnPeerEof)
-  bool may_donate_ = false;   // the request being handled is all of in_ and large (see Send)
-  bool donated_ = false;      // ... and in_'s storage went to a backend connection's queue
-  bool paused_ = false;       // backpressure: too many requests in flight
+  bool read_shared_ = false;   // the read under way lands in the worker's buffer
+  bool peer_eof_ = false;      // the client shut down its sending side (see OnPeerEof)
+  Buffer* capture_ = nullptr;  // set: ReplyNow/ReplyErrorNow write here (AnswerInStream)
+  bool may_donate_ = false;    // the request being handled is all of in_ and large (see Send)
+  bool donated_ = false;       // ... and in_'s storage went to a backend connection's queue
+  bool paused_ = false;        // backpressure: too many requests in flight
   bool closing_after_flush_ = false;  // QUIT, protocol error, drain
   bool closed_ = false;
   bool handle_closed_ = false;
@@ -381,9 +391,15 @@ class ClientSession {
     std::string resubscribe_reason;             // why the subscriptions are being renewed
     std::optional<PendingHello> hello_pending;  // HELLO ... AUTH: answered after the AUTH
     std::vector<std::string> multi_held;  // Redis Cluster: keyless commands queued after MULTI
+    // Answers the proxy gives itself inside the stream (a refused command, CLIENT ID/INFO/
+    // LIST): each waits for the reply to its marker (see SendLocalMarker), in order.
+    std::deque<std::pair<uint64_t, std::string>> local_replies;
+    uint64_t local_token = 0;
+    std::string local_out;  // the answer being delivered in place of a marker's reply
     bool Empty() const {
       return backlog.empty() && backlog_kinds.empty() && inflight.empty() && channels.empty() &&
-             patterns.empty() && shard_channels.empty() && !hello_pending && multi_held.empty();
+             patterns.empty() && shard_channels.empty() && !hello_pending && multi_held.empty() &&
+             local_replies.empty();
     }
   };
   std::unique_ptr<PinState> pin_;

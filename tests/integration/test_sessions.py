@@ -588,3 +588,80 @@ def test_unsubscribe_and_subscribe_in_one_batch_stay_subscribed(proxy, cluster):
     s.settimeout(5)
     assert s.recv(100) == b"", "not closed after QUIT"
     s.close()
+
+
+PINNING = {
+    "watch": [("WATCH", "pin:k")],
+    "subscribe": [("SUBSCRIBE", "pin:ch")],
+    "resp3-subscribe": [("HELLO", "3"), ("SUBSCRIBE", "pin:ch")],
+    "tracking": [("CLIENT", "TRACKING", "on")],
+    "monitor": [("MONITOR",)],
+}
+
+
+def pinned_exchange(port, pin, commands, first_replies=False):
+    """Pins a raw connection with `pin`, then sends `commands` and PING; returns the replies
+    to `commands` + PING (MONITOR's feed lines, "+<timestamp> ...", left out), after those to
+    `pin` when first_replies."""
+    sock = connect(port)
+    first = []
+    try:
+        for cmd in pin:
+            send(sock, *cmd)
+            first += read_replies(sock, 1, timeout=5 * SLOWDOWN)[0]
+        for cmd in commands + [("PING",)]:
+            send(sock, *cmd)
+        got, buf = [], b""
+        while len(got) < len(commands) + 1:
+            replies, buf = read_replies(sock, 1, timeout=5 * SLOWDOWN, buf=buf)
+            if not (replies[0].startswith(b"+") and replies[0][1:2].isdigit()):
+                got.append(replies[0])
+        return first + got if first_replies else got
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", sorted(PINNING))
+def test_refused_command_on_a_pinned_session_leaves_it_usable(proxy, mode):
+    """A command the proxy refuses (CLIENT KILL, a deny_commands entry) inside WATCH, a
+    subscription, tracking or MONITOR gets its error in its place in the stream and the
+    session goes on, as it does unpinned (it used to end the connection)."""
+    got = pinned_exchange(proxy.port, PINNING[mode],
+                          [("CLIENT", "KILL", "ID", "1"), ("SHUTDOWN",)])
+    assert got[0].startswith(b"-ERR kompress: CLIENT KILL is not supported"), got
+    assert got[1].startswith(b"-ERR kompress: SHUTDOWN is refused"), got
+    assert got[2] in (b"+PONG\r\n", b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"), got
+
+
+def test_refused_command_inside_multi_aborts_the_transaction(cluster, proxy):
+    """Like a command Redis refuses at queue time: the error, then EXEC answers EXECABORT
+    and nothing of the transaction is applied; the connection carries on."""
+    cluster.primary.client().delete("pin:tx")
+    sock = connect(proxy.port)
+    try:
+        for cmd in [("MULTI",), ("SET", "pin:tx", "1"), ("SHUTDOWN",), ("EXEC",), ("PING",)]:
+            send(sock, *cmd)
+        got, _ = read_replies(sock, 5, timeout=5 * SLOWDOWN)
+    finally:
+        sock.close()
+    assert got[:2] == [b"+OK\r\n", b"+QUEUED\r\n"], got
+    assert got[2].startswith(b"-ERR kompress: SHUTDOWN is refused"), got
+    assert got[3].startswith(b"-EXECABORT"), got
+    assert got[4] == b"+PONG\r\n", got
+    assert cluster.primary.client().get("pin:tx") is None
+
+
+@pytest.mark.parametrize("mode", sorted(PINNING))
+def test_client_id_and_list_on_a_pinned_session_describe_the_client(proxy, mode):
+    """CLIENT ID keeps the id the client had before it pinned its session, and CLIENT LIST
+    lists only this client: the server's list (other applications' addresses and names, the
+    proxy's own connections) is never shown, pinned or not."""
+    got = pinned_exchange(proxy.port, [("CLIENT", "ID")] + PINNING[mode],
+                          [("CLIENT", "ID"), ("CLIENT", "LIST")], first_replies=True)
+    before, pinned_id, listing = got[0], got[-3], got[-2]
+    assert before.startswith(b":") and pinned_id == before, got
+    body = listing.split(b"\r\n", 1)[1]
+    lines = [ln for ln in body.split(b"\n") if b"id=" in ln]
+    assert len(lines) == 1, listing
+    assert f"id={int(before[1:-2])} ".encode() in lines[0], listing
+    assert f"laddr={HOST}:{proxy.port} ".encode() in lines[0], listing
