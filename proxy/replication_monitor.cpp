@@ -358,6 +358,38 @@ Backend* ReplicationMonitor::Desired() const {
   return primaries == 1 ? only : cur;
 }
 
+Backend* ReplicationMonitor::RivalPrimary() const {
+  if (config_->sentinels.empty() || !primary_known_) return nullptr;
+  const Backend* cur = group_.primary();
+  for (size_t i = 0; i < group_.size(); ++i) {
+    Backend* b = group_.node(i);
+    if (b == cur || b == sentinel_master_ || !Reports(b, true)) continue;
+    // Promoted from the current primary: its previous history is the primary's. (The old
+    // primary still answering as one after a switch is not: its history is another.)
+    if (probes_[b->position()]->info.replid2 == primary_replid_) return b;
+  }
+  return nullptr;
+}
+
+bool ReplicationMonitor::FenceForRival(Backend& primary) {
+  // Sentinel promotes a replica first and announces it (+switch-master) about a second
+  // later; meanwhile the old primary still takes writes that are thrown away when it is
+  // made a replica of the new one. They wait instead (as during any failover, up to the
+  // timeout) and go to the new primary once the Sentinels name it.
+  Backend* rival = RivalPrimary();
+  if (rival == nullptr) return false;
+  bool changed = primary.SetReplicationState(primary.down_epoch(), false, -1);
+  std::string why = "replica " + rival->name() +
+                    " reports itself promoted from it; writes wait for the Sentinels to name "
+                    "the primary";
+  primary.set_last_error(why);
+  if (changed) {
+    LogFields f{{"event", "primary_no_writes"}, {"backend", primary.name()}, {"reason", why}};
+    Log().warn("primary {} gets no writes: {}", primary.name(), why);
+  }
+  return true;
+}
+
 void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
   Backend& b = *p.backend;
   if (&b != group_.primary()) {
@@ -368,6 +400,7 @@ void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
                                                     : "the old primary now replicates it");
       return;
     }
+    if (Backend* cur = group_.primary(); cur != nullptr && cur != &b) FenceForRival(*cur);
     // A second primary listed as a replica (or one the Sentinels do not name): no reads.
     if (b.role() == BackendRole::kReplica) OnReplicaInfo(p);
     return;
@@ -382,6 +415,11 @@ void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
       SwitchPrimary(ProbeOf(sentinel_master_), Named());
       return;
     }
+    PollReplicas();
+    return;
+  }
+  if (FenceForRival(b)) {
+    b.MarkUp(p.epoch);
     PollReplicas();
     return;
   }

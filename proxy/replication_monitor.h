@@ -94,6 +94,13 @@ class ReplicationMonitor {
   void OnReplicaInfo(Probe& p);
   // The node that should be the primary now, given every node's last answer.
   Backend* Desired() const;
+  // With Sentinel: a node of this group that says it is a primary continuing the current
+  // primary's history (promoted from it) though the Sentinels have not named it yet: a
+  // failover under way. Null when there is none.
+  Backend* RivalPrimary() const;
+  // While there is such a rival, `primary` gets no writes (they would be lost when it is
+  // turned into the new primary's replica): true when it was fenced.
+  bool FenceForRival(Backend& primary);
   void SwitchPrimary(Probe& to, const std::string& why);
   // Decides from its last answer whether a replica serves reads; logs changes.
   void Judge(Probe& p);
