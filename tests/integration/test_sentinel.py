@@ -241,7 +241,15 @@ def kill_primary_and_follow(c, sc, admin, load):
     t_kill = time.monotonic()
     old.kill9()
     t_dead = time.monotonic()  # kill9() returns once the process is gone
-    new_port = sc.wait_master_changed(old.port, timeout=20)
+    new, t_sentinel, t_proxy = follow_new_primary(c, sc, admin, load, old.port)
+    return new, t_kill, t_dead, t_sentinel, t_proxy
+
+
+def follow_new_primary(c, sc, admin, load, old_port):
+    """Waits for the Sentinels to name a primary other than old_port, the proxy to name it
+    (metric) and writes to be acknowledged again. Returns (new primary, Sentinel switched,
+    proxy switched)."""
+    new_port = sc.wait_master_changed(old_port, timeout=20)
     t_sentinel = time.monotonic()
     new = next(r for r in c.replicas if r.port == new_port)
     wait_until(lambda: primary_metric(admin, new) == 1, 10 * SLOWDOWN, interval=0.02,
@@ -249,7 +257,7 @@ def kill_primary_and_follow(c, sc, admin, load):
     t_proxy = time.monotonic()
     wait_until(lambda: load.acks_after(t_proxy) >= 20, 10 * SLOWDOWN,
                what="writes acknowledged after the failover")
-    return new, t_kill, t_dead, t_sentinel, t_proxy
+    return new, t_sentinel, t_proxy
 
 
 class TransactionLoop:
@@ -415,13 +423,7 @@ def test_manual_failover_loses_no_acknowledged_write(fresh_cluster, sentinels, m
         time.sleep(1.0)
         assert sc.sentinels[0].client().execute_command(
             "SENTINEL", "FAILOVER", SENTINEL_MASTER) in (b"OK", "OK", True)
-        new_port = sc.wait_master_changed(old.port, timeout=20)
-        new = next(r for r in c.replicas if r.port == new_port)
-        wait_until(lambda: primary_metric(admin, new) == 1, 10 * SLOWDOWN, interval=0.02,
-                   what=f"proxy metric kompress_primary for the new primary {addr(new)}")
-        t_proxy = time.monotonic()
-        wait_until(lambda: load.acks_after(t_proxy) >= 20, 10 * SLOWDOWN,
-                   what="writes acknowledged after the failover")
+        new, _, _ = follow_new_primary(c, sc, admin, load, old.port)
     finally:
         load.stop()
     print(f"\nSENTINEL FAILOVER: {load.summary(t0)}")

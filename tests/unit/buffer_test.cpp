@@ -10,7 +10,9 @@
 #if defined(__SANITIZE_ADDRESS__)
 // The proxy counts on malloc answering null when memory cannot be had (TryPrepareWrite falls
 // back to small reads); ASan aborts on such a request unless told to behave like malloc.
-extern "C" const char* __asan_default_options() { return "allocator_may_return_null=1"; }
+extern "C" const char* __asan_default_options() {
+  return "allocator_may_return_null=1";
+}
 #endif
 
 namespace kp {
