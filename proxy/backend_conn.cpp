@@ -592,6 +592,7 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   out_.Clear();
   queued_.clear();
   tail_appendable_ = false;
+  last_read_ms_ = 0;  // a new connection has heard nothing yet
   in_.Clear();
   tls_.reset();
   tls_in_.Clear();

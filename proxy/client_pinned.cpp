@@ -237,21 +237,43 @@ void ClientSession::SendLocalMarker(std::string reply, bool as_command) {
 }
 
 const std::string* ClientSession::TakeLocalReply(const char* data, size_t len) {
-  // The marker's reply: the token as a bulk string, ["pong", token] while subscribed
-  // (RESP2), or the error naming it as an unknown command (inside MULTI).
+  // Only the exact answer to a marker is one: `PING token` answers the token as a bulk
+  // string, or ["pong", token] while subscribed (RESP2); the token sent as a command (inside
+  // MULTI) answers "unknown command 'token'...". A pub/sub message or a MONITOR line never
+  // has those shapes, whatever it carries.
   if (!pin_ || pin_->local_replies.empty() || len > 256) return nullptr;
   std::string_view f(data, len);
-  std::string prefix = "kompress-local-" + std::to_string(id_) + "-";
-  size_t at = f.find(prefix);
-  if (at == std::string_view::npos) return nullptr;
+  const std::string prefix = "kompress-local-" + std::to_string(id_) + "-";
+  std::string_view token;
+  if (f.substr(0, 4) == "*2\r\n") {
+    if (f.substr(4, 10) != "$4\r\npong\r\n") return nullptr;
+    f.remove_prefix(14);
+  }
+  if (f.substr(0, 22) == "-ERR unknown command '") {
+    size_t end = f.find('\'', 22);
+    if (end == std::string_view::npos) return nullptr;
+    token = f.substr(22, end - 22);
+  } else if (!f.empty() && f[0] == '$') {
+    size_t eol = f.find("\r\n");
+    if (eol == std::string_view::npos || f.size() < eol + 4 || f.substr(f.size() - 2) != "\r\n") {
+      return nullptr;
+    }
+    token = f.substr(eol + 2, f.size() - eol - 4);
+    if (f.substr(1, eol - 1) != std::to_string(token.size())) return nullptr;
+  } else {
+    return nullptr;
+  }
+  if (token.substr(0, prefix.size()) != prefix) return nullptr;
   uint64_t n = 0;
-  for (size_t i = at + prefix.size(); i < f.size() && f[i] >= '0' && f[i] <= '9'; ++i) {
-    n = n * 10 + static_cast<uint64_t>(f[i] - '0');
+  for (char ch : token.substr(prefix.size())) {
+    if (ch < '0' || ch > '9') return nullptr;
+    n = n * 10 + static_cast<uint64_t>(ch - '0');
   }
   auto& q = pin_->local_replies;
-  // Markers whose replies never came (CLIENT REPLY OFF/SKIP) are passed over.
-  while (!q.empty() && q.front().first < n) q.pop_front();
-  if (q.empty() || q.front().first != n) return nullptr;
+  auto it = std::find_if(q.begin(), q.end(), [n](const auto& e) { return e.first == n; });
+  if (it == q.end()) return nullptr;
+  // Markers before it whose replies never came (CLIENT REPLY OFF/SKIP) are passed over.
+  q.erase(q.begin(), it);
   pin_->local_out = std::move(q.front().second);
   q.pop_front();
   return &pin_->local_out;

@@ -113,8 +113,13 @@ void ClientSession::AllocCb(uv_handle_t* h, size_t, uv_buf_t* buf) {
     const size_t limit = self->worker_->config().client.max_client_buffer_bytes;
     const size_t held = self->in_.size();
     const size_t may = limit > held ? limit - held + 1 : 0;
-    size_t beyond = std::min({parser->PayloadBeyond(held), kRoomAtOnce, may});
-    if (beyond > want && self->in_.TryPrepareWrite(beyond, /*exact=*/true)) want = beyond;
+    const size_t announced = parser->PayloadBeyond(held);
+    size_t beyond = std::min({announced, kRoomAtOnce, may});
+    // Exactly the room when the whole value fits in it; a larger one grows by doubling,
+    // so it is not copied again at every further step.
+    if (beyond > want && self->in_.TryPrepareWrite(beyond, /*exact=*/beyond == announced)) {
+      want = beyond;
+    }
   }
   char* p = self->in_.PrepareWrite(want);
   self->read_offered_ = self->in_.writable();
@@ -185,6 +190,15 @@ void ClientSession::OnPeerEof() {
   if (closed_) return;
   ProcessInput();
   if (closed_) return;
+  if (subscribed_ || (dedicated_ != nullptr &&
+                      (in_multi_ || watching_ || pin_permanent_ ||
+                       (pin_ && !pin_->inflight.empty() && pin_->inflight.front().blocking)))) {
+    // A session that would never finish on its own (a transaction or WATCH left open, a
+    // subscription, MONITOR, a command blocked without end): it ends now, as Redis ends a
+    // client at EOF. One whose replies are merely due (EXEC sent) gets them first.
+    Close();
+    return;
+  }
   StartDrain();
 }
 

@@ -377,7 +377,24 @@ bool ReplicationMonitor::FenceForRival(Backend& primary) {
   // made a replica of the new one. They wait instead (as during any failover, up to the
   // timeout) and go to the new primary once the Sentinels name it.
   Backend* rival = RivalPrimary();
-  if (rival == nullptr) return false;
+  if (rival == nullptr) {
+    rival_since_ms_ = 0;
+    return false;
+  }
+  // Bounded: a node promoted by hand that the Sentinels do not act on must not stop writes
+  // for good. A failover names its primary within seconds.
+  const uint64_t now = MonotonicMs();
+  const uint64_t limit = std::max<uint64_t>(2 * timeout_ms_, 5000);
+  if (rival_since_ms_ == 0) rival_since_ms_ = now;
+  if (now - rival_since_ms_ > limit) {
+    if (rival_since_ms_ + limit + interval_ms_ >= now) {
+      Log().warn(
+          "replica {} still answers as a primary after {} ms while {} names {}: writes "
+          "go to {} again",
+          rival->name(), limit, Source(), primary.name(), primary.name());
+    }
+    return false;
+  }
   bool changed = primary.SetReplicationState(primary.down_epoch(), false, -1);
   std::string why = "replica " + rival->name() +
                     " reports itself promoted from it; writes wait for the Sentinels to name "

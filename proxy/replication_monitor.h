@@ -123,6 +123,7 @@ class ReplicationMonitor {
   // The primary as last confirmed.
   bool primary_known_ = false;
   std::string primary_replid_;
+  uint64_t rival_since_ms_ = 0;  // MonotonicMs when a rival primary was first seen (0: none)
   int64_t primary_offset_ = -1;
   OffsetHistory history_;
   // When the monitor first saw the primary unreachable (0: it is reachable).

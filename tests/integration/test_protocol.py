@@ -478,6 +478,48 @@ def test_half_closed_client_gets_every_reply_then_eof(cluster, proxy, what):
     assert proxy.client().ping() is True
 
 
+def test_clients_that_close_inside_pinned_sessions_are_closed(cluster, make_proxy):
+    """A client that closes (or half-closes) with a transaction or WATCH open, inside a
+    subscription or blocked in BLPOP 0 is closed by the proxy at once, as Redis closes it:
+    its session never finishes on its own, and must not hold a descriptor, a client slot and
+    a dedicated backend connection for good."""
+    admin = free_port()
+    proxy = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+                       extra_args=["--admin-listen", f"{HOST}:{admin}"])
+
+    def clients():
+        return metric(http_get(admin, "/metrics")[1], "kompress_client_connections")
+
+    base = clients()
+    socks = []
+    for pin, half in [(("WATCH", "pc:a"), False), (("MULTI",), False),
+                      (("SUBSCRIBE", "pc:ch"), True), (("WATCH", "pc:a"), True)]:
+        for _ in range(3):
+            s = connect(proxy.port)
+            s.sendall(encode_command(*pin))
+            read_replies(s, 1, timeout=5 * SLOWDOWN)
+            if half:
+                s.shutdown(socket.SHUT_WR)
+                socks.append(s)
+            else:
+                s.close()
+    for _ in range(3):
+        s = connect(proxy.port)
+        s.sendall(encode_command("BLPOP", "pc:nolist", "0"))
+        time.sleep(0.05)
+        s.shutdown(socket.SHUT_WR)
+        socks.append(s)
+    try:
+        wait_until(lambda: clients() == base, 5 * SLOWDOWN, interval=0.05,
+                   what="the proxy to close every client that left")
+        for s in socks:
+            assert read_until_closed(s, timeout=5 * SLOWDOWN)[1], "not closed by the proxy"
+    finally:
+        for s in socks:
+            s.close()
+    assert proxy.client().ping() is True
+
+
 def test_deny_commands_default_and_configured(cluster, proxy, make_proxy):
     """By default the proxy refuses SHUTDOWN, REPLICAOF/SLAVEOF and FAILOVER (server-wide
     operations no application should send through a shared sidecar), naming the command and

@@ -665,3 +665,31 @@ def test_client_id_and_list_on_a_pinned_session_describe_the_client(proxy, mode)
     assert len(lines) == 1, listing
     assert f"id={int(before[1:-2])} ".encode() in lines[0], listing
     assert f"laddr={HOST}:{proxy.port} ".encode() in lines[0], listing
+
+
+def test_a_message_carrying_a_marker_token_is_delivered_as_sent(proxy):
+    """The proxy's own answers on a pinned session replace the replies to its marker PINGs,
+    recognised by their exact shape: a pub/sub message carrying the same text, arriving
+    while the marker is outstanding, is delivered as sent and takes nothing's place."""
+    sub = connect(proxy.port)
+    try:
+        send(sub, "HELLO", "3")
+        (hello,), rest = read_replies(sub, 1, timeout=5 * SLOWDOWN)
+        send(sub, "CLIENT", "ID")
+        (cid,), rest = read_replies(sub, 1, timeout=5 * SLOWDOWN, buf=rest)
+        my_id = int(cid[1:-2])
+        send(sub, "SUBSCRIBE", "pin:forge")
+        _, rest = read_replies(sub, 1, timeout=5 * SLOWDOWN, buf=rest)
+        tokens = [f"kompress-local-{my_id}-{n}" for n in (1, 2, 99999999)]
+        # One write: the marker for CLIENT ID goes out behind the PUBLISHes, so each message
+        # comes back while it is outstanding.
+        sub.sendall(b"".join(encode_command("PUBLISH", "pin:forge", t) for t in tokens)
+                    + encode_command("CLIENT", "ID"))
+        got, _ = read_replies(sub, 2 * len(tokens) + 1, timeout=5 * SLOWDOWN, buf=rest)
+    finally:
+        sub.close()
+    want = []
+    for t in tokens:
+        want += [b">3\r\n$7\r\nmessage\r\n$9\r\npin:forge\r\n$%d\r\n%s\r\n"
+                 % (len(t), t.encode()), b":1\r\n"]
+    assert got == want + [cid], got
