@@ -127,7 +127,19 @@ class Buffer {
       ncap = std::max(ncap, (want + kPage - 1) / kPage * kPage);
     }
     while (ncap < want) ncap *= 2;
-    char* nd = static_cast<char*>(std::malloc(ncap));
+    char* nd;
+    if (rpos_ == 0 && used != 0) {
+      // Nothing consumed: realloc keeps the bytes where they are when it can, and moves a
+      // large block's pages rather than copying them (mremap), so a big backlog doubling
+      // does not stall the loop copying it.
+      nd = static_cast<char*>(std::realloc(data_, ncap));
+      if (!nd) throw std::bad_alloc();
+      if (used + filling >= kHugeAt) AdviseHuge(nd, ncap);
+      data_ = nd;
+      cap_ = ncap;
+      return;
+    }
+    nd = static_cast<char*>(std::malloc(ncap));
     if (!nd) throw std::bad_alloc();
     if (used + filling >= kHugeAt) AdviseHuge(nd, ncap);
     if (used) std::memcpy(nd, data_ + rpos_, used);

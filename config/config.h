@@ -31,6 +31,10 @@ struct ClientLimits {
   // Requests a client may have in flight; past it the proxy stops reading from that client
   // until replies drain (backpressure, not an error).
   size_t max_pipeline_depth = 1024;
+  // Request bytes plus expected reply bytes a client may have in flight on the shared
+  // backend connections. Everyone's requests queue behind them in the same
+  // connections, so this is what one client can put ahead of the others.
+  size_t max_inflight_bytes = 4ull * 1024 * 1024;
   // Reply bytes held for all clients together (Redis 7's maxmemory-clients): past it the
   // clients holding the most are dropped first. Sized for a sidecar's memory limit.
   size_t max_total_client_buffer_bytes = 256ull * 1024 * 1024;

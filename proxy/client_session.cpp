@@ -222,11 +222,12 @@ void ClientSession::ProcessInput() {
   const Config& cfg = worker_->config();
   while (!closed_ && !closing_after_flush_ && !quit_pending_ && !unpin_marker_sent_ &&
          !resubscribing_ && resub_swallow_ == 0 && !auth_pending_ && !in_.empty()) {
-    if ((dedicated_ == nullptr && next_ - head_ >= cfg.client.max_pipeline_depth) ||
+    if ((dedicated_ == nullptr &&
+         InflightReaches(cfg.client.max_pipeline_depth, cfg.client.max_inflight_bytes)) ||
         CountedReplyBytes() > cfg.client.max_client_buffer_bytes / 2) {
-      // Backpressure: too many requests in flight, or replies piling up that the client does
-      // not read. Stop reading its requests until they drain (MaybeResume), well before the
-      // buffer bound that would drop it.
+      // Backpressure: too many requests (or bytes) in flight, or replies piling up that the
+      // client does not read. Stop reading its requests until they drain (MaybeResume), well
+      // before the buffer bound that would drop it.
       paused_ = true;
       PauseReading();
       return;
@@ -453,6 +454,8 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
   s.kind = d.route == Route::kRead ? 1 : 2;
   s.is_read = d.route == Route::kRead;
   s.may_write = d.route == Route::kWrite && d.may_write;
+  s.sent_bytes = len;
+  inflight_bytes_ += len;
   // Behind a request that waits for a backend, everything waits: order is the client's.
   if (!parked_.empty() || !Send(seq, &req, d, raw, len)) Park(seq, raw, len);
 }
@@ -947,6 +950,7 @@ uint64_t ClientSession::NewSlot() {
   s.tried_replica = false;
   s.park_deadline = 0;
   s.streamed = 0;
+  s.sent_bytes = 0;
   s.auth_user = 0;
   s.stream = false;
   s.kind = 0;
@@ -990,7 +994,10 @@ void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
   if (len + s.streamed > worker_->config().client.max_client_buffer_bytes) {
     oversize_bytes_ = std::max(oversize_bytes_, len + s.streamed);
   }
+  inflight_bytes_ -= s.sent_bytes;
+  s.sent_bytes = 0;
   if (s.kind != 0) {
+    NoteReplySize(len + s.streamed);
     uint64_t ns = worker_->clock_ns() - s.start_ns;
     (s.kind == 1 ? worker_->stats().read_latency : worker_->stats().write_latency).Observe(ns);
   }
@@ -1089,10 +1096,33 @@ void ClientSession::ResumeStreams() {
   for (BackendConn* c : waiting) c->ResumeStream();
 }
 
+bool ClientSession::InflightReaches(uint64_t depth, size_t bytes) const {
+  uint64_t n = next_ - head_;
+  if (n == 0) return false;
+  if (n >= depth || (reply_estimate_ == 0 && n >= kFirstBurst)) return true;
+  // A client's requests queue ahead of everyone else's on the shared connections: a pipeline
+  // of large GETs or SETs would make others wait seconds for a small reply (Redis answers a
+  // connection's requests in order). The bound counts what its requests will bring back, as
+  // its earlier replies suggest, so small requests keep the full depth.
+  return inflight_bytes_ + n * reply_estimate_ >= bytes;
+}
+
+void ClientSession::NoteReplySize(size_t len) {
+  // Up quickly (requests sent with a low estimate cannot be called back), down slowly.
+  if (reply_estimate_ == 0) {
+    reply_estimate_ = std::max<size_t>(len, 1);
+  } else if (len > reply_estimate_) {
+    reply_estimate_ += (len - reply_estimate_) / 2;
+  } else {
+    reply_estimate_ -= (reply_estimate_ - len) / 16;
+  }
+}
+
 void ClientSession::MaybeResume() {
   if (!drain_waiters_.empty() && StreamBacklog() <= kStreamResumeAt) ResumeStreams();
   const ClientLimits& lim = worker_->config().client;
-  if (!paused_ || closed_ || next_ - head_ > lim.max_pipeline_depth / 2 ||
+  if (!paused_ || closed_ ||
+      InflightReaches(lim.max_pipeline_depth / 2 + 1, lim.max_inflight_bytes / 2) ||
       CountedReplyBytes() > lim.max_client_buffer_bytes / 4) {
     return;
   }

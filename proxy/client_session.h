@@ -140,6 +140,7 @@ class ClientSession {
     bool tried_replica = false;  // a read the primary failed, re-sent to a replica
     uint64_t park_deadline = 0;  // waiting for a backend until then (worker clock)
     size_t streamed = 0;         // bytes of a large reply passed on before it was complete
+    size_t sent_bytes = 0;       // its request's bytes, counted in inflight_bytes_
     uint32_t auth_user = 0;      // a passthrough AUTH: the Credentials id it is for
     bool stream = false;         // the pinned session's slot: never completes
     uint8_t kind = 0;            // for latency stats: 0 local/other, 1 read, 2 write
@@ -292,6 +293,12 @@ class ClientSession {
   void OnPeerEof();
   // Reading resumes once in-flight requests and unread replies are well below their bounds.
   void MaybeResume();
+  // Whether the requests in flight on shared connections reach `depth` requests or `bytes`
+  // (request bytes plus the replies expected for them).
+  bool InflightReaches(uint64_t depth, size_t bytes) const;
+  // Learns the size of this client's replies (what its requests in flight will bring back).
+  void NoteReplySize(size_t len);
+  static constexpr uint64_t kFirstBurst = 32;  // in flight before any reply size is known
   // The connections waiting for this client to read (see WaitForDrain) read on.
   void ResumeStreams();
   // Reply bytes held for the client that count against max_client_buffer_bytes.
@@ -327,7 +334,9 @@ class ClientSession {
   bool closed_ = false;
   bool handle_closed_ = false;
   bool authenticated_ = false;
-  size_t inflight_ = 0;  // requests a BackendConn will still call back about
+  size_t inflight_ = 0;        // requests a BackendConn will still call back about
+  size_t inflight_bytes_ = 0;  // request bytes of the slots not answered yet (Slot::sent_bytes)
+  size_t reply_estimate_ = 0;  // typical reply size (see NoteReplySize); 0: none seen yet
 
   std::unique_ptr<TlsStream> tls_;  // clients of tls_listen
   Buffer in_;

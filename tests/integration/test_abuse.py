@@ -5,8 +5,9 @@ backend may be marked down (unless a test stops the backend itself; see each tes
 
 Cases: QUIT inside pinned sessions; transactions and WATCH across a primary stall and a
 killed dedicated connection; a subscriber that never reads; the total bound on client
-buffers; the retry budget for slow reads; descriptor exhaustion and max_clients; the admin
-port flooded under ulimit 1024; an unknown KOMPRESS_* variable.
+buffers; large pipelines sharing a backend connection; the retry budget for slow reads;
+descriptor exhaustion and max_clients; the admin port flooded under ulimit 1024; an unknown
+KOMPRESS_* variable.
 
 Names this file assumes (the behaviour is required even where the code does not have it yet):
   options  limits.max_client_buffer_bytes (--max-client-buffer-bytes), max_total_client_
@@ -1200,6 +1201,116 @@ def test_replica_busy_sending_a_clients_large_replies_is_not_marked_down(fresh_c
     assert proxy.client().get("abuse:half") == value
     down = marked_down_lines(proxy, c.replicas[0].port)
     assert not down, "the replica (sending all along) was marked down:\n" + "\n".join(down)
+
+
+HOGS = 3
+HOG_REQUESTS = 300  # of 1 MB each: 900 MB queued at once by three clients
+# The small request must be answered before the hogs got this much more of their replies:
+# it waits behind what they have in flight (a few MB each), not behind all they sent.
+HOG_PROGRESS_BOUND = 0.25
+
+
+class Hog:
+    """Pipelines HOG_REQUESTS large GETs or SETs and reads every reply, checking each one.
+    progress(): the share of its replies received so far."""
+
+    def __init__(self, port, kind, value):
+        self.sock = connect(port, timeout=60 * SLOWDOWN)
+        if kind == "get":
+            self.cmd = encode_command("GET", "abuse:hog")
+            self.want = b"$%d\r\n%s\r\n" % (len(value), value)
+        else:
+            self.cmd = encode_command("SET", "abuse:hog", value)
+            self.want = b"+OK\r\n"
+        self.total = len(self.want) * HOG_REQUESTS
+        self.got = 0
+        self.wrong = 0
+        self.failed = None
+        self.threads = [threading.Thread(target=self._send, daemon=True),
+                        threading.Thread(target=self._read, daemon=True)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _send(self):
+        try:
+            for _ in range(HOG_REQUESTS):
+                self.sock.sendall(self.cmd)
+        except OSError as exc:
+            self.failed = f"send: {exc!r}"
+
+    def _read(self):
+        pattern = self.want * (2 + (1 << 20) // len(self.want))  # any 1 MB window of the stream
+        try:
+            while self.got < self.total:
+                chunk = self.sock.recv(min(1 << 20, self.total - self.got))
+                if not chunk:
+                    self.failed = f"closed after {self.got} of {self.total} bytes"
+                    return
+                off = self.got % len(self.want)
+                if chunk != pattern[off:off + len(chunk)]:
+                    self.wrong += 1
+                self.got += len(chunk)
+        except OSError as exc:
+            self.failed = f"read: {exc!r}"
+
+    def progress(self):
+        return self.got / self.total
+
+    def join(self):
+        for t in self.threads:
+            t.join(120 * SLOWDOWN)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("kind", ["get", "set"])
+def test_large_pipelines_do_not_hold_up_other_clients(fresh_cluster, make_proxy, kind):
+    """Clients that pipeline hundreds of 1 MB GETs (or SETs), reading their replies, share
+    the proxy's connection to the replica (the primary) with every other client, and Redis
+    answers a connection's requests in order. Each may have only limits.max_inflight_bytes
+    (4 MB by default) of requests and expected replies in flight, so another client's small
+    request waits behind a few MB, not behind everything they sent (seconds of transfer)."""
+    c = fresh_cluster
+    value = os.urandom(MB // 2).hex().encode()
+    primary = c.primary.client(timeout=30)
+    primary.set("abuse:hog", value)
+    primary.set("abuse:small", "small")
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c)
+    small = connect(proxy.port, timeout=60 * SLOWDOWN)
+    # A GET of a key this client never wrote goes to the replica; a SET to the primary.
+    probe, probe_want = ((encode_command("GET", "abuse:small"), b"$5\r\nsmall\r\n")
+                         if kind == "get" else (encode_command("SET", "abuse:small2", "x"),
+                                                b"+OK\r\n"))
+    small.sendall(probe)
+    assert read_replies(small, 1)[0] == [probe_want]
+    hogs = [Hog(proxy.port, kind, value).start() for _ in range(HOGS)]
+    try:
+        # The hogs' requests are in flight once their first replies come.
+        wait_until(lambda: sum(h.got for h in hogs) > 0, 30 * SLOWDOWN, what="hog replies")
+        waits = []
+        for _ in range(3):
+            before = sum(h.progress() for h in hogs) / HOGS
+            if before > 0.5:
+                break
+            t0 = time.monotonic()
+            small.sendall(probe)
+            reply = read_replies(small, 1, timeout=60 * SLOWDOWN)[0]
+            after = sum(h.progress() for h in hogs) / HOGS
+            assert reply == [probe_want]
+            waits.append((round(after - before, 3), round(time.monotonic() - t0, 3)))
+    finally:
+        for h in hogs:
+            h.join()
+        small.close()
+    assert [h.failed for h in hogs] == [None] * HOGS
+    assert [h.wrong for h in hogs] == [0] * HOGS
+    assert waits, "the hogs were done before a small request could be timed"
+    # (hogs' progress while the small request waited, seconds it waited)
+    assert all(progress < HOG_PROGRESS_BOUND for progress, _ in waits), waits
+    assert_no_backend_marked_down(proxy)
 
 
 def test_reader_that_stops_mid_reply_is_closed_after_the_timeout(fresh_cluster, make_proxy):

@@ -2,6 +2,7 @@
 // allocation failure path that must leave the buffer as it was.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -69,6 +70,25 @@ TEST_CASE("room already there is reused after consuming, by moving the rest to t
   b.PrepareWrite(cap - 200);  // fits once the 100 remaining bytes move to the front
   CHECK(b.capacity() == cap);
   CHECK(b.view() == std::string(100, 'a'));
+}
+
+TEST_CASE("a large buffer grown in place keeps its bytes") {
+  // Past glibc's mmap threshold, growth with nothing consumed moves pages (realloc).
+  Buffer b;
+  std::string chunk(1 << 20, '\0');
+  for (size_t i = 0; i < 40; ++i) {
+    std::fill(chunk.begin(), chunk.end(), static_cast<char>('a' + i % 26));
+    b.Append(chunk.data(), chunk.size());
+  }
+  REQUIRE(b.size() == 40u << 20);
+  for (size_t i = 0; i < 40; ++i) {
+    CHECK(b.data()[i << 20] == static_cast<char>('a' + i % 26));
+    CHECK(b.data()[(i << 20) + (1 << 20) - 1] == static_cast<char>('a' + i % 26));
+  }
+  b.Consume(1);
+  b.Append("z", 1);  // growth with a consumed prefix still keeps order
+  CHECK(b.data()[0] == 'a');
+  CHECK(b.data()[b.size() - 1] == 'z');
 }
 
 }  // namespace

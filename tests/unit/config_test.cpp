@@ -198,7 +198,8 @@ TEST_CASE("Config: every KOMPRESS_ variable is read") {
                    {"KOMPRESS_MAX_INLINE_BYTES", "4k"},
                    {"KOMPRESS_MAX_REPLY_NESTING", "16"},
                    {"KOMPRESS_MAX_CLIENT_BUFFER_BYTES", "8mb"},
-                   {"KOMPRESS_MAX_PIPELINE_DEPTH", "64"}});
+                   {"KOMPRESS_MAX_PIPELINE_DEPTH", "64"},
+                   {"KOMPRESS_MAX_INFLIGHT_BYTES", "16mb"}});
   CHECK(c.listen == Endpoint{"0.0.0.0", 7000});
   CHECK(c.workers == 4);
   CHECK(c.backend_connections == 2);
@@ -217,6 +218,7 @@ TEST_CASE("Config: every KOMPRESS_ variable is read") {
   CHECK(c.resp.max_nesting == 16);
   CHECK(c.client.max_client_buffer_bytes == 8 * 1024 * 1024);
   CHECK(c.client.max_pipeline_depth == 64);
+  CHECK(c.client.max_inflight_bytes == 16 * 1024 * 1024);
 }
 
 TEST_CASE("Config: YAML file with every key") {
@@ -481,6 +483,7 @@ TEST_CASE("Config: bad sizes, counts and integers say why") {
       {"--max-array-len", "limits.max_array_len", "0", "greater than 0"},
       {"--max-array-len", "limits.max_array_len", "10x", "trailing garbage"},
       {"--max-pipeline-depth", "limits.max_pipeline_depth", "1k", "no unit"},
+      {"--max-inflight-bytes", "limits.max_inflight_bytes", "0", "greater than 0"},
       {"--workers", "workers", "1025", "must be 0-1024"},
       {"--workers", "workers", "-1", "must be 0-1024"},
       {"--workers", "workers", "2x", "trailing garbage"},
@@ -624,6 +627,7 @@ TEST_CASE("Config: HelpText lists every flag, env var and the REDIS_ variables")
                         "--max-reply-nesting",
                         "--max-client-buffer-bytes",
                         "--max-pipeline-depth",
+                        "--max-inflight-bytes",
                         "REDIS_HOST",
                         "REDIS_PORT",
                         "REDIS_REPLICAS_HOST_PORT",
