@@ -502,12 +502,16 @@ void ClientSession::MaybeQuit() {
     }
     if (!quit_marker_seen_) return;
   } else if (stream_outstanding_ != 0 || !pin().inflight.empty()) {
-    return;
+    // At the client's EOF a command blocked without end is not waited for (see OnPeerEof);
+    // a QUIT the client sent after it is, as Redis reads nothing from a blocked client.
+    if (!quit_silent_ || pin().inflight.empty() || !pin().inflight.front().blocking) return;
   }
   AbandonPinned();  // closed quietly: the backend is not blamed for it
-  scratch_.Clear();
-  resp::AppendSimple(scratch_, "OK");
-  ReplyNow(scratch_);
+  if (!quit_silent_) {
+    scratch_.Clear();
+    resp::AppendSimple(scratch_, "OK");
+    ReplyNow(scratch_);
+  }
   closing_after_flush_ = true;
   MaybeFinish();
 }

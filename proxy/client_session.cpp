@@ -190,16 +190,31 @@ void ClientSession::OnPeerEof() {
   if (closed_) return;
   ProcessInput();
   if (closed_) return;
-  if (subscribed_ || (dedicated_ != nullptr &&
-                      (in_multi_ || watching_ || pin_permanent_ ||
-                       (pin_ && !pin_->inflight.empty() && pin_->inflight.front().blocking)))) {
-    // A session that would never finish on its own (a transaction or WATCH left open, a
-    // subscription, MONITOR, a command blocked without end): it ends now, as Redis ends a
-    // client at EOF. One whose replies are merely due (EXEC sent) gets them first.
-    Close();
+  bool blocked = false;
+  if (pin_) {
+    // Sent, or waiting to be sent behind the client's earlier requests.
+    for (size_t i = 0; i < pin_->inflight.size(); ++i) blocked |= pin_->inflight[i].blocking;
+    for (size_t i = 0; i < pin_->backlog_kinds.size(); ++i) {
+      blocked |= pin_->backlog_kinds[i].blocking;
+    }
+  }
+  if (!subscribed_ &&
+      !(dedicated_ != nullptr && (in_multi_ || watching_ || pin_permanent_ || blocked))) {
+    StartDrain();
     return;
   }
-  StartDrain();
+  // A session that would never finish on its own (a transaction or WATCH left open, a
+  // subscription, MONITOR, a command blocked without end) ends as Redis ends a client at
+  // EOF: what it sent is answered first (the open transaction goes with the connection), a
+  // command blocked without end is not waited for. That is a QUIT without its +OK.
+  if (quit_pending_) return;  // the client's own QUIT ends it
+  if (dedicated_ != nullptr && !unpin_marker_sent_ && !resubscribing_ && resub_swallow_ == 0 &&
+      !auth_pending_) {
+    quit_pending_ = quit_silent_ = true;
+    MaybeQuit();
+    return;
+  }
+  Close();  // between states (leaving pub/sub, subscribing again): nothing is due
 }
 
 void ClientSession::ResumeReading() {

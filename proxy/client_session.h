@@ -418,6 +418,7 @@ class ClientSession {
   }
   uint64_t pin_wait_deadline_ = 0;  // worker clock; 0: not waiting
   bool quit_pending_ = false;       // QUIT received while pinned: +OK once earlier replies are in
+  bool quit_silent_ = false;        // ... or the client's EOF: the same end without the +OK
   bool quit_marker_sent_ = false;   // push mode: the PING that marks the end of what is due
   bool quit_marker_seen_ = false;
   // Why the session is pinned. A transaction (MULTI/WATCH) gives the connection back once

@@ -459,6 +459,13 @@ HALF_CLOSED = {
     + encode_command("GET", "hc:3"),
     "cut-short": b"PING\r\n*2\r\n$3\r\nGET",
     "transaction": b"MULTI\r\nINCR hc:n\r\nEXEC\r\n",
+    # Sessions on a dedicated connection that would never finish on their own: what was
+    # sent is answered, then the connection closes (the open transaction goes with it).
+    "watch-open": b"WATCH hc:w\r\nGET hc:w\r\n",
+    "multi-open": b"MULTI\r\nINCR hc:n\r\n",
+    "subscribe": b"SUBSCRIBE hc:ch\r\n",
+    "get-then-blpop": b"GET hc:w\r\nBLPOP hc:nolist 0\r\n",
+    "select-then-get": b"SELECT 2\r\nGET hc:w\r\n",
 }
 
 
@@ -476,11 +483,13 @@ def test_half_closed_client_gets_every_reply_then_eof(cluster, proxy, what):
     assert got == want, f"{what}: proxy {got[0][-200:]!r} vs Redis {want[0][-200:]!r}"
     assert want[0], what  # Redis answered something: the comparison means something
     assert proxy.client().ping() is True
+    # The open transaction was discarded with the connection, as Redis discards it.
+    assert cluster.primary.client().get("hc:n") == (b"1" if what == "transaction" else None)
 
 
 def test_clients_that_close_inside_pinned_sessions_are_closed(cluster, make_proxy):
     """A client that closes (or half-closes) with a transaction or WATCH open, inside a
-    subscription or blocked in BLPOP 0 is closed by the proxy at once, as Redis closes it:
+    subscription or MONITOR, or blocked in BLPOP 0 is closed by the proxy, as Redis closes it:
     its session never finishes on its own, and must not hold a descriptor, a client slot and
     a dedicated backend connection for good."""
     admin = free_port()
@@ -493,7 +502,8 @@ def test_clients_that_close_inside_pinned_sessions_are_closed(cluster, make_prox
     base = clients()
     socks = []
     for pin, half in [(("WATCH", "pc:a"), False), (("MULTI",), False),
-                      (("SUBSCRIBE", "pc:ch"), True), (("WATCH", "pc:a"), True)]:
+                      (("SUBSCRIBE", "pc:ch"), True), (("WATCH", "pc:a"), True),
+                      (("MONITOR",), True)]:
         for _ in range(3):
             s = connect(proxy.port)
             s.sendall(encode_command(*pin))
