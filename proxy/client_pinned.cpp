@@ -120,6 +120,15 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
   }
   ++stream_outstanding_;
   PinnedReq kind{d.blocking && !in_multi_, false, d.push && !in_multi_};
+  if (!in_multi_) {
+    // CLIENT REPLY: whether the commands the proxy answers in the stream get an answer.
+    reply_skip_ = false;  // a SKIP covered this command
+    if (req.argc == 3 && EqualsLower(name, "client") && EqualsLower(req.arg(1), "reply")) {
+      if (EqualsLower(req.arg(2), "off")) reply_off_ = true;
+      if (EqualsLower(req.arg(2), "on")) reply_off_ = false;
+      if (EqualsLower(req.arg(2), "skip")) reply_skip_ = !reply_off_;
+    }
+  }
   if (pin_permanent_) return kind;
   if (EqualsLower(name, "multi")) {
     in_multi_ = true;
@@ -184,6 +193,17 @@ bool ClientSession::AnswerInStream(const Request& req, const RouteDecision& d) {
                      d.local == LocalCommand::kClientList);
   if (d.route != Route::kDeny && !self) return false;
   if (reset_forwarded_ || resubscribing_ || quit_pending_) return false;
+  if (!in_multi_ && (reply_off_ || reply_skip_)) {
+    // CLIENT REPLY OFF / SKIP: Redis would not answer it, and a marker would get no reply
+    // either (its answer would wait for good). The server's SKIP is spent on a PING instead,
+    // so the client's next command is answered, as it would be.
+    if (!reply_off_) {
+      static constexpr char kPing[] = "*1\r\n$4\r\nPING\r\n";
+      SendPinned(kPing, sizeof kPing - 1, PinnedReq{false, true, false});
+    }
+    reply_skip_ = false;
+    return true;
+  }
   Buffer reply;
   if (d.route == Route::kDeny) {
     resp::AppendError(reply, d.deny_reason);
@@ -391,6 +411,7 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     // RESET is answered too. RESET also logged the connection out of the backend, so with
     // backend credentials it is closed rather than reused.
     reset_forwarded_ = false;
+    reply_off_ = reply_skip_ = false;
     name_.clear();
     authenticated_ = NeedsNoAuth(worker_->config());
     // What arrived after RESET is framed again from its start by the parser for the new

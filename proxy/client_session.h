@@ -435,6 +435,8 @@ class ClientSession {
   size_t resub_swallow_ = 0;        // confirmations of the renewal still to drop
   bool in_multi_ = false;
   bool watching_ = false;
+  bool reply_off_ = false;   // CLIENT REPLY OFF forwarded (pinned): nothing is answered
+  bool reply_skip_ = false;  // CLIENT REPLY SKIP forwarded: the next command is not answered
   uint64_t stream_outstanding_ = 0;  // requests forwarded, not yet answered (exact for
                                      // transactions; pub/sub replies are not one-to-one)
   bool reset_forwarded_ = false;

@@ -26,6 +26,6 @@ echo "== fuzz smoke (libFuzzer)"
 CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -DKP_FUZZ=ON -DKP_TESTS=OFF >/dev/null
 cmake --build build-fuzz -j"$jobs" --target request_parser_fuzz reply_framer_fuzz
 for t in request_parser_fuzz reply_framer_fuzz; do
-  ./build-fuzz/fuzz/$t -max_total_time=20 -dict=fuzz/resp.dict -print_final_stats=0 2>&1 | tail -1
+  ./build-fuzz/fuzz/$t -max_total_time=12 -dict=fuzz/resp.dict -print_final_stats=0 2>&1 | tail -1
 done
 echo "all test stages passed"

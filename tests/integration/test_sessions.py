@@ -2,6 +2,7 @@
 AUTH against the proxy's requirepass, backend credentials, and the admin HTTP endpoint.
 A direct connection to Redis is the reference for every answer."""
 
+import os
 import threading
 import time
 
@@ -693,3 +694,67 @@ def test_a_message_carrying_a_marker_token_is_delivered_as_sent(proxy):
         want += [b">3\r\n$7\r\nmessage\r\n$9\r\npin:forge\r\n$%d\r\n%s\r\n"
                  % (len(t), t.encode()), b":1\r\n"]
     assert got == want + [cid], got
+
+
+def exchange_until_quiet(port, payload, quiet=0.5):
+    """Sends payload and returns every byte that arrives until nothing has for `quiet` s."""
+    with connect(port) as s:
+        s.sendall(payload)
+        s.settimeout(quiet * SLOWDOWN)
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        return data
+
+
+CLIENT_REPLY_CASES = {
+    "off-then-on": [("CLIENT", "REPLY", "OFF"), ("CLIENT", "ID"), ("SET", "cr:k", "1"),
+                    ("CLIENT", "REPLY", "ON"), ("GET", "cr:k")],
+    "skip-a-local-answer": [("CLIENT", "REPLY", "SKIP"), ("CLIENT", "ID"), ("PING",)],
+    "skip-a-forwarded-one": [("CLIENT", "REPLY", "SKIP"), ("GET", "cr:k"), ("PING", "after")],
+    "off-then-reset": [("CLIENT", "REPLY", "OFF"), ("CLIENT", "ID"), ("CLIENT", "ID"),
+                       ("RESET",), ("PING",)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLIENT_REPLY_CASES))
+def test_client_reply_off_and_skip_cover_what_the_proxy_answers(cluster, proxy, case):
+    """Under CLIENT REPLY OFF/SKIP the commands the proxy answers itself on the pinned
+    connection (CLIENT ID/INFO/LIST, refusals) get no answer, as from Redis, and a SKIP
+    spent on one leaves the client's next command answered."""
+    payload = b"".join(encode_command(*c) for c in CLIENT_REPLY_CASES[case])
+    want = exchange_until_quiet(cluster.primary.port, payload)
+    got = exchange_until_quiet(proxy.port, payload)
+    assert got == want, case
+    assert want or case == "skip-a-forwarded-one", case
+
+
+def test_client_reply_off_local_answers_are_not_kept(cluster, make_proxy):
+    """Under CLIENT REPLY OFF nothing is answered, so nothing may be kept for an answer:
+    200,000 CLIENT IDs and refused commands leave the proxy's memory where it was."""
+    asan = os.environ.get("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
+    proxy = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+                       env={"ASAN_OPTIONS": asan + ":quarantine_size_mb=8"})
+
+    def rss():
+        with open(f"/proc/{proxy.proc.pid}/status") as f:
+            return int(f.read().split("VmRSS:")[1].split()[0]) * 1024
+
+    n = 100_000
+    with connect(proxy.port) as s:
+        s.sendall(encode_command("CLIENT", "REPLY", "OFF") + encode_command("PING"))
+        time.sleep(0.2)
+        before = rss()
+        batch = (encode_command("CLIENT", "ID") + encode_command("SHUTDOWN")) * 1000
+        for _ in range(n // 1000):
+            s.sendall(batch)
+        s.sendall(encode_command("CLIENT", "REPLY", "ON") + encode_command("PING", "done"))
+        assert read_replies(s, 2, timeout=30 * SLOWDOWN)[0] == [b"+OK\r\n", b"$4\r\ndone\r\n"]
+        grown = rss() - before
+    assert grown < 4 * 1024 * 1024, f"proxy grew by {grown} bytes"
