@@ -332,6 +332,9 @@ void ClientSession::SendPart(uint64_t parent, uint32_t part, uint16_t group, uin
   Slot& s = SlotAt(seq);
   s.parent = parent;
   s.part = part;
+  ++aux_slots_;
+  s.sent_bytes = raw.size();
+  inflight_bytes_ += raw.size();
   s.hslot = hslot;
   s.is_read = is_read;
   s.kind = is_read ? 1 : 2;
@@ -524,6 +527,7 @@ bool ClientSession::FollowRedirect(uint64_t seq, Backend* from, const char* data
         static constexpr char kAsking[] = "*1\r\n$6\r\nASKING\r\n";
         uint64_t a = NewSlot();
         SlotAt(a).discard = true;
+        ++aux_slots_;
         Slot& again_s = SlotAt(seq);  // NewSlot may have moved the ring
         conn->Send(this, a, kAsking, sizeof kAsking - 1, deadline);
         ++inflight_;

@@ -819,6 +819,8 @@ void ClientSession::OnReplyPart(uint64_t seq, const char* data, size_t len) {
     return;
   }
   s.streamed += len;
+  // The reply is at least this large already: later requests are weighed by it now.
+  if (s.kind != 0) reply_estimate_ = std::max(reply_estimate_, s.streamed);
   // A reply larger than the bound is delivered, not counted (as when it arrives whole).
   if (s.streamed > worker_->config().client.max_client_buffer_bytes) {
     oversize_bytes_ = std::max(oversize_bytes_, s.streamed);
@@ -991,6 +993,8 @@ void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
     uint64_t parent = s.parent;
     uint32_t part = s.part;
     s.done = true;
+    inflight_bytes_ -= s.sent_bytes;
+    s.sent_bytes = 0;
     Buffer whole;
     if (parent != kNoParent && !s.reply.empty()) {
       // Leading bytes of a large part reply arrived before (OnReplyPart).
@@ -1095,6 +1099,7 @@ void ClientSession::AdvanceHead() {
     s.reply.ShrinkIfEmpty(kKeepBuffer);
     s.request.Clear();
     s.request.ShrinkIfEmpty(kKeepBuffer);
+    if (s.parent != kNoParent || s.discard) --aux_slots_;
     ++head_;
   }
   MaybeResume();
@@ -1114,12 +1119,19 @@ void ClientSession::ResumeStreams() {
 bool ClientSession::InflightReaches(uint64_t depth, size_t bytes) const {
   uint64_t n = next_ - head_;
   if (n == 0) return false;
-  if (n >= depth || (reply_estimate_ == 0 && n >= kFirstBurst)) return true;
+  if (n >= depth) return true;
+  // A reply waiting for this client to read it (a connection paused streaming it, see
+  // WaitForDrain) holds nobody else up; a client that writes its whole pipeline before
+  // reading must not be stopped then, or neither side would move.
+  if (!drain_waiters_.empty()) return false;
   // A client's requests queue ahead of everyone else's on the shared connections: a pipeline
   // of large GETs or SETs would make others wait seconds for a small reply (Redis answers a
   // connection's requests in order). The bound counts what its requests will bring back, as
-  // its earlier replies suggest, so small requests keep the full depth.
-  return inflight_bytes_ + n * reply_estimate_ >= bytes;
+  // its earlier replies suggest, so small requests keep the full depth. The parts of a
+  // request split over shards count as the one request their merged reply answers.
+  uint64_t requests = n - aux_slots_;
+  if (reply_estimate_ == 0) return requests >= kFirstBurst;
+  return inflight_bytes_ + requests * reply_estimate_ >= bytes;
 }
 
 void ClientSession::NoteReplySize(size_t len) {
@@ -1137,7 +1149,8 @@ void ClientSession::MaybeResume() {
   if (!drain_waiters_.empty() && StreamBacklog() <= kStreamResumeAt) ResumeStreams();
   const ClientLimits& lim = worker_->config().client;
   if (!paused_ || closed_ ||
-      InflightReaches(lim.max_pipeline_depth / 2 + 1, lim.max_inflight_bytes / 2) ||
+      (dedicated_ == nullptr &&
+       InflightReaches(lim.max_pipeline_depth / 2 + 1, lim.max_inflight_bytes / 2)) ||
       CountedReplyBytes() > lim.max_client_buffer_bytes / 4) {
     return;
   }
@@ -1193,6 +1206,10 @@ void ClientSession::DropForTotalBudget() {
 }
 
 void ClientSession::Flush() {
+  if (closed_) return;
+  // A bound that held reading back may have been lifted by something other than a reply
+  // (a connection now waiting for this client to read).
+  if (paused_ && !reading_) MaybeResume();
   if (closed_) return;
   Account();
   if (closed_ || !CheckOutputLimit()) return;

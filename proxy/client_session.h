@@ -298,7 +298,7 @@ class ClientSession {
   bool InflightReaches(uint64_t depth, size_t bytes) const;
   // Learns the size of this client's replies (what its requests in flight will bring back).
   void NoteReplySize(size_t len);
-  static constexpr uint64_t kFirstBurst = 32;  // in flight before any reply size is known
+  static constexpr uint64_t kFirstBurst = 16;  // in flight before any reply size is known
   // The connections waiting for this client to read (see WaitForDrain) read on.
   void ResumeStreams();
   // Reply bytes held for the client that count against max_client_buffer_bytes.
@@ -337,6 +337,7 @@ class ClientSession {
   size_t inflight_ = 0;        // requests a BackendConn will still call back about
   size_t inflight_bytes_ = 0;  // request bytes of the slots not answered yet (Slot::sent_bytes)
   size_t reply_estimate_ = 0;  // typical reply size (see NoteReplySize); 0: none seen yet
+  uint64_t aux_slots_ = 0;     // slots in the ring that are parts of another (FanOut, ASKING)
 
   std::unique_ptr<TlsStream> tls_;  // clients of tls_listen
   Buffer in_;

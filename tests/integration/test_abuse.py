@@ -1278,7 +1278,8 @@ def test_large_pipelines_do_not_hold_up_other_clients(fresh_cluster, make_proxy,
     primary.set("abuse:hog", value)
     primary.set("abuse:small", "small")
     c.wait_replicated()
-    proxy = start_proxy(make_proxy, c)
+    # A probe slower than the timeout would be an error rather than a measure of its wait.
+    proxy = start_proxy(make_proxy, c, "--timeout", "10")
     small = connect(proxy.port, timeout=60 * SLOWDOWN)
     # A GET of a key this client never wrote goes to the replica; a SET to the primary.
     probe, probe_want = ((encode_command("GET", "abuse:small"), b"$5\r\nsmall\r\n")
@@ -1288,8 +1289,8 @@ def test_large_pipelines_do_not_hold_up_other_clients(fresh_cluster, make_proxy,
     assert read_replies(small, 1)[0] == [probe_want]
     hogs = [Hog(proxy.port, kind, value).start() for _ in range(HOGS)]
     try:
-        # The hogs' requests are in flight once their first replies come.
-        wait_until(lambda: sum(h.got for h in hogs) > 0, 30 * SLOWDOWN, what="hog replies")
+        # The hogs' requests are in flight, and sized by the proxy, once replies come.
+        wait_until(lambda: all(h.got > 0 for h in hogs), 30 * SLOWDOWN, what="hog replies")
         waits = []
         for _ in range(3):
             before = sum(h.progress() for h in hogs) / HOGS
@@ -1311,6 +1312,49 @@ def test_large_pipelines_do_not_hold_up_other_clients(fresh_cluster, make_proxy,
     # (hogs' progress while the small request waited, seconds it waited)
     assert all(progress < HOG_PROGRESS_BOUND for progress, _ in waits), waits
     assert_no_backend_marked_down(proxy)
+
+
+def test_whole_pipeline_written_before_reading_gets_every_reply(fresh_cluster, make_proxy):
+    """redis-py and Jedis pipelines write every command before reading a reply. With large
+    values the bound on bytes in flight must not stop reading such a client while its own
+    replies wait for it to read: 40 SET + GET pairs of 1 MB, written whole, all answered."""
+    c = fresh_cluster
+    proxy = start_proxy(make_proxy, c)
+    value = os.urandom(MB // 2).hex().encode()
+    n = 40
+    payload = b"".join(encode_command("SET", f"abuse:wr{i}", value) +
+                       encode_command("GET", f"abuse:wr{i}") for i in range(n))
+    with connect(proxy.port, timeout=30 * SLOWDOWN) as s:
+        s.sendall(payload)  # 40 MB: blocks until the proxy has taken it all
+        replies, rest = read_replies(s, 2 * n, timeout=30 * SLOWDOWN)
+    assert rest == b""
+    want = b"$%d\r\n%s\r\n" % (len(value), value)
+    assert replies == [b"+OK\r\n", want] * n
+
+
+def test_pinned_client_paused_for_unread_replies_is_read_again(fresh_cluster, make_proxy):
+    """A pinned client (WATCH) that stopped reading while large replies piled up is read
+    again once it catches up, whatever size its earlier replies taught the proxy."""
+    c = fresh_cluster
+    proxy = start_proxy(make_proxy, c, "--max-client-buffer-bytes", "16mb")
+    value = os.urandom(3 * MB // 2).hex().encode()  # 3 MB
+    c.primary.client(timeout=30).set("abuse:pin-big", value)
+    want = b"$%d\r\n%s\r\n" % (len(value), value)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((HOST, proxy.port))
+    try:
+        s.sendall(encode_command("GET", "abuse:pin-big"))
+        assert read_replies(s, 1, timeout=30 * SLOWDOWN)[0] == [want]
+        s.sendall(encode_command("WATCH", "abuse:pin-k"))
+        assert read_replies(s, 1, timeout=10 * SLOWDOWN)[0] == [b"+OK\r\n"]
+        s.sendall(encode_command("GET", "abuse:pin-big") * 5)  # 15 MB, not read yet
+        time.sleep(1.0)
+        s.sendall(encode_command("PING", "after"))
+        replies, _ = read_replies(s, 6, timeout=20 * SLOWDOWN)
+    finally:
+        s.close()
+    assert replies == [want] * 5 + [b"$5\r\nafter\r\n"]
 
 
 def test_reader_that_stops_mid_reply_is_closed_after_the_timeout(fresh_cluster, make_proxy):
