@@ -1129,7 +1129,7 @@ bool ClientSession::InflightReaches(uint64_t depth, size_t bytes) const {
   // connection's requests in order). The bound counts what its requests will bring back, as
   // its earlier replies suggest, so small requests keep the full depth. The parts of a
   // request split over shards count as the one request their merged reply answers.
-  uint64_t requests = n - aux_slots_;
+  uint64_t requests = n > aux_slots_ ? n - aux_slots_ : 0;
   if (reply_estimate_ == 0) return requests >= kFirstBurst;
   return inflight_bytes_ + requests * reply_estimate_ >= bytes;
 }
