@@ -120,6 +120,10 @@ class Buffer {
       wpos_ = used;
       return;
     }
+    // No buffer may exceed half the address space: past that the doubling below would
+    // overflow, and no allocator hands out such a block anyway.
+    constexpr size_t kMaxCap = SIZE_MAX / 4;
+    if (n > kMaxCap - used) throw std::bad_alloc();
     size_t want = used + n;
     size_t ncap = cap_ ? cap_ : 512;  // small first: ten thousand idle clients hold one each
     if (exact) {
