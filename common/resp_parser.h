@@ -74,6 +74,7 @@ class RequestParser {
     size_t len = 0;
   };
 
+  bool ParseWhole(const char* data, size_t len, size_t* consumed);
   ParseStatus ParseMultibulk(const char* data, size_t len, size_t* consumed);
   ParseStatus ParseInline(const char* data, size_t len, size_t* consumed);
   ParseStatus FindLineEnd(const char* data, size_t len, char term, std::string_view too_big,

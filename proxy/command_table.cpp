@@ -7,6 +7,7 @@
 #include <cctype>
 
 #include <cstddef>
+#include <cstring>
 #include <iterator>
 #include <limits>
 #include <utility>
@@ -317,6 +318,7 @@ class CommandTableBuilder {
       std::string key = info.name;
       table->commands_.emplace(std::move(key), std::move(info));
     }
+    table->Reindex();
     return table;
   }
 
@@ -327,6 +329,7 @@ class CommandTableBuilder {
       if (error) *error = "COMMAND reply: " + r.error();
       return nullptr;
     }
+    table->Reindex();
     return table;
   }
 
@@ -427,13 +430,48 @@ std::unique_ptr<CommandTable> CommandTable::FromCommandReply(std::string_view re
   return CommandTableBuilder::FromReply(reply, error);
 }
 
+uint64_t CommandTable::IndexHash(std::string_view lower) {
+  // FNV-1a, made odd so that 0 can mark an empty slot.
+  uint64_t h = 1469598103934665603ull;
+  for (char c : lower) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+  return h | 1;
+}
+
+void CommandTable::Reindex() {
+  size_t size = 16;
+  while (size < commands_.size() * 2) size *= 2;
+  index_.assign(size, IndexSlot{});
+  const size_t mask = size - 1;
+  for (const auto& entry : commands_) {
+    const uint64_t h = IndexHash(entry.first);
+    size_t i = static_cast<size_t>(h ^ (h >> 32)) & mask;
+    while (index_[i].entry != nullptr) i = (i + 1) & mask;
+    index_[i] = IndexSlot{h, &entry};
+  }
+}
+
 const CommandInfo* CommandTable::Lookup(std::string_view name, std::string_view sub) const {
-  if (name.size() > kMaxNameLen) return nullptr;
+  if (name.size() > kMaxNameLen || index_.empty()) return nullptr;
+  // Lowered and hashed in one pass (the same FNV-1a as IndexHash).
   char lower[kMaxNameLen];
-  for (size_t i = 0; i < name.size(); ++i) lower[i] = ToLower(name[i]);
-  const auto it = commands_.find(std::string_view(lower, name.size()));
-  if (it == commands_.end()) return nullptr;
-  const CommandInfo& command = it->second;
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < name.size(); ++i) {
+    lower[i] = ToLower(name[i]);
+    h = (h ^ static_cast<uint8_t>(lower[i])) * 1099511628211ull;
+  }
+  h |= 1;
+  const size_t mask = index_.size() - 1;
+  const std::pair<const std::string, CommandInfo>* found = nullptr;
+  for (size_t i = static_cast<size_t>(h ^ (h >> 32)) & mask;; i = (i + 1) & mask) {
+    const IndexSlot& slot = index_[i];
+    if (slot.entry == nullptr) return nullptr;
+    if (slot.hash == h && slot.entry->first.size() == name.size() &&
+        std::memcmp(slot.entry->first.data(), lower, name.size()) == 0) {
+      found = slot.entry;
+      break;
+    }
+  }
+  const CommandInfo& command = found->second;
   if (!sub.empty()) {
     // Subcommand rows are "parent|sub"; compare only the part after the bar.
     const size_t prefix = command.name.size() + 1;
@@ -496,6 +534,7 @@ std::unique_ptr<CommandTable> CommandTable::Merge(const CommandTable& base,
     }
   }
   if (added != nullptr) *added = n;
+  merged->Reindex();
   return merged;
 }
 

@@ -57,6 +57,20 @@ struct CommandInfo {
 
 class CommandTable {
  public:
+  CommandTable() = default;
+  // The lookup index points into commands_: a copy builds its own.
+  CommandTable(const CommandTable& other) : commands_(other.commands_) { Reindex(); }
+  CommandTable& operator=(const CommandTable& other) {
+    if (this != &other) {
+      commands_ = other.commands_;
+      Reindex();
+    }
+    return *this;
+  }
+  // A moved map keeps its nodes, so the index stays valid.
+  CommandTable(CommandTable&&) = default;
+  CommandTable& operator=(CommandTable&&) = default;
+
   // The table generated from Redis 7.0 and checked in.
   static const CommandTable& Builtin();
 
@@ -92,7 +106,19 @@ class CommandTable {
       return static_cast<size_t>(h);
     }
   };
+  // Lookup()'s index over commands_ (whose nodes never move): open addressing, a power of
+  // two at most half full, the hash kept beside each entry. One probe and one compare for a
+  // known name, where the map costs a division, a chain walk and a string compare; it is
+  // consulted once per request. Rebuilt by Reindex() whenever commands_ gains an entry.
+  struct IndexSlot {
+    uint64_t hash = 0;
+    const std::pair<const std::string, CommandInfo>* entry = nullptr;
+  };
+  void Reindex();
+  static uint64_t IndexHash(std::string_view lower);
+
   std::unordered_map<std::string, CommandInfo, Hash, std::equal_to<>> commands_;
+  std::vector<IndexSlot> index_;
   friend class CommandTableBuilder;
 };
 
