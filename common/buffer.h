@@ -24,26 +24,44 @@ namespace kp {
 class SpareBlocks {
  public:
   static constexpr size_t kMax = 256;
-  SpareBlocks() = default;
-  SpareBlocks(const SpareBlocks&) = delete;
-  SpareBlocks& operator=(const SpareBlocks&) = delete;
-  ~SpareBlocks() {
-    for (size_t i = 0; i < n_; ++i) std::free(blocks_[i]);
+  static char* Take() {
+    List& l = Mine();
+    return l.n == 0 ? nullptr : l.blocks[--l.n];
   }
-  char* Take() { return n_ == 0 ? nullptr : blocks_[--n_]; }
-  bool Give(char* p) {
-    if (n_ == kMax) return false;
-    blocks_[n_++] = p;
+  // False when the caller must free the block itself: the list is full, or this thread is
+  // exiting and its list was already emptied (buffers held by other thread-local objects
+  // are destroyed in any order relative to it).
+  static bool Give(char* p) {
+    List& l = Mine();
+    if (l.closed || l.n == kMax) return false;
+    thread_local Reaper reaper;  // its first use arranges the release at thread exit
+    (void)reaper;
+    l.blocks[l.n++] = p;
     return true;
-  }
-  static SpareBlocks& ThisThread() {
-    thread_local SpareBlocks spares;
-    return spares;
   }
 
  private:
-  char* blocks_[kMax];
-  size_t n_ = 0;
+  // Trivially destructible, so it stays usable while the thread's destructors run.
+  struct List {
+    char* blocks[kMax];
+    size_t n;
+    bool closed;
+  };
+  struct Reaper {
+    Reaper() = default;
+    Reaper(const Reaper&) = delete;
+    Reaper& operator=(const Reaper&) = delete;
+    ~Reaper() {
+      List& l = Mine();
+      for (size_t i = 0; i < l.n; ++i) std::free(l.blocks[i]);
+      l.n = 0;
+      l.closed = true;
+    }
+  };
+  static List& Mine() {
+    thread_local List list{};
+    return list;
+  }
 };
 
 class Buffer {
@@ -131,12 +149,12 @@ class Buffer {
   static constexpr size_t kFirstBlock = 512;
   static char* Allocate(size_t n) {
     if (n == kFirstBlock) {
-      if (char* p = SpareBlocks::ThisThread().Take()) return p;
+      if (char* p = SpareBlocks::Take()) return p;
     }
     return static_cast<char*>(std::malloc(n));
   }
   static void Release(char* p, size_t cap) {
-    if (p != nullptr && cap == kFirstBlock && SpareBlocks::ThisThread().Give(p)) return;
+    if (p != nullptr && cap == kFirstBlock && SpareBlocks::Give(p)) return;
     std::free(p);
   }
 
