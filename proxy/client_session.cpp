@@ -923,12 +923,26 @@ std::vector<std::vector<ClientSession::Slot>>& ClientSession::RingPool() {
   return pool;
 }
 
+void ClientSession::TrimRingPool() {
+  auto& pool = RingPool();
+  if (pool.size() > kRingPoolKeep) {
+    pool.resize(kRingPoolKeep);
+    pool.shrink_to_fit();
+  }
+}
+
 void ClientSession::MaybeReturnSlots() {
   // Only a ring nothing refers to any more: every slot answered and written, and no backend
   // still to call back about one (a late reply to a timed-out request names its slot).
   if (head_ != next_ || inflight_ != 0 || slots_.size() != kFirstSlots) return;
   auto& pool = RingPool();
-  if (pool.size() >= kRingPoolMax) return;
+  if (pool.size() >= kRingPoolMax) {
+    // No room among the spares: the ring is freed rather than kept. Thousands of clients
+    // answered in one burst (each PINGs once, then idles) would otherwise each hold one,
+    // about 0.9 KB a client, until the idle sweep.
+    std::vector<Slot>().swap(slots_);
+    return;
+  }
   for (Slot& s : slots_) {
     // Spares keep the small buffers they hold (the next client's read copies reuse them),
     // not a big value's. (NewSlot resets the rest when a slot is used again.)

@@ -112,6 +112,8 @@ class ClientSession {
   // Nothing sent for a while and nothing in flight: frees the buffers kept for speed.
   // Returns whether it had any to give.
   bool TrimIfIdle(uint64_t now_ms);
+  // Frees this thread's spare rings beyond kRingPoolKeep (the worker's idle sweep).
+  static void TrimRingPool();
   static constexpr size_t kFirstReadChunk = 1024;
   // Sends the requests waiting for a backend that can go now, fails those past their
   // deadline (worker timer). Returns whether some still wait.
@@ -270,8 +272,12 @@ class ClientSession {
   uint64_t NewSlot();
   // An idle client gives its ring of slots back to the worker thread's spares.
   void MaybeReturnSlots();
-  static constexpr size_t kFirstSlots = 4;    // grows (doubling) with the pipeline
-  static constexpr size_t kRingPoolMax = 64;  // spare rings kept per worker thread
+  static constexpr size_t kFirstSlots = 4;  // grows (doubling) with the pipeline
+  // Spare rings kept per worker thread: as many as a burst of clients returns in one loop
+  // turn (libuv hands out up to 1024 events a turn), trimmed back to kRingPoolKeep by the
+  // worker's idle sweep so a past burst does not hold them for good.
+  static constexpr size_t kRingPoolMax = 1024;
+  static constexpr size_t kRingPoolKeep = 64;
   static std::vector<std::vector<Slot>>& RingPool();
   Slot& SlotAt(uint64_t seq) { return slots_[seq & (slots_.size() - 1)]; }
   // Completes a slot with reply bytes; flushes the completed prefix into out_.

@@ -457,6 +457,7 @@ void Worker::OnTick() {
     // sessions, not their last read's 64 KB.
     size_t trimmed = 0;
     for (ClientSession* c : clients_) trimmed += c->TrimIfIdle(now) ? 1 : 0;
+    ClientSession::TrimRingPool();
     // The freed buffers are scattered through the heap: hand their pages back.
     if (trimmed >= 64) malloc_trim(0);
   }
