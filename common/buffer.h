@@ -181,8 +181,8 @@ class Buffer {
       wpos_ = used;
       return;
     }
-    // No buffer may exceed half the address space: past that the doubling below would
-    // overflow, and no allocator hands out such a block anyway.
+    // A room past a quarter of the address space is refused: no allocator hands out such a
+    // block, and below it the doubling that follows cannot overflow.
     constexpr size_t kMaxCap = SIZE_MAX / 4;
     if (n > kMaxCap - used) throw std::bad_alloc();
     size_t want = used + n;

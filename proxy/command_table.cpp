@@ -431,10 +431,8 @@ std::unique_ptr<CommandTable> CommandTable::FromCommandReply(std::string_view re
 }
 
 uint64_t CommandTable::IndexHash(std::string_view lower) {
-  // FNV-1a, made odd so that 0 can mark an empty slot.
-  uint64_t h = 1469598103934665603ull;
-  for (char c : lower) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
-  return h | 1;
+  // The map's FNV-1a, made odd so that 0 can mark an empty slot.
+  return static_cast<uint64_t>(Hash{}(lower)) | 1;
 }
 
 void CommandTable::Reindex() {
@@ -452,12 +450,12 @@ void CommandTable::Reindex() {
 
 const CommandInfo* CommandTable::Lookup(std::string_view name, std::string_view sub) const {
   if (name.size() > kMaxNameLen || index_.empty()) return nullptr;
-  // Lowered and hashed in one pass (the same FNV-1a as IndexHash).
+  // Lowered and hashed in one pass: IndexHash of the lowered name.
   char lower[kMaxNameLen];
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = Hash::kOffset;
   for (size_t i = 0; i < name.size(); ++i) {
     lower[i] = ToLower(name[i]);
-    h = (h ^ static_cast<uint8_t>(lower[i])) * 1099511628211ull;
+    h = Hash::Step(h, lower[i]);
   }
   h |= 1;
   const size_t mask = index_.size() - 1;

@@ -100,9 +100,13 @@ class CommandTable {
     using is_transparent = void;
     // FNV-1a: command names are a few bytes, where it costs a fraction of std::hash's
     // general-purpose hash (looked up once per request).
+    static constexpr uint64_t kOffset = 1469598103934665603ull;
+    static constexpr uint64_t Step(uint64_t h, char c) {
+      return (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+    }
     size_t operator()(std::string_view s) const {
-      uint64_t h = 1469598103934665603ull;
-      for (char c : s) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+      uint64_t h = kOffset;
+      for (char c : s) h = Step(h, c);
       return static_cast<size_t>(h);
     }
   };
