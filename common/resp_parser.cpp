@@ -126,13 +126,6 @@ void RequestParser::Reset() {
   error_.clear();
 }
 
-std::string_view RequestParser::arg(size_t i, const char* data) const {
-  if (i >= argc_) return {};
-  if (inline_) return inline_args_[i];
-  if (i >= kMaxArgViews || i >= parsed_args_) return {};
-  return {data + views_[i].off, views_[i].len};
-}
-
 ParseStatus RequestParser::Parse(const char* data, size_t len, size_t* consumed) {
   *consumed = 0;
   if (failed_) return ParseStatus::kError;

@@ -46,7 +46,12 @@ class RequestParser {
   // parser-owned storage instead (quotes and escapes resolved), `data` is then ignored, and
   // every i < argc() is available, since an inline request must be re-encoded whole.
   // Out of range: an empty view.
-  std::string_view arg(size_t i, const char* data) const;
+  std::string_view arg(size_t i, const char* data) const {
+    if (i >= argc_) return {};
+    if (inline_) return inline_args_[i];
+    if (i >= kMaxArgViews || i >= parsed_args_) return {};
+    return {data + views_[i].off, views_[i].len};
+  }
   // True when the last request came inline; it must be re-encoded before forwarding.
   bool is_inline() const { return inline_; }
   // The message for kError, without "-ERR ": malformed input as Redis words it ("Protocol

@@ -314,7 +314,7 @@ void ClientSession::ProcessInput() {
     } else {
       in_.Consume(consumed);
     }
-    parser.Reset();
+    if (shared == nullptr) parser.Reset();  // the worker's parser is reset as it is given back
     if (pin_ && pin_->backlog.size() > cfg.client.max_client_buffer_bytes) {
       // A pinned session's requests waiting for earlier replies count against its buffer.
       LimitError(RespLimit::kClientBuffer);

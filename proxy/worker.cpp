@@ -195,7 +195,7 @@ Worker::Pool& Worker::PoolFor(Backend* b, const ConnClass& cls) {
   return pool;
 }
 
-BackendConn* Worker::SharedConn(Backend* b, const ConnClass& cls) {
+BackendConn* Worker::SharedConnSlow(Backend* b, const ConnClass& cls) {
   Pool& pool = PoolFor(b, cls);
   if (!cls.is_default()) pool.used_ms = now();
   if (pool.conns.size() == 1) return pool.conns.front();
@@ -213,7 +213,8 @@ void Worker::DetachSharedConn(BackendConn* c) {
   detached_.insert(c);
 }
 
-BackendConn* Worker::PrimaryConnFor(Backend* primary, uint64_t client_id, const ConnClass& cls) {
+BackendConn* Worker::PrimaryConnForSlow(Backend* primary, uint64_t client_id,
+                                        const ConnClass& cls) {
   Pool& pool = PoolFor(primary, cls);
   if (!cls.is_default()) pool.used_ms = now();
   return pool.conns.size() == 1 ? pool.conns.front() : pool.conns[client_id % pool.conns.size()];

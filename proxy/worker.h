@@ -102,11 +102,25 @@ class Worker {
   // A replica of `group` that serves reads and has applied at least `min_offset` (-1: any),
   // by the read policy; nullptr when none (then the primary serves the read).
   Backend* PickReplica(const BackendGroup& group, int64_t min_offset);
-  // A shared connection to `b` for clients of class `cls`, rotating over the pool.
-  BackendConn* SharedConn(Backend* b, const ConnClass& cls = {});
+  // A shared connection to `b` for clients of class `cls`, rotating over the pool. Inline for
+  // the request path's usual case (the default class, one connection per backend, already
+  // opened): the rest is SharedConnSlow.
+  BackendConn* SharedConn(Backend* b, const ConnClass& cls = {}) {
+    if (cls.is_default()) {
+      const Pool& pool = pools_[b->index()];
+      if (pool.conns.size() == 1) return pool.conns.front();
+    }
+    return SharedConnSlow(b, cls);
+  }
   // The shared primary connection that carries every primary request of one client, so they
   // run in the order it sent them.
-  BackendConn* PrimaryConnFor(Backend* primary, uint64_t client_id, const ConnClass& cls = {});
+  BackendConn* PrimaryConnFor(Backend* primary, uint64_t client_id, const ConnClass& cls = {}) {
+    if (cls.is_default()) {
+      const Pool& pool = pools_[primary->index()];
+      if (pool.conns.size() == 1) return pool.conns.front();
+    }
+    return PrimaryConnForSlow(primary, client_id, cls);
+  }
   // A dedicated primary connection for a pinned session, opened in the client's class,
   // reusing a clean idle one of that class if any.
   BackendConn* NewDedicatedConn(Backend* primary, ClientSession* owner, const ConnClass& cls);
@@ -204,6 +218,8 @@ class Worker {
     uint64_t used_ms = 0;  // last request (classes other than the default close when idle)
   };
   Pool& PoolFor(Backend* b, const ConnClass& cls);
+  BackendConn* SharedConnSlow(Backend* b, const ConnClass& cls);
+  BackendConn* PrimaryConnForSlow(Backend* primary, uint64_t client_id, const ConnClass& cls);
   // Every shared connection of every class.
   template <typename Fn>
   void ForEachShared(Fn fn) {
