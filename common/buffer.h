@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -16,35 +17,50 @@
 
 namespace kp {
 
-// This thread's spare first blocks: emptied buffers' kFirstBlock-byte storage, handed to the
-// next buffer that needs one. At P=1 a client's reply buffer is filled and emptied (and, to
-// keep idle clients small, released) on every request; malloc's own per-thread cache holds
-// only 7 blocks of a size, so fifty clients answered in one loop turn took its slow path for
-// most of them. Bounded: a few hundred blocks per thread at most.
+// This thread's spare small blocks (512 bytes to 4 KB), handed to the next buffer that needs
+// one of that size. At P=1 a client's reply buffer is filled and emptied (and, to keep idle
+// clients small, released) on every request, and at P=16 it grows past its first block on
+// every batch; malloc's own per-thread cache holds only 7 blocks of a size, so fifty clients
+// answered in one loop turn took its slow path for most of them. Bounded: 128 KB of blocks
+// per size class and thread at most.
 class SpareBlocks {
  public:
-  static constexpr size_t kMax = 256;
-  static char* Take() {
-    List& l = Mine();
-    return l.n == 0 ? nullptr : l.blocks[--l.n];
+  static constexpr size_t kSmallest = 512;
+  static constexpr size_t kClasses = 4;  // 512, 1024, 2048, 4096
+  static constexpr size_t kLargest = kSmallest << (kClasses - 1);
+  // The class of a block of n bytes, or -1 when n is not one of the sizes kept.
+  static int ClassOf(size_t n) {
+    if (n == kSmallest) return 0;  // nearly always
+    const size_t k = n / kSmallest;
+    if (k == 0 || k > (size_t{1} << (kClasses - 1)) || (n & (n - 1)) != 0) return -1;
+    return std::countr_zero(k);
   }
-  // False when the caller must free the block itself: the list is full, or this thread is
+  static char* Take(int cls) {
+    List& l = Mine();
+    size_t& n = l.n[cls];
+    return n == 0 ? nullptr : l.blocks[cls][--n];
+  }
+  // False when the caller must free the block itself: the class is full, or this thread is
   // exiting and its list was already emptied (buffers held by other thread-local objects
   // are destroyed in any order relative to it).
-  static bool Give(char* p) {
+  static bool Give(int cls, char* p) {
     List& l = Mine();
-    if (l.closed || l.n == kMax) return false;
+    size_t& n = l.n[cls];
+    if (l.closed || n == Bound(cls)) return false;
     thread_local Reaper reaper;  // its first use arranges the release at thread exit
     (void)reaper;
-    l.blocks[l.n++] = p;
+    l.blocks[cls][n++] = p;
     return true;
   }
 
  private:
+  static constexpr size_t kMaxPerClass = 256;
+  // 256 blocks of 512 bytes, 128 of 1 KB, ...: the same bytes in every class.
+  static constexpr size_t Bound(int cls) { return kMaxPerClass >> cls; }
   // Trivially destructible, so it stays usable while the thread's destructors run.
   struct List {
-    char* blocks[kMax];
-    size_t n;
+    char* blocks[kClasses][kMaxPerClass];
+    size_t n[kClasses];
     bool closed;
   };
   struct Reaper {
@@ -53,8 +69,10 @@ class SpareBlocks {
     Reaper& operator=(const Reaper&) = delete;
     ~Reaper() {
       List& l = Mine();
-      for (size_t i = 0; i < l.n; ++i) std::free(l.blocks[i]);
-      l.n = 0;
+      for (size_t c = 0; c < kClasses; ++c) {
+        for (size_t i = 0; i < l.n[c]; ++i) std::free(l.blocks[c][i]);
+        l.n[c] = 0;
+      }
       l.closed = true;
     }
   };
@@ -146,15 +164,18 @@ class Buffer {
 
  private:
   // Small first: ten thousand idle clients hold one each.
-  static constexpr size_t kFirstBlock = 512;
-  static char* Allocate(size_t n) {
-    if (n == kFirstBlock) {
-      if (char* p = SpareBlocks::Take()) return p;
+  static constexpr size_t kFirstBlock = SpareBlocks::kSmallest;
+  [[gnu::always_inline]] static char* Allocate(size_t n) {
+    const int cls = SpareBlocks::ClassOf(n);
+    if (cls >= 0) {
+      if (char* p = SpareBlocks::Take(cls)) return p;
     }
     return static_cast<char*>(std::malloc(n));
   }
   static void Release(char* p, size_t cap) {
-    if (p != nullptr && cap == kFirstBlock && SpareBlocks::Give(p)) return;
+    if (p == nullptr) return;
+    const int cls = SpareBlocks::ClassOf(cap);
+    if (cls >= 0 && SpareBlocks::Give(cls, p)) return;
     std::free(p);
   }
 
@@ -193,7 +214,7 @@ class Buffer {
     }
     while (ncap < want) ncap *= 2;
     char* nd;
-    if (rpos_ == 0 && used != 0) {
+    if (rpos_ == 0 && used != 0 && ncap > SpareBlocks::kLargest) {
       // Nothing consumed: realloc keeps the bytes where they are when it can, and moves a
       // large block's pages rather than copying them (mremap), so a big backlog doubling
       // does not stall the loop copying it.

@@ -1,5 +1,5 @@
-// Unit tests for common/buffer: growth, compaction, exact room for announced values, and the
-// allocation failure path that must leave the buffer as it was.
+// Unit tests for common/buffer: growth, compaction, exact room for announced values, the
+// allocation failure path that must leave the buffer as it was, and the spare small blocks.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -89,6 +89,38 @@ TEST_CASE("a large buffer grown in place keeps its bytes") {
   b.Append("z", 1);  // growth with a consumed prefix still keeps order
   CHECK(b.data()[0] == 'a');
   CHECK(b.data()[b.size() - 1] == 'z');
+}
+
+TEST_CASE("small blocks of every kept size are reused once emptied, and growth keeps the bytes") {
+  // 512 B to 4 KB go to this thread's spare list when released and come back, last in first
+  // out, to the next buffer of that size; a buffer growing through them keeps its bytes.
+  std::string text;
+  for (size_t i = 0; i < 4000; ++i) text.push_back(static_cast<char>('a' + i % 26));
+  const char* blocks[4] = {};
+  for (size_t cls = 0; cls < 4; ++cls) {
+    Buffer b;
+    b.Append(text.data(), (size_t{512} << cls) - 1);
+    CHECK(b.capacity() == size_t{512} << cls);
+    blocks[cls] = b.data();
+  }
+  for (size_t cls = 0; cls < 4; ++cls) {
+    Buffer b;
+    b.Append(text.data(), (size_t{512} << cls) - 1);
+    CHECK(b.data() == blocks[cls]);  // the same storage: taken from the spare list
+  }
+  Buffer grown;
+  for (size_t i = 0; i < text.size(); i += 100) grown.Append(text.data() + i, 100);
+  CHECK(grown.capacity() == 4096);
+  CHECK(grown.view() == text);
+  grown.Consume(3000);
+  grown.Append(text.data(), 3000);  // past the largest kept size, with a consumed prefix
+  CHECK(grown.view() == text.substr(3000) + text.substr(0, 3000));
+  CHECK(SpareBlocks::ClassOf(512) == 0);
+  CHECK(SpareBlocks::ClassOf(4096) == 3);
+  CHECK(SpareBlocks::ClassOf(8192) == -1);
+  CHECK(SpareBlocks::ClassOf(1536) == -1);
+  CHECK(SpareBlocks::ClassOf(256) == -1);
+  CHECK(SpareBlocks::ClassOf(0) == -1);
 }
 
 }  // namespace
