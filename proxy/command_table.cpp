@@ -432,7 +432,7 @@ std::unique_ptr<CommandTable> CommandTable::FromCommandReply(std::string_view re
 
 uint64_t CommandTable::IndexHash(std::string_view lower) {
   // The map's FNV-1a, made odd so that 0 can mark an empty slot.
-  return static_cast<uint64_t>(Hash{}(lower)) | 1;
+  return Hash::Of(lower) | 1;
 }
 
 void CommandTable::Reindex() {

@@ -104,11 +104,13 @@ class CommandTable {
     static constexpr uint64_t Step(uint64_t h, char c) {
       return (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
     }
-    size_t operator()(std::string_view s) const {
+    // All 64 bits, also where size_t is narrower: the index keeps and compares them.
+    static constexpr uint64_t Of(std::string_view s) {
       uint64_t h = kOffset;
       for (char c : s) h = Step(h, c);
-      return static_cast<size_t>(h);
+      return h;
     }
+    size_t operator()(std::string_view s) const { return static_cast<size_t>(Of(s)); }
   };
   // Lookup()'s index over commands_ (whose nodes never move): open addressing, a power of
   // two at most half full, the hash kept beside each entry. One probe and one compare for a
