@@ -63,6 +63,9 @@ struct Config {
   // Client connections at once; lowered at start-up to fit the descriptor limit.
   uint64_t max_clients = 10000;
   unsigned backend_connections = 1;  // multiplexed connections per worker per backend
+  // TCP congestion control of connections over loopback (clients and backends on this host);
+  // "system": whatever the kernel gives them. See proxy/loopback_tcp.h.
+  std::string loopback_tcp_congestion = "reno";
   ReadPolicy read_policy = ReadPolicy::kRoundRobin;
   // Every backend gets INFO replication this often: liveness, and for replicas whether they
   // qualify for reads and how far they have replicated (read-your-writes waits on it).

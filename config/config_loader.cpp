@@ -187,6 +187,13 @@ const std::vector<KeySpec>& Specs() {
          c.backend_connections = static_cast<unsigned>(std::get<uint64_t>(v));
        },
        [](const Config& c) { return std::to_string(c.backend_connections); }},
+      {"loopback_tcp_congestion", Kind::kString, "NAME",
+       "TCP congestion control for connections over loopback (clients and backends on this "
+       "host): nothing is lost there, and BBR, a common default, paces every packet with a "
+       "timer; system: leave the kernel's choice.",
+       0, 0,
+       [](Config& c, const Value& v) { c.loopback_tcp_congestion = std::get<std::string>(v); },
+       [](const Config& c) { return c.loopback_tcp_congestion; }},
       {"read_policy", Kind::kReadPolicy, "POLICY",
        "How reads pick a replica: round_robin, random or primary.", 0, 0,
        [](Config& c, const Value& v) { c.read_policy = std::get<ReadPolicy>(v); },
@@ -1132,6 +1139,20 @@ void CrossCheck(const Config& c, const RawMap& raw) {
     Fail("limits.max_client_buffer_bytes", FormatSize(c.client.max_client_buffer_bytes),
          "too small: at least 64kb (replies for a pipeline must fit)",
          SourceOf(raw, "limits.max_client_buffer_bytes"));
+  }
+  {
+    // A kernel congestion control name (at most 15 characters), or "system".
+    const std::string& cc = c.loopback_tcp_congestion;
+    bool ok = !cc.empty() && cc.size() <= 15;
+    for (char ch : cc) {
+      ok = ok && ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '-');
+    }
+    if (!ok) {
+      Fail("loopback_tcp_congestion", cc,
+           "must be a TCP congestion control name (reno, cubic, bbr...: at most 15 of a-z 0-9 _ "
+           "-) or system",
+           SourceOf(raw, "loopback_tcp_congestion"));
+    }
   }
   if (c.tls_min_version != "1.2" && c.tls_min_version != "1.3") {
     Fail("tls_min_version", c.tls_min_version, "must be 1.2 or 1.3",

@@ -11,6 +11,7 @@
 #include "common/resp_writer.h"
 #include "proxy/client_session.h"
 #include "proxy/descriptors.h"
+#include "proxy/loopback_tcp.h"
 #include "proxy/tls.h"
 #include "proxy/worker.h"
 
@@ -287,6 +288,10 @@ void BackendConn::OnConnected(int status) {
   }
   uv_tcp_nodelay(&tcp_, 1);
   uv_tcp_keepalive(&tcp_, 1, 60);
+  uv_os_fd_t fd;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp_), &fd) == 0) {
+    TuneLoopbackCongestion(fd, worker_->config().loopback_tcp_congestion);
+  }
   uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), AllocCb, ReadCb);
   Log().debug("connected to {} {}", backend_->is_primary() ? "primary" : "replica",
               backend_->name());

@@ -11,6 +11,7 @@
 #include "common/resp_writer.h"
 #include "proxy/backend.h"
 #include "proxy/backend_conn.h"
+#include "proxy/loopback_tcp.h"
 #include "proxy/proxy_info.h"
 #include "proxy/tls.h"
 #include "proxy/worker.h"
@@ -81,6 +82,7 @@ bool ClientSession::Open(int fd, std::shared_ptr<const TlsContext> tls) {
     return false;
   }
   uv_tcp_nodelay(&tcp_, 1);
+  TuneLoopbackCongestion(fd, worker_->config().loopback_tcp_congestion);
   ResumeReading();
   return true;
 }

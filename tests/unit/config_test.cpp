@@ -754,6 +754,19 @@ TEST_CASE("Config: client and memory bounds (max_clients, max_total_client_buffe
   CHECK(Has(msg, "at least 64kb"));
 }
 
+TEST_CASE("Config: loopback_tcp_congestion takes a kernel name or system") {
+  CHECK(Load({}).loopback_tcp_congestion == "reno");
+  CHECK(Load({{"KOMPRESS_LOOPBACK_TCP_CONGESTION", "cubic"}}).loopback_tcp_congestion == "cubic");
+  CHECK(Load({}, {"--loopback-tcp-congestion", "system"}).loopback_tcp_congestion == "system");
+  CHECK(Load({}, {"--loopback-tcp-congestion", "bbr"}).loopback_tcp_congestion == "bbr");
+  std::string msg = ErrorOf({}, {"--loopback-tcp-congestion", "BBR!"});
+  CHECK(Has(msg, "config: loopback_tcp_congestion: \"BBR!\""));
+  CHECK(Has(msg, "congestion control name"));
+  CHECK(Has(ErrorOf({}, {"--loopback-tcp-congestion", "a-name-of-sixteen"}),
+            "loopback_tcp_congestion"));
+  CHECK(Has(ErrorOf({{"KOMPRESS_LOOPBACK_TCP_CONGESTION", "re no"}}), "loopback_tcp_congestion"));
+}
+
 TEST_CASE("Config: unknown KOMPRESS_ variables are warned about with the nearest name") {
   auto w = UnknownEnvWarnings({"PATH", "KOMPRESS_LISTNE", "KOMPRESS_TIMEOUT", "KOMPRESS_CONFIG",
                                "REDIS_HOST", "KOMPRESS_MAX_CLIENT_BUFER_BYTES",

@@ -1,0 +1,48 @@
+// Loopback TCP: the congestion control of connections whose peer is on this host.
+#include "proxy/loopback_tcp.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "common/logging.h"
+
+namespace kp {
+
+bool IsLoopback(const sockaddr* addr) {
+  if (addr->sa_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(addr);
+    return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (addr->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(addr);
+    if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
+  }
+  return false;  // a Unix socket, or an address family without TCP
+}
+
+void TuneLoopbackCongestion(int fd, const std::string& algorithm) {
+  if (algorithm == "system") return;
+  sockaddr_storage peer{};
+  socklen_t len = sizeof(peer);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return;  // gone already
+  if (!IsLoopback(reinterpret_cast<const sockaddr*>(&peer))) return;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, algorithm.data(),
+                 static_cast<socklen_t>(algorithm.size())) == 0) {
+    return;
+  }
+  const int err = errno;
+  static std::atomic<bool> warned{false};
+  if (warned.exchange(true)) return;
+  Log().warn(
+      "loopback_tcp_congestion: the kernel refused '{}' ({}); loopback connections keep its "
+      "default{}",
+      algorithm, std::strerror(err),
+      err == EPERM ? " (net.ipv4.tcp_allowed_congestion_control does not list it)" : "");
+}
+
+}  // namespace kp
