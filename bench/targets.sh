@@ -41,7 +41,9 @@
 #
 # Environment:
 #   ROUNDS        rounds of every interleaved comparison; medians are over these (default 3)
-#   N             requests per redis-benchmark run in 1, 2 and 6 (default 200000)
+#   N             requests per redis-benchmark run at P=1 in 1 and 2 (default 200000)
+#   N16           the same at P=16, and in 6 (default 8 x N: a P=16 run of N requests cost the
+#                 proxy only about 20 clock ticks of CPU, too coarse for a ratio)
 #   TARGETS       sections to run (default "1 2 3 4 5 6 7")
 #   LAT_N         requests per one-client latency run (default N/10, at least 10000)
 #   BIG1_N, BIG16_N   requests per 1 MB / 16 MB run (default 400 / 32)
@@ -57,6 +59,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HELPER="$ROOT/bench/targets_helper.py"
 ROUNDS="${ROUNDS:-3}"
 N="${N:-200000}"
+N16="${N16:-$((8 * N))}"
 SECTIONS="$(echo "${TARGETS:-1 2 3 4 5 6 7}" | tr ',' ' ')"
 LAT_N="${LAT_N:-$((N / 10 > 10000 ? N / 10 : 10000))}"
 BIG1_N="${BIG1_N:-400}"
@@ -71,7 +74,7 @@ BENCH_NAME=targets
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-for v in ROUNDS N LAT_N BIG1_N BIG16_N SLOW_BOUND_MB IDLE_CLIENTS CG_N; do
+for v in ROUNDS N N16 LAT_N BIG1_N BIG16_N SLOW_BOUND_MB IDLE_CLIENTS CG_N; do
   [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || die "$v must be a positive integer"
 done
 for s in $SECTIONS; do
@@ -353,7 +356,7 @@ rotate() {  # rotate K WORDS...: the words, starting at index K mod count
 echo "kompress-proxy performance targets: $(nproc) cores, redis-server" \
   "$(redis-server --version | awk '{ print $3 }' | sed 's/v=//'), primary + 1 replica;" \
   "proxy $PROXY_NAME --workers 1;" \
-  "peers: ${PEERS[*]:-none}; ROUNDS=$ROUNDS N=$N; sections: $SECTIONS"
+  "peers: ${PEERS[*]:-none}; ROUNDS=$ROUNDS N=$N N16=$N16; sections: $SECTIONS"
 for note in "${NOTES[@]}"; do echo "  ($note)"; done
 
 # -- 1, 2, 3: the interleaved matrix --------------------------------------------------------
@@ -366,7 +369,7 @@ if want 1 || want 2 || want 3; then
     MPIPES="1"
   fi
   echo
-  echo "== redis-benchmark -c $CLIENTS -n $N -r $KEYSPACE, $ROUNDS interleaved rounds:" \
+  echo "== redis-benchmark -c $CLIENTS -n $N (P=16: $N16) -r $KEYSPACE, $ROUNDS interleaved rounds:" \
     "${MTARGETS[*]}"
   for round in $(seq 1 "$ROUNDS"); do
     read -r -a order <<<"$(rotate $((round - 1)) "${MTARGETS[@]}")"
@@ -376,12 +379,13 @@ if want 1 || want 2 || want 3; then
           out="$W/m-$round-$t-$p-$test"
           t0=0
           [[ -n "${PID[$t]:-}" ]] && t0="$(proc_ticks "${PID[$t]}")"
-          rb "$out" -p "${PORT[$t]}" -c "$CLIENTS" -n "$N" -P "$p" -r "$KEYSPACE" -t "$test"
+          n=$([[ "$p" == 16 ]] && echo "$N16" || echo "$N")
+          rb "$out" -p "${PORT[$t]}" -c "$CLIENTS" -n "$n" -P "$p" -r "$KEYSPACE" -t "$test"
           dt=0
           [[ -n "${PID[$t]:-}" ]] && dt=$(($(proc_ticks "${PID[$t]}") - t0))
           parse "$out" "$test" && ops=$OPS p50=$P50 p99=$P99
           printf 'm\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$p" "${test^^}" \
-            "$ops" "$dt" "$p50" "$p99" "$N" >>"$RAW"
+            "$ops" "$dt" "$p50" "$p99" "$n" >>"$RAW"
           printf '  round %s -P %-2s %-3s %-10s %11s ops/s  p50 %6s ms  p99 %6s ms  CPU %4s ticks\n' \
             "$round" "$p" "${test^^}" "$t" "$ops" "$p50" "$p99" \
             "$([[ -n "${PID[$t]:-}" ]] && echo "$dt" || echo -)"
@@ -470,7 +474,7 @@ fi
 # -- 6: workers ---------------------------------------------------------------------------
 if want 6; then
   echo
-  echo "== 6. CPU per request, P=16 GET (-c $CLIENTS -n $N), --workers 1 and --workers 2," \
+  echo "== 6. CPU per request, P=16 GET (-c $CLIENTS -n $N16), --workers 1 and --workers 2," \
     "$ROUNDS interleaved rounds"
   start_proxy proxy2 2
   for round in $(seq 1 "$ROUNDS"); do
@@ -478,11 +482,11 @@ if want 6; then
     for t in "${order[@]}"; do
       out="$W/w-$round-$t"
       t0="$(proc_ticks "${PID[$t]}")"
-      rb "$out" -p "${PORT[$t]}" -c "$CLIENTS" -n "$N" -P 16 -r "$KEYSPACE" -t get
+      rb "$out" -p "${PORT[$t]}" -c "$CLIENTS" -n "$N16" -P 16 -r "$KEYSPACE" -t get
       dt=$(($(proc_ticks "${PID[$t]}") - t0))
       parse "$out" get && ops=$OPS
       workers=$([[ "$t" == proxy ]] && echo 1 || echo 2)
-      printf 'w\t%s\t%s\t%s\t%s\t%s\n' "$round" "$workers" "$ops" "$dt" "$N" >>"$RAW"
+      printf 'w\t%s\t%s\t%s\t%s\t%s\n' "$round" "$workers" "$ops" "$dt" "$N16" >>"$RAW"
       printf '  round %s --workers %s %11s ops/s  CPU %s ticks\n' "$round" "$workers" "$ops" "$dt"
     done
   done
@@ -534,7 +538,7 @@ fi
 
 # -- table --------------------------------------------------------------------------------
 echo
-echo "== targets ($PROXY_NAME, ROUNDS=$ROUNDS N=$N)"
+echo "== targets ($PROXY_NAME, ROUNDS=$ROUNDS N=$N N16=$N16)"
 status=0
 python3 "$HELPER" table "$VERDICTS" || status=$?
 for note in "${NOTES[@]}"; do echo "($note)"; done

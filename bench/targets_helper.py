@@ -187,7 +187,7 @@ def judge(section, raw, verdicts, tick, n, rounds):
                     continue
                 detail = ", ".join(f"{t} {us[t]:.2f}" for t in ("proxy",) + PEER_ORDER if t in us)
                 ticks = {t: cpu[t][0] for t in cpu}
-                print(f"  CPU per request P={p} {test} (us, {rounds} x {n} requests; ticks: "
+                print(f"  CPU per request P={p} {test} (us, {cpu['proxy'][1]} requests each; ticks: "
                       + ", ".join(f"{t} {ticks[t]}" for t in ("proxy",) + PEER_ORDER if t in ticks)
                       + f"): {detail}")
                 peers = {t: x for t, x in us.items() if t in PEER_ORDER}
