@@ -388,6 +388,7 @@ def test_tls_backends_replica_reads_and_tls_listener(cluster_factory, make_proxy
     # The proxy's own TLS listener: redis-cli --tls.
     rc, out, err = redis_cli_tls(tls_port, certs, "SET", "cli:k", "hello")
     assert (rc, out) == (0, "OK"), (rc, out, err)
+    c.wait_replicated()  # the GET is another client's: it may be a replica's to answer
     rc, out, err = redis_cli_tls(tls_port, certs, "GET", "cli:k")
     assert (rc, out) == (0, "hello"), (rc, out, err)
     assert c.primary.client().get("cli:k") == b"hello"
@@ -593,6 +594,10 @@ def test_client_side_tls(cluster, make_proxy, certs):
         assert tc.ping() is True
         assert tc.set("cs:k", "v") is True
         assert tc.get("cs:k") == b"v"
+        # redis-cli is another client: read-your-writes covers only the writer's own reads,
+        # so its GET may reach a replica that has not applied the SET yet (it did once, with
+        # the load running).
+        cluster.wait_replicated()
         rc, out, err = redis_cli_tls(tls_port, certs, "GET", "cs:k", cert=certs.client)
         assert (rc, out) == (0, "v"), (rc, out, err)
         time.sleep(0.2)
