@@ -99,11 +99,16 @@ ReplicaVerdict JudgeReplica(const ReplicationInfo& r, const PrimaryView& primary
   }
   if (r.replid != primary.replid) {
     // A different history: it replicates another primary, or has not synced with ours yet.
-    v.reason = "it replicates another primary (" +
-               (r.master_host.empty() ? std::string("?")
-                                      : r.master_host + ":" + std::to_string(r.master_port)) +
-               ", replication id " + r.replid.substr(0, 8) + "..., ours " +
-               primary.replid.substr(0, 8) + "...)";
+    // With its link down the two look alike (a replica just started or just pointed at our
+    // primary keeps its own id until the sync), so only a live link names another primary.
+    const std::string master = r.master_host.empty()
+                                   ? std::string("?")
+                                   : r.master_host + ":" + std::to_string(r.master_port);
+    const std::string ids = "replication id " + r.replid.substr(0, 8) + "..., ours " +
+                            primary.replid.substr(0, 8) + "...";
+    v.reason = r.link_up ? "it replicates another primary (" + master + ", " + ids + ")"
+                         : "it has not synced with the primary yet (its link to " + master +
+                               " is down; " + ids + ")";
     return v;
   }
   if (primary.offset >= 0 && r.replica_offset >= 0) {

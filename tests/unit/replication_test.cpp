@@ -148,6 +148,15 @@ TEST_CASE("replicas that must not serve reads") {
     CHECK_FALSE(v.qualified);
     CHECK(v.reason.find("another primary") != std::string::npos);
   }
+  SUBCASE("another history with its link down: not synced yet, not another primary") {
+    ReplicationInfo r = Replica();
+    r.replid = std::string(40, 'b');
+    r.link_up = false;
+    ReplicaVerdict v = JudgeReplica(r, primary, none, 1000, false);
+    CHECK_FALSE(v.qualified);
+    CHECK(v.reason.find("has not synced with the primary yet") != std::string::npos);
+    CHECK(v.reason.find("another primary") == std::string::npos);
+  }
   SUBCASE("the primary was never seen") {
     PrimaryView unknown;
     CHECK_FALSE(JudgeReplica(Replica(), unknown, none, 1000, false).qualified);
