@@ -4,9 +4,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
-#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 
 #include "common/logging.h"
 
@@ -36,8 +36,14 @@ void TuneLoopbackCongestion(int fd, const std::string& algorithm) {
     return;
   }
   const int err = errno;
-  static std::atomic<bool> warned{false};
-  if (warned.exchange(true)) return;
+  // Once per name, not per connection; a reload that names another refused one says so too.
+  static std::mutex mu;
+  static std::string warned_for;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    if (warned_for == algorithm) return;
+    warned_for = algorithm;
+  }
   Log().warn(
       "loopback_tcp_congestion: the kernel refused '{}' ({}); loopback connections keep its "
       "default{}",

@@ -20,7 +20,7 @@ bool IsLoopback(const sockaddr* addr);
 
 // Gives the TCP socket `fd` the congestion control `algorithm` when its peer is on loopback;
 // "system" leaves it as it is. A failure (a name the kernel lacks, or one
-// net.ipv4.tcp_allowed_congestion_control does not allow) is logged once per process and the
+// net.ipv4.tcp_allowed_congestion_control does not allow) is logged once per name and the
 // connection keeps the kernel's choice.
 void TuneLoopbackCongestion(int fd, const std::string& algorithm);
 

@@ -3,6 +3,8 @@ this host get the congestion control `loopback_tcp_congestion` names (default re
 off the kernel with `ss -tinp`; `system` leaves the kernel's default; a name the kernel
 refuses is logged once and the proxy serves as before."""
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -100,9 +102,11 @@ def test_named_algorithm_and_system(cluster, make_proxy):
         proxy_sockets(system.proc.pid)
 
 
-def test_refused_name_is_logged_once_and_changes_nothing(cluster, make_proxy):
+def test_refused_name_is_logged_once_and_changes_nothing(cluster, make_proxy, tmp_path):
     default, _ = kernel_congestion()
-    p = make_proxy(cluster.primary.port, [], extra_args=["--loopback-tcp-congestion", "nosuchcc"])
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text("loopback_tcp_congestion: nosuchcc\n")
+    p = make_proxy(cluster.primary.port, [], extra_args=["--config", str(cfg)])
     clients = [connect(p.port) for _ in range(5)]
     for i, c in enumerate(clients):
         assert ask(c, ("SET", f"lt:r{i}", str(i)), ("GET", f"lt:r{i}")) == \
@@ -112,6 +116,17 @@ def test_refused_name_is_logged_once_and_changes_nothing(cluster, make_proxy):
     log = p.stderr()
     assert log.count("loopback_tcp_congestion: the kernel refused 'nosuchcc'") == 1, log
     assert p.alive
+    # A reload to another refused name says so again, once; new clients are still served.
+    cfg.write_text("loopback_tcp_congestion: nosuchcc2\n")
+    os.kill(p.proc.pid, signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in p.stderr(), 5, what="the reload")
+    late = [connect(p.port) for _ in range(3)]
+    for c in late:
+        assert ask(c, ("GET", "lt:r0")) == [b"$1\r\n0\r\n"]
+    wait_until(lambda: "refused 'nosuchcc2'" in p.stderr(), 5, what="the second warning")
+    log = p.stderr()
+    assert log.count("loopback_tcp_congestion: the kernel refused 'nosuchcc2'") == 1, log
+    assert log.count("loopback_tcp_congestion: the kernel refused 'nosuchcc'") == 1, log
 
 
 def test_bad_name_is_refused_at_start():
