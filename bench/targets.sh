@@ -18,7 +18,10 @@
 #   2  Throughput, the same runs: median ops/s over ROUNDS rounds; in every round each
 #      (P, test) runs against direct Redis, the proxy and each peer back to back, the order
 #      rotating between rounds. Targets: P=1 >= 1.0x direct, P=16 >= 0.8x direct, both
-#      >= 1.1x the best peer.
+#      >= 1.1x the best peer. INFO rows: the CPU per request of every process of the direct
+#      and the proxied runs (both redis-servers from /proc/PID/stat, redis-benchmark from the
+#      shell's `times`, and the proxy): the two cores are shared by all of them, so their sum
+#      explains a throughput ratio.
 #   3  Latency. One client: `redis-benchmark -c 1 -P 1 -n LAT_N --csv` GET and SET (its
 #      p50, 1 us resolution), median over rounds, interleaved; target: proxy p50 <= direct
 #      p50 + 20 us. 50 clients: the p99 of redis-benchmark's CSV in the P=1 runs of 1-2
@@ -218,6 +221,14 @@ parse() {
   [[ -n "$OPS" ]] || { cat "$1.csv" "$1.err" >&2; die "no $2 result in $1.csv"; }
 }
 
+# child_ms BEFORE AFTER: CPU ms (user + sys) of the children this shell reaped in between,
+# from two files written by the `times` builtin (its second line: children).
+child_ms() {
+  awk 'function ms(t, a) { split(t, a, /[ms]/); return (a[1] * 60 + a[2]) * 1000 }
+       FNR == 2 { v = ms($1) + ms($2); if (NR == FNR) before = v; else after = v }
+       END { printf "%d\n", after - before }' "$1" "$2"
+}
+
 judge() { python3 "$HELPER" eval "$1" "$RAW" "$VERDICTS" "$TICK" "$N" "$ROUNDS"; }
 
 # -- processes ----------------------------------------------------------------------------
@@ -228,13 +239,15 @@ mkdir -p "$W/primary" "$W/replica"
 redis-server --port "$PRIMARY_PORT" --bind "$HOST" --save '' --appendonly no \
   --client-output-buffer-limit 'replica 0 0 0' --dir "$W/primary" --daemonize no \
   --logfile "$W/primary.log" &
-PIDS+=($!)
+PRIMARY_PID=$!
+PIDS+=("$PRIMARY_PID")
 wait_ping "$PRIMARY_PORT" primary
 REPLICA_PORT="$(free_port)"
 redis-server --port "$REPLICA_PORT" --bind "$HOST" --save '' --appendonly no \
   --replicaof "$HOST" "$PRIMARY_PORT" --dir "$W/replica" --daemonize no \
   --logfile "$W/replica.log" &
-PIDS+=($!)
+REPLICA_PID=$!
+PIDS+=("$REPLICA_PID")
 wait_ping "$REPLICA_PORT" replica
 wait_sync
 
@@ -379,13 +392,18 @@ if want 1 || want 2 || want 3; then
           out="$W/m-$round-$t-$p-$test"
           t0=0
           [[ -n "${PID[$t]:-}" ]] && t0="$(proc_ticks "${PID[$t]}")"
+          r0="$(proc_ticks "$PRIMARY_PID" "$REPLICA_PID")"
           n=$([[ "$p" == 16 ]] && echo "$N16" || echo "$N")
+          times >"$W/times0"  # this shell's children: the redis-benchmark run below
           rb "$out" -p "${PORT[$t]}" -c "$CLIENTS" -n "$n" -P "$p" -r "$KEYSPACE" -t "$test"
+          times >"$W/times1"
           dt=0
           [[ -n "${PID[$t]:-}" ]] && dt=$(($(proc_ticks "${PID[$t]}") - t0))
+          dr=$(($(proc_ticks "$PRIMARY_PID" "$REPLICA_PID") - r0))
+          db="$(child_ms "$W/times0" "$W/times1")"
           parse "$out" "$test" && ops=$OPS p50=$P50 p99=$P99
-          printf 'm\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$p" "${test^^}" \
-            "$ops" "$dt" "$p50" "$p99" "$n" >>"$RAW"
+          printf 'm\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$p" \
+            "${test^^}" "$ops" "$dt" "$p50" "$p99" "$n" "$dr" "$db" >>"$RAW"
           printf '  round %s -P %-2s %-3s %-10s %11s ops/s  p50 %6s ms  p99 %6s ms  CPU %4s ticks\n' \
             "$round" "$p" "${test^^}" "$t" "$ops" "$p50" "$p99" \
             "$([[ -n "${PID[$t]:-}" ]] && echo "$dt" || echo -)"

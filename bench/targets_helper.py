@@ -168,6 +168,34 @@ PEER_ORDER = ("nutcracker", "haproxy", "predixy")
 MIN_TICKS = 20
 
 
+def cpu_budget(v, m, p, test, tick):
+    """What every process of a run spent per request (redis-servers, proxy, redis-benchmark):
+    with two cores shared by all of them, throughput follows their sum, so this says why a
+    throughput ratio is what it is. Printed as INFO: no target."""
+    budget = {}
+    for r in m:
+        if r[3] == p and r[4] == test and len(r) > 11 and r[2] in ("direct", "proxy"):
+            b = budget.setdefault(r[2], [0, 0, 0, 0])
+            b[0] += int(r[6])   # the proxy's ticks (0 for direct)
+            b[1] += int(r[10])  # primary + replica ticks
+            b[2] += int(r[11])  # redis-benchmark ms
+            b[3] += int(r[9])   # requests
+    if "direct" not in budget or "proxy" not in budget:
+        return
+
+    def parts(t):
+        own, redis, client_ms, reqs = budget[t]
+        return redis / tick / reqs * 1e6, own / tick / reqs * 1e6, client_ms / 1e3 / reqs * 1e6
+
+    d, x = parts("direct"), parts("proxy")
+    print(f"  CPU per request, all processes, P={p} {test} (us): direct: redis {d[0]:.1f} + "
+          f"client {d[2]:.1f} = {sum(d):.1f}; proxy: redis {x[0]:.1f} + proxy {x[1]:.1f} + "
+          f"client {x[2]:.1f} = {sum(x):.1f}")
+    v.add(2, f"CPU of all processes/request {test} P={p}",
+          f"{sum(x):.1f} vs direct {sum(d):.1f} us", "none",
+          f"{sum(x) / sum(d):.2f}x", "INFO")
+
+
 def judge(section, raw, verdicts, tick, n, rounds):
     rows = load(raw)
     v = Verdicts(verdicts)
@@ -224,6 +252,7 @@ def judge(section, raw, verdicts, tick, n, rounds):
                 v.add(2, f"ops/s {test} P={p} vs direct",
                       f"{fmt_ops(mo['proxy'])} vs {fmt_ops(mo['direct'])}", f">= {goal:.1f}x direct",
                       f"{r_d:.2f}x", "PASS" if r_d >= goal else "MISS")
+                cpu_budget(v, m, p, test, tick)
                 peers = {t: x for t, x in mo.items() if t in PEER_ORDER}
                 if not peers:
                     v.add(2, f"ops/s {test} P={p} vs best peer", fmt_ops(mo["proxy"]),
