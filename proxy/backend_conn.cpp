@@ -548,6 +548,8 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     // A callback may have failed this connection (pending_ is then empty).
     if (state_ != State::kReady && state_ != State::kConnecting) return;
   }
+  // Nothing late: nothing to judge (and no FIONREAD on every idle connection every check).
+  if (!any && (cancelled_ == 0 || pending_.empty())) return;
   // Stalled means silent: a replica still sending replies for a whole timeout is only busy
   // with what clients queued ahead (a client pipelining large GETs it does not read), and is
   // not blamed for it; the late requests above have failed over all the same.
