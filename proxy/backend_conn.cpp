@@ -24,6 +24,9 @@ constexpr size_t kStreamAt = 256 * 1024;
 // A client this far behind a streamed reply pauses its connection (see StreamPart).
 constexpr size_t kStreamWindow = 1024 * 1024;
 constexpr size_t kKeepBuffer = 1024 * 1024;
+// A shared connection owing this many replies to requests already answered by the timeout
+// starts over (see CheckTimeout).
+constexpr size_t kMaxLateReplies = 128;
 // Requests at least this large are written straight from the client's buffer (see Send).
 constexpr size_t kWriteThroughAt = 64 * 1024;
 }  // namespace
@@ -547,6 +550,22 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     }
     // A callback may have failed this connection (pending_ is then empty).
     if (state_ != State::kReady && state_ != State::kConnecting) return;
+  }
+  // Replies nobody waits for any more still cost the server their work, and hold up every
+  // request queued behind them (Redis answers a connection in order). A client pipelining
+  // large GETs faster than they can be sent has its late ones answered by the timeout and,
+  // its budget freed, sends more: left alone, the server's queue on this connection grows
+  // without bound (a replica building hundreds of 512 KB replies in one go stops sending
+  // for as long, and is then blamed for it). Past kMaxLateReplies the connection starts
+  // over: closing it makes the server drop what it still owes, and what waits on it is
+  // answered as late requests are (reads fail over within the retry budget).
+  if (cancelled_ >= kMaxLateReplies && !pending_.empty()) {
+    Log().info(
+        "{} {}: {} replies owed to requests already answered by the timeout; "
+        "connection restarted",
+        backend_->is_primary() ? "primary" : "replica", backend_->name(), cancelled_);
+    Fail(std::string(msg) + "; connection restarted with too many late replies owed", false);
+    return;
   }
   // Nothing late: nothing to judge (and no FIONREAD on every idle connection every check).
   if (!any && (cancelled_ == 0 || pending_.empty())) return;

@@ -1203,6 +1203,44 @@ def test_replica_busy_sending_a_clients_large_replies_is_not_marked_down(fresh_c
     assert not down, "the replica (sending all along) was marked down:\n" + "\n".join(down)
 
 
+def test_connection_owing_many_late_replies_starts_over(fresh_cluster, make_proxy):
+    """Requests answered by the timeout leave their replies owed on the shared connection:
+    the server still builds them, and everything queued behind waits for them. Past 128
+    such replies the connection starts over (the server drops what it owes once it is
+    closed), which is logged; every request is answered right or with an error, never wrong,
+    and reads work again once the replica does."""
+    c = fresh_cluster
+    c.primary.client().set("late:k", "v")
+    c.wait_replicated()
+    proxy = make_proxy(c.primary.port, [c.replicas[0].port],
+                       extra_args=["--workers", "1", "--timeout", "0.3",
+                                   "--health-check-interval", "0.2"],
+                       use_base_args=False)
+    assert proxy.client().get("late:k") == b"v"  # the replica's connection is up
+    # 20 clients x 16 GETs (a client's first burst before any reply size is known): all of
+    # them reach the stopped replica before the health check notices it, and time out
+    # together: 320 replies owed at once.
+    socks = [connect(proxy.port) for _ in range(20)]
+    c.replicas[0].sigstop()
+    replies = []
+    try:
+        for sock in socks:
+            sock.sendall(encode_command("GET", "late:k") * 16)
+        for sock in socks:
+            replies += read_replies(sock, 16, timeout=30 * SLOWDOWN)[0]
+    finally:
+        c.replicas[0].sigcont()
+        for sock in socks:
+            sock.close()
+    wrong = [r for r in replies if r != b"$1\r\nv\r\n" and not r.startswith(b"-")]
+    assert not wrong, wrong[:3]
+    wait_until(lambda: "replies owed to requests already answered by the timeout; "
+               "connection restarted" in proxy.stderr(), 10 * SLOWDOWN,
+               what="the connection owing late replies restarted")
+    wait_until(lambda: proxy.client().get("late:k") == b"v", 10 * SLOWDOWN,
+               what="reads served again")
+
+
 HOGS = 3
 HOG_REQUESTS = 300  # of 1 MB each: 900 MB queued at once by three clients
 # The small request must be answered before the hogs got this much more of their replies:
