@@ -1377,6 +1377,8 @@ def test_pinned_client_paused_for_unread_replies_is_read_again(fresh_cluster, ma
     proxy = start_proxy(make_proxy, c, "--max-client-buffer-bytes", "16mb")
     value = os.urandom(3 * MB // 2).hex().encode()  # 3 MB
     c.primary.client(timeout=30).set("abuse:pin-big", value)
+    # Written past the proxy: read-your-writes does not cover it, the replica must have it.
+    c.wait_replicated()
     want = b"$%d\r\n%s\r\n" % (len(value), value)
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
