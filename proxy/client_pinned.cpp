@@ -403,6 +403,10 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   }
   out_.Append(data, len);
   worker_->MarkDirty(this);
+  // A subscriber that does not read is dropped as soon as it is over the bound, not at the
+  // end of the loop turn: one turn may bring tens of megabytes of messages (libuv reads a
+  // busy socket up to 32 times per event), all of which would be held first.
+  if (push_mode_ && !CheckOutputLimit()) return;
   if (stream_outstanding_ > 0) --stream_outstanding_;
   if (push_mode_ && subscribed_) NoteSubscriptionReply(data, len);
   if (reset_forwarded_ && len == 8 && std::memcmp(data, "+RESET\r\n", 8) == 0) {
