@@ -49,23 +49,38 @@ def _ephemeral_range():
         return 32768, 60999
 
 
+# Every port handed out in this run. A port is free until its server binds it, so two picks
+# before either binds (a cluster's primary and replica) could return the same one: the second
+# server then waited for the first to let go of it (CI: "port 29982 free" timed out in a
+# fixture's setup). Never handing a port out twice rules that out; 20,000 ports suffice.
+_HANDED_OUT = set()
+
+
+def _hand_out(port):
+    _HANDED_OUT.add(port)
+    return port
+
+
 def free_port():
-    """A loopback TCP port nobody listens on right now. Taken below the kernel's ephemeral
-    range, so the outgoing connections of the servers and the proxy (which get ephemeral
-    source ports) cannot occupy it between now and the moment a server binds it."""
+    """A loopback TCP port nobody listens on right now, and not handed out before in this
+    run. Taken below the kernel's ephemeral range, so the outgoing connections of the servers
+    and the proxy (which get ephemeral source ports) cannot occupy it between now and the
+    moment a server binds it."""
     low, _ = _ephemeral_range()
     top = min(low, 32768) - 1
     for _ in range(200):
         port = random.randint(10000, top)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((HOST, port))
             except OSError:
                 continue
-            return port
+            return _hand_out(port)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # fall back to the kernel
         s.bind((HOST, 0))
-        return s.getsockname()[1]
+        return _hand_out(s.getsockname()[1])
 
 
 def wait_until(predicate, timeout, interval=0.05, what="condition"):
@@ -992,8 +1007,11 @@ def free_cluster_port():
     top = min(low, 32768) - 1 - 10000
     for _ in range(500):
         port = random.randint(10000, top)
+        if {port, port + 10000} & _HANDED_OUT:
+            continue
         if port_is_free(port) and port_is_free(port + 10000):
-            return port
+            _hand_out(port + 10000)
+            return _hand_out(port)
     raise RuntimeError("no free port pair for a cluster node")
 
 
