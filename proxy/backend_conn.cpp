@@ -464,8 +464,8 @@ void BackendConn::ProcessReplies() {
     // A callback may have failed or shut this connection (in_ is then already cleared).
     if (state_ != State::kReady) return;
     in_.Consume(consumed);
-    if (detached_ && pending_.empty()) {
-      Shutdown("streamed reply done", true);  // out of the pool: its work is done
+    if ((detached_ || retiring_) && pending_.empty()) {
+      Shutdown("out of the pool, all answered", true);  // its work is done
       return;
     }
   }
@@ -496,8 +496,8 @@ void BackendConn::StreamPart() {
   // queues behind. So, when nobody does yet, the connection leaves the pool (a new one takes
   // its place) and waits for the client to read.
   if (!detached_) {
-    if (pending_.size() != 1) return;  // others already wait behind: keep the bytes
-    worker_->DetachSharedConn(this);
+    if (pending_.size() != 1) return;                 // others already wait behind: keep the bytes
+    if (!retiring_) worker_->DetachSharedConn(this);  // (a retiring one is out already)
     detached_ = true;
   }
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
@@ -600,7 +600,8 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   // Nothing reached a server that was never connected to: what waits here was not applied.
   bool unsent = state_ != State::kReady;
   fail_soon_ = false;
-  if (detached_) destroy_on_close_ = true;  // out of the pool: nobody would use it again
+  if (detached_ || retiring_)
+    destroy_on_close_ = true;  // out of the pool: nobody would use it again
   if (drain_waiter_ != nullptr) {
     drain_waiter_->ForgetDrainWait(this);
     drain_waiter_ = nullptr;
@@ -695,7 +696,7 @@ void BackendConn::Destroy() {
   if (dead_) return;
   dead_ = true;
   if (mode_ == Mode::kDedicated) worker_->ForgetDedicatedConn(this);
-  if (detached_) worker_->ForgetDetachedConn(this);
+  if (detached_ || retiring_) worker_->ForgetDetachedConn(this);
   worker_->Bury(this);
 }
 

@@ -62,6 +62,8 @@ class BackendConn {
 
   // A detached connection's client has read enough of the streamed reply: read on.
   void ResumeStream();
+  // Out of the pool (see Worker::RetireSharedConn): answers what it carries, then closes.
+  void Retire() { retiring_ = true; }
 
   Backend* backend() const { return backend_; }
   const ConnClass& conn_class() const { return cls_; }
@@ -125,6 +127,9 @@ class BackendConn {
   // connection is taken out of the shared pool (a fresh one replaces it, so nobody queues
   // behind) and stops reading while the client is more than kStreamWindow behind.
   bool detached_ = false;
+  // Carrying a request as large as a client's in-flight bound: out of the pool, so nobody's
+  // later requests queue behind it; a shared connection otherwise, until its last reply.
+  bool retiring_ = false;
   bool fail_soon_ = false;  // see FailSoon
   bool fail_soon_mark_down_ = false;
   std::string fail_soon_reason_;

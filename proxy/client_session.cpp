@@ -25,6 +25,9 @@ constexpr size_t kReadChunk = 64 * 1024;
 constexpr size_t kRoomAtOnce = 32 * 1024 * 1024;
 constexpr size_t kRoomPerHeld = 8;
 constexpr size_t kKeepBuffer = 1024 * 1024;
+// The least request size that takes its shared connection out of the pool (see Send), even
+// with limits.max_inflight_bytes set lower: a connection per request costs a connect.
+constexpr size_t kRetireAt = 1024 * 1024;
 // An emptied buffer up to this size is freed at once: the allocator's per-thread cache hands
 // it to the next client that needs one, so a client between requests holds none. Larger ones
 // (a pipelining client's) are kept until it goes idle (TrimIfIdle), up to kKeepBuffer.
@@ -251,7 +254,7 @@ void ClientSession::ProcessInput() {
          !resubscribing_ && resub_swallow_ == 0 && !auth_pending_ && !in_.empty()) {
     if ((dedicated_ == nullptr &&
          InflightReaches(cfg.client.max_pipeline_depth, cfg.client.max_inflight_bytes)) ||
-        CountedReplyBytes() > cfg.client.max_client_buffer_bytes / 2) {
+        CountedReplyBytes() > cfg.client.max_client_buffer_bytes / 2 || BarrierHolds()) {
       // Backpressure: too many requests (or bytes) in flight, or replies piling up that the
       // client does not read. Stop reading its requests until they drain (MaybeResume), well
       // before the buffer bound that would drop it.
@@ -532,11 +535,21 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
   // All of one client's primary requests share one connection, so they run in the order the
   // client sent them (a read behind its own write sees it).
   Buffer* donor = may_donate_ && raw == in_.data() && !s.is_read ? &in_ : nullptr;
-  if (worker_->PrimaryConnFor(primary, id_, cls_)->Send(this, seq, raw, len, deadline, donor)) {
+  BackendConn* conn = worker_->PrimaryConnFor(primary, id_, cls_);
+  if (conn->Send(this, seq, raw, len, deadline, donor)) {
     donated_ = true;
     may_donate_ = false;
   }
   ++inflight_;
+  // A request this large holds up everything queued behind it on the connection for as long
+  // as its bytes take to reach Redis (a 30 MB SET: a quarter of a second here). So the
+  // connection leaves the pool with it, and everyone's later requests go on a fresh one.
+  // What this client sent before is ahead of it on the same connection; what it sends next
+  // waits until it is answered (BarrierHolds), so nothing of its own overtakes it.
+  if (len >= std::max<size_t>(worker_->config().client.max_inflight_bytes, kRetireAt) &&
+      worker_->RetireSharedConn(conn)) {
+    barrier_seq_ = seq;
+  }
   return true;
 }
 
@@ -1168,6 +1181,13 @@ bool ClientSession::InflightReaches(uint64_t depth, size_t bytes) const {
   return inflight_bytes_ + requests * reply_estimate_ >= bytes;
 }
 
+bool ClientSession::BarrierHolds() {
+  if (barrier_seq_ == kNoParent) return false;
+  // Answered (or flushed, its slot perhaps reused since): the client may go on.
+  if (barrier_seq_ < head_ || SlotAt(barrier_seq_).done) barrier_seq_ = kNoParent;
+  return barrier_seq_ != kNoParent;
+}
+
 void ClientSession::NoteReplySize(size_t len) {
   // Up quickly (requests sent with a low estimate cannot be called back), down slowly.
   if (reply_estimate_ == 0) {
@@ -1185,7 +1205,7 @@ void ClientSession::MaybeResume() {
   if (!paused_ || closed_ ||
       (dedicated_ == nullptr &&
        InflightReaches(lim.max_pipeline_depth / 2 + 1, lim.max_inflight_bytes / 2)) ||
-      CountedReplyBytes() > lim.max_client_buffer_bytes / 4) {
+      CountedReplyBytes() > lim.max_client_buffer_bytes / 4 || BarrierHolds()) {
     return;
   }
   ResumeReading();

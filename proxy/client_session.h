@@ -164,6 +164,9 @@ class ClientSession {
   static constexpr uint64_t kNoParent = ~0ull;
 
   void ProcessInput();
+  // A request of this client took its connection out of the pool (see Send) and is not
+  // answered yet: nothing more of the client's is sent meanwhile.
+  bool BarrierHolds();
   // False when the request cannot be taken yet (it stays in the input, see EnterPinned).
   bool HandleRequest(const RequestParser& parser, const char* raw, size_t len);
   void HandleLocal(LocalCommand cmd, const Request& req);
@@ -379,8 +382,9 @@ class ClientSession {
   double retry_tokens_ = 0.0;
   uint64_t last_retry_pass_ = 0;
   bool last_retry_allowed_ = false;
-  size_t writes_inflight_ = 0;  // writes sent on shared connections, not answered yet
-  Ring<uint64_t> parked_;       // requests waiting for a backend (failover), in order
+  size_t writes_inflight_ = 0;        // writes sent on shared connections, not answered yet
+  Ring<uint64_t> parked_;             // requests waiting for a backend (failover), in order
+  uint64_t barrier_seq_ = kNoParent;  // see BarrierHolds
   // Pinned session: a dedicated primary connection and the bytes waiting for the slots
   // ahead of the stream slot to complete (so earlier requests run first).
   BackendConn* dedicated_ = nullptr;

@@ -213,6 +213,14 @@ void Worker::DetachSharedConn(BackendConn* c) {
   detached_.insert(c);
 }
 
+bool Worker::RetireSharedConn(BackendConn* c) {
+  constexpr size_t kMaxRetired = 16;
+  if (detached_.size() >= kMaxRetired) return false;
+  DetachSharedConn(c);
+  c->Retire();
+  return true;
+}
+
 BackendConn* Worker::PrimaryConnForSlow(Backend* primary, uint64_t client_id,
                                         const ConnClass& cls) {
   Pool& pool = PoolFor(primary, cls);

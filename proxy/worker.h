@@ -132,6 +132,10 @@ class Worker {
   // Takes a shared connection out of its pool (a new one takes its place): it streams a
   // large reply to a slow client and closes when done. Checked for timeouts until then.
   void DetachSharedConn(BackendConn* c);
+  // Takes a shared connection that has just been given a very large request out of its pool
+  // (a new one takes its place), unless kMaxRetired connections of this worker are out
+  // already (descriptors: they come from the backends' reserve). False: it stays.
+  bool RetireSharedConn(BackendConn* c);
   void ForgetDetachedConn(BackendConn* c) { detached_.erase(c); }
   // A session has requests waiting for a backend: retried every few milliseconds.
   void Park(ClientSession* c);

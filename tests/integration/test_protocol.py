@@ -176,6 +176,71 @@ def test_request_over_max_request_bytes_refused(cluster, make_proxy):
     assert cluster.primary.client().get("proto:large") is None
 
 
+def _monitor_lines(sock, until, timeout):
+    """Reads MONITOR lines from `sock` until one contains `until` (bytes); returns them all."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while until not in buf:
+        assert time.monotonic() < deadline, f"MONITOR never showed {until!r}: {buf[-300:]!r}"
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        chunk = sock.recv(1 << 20)
+        assert chunk, "MONITOR connection closed"
+        buf += chunk
+    return [line for line in buf.split(b"\r\n") if line.startswith(b"+") and b"[" in line]
+
+
+def _monitor_source(line):
+    # +1700000000.123456 [0 127.0.0.1:53412] "SET" "k" "v"
+    return line.split(b"[", 1)[1].split(b"]", 1)[0].split()[-1]
+
+
+def test_very_large_request_takes_its_connection_out_of_the_pool(fresh_cluster, make_proxy):
+    """A request as large as the client's in-flight bound holds up everything queued behind it
+    on its connection while its bytes reach Redis (a 30 MB SET: a quarter of a second). The
+    connection leaves the pool with it: the client's own earlier requests are ahead of it on
+    the same connection, everyone's later requests go on a fresh one, and the client's own
+    later requests wait for its reply, so none of them overtakes it."""
+    c = fresh_cluster
+    p = make_proxy(c.primary.port, [r.port for r in c.replicas],
+                   extra_args=["--max-inflight-bytes", "1mb", "--workers", "1"])
+    big = b"B" * (2 * MAX_BULK)
+    with socket.create_connection((HOST, c.primary.port), timeout=10) as mon, \
+            connect(p.port) as a, connect(p.port) as b:
+        mon.sendall(encode_command("MONITOR"))
+        assert mon.recv(100).startswith(b"+OK")
+        # Warm the pool's connection, so the first SET below is not what opens it.
+        a.sendall(encode_command("SET", "proto:pool", "warm"))
+        assert read_replies(a, 1)[0] == [b"+OK\r\n"]
+        a.sendall(encode_command("SET", "proto:order", "first") +
+                  encode_command("SET", "proto:order", big) +
+                  encode_command("SET", "proto:order", "last") +
+                  encode_command("GET", "proto:order"))
+        replies, _ = read_replies(a, 4, timeout=20 * SLOWDOWN)
+        assert replies == [b"+OK\r\n"] * 3 + [b"$4\r\nlast\r\n"], [r[:40] for r in replies]
+        b.sendall(encode_command("SET", "proto:other", "after"))
+        assert read_replies(b, 1)[0] == [b"+OK\r\n"]
+        lines = _monitor_lines(mon, b'"proto:other"', timeout=20 * SLOWDOWN)
+    assert c.primary.client().get("proto:order") == b"last"
+
+    def source_of(needle):
+        found = [_monitor_source(l) for l in lines if needle in l]
+        assert len(found) == 1, (needle, found)
+        return found[0]
+
+    warm = source_of(b'"proto:pool"')
+    first = source_of(b'"first"')
+    bulk = source_of(b'"BBBB')
+    last = source_of(b'"last"')
+    other = source_of(b'"proto:other"')
+    # The client's earlier request and the large one share the pool's connection (in order)...
+    assert warm == first == bulk
+    # ...which then left the pool: the client's next request and another client's are on a
+    # fresh connection.
+    assert last == other != bulk
+    order = [i for i, l in enumerate(lines) if b'"first"' in l or b'"BBBB' in l or b'"last"' in l]
+    assert order == sorted(order) and len(order) == 3
+
+
 def test_client_over_buffer_limit_dropped(cluster, make_proxy):
     """A client that pipelines requests but never reads its replies: once the replies
     the proxy holds for it pass --max-client-buffer-bytes it is disconnected."""
