@@ -488,13 +488,21 @@ def run_proxy_once(args, env=None, timeout=15):
 
 # -- the admin endpoint -----------------------------------------------------------------------
 
-def http_get(port, path):
-    """(status, body) of GET http://127.0.0.1:port/path."""
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+def http_get(port, path, attempts=3):
+    """(status, body) of GET http://127.0.0.1:port/path. A refused connection is tried again
+    twice, 0.2 s apart: once in CI (ASan stage) a connect to an admin endpoint the proxy had
+    logged as listening was refused, which a loopback SYN meeting an old TIME_WAIT of the
+    same port pair can cause. An endpoint that is not there is refused every time."""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except urllib.error.URLError as e:
+            if not isinstance(e.reason, ConnectionRefusedError) or attempt + 1 == attempts:
+                raise
+            time.sleep(0.2)
 
 
 def metric(text, series):
