@@ -118,8 +118,8 @@ void ClientSession::AllocCb(uv_handle_t* h, size_t, uv_buf_t* buf) {
   // times what the client has sent, so a large value takes three or four steps to get its
   // room (a 16 MB one: 512 KB, 4 MB, 16 MB) and a client that announces a large value and
   // then sends little of it gets little room. Two hundred of those used to reserve 6 GB
-  // (past any strict overcommit limit), and under ASan each 30 MB block written its shadow
-  // on allocation and release took one loop turn 2 s, others' requests timing out behind.
+  // (past any strict overcommit limit), and under ASan, where each 30 MB block's shadow is
+  // written as it is allocated and freed, one loop turn took 2 s: others' requests timed out.
   size_t want = self->read_chunk_;
   if (const RequestParser* parser =
           self->authenticated_ ? self->own_parser_.get() : self->preauth_parser_.get()) {
