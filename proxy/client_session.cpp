@@ -252,13 +252,15 @@ void ClientSession::ProcessInput() {
   const Config& cfg = worker_->config();
   while (!closed_ && !closing_after_flush_ && !quit_pending_ && !unpin_marker_sent_ &&
          !resubscribing_ && resub_swallow_ == 0 && !auth_pending_ && !in_.empty()) {
+    const bool replies_pile = CountedReplyBytes() > cfg.client.max_client_buffer_bytes / 2;
     if ((dedicated_ == nullptr &&
          InflightReaches(cfg.client.max_pipeline_depth, cfg.client.max_inflight_bytes)) ||
-        CountedReplyBytes() > cfg.client.max_client_buffer_bytes / 2 || BarrierHolds()) {
+        replies_pile || BarrierHolds()) {
       // Backpressure: too many requests (or bytes) in flight, or replies piling up that the
       // client does not read. Stop reading its requests until they drain (MaybeResume), well
       // before the buffer bound that would drop it.
       paused_ = true;
+      if (!replies_pile && TakesRequestsWhileWaited()) return;
       PauseReading();
       return;
     }
@@ -942,7 +944,10 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
   }
   worker_->stats().errors++;
   if (s.is_read) {
-    CompleteError(seq, "ERR kompress: read failed on primary " + from->name() + ": " + reason);
+    // (From a replica when the primary failed it first: tried on both.)
+    CompleteError(seq, std::string("ERR kompress: read failed on ") +
+                           (from->is_primary() ? "primary " : "replica ") + from->name() + ": " +
+                           reason);
   } else {
     CompleteError(seq, std::string(timeout ? errors::kPrimaryTimeout : errors::kPrimaryLost) +
                            " (" + from->name() + ": " + reason + ")");
@@ -1031,7 +1036,7 @@ uint64_t ClientSession::NewSlot() {
   return seq;
 }
 
-void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
+void ClientSession::Complete(uint64_t seq, const char* data, size_t len, bool from_server) {
   Slot& s = SlotAt(seq);
   if (s.parent != kNoParent || s.discard) {
     // A part of a split request, or the proxy's own ASKING: never shown as such. The slot
@@ -1063,7 +1068,10 @@ void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
   inflight_bytes_ -= s.sent_bytes;
   s.sent_bytes = 0;
   if (s.kind != 0) {
-    NoteReplySize(len + s.streamed);
+    // Only the server's replies say what this client's requests bring back. The proxy's own
+    // errors (a timeout) are short: counting them would let a client whose large reads keep
+    // timing out put ever more of them in flight, each one built by the server for nobody.
+    if (from_server) NoteReplySize(len + s.streamed);
     uint64_t ns = worker_->clock_ns() - s.start_ns;
     (s.kind == 1 ? worker_->stats().read_latency : worker_->stats().write_latency).Observe(ns);
   }
@@ -1089,7 +1097,7 @@ void ClientSession::Complete(uint64_t seq, const char* data, size_t len) {
 void ClientSession::CompleteError(uint64_t seq, std::string_view msg) {
   scratch_.Clear();
   resp::AppendError(scratch_, msg);
-  Complete(seq, scratch_.data(), scratch_.size());
+  Complete(seq, scratch_.data(), scratch_.size(), false);
 }
 
 void ClientSession::ReplyNow(const Buffer& b) {
@@ -1157,6 +1165,27 @@ size_t ClientSession::CountedReplyBytes() const {
   return buffered > oversize_bytes_ ? buffered - oversize_bytes_ : 0;
 }
 
+bool ClientSession::TakesRequestsWhileWaited() const {
+  // A reply waits for this client to read it (WaitForDrain): the client may be writing its
+  // whole pipeline before it reads anything, and would wait forever for a proxy that
+  // stopped reading. Its requests are taken in, as Redis takes them, up to the same bound
+  // as replies held for it; none is sent on until its replies drain, since they would only
+  // queue more of its replies ahead of everyone else's at the server.
+  return !drain_waiters_.empty() &&
+         in_.size() <= worker_->config().client.max_client_buffer_bytes / 2;
+}
+
+void ClientSession::WaitForDrain(BackendConn* c) {
+  if (std::find(drain_waiters_.begin(), drain_waiters_.end(), c) == drain_waiters_.end()) {
+    drain_waiters_.push_back(c);
+  }
+  if (paused_ && !reading_ && TakesRequestsWhileWaited() &&
+      CountedReplyBytes() <= worker_->config().client.max_client_buffer_bytes / 2) {
+    ResumeReading();
+    paused_ = true;  // still: nothing is sent on until replies drain (MaybeResume)
+  }
+}
+
 void ClientSession::ResumeStreams() {
   std::vector<BackendConn*> waiting;
   waiting.swap(drain_waiters_);
@@ -1167,10 +1196,6 @@ bool ClientSession::InflightReaches(uint64_t depth, size_t bytes) const {
   uint64_t n = next_ - head_;
   if (n == 0) return false;
   if (n >= depth) return true;
-  // A reply waiting for this client to read it (a connection paused streaming it, see
-  // WaitForDrain) holds nobody else up; a client that writes its whole pipeline before
-  // reading must not be stopped then, or neither side would move.
-  if (!drain_waiters_.empty()) return false;
   // A client's requests queue ahead of everyone else's on the shared connections: a pipeline
   // of large GETs or SETs would make others wait seconds for a small reply (Redis answers a
   // connection's requests in order). The bound counts what its requests will bring back, as

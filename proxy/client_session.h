@@ -91,11 +91,7 @@ class ClientSession {
   size_t StreamBacklog() const { return out_.size() + wbuf_.size(); }
   // A connection streaming this client a large reply waits until the client has read more
   // (ResumeStream when StreamBacklog is low again); Forget: it went away meanwhile.
-  void WaitForDrain(BackendConn* c) {
-    if (std::find(drain_waiters_.begin(), drain_waiters_.end(), c) == drain_waiters_.end()) {
-      drain_waiters_.push_back(c);
-    }
-  }
+  void WaitForDrain(BackendConn* c);
   void ForgetDrainWait(BackendConn* c) {
     drain_waiters_.erase(std::remove(drain_waiters_.begin(), drain_waiters_.end(), c),
                          drain_waiters_.end());
@@ -283,8 +279,9 @@ class ClientSession {
   static constexpr size_t kRingPoolKeep = 64;
   static std::vector<std::vector<Slot>>& RingPool();
   Slot& SlotAt(uint64_t seq) { return slots_[seq & (slots_.size() - 1)]; }
-  // Completes a slot with reply bytes; flushes the completed prefix into out_.
-  void Complete(uint64_t seq, const char* data, size_t len);
+  // Completes a slot with reply bytes; flushes the completed prefix into out_. from_server:
+  // the server's reply (the proxy's own errors do not count towards reply_estimate_).
+  void Complete(uint64_t seq, const char* data, size_t len, bool from_server = true);
   void CompleteError(uint64_t seq, std::string_view msg);
   void ReplyNow(const Buffer& b);
   void ReplyErrorNow(std::string_view msg);
@@ -312,6 +309,8 @@ class ClientSession {
   void ResumeStreams();
   // Reply bytes held for the client that count against max_client_buffer_bytes.
   size_t CountedReplyBytes() const;
+  // Past the in-flight bound, whether the client's requests are still read (not sent on).
+  bool TakesRequestsWhileWaited() const;
   void MaybeFinish();
   void ProtocolError(const std::string& msg);
   // `parser_error`: the parser's message for a wire limit.

@@ -1139,9 +1139,8 @@ def test_slow_reader_of_16mb_replies_is_streamed_within_bounds(fresh_cluster, ma
 
 def test_replica_busy_sending_a_clients_large_replies_is_not_marked_down(fresh_cluster,
                                                                          make_proxy):
-    """A client pipelines more large GETs than the replica can send within the timeout:
-    requests queued behind them on the shared connection time out while the replica is
-    sending steadily. That is the client's doing, not the replica's: the replica is not
+    """A client pipelines large GETs with a timeout of 0.3 s (on a slow machine, or before
+    the proxy knows their size, some are late while the replica is sending steadily). That is the client's doing, not the replica's: the replica is not
     marked down (only a silent one is), and every reply is right or an error, never wrong."""
     c = fresh_cluster
     value = os.urandom(256 * 1024).hex().encode()  # 512 KB
@@ -1212,6 +1211,49 @@ def test_replica_busy_sending_a_clients_large_replies_is_not_marked_down(fresh_c
     down = [line for line in marked_down_lines(proxy, c.replicas[0].port)
             if "health check" not in line]
     assert not down, "the replica (sending all along) was marked down:\n" + "\n".join(down)
+
+
+def test_client_not_reading_its_large_reply_gets_no_more_replies_built(fresh_cluster,
+                                                                        make_proxy):
+    """A client sends a GET of a 16 MB value and does not read: the reply waits for it
+    (streamed, its connection out of the pool). The client goes on pipelining 200 GETs of
+    256 KB while still reading nothing. The proxy takes those requests in but sends none on
+    while its replies wait to be read: the replica builds no 50 MB of replies for it, ahead
+    of everyone else's on the shared connection. Once the client reads, every reply comes,
+    right and in order."""
+    c = fresh_cluster
+    big = os.urandom(8 * 1024 * 1024).hex().encode()  # 16 MB: more than socket buffers hold
+    value = os.urandom(128 * 1024).hex().encode()  # 256 KB
+    c.primary.client(timeout=30).mset({"abuse:notread:big": big, "abuse:notread": value})
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c, "--timeout", str(5 * SLOWDOWN))
+    assert proxy.client().get("abuse:notread") == value  # the replica's connection is up
+    replica = c.replicas[0]
+    replica.client().config_resetstat()
+    n = 200
+    hog = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    hog.connect((HOST, proxy.port))
+    good = GoodClient(proxy.port).start()
+    try:
+        hog.sendall(encode_command("GET", "abuse:notread:big"))
+        wait_until(lambda: replica.calls("get") == 1, 5 * SLOWDOWN, what="the large GET sent")
+        time.sleep(0.3 * SLOWDOWN)  # its reply fills the socket and waits for the client
+        hog.sendall(encode_command("GET", "abuse:notread") * n)
+        time.sleep(1.0 * SLOWDOWN)  # still not reading
+        built = replica.calls("get") - 1
+        # Nothing more may go while MBs wait to be read (max_inflight_bytes is 4 MB).
+        assert built <= 2, f"{built} of {n} GETs of a client reading nothing reached the replica"
+        replies, _ = read_replies(hog, n + 1, timeout=30 * SLOWDOWN)
+    finally:
+        hog.close()
+        good.stop()
+    assert replies[0] == b"$%d\r\n%s\r\n" % (len(big), big), "the large reply is wrong"
+    want = b"$%d\r\n%s\r\n" % (len(value), value)
+    bad = [i for i, r in enumerate(replies[1:]) if r != want]
+    assert not bad, f"{len(bad)} wrong replies, first at {bad[0]}: {replies[bad[0] + 1][:80]!r}"
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
 
 
 def test_connection_owing_many_late_replies_starts_over(fresh_cluster, make_proxy):
