@@ -211,6 +211,31 @@ int Server::Run() {
       return 2;
     }
   }
+  // The admin endpoint listens before the client port does: whoever sees the proxy accept
+  // clients (a test, an orchestrator's probe) finds /healthz and /metrics there too. (The
+  // callbacks run only once the loop does, when everything they use exists.)
+  if (!config().admin_listen.empty()) {
+    admin_ = std::make_unique<AdminServer>(
+        loop_, *topology_,
+        [this] {
+          std::vector<const WorkerStats*> v;
+          for (auto& w : workers_) v.push_back(&w->stats());
+          return v;
+        },
+        [this] {
+          size_t n = 0;
+          for (auto& w : workers_) n += w->client_count();
+          return n;
+        });
+    admin_->SetInfo([this] { return info_->Json(); });
+    admin_->SetExtras([this] { return ExtraMetrics(); },
+                      [this] {
+                        if (cluster_) return cluster_->ReadyNotes();
+                        return sentinels_ ? sentinels_->ReadyNotes() : std::string();
+                      });
+    if (!admin_->Start(config().admin_listen)) return 1;
+  }
+
   if (!Listen()) return 1;
   unsigned n = config().workers;
   if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
@@ -250,6 +275,7 @@ int Server::Run() {
     // Before the workers start: they signal it for a fresh slot map.
     cluster_ = std::make_unique<ClusterMonitor>(loop_, config_, *topology_);
     cluster_->SetTls(backend_tls_);
+    if (admin_) admin_->SetCovered([this] { return cluster_->Covered(); });
   }
   for (auto& w : workers_) w->Start();
 
@@ -266,33 +292,6 @@ int Server::Run() {
     sentinels_->Start();
   }
   AcceptWhenReady();
-
-  if (!config().admin_listen.empty()) {
-    admin_ = std::make_unique<AdminServer>(
-        loop_, *topology_,
-        [this] {
-          std::vector<const WorkerStats*> v;
-          for (auto& w : workers_) v.push_back(&w->stats());
-          return v;
-        },
-        [this] {
-          size_t n = 0;
-          for (auto& w : workers_) n += w->client_count();
-          return n;
-        });
-    admin_->SetInfo([this] { return info_->Json(); });
-    admin_->SetExtras([this] { return ExtraMetrics(); },
-                      [this] {
-                        if (cluster_) return cluster_->ReadyNotes();
-                        return sentinels_ ? sentinels_->ReadyNotes() : std::string();
-                      });
-    if (cluster_) admin_->SetCovered([this] { return cluster_->Covered(); });
-    if (!admin_->Start(config().admin_listen)) {
-      for (auto& w : workers_) w->RequestDrain();
-      for (auto& w : workers_) w->Join();
-      return 1;
-    }
-  }
 
   uv_signal_init(loop_, &sigterm_);
   sigterm_.data = this;

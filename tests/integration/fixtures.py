@@ -383,8 +383,11 @@ class Proxy:
     """The real kompress-proxy binary, listening on a free loopback port."""
 
     def __init__(self, workdir, primary_port=None, replica_ports=(), extra_args=(),
-                 env=None, use_base_args=True, name="proxy", listen_via_env=False):
+                 env=None, use_base_args=True, name="proxy", listen_via_env=False,
+                 ready_poll=0.05):
+        """ready_poll: seconds between checks that the client port accepts (start())."""
         ALL_PROXIES.append(self)
+        self.ready_poll = ready_poll
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -418,7 +421,8 @@ class Proxy:
                 raise RuntimeError(f"proxy exited with {self.proc.returncode}: {self.stderr()}")
             return port_accepts(self.port)
         try:
-            wait_until(ready, timeout, what="proxy to accept connections")
+            wait_until(ready, timeout, interval=self.ready_poll,
+                       what="proxy to accept connections")
         except (TimeoutError, RuntimeError) as exc:
             self.stop()
             raise RuntimeError(f"proxy did not start: {exc}\nargs: {self.args}\n"
@@ -488,21 +492,13 @@ def run_proxy_once(args, env=None, timeout=15):
 
 # -- the admin endpoint -----------------------------------------------------------------------
 
-def http_get(port, path, attempts=3):
-    """(status, body) of GET http://127.0.0.1:port/path. A refused connection is tried again
-    twice, 0.2 s apart: once in CI (ASan stage) a connect to an admin endpoint the proxy had
-    logged as listening was refused, which a loopback SYN meeting an old TIME_WAIT of the
-    same port pair can cause. An endpoint that is not there is refused every time."""
-    for attempt in range(attempts):
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except urllib.error.URLError as e:
-            if not isinstance(e.reason, ConnectionRefusedError) or attempt + 1 == attempts:
-                raise
-            time.sleep(0.2)
+def http_get(port, path):
+    """(status, body) of GET http://127.0.0.1:port/path."""
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def metric(text, series):

@@ -481,6 +481,23 @@ def test_proxy_info_command_and_json(fresh_cluster, make_proxy):
     assert view["stats"]["writes"] >= 1  # the SET (INFO goes to the primary as well)
 
 
+def test_admin_endpoint_listens_once_clients_are_accepted(cluster, make_proxy):
+    """Whoever sees the proxy accept clients (a test, an orchestrator's readiness probe) finds
+    the admin endpoint listening too: it opens first. (It used to open after the workers had
+    started: a connect in between was refused, under ASan in CI, and nearly every time for a
+    check polling the client port every millisecond.)"""
+    import socket as sk
+    for _ in range(5):
+        admin = free_port()
+        p = make_proxy(cluster.primary.port, [r.port for r in cluster.replicas],
+                       extra_args=["--admin-listen", f"{HOST}:{admin}"], ready_poll=0.001)
+        try:
+            sk.create_connection((HOST, admin), timeout=5).close()
+        except ConnectionRefusedError:
+            raise AssertionError("the client port accepted before the admin endpoint listened")
+        p.stop()
+
+
 def test_admin_endpoint_holds_up_to_bad_http(cluster, make_proxy):
     """Idle, slow, oversized and malformed admin requests neither stop the next scrape nor
     hold descriptors for long; clients of the proxy see nothing of it."""
