@@ -56,6 +56,28 @@ def _ephemeral_range():
 _HANDED_OUT = set()
 
 
+def _port_class():
+    """(residue, modulus): the ports this test process may hand out are those congruent to
+    residue. Under pytest-xdist each worker is its own process with its own _HANDED_OUT, so
+    the workers split the ports between them instead. The modulus divides 10000, so a
+    cluster node's bus port (+10000) stays in its node's class."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count <= 1:
+        return 0, 1
+    modulus = next(m for m in range(count, 10001) if 10000 % m == 0)
+    return int(worker[2:]) % modulus, modulus
+
+
+_PORT_CLASS = _port_class()
+
+
+def _random_port(low, top):
+    residue, modulus = _PORT_CLASS
+    port = random.randint(low, top - modulus)
+    return port - port % modulus + residue
+
+
 def _hand_out(port):
     _HANDED_OUT.add(port)
     return port
@@ -69,7 +91,7 @@ def free_port():
     low, _ = _ephemeral_range()
     top = min(low, 32768) - 1
     for _ in range(200):
-        port = random.randint(10000, top)
+        port = _random_port(10000, top)
         if port in _HANDED_OUT:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -1010,7 +1032,7 @@ def free_cluster_port():
     low, _ = _ephemeral_range()
     top = min(low, 32768) - 1 - 10000
     for _ in range(500):
-        port = random.randint(10000, top)
+        port = _random_port(10000, top)
         if {port, port + 10000} & _HANDED_OUT:
             continue
         if port_is_free(port) and port_is_free(port + 10000):
