@@ -260,7 +260,10 @@ void ClientSession::ProcessInput() {
       // client does not read. Stop reading its requests until they drain (MaybeResume), well
       // before the buffer bound that would drop it.
       paused_ = true;
-      if (!replies_pile && TakesRequestsWhileWaited()) return;
+      if (!replies_pile && TakesRequestsWhileWaited()) {
+        worker_->MarkDirty(this);  // what it holds counts towards the total bound (Account)
+        return;
+      }
       PauseReading();
       return;
     }
@@ -1262,7 +1265,10 @@ bool ClientSession::CheckOutputLimit() {
 }
 
 void ClientSession::Account() {
-  size_t now = CountedReplyBytes();
+  // Requests taken in while a reply waits for the client to read it (TakesRequestsWhileWaited)
+  // are held for it as its replies are: they count too, so many such clients cannot together
+  // grow the proxy past the total bound.
+  size_t now = CountedReplyBytes() + (drain_waiters_.empty() ? 0 : in_.size());
   if (now == accounted_) return;
   auto delta = static_cast<int64_t>(now) - static_cast<int64_t>(accounted_);
   accounted_ = now;
@@ -1276,8 +1282,9 @@ void ClientSession::DropForTotalBudget() {
   LogFields f{
       {"event", "client_dropped"}, {"client", client}, {"reason", "max_total_client_buffer_bytes"}};
   Log().warn(
-      "client {}{}: holds {} bytes of replies, the most while all clients together hold "
-      "more than limits.max_total_client_buffer_bytes ({}); closing",
+      "client {}{}: holds {} bytes of replies (and requests not yet sent on), the most while "
+      "all clients together hold more than limits.max_total_client_buffer_bytes ({}); "
+      "closing",
       id_, push_mode_ ? " (subscriber)" : "", accounted_,
       worker_->config().client.max_total_client_buffer_bytes);
   worker_->stats().client_drops[static_cast<size_t>(DropReason::kTotalClientBuffer)]++;

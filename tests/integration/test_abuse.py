@@ -1256,6 +1256,68 @@ def test_client_not_reading_its_large_reply_gets_no_more_replies_built(fresh_clu
     assert_no_backend_marked_down(proxy)
 
 
+def test_requests_held_for_clients_not_reading_count_towards_the_total_bound(fresh_cluster,
+                                                                            make_proxy):
+    """Eight clients each leave a 16 MB reply unread and go on writing 1 MB SETs (as a client
+    writing its whole pipeline before reading does). The proxy takes their requests in
+    without sending them on, and counts what it holds for each towards
+    max_total_client_buffer_bytes (48 MB here, 64 MB per client): the clients holding most
+    are dropped, and the proxy's RSS stays within twice the total bound + RSS_SLACK_BYTES.
+    Held without being counted, they grew it by up to 32 MB each."""
+    c = fresh_cluster
+    big = os.urandom(8 * MB).hex().encode()  # 16 MB
+    c.primary.client(timeout=30).set("abuse:held:big", big)
+    c.wait_replicated()
+    total = 48 * MB
+    proxy = start_proxy(make_proxy, c, "--max-client-buffer-bytes", str(64 * MB),
+                        "--max-total-client-buffer-bytes", str(total), "--timeout",
+                        str(5 * SLOWDOWN), env=rss_env())
+    good = GoodClient(proxy.port).start()
+    time.sleep(0.5)
+    baseline = vm_rss_bytes(proxy.proc.pid)
+    setcmd = encode_command("SET", "abuse:held:k", os.urandom(MB // 2).hex())
+    socks, writers = [], []
+
+    def write_sets(s):
+        try:
+            for _ in range(64):
+                s.sendall(setcmd)
+        except OSError:
+            pass  # dropped by the bound: the rest is not taken
+
+    try:
+        with RssSampler(proxy.proc.pid) as rss:
+            # One at a time: each reply fills its socket and waits for its client alone on
+            # its connection (out of the pool), as when the client is the only one reading.
+            for _ in range(8):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+                s.connect((HOST, proxy.port))
+                s.settimeout(20 * SLOWDOWN)
+                s.sendall(encode_command("GET", "abuse:held:big"))
+                socks.append(s)
+                time.sleep(0.3 * SLOWDOWN)
+                writers.append(threading.Thread(target=write_sets, args=(s,), daemon=True))
+                writers[-1].start()
+            for w in writers:
+                w.join(20 * SLOWDOWN)
+            time.sleep(0.5 * SLOWDOWN)
+        drops = metric(http_get(proxy.admin, "/metrics")[1],
+                       'kompress_client_drops_total{reason="max_total_client_buffer_bytes"}')
+    finally:
+        for s in socks:
+            s.close()
+        good.stop()
+    print(f"RSS {baseline / MB:.0f} MB -> peak {rss.peak / MB:.0f} MB, {drops:.0f} dropped")
+    assert drops >= 1, "no client was dropped while eight held up to 32 MB each"
+    # Twice the bound: the 16 MB replies' own buffers and the bytes one loop turn takes in
+    # come on top. Uncounted, the held requests took it to about 400 MB.
+    assert rss.peak <= baseline + 2 * total + RSS_SLACK_BYTES, (
+        f"proxy RSS reached {rss.peak / MB:.0f} MB from {baseline / MB:.0f} MB")
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
+
+
 def test_connection_owing_many_late_replies_starts_over(fresh_cluster, make_proxy):
     """Requests answered by the timeout leave their replies owed on the shared connection:
     the server still builds them, and everything queued behind waits for them. Past 128
