@@ -191,6 +191,17 @@ class Buffer {
     uintptr_t to = (reinterpret_cast<uintptr_t>(p) + n) & ~(kHuge - 1);
     if (to > from) madvise(reinterpret_cast<void*>(from), to - from, MADV_HUGEPAGE);
   }
+  // The same advice for a block that realloc moves with mremap, over every page of it: advice
+  // on part of a mapping splits it in three, after which mremap can no longer move it (EFAULT:
+  // the range spans several mappings), and glibc copied the whole block at each doubling: a
+  // client's unread replies took about twice their size (RSS 194-245 MB for 135 MB held;
+  // 209 MB for 197 MB since).
+  static void AdviseHugeWhole(char* p, size_t n) {
+    constexpr uintptr_t kPage = 4096;
+    uintptr_t from = reinterpret_cast<uintptr_t>(p) & ~(kPage - 1);
+    uintptr_t to = (reinterpret_cast<uintptr_t>(p) + n + kPage - 1) & ~(kPage - 1);
+    madvise(reinterpret_cast<void*>(from), to - from, MADV_HUGEPAGE);
+  }
 
   // `filling`: the bytes about to be written into the new room at once.
   void Reserve(size_t n, size_t filling, bool exact = false) {
@@ -220,7 +231,7 @@ class Buffer {
       // does not stall the loop copying it.
       nd = static_cast<char*>(std::realloc(data_, ncap));
       if (!nd) throw std::bad_alloc();
-      if (used + filling >= kHugeAt) AdviseHuge(nd, ncap);
+      if (used + filling >= kHugeAt) AdviseHugeWhole(nd, ncap);
       data_ = nd;
       cap_ = ncap;
       return;

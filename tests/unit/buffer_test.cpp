@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <fstream>
 #include <string>
+#include <utility>
 
 #include "common/buffer.h"
 
@@ -89,6 +91,30 @@ TEST_CASE("a large buffer grown in place keeps its bytes") {
   b.Append("z", 1);  // growth with a consumed prefix still keeps order
   CHECK(b.data()[0] == 'a');
   CHECK(b.data()[b.size() - 1] == 'z');
+}
+
+// The /proc/self/maps line (start, end) holding address p; {0, 0} when none does.
+std::pair<uintptr_t, uintptr_t> MappingOf(const void* p) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  while (std::getline(maps, line)) {
+    uintptr_t from = std::stoull(line, nullptr, 16);
+    uintptr_t to = std::stoull(line.substr(line.find('-') + 1), nullptr, 16);
+    if (at >= from && at < to) return {from, to};
+  }
+  return {0, 0};
+}
+
+TEST_CASE("a large buffer that grows stays one mapping, so realloc can move it") {
+  // Huge-page advice on part of a block split its mapping, and realloc's mremap then failed
+  // (the range spanned several mappings): glibc copied the whole block at every doubling.
+  Buffer b;
+  std::string chunk(1 << 20, 'x');
+  for (size_t i = 0; i < 40; ++i) b.Append(chunk.data(), chunk.size());
+  auto first = MappingOf(b.data());
+  REQUIRE(first.second != 0);
+  CHECK(MappingOf(b.data() + b.size() - 1) == first);
 }
 
 TEST_CASE("small blocks of every kept size are reused once emptied, and growth keeps the bytes") {
