@@ -252,15 +252,15 @@ void ClientSession::ProcessInput() {
   const Config& cfg = worker_->config();
   while (!closed_ && !closing_after_flush_ && !quit_pending_ && !unpin_marker_sent_ &&
          !resubscribing_ && resub_swallow_ == 0 && !auth_pending_ && !in_.empty()) {
-    const bool replies_pile = CountedReplyBytes() > cfg.client.max_client_buffer_bytes / 2;
+    const size_t pile_at = cfg.client.max_client_buffer_bytes / 2;
     if ((dedicated_ == nullptr &&
          InflightReaches(cfg.client.max_pipeline_depth, cfg.client.max_inflight_bytes)) ||
-        replies_pile || BarrierHolds()) {
+        CountedReplyBytes() > pile_at || BarrierHolds()) {
       // Backpressure: too many requests (or bytes) in flight, or replies piling up that the
       // client does not read. Stop reading its requests until they drain (MaybeResume), well
       // before the buffer bound that would drop it.
       paused_ = true;
-      if (!replies_pile && TakesRequestsWhileWaited()) {
+      if (TakesRequestsWhileWaited() && CountedReplyBytes() <= pile_at) {
         worker_->MarkDirty(this);  // what it holds counts towards the total bound (Account)
         return;
       }
