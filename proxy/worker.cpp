@@ -63,6 +63,8 @@ void Worker::Join() {
 }
 
 void Worker::Run() {
+  // Large values' buffers are kept warm between requests; OnTick trims them (see buffer.h).
+  SpareLargeBlocks::Enable();
   uv_run(&loop_, UV_RUN_DEFAULT);
   // Handles closed during the last turn may have buried objects after the final check.
   for (BackendConn* c : graveyard_) delete c;
@@ -459,6 +461,7 @@ void Worker::OnTick() {
   std::vector<BackendConn*> shared;
   ForEachShared([&shared](BackendConn* c) { shared.push_back(c); });
   for (BackendConn* c : shared) c->CheckTimeout(now);
+  SpareLargeBlocks::Trim(now);
   if (now - last_sweep_ms_ >= 5000) {
     last_sweep_ms_ = now;
     CloseIdleClassPools(now);

@@ -1,11 +1,13 @@
 // Unit tests for common/buffer: growth, compaction, exact room for announced values, the
-// allocation failure path that must leave the buffer as it was, and the spare small blocks.
+// allocation failure path that must leave the buffer as it was, and the spare small and large
+// blocks.
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "common/buffer.h"
@@ -147,6 +149,89 @@ TEST_CASE("small blocks of every kept size are reused once emptied, and growth k
   CHECK(SpareBlocks::ClassOf(1536) == -1);
   CHECK(SpareBlocks::ClassOf(256) == -1);
   CHECK(SpareBlocks::ClassOf(0) == -1);
+}
+
+TEST_CASE("large blocks are kept warm for the next large buffer, bounded, and trimmed when idle") {
+  // On a thread of its own: only a thread that enabled the cache (a worker) keeps blocks.
+  std::thread([] {
+    constexpr size_t kMB = 1 << 20;
+    const std::string mb(kMB, 'y');
+    auto empty_cache = [] {
+      SpareLargeBlocks::Trim(0);
+      SpareLargeBlocks::Trim(SpareLargeBlocks::kHoldMs);
+    };
+    {
+      Buffer b;
+      for (int i = 0; i < 3; ++i) b.Append(mb.data(), mb.size());
+    }
+    CHECK(SpareLargeBlocks::bytes() == 0);  // not enabled here yet: freed
+
+    SpareLargeBlocks::Enable();
+    const char* first = nullptr;
+    size_t cap = 0;
+    {
+      Buffer b;
+      for (int i = 0; i < 3; ++i) b.Append(mb.data(), mb.size());
+      first = b.data();
+      cap = b.capacity();
+    }
+    CHECK(cap == 4 * kMB);
+    CHECK(SpareLargeBlocks::bytes() == cap);
+    {
+      // Growing past 1 MB takes the kept block (its pages already in) and keeps the bytes.
+      Buffer b;
+      b.Append(mb.data(), 1000);
+      b.Append(mb.data(), mb.size());
+      CHECK(b.data() == first);
+      CHECK(b.capacity() == cap);
+      CHECK(b.view() == mb.substr(0, 1000) + mb);
+      CHECK(SpareLargeBlocks::bytes() == 0);
+    }
+    CHECK(SpareLargeBlocks::bytes() == cap);
+
+    // Idle: kept while given or taken since the last trim, freed kHoldMs after that.
+    SpareLargeBlocks::Trim(5000);
+    SpareLargeBlocks::Trim(5000 + SpareLargeBlocks::kHoldMs - 1);
+    CHECK(SpareLargeBlocks::bytes() == cap);
+    SpareLargeBlocks::Trim(5000 + SpareLargeBlocks::kHoldMs);
+    CHECK(SpareLargeBlocks::bytes() == 0);
+
+    // At most kMaxBlocks: the smallest goes first.
+    {
+      Buffer b[5];
+      for (size_t i = 0; i < 5; ++i) REQUIRE(b[i].TryPrepareWrite((2 + i) * kMB, true));
+    }
+    CHECK(SpareLargeBlocks::bytes() == (3 + 4 + 5 + 6) * kMB);
+    empty_cache();
+    CHECK(SpareLargeBlocks::bytes() == 0);
+
+    // At most kMaxBytes: a block that does not fit beside larger ones is freed, and one
+    // larger than the whole bound is never kept.
+    {
+      Buffer b[3];
+      for (auto& x : b) REQUIRE(x.TryPrepareWrite(30 * kMB, true));
+    }
+    CHECK(SpareLargeBlocks::bytes() == 60 * kMB);
+    empty_cache();
+    {
+      Buffer b;
+      REQUIRE(b.TryPrepareWrite(SpareLargeBlocks::kMaxBytes + kMB, true));
+    }
+    CHECK(SpareLargeBlocks::bytes() == 0);
+
+    // A small buffer does not take a block more than 8 times its need.
+    {
+      Buffer big;
+      REQUIRE(big.TryPrepareWrite(32 * kMB, true));
+    }
+    {
+      Buffer b;
+      b.Append(mb.data(), kMB);
+      CHECK(b.capacity() == kMB);
+      CHECK(SpareLargeBlocks::bytes() == 32 * kMB);
+    }
+    empty_cache();
+  }).join();
 }
 
 }  // namespace
