@@ -98,13 +98,14 @@ class SpareLargeBlocks {
 
   // Blocks this thread releases are kept from now on (a worker, which calls Trim).
   static void Enable() { Mine().enabled = true; }
-  // A kept block of at least n bytes (and at most 8 times n: a small buffer does not take a
-  // block a large value will want), its size in *cap; nullptr when none fits.
+  // The smallest kept block of at least n bytes, its size in *cap; nullptr when none fits. A
+  // buffer growing past 1 MB takes a larger block when that is all there is: a value still
+  // arriving then needs no further step (and a block that is emptied goes back at once).
   static char* Take(size_t n, size_t* cap) {
     List& l = Mine();
     size_t best = l.n;
     for (size_t i = 0; i < l.n; ++i) {
-      if (l.cap[i] >= n && l.cap[i] / 8 <= n && (best == l.n || l.cap[i] < l.cap[best])) best = i;
+      if (l.cap[i] >= n && (best == l.n || l.cap[i] < l.cap[best])) best = i;
     }
     if (best == l.n) return nullptr;
     char* p = l.block[best];

@@ -219,16 +219,25 @@ TEST_CASE("large blocks are kept warm for the next large buffer, bounded, and tr
     }
     CHECK(SpareLargeBlocks::bytes() == 0);
 
-    // A small buffer does not take a block more than 8 times its need.
+    // A buffer growing past 1 MB takes the smallest kept block that fits, however large: a
+    // value still arriving then needs no further step.
+    const char* big_block = nullptr;
+    const char* small_block = nullptr;
     {
-      Buffer big;
+      Buffer big, small;
       REQUIRE(big.TryPrepareWrite(32 * kMB, true));
+      REQUIRE(small.TryPrepareWrite(2 * kMB, true));
+      big_block = big.data();
+      small_block = small.data();
     }
     {
-      Buffer b;
+      Buffer b, c;
       b.Append(mb.data(), kMB);
-      CHECK(b.capacity() == kMB);
-      CHECK(SpareLargeBlocks::bytes() == 32 * kMB);
+      CHECK(b.data() == small_block);
+      c.Append(mb.data(), kMB);
+      CHECK(c.data() == big_block);
+      CHECK(c.capacity() == 32 * kMB);
+      CHECK(SpareLargeBlocks::bytes() == 0);
     }
     empty_cache();
   }).join();
