@@ -15,7 +15,30 @@
 #include <string_view>
 #include <utility>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
+
 namespace kp {
+
+// A block kept for reuse is freed memory as far as the program is concerned: under ASan it
+// is poisoned while kept, so a stale pointer into it is still reported (as free() would).
+inline void PoisonKept(const char* p, size_t n) {
+#if defined(__SANITIZE_ADDRESS__)
+  ASAN_POISON_MEMORY_REGION(p, n);
+#else
+  (void)p;
+  (void)n;
+#endif
+}
+inline void UnpoisonKept(const char* p, size_t n) {
+#if defined(__SANITIZE_ADDRESS__)
+  ASAN_UNPOISON_MEMORY_REGION(p, n);
+#else
+  (void)p;
+  (void)n;
+#endif
+}
 
 // This thread's spare small blocks (512 bytes to 4 KB), handed to the next buffer that needs
 // one of that size. At P=1 a client's reply buffer is filled and emptied (and, to keep idle
@@ -38,7 +61,10 @@ class SpareBlocks {
   static char* Take(int cls) {
     List& l = Mine();
     size_t& n = l.n[cls];
-    return n == 0 ? nullptr : l.blocks[cls][--n];
+    if (n == 0) return nullptr;
+    char* p = l.blocks[cls][--n];
+    UnpoisonKept(p, kSmallest << cls);
+    return p;
   }
   // False when the caller must free the block itself: the class is full, or this thread is
   // exiting and its list was already emptied (buffers held by other thread-local objects
@@ -49,6 +75,7 @@ class SpareBlocks {
     if (l.closed || n == Bound(cls)) return false;
     thread_local Reaper reaper;  // its first use arranges the release at thread exit
     (void)reaper;
+    PoisonKept(p, kSmallest << cls);
     l.blocks[cls][n++] = p;
     return true;
   }
@@ -70,7 +97,10 @@ class SpareBlocks {
     ~Reaper() {
       List& l = Mine();
       for (size_t c = 0; c < kClasses; ++c) {
-        for (size_t i = 0; i < l.n[c]; ++i) std::free(l.blocks[c][i]);
+        for (size_t i = 0; i < l.n[c]; ++i) {
+          UnpoisonKept(l.blocks[c][i], kSmallest << c);
+          std::free(l.blocks[c][i]);
+        }
         l.n[c] = 0;
       }
       l.closed = true;
@@ -109,6 +139,7 @@ class SpareLargeBlocks {
     }
     if (best == l.n) return nullptr;
     char* p = l.block[best];
+    UnpoisonKept(p, l.cap[best]);
     *cap = l.cap[best];
     l.bytes -= l.cap[best];
     --l.n;
@@ -128,6 +159,7 @@ class SpareLargeBlocks {
         if (l.cap[i] < l.cap[smallest]) smallest = i;
       }
       if (l.cap[smallest] >= cap) return false;
+      UnpoisonKept(l.block[smallest], l.cap[smallest]);
       std::free(l.block[smallest]);
       l.bytes -= l.cap[smallest];
       --l.n;
@@ -136,6 +168,7 @@ class SpareLargeBlocks {
     }
     thread_local Reaper reaper;  // its first use arranges the release at thread exit
     (void)reaper;
+    PoisonKept(p, cap);
     l.block[l.n] = p;
     l.cap[l.n] = cap;
     ++l.n;
@@ -176,7 +209,10 @@ class SpareLargeBlocks {
     }
   };
   static void FreeAll(List& l) {
-    for (size_t i = 0; i < l.n; ++i) std::free(l.block[i]);
+    for (size_t i = 0; i < l.n; ++i) {
+      UnpoisonKept(l.block[i], l.cap[i]);
+      std::free(l.block[i]);
+    }
     l.n = 0;
     l.bytes = 0;
   }

@@ -177,6 +177,11 @@ TEST_CASE("large blocks are kept warm for the next large buffer, bounded, and tr
     }
     CHECK(cap == 4 * kMB);
     CHECK(SpareLargeBlocks::bytes() == cap);
+#if defined(__SANITIZE_ADDRESS__)
+    // Kept blocks are poisoned: a stale pointer into one is reported as after free().
+    CHECK(__asan_address_is_poisoned(first) == 1);
+    CHECK(__asan_address_is_poisoned(first + cap - 1) == 1);
+#endif
     {
       // Growing past 1 MB takes the kept block (its pages already in) and keeps the bytes.
       Buffer b;
@@ -184,6 +189,9 @@ TEST_CASE("large blocks are kept warm for the next large buffer, bounded, and tr
       b.Append(mb.data(), mb.size());
       CHECK(b.data() == first);
       CHECK(b.capacity() == cap);
+#if defined(__SANITIZE_ADDRESS__)
+      CHECK(__asan_address_is_poisoned(first + cap - 1) == 0);
+#endif
       CHECK(b.view() == mb.substr(0, 1000) + mb);
       CHECK(SpareLargeBlocks::bytes() == 0);
     }
