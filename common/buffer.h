@@ -117,8 +117,9 @@ class SpareBlocks {
 // one grows a fresh buffer through 512 KB and 4 MB to 16 MB, every page faulted in (and
 // zeroed) again: a third of the proxy's CPU on 16 MB SETs went to page faults (`perf`), on a
 // host where a freed page goes back to the hypervisor. Only threads that trim the cache
-// (workers, once per tick) keep blocks; bounded to kMaxBlocks blocks and kMaxBytes a thread,
-// and emptied once no large block was given or taken for kHoldMs.
+// (workers, once per tick) keep blocks; bounded to kMaxBlocks blocks and the thread's limit
+// (SetLimit, at most kMaxBytes), and emptied once no large block was given or taken for
+// kHoldMs.
 class SpareLargeBlocks {
  public:
   static constexpr size_t kMin = 1024 * 1024;
@@ -126,8 +127,18 @@ class SpareLargeBlocks {
   static constexpr size_t kMaxBytes = 64 * 1024 * 1024;
   static constexpr uint64_t kHoldMs = 1000;
 
-  // Blocks this thread releases are kept from now on (a worker, which calls Trim).
-  static void Enable() { Mine().enabled = true; }
+  // Blocks this thread releases are kept from now on (a worker, which calls Trim), up to
+  // `limit` bytes.
+  static void Enable(size_t limit) {
+    Mine().enabled = true;
+    SetLimit(limit);
+  }
+  // A new bound (at most kMaxBytes); blocks past it are freed now, smallest first.
+  static void SetLimit(size_t limit) {
+    List& l = Mine();
+    l.limit = std::min(limit, kMaxBytes);
+    while (l.bytes > l.limit) FreeSmallest(l);
+  }
   // The smallest kept block of at least n bytes, its size in *cap; nullptr when none fits. A
   // buffer growing past 1 MB takes a larger block when that is all there is: a value still
   // arriving then needs no further step (and a block that is emptied goes back at once).
@@ -152,19 +163,10 @@ class SpareLargeBlocks {
   // blocks for a larger one.
   static bool Give(char* p, size_t cap) {
     List& l = Mine();
-    if (!l.enabled || l.closed || cap > kMaxBytes) return false;
-    while (l.n == kMaxBlocks || l.bytes + cap > kMaxBytes) {
-      size_t smallest = 0;
-      for (size_t i = 1; i < l.n; ++i) {
-        if (l.cap[i] < l.cap[smallest]) smallest = i;
-      }
-      if (l.cap[smallest] >= cap) return false;
-      UnpoisonKept(l.block[smallest], l.cap[smallest]);
-      std::free(l.block[smallest]);
-      l.bytes -= l.cap[smallest];
-      --l.n;
-      l.block[smallest] = l.block[l.n];
-      l.cap[smallest] = l.cap[l.n];
+    if (!l.enabled || l.closed || cap > l.limit) return false;
+    while (l.n == kMaxBlocks || l.bytes + cap > l.limit) {
+      if (l.cap[Smallest(l)] >= cap) return false;
+      FreeSmallest(l);
     }
     thread_local Reaper reaper;  // its first use arranges the release at thread exit
     (void)reaper;
@@ -194,6 +196,7 @@ class SpareLargeBlocks {
     size_t cap[kMaxBlocks];
     size_t n;
     size_t bytes;
+    size_t limit;
     uint64_t last_ms;
     bool touched;
     bool enabled;
@@ -208,6 +211,22 @@ class SpareLargeBlocks {
       Mine().closed = true;
     }
   };
+  static size_t Smallest(const List& l) {
+    size_t smallest = 0;
+    for (size_t i = 1; i < l.n; ++i) {
+      if (l.cap[i] < l.cap[smallest]) smallest = i;
+    }
+    return smallest;
+  }
+  static void FreeSmallest(List& l) {
+    const size_t i = Smallest(l);
+    UnpoisonKept(l.block[i], l.cap[i]);
+    std::free(l.block[i]);
+    l.bytes -= l.cap[i];
+    --l.n;
+    l.block[i] = l.block[l.n];
+    l.cap[i] = l.cap[l.n];
+  }
   static void FreeAll(List& l) {
     for (size_t i = 0; i < l.n; ++i) {
       UnpoisonKept(l.block[i], l.cap[i]);

@@ -64,7 +64,7 @@ void Worker::Join() {
 
 void Worker::Run() {
   // Large values' buffers are kept warm between requests; OnTick trims them (see buffer.h).
-  SpareLargeBlocks::Enable();
+  SpareLargeBlocks::Enable(SpareLargeLimit());
   uv_run(&loop_, UV_RUN_DEFAULT);
   // Handles closed during the last turn may have buried objects after the final check.
   for (BackendConn* c : graveyard_) delete c;
@@ -446,6 +446,17 @@ void Worker::OnCheck() {
   }
 }
 
+size_t Worker::SpareLargeLimit() const {
+  // Blocks kept warm are memory the total bound does not count: a quarter of it at most,
+  // shared by the workers, and none while clients together hold more than half of it (the
+  // bound's memory goes to them).
+  const size_t total = config_->client.max_total_client_buffer_bytes;
+  if (budget_->reply_bytes.load(std::memory_order_relaxed) > static_cast<int64_t>(total / 2)) {
+    return 0;
+  }
+  return total / 4 / std::max<size_t>(1, budget_->workers.size());
+}
+
 void Worker::OnTick() {
   TouchClock();  // timeouts complete requests here
   uint64_t now = uv_now(&loop_);
@@ -461,6 +472,7 @@ void Worker::OnTick() {
   std::vector<BackendConn*> shared;
   ForEachShared([&shared](BackendConn* c) { shared.push_back(c); });
   for (BackendConn* c : shared) c->CheckTimeout(now);
+  SpareLargeBlocks::SetLimit(SpareLargeLimit());
   SpareLargeBlocks::Trim(now);
   if (now - last_sweep_ms_ >= 5000) {
     last_sweep_ms_ = now;

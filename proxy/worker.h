@@ -172,6 +172,8 @@ class Worker {
   void OnAsync();
   void OnCheck();
   void OnTick();
+  // The bytes of large blocks this worker keeps warm now (SpareLargeBlocks).
+  size_t SpareLargeLimit() const;
   void OnParkTimer();
   void AcceptPending();
   // This worker's client holding the most (nullptr: none holds anything); publishes it.

@@ -166,7 +166,7 @@ TEST_CASE("large blocks are kept warm for the next large buffer, bounded, and tr
     }
     CHECK(SpareLargeBlocks::bytes() == 0);  // not enabled here yet: freed
 
-    SpareLargeBlocks::Enable();
+    SpareLargeBlocks::Enable(SpareLargeBlocks::kMaxBytes);
     const char* first = nullptr;
     size_t cap = 0;
     {
@@ -226,6 +226,23 @@ TEST_CASE("large blocks are kept warm for the next large buffer, bounded, and tr
       REQUIRE(b.TryPrepareWrite(SpareLargeBlocks::kMaxBytes + kMB, true));
     }
     CHECK(SpareLargeBlocks::bytes() == 0);
+
+    // A lower limit frees the smallest blocks now, and refuses blocks past it.
+    {
+      Buffer b[3];
+      for (size_t i = 0; i < 3; ++i) REQUIRE(b[i].TryPrepareWrite((2 + i) * kMB, true));
+    }
+    CHECK(SpareLargeBlocks::bytes() == (2 + 3 + 4) * kMB);
+    SpareLargeBlocks::SetLimit(6 * kMB);
+    CHECK(SpareLargeBlocks::bytes() == 4 * kMB);
+    SpareLargeBlocks::SetLimit(0);
+    CHECK(SpareLargeBlocks::bytes() == 0);
+    {
+      Buffer b;
+      REQUIRE(b.TryPrepareWrite(2 * kMB, true));
+    }
+    CHECK(SpareLargeBlocks::bytes() == 0);
+    SpareLargeBlocks::SetLimit(SpareLargeBlocks::kMaxBytes);
 
     // A buffer growing past 1 MB takes the smallest kept block that fits, however large: a
     // value still arriving then needs no further step.
