@@ -40,6 +40,24 @@ inline void UnpoisonKept(const char* p, size_t n) {
 #endif
 }
 
+// Calls Fn when the calling thread exits, once however often Arm() is called on it: the spare
+// lists below free what they keep. Their lists themselves are trivially destructible, so they
+// stay usable while the thread's destructors run.
+template <void (*Fn)()>
+class AtThreadExit {
+ public:
+  static void Arm() {
+    thread_local AtThreadExit once;
+    (void)once;
+  }
+  AtThreadExit(const AtThreadExit&) = delete;
+  AtThreadExit& operator=(const AtThreadExit&) = delete;
+  ~AtThreadExit() { Fn(); }
+
+ private:
+  AtThreadExit() = default;
+};
+
 // This thread's spare small blocks (512 bytes to 4 KB), handed to the next buffer that needs
 // one of that size. At P=1 a client's reply buffer is filled and emptied (and, to keep idle
 // clients small, released) on every request, and at P=16 it grows past its first block on
@@ -73,8 +91,7 @@ class SpareBlocks {
     List& l = Mine();
     size_t& n = l.n[cls];
     if (l.closed || n == Bound(cls)) return false;
-    thread_local Reaper reaper;  // its first use arranges the release at thread exit
-    (void)reaper;
+    AtThreadExit<&Close>::Arm();
     PoisonKept(p, kSmallest << cls);
     l.blocks[cls][n++] = p;
     return true;
@@ -90,22 +107,18 @@ class SpareBlocks {
     size_t n[kClasses];
     bool closed;
   };
-  struct Reaper {
-    Reaper() = default;
-    Reaper(const Reaper&) = delete;
-    Reaper& operator=(const Reaper&) = delete;
-    ~Reaper() {
-      List& l = Mine();
-      for (size_t c = 0; c < kClasses; ++c) {
-        for (size_t i = 0; i < l.n[c]; ++i) {
-          UnpoisonKept(l.blocks[c][i], kSmallest << c);
-          std::free(l.blocks[c][i]);
-        }
-        l.n[c] = 0;
+  // At thread exit: frees the kept blocks, and any released later.
+  static void Close() {
+    List& l = Mine();
+    for (size_t c = 0; c < kClasses; ++c) {
+      for (size_t i = 0; i < l.n[c]; ++i) {
+        UnpoisonKept(l.blocks[c][i], kSmallest << c);
+        std::free(l.blocks[c][i]);
       }
-      l.closed = true;
+      l.n[c] = 0;
     }
-  };
+    l.closed = true;
+  }
   static List& Mine() {
     thread_local List list{};
     return list;
@@ -114,9 +127,9 @@ class SpareBlocks {
 
 // This thread's spare large blocks (1 MB and up), kept warm for the next large value. A
 // 16 MB SET's buffer is handed to the backend connection and freed once written, and the next
-// one grows a fresh buffer through 512 KB and 4 MB to 16 MB, every page faulted in (and
-// zeroed) again: a third of the proxy's CPU on 16 MB SETs went to page faults (`perf`), on a
-// host where a freed page goes back to the hypervisor. Only threads that trim the cache
+// one grows a fresh buffer through 1, 2, 4, 8 and 16 MB, every page faulted in (and zeroed)
+// again: a third of the proxy's CPU on 16 MB SETs went to page faults (`perf`), on a host
+// where a freed page goes back to the hypervisor. Only threads that trim the cache
 // (workers, once per tick) keep blocks; bounded to kMaxBlocks blocks and the thread's limit
 // (SetLimit, at most kMaxBytes), and emptied once no large block was given or taken for
 // kHoldMs.
@@ -168,8 +181,7 @@ class SpareLargeBlocks {
       if (l.cap[Smallest(l)] >= cap) return false;
       FreeSmallest(l);
     }
-    thread_local Reaper reaper;  // its first use arranges the release at thread exit
-    (void)reaper;
+    AtThreadExit<&Close>::Arm();
     PoisonKept(p, cap);
     l.block[l.n] = p;
     l.cap[l.n] = cap;
@@ -202,15 +214,10 @@ class SpareLargeBlocks {
     bool enabled;
     bool closed;
   };
-  struct Reaper {
-    Reaper() = default;
-    Reaper(const Reaper&) = delete;
-    Reaper& operator=(const Reaper&) = delete;
-    ~Reaper() {
-      FreeAll(Mine());
-      Mine().closed = true;
-    }
-  };
+  static void Close() {
+    FreeAll(Mine());
+    Mine().closed = true;
+  }
   static size_t Smallest(const List& l) {
     size_t smallest = 0;
     for (size_t i = 1; i < l.n; ++i) {
@@ -391,12 +398,7 @@ class Buffer {
       // A warm block beats both paths below: their new pages are faulted in as they fill.
       size_t got = 0;
       if ((nd = SpareLargeBlocks::Take(ncap, &got)) != nullptr) {
-        if (used) std::memcpy(nd, data_ + rpos_, used);
-        Release(data_, cap_);
-        data_ = nd;
-        cap_ = got;
-        rpos_ = 0;
-        wpos_ = used;
+        MoveTo(nd, got);
         return;
       }
     }
@@ -414,10 +416,16 @@ class Buffer {
     nd = Allocate(ncap);
     if (!nd) throw std::bad_alloc();
     if (used + filling >= kHugeAt) AdviseHuge(nd, ncap);
+    MoveTo(nd, ncap);
+  }
+
+  // The readable bytes move to the front of the block nd (cap bytes), which replaces ours.
+  void MoveTo(char* nd, size_t cap) {
+    const size_t used = wpos_ - rpos_;
     if (used) std::memcpy(nd, data_ + rpos_, used);
     Release(data_, cap_);
     data_ = nd;
-    cap_ = ncap;
+    cap_ = cap;
     rpos_ = 0;
     wpos_ = used;
   }
