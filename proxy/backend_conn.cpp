@@ -506,6 +506,16 @@ void BackendConn::StreamPart() {
   client->WaitForDrain(this);
 }
 
+void BackendConn::FenceQueued(size_t skip) {
+  // Only a primary's connections keep a client's requests in order (a client's reads spread
+  // over a replica's connections anyway).
+  if (!backend_->is_primary()) return;
+  for (size_t i = std::max(skip, cancelled_); i < pending_.size(); ++i) {
+    const PendingReply& pr = pending_[i];
+    if (pr.client != nullptr && !pr.handshake) pr.client->HoldUntilAnswered(pr.seq);
+  }
+}
+
 void BackendConn::ResumeStream() {
   drain_waiter_ = nullptr;
   if (!read_paused_ || state_ != State::kReady) return;

@@ -64,6 +64,9 @@ class BackendConn {
   void ResumeStream();
   // Out of the pool (see Worker::RetireSharedConn): answers what it carries, then closes.
   void Retire() { retiring_ = true; }
+  // Leaving the pool: the clients whose requests from the `skip`-th pending one on still wait
+  // here send nothing more until those are answered (see ClientSession::HoldUntilAnswered).
+  void FenceQueued(size_t skip);
 
   Backend* backend() const { return backend_; }
   const ConnClass& conn_class() const { return cls_; }

@@ -550,10 +550,11 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
   // as its bytes take to reach Redis (a 30 MB SET: a quarter of a second here). So the
   // connection leaves the pool with it, and everyone's later requests go on a fresh one.
   // What this client sent before is ahead of it on the same connection; what it sends next
-  // waits until it is answered (BarrierHolds), so nothing of its own overtakes it.
+  // waits until it is answered (BarrierHolds), so nothing of its own overtakes it; so do other
+  // clients' later requests while they have requests queued behind it (FenceQueued).
   if (len >= std::max<size_t>(worker_->config().client.max_inflight_bytes, kRetireAt) &&
       worker_->RetireSharedConn(conn)) {
-    barrier_seq_ = seq;
+    HoldUntilAnswered(seq);
   }
   return true;
 }
@@ -1209,10 +1210,20 @@ bool ClientSession::InflightReaches(uint64_t depth, size_t bytes) const {
   return inflight_bytes_ + requests * reply_estimate_ >= bytes;
 }
 
+void ClientSession::HoldUntilAnswered(uint64_t seq) {
+  if (barrier_seq_ == kNoParent || seq > barrier_seq_) barrier_seq_ = seq;
+}
+
 bool ClientSession::BarrierHolds() {
   if (barrier_seq_ == kNoParent) return false;
-  // Answered (or flushed, its slot perhaps reused since): the client may go on.
-  if (barrier_seq_ < head_ || SlotAt(barrier_seq_).done) barrier_seq_ = kNoParent;
+  // Every request up to the barrier answered (their slots perhaps reused since): the client
+  // may go on. Not only the barrier's own: a client can have requests on two connections
+  // that left the pool. The pinned session's slot never completes and runs elsewhere.
+  // The scan resumes where it stopped (a slot answered stays so until head_ passes it).
+  uint64_t i = std::max(barrier_scan_, head_);
+  while (i <= barrier_seq_ && i < next_ && (SlotAt(i).done || SlotAt(i).stream)) ++i;
+  barrier_scan_ = i;
+  if (i > barrier_seq_ || i >= next_) barrier_seq_ = kNoParent;
   return barrier_seq_ != kNoParent;
 }
 

@@ -92,6 +92,11 @@ class ClientSession {
   // A connection streaming this client a large reply waits until the client has read more
   // (ResumeStream when StreamBacklog is low again); Forget: it went away meanwhile.
   void WaitForDrain(BackendConn* c);
+  // This client's request `seq` is on a primary connection that has left the pool: what the
+  // client sends next would go on the connection replacing it, and could run before `seq`
+  // (Redis orders only one connection's requests). So nothing more is taken from the client
+  // until every request up to `seq` is answered.
+  void HoldUntilAnswered(uint64_t seq);
   void ForgetDrainWait(BackendConn* c) {
     drain_waiters_.erase(std::remove(drain_waiters_.begin(), drain_waiters_.end(), c),
                          drain_waiters_.end());
@@ -160,8 +165,8 @@ class ClientSession {
   static constexpr uint64_t kNoParent = ~0ull;
 
   void ProcessInput();
-  // A request of this client took its connection out of the pool (see Send) and is not
-  // answered yet: nothing more of the client's is sent meanwhile.
+  // Requests of this client are on a connection taken out of the pool (see HoldUntilAnswered)
+  // and not all answered yet: nothing more of the client's is sent meanwhile.
   bool BarrierHolds();
   // False when the request cannot be taken yet (it stays in the input, see EnterPinned).
   bool HandleRequest(const RequestParser& parser, const char* raw, size_t len);
@@ -384,6 +389,7 @@ class ClientSession {
   size_t writes_inflight_ = 0;        // writes sent on shared connections, not answered yet
   Ring<uint64_t> parked_;             // requests waiting for a backend (failover), in order
   uint64_t barrier_seq_ = kNoParent;  // see BarrierHolds
+  uint64_t barrier_scan_ = 0;         // slots before it are answered (BarrierHolds)
   // Pinned session: a dedicated primary connection and the bytes waiting for the slots
   // ahead of the stream slot to complete (so earlier requests run first).
   BackendConn* dedicated_ = nullptr;

@@ -220,6 +220,7 @@ bool Worker::RetireSharedConn(BackendConn* c) {
   if (detached_.size() >= kMaxRetired) return false;
   DetachSharedConn(c);
   c->Retire();
+  c->FenceQueued(0);
   return true;
 }
 

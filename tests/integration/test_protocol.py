@@ -241,6 +241,39 @@ def test_very_large_request_takes_its_connection_out_of_the_pool(fresh_cluster, 
     assert order == sorted(order) and len(order) == 3
 
 
+def test_requests_queued_behind_a_large_one_are_not_overtaken(fresh_cluster, make_proxy):
+    """When a large request takes its connection out of the pool, other clients may have
+    requests queued on it that Redis has not read yet. Their next requests go on the fresh
+    connection only once those are answered: Redis orders one connection's requests, not
+    two, and a client's writes must run in the order it sent them. The primary is stopped
+    while the requests are handed on, so the queued ones are still unread when the next
+    one is sent."""
+    c = fresh_cluster
+    p = make_proxy(c.primary.port, [r.port for r in c.replicas],
+                   extra_args=["--max-inflight-bytes", "1mb", "--workers", "1",
+                               "--timeout", "20"])
+    warm = redis.Redis(port=p.port)
+    assert warm.set("order:warm", "1")  # the pool's connection is open
+    with connect(p.port, timeout=30 * SLOWDOWN) as a, connect(p.port, timeout=30 * SLOWDOWN) as b:
+        c.primary.sigstop()
+        try:
+            # B's first push sits behind nearly 1 MB of its own on the pool's connection, so
+            # Redis takes a while to reach it.
+            b.sendall(encode_command("SET", "order:pad", b"p" * (MAX_BULK - 4096)) +
+                      encode_command("RPUSH", "order:list", "1"))
+            time.sleep(0.3 * SLOWDOWN)
+            a.sendall(encode_command("SET", "order:big", b"B" * (2 * MAX_BULK)))
+            time.sleep(0.3 * SLOWDOWN)
+            b.sendall(encode_command("RPUSH", "order:list", "2"))
+            time.sleep(0.3 * SLOWDOWN)
+        finally:
+            c.primary.sigcont()
+        assert read_replies(a, 1, timeout=30 * SLOWDOWN)[0] == [b"+OK\r\n"]
+        assert read_replies(b, 3, timeout=30 * SLOWDOWN)[0] == [b"+OK\r\n", b":1\r\n",
+                                                               b":2\r\n"]
+    assert c.primary.client().lrange("order:list", 0, -1) == [b"1", b"2"]
+
+
 def test_client_over_buffer_limit_dropped(cluster, make_proxy):
     """A client that pipelines requests but never reads its replies: once the replies
     the proxy holds for it pass --max-client-buffer-bytes it is disconnected."""
