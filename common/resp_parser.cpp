@@ -757,4 +757,16 @@ ParseStatus ReplyFramer::Fail(std::string_view why) {
   return ParseStatus::kError;
 }
 
+size_t AnnouncedBulkSize(const char* data, size_t len) {
+  if (len < 4 || data[0] != '$') return 0;
+  uint64_t n = 0;
+  size_t i = 1;
+  // 19 digits fit in 64 bits; Redis's replies are far below that.
+  for (; i < len && i <= 19 && data[i] >= '0' && data[i] <= '9'; ++i) {
+    n = n * 10 + static_cast<uint64_t>(data[i] - '0');
+  }
+  if (i == 1 || i + 1 >= len || data[i] != '\r' || data[i + 1] != '\n') return 0;
+  return static_cast<size_t>(i + 2 + n + 2);
+}
+
 }  // namespace kp

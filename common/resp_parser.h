@@ -157,4 +157,9 @@ class ReplyFramer {
   std::string error_;
 };
 
+// The whole size of a bulk string reply ("$<n>\r\n", n bytes, "\r\n") whose header is in
+// `data`; 0 when `data` does not start with a complete bulk string header ($-1 included).
+// Lets a reply's size be known from its first bytes, before the rest arrives.
+size_t AnnouncedBulkSize(const char* data, size_t len);
+
 }  // namespace kp

@@ -359,7 +359,7 @@ const std::vector<KeySpec>& Specs() {
        [](const Config& c) { return std::to_string(c.client.max_pipeline_depth); }},
       {"limits.max_inflight_bytes", Kind::kSize, "SIZE",
        "Request plus expected reply bytes per client in flight on shared backend connections "
-       "before the proxy stops reading it.",
+       "(replies it has not read yet count too) before the proxy stops reading it.",
        0, 0, [](Config& c, const Value& v) { c.client.max_inflight_bytes = std::get<uint64_t>(v); },
        [](const Config& c) { return FormatSize(c.client.max_inflight_bytes); }},
   };

@@ -353,9 +353,11 @@ std::string AdminServer::Metrics() const {
                     RespLimitName(static_cast<RespLimit>(i)) + "\"}",
                 v);
   }
-  AppendMetric(out, "kompress_client_drops_total",
-               "Clients closed by the proxy because of the replies held for them, by reason.",
-               "counter");
+  AppendMetric(
+      out, "kompress_client_drops_total",
+      "Clients closed by the proxy because of the replies held for them (or left unread), by "
+      "reason.",
+      "counter");
   for (size_t i = 0; i < kDropReasonCount; ++i) {
     uint64_t v = 0;
     for (const WorkerStats* st : all) v += st->client_drops[i].value();

@@ -493,12 +493,17 @@ void BackendConn::StreamPart() {
   }
   // The client reads slower than the server sends. Holding the rest here would let one
   // client grow the proxy by a whole reply; stopping this connection would stall whoever
-  // queues behind. So, when nobody does yet, the connection leaves the pool (a new one takes
-  // its place) and waits for the client to read.
+  // queues behind. So the connection leaves the pool (a new one takes its place: nobody
+  // else's requests queue behind this reply any more) and, once no other client's requests
+  // wait here, stops reading until the client reads. Those others only wait for the bytes
+  // ahead of their replies: they are read on, into this client's buffer.
   if (!detached_) {
-    if (pending_.size() != 1) return;                 // others already wait behind: keep the bytes
     if (!retiring_) worker_->DetachSharedConn(this);  // (a retiring one is out already)
     detached_ = true;
+    FenceQueued(1);  // the streamed request itself has run: those behind it may not have
+  }
+  for (size_t i = 1; i < pending_.size(); ++i) {
+    if (pending_[i].client != nullptr && pending_[i].client != client) return;
   }
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   read_paused_ = true;
@@ -526,9 +531,15 @@ void BackendConn::ResumeStream() {
 void BackendConn::CheckTimeout(uint64_t now_ms) {
   if (state_ == State::kClosing || state_ == State::kIdle) return;
   if (detached_) {
-    // Only the streamed reply is here, and its deadline moves with each part passed on: a
-    // client that stopped reading it ends, without blaming the server.
+    // The streamed reply is first here, and its deadline moves with each part passed on: a
+    // client that stopped reading it ends, without blaming the server (what waits behind it
+    // is answered as after any lost connection).
     if (!pending_.empty() && pending_.front().deadline_ms <= now_ms) {
+      // That client is closed: half a reply cannot be followed by anything else.
+      const ClientSession* c = pending_.front().client;
+      if (c != nullptr && !c->closed()) {
+        worker_->stats().client_drops[static_cast<size_t>(DropReason::kUnreadReply)]++;
+      }
       Fail("the client did not read its reply within the timeout", false);
     }
     return;

@@ -127,8 +127,9 @@ class BackendConn {
   bool destroy_on_close_ = false;
   bool dead_ = false;
   // Streaming a large reply to a client that reads slower than the server sends: the
-  // connection is taken out of the shared pool (a fresh one replaces it, so nobody queues
-  // behind) and stops reading while the client is more than kStreamWindow behind.
+  // connection is taken out of the shared pool (a fresh one replaces it, so nobody else
+  // queues behind) and, once only that client's requests wait on it, stops reading while the
+  // client is more than kStreamWindow behind.
   bool detached_ = false;
   // Carrying a request as large as a client's in-flight bound: out of the pool, so nobody's
   // later requests queue behind it; a shared connection otherwise, until its last reply.

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <iterator>
 #include <vector>
 
 #include "proxy/stats.h"
@@ -18,8 +19,10 @@ class Worker;
 enum class DropReason : uint8_t {
   kClientBuffer,       // its own replies piled up past limits.max_client_buffer_bytes
   kTotalClientBuffer,  // all clients together past limits.max_total_client_buffer_bytes
+  kUnreadReply,        // read nothing of a streamed reply for `timeout` (see BackendConn)
 };
-inline constexpr size_t kDropReasonCount = 2;
+inline constexpr size_t kDropReasonCount = 3;
+static_assert(kDropReasonCount == std::size(WorkerStats{}.client_drops));
 
 inline const char* DropReasonName(DropReason r) {
   switch (r) {
@@ -27,6 +30,8 @@ inline const char* DropReasonName(DropReason r) {
       return "max_client_buffer_bytes";
     case DropReason::kTotalClientBuffer:
       return "max_total_client_buffer_bytes";
+    case DropReason::kUnreadReply:
+      return "unread_reply_timeout";
   }
   return "other";
 }

@@ -255,10 +255,14 @@ void ClientSession::ProcessInput() {
     const size_t pile_at = cfg.client.max_client_buffer_bytes / 2;
     if ((dedicated_ == nullptr &&
          InflightReaches(cfg.client.max_pipeline_depth, cfg.client.max_inflight_bytes)) ||
-        CountedReplyBytes() > pile_at || BarrierHolds()) {
+        UnreadReaches(cfg.client.max_inflight_bytes) || CountedReplyBytes() > pile_at ||
+        BarrierHolds()) {
       // Backpressure: too many requests (or bytes) in flight, or replies piling up that the
       // client does not read. Stop reading its requests until they drain (MaybeResume), well
-      // before the buffer bound that would drop it.
+      // before the buffer bound that would drop it. Replies it has not read count as if
+      // still in flight: Redis would otherwise build every large reply a client asks for and
+      // never reads (four clients each pipelining 30 GETs of 16 MB made a replica 2 GB big
+      // and too busy to answer the health check).
       paused_ = true;
       if (TakesRequestsWhileWaited() && CountedReplyBytes() <= pile_at) {
         worker_->MarkDirty(this);  // what it holds counts towards the total bound (Account)
@@ -849,9 +853,12 @@ void ClientSession::OnReplyPart(uint64_t seq, const char* data, size_t len) {
     s.reply.Append(data, len);
     return;
   }
+  // The reply is at least this large already: later requests are weighed by it now. A bulk
+  // string says its size in its first bytes: without it, the estimate grew part by part and
+  // a client pipelining GETs of 16 MB had a dozen more sent on while the first one began.
+  size_t announced = s.streamed == 0 ? AnnouncedBulkSize(data, len) : 0;
   s.streamed += len;
-  // The reply is at least this large already: later requests are weighed by it now.
-  if (s.kind != 0) reply_estimate_ = std::max(reply_estimate_, s.streamed);
+  if (s.kind != 0) reply_estimate_ = std::max({reply_estimate_, s.streamed, announced});
   // A reply larger than the bound is delivered, not counted (as when it arrives whole).
   if (s.streamed > worker_->config().client.max_client_buffer_bytes) {
     oversize_bytes_ = std::max(oversize_bytes_, s.streamed);
@@ -1170,13 +1177,15 @@ size_t ClientSession::CountedReplyBytes() const {
 }
 
 bool ClientSession::TakesRequestsWhileWaited() const {
-  // A reply waits for this client to read it (WaitForDrain): the client may be writing its
-  // whole pipeline before it reads anything, and would wait forever for a proxy that
-  // stopped reading. Its requests are taken in, as Redis takes them, up to the same bound
-  // as replies held for it; none is sent on until its replies drain, since they would only
-  // queue more of its replies ahead of everyone else's at the server.
-  return !drain_waiters_.empty() &&
-         in_.size() <= worker_->config().client.max_client_buffer_bytes / 2;
+  // A reply waits for this client to read it (WaitForDrain, or MBs of replies are unsent to
+  // it): the client may be writing its whole pipeline before it reads anything, and would
+  // wait forever for a proxy that stopped reading. Its requests are taken in, as Redis
+  // takes them, up to the same bound as replies held for it; none is sent on until its
+  // replies drain, since they would only queue more of its replies ahead of everyone else's
+  // at the server.
+  const ClientLimits& lim = worker_->config().client;
+  return (!drain_waiters_.empty() || UnreadReaches(lim.max_inflight_bytes / 2)) &&
+         in_.size() <= lim.max_client_buffer_bytes / 2;
 }
 
 void ClientSession::WaitForDrain(BackendConn* c) {
@@ -1244,6 +1253,7 @@ void ClientSession::MaybeResume() {
   if (!paused_ || closed_ ||
       (dedicated_ == nullptr &&
        InflightReaches(lim.max_pipeline_depth / 2 + 1, lim.max_inflight_bytes / 2)) ||
+      UnreadReaches(lim.max_inflight_bytes / 2 + 1) ||
       CountedReplyBytes() > lim.max_client_buffer_bytes / 4 || BarrierHolds()) {
     return;
   }

@@ -307,9 +307,14 @@ class ClientSession {
   // Whether the requests in flight on shared connections reach `depth` requests or `bytes`
   // (request bytes plus the replies expected for them).
   bool InflightReaches(uint64_t depth, size_t bytes) const;
+  // Whether replies waiting for this client to read them reach `bytes`: they hold its next
+  // requests back as those in flight do (a shared connection's client only).
+  bool UnreadReaches(size_t bytes) const {
+    return dedicated_ == nullptr && StreamBacklog() >= bytes;
+  }
   // Learns the size of this client's replies (what its requests in flight will bring back).
   void NoteReplySize(size_t len);
-  static constexpr uint64_t kFirstBurst = 16;  // in flight before any reply size is known
+  static constexpr uint64_t kFirstBurst = 4;  // in flight before any reply size is known
   // The connections waiting for this client to read (see WaitForDrain) read on.
   void ResumeStreams();
   // Reply bytes held for the client that count against max_client_buffer_bytes.

@@ -719,32 +719,39 @@ def test_unread_subscriber_is_bounded_and_dropped(fresh_cluster, make_proxy):
 PER_CLIENT_BUFFER = 16 * MB
 TOTAL_CLIENT_BUFFER = 24 * MB
 VALUE_BYTES = 1 * MB
+# The total bound's test reads a value under the 256 KB from which a reply is streamed: a
+# streamed reply waits for its client at the server instead (its connection stops reading),
+# so the proxy would hold too little of it for the bound to act.
+HELD_VALUE_BYTES = 200 * 1024
 # Clients that never read. Each big one asks for 15 MB: under its own 16 MB bound, so only
 # the total bound can drop it (the kernel takes about 4 MB per socket, so the proxy holds
-# about 11 MB for each: 44 MB in all, well over 24 MB). Pipelining 96 GETs (the issue's
+# about 11 MB for each: 44 MB in all, well over 24 MB). Pipelining 96 MB (the issue's
 # example) would pass the per-client bound by itself and not exercise the total one. The
 # small ones (3 MB, most of it in the kernel) hold least and must not be the ones dropped.
-BIG_CLIENTS, BIG_GETS = 4, 15
-SMALL_CLIENTS, SMALL_GETS = 2, 3
+BIG_CLIENTS, BIG_GETS = 4, 15 * MB // HELD_VALUE_BYTES
+SMALL_CLIENTS, SMALL_GETS = 2, 3 * MB // HELD_VALUE_BYTES
 
 
 def test_total_client_buffer_bound_drops_the_biggest(fresh_cluster, make_proxy):
     """max_total_client_buffer_bytes 24mb with 16mb per client: clients that pipeline reads
-    of a 1 MB value and do not read the replies hold about 44 MB between them. Clients holding most are dropped
+    of a 200 KB value and do not read the replies hold about 44 MB between them. Clients holding most are dropped
     (counted in kompress_client_drops_total{reason="max_total_client_buffer_bytes"}), those
     holding least are not and later read every reply intact, the proxy's RSS stays within
     the total bound + RSS_SLACK_BYTES, and the well-behaved client notices nothing."""
     c = fresh_cluster
-    c.primary.client().set("abuse:big", b"v" * VALUE_BYTES)
+    c.primary.client().set("abuse:big", b"v" * HELD_VALUE_BYTES)
     c.wait_replicated()
+    # Replies a client has not read hold its next requests back once they reach
+    # max_inflight_bytes (4 MB by default, too little for the total bound to be reached
+    # here): raised so each big client can pile up most of what it asked for.
     proxy = start_proxy(make_proxy, c, "--max-client-buffer-bytes", str(PER_CLIENT_BUFFER),
                         "--max-total-client-buffer-bytes", str(TOTAL_CLIENT_BUFFER),
-                        env=rss_env())
+                        "--max-inflight-bytes", str(PER_CLIENT_BUFFER), env=rss_env())
     good = GoodClient(proxy.port).start()
     time.sleep(0.5)
     baseline = vm_rss_bytes(proxy.proc.pid)
     bound = baseline + TOTAL_CLIENT_BUFFER + RSS_SLACK_BYTES
-    want = b"$%d\r\n%s\r\n" % (VALUE_BYTES, b"v" * VALUE_BYTES)
+    want = b"$%d\r\n%s\r\n" % (HELD_VALUE_BYTES, b"v" * HELD_VALUE_BYTES)
 
     def client():
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -795,7 +802,8 @@ def test_total_client_buffer_bound_drops_the_biggest(fresh_cluster, make_proxy):
     print(f"RSS {baseline / MB:.0f} MB -> peak {rss.peak / MB:.0f} MB; outcome {outcome}")
     dropped_small = [o for o in outcome if o[0] == "small" and o[1] == "dropped"]
     dropped_big = [o for o in outcome if o[0] == "big" and o[1] == "dropped"]
-    assert dropped_big, (f"no client dropped though {BIG_CLIENTS} x {BIG_GETS} MB unread is far "
+    assert dropped_big, (f"no client dropped though {BIG_CLIENTS} x {BIG_GETS} replies unread "
+                         f"of {HELD_VALUE_BYTES // 1024} KB each is far "
                          f"over max_total_client_buffer_bytes {TOTAL_CLIENT_BUFFER // MB} MB: "
                          f"{outcome}")
     assert not dropped_small, f"clients holding least were dropped: {outcome}"
@@ -1137,6 +1145,67 @@ def test_slow_reader_of_16mb_replies_is_streamed_within_bounds(fresh_cluster, ma
     assert_no_backend_marked_down(proxy)
 
 
+NEVER_READERS = 4
+NEVER_READER_GETS = 30  # of 16 MB each: 480 MB asked for by each client
+
+
+def test_clients_never_reading_16mb_replies_cost_neither_the_server_nor_the_others(
+        fresh_cluster, make_proxy):
+    """Four clients each pipeline 30 GETs of a 16 MB value and never read, next to a
+    well-behaved client. Before any reply size is known a client gets only 4 requests sent
+    on, and each first large reply waits for its client at the server: its connection leaves
+    the pool (the others' requests go on a fresh one) and stops reading once only that
+    client's requests wait on it. So the replica builds a few of those replies, not 120 (all
+    of them made it 3 GB big and too busy for the health check: first the replica and then
+    the primary were marked down and the others got errors). Replies another client's
+    requests wait behind are read on into the clients' buffers, within
+    max_total_client_buffer_bytes (64 MB here): the proxy's RSS stays within it. The
+    well-behaved client notices nothing."""
+    c = fresh_cluster
+    big = os.urandom(8 * MB).hex().encode()  # 16 MB
+    c.primary.client(timeout=30).set("abuse:never:big", big)
+    c.wait_replicated()
+    timeout = 2 * SLOWDOWN
+    total = 64 * MB
+    proxy = start_proxy(make_proxy, c, "--timeout", str(timeout),
+                        "--max-total-client-buffer-bytes", str(total), env=rss_env())
+    assert proxy.client().get("abuse:never:big") == big  # the replica's connection is up
+    for server in c.servers:
+        server.client().config_resetstat()
+    good = GoodClient(proxy.port).start()
+    time.sleep(0.3)
+    baseline = vm_rss_bytes(proxy.proc.pid)
+    # GETRANGE k 0 -1: the value, as GET returns it, under a command name nobody else uses.
+    ask = encode_command("GETRANGE", "abuse:never:big", "0", "-1") * NEVER_READER_GETS
+    socks = []
+    try:
+        with RssSampler(proxy.proc.pid) as rss:
+            for _ in range(NEVER_READERS):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.connect((HOST, proxy.port))
+                s.sendall(ask)
+                socks.append(s)
+            # Long enough for a reply left unread to be answered by the timeout several times
+            # over, were the clients' later requests sent on.
+            time.sleep(4 * timeout)
+            drops = (client_drops(proxy, "unread_reply_timeout")
+                     + client_drops(proxy, "max_total_client_buffer_bytes"))
+    finally:
+        for s in socks:
+            s.close()
+        good.stop()
+    built = sum(server.calls("getrange") for server in c.servers)
+    print(f"RSS {baseline / MB:.0f} MB -> peak {rss.peak / MB:.0f} MB; {built} large replies "
+          f"built for {NEVER_READERS} x {NEVER_READER_GETS} asked; {drops:.0f} closed")
+    # At most the first burst of each (4), and never the whole of what was asked.
+    assert built <= NEVER_READERS * 4, f"{built} replies of 16 MB built for clients not reading"
+    assert rss.peak <= baseline + total + RSS_SLACK_BYTES, (
+        f"proxy RSS reached {rss.peak / MB:.0f} MB from {baseline / MB:.0f} MB")
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
+
+
 def test_replica_busy_sending_a_clients_large_replies_is_not_marked_down(fresh_cluster,
                                                                          make_proxy):
     """A client pipelines large GETs with a timeout of 0.3 s (on a slow machine, or before
@@ -1332,10 +1401,13 @@ def test_connection_owing_many_late_replies_starts_over(fresh_cluster, make_prox
                                    "--health-check-interval", "0.2"],
                        use_base_args=False)
     assert proxy.client().get("late:k") == b"v"  # the replica's connection is up
-    # 20 clients x 16 GETs (a client's first burst before any reply size is known): all of
-    # them reach the stopped replica before the health check notices it, and time out
+    # 20 clients x 16 GETs (each client's replies are known to be small, so all go at once):
+    # all of them reach the stopped replica before the health check notices it, and time out
     # together: 320 replies owed at once.
     socks = [connect(proxy.port) for _ in range(20)]
+    for sock in socks:
+        sock.sendall(encode_command("GET", "late:k"))
+        assert read_replies(sock, 1)[0] == [b"$1\r\nv\r\n"]
     c.replicas[0].sigstop()
     replies = []
     try:
@@ -1553,10 +1625,13 @@ def test_total_bound_drops_the_biggest_holder_on_another_worker(fresh_cluster, m
     How much the kernel's socket buffers take varies from machine to machine, so the bound is
     set (by a reload) from what the proxy holds once the big clients have settled."""
     c = fresh_cluster
-    c.primary.client().set("abuse:mb", b"m" * VALUE_BYTES)
+    # Replies under the 256 KB from which they are streamed, and an in-flight bound that lets
+    # replies not read pile up (see test_total_client_buffer_bound_drops_the_biggest).
+    c.primary.client().set("abuse:mb", b"m" * HELD_VALUE_BYTES)
+    per_mb = MB // HELD_VALUE_BYTES
     c.wait_replicated()
     conf = tmp_path / "total.yaml"
-    conf.write_text("limits:\n  max_client_buffer_bytes: 16mb\n"
+    conf.write_text("limits:\n  max_client_buffer_bytes: 16mb\n  max_inflight_bytes: 16mb\n"
                     "  max_total_client_buffer_bytes: 1gb\n")
     admin = free_port()
     p = make_proxy(c.primary.port, [c.replicas[0].port],
@@ -1586,7 +1661,7 @@ def test_total_bound_drops_the_biggest_holder_on_another_worker(fresh_cluster, m
     read_mb = encode_command("GETRANGE", "abuse:mb", "0", "-1")
     try:
         for s in bigs:
-            s.sendall(read_mb * 14)  # 14 MB each; the kernel takes at most a few of them
+            s.sendall(read_mb * 14 * per_mb)  # 14 MB each; the kernel takes at most a few of them
         samples = []
 
         def settled():
@@ -1598,7 +1673,7 @@ def test_total_bound_drops_the_biggest_holder_on_another_worker(fresh_cluster, m
         # Well under what is held now (the kernel keeps taking some of the big clients'
         # replies, so "just above" would not be): nothing happens until a client's replies
         # grow; then big holders must go until the total fits, the small one never.
-        conf.write_text("limits:\n  max_client_buffer_bytes: 16mb\n"
+        conf.write_text("limits:\n  max_client_buffer_bytes: 16mb\n  max_inflight_bytes: 16mb\n"
                         f"  max_total_client_buffer_bytes: {int(total // 2)}\n")
         os.kill(p.proc.pid, signal.SIGHUP)
         wait_until(lambda: metric(http_get(admin, "/metrics")[1],
@@ -1606,14 +1681,14 @@ def test_total_bound_drops_the_biggest_holder_on_another_worker(fresh_cluster, m
                    10 * SLOWDOWN, what="the reload")
         time.sleep(0.5)  # a few ticks: worker 0 publishes its largest holder
         # 7 MB asked on worker 1: less than any big client holds.
-        small.sendall(read_mb * 7)
+        small.sendall(read_mb * 7 * per_mb)
         wait_until(lambda: client_drops(p, "max_total_client_buffer_bytes") >= 1,
                    15 * SLOWDOWN, interval=0.1, what="a drop for the total bound")
         time.sleep(0.3)
-        replies, closed = read_n_or_closed(small, 7, timeout=10 * SLOWDOWN)
-        assert not closed and len(replies) == 7, \
+        replies, closed = read_n_or_closed(small, 7 * per_mb, timeout=10 * SLOWDOWN)
+        assert not closed and len(replies) == 7 * per_mb, \
             "the small client on the other worker was dropped instead of the biggest holder"
-        fates = [read_n_or_closed(s, 14, timeout=10 * SLOWDOWN)[1] for s in bigs]
+        fates = [read_n_or_closed(s, 14 * per_mb, timeout=10 * SLOWDOWN)[1] for s in bigs]
         assert any(fates), "no big holder was dropped"
     finally:
         for s, _ in pool:

@@ -955,3 +955,16 @@ TEST_CASE("ReplyFramer with reply limits: request limits never make a legal repl
 
 }  // namespace
 }  // namespace kp
+
+TEST_CASE("AnnouncedBulkSize: a bulk reply's whole size from its header") {
+  CHECK(kp::AnnouncedBulkSize("$5\r\nhello\r\n", 11) == 11);
+  CHECK(kp::AnnouncedBulkSize("$16777216\r\nxx", 14) == 16777216 + 11 + 2);  // only the start
+  CHECK(kp::AnnouncedBulkSize("$0\r\n\r\n", 6) == 6);
+  CHECK(kp::AnnouncedBulkSize("$-1\r\n", 5) == 0);  // nil: no size to announce
+  CHECK(kp::AnnouncedBulkSize("$12", 3) == 0);      // header not complete
+  CHECK(kp::AnnouncedBulkSize("$12\r", 4) == 0);
+  CHECK(kp::AnnouncedBulkSize("*2\r\n$1\r\na\r\n", 13) == 0);  // not a bulk string
+  CHECK(kp::AnnouncedBulkSize("$\r\n", 3) == 0);
+  CHECK(kp::AnnouncedBulkSize("$12x\r\n", 6) == 0);
+  CHECK(kp::AnnouncedBulkSize("$99999999999999999999999\r\n", 26) == 0);  // too long to be real
+}
