@@ -497,14 +497,19 @@ void BackendConn::StreamPart() {
   // else's requests queue behind this reply any more) and, once no other client's requests
   // wait here, stops reading until the client reads. Those others only wait for the bytes
   // ahead of their replies: they are read on, into this client's buffer.
+  bool others = false;
+  for (size_t i = 1; i < pending_.size() && !others; ++i) {
+    others = pending_[i].client != nullptr && pending_[i].client != client;
+  }
   if (!detached_) {
+    // Taken out with others queued only while few are out (descriptors: they come from the
+    // backends' reserve); it keeps its place, and reads on, otherwise.
+    if (others && !retiring_ && !worker_->MayTakeOutOfPool()) return;
     if (!retiring_) worker_->DetachSharedConn(this);  // (a retiring one is out already)
     detached_ = true;
     FenceQueued(1);  // the streamed request itself has run: those behind it may not have
   }
-  for (size_t i = 1; i < pending_.size(); ++i) {
-    if (pending_[i].client != nullptr && pending_[i].client != client) return;
-  }
+  if (others) return;
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   read_paused_ = true;
   drain_waiter_ = client;
@@ -530,10 +535,11 @@ void BackendConn::ResumeStream() {
 
 void BackendConn::CheckTimeout(uint64_t now_ms) {
   if (state_ == State::kClosing || state_ == State::kIdle) return;
-  if (detached_) {
-    // The streamed reply is first here, and its deadline moves with each part passed on: a
-    // client that stopped reading it ends, without blaming the server (what waits behind it
-    // is answered as after any lost connection).
+  if (detached_ && read_paused_) {
+    // Waiting for the client of the streamed reply, first here (only its requests remain),
+    // whose deadline moves with each part passed on: a client that stopped reading it ends,
+    // without blaming the server. (Reading on, a detached connection is judged as any
+    // shared one: other clients' requests may wait behind.)
     if (!pending_.empty() && pending_.front().deadline_ms <= now_ms) {
       // That client is closed: half a reply cannot be followed by anything else.
       const ClientSession* c = pending_.front().client;

@@ -604,6 +604,10 @@ bool ClientSession::RetryParked() {
   while (!parked_.empty()) {
     uint64_t seq = parked_.front();
     Slot& s = SlotAt(seq);
+    // A request after a barrier (a connection that left the pool still carries earlier ones of
+    // this client) waits for it as a new one would, whatever its park deadline: sent now, it
+    // could run before them. Those before the barrier may go: the barrier waits for them.
+    if (!closed_ && barrier_seq_ != kNoParent && seq > barrier_seq_ && BarrierHolds()) break;
     if (!closed_) {
       plain.route = s.is_read ? Route::kRead : Route::kWrite;
       // The slot's owner may have changed meanwhile (a shard failover, a MOVED).
@@ -1183,9 +1187,11 @@ bool ClientSession::TakesRequestsWhileWaited() const {
   // takes them, up to the same bound as replies held for it; none is sent on until its
   // replies drain, since they would only queue more of its replies ahead of everyone else's
   // at the server.
-  const ClientLimits& lim = worker_->config().client;
-  return (!drain_waiters_.empty() || UnreadReaches(lim.max_inflight_bytes / 2)) &&
-         in_.size() <= lim.max_client_buffer_bytes / 2;
+  return RepliesAwaitReader() && in_.size() <= worker_->config().client.max_client_buffer_bytes / 2;
+}
+
+bool ClientSession::RepliesAwaitReader() const {
+  return !drain_waiters_.empty() || UnreadReaches(worker_->config().client.max_inflight_bytes / 2);
 }
 
 void ClientSession::WaitForDrain(BackendConn* c) {
@@ -1255,6 +1261,14 @@ void ClientSession::MaybeResume() {
        InflightReaches(lim.max_pipeline_depth / 2 + 1, lim.max_inflight_bytes / 2)) ||
       UnreadReaches(lim.max_inflight_bytes / 2 + 1) ||
       CountedReplyBytes() > lim.max_client_buffer_bytes / 4 || BarrierHolds()) {
+    // Held back, yet read while its replies wait for it (TakesRequestsWhileWaited): paused
+    // before they piled up, a client writing its whole pipeline before it reads would wait
+    // forever for a proxy waiting for it to read.
+    if (paused_ && !closed_ && !reading_ && TakesRequestsWhileWaited() &&
+        CountedReplyBytes() <= lim.max_client_buffer_bytes / 2) {
+      ResumeReading();
+      paused_ = true;  // still: nothing is sent on until replies drain
+    }
     return;
   }
   ResumeReading();
@@ -1289,7 +1303,7 @@ void ClientSession::Account() {
   // Requests taken in while a reply waits for the client to read it (TakesRequestsWhileWaited)
   // are held for it as its replies are: they count too, so many such clients cannot together
   // grow the proxy past the total bound.
-  size_t now = CountedReplyBytes() + (drain_waiters_.empty() ? 0 : in_.size());
+  size_t now = CountedReplyBytes() + (RepliesAwaitReader() ? in_.size() : 0);
   if (now == accounted_) return;
   auto delta = static_cast<int64_t>(now) - static_cast<int64_t>(accounted_);
   accounted_ = now;

@@ -321,6 +321,9 @@ class ClientSession {
   size_t CountedReplyBytes() const;
   // Past the in-flight bound, whether the client's requests are still read (not sent on).
   bool TakesRequestsWhileWaited() const;
+  // A reply waits for this client to read it: a connection waits for it (WaitForDrain), or
+  // half max_inflight_bytes of replies are unsent to it.
+  bool RepliesAwaitReader() const;
   void MaybeFinish();
   void ProtocolError(const std::string& msg);
   // `parser_error`: the parser's message for a wire limit.

@@ -216,8 +216,7 @@ void Worker::DetachSharedConn(BackendConn* c) {
 }
 
 bool Worker::RetireSharedConn(BackendConn* c) {
-  constexpr size_t kMaxRetired = 16;
-  if (detached_.size() >= kMaxRetired) return false;
+  if (!MayTakeOutOfPool()) return false;
   DetachSharedConn(c);
   c->Retire();
   c->FenceQueued(0);

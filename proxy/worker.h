@@ -136,6 +136,8 @@ class Worker {
   // (a new one takes its place), unless kMaxRetired connections of this worker are out
   // already (descriptors: they come from the backends' reserve). False: it stays.
   bool RetireSharedConn(BackendConn* c);
+  // Whether fewer than kMaxRetired connections of this worker are out of their pools.
+  bool MayTakeOutOfPool() const { return detached_.size() < kMaxRetired; }
   void ForgetDetachedConn(BackendConn* c) { detached_.erase(c); }
   // A session has requests waiting for a backend: retried every few milliseconds.
   void Park(ClientSession* c);
@@ -246,6 +248,7 @@ class Worker {
   std::vector<BackendConn*> idle_dedicated_;
   std::unordered_set<BackendConn*> dedicated_;  // every live dedicated connection
   std::unordered_set<BackendConn*> detached_;   // out of their pool, finishing a reply
+  static constexpr size_t kMaxRetired = 16;
   size_t replica_rr_ = 0;
   uint64_t timeout_pass_ = 0;
   uint64_t clock_ns_ = 0;

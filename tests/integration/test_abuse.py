@@ -1206,6 +1206,59 @@ def test_clients_never_reading_16mb_replies_cost_neither_the_server_nor_the_othe
     assert_no_backend_marked_down(proxy)
 
 
+def test_client_writing_its_whole_pipeline_before_reading_is_never_stuck(fresh_cluster,
+                                                                         make_proxy):
+    """As redis-py's and Jedis's pipelines do: 100 pairs of a 200 KB SET and a 200 KB GET are
+    written in one go, and only then read. Past the in-flight bound the proxy holds the
+    client's requests back, and once MBs of its replies wait unread it sends none on; yet it
+    must go on reading them in, or the client (blocked writing) and the proxy (waiting for
+    it to read) wait for each other forever."""
+    c = fresh_cluster
+    value = os.urandom(100 * 1024).hex().encode()  # 200 KB
+    c.primary.client().set("abuse:whole:k", value)
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c, "--timeout", str(5 * SLOWDOWN))
+    n = 100
+    pad = b"p" * len(value)
+    pipeline = b"".join(encode_command("SET", "abuse:whole:pad%d" % (i % 10), pad) +
+                        encode_command("GET", "abuse:whole:k") for i in range(n))
+    with connect(proxy.port, timeout=20 * SLOWDOWN) as s:
+        s.sendall(pipeline)  # 20 MB: far more than the sockets' buffers take
+        replies, _ = read_replies(s, 2 * n, timeout=30 * SLOWDOWN)
+    want = [b"+OK\r\n", b"$%d\r\n%s\r\n" % (len(value), value)] * n
+    assert len(replies) == 2 * n, f"{len(replies)} of {2 * n} replies"
+    bad = [i for i, (got, exp) in enumerate(zip(replies, want)) if got != exp]
+    assert not bad, f"{len(bad)} wrong replies, first at {bad[0]}: {replies[bad[0]][:60]!r}"
+
+
+def test_requests_held_behind_unread_replies_count_towards_the_total_bound(fresh_cluster,
+                                                                            make_proxy):
+    """A client leaves 600 replies of 200 KB unread (no single one streamed), then writes
+    112 MB of SETs. With MBs of its replies unread the proxy takes those requests in without
+    sending them on; what it holds for them counts in kompress_client_buffer_bytes (and so
+    against max_total_client_buffer_bytes) like its replies."""
+    c = fresh_cluster
+    c.primary.client().set("abuse:acct:k", b"v" * (200 * 1024))
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c, "--max-inflight-bytes", "64mb",
+                        "--max-client-buffer-bytes", "256mb", "--timeout", str(5 * SLOWDOWN))
+
+    def held():
+        return metric(http_get(proxy.admin, "/metrics")[1], "kompress_client_buffer_bytes")
+
+    with connect(proxy.port, timeout=20 * SLOWDOWN) as s:
+        for _ in range(60):
+            s.sendall(encode_command("GET", "abuse:acct:k") * 10)
+            time.sleep(0.02)
+        time.sleep(1.0 * SLOWDOWN)
+        before = held()
+        big = encode_command("SET", "abuse:acct:x", b"y" * (8 * MB))
+        for _ in range(14):
+            s.sendall(big)
+        wait_until(lambda: held() >= before + 64 * MB, 10 * SLOWDOWN,
+                   what=f"the held requests counted (from {before / MB:.0f} MB)")
+
+
 def test_replica_busy_sending_a_clients_large_replies_is_not_marked_down(fresh_cluster,
                                                                          make_proxy):
     """A client pipelines large GETs with a timeout of 0.3 s (on a slow machine, or before
