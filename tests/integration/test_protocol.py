@@ -274,6 +274,28 @@ def test_requests_queued_behind_a_large_one_are_not_overtaken(fresh_cluster, mak
     assert c.primary.client().lrange("order:list", 0, -1) == [b"1", b"2"]
 
 
+def test_parked_writes_keep_their_order_behind_a_large_one(fresh_cluster, make_proxy):
+    """Writes sent while the primary is down wait for it (up to the timeout). When it is
+    back, a large one among them takes its connection out of the pool; those after it wait
+    for it as new requests would, instead of going on the fresh connection at once, where
+    they could run before it."""
+    c = fresh_cluster
+    p = make_proxy(c.primary.port, [r.port for r in c.replicas],
+                   extra_args=["--max-inflight-bytes", "1mb", "--workers", "1",
+                               "--timeout", str(15 * SLOWDOWN), "--health-check-interval",
+                               "0.1"])
+    assert redis.Redis(port=p.port).set("parked:warm", "1")
+    c.primary.kill9()
+    wait_until(lambda: "marked down" in p.stderr(), 10 * SLOWDOWN, what="the primary down")
+    with connect(p.port, timeout=30 * SLOWDOWN) as s:
+        s.sendall(encode_command("SET", "parked:k", b"B" * (2 * MAX_BULK)) +
+                  encode_command("DEL", "parked:k"))
+        time.sleep(0.3 * SLOWDOWN)  # both wait for the primary
+        c.primary.restart()
+        assert read_replies(s, 2, timeout=30 * SLOWDOWN)[0] == [b"+OK\r\n", b":1\r\n"]
+    assert c.primary.client().exists("parked:k") == 0
+
+
 def test_client_over_buffer_limit_dropped(cluster, make_proxy):
     """A client that pipelines requests but never reads its replies: once the replies
     the proxy holds for it pass --max-client-buffer-bytes it is disconnected."""
