@@ -585,7 +585,13 @@ void ClientSession::Park(uint64_t seq, const char* raw, size_t len) {
   }
   // Once: a request parked again (READONLY from another node) keeps its first deadline.
   if (s.park_deadline == 0) s.park_deadline = worker_->now() + worker_->timeout_ms();
+  // In the order the client sent them: one parked again (refused, or its connection lost) goes
+  // before later ones. A later one first could wait forever on a barrier (see RetryParked)
+  // that only this one's answer lifts, or overtake it.
   parked_.push_back(seq);
+  for (size_t i = parked_.size() - 1; i > 0 && parked_[i - 1] > parked_[i]; --i) {
+    std::swap(parked_[i - 1], parked_[i]);
+  }
   ++inflight_;  // the worker calls back (RetryParked) until it is sent or answered
   worker_->Park(this);
 }
