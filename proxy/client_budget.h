@@ -39,8 +39,12 @@ inline const char* DropReasonName(DropReason r) {
 struct ClientBudget {
   std::atomic<int64_t> clients{0};      // accepted and not yet closed
   std::atomic<int64_t> reply_bytes{0};  // sum of the sessions' counted reply bytes
-  Counter refused;                      // accepting thread only: over max_clients
-  std::vector<Worker*> workers;         // set before they start; read-only afterwards
+  // When a reply large enough to matter to a new client's first requests was last seen
+  // (ClientSession::FirstBurst), on the workers' loop clock (ms, one monotonic clock for all
+  // of them); 0: never. Written at most once a second.
+  std::atomic<uint64_t> large_reply_ms{0};
+  Counter refused;               // accepting thread only: over max_clients
+  std::vector<Worker*> workers;  // set before they start; read-only afterwards
 };
 
 }  // namespace kp

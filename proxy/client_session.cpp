@@ -868,7 +868,10 @@ void ClientSession::OnReplyPart(uint64_t seq, const char* data, size_t len) {
   // a client pipelining GETs of 16 MB had a dozen more sent on while the first one began.
   size_t announced = s.streamed == 0 ? AnnouncedBulkSize(data, len) : 0;
   s.streamed += len;
-  if (s.kind != 0) reply_estimate_ = std::max({reply_estimate_, s.streamed, announced});
+  if (s.kind != 0) {
+    reply_estimate_ = std::max({reply_estimate_, s.streamed, announced});
+    NoteLargeReply(std::max(s.streamed, announced));
+  }
   // A reply larger than the bound is delivered, not counted (as when it arrives whole).
   if (s.streamed > worker_->config().client.max_client_buffer_bytes) {
     oversize_bytes_ = std::max(oversize_bytes_, s.streamed);
@@ -1092,7 +1095,10 @@ void ClientSession::Complete(uint64_t seq, const char* data, size_t len, bool fr
     // Only the server's replies say what this client's requests bring back. The proxy's own
     // errors (a timeout) are short: counting them would let a client whose large reads keep
     // timing out put ever more of them in flight, each one built by the server for nobody.
-    if (from_server) NoteReplySize(len + s.streamed);
+    if (from_server) {
+      NoteReplySize(len + s.streamed);
+      NoteLargeReply(len + s.streamed);
+    }
     uint64_t ns = worker_->clock_ns() - s.start_ns;
     (s.kind == 1 ? worker_->stats().read_latency : worker_->stats().write_latency).Observe(ns);
   }
@@ -1227,8 +1233,23 @@ bool ClientSession::InflightReaches(uint64_t depth, size_t bytes) const {
   // its earlier replies suggest, so small requests keep the full depth. The parts of a
   // request split over shards count as the one request their merged reply answers.
   uint64_t requests = n > aux_slots_ ? n - aux_slots_ : 0;
-  if (reply_estimate_ == 0) return requests >= kFirstBurst;
+  if (reply_estimate_ == 0) return requests >= FirstBurst();
   return inflight_bytes_ + requests * reply_estimate_ >= bytes;
+}
+
+void ClientSession::NoteLargeReply(size_t len) {
+  if (len >= worker_->config().client.max_inflight_bytes / kFirstBurst) worker_->NoteLargeReply();
+}
+
+uint64_t ClientSession::FirstBurst() const {
+  // While large replies are about (one of max_inflight_bytes / kFirstBurst or more seen in
+  // the last minute), a new client sends one request and waits for its reply's size. Its
+  // requests queue ahead of others' on the shared connection: four GETs of 16 MB from a
+  // client that never reads put 64 MB before whatever others sent next (read through into
+  // that client's buffer), and the well-behaved clients waited up to 0.6 s (1.6 s when the
+  // replica died and the reads went to the primary). The cost: a new connection that
+  // pipelines at once waits one round trip more while large values are in use.
+  return worker_->LargeRepliesSeenWithin(kLargeRepliesMemoryMs) ? 1 : kFirstBurst;
 }
 
 void ClientSession::HoldUntilAnswered(uint64_t seq) {

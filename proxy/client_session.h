@@ -315,6 +315,11 @@ class ClientSession {
   // Learns the size of this client's replies (what its requests in flight will bring back).
   void NoteReplySize(size_t len);
   static constexpr uint64_t kFirstBurst = 4;  // in flight before any reply size is known
+  // ... unless large replies are about (FirstBurst).
+  static constexpr uint64_t kLargeRepliesMemoryMs = 60000;
+  uint64_t FirstBurst() const;
+  // A reply of `len` bytes from a server: tells the worker when it is large (FirstBurst).
+  void NoteLargeReply(size_t len);
   // The connections waiting for this client to read (see WaitForDrain) read on.
   void ResumeStreams();
   // Reply bytes held for the client that count against max_client_buffer_bytes.

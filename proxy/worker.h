@@ -150,6 +150,19 @@ class Worker {
   uint64_t NextTimeoutPass() { return ++timeout_pass_; }
   // The retry budget's spare token for clients that have not earned one: one per second.
   bool TakeSpareRetry();
+  // A server sent a reply large enough to matter to new clients' first requests
+  // (ClientSession::FirstBurst): they are cautious for a while.
+  void NoteLargeReply() {
+    const uint64_t t = now();
+    if (budget_->large_reply_ms.load(std::memory_order_relaxed) + 1000 <= t) {
+      budget_->large_reply_ms.store(t, std::memory_order_relaxed);
+    }
+  }
+  // Whether such a reply was seen (by any worker) within the last `ms`.
+  bool LargeRepliesSeenWithin(uint64_t ms) const {
+    const uint64_t seen = budget_->large_reply_ms.load(std::memory_order_relaxed);
+    return seen != 0 && now() < seen + ms;
+  }
   // A change in the reply bytes this worker's clients hold (published once per loop turn).
   void AddReplyBytes(int64_t delta) { reply_delta_ += delta; }
   // Publishes what changed since the last time; returns the total of all workers.
