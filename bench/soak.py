@@ -62,6 +62,7 @@ MB = 1 << 20
 BIG_KEY = "soak:big"          # the 16 MB value the never-readers ask for
 GOOD_TIMEOUT_S = 20           # a good client's socket timeout: above the proxy's 5 s timeout
 KEY_TTL_S = 10                # good clients' keys expire, so Redis's memory stays small
+SLOW_S = 0.1                  # good round trips over this are listed (when, how long)
 DOWN_RE = re.compile(r"\b(primary|replica) (\S+) marked down: (.*)$")  # backend.cpp's words
 NO_READS_RE = re.compile(r"\breplica \S+ gets no reads: ")
 
@@ -216,6 +217,7 @@ class Tally:
         self.rounds = self.errors = self.wrong = 0
         self.samples = {}  # message -> [seconds into the run of the first, count]
         self.rtts, self.worst = [], (0.0, 0.0)
+        self.slow = []  # (seconds into the run, round trip) of those over SLOW_S
 
     def ok(self, rtt=None, started=0.0):
         with self.lock:
@@ -223,6 +225,8 @@ class Tally:
             if rtt is not None:
                 self.rtts.append(rtt)
                 self.worst = max(self.worst, (rtt, started - self.t0))
+                if rtt > SLOW_S:
+                    self.slow.append((started - self.t0, rtt))
 
     def bad(self, wrong, msg):
         with self.lock:
@@ -562,6 +566,10 @@ def run(args, work, stack):
     print(f"good clients: {good.rounds} SET+GET pairs ({good.rounds / r.seconds:.0f}/s), "
           f"{good.errors} errors, {good.wrong} wrong answers; round trip p50 {pct(0.5):.2f} ms, "
           f"p99 {pct(0.99):.2f} ms, worst {good.worst[0] * 1000:.0f} ms (at {good.worst[1]:.1f} s)")
+    if good.slow:
+        print(f"  over {SLOW_S * 1000:.0f} ms: {len(good.slow)}, at "
+              + ", ".join(f"{t:.1f} s ({rtt * 1000:.0f} ms)" for t, rtt in good.slow[:12])
+              + (" ..." if len(good.slow) > 12 else ""))
     for line in good.sample_lines():
         print(line)
     if args.hostile:
