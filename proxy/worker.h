@@ -154,8 +154,10 @@ class Worker {
   // (ClientSession::FirstBurst): they are cautious for a while.
   void NoteLargeReply() {
     const uint64_t t = now();
-    if (budget_->large_reply_ms.load(std::memory_order_relaxed) + 1000 <= t) {
-      budget_->large_reply_ms.store(t, std::memory_order_relaxed);
+    uint64_t seen = budget_->large_reply_ms.load(std::memory_order_relaxed);
+    // Once a second at most; a worker whose loop time is behind another's never moves it back.
+    while (seen + 1000 <= t &&
+           !budget_->large_reply_ms.compare_exchange_weak(seen, t, std::memory_order_relaxed)) {
     }
   }
   // Whether such a reply was seen (by any worker) within the last `ms`.
