@@ -174,6 +174,8 @@ void ClientSession::ForwardPinned(const Request& req, const RouteDecision& d, co
                                   size_t len) {
   worker_->stats().pinned_requests++;
   PinnedReq kind = TrackPinnedState(req, d);
+  await_unpin_ =
+      worker_->topology().cluster() && !pin_permanent_ && !subscribed_ && !in_multi_ && !watching_;
   if (EqualsLower(req.arg(0), "wait") && !in_multi_) {
     // WAIT counts replicas that acknowledged this connection's last write, but the client's
     // writes went out on shared connections. A propagated no-op write here first (the

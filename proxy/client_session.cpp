@@ -256,7 +256,7 @@ void ClientSession::ProcessInput() {
     if ((dedicated_ == nullptr &&
          InflightReaches(cfg.client.max_pipeline_depth, cfg.client.max_inflight_bytes)) ||
         UnreadReaches(cfg.client.max_inflight_bytes) || CountedReplyBytes() > pile_at ||
-        BarrierHolds()) {
+        BarrierHolds() || AwaitsUnpin()) {
       // Backpressure: too many requests (or bytes) in flight, or replies piling up that the
       // client does not read. Stop reading its requests until they drain (MaybeResume), well
       // before the buffer bound that would drop it. Replies it has not read count as if
@@ -1287,7 +1287,7 @@ void ClientSession::MaybeResume() {
       (dedicated_ == nullptr &&
        InflightReaches(lim.max_pipeline_depth / 2 + 1, lim.max_inflight_bytes / 2)) ||
       UnreadReaches(lim.max_inflight_bytes / 2 + 1) ||
-      CountedReplyBytes() > lim.max_client_buffer_bytes / 4 || BarrierHolds()) {
+      CountedReplyBytes() > lim.max_client_buffer_bytes / 4 || BarrierHolds() || AwaitsUnpin()) {
     // Held back, yet read while its replies wait for it (TakesRequestsWhileWaited): paused
     // before they piled up, a client writing its whole pipeline before it reads would wait
     // forever for a proxy waiting for it to read.

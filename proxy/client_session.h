@@ -464,6 +464,11 @@ class ClientSession {
   size_t resub_swallow_ = 0;        // confirmations of the renewal still to drop
   bool in_multi_ = false;
   bool watching_ = false;
+  // Cluster mode: the pinned session ends once what it sent is answered (EXEC sent, a
+  // blocking command...); the client's next requests wait for that, then go by their slot.
+  // On the session's connection, one for a key of another shard would get MOVED.
+  bool await_unpin_ = false;
+  bool AwaitsUnpin() const { return await_unpin_ && dedicated_ != nullptr; }
   bool reply_off_ = false;   // CLIENT REPLY OFF forwarded (pinned): nothing is answered
   bool reply_skip_ = false;  // CLIENT REPLY SKIP forwarded: the next command is not answered
   uint64_t stream_outstanding_ = 0;  // requests forwarded, not yet answered (exact for

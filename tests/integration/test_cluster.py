@@ -306,6 +306,31 @@ def test_blocking_command_on_its_keys_shard(rproxy):
     assert c.set("after-blpop", 1) is True
 
 
+def test_commands_pipelined_after_a_transaction_or_blocking_command_go_by_their_slot(rproxy):
+    """One send: a transaction on one shard, then commands for keys all over the cluster;
+    then a BLPOP answered at once, and the same again. The session is pinned to the
+    transaction's (the BLPOP's) shard until EXEC's (BLPOP's) reply is in: what follows must
+    wait for that and go by its own slot, not run on the pinned connection (where a key of
+    another shard got MOVED, answered as CROSSSLOT)."""
+    c = rproxy.client()
+    keys = [f"after-tx:{i}" for i in range(12)]  # 12 keys: all three shards, surely
+    c.delete("{tx}k", "{jobs}after", *keys)
+    c.rpush("{jobs}after", "j1")
+    send = [("MULTI",), ("SET", "{tx}k", "1"), ("INCR", "{tx}k"), ("EXEC",)]
+    send += [("SET", k, k) for k in keys] + [("GET", k) for k in keys]
+    send += [("BLPOP", "{jobs}after", "5")] + [("GET", k) for k in keys]
+    want = [b"+OK\r\n", b"+QUEUED\r\n", b"+QUEUED\r\n", b"*2\r\n+OK\r\n:2\r\n"]
+    want += [b"+OK\r\n"] * len(keys)
+    want += [b"$%d\r\n%s\r\n" % (len(k), k.encode()) for k in keys]
+    want += [b"*2\r\n$11\r\n{jobs}after\r\n$2\r\nj1\r\n"]
+    want += [b"$%d\r\n%s\r\n" % (len(k), k.encode()) for k in keys]
+    with fixtures.connect(rproxy.port) as s:
+        s.sendall(b"".join(fixtures.encode_command(*cmd) for cmd in send))
+        got, _ = fixtures.read_replies(s, len(want), timeout=10 * SLOWDOWN)
+    bad = [(send[i], g) for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    assert not bad, f"{len(bad)} wrong replies, first: {bad[0]}"
+
+
 def test_info_and_metrics_show_shards(rc, rproxy):
     text = proxy_info(rproxy)
     assert "# Cluster" in text and "slots_unassigned:0" in text
