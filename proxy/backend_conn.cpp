@@ -513,6 +513,7 @@ void BackendConn::StreamPart() {
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   read_paused_ = true;
   drain_waiter_ = client;
+  reader_unsent_ = client->UnreceivedBytes();
   client->WaitForDrain(this);
 }
 
@@ -541,8 +542,16 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     // without blaming the server. (Reading on, a detached connection is judged as any
     // shared one: other clients' requests may wait behind.)
     if (!pending_.empty() && pending_.front().deadline_ms <= now_ms) {
-      // That client is closed: half a reply cannot be followed by anything else.
       const ClientSession* c = pending_.front().client;
+      // Reading slowly is not "not reading": what the client took since the last look moves
+      // the deadline, as a part passed on does. (A client reading 0.5 MB/s was closed: its
+      // backlog took longer than the timeout to drain to where the stream resumes.)
+      if (c != nullptr && !c->closed() && c->UnreceivedBytes() < reader_unsent_) {
+        reader_unsent_ = c->UnreceivedBytes();
+        pending_.front().deadline_ms = now_ms + worker_->timeout_ms();
+        return;
+      }
+      // That client is closed: half a reply cannot be followed by anything else.
       if (c != nullptr && !c->closed()) {
         worker_->stats().client_drops[static_cast<size_t>(DropReason::kUnreadReply)]++;
       }

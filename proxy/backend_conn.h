@@ -139,6 +139,7 @@ class BackendConn {
   std::string fail_soon_reason_;
   bool read_paused_ = false;
   ClientSession* drain_waiter_ = nullptr;
+  size_t reader_unsent_ = 0;  // the paused-for client's UnreceivedBytes at the last look
   ConnClass cls_;
   int auth_replies_expected_ = 0;  // dedicated mode: handshake frames to check and swallow
   uint8_t handshake_kinds_[3] = {0, 0, 0};

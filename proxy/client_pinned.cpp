@@ -391,7 +391,10 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   }
   // Anything answered on the dedicated connection may have been a write (EXEC, BLPOP...):
   // the reads that follow once the session is unpinned must see it. (Not pub/sub traffic.)
-  if (!push_mode_) Ryw(pin_group_).OnWrite(PinGroup().progress());
+  if (!push_mode_) {
+    Ryw(pin_group_).OnWrite(PinGroup().progress());
+    last_write_group_ = pin_group_;  // a WAIT after EXEC counts this shard's replicas
+  }
   if (len > worker_->config().client.max_client_buffer_bytes) {
     oversize_bytes_ = std::max(oversize_bytes_, len);
   }

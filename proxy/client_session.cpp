@@ -3,6 +3,9 @@
 // commands in client_local.cpp.
 #include "proxy/client_session.h"
 
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -249,6 +252,15 @@ void ClientSession::PauseReading() {
 }
 
 void ClientSession::ProcessInput() {
+  // Not again from within: a request answered at once completes, which may resume this
+  // client (AdvanceHead, MaybeResume) while the request is not consumed yet; a nested run
+  // would parse it again. The running loop takes whatever a nested one would have.
+  if (processing_input_) return;
+  processing_input_ = true;
+  struct Done {
+    bool& flag;
+    ~Done() { flag = false; }
+  } done{processing_input_};
   const Config& cfg = worker_->config();
   while (!closed_ && !closing_after_flush_ && !quit_pending_ && !unpin_marker_sent_ &&
          !resubscribing_ && resub_swallow_ == 0 && !auth_pending_ && !in_.empty()) {
@@ -1198,8 +1210,26 @@ bool ClientSession::TakesRequestsWhileWaited() const {
   // wait forever for a proxy that stopped reading. Its requests are taken in, as Redis
   // takes them, up to the same bound as replies held for it; none is sent on until its
   // replies drain, since they would only queue more of its replies ahead of everyone else's
-  // at the server.
-  return RepliesAwaitReader() && in_.size() <= worker_->config().client.max_client_buffer_bytes / 2;
+  // at the server. So is one whose requests wait for its pinned session to end (cluster,
+  // AwaitsUnpin): reading on, the proxy sees it go away while a BLPOP still blocks for it,
+  // which must then end rather than take the next element pushed for nobody.
+  return (RepliesAwaitReader() || AwaitsUnpin()) &&
+         in_.size() <= worker_->config().client.max_client_buffer_bytes / 2;
+}
+
+size_t ClientSession::UnreceivedBytes() const {
+  const auto* s = reinterpret_cast<const uv_stream_t*>(&tcp_);
+  size_t n = out_.size() + uv_stream_get_write_queue_size(s);
+  // The kernel's send queue as well: a client reading slowly through a small window drains
+  // it for a long while before libuv can write again (0.5 s without a byte taken from the
+  // write queue, from a client reading 2 MB/s).
+  uv_os_fd_t fd;
+  int queued = 0;
+  if (uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) == 0 &&
+      ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0) {
+    n += static_cast<size_t>(queued);
+  }
+  return n;
 }
 
 bool ClientSession::RepliesAwaitReader() const {
@@ -1298,6 +1328,9 @@ void ClientSession::MaybeResume() {
     }
     return;
   }
+  // No longer held, even when reading had not stopped (TakesRequestsWhileWaited) and so
+  // does not start again here.
+  paused_ = false;
   ResumeReading();
   // Requests already buffered are not announced by another read callback.
   if (!in_.empty()) ProcessInput();

@@ -89,6 +89,10 @@ class ClientSession {
   // Reply bytes ready for the client and not yet written to it (what it must read before a
   // streamed reply may go on; replies held behind an open slot cannot drain meanwhile).
   size_t StreamBacklog() const { return out_.size() + wbuf_.size(); }
+  // Reply bytes the client has not received yet: what the proxy holds (its buffer, libuv's
+  // write queue) and what the kernel holds unacknowledged. It shrinks whenever the client
+  // reads, also in the middle of one long write (see BackendConn::CheckTimeout).
+  size_t UnreceivedBytes() const;
   // A connection streaming this client a large reply waits until the client has read more
   // (ResumeStream when StreamBacklog is low again); Forget: it went away meanwhile.
   void WaitForDrain(BackendConn* c);
@@ -468,6 +472,7 @@ class ClientSession {
   // blocking command...); the client's next requests wait for that, then go by their slot.
   // On the session's connection, one for a key of another shard would get MOVED.
   bool await_unpin_ = false;
+  bool processing_input_ = false;  // ProcessInput is running (it does not nest)
   bool AwaitsUnpin() const { return await_unpin_ && dedicated_ != nullptr; }
   bool reply_off_ = false;   // CLIENT REPLY OFF forwarded (pinned): nothing is answered
   bool reply_skip_ = false;  // CLIENT REPLY SKIP forwarded: the next command is not answered

@@ -1233,6 +1233,69 @@ def test_clients_never_reading_16mb_replies_cost_neither_the_server_nor_the_othe
     assert_no_backend_marked_down(proxy)
 
 
+def test_request_answered_by_the_proxy_after_a_held_large_read(fresh_cluster, make_proxy):
+    """A slow reader pipelines GET of an 8 MB value and PING, after the proxy has seen a large
+    reply (so the PING waits for the GET's reply: a first burst of 1). The PING is answered
+    by the proxy itself once the large reply is read. That answer resumed the client while
+    the PING was not consumed yet, which parsed it again, and again: the stack overflowed
+    and the whole proxy died (found in review)."""
+    c = fresh_cluster
+    size = 8 * MB
+    c.primary.client(timeout=30).set("abuse:held:big", b"b" * size)
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c, "--timeout", str(5 * SLOWDOWN))
+    assert len(proxy.client(timeout=30).get("abuse:held:big")) == size  # a large reply seen
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: it sticks
+    s.settimeout(20 * SLOWDOWN)
+    with s:
+        s.connect((HOST, proxy.port))
+        s.sendall(encode_command("GET", "abuse:held:big") + encode_command("PING"))
+        time.sleep(0.3)  # the reply waits for the reader: the connection pauses for it
+        (reply, pong), rest = read_replies(s, 2, timeout=20 * SLOWDOWN)
+        assert reply == b"$%d\r\n%s\r\n" % (size, b"b" * size)
+        assert pong == b"+PONG\r\n" and rest == b""
+        s.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            extra = s.recv(100)
+            pytest.fail(f"more than one answer to one PING: {extra[:40]!r}")
+    assert proxy.proc.poll() is None, "the proxy died"
+    assert proxy.client().ping()
+
+
+def test_slow_but_steady_reader_of_large_replies_is_not_dropped(fresh_cluster, make_proxy):
+    """A client pipelines three GETs of a 2 MB value and reads steadily but slowly (a 4 KB
+    receive buffer, a pause after each read), far slower than the proxy's timeout (0.5 s)
+    needs to drain its backlog to where the stream resumes. It is reading, so it gets every
+    byte: only a client that reads nothing for the timeout is closed. Before, the deadline
+    moved only when a part was passed on, and this client was dropped mid-reply."""
+    c = fresh_cluster
+    size = 2 * MB
+    value = os.urandom(size // 2).hex().encode()
+    c.primary.client(timeout=30).set("abuse:slow:big", value)
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c, "--timeout", "0.5")
+    n = 3
+    want = (b"$%d\r\n%s\r\n" % (size, value)) * n
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: it sticks
+    s.settimeout(10 * SLOWDOWN)
+    got = bytearray()
+    started = time.monotonic()
+    with s:
+        s.connect((HOST, proxy.port))
+        s.sendall(encode_command("GET", "abuse:slow:big") * n)
+        while len(got) < len(want):
+            chunk = s.recv(4096)
+            assert chunk, f"closed after {len(got)} of {len(want)} bytes"
+            got += chunk
+            time.sleep(0.002)
+    took = time.monotonic() - started
+    print(f"{len(want) / MB:.0f} MB read in {took:.1f} s ({len(want) / MB / took:.2f} MB/s)")
+    assert bytes(got) == want
+    assert client_drops(proxy, "unread_reply_timeout") == 0
+
+
 def test_client_writing_its_whole_pipeline_before_reading_is_never_stuck(fresh_cluster,
                                                                          make_proxy):
     """As redis-py's and Jedis's pipelines do: 100 pairs of a 200 KB SET and a 200 KB GET are

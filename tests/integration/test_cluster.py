@@ -331,6 +331,23 @@ def test_commands_pipelined_after_a_transaction_or_blocking_command_go_by_their_
     assert not bad, f"{len(bad)} wrong replies, first: {bad[0]}"
 
 
+def test_client_gone_while_blocked_with_commands_waiting_frees_its_blpop(rproxy):
+    """BLPOP with no timeout, then a GET pipelined behind it (which waits for the BLPOP's
+    reply: the session is pinned to the list's shard until then), and the client goes away.
+    The proxy must notice and end the BLPOP: an element pushed afterwards stays in the list
+    instead of being popped for nobody."""
+    c = rproxy.client()
+    c.delete("{gone}q")
+    with fixtures.connect(rproxy.port) as s:
+        s.sendall(fixtures.encode_command("BLPOP", "{gone}q", "0") +
+                  fixtures.encode_command("GET", "after-blpop:gone"))
+        time.sleep(0.3 * SLOWDOWN)  # the BLPOP blocks on the shard's primary
+    time.sleep(0.5 * SLOWDOWN)  # the proxy sees the client gone and ends its session
+    c.rpush("{gone}q", "job")
+    time.sleep(0.2)
+    assert c.lrange("{gone}q", 0, -1) == [b"job"], "popped for a client that had gone"
+
+
 def test_info_and_metrics_show_shards(rc, rproxy):
     text = proxy_info(rproxy)
     assert "# Cluster" in text and "slots_unassigned:0" in text
