@@ -136,6 +136,7 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
     // Only inside MULTI do they end the transaction and drop WATCHes; outside it Redis
     // answers an error and the WATCH stays (the connection must not be reused then).
     if (in_multi_) watching_ = false;
+    if (in_multi_ && (name[0] == 'e' || name[0] == 'E')) last_write_group_ = pin_group_;
     in_multi_ = false;
   } else if (EqualsLower(name, "watch")) {
     watching_ = true;
@@ -378,9 +379,10 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     MaybeQuit();
     return;
   }
-  bool swallow = false;
+  bool swallow = false, blocking = false;
   if (!pin().inflight.empty()) {
     swallow = pin().inflight.front().swallow;
+    blocking = pin().inflight.front().blocking;
     pin().inflight.pop_front();
     ArmPinnedDeadline();
   }
@@ -393,7 +395,12 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   // the reads that follow once the session is unpinned must see it. (Not pub/sub traffic.)
   if (!push_mode_) {
     Ryw(pin_group_).OnWrite(PinGroup().progress());
-    last_write_group_ = pin_group_;  // a WAIT after EXEC counts this shard's replicas
+    // A WAIT after it counts this shard's replicas: an EXEC's (noted as it was sent), or a
+    // blocking pop's that got something (one that timed out wrote nothing).
+    const bool nil = (len == 5 && (std::memcmp(data, "*-1\r\n", 5) == 0 ||
+                                   std::memcmp(data, "$-1\r\n", 5) == 0)) ||
+                     (len == 3 && std::memcmp(data, "_\r\n", 3) == 0);
+    if (blocking && !nil && len > 0 && data[0] != '-') last_write_group_ = pin_group_;
   }
   if (len > worker_->config().client.max_client_buffer_bytes) {
     oversize_bytes_ = std::max(oversize_bytes_, len);

@@ -1363,7 +1363,7 @@ void ClientSession::Account() {
   // Requests taken in while a reply waits for the client to read it (TakesRequestsWhileWaited)
   // are held for it as its replies are: they count too, so many such clients cannot together
   // grow the proxy past the total bound.
-  size_t now = CountedReplyBytes() + (RepliesAwaitReader() ? in_.size() : 0);
+  size_t now = CountedReplyBytes() + (RepliesAwaitReader() || AwaitsUnpin() ? in_.size() : 0);
   if (now == accounted_) return;
   auto delta = static_cast<int64_t>(now) - static_cast<int64_t>(accounted_);
   accounted_ = now;

@@ -348,6 +348,37 @@ def test_client_gone_while_blocked_with_commands_waiting_frees_its_blpop(rproxy)
     assert c.lrange("{gone}q", 0, -1) == [b"job"], "popped for a client that had gone"
 
 
+def test_requests_held_behind_a_blocked_command_count_towards_the_total_bound(rc, tmp_path):
+    """A BLPOP that blocks, then 24 MB of SETs pipelined behind it: they wait for the BLPOP
+    (the session is pinned to its shard until then) and are read in meanwhile (so the client
+    going away is seen); what the proxy holds for them counts in kompress_client_buffer_bytes,
+    and so against max_total_client_buffer_bytes, and all of them run once the BLPOP ends."""
+    admin = fixtures.free_port()
+    p = start_proxy(tmp_path / "held", rc, ["--admin-listen", f"{HOST}:{admin}"])
+    try:
+        wait_proxy_ready(p)
+        c = p.client()
+        c.delete("{held}q")
+
+        def held():
+            return fixtures.metric(fixtures.http_get(admin, "/metrics")[1],
+                                   "kompress_client_buffer_bytes")
+        value = b"v" * (1 << 20)
+        with fixtures.connect(p.port, timeout=30 * SLOWDOWN) as s:
+            s.sendall(fixtures.encode_command("BLPOP", "{held}q", "0"))
+            time.sleep(0.3 * SLOWDOWN)
+            sets = b"".join(fixtures.encode_command("SET", f"held:{i}", value) for i in range(24))
+            s.sendall(sets)
+            wait_until(lambda: held() >= 16 * (1 << 20), 10 * SLOWDOWN,
+                       what="the held requests counted")
+            c.rpush("{held}q", "go")
+            replies, _ = fixtures.read_replies(s, 25, timeout=30 * SLOWDOWN)
+        assert replies == [b"*2\r\n$7\r\n{held}q\r\n$2\r\ngo\r\n"] + [b"+OK\r\n"] * 24
+        assert c.strlen("held:23") == len(value)
+    finally:
+        p.stop()
+
+
 def test_info_and_metrics_show_shards(rc, rproxy):
     text = proxy_info(rproxy)
     assert "# Cluster" in text and "slots_unassigned:0" in text
