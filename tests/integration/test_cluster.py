@@ -379,6 +379,37 @@ def test_requests_held_behind_a_blocked_command_count_towards_the_total_bound(rc
         p.stop()
 
 
+def test_wait_after_a_transaction_counts_the_transactions_shard(rc, rproxy):
+    """A write on one shard, then a transaction on another and WAIT pipelined after it. WAIT
+    counts the replicas that have the client's last write: the transaction's shard's. Its
+    replica is stopped meanwhile, so WAIT must say 0 (the other shard's replica would say 1:
+    WAIT used to go to the shard of the client's last write on a shared connection)."""
+    c = rproxy.client()
+    slot = c.execute_command("CLUSTER", "KEYSLOT", "{wt}k")
+    other = next(k for k in (f"wt-other:{i}" for i in range(100))
+                 if not same_shard(c, slot, c.execute_command("CLUSTER", "KEYSLOT", k)))
+    owner = next(s for s in c.execute_command("CLUSTER", "SLOTS") if s[0] <= slot <= s[1])
+    replica = next(n for n in rc.nodes if n.port == owner[3][1])
+    with fixtures.connect(rproxy.port) as s:
+        s.sendall(fixtures.encode_command("SET", other, "1"))
+        assert fixtures.read_replies(s, 1)[0] == [b"+OK\r\n"]
+        replica.sigstop()
+        try:
+            s.sendall(b"".join(fixtures.encode_command(*cmd) for cmd in
+                               [("MULTI",), ("SET", "{wt}k", "1"), ("EXEC",), ("WAIT", "1", "200")]))
+            replies, _ = fixtures.read_replies(s, 4, timeout=10 * SLOWDOWN)
+        finally:
+            replica.sigcont()
+    assert replies == [b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n+OK\r\n", b":0\r\n"]
+
+
+def same_shard(c, slot_a, slot_b):
+    for s in c.execute_command("CLUSTER", "SLOTS"):
+        if s[0] <= slot_a <= s[1]:
+            return s[0] <= slot_b <= s[1]
+    return False
+
+
 def test_info_and_metrics_show_shards(rc, rproxy):
     text = proxy_info(rproxy)
     assert "# Cluster" in text and "slots_unassigned:0" in text
