@@ -136,7 +136,7 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
     // Only inside MULTI do they end the transaction and drop WATCHes; outside it Redis
     // answers an error and the WATCH stays (the connection must not be reused then).
     if (in_multi_) watching_ = false;
-    if (in_multi_ && (name[0] == 'e' || name[0] == 'E')) last_write_group_ = pin_group_;
+    if (in_multi_ && EqualsLower(name, "exec")) last_write_group_ = pin_group_;
     in_multi_ = false;
   } else if (EqualsLower(name, "watch")) {
     watching_ = true;
