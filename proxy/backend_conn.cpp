@@ -142,7 +142,7 @@ void BackendConn::QueueHandshake() {
     resp::AppendCommand(hs, args);
     kinds[n++] = kHandshakeSelect;
   }
-  if (c.cluster()) {
+  if (c.cluster() && !side_) {
     // Redis Cluster replicas answer reads only on READONLY connections (harmless on a
     // primary, and a replica may become one).
     std::string_view args[] = {"READONLY"};

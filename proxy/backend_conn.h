@@ -72,6 +72,10 @@ class BackendConn {
   const ConnClass& conn_class() const { return cls_; }
   // Dedicated mode: hands the connection to another session (nullptr: idle in the worker).
   void set_owner(ClientSession* owner) { owner_ = owner; }
+  // A side connection (Worker::SideConn) carries one command for a primary while a script
+  // may be running there: its handshake leaves out READONLY, which a busy server refuses.
+  // Set before the first Send().
+  void set_side() { side_ = true; }
   bool idle() const { return pending_.empty() && out_.empty() && queued_.empty(); }
   bool dirty = false;  // queued in the worker's flush list
   bool dead() const { return dead_; }
@@ -134,6 +138,7 @@ class BackendConn {
   // Carrying a request as large as a client's in-flight bound: out of the pool, so nobody's
   // later requests queue behind it; a shared connection otherwise, until its last reply.
   bool retiring_ = false;
+  bool side_ = false;       // see set_side()
   bool fail_soon_ = false;  // see FailSoon
   bool fail_soon_mark_down_ = false;
   std::string fail_soon_reason_;

@@ -36,7 +36,7 @@ Split SplitOf(std::string_view name) {
 }
 
 // Keyless commands whose meaning is the whole cluster's.
-enum class Whole : uint8_t { kNone, kSum, kConcat, kAllPrimaries, kFirstValue, kScan };
+enum class Whole : uint8_t { kNone, kSum, kConcat, kAllPrimaries, kAnyPrimary, kFirstValue, kScan };
 
 Whole WholeOf(std::string_view name) {
   if (name == "dbsize") return Whole::kSum;
@@ -50,6 +50,8 @@ Whole WholeOf(std::string_view name) {
       name == "function|restore") {
     return Whole::kAllPrimaries;
   }
+  // A running script is on one shard at most: whichever it is must be asked.
+  if (name == "script|kill" || name == "function|kill") return Whole::kAnyPrimary;
   return Whole::kNone;
 }
 
@@ -195,6 +197,7 @@ void ClientSession::DispatchCluster(const Request& req, const RouteDecision& d, 
   RouteDecision part_d;
   part_d.route = d.route;
   part_d.may_write = d.may_write;
+  part_d.side_conn = d.side_conn;
   if (whole != Whole::kNone) {
     std::vector<uint16_t> groups = ServingGroups(topo);
     if (groups.empty()) {
@@ -250,10 +253,12 @@ void ClientSession::DispatchCluster(const Request& req, const RouteDecision& d, 
     f.merge = whole == Whole::kSum          ? FanOut::Merge::kSum
               : whole == Whole::kConcat     ? FanOut::Merge::kConcat
               : whole == Whole::kFirstValue ? FanOut::Merge::kFirstValue
+              : whole == Whole::kAnyPrimary ? FanOut::Merge::kAnyOk
                                             : FanOut::Merge::kAllOk;
     f.pending = static_cast<uint32_t>(groups.size());
     f.replies.resize(groups.size());
-    bool read = whole != Whole::kAllPrimaries && d.route == Route::kRead;
+    bool read =
+        whole != Whole::kAllPrimaries && whole != Whole::kAnyPrimary && d.route == Route::kRead;
     if (!read) part_d.route = Route::kWrite;
     for (size_t i = 0; i < groups.size(); ++i) {
       SendPart(parent, static_cast<uint32_t>(i), groups[i], kNoSlot, read, !read && d.may_write, b,
@@ -339,6 +344,7 @@ void ClientSession::SendPart(uint64_t parent, uint32_t part, uint16_t group, uin
   s.is_read = is_read;
   s.kind = is_read ? 1 : 2;
   s.may_write = may_write;
+  s.side_conn = d.side_conn;
   if (group == Topology::kNoGroup) {
     CompleteError(seq, kSlotNotServed);
     return;
@@ -358,7 +364,17 @@ void ClientSession::OnPartReply(uint64_t parent, uint32_t part, const char* data
     if (f.error.empty())
       f.error = "-ERR kompress: unexpected reply from a shard to " + std::string(what) + "\r\n";
   };
-  if (!r.empty() && (r[0] == '-' || r[0] == '!')) {
+  bool is_error = !r.empty() && (r[0] == '-' || r[0] == '!');
+  if (f.merge == FanOut::Merge::kAnyOk) {
+    // The shards without a script say NOTBUSY; any other error (UNKILLABLE: it wrote
+    // already) says more.
+    if (!is_error) {
+      f.any_ok = true;
+      f.replies[part] = std::string(r);
+    } else if (f.error.empty() || (f.error.rfind("-NOTBUSY", 0) == 0 && r.find("NOTBUSY") != 1)) {
+      f.error = std::string(r);
+    }
+  } else if (is_error) {
     if (f.error.empty()) f.error = std::string(r);
   } else {
     switch (f.merge) {
@@ -394,6 +410,7 @@ void ClientSession::OnPartReply(uint64_t parent, uint32_t part, const char* data
       case FanOut::Merge::kAllOk:
       case FanOut::Merge::kFirstValue:
       case FanOut::Merge::kScan:
+      case FanOut::Merge::kAnyOk:
         f.replies[part] = std::string(r);
         break;
     }
@@ -406,7 +423,9 @@ void ClientSession::FinishFanOut(uint64_t parent) {
   std::unique_ptr<FanOut> owned = std::move(p.fan);
   FanOut& f = *owned;
   Buffer out;
-  if (!f.error.empty()) {
+  if (f.merge == FanOut::Merge::kAnyOk && f.any_ok) {
+    out.Append("+OK\r\n");
+  } else if (!f.error.empty()) {
     worker_->stats().errors++;
     out.Append(f.error.data(), f.error.size());
   } else {
@@ -423,6 +442,7 @@ void ClientSession::FinishFanOut(uint64_t parent) {
         out.Append(f.concat.data(), f.concat.size());
         break;
       case FanOut::Merge::kAllOk:
+      case FanOut::Merge::kAnyOk:
         out.Append(f.replies[0].data(), f.replies[0].size());
         break;
       case FanOut::Merge::kFirstValue: {

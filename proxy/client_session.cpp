@@ -505,6 +505,7 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
   s.kind = d.route == Route::kRead ? 1 : 2;
   s.is_read = d.route == Route::kRead;
   s.may_write = d.route == Route::kWrite && d.may_write;
+  s.side_conn = d.side_conn;
   s.sent_bytes = len;
   inflight_bytes_ += len;
   // Behind a request that waits for a backend, everything waits: order is the client's.
@@ -555,6 +556,17 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
   }
   // All of one client's primary requests share one connection, so they run in the order the
   // client sent them (a read behind its own write sees it).
+  if (s.side_conn) {
+    // Not behind anyone's requests (a running script holds its connection's queue): a
+    // connection of its own, in database 0 (SELECT is refused while a script runs).
+    ConnClass side = cls_;
+    side.db = 0;
+    if (BackendConn* c = worker_->SideConn(primary, side)) {
+      c->Send(this, seq, raw, len, deadline);
+      ++inflight_;
+      return true;
+    }
+  }
   Buffer* donor = may_donate_ && raw == in_.data() && !s.is_read ? &in_ : nullptr;
   BackendConn* conn = worker_->PrimaryConnFor(primary, id_, cls_);
   if (conn->Send(this, seq, raw, len, deadline, donor)) {

@@ -50,6 +50,7 @@ struct FanOut {
     kConcat,      // KEYS: the arrays joined
     kFirstValue,  // RANDOMKEY: the first part's reply that is not null
     kScan,        // SCAN: one shard's page, its cursor rewritten to name the shard
+    kAnyOk,       // SCRIPT KILL / FUNCTION KILL: +OK if a shard had a script to stop
   };
   Merge merge = Merge::kAllOk;
   uint32_t pending = 0;
@@ -60,6 +61,7 @@ struct FanOut {
   std::string concat;                // kConcat: elements' bytes
   std::vector<std::string> replies;  // kAllOk / kFirstValue / kScan: by part
   std::string error;                 // the first error a part got (its bytes)
+  bool any_ok = false;               // kAnyOk: a part succeeded
   uint16_t scan_group = 0;           // kScan: the shard this page came from
 };
 
@@ -152,6 +154,7 @@ class ClientSession {
     bool stream = false;         // the pinned session's slot: never completes
     uint8_t kind = 0;            // for latency stats: 0 local/other, 1 read, 2 write
     bool may_write = false;      // a write that may change data (read-your-writes follows it)
+    bool side_conn = false;      // goes on a connection of its own (RouteDecision::side_conn)
     uint64_t start_ns = 0;
     Buffer reply;    // reply bytes that arrived before the slots ahead of it
     Buffer request;  // kept for reads so a failed replica's read can go to the primary

@@ -242,6 +242,10 @@ RouteDecision Router::Classify(const Request& req) const {
       if (EqualsLower(name, h)) d.may_write = false;
     }
     if (EqualsLower(name, "config") && EqualsLower(sub, "get")) d.may_write = false;
+    if (info->name == "script|kill" || info->name == "function|kill") {
+      d.side_conn = true;
+      d.may_write = false;
+    }
   }
   if (d.route == Route::kRead && name.size() >= 4 &&
       EqualsLower(name.substr(name.size() - 4), "scan")) {

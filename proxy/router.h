@@ -68,6 +68,10 @@ struct RouteDecision {
   uint8_t cursor_arg = 0;
   // kWrite: the command may change data (unknown commands are assumed to).
   bool may_write = true;
+  // SCRIPT KILL / FUNCTION KILL: sent on a connection of its own. On a shared one it would
+  // wait behind the very script it is meant to stop (Redis reads nothing more from the
+  // connection a script was called on until the script ends).
+  bool side_conn = false;
   // The command table's row (key positions, for Redis Cluster routing); null when the
   // command was decided by name alone or is unknown.
   const CommandInfo* info = nullptr;

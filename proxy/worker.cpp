@@ -223,6 +223,15 @@ bool Worker::RetireSharedConn(BackendConn* c) {
   return true;
 }
 
+BackendConn* Worker::SideConn(Backend* b, const ConnClass& cls) {
+  if (!MayTakeOutOfPool()) return nullptr;
+  auto* c = new BackendConn(this, b, BackendConn::Mode::kShared, nullptr, cls);
+  c->set_side();
+  detached_.insert(c);
+  c->Retire();
+  return c;
+}
+
 BackendConn* Worker::PrimaryConnForSlow(Backend* primary, uint64_t client_id,
                                         const ConnClass& cls) {
   Pool& pool = PoolFor(primary, cls);

@@ -138,6 +138,10 @@ class Worker {
   bool RetireSharedConn(BackendConn* c);
   // Whether fewer than kMaxRetired connections of this worker are out of their pools.
   bool MayTakeOutOfPool() const { return detached_.size() < kMaxRetired; }
+  // A connection for one request that must not wait behind other clients' (SCRIPT KILL):
+  // out of the pool from the start, it closes once it has answered. Null when too many
+  // connections are out of the pool already.
+  BackendConn* SideConn(Backend* b, const ConnClass& cls);
   void ForgetDetachedConn(BackendConn* c) { detached_.erase(c); }
   // A session has requests waiting for a backend: retried every few milliseconds.
   void Park(ClientSession* c);

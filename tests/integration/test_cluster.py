@@ -672,3 +672,45 @@ def test_shard_primary_kill9_under_load(tmp_path):
             proxy.stop()
     finally:
         rc.stop()
+
+
+def test_script_kill_reaches_the_shard_running_the_script(rc, rproxy):
+    """SCRIPT KILL asks every shard, each on a connection of its own (the script holds the
+    one it was called on): +OK when one had a script to stop, NOTBUSY when none had."""
+    for n in rc.alive_nodes():
+        n.client().config_set("busy-reply-threshold", 100)
+    c = rproxy.client()
+    slot = c.execute_command("CLUSTER", "KEYSLOT", "{spin}k")
+    owner = next(s for s in c.execute_command("CLUSTER", "SLOTS") if s[0] <= slot <= s[1])
+    node = next(n for n in rc.nodes if n.port == owner[2][1])
+    outcome = {}
+
+    def run():
+        try:
+            rproxy.client(timeout=20).eval("local a = 0 while true do a = a + 1 end", 1, "{spin}k")
+        except redis.RedisError as e:
+            outcome["error"] = str(e)
+    t = threading.Thread(target=run)
+    t.start()
+    direct = node.client()
+
+    def busy():
+        try:
+            direct.ping()
+            return False
+        except redis.ResponseError as e:
+            return str(e).startswith("BUSY")
+    try:
+        wait_until(busy, 5 * SLOWDOWN, what="the script running")
+        assert c.execute_command("SCRIPT", "KILL") in (True, b"OK", "OK")
+        wait_until(lambda: not busy(), 5 * SLOWDOWN, what="the script stopped")
+        with pytest.raises(redis.ResponseError, match="NOTBUSY"):
+            c.execute_command("SCRIPT", "KILL")
+    finally:
+        try:
+            direct.execute_command("SCRIPT", "KILL")
+        except redis.RedisError:
+            pass
+        t.join(10)
+    assert not t.is_alive()
+    assert c.set("{spin}k", "after") is True

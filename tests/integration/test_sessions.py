@@ -775,3 +775,58 @@ def test_client_reply_off_local_answers_are_not_kept(cluster, make_proxy):
         assert read_replies(s, 2, timeout=30 * SLOWDOWN)[0] == [b"+OK\r\n", b"$4\r\ndone\r\n"]
         grown = rss() - before
     assert grown < 4 * 1024 * 1024, f"proxy grew by {grown} bytes"
+
+
+def busy(client):
+    try:
+        client.ping()
+        return False
+    except redis.ResponseError as e:
+        return str(e).startswith("BUSY")
+
+
+@pytest.mark.parametrize("kind", ["script", "function"])
+def test_kill_reaches_a_script_that_holds_the_shared_connection(fresh_cluster, make_proxy, kind):
+    """A script that runs on and on holds the connection it was called on: Redis reads nothing
+    more from it until the script ends. SCRIPT KILL / FUNCTION KILL from another client of
+    the same worker must not queue behind it there, and must work from a client in another
+    database (SELECT is refused while a script runs)."""
+    proxy = make_proxy(fresh_cluster.primary.port, [r.port for r in fresh_cluster.replicas],
+                       extra_args=["--workers", "1", "--timeout", "5"])
+    direct = fresh_cluster.primary.client()
+    direct.config_set("busy-reply-threshold", 100)
+    loop = "local a = 0 while true do a = a + 1 end"
+    if kind == "function":
+        direct.function_load(f"#!lua name=spin\nredis.register_function('spin', function() {loop} end)",
+                             replace=True)
+    outcome = {}
+
+    def run():
+        try:
+            c = proxy.client(timeout=20)
+            outcome["reply"] = c.eval(loop, 0) if kind == "script" else c.fcall("spin", 0)
+        except redis.RedisError as e:
+            outcome["error"] = str(e)
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        wait_until(lambda: busy(direct), 5, what="the script running")
+        killer = proxy.client(timeout=20, db=9)
+        started = time.monotonic()
+        assert killer.execute_command(kind.upper(), "KILL") in (True, b"OK", "OK")
+        took = time.monotonic() - started
+        t.join(10)
+        assert not t.is_alive()
+        assert "killed by user" in outcome.get("error", ""), outcome
+        # Well before the 5 s timeout: it did not wait behind the script.
+        assert took < 2 * SLOWDOWN, took
+        # Nothing left to kill: Redis's own answer, and the shared connection works again.
+        with pytest.raises(redis.ResponseError, match="NOTBUSY"):
+            killer.execute_command(kind.upper(), "KILL")
+        assert killer.set("after:kill", "1") is True and killer.get("after:kill") == b"1"
+    finally:
+        try:
+            direct.execute_command(kind.upper(), "KILL")
+        except redis.RedisError:
+            pass
+        t.join(10)
