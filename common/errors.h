@@ -18,6 +18,9 @@ inline constexpr std::string_view kNoResp3 =
 // Any other version: Redis's own words.
 inline constexpr std::string_view kNoProto = "NOPROTO unsupported protocol version";
 inline constexpr std::string_view kPrimaryDown = "ERR kompress: primary is unavailable";
+// SCRIPT KILL / FUNCTION KILL over the worker's budget of connections of their own.
+inline constexpr std::string_view kTooManyKills =
+    "ERR kompress: too many SCRIPT KILL / FUNCTION KILL at once; try again";
 inline constexpr std::string_view kPrimaryLost =
     "ERR kompress: connection to primary lost before its reply; the command may or may not have "
     "been applied";

@@ -76,6 +76,7 @@ class BackendConn {
   // may be running there: its handshake leaves out READONLY, which a busy server refuses.
   // Set before the first Send().
   void set_side() { side_ = true; }
+  bool side() const { return side_; }
   bool idle() const { return pending_.empty() && out_.empty() && queued_.empty(); }
   bool dirty = false;  // queued in the worker's flush list
   bool dead() const { return dead_; }

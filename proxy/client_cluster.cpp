@@ -342,7 +342,7 @@ void ClientSession::SendPart(uint64_t parent, uint32_t part, uint16_t group, uin
   inflight_bytes_ += raw.size();
   s.hslot = hslot;
   s.is_read = is_read;
-  s.kind = is_read ? 1 : 2;
+  s.kind = d.side_conn ? 0 : is_read ? 1 : 2;
   s.may_write = may_write;
   s.side_conn = d.side_conn;
   if (group == Topology::kNoGroup) {
@@ -356,6 +356,9 @@ void ClientSession::SendPart(uint64_t parent, uint32_t part, uint16_t group, uin
 }
 
 void ClientSession::OnPartReply(uint64_t parent, uint32_t part, const char* data, size_t len) {
+  // A parent answered before all its parts (kAnyOk) may have left the ring: its slot can
+  // belong to a newer request by now.
+  if (parent < head_) return;
   Slot& p = SlotAt(parent);
   if (!p.fan) return;
   FanOut& f = *p.fan;
@@ -369,8 +372,11 @@ void ClientSession::OnPartReply(uint64_t parent, uint32_t part, const char* data
     // The shards without a script say NOTBUSY; any other error (UNKILLABLE: it wrote
     // already) says more.
     if (!is_error) {
+      // Settled: the client need not wait for a shard that is slow or down (its part's
+      // reply, when it comes, finds the parent answered and is dropped).
       f.any_ok = true;
-      f.replies[part] = std::string(r);
+      FinishFanOut(parent);
+      return;
     } else if (f.error.empty() || (f.error.rfind("-NOTBUSY", 0) == 0 && r.find("NOTBUSY") != 1)) {
       f.error = std::string(r);
     }

@@ -502,7 +502,9 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
   s.group = group;
   s.hslot = hslot;
   s.start_ns = worker_->clock_ns();
-  s.kind = d.route == Route::kRead ? 1 : 2;
+  // A kill changes no data and is no write for WAIT or read-your-writes (nor for the
+  // latency histograms: kind 0).
+  s.kind = d.side_conn ? 0 : d.route == Route::kRead ? 1 : 2;
   s.is_read = d.route == Route::kRead;
   s.may_write = d.route == Route::kWrite && d.may_write;
   s.side_conn = d.side_conn;
@@ -551,22 +553,26 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
     // being the primary can go to the new one; with Redis Cluster always, for MOVED.
     if (keep && (len <= kKeepWriteBytes || cluster)) s.request.Append(raw, len);
     worker_->stats().writes++;
+    if (s.side_conn) {
+      // Not behind anyone's requests (a running script holds its connection's queue): a
+      // connection of its own, in database 0 (SELECT is refused while a script runs).
+      ConnClass side = cls_;
+      side.db = 0;
+      BackendConn* c = worker_->SideConn(primary, side);
+      if (c == nullptr) {
+        // On the shared connection it could wait behind the script it is meant to stop.
+        CompleteError(seq, errors::kTooManyKills);
+        return true;
+      }
+      c->Send(this, seq, raw, len, deadline);
+      ++inflight_;
+      return true;
+    }
     ++writes_inflight_;
     last_write_group_ = static_cast<uint16_t>(group.id());
   }
   // All of one client's primary requests share one connection, so they run in the order the
   // client sent them (a read behind its own write sees it).
-  if (s.side_conn) {
-    // Not behind anyone's requests (a running script holds its connection's queue): a
-    // connection of its own, in database 0 (SELECT is refused while a script runs).
-    ConnClass side = cls_;
-    side.db = 0;
-    if (BackendConn* c = worker_->SideConn(primary, side)) {
-      c->Send(this, seq, raw, len, deadline);
-      ++inflight_;
-      return true;
-    }
-  }
   Buffer* donor = may_donate_ && raw == in_.data() && !s.is_read ? &in_ : nullptr;
   BackendConn* conn = worker_->PrimaryConnFor(primary, id_, cls_);
   if (conn->Send(this, seq, raw, len, deadline, donor)) {
@@ -1072,6 +1078,7 @@ uint64_t ClientSession::NewSlot() {
   s.stream = false;
   s.kind = 0;
   s.may_write = false;
+  s.side_conn = false;
   s.reply.Clear();
   s.request.Clear();
   s.group = 0;

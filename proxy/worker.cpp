@@ -224,12 +224,22 @@ bool Worker::RetireSharedConn(BackendConn* c) {
 }
 
 BackendConn* Worker::SideConn(Backend* b, const ConnClass& cls) {
-  if (!MayTakeOutOfPool()) return nullptr;
+  if (now() - side_window_ms_ >= 1000) {
+    side_window_ms_ = now();
+    side_in_window_ = 0;
+  }
+  if (side_conns_ >= kMaxSideConns || side_in_window_ >= kSideConnsPerSecond) return nullptr;
+  ++side_conns_;
+  ++side_in_window_;
   auto* c = new BackendConn(this, b, BackendConn::Mode::kShared, nullptr, cls);
   c->set_side();
   detached_.insert(c);
   c->Retire();
   return c;
+}
+
+void Worker::ForgetDetachedConn(BackendConn* c) {
+  if (detached_.erase(c) != 0 && c->side()) --side_conns_;
 }
 
 BackendConn* Worker::PrimaryConnForSlow(Backend* primary, uint64_t client_id,

@@ -137,12 +137,14 @@ class Worker {
   // already (descriptors: they come from the backends' reserve). False: it stays.
   bool RetireSharedConn(BackendConn* c);
   // Whether fewer than kMaxRetired connections of this worker are out of their pools.
-  bool MayTakeOutOfPool() const { return detached_.size() < kMaxRetired; }
+  bool MayTakeOutOfPool() const { return detached_.size() - side_conns_ < kMaxRetired; }
   // A connection for one request that must not wait behind other clients' (SCRIPT KILL):
-  // out of the pool from the start, it closes once it has answered. Null when too many
-  // connections are out of the pool already.
+  // out of the pool from the start, it closes once it has answered. Null when this worker
+  // has kMaxSideConns of them open, or opened kSideConnsPerSecond in the last second: each
+  // is a new TCP connection (and a socket in TIME_WAIT after it), and a client sending
+  // kills in a loop must not use up the host's ports.
   BackendConn* SideConn(Backend* b, const ConnClass& cls);
-  void ForgetDetachedConn(BackendConn* c) { detached_.erase(c); }
+  void ForgetDetachedConn(BackendConn* c);
   // A session has requests waiting for a backend: retried every few milliseconds.
   void Park(ClientSession* c);
   void MarkDirty(ClientSession* c);
@@ -268,6 +270,11 @@ class Worker {
   std::unordered_set<BackendConn*> dedicated_;  // every live dedicated connection
   std::unordered_set<BackendConn*> detached_;   // out of their pool, finishing a reply
   static constexpr size_t kMaxRetired = 16;
+  static constexpr size_t kMaxSideConns = 8;
+  static constexpr size_t kSideConnsPerSecond = 50;
+  size_t side_conns_ = 0;        // side connections open (also in detached_)
+  uint64_t side_window_ms_ = 0;  // start of the current one-second window
+  size_t side_in_window_ = 0;    // side connections opened in it
   size_t replica_rr_ = 0;
   uint64_t timeout_pass_ = 0;
   uint64_t clock_ns_ = 0;

@@ -830,3 +830,37 @@ def test_kill_reaches_a_script_that_holds_the_shared_connection(fresh_cluster, m
         except redis.RedisError:
             pass
         t.join(10)
+
+
+def test_kills_beyond_the_workers_budget_are_refused_not_queued(fresh_cluster, make_proxy):
+    """Each kill opens a connection of its own; a client pipelining many gets an explicit
+    error for those over the worker's budget (8 at once, 50 a second) instead of having them
+    queue behind the script on the shared connection, and every one is answered at once."""
+    proxy = make_proxy(fresh_cluster.primary.port, [r.port for r in fresh_cluster.replicas],
+                       extra_args=["--workers", "1", "--timeout", "5"])
+    direct = fresh_cluster.primary.client()
+    direct.config_set("busy-reply-threshold", 100)
+    t = threading.Thread(target=lambda: pytest.raises(
+        redis.ResponseError, proxy.client(timeout=20).eval, "while true do end", 0))
+    t.start()
+    try:
+        wait_until(lambda: busy(direct), 5, what="the script running")
+        raw = connect(proxy.port)
+        started = time.monotonic()
+        raw.sendall(encode_command("SCRIPT", "KILL") * 200)
+        replies, _ = read_replies(raw, 200, timeout=10)
+        took = time.monotonic() - started
+        raw.close()
+    finally:
+        try:
+            direct.script_kill()
+        except redis.RedisError:
+            pass
+        t.join(10)
+    refused = [r for r in replies if r.startswith(b"-ERR kompress: too many SCRIPT KILL")]
+    others = [r for r in replies if r not in refused]
+    assert b"+OK\r\n" in others
+    assert all(r == b"+OK\r\n" or r.startswith(b"-NOTBUSY") for r in others), others
+    assert took < 2 * SLOWDOWN, took
+    # At most 50 connections in each second (window) the 200 kills spanned.
+    assert len(others) <= 50 * (int(took) + 2), len(others)
