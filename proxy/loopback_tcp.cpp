@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <set>
 
 #include "common/logging.h"
 
@@ -37,12 +38,13 @@ void TuneLoopbackCongestion(int fd, const std::string& algorithm) {
   }
   const int err = errno;
   // Once per name, not per connection; a reload that names another refused one says so too.
+  // Every name warned about is remembered: just after a reload, a worker that has not taken
+  // the new configuration yet still applies the old name, and said it again.
   static std::mutex mu;
-  static std::string warned_for;
+  static std::set<std::string> warned;
   {
     std::lock_guard<std::mutex> g(mu);
-    if (warned_for == algorithm) return;
-    warned_for = algorithm;
+    if (!warned.insert(algorithm).second) return;
   }
   Log().warn(
       "loopback_tcp_congestion: the kernel refused '{}' ({}); loopback connections keep its "
