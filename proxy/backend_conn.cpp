@@ -2,6 +2,7 @@
 // matching them to requests, and turning every failure into answers for pending requests.
 #include "proxy/backend_conn.h"
 
+#include <linux/sockios.h>
 #include <sys/ioctl.h>
 
 #include <cstring>
@@ -49,7 +50,8 @@ BackendConn::BackendConn(Worker* worker, Backend* backend, Mode mode, ClientSess
 
 bool BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, size_t len,
                        uint64_t deadline_ms, Buffer* donor) {
-  pending_.push_back({client, seq, deadline_ms});
+  queued_total_ += len;
+  pending_.push_back({client, seq, deadline_ms, false, queued_total_});
   size_t sent = 0;
   if (len >= kWriteThroughAt && state_ == State::kReady && !tls_ && !writing_ && out_.empty() &&
       queued_.empty() && !fail_soon_) {
@@ -83,6 +85,7 @@ bool BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, si
 }
 
 void BackendConn::SendRaw(const char* data, size_t len) {
+  queued_total_ += len;
   Tail().Append(data, len);
   if (state_ == State::kIdle) {
     StartConnect();
@@ -150,15 +153,18 @@ void BackendConn::QueueHandshake() {
     kinds[n++] = kHandshakeReadonly;
   }
   if (n == 0) return;
+  const uint64_t hs_len = hs.size();
+  queued_total_ += hs_len;
   hs.Append(out_.data(), out_.size());
   std::swap(out_, hs);
   if (mode_ == Mode::kShared) {
     Ring<PendingReply> with;
     for (size_t k = 0; k < n; ++k) {
-      with.push_back({nullptr, kinds[k], worker_->now() + worker_->timeout_ms(), true});
+      with.push_back({nullptr, kinds[k], worker_->now() + worker_->timeout_ms(), true, hs_len});
     }
     while (!pending_.empty()) {
       with.push_back(pending_.front());
+      with[with.size() - 1].end += hs_len;  // its bytes now go after the handshake's
       pending_.pop_front();
     }
     pending_.swap(with);
@@ -562,11 +568,22 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
   char msg[96];
   std::snprintf(msg, sizeof msg, "no reply within %.3gs", worker_->timeout_ms() / 1000.0);
   if (mode_ == Mode::kDedicated) {
+    uint64_t seen = 0;
+    bool sending = WriteProgress(&seen);
+    if (deadline_ms_ == 0 || deadline_ms_ > now_ms) return;
+    // Still sending the request (the socket took more since the last tick), or receiving a
+    // reply that keeps arriving: not late, as on shared connections (a 200 MB value in a
+    // MULTI on a 100 MB/s link takes 2 s each way).
+    if (sending || (!in_.empty() && last_read_ms_ + worker_->timeout_ms() > now_ms)) {
+      deadline_ms_ = now_ms + worker_->timeout_ms();
+      return;
+    }
     // A pinned session's stream cannot skip a reply: the session ends. One slow session is
     // no evidence against the primary, so it is not marked down (the health checker judges).
-    if (deadline_ms_ != 0 && deadline_ms_ <= now_ms) Fail(msg, false);
+    Fail(msg, false);
     return;
   }
+  ExtendWhileSending(now_ms);
   // Shared connection: each late request is answered on its own (a read fails over, a write
   // gets an error) and its reply, when it comes, is dropped. The connection stays, so a
   // slow command does not take the requests queued behind it down with it.
@@ -623,6 +640,59 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
   }
 }
 
+uint64_t BackendConn::Unwritten() const {
+  uint64_t n = out_.size();
+  for (const Buffer& b : queued_) n += b.size();
+  if (writing_) n += uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&tcp_));
+  // And what the kernel holds in the socket's send queue, not yet acknowledged by the peer:
+  // several MB on a fast local link, which a slow path drains for seconds.
+  uv_os_fd_t fd;
+  int queued = 0;
+  if (state_ == State::kReady && uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) == 0 &&
+      ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0) {
+    n += static_cast<uint64_t>(queued);
+  }
+  return n;
+}
+
+bool BackendConn::WriteProgress(uint64_t* seen) {
+  *seen = written_seen_;
+  // Nothing waits, nor did at the last look: no system call for an idle or keeping-up socket.
+  // (A request's bytes are either still queued here at the tick after it was, or already sent.)
+  if (!backed_up_ && written_seen_ == queued_total_ && out_.empty() && queued_.empty() &&
+      !writing_) {
+    return false;
+  }
+  // With TLS the socket's queue holds ciphertext, a little more than the plaintext counted
+  // in queued_total_: "written" is then a slight underestimate, never more than was queued.
+  uint64_t unwritten = state_ == State::kReady ? Unwritten() : queued_total_;
+  uint64_t written = unwritten < queued_total_ ? queued_total_ - unwritten : 0;
+  bool was_backed_up = backed_up_;
+  written_seen_ = written;
+  backed_up_ = unwritten > 0;
+  return was_backed_up && written > *seen;
+}
+
+void BackendConn::ExtendWhileSending(uint64_t now_ms) {
+  // A request's deadline counts from when it was queued here, which for a large value on a
+  // slow link is long before the server has it all: a 200 MB SET on a 100 MB/s link needs
+  // 2 s just to be sent, and timed out with timeout 1 s although the server was reading it
+  // all along. So while the socket keeps taking bytes, a request not yet wholly sent at the
+  // last tick gets the timeout again from now: it counts, to within a tick, from its last
+  // byte. A socket that takes nothing for a whole timeout (the server stopped reading)
+  // extends nothing, and its requests time out as before.
+  uint64_t seen = 0;
+  if (!WriteProgress(&seen)) return;
+  const uint64_t until = now_ms + worker_->timeout_ms();
+  // Requests not wholly sent at the last look are the newest ones, and their deadlines only
+  // grow towards the back, so the oldest-first order the late check relies on holds.
+  for (size_t i = pending_.size(); i > cancelled_; --i) {
+    PendingReply& pr = pending_[i - 1];
+    if (pr.end <= seen) break;
+    if (pr.deadline_ms < until) pr.deadline_ms = until;
+  }
+}
+
 bool BackendConn::HasUnreadBytes() const {
   uv_os_fd_t fd;
   if (state_ != State::kReady || uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) != 0) {
@@ -663,6 +733,9 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   auth_replies_expected_ = 0;
   deadline_ms_ = 0;
   cancelled_ = 0;
+  queued_total_ = 0;
+  written_seen_ = 0;
+  backed_up_ = false;
   if (mark_down) {
     Log().debug("{} {}: {}", backend_->is_primary() ? "primary" : "replica", backend_->name(),
                 reason);

@@ -88,6 +88,7 @@ class BackendConn {
     uint64_t seq = 0;
     uint64_t deadline_ms = 0;
     bool handshake = false;  // the connection's own AUTH/HELLO/SELECT (seq: its kind)
+    uint64_t end = 0;        // queued_total_ once its last byte was queued (see WriteProgress)
   };
   struct Resolve;
 
@@ -108,6 +109,13 @@ class BackendConn {
   // AUTH / HELLO 3 / SELECT for the connection's class, first on every new connection.
   // The server has sent bytes this connection has not read yet (FIONREAD).
   bool HasUnreadBytes() const;
+  // Queued bytes not yet handed to the kernel: out_, queued_ and libuv's write queue.
+  uint64_t Unwritten() const;
+  // Once per tick: whether the socket took more bytes since the last look while some were
+  // waiting to be written; `*seen` is what had been written at that last look.
+  bool WriteProgress(uint64_t* seen);
+  // A request still being sent is not late (see CheckTimeout).
+  void ExtendWhileSending(uint64_t now_ms);
   // The buffer queued bytes are appended to: out_, or the last of queued_ once that is used.
   Buffer& Tail();
   // Moves the next queued buffer into out_ when out_ is empty; false when nothing is queued.
@@ -153,6 +161,12 @@ class BackendConn {
   uint64_t deadline_ms_ = 0;   // dedicated mode: see SetDeadline; 0 = none
   uint64_t last_read_ms_ = 0;  // when the server last sent anything (worker loop clock)
   size_t cancelled_ = 0;       // shared mode: leading pending entries already answered by timeout
+  // Request bytes ever queued on this socket, and how many of them the kernel had taken at
+  // the last tick (both count from 0 on each new socket); backed_up_: some were still
+  // waiting then.
+  uint64_t queued_total_ = 0;
+  uint64_t written_seen_ = 0;
+  bool backed_up_ = false;
   uv_tcp_t tcp_;
   uv_connect_t connect_req_;
   uv_write_t write_req_;
