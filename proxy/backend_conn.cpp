@@ -668,6 +668,7 @@ bool BackendConn::WriteProgress(uint64_t* seen) {
   uint64_t unwritten = state_ == State::kReady ? Unwritten() : queued_total_;
   uint64_t written = unwritten < queued_total_ ? queued_total_ - unwritten : 0;
   bool was_backed_up = backed_up_;
+  if (written > written_seen_) write_moved_ms_ = worker_->now();
   written_seen_ = written;
   backed_up_ = unwritten > 0;
   return was_backed_up && written > *seen;
@@ -691,6 +692,21 @@ void BackendConn::ExtendWhileSending(uint64_t now_ms) {
     if (pr.end <= seen) break;
     if (pr.deadline_ms < until) pr.deadline_ms = until;
   }
+}
+
+bool BackendConn::StalledFor(uint64_t now_ms, uint64_t ms) const {
+  if (mode_ != Mode::kShared || state_ != State::kReady || detached_ || retiring_ ||
+      pending_.empty() || !backend_->is_primary()) {
+    return false;
+  }
+  // When the oldest request was queued (or last moved on while being sent).
+  uint64_t timeout = worker_->timeout_ms();
+  const PendingReply& oldest = pending_.front();
+  uint64_t since = oldest.deadline_ms > timeout ? oldest.deadline_ms - timeout : 0;
+  since = std::max(since, last_read_ms_);
+  if (now_ms < since + ms) return false;
+  if (backed_up_ && now_ms < write_moved_ms_ + ms) return false;  // still sending a value
+  return !HasUnreadBytes();
 }
 
 bool BackendConn::HasUnreadBytes() const {

@@ -53,6 +53,9 @@ class BackendConn {
   void SetDeadline(uint64_t deadline_ms) { deadline_ms_ = deadline_ms; }
   // Answers late requests (shared: each one on its own; dedicated: ends the session).
   void CheckTimeout(uint64_t now_ms);
+  // A shared primary connection whose oldest request has waited `ms` with the server silent
+  // and nothing more of ours taken: stuck behind one command (a long script), not just busy.
+  bool StalledFor(uint64_t now_ms, uint64_t ms) const;
   // Closes for good; pending requests fail with `reason`. The object deletes itself (via the
   // worker) once libuv is done with it when `destroy` is set.
   void Shutdown(const std::string& reason, bool destroy);
@@ -166,6 +169,7 @@ class BackendConn {
   // waiting then.
   uint64_t queued_total_ = 0;
   uint64_t written_seen_ = 0;
+  uint64_t write_moved_ms_ = 0;  // the last tick that saw the socket take more
   bool backed_up_ = false;
   uv_tcp_t tcp_;
   uv_connect_t connect_req_;

@@ -223,6 +223,44 @@ bool Worker::RetireSharedConn(BackendConn* c) {
   return true;
 }
 
+void Worker::RetireStalled(uint64_t now) {
+  // A script (or any long command) holds the connection it runs on: Redis reads nothing more
+  // from it until the script ends, while after its busy-reply-threshold it answers other
+  // connections at once with -BUSY. Left in the pool, that connection makes every client of
+  // this worker wait behind the script until the timeout, and what they sent still runs
+  // once the script ends: a write the client was told timed out is applied after all. So a
+  // connection whose oldest request has waited a second (half the timeout if shorter) with
+  // the server silent leaves the pool; later requests go on a new connection and get the
+  // server's own answer (-BUSY, or the reply once it is free), as a direct client would.
+  // Those waiting on the old one stay there, and their clients send nothing more until
+  // they are answered, so nobody's requests are reordered. Once per timeout per pool: a
+  // server that is silent to every connection (stopped, paused) gets one fresh connection
+  // per timeout, not one per tick.
+  const uint64_t ms = std::min<uint64_t>(1000, timeout_ms_ / 2);
+  std::vector<BackendConn*> stuck;
+  auto look = [&](Pool& p) {
+    if (now - p.stall_retired_ms < timeout_ms_) return;
+    for (BackendConn* c : p.conns) {
+      if (c->StalledFor(now, ms)) {
+        stuck.push_back(c);
+        p.stall_retired_ms = now;
+        break;
+      }
+    }
+  };
+  for (Pool& p : pools_) look(p);
+  for (auto& classes : class_pools_) {
+    for (auto& entry : classes) look(entry.second);
+  }
+  for (BackendConn* c : stuck) {
+    if (!RetireSharedConn(c)) break;
+    Log().info(
+        "primary {}: silent for {} ms on one connection (a long script or command?); "
+        "new requests go on a new connection",
+        c->backend()->name(), ms);
+  }
+}
+
 BackendConn* Worker::SideConn(Backend* b, const ConnClass& cls) {
   if (now() - side_window_ms_ >= 1000) {
     side_window_ms_ = now();
@@ -491,6 +529,7 @@ void Worker::OnTick() {
   std::vector<BackendConn*> shared;
   ForEachShared([&shared](BackendConn* c) { shared.push_back(c); });
   for (BackendConn* c : shared) c->CheckTimeout(now);
+  RetireStalled(now);
   SpareLargeBlocks::SetLimit(SpareLargeLimit());
   SpareLargeBlocks::Trim(now);
   if (now - last_sweep_ms_ >= 5000) {

@@ -244,7 +244,8 @@ class Worker {
   struct Pool {
     std::vector<BackendConn*> conns;
     size_t rr = 0;
-    uint64_t used_ms = 0;  // last request (classes other than the default close when idle)
+    uint64_t used_ms = 0;           // last request (classes other than the default close when idle)
+    uint64_t stall_retired_ms = 0;  // see RetireStalled
   };
   Pool& PoolFor(Backend* b, const ConnClass& cls);
   BackendConn* SharedConnSlow(Backend* b, const ConnClass& cls);
@@ -261,6 +262,8 @@ class Worker {
       }
     }
   }
+  // Takes stuck primary connections out of their pools (see RetireStalled in worker.cpp).
+  void RetireStalled(uint64_t now);
   // Closes pools of non-default classes idle for a while (a client that once selected db 7).
   void CloseIdleClassPools(uint64_t now);
   std::vector<Pool> pools_;  // the default class (db 0, RESP2), per backend index

@@ -785,6 +785,53 @@ def busy(client):
         return str(e).startswith("BUSY")
 
 
+def test_requests_behind_a_long_script_get_the_servers_answer_not_a_timeout(fresh_cluster,
+                                                                            make_proxy):
+    """Other clients of the worker whose shared connection a script holds: Redis answers
+    them -BUSY at once on any other connection. Through the proxy they used to queue behind
+    the script until the timeout, be told it may or may not have been applied, and then run
+    once the script ended (an INCR the client saw fail was applied). The stuck connection
+    leaves the pool after a second of silence: later requests get -BUSY as a direct client
+    would, and nothing they sent runs after the script."""
+    proxy = make_proxy(fresh_cluster.primary.port, [r.port for r in fresh_cluster.replicas],
+                       extra_args=["--workers", "1", "--timeout", "5"])
+    direct = fresh_cluster.primary.client()
+    direct.config_set("busy-reply-threshold", 100)
+    outcome = {}
+
+    def run():
+        try:
+            outcome["reply"] = proxy.client(timeout=20).eval(
+                "local a = 0 while true do a = a + 1 end", 0)
+        except redis.RedisError as e:
+            outcome["error"] = str(e)
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        wait_until(lambda: busy(direct), 5, what="the script running")
+        time.sleep(1.5 * SLOWDOWN)  # the connection has been silent for a second
+        other = proxy.client(timeout=20)
+        started = time.monotonic()
+        with pytest.raises(redis.ResponseError, match="^BUSY"):
+            other.incr("behind:script")
+        took = time.monotonic() - started
+        assert took < 2 * SLOWDOWN, took  # the server's answer, not the 5 s timeout
+        assert direct.execute_command("SCRIPT", "KILL") in (True, b"OK", "OK")
+        t.join(10)
+        assert "killed by user" in outcome.get("error", ""), outcome
+        time.sleep(0.2)
+        assert direct.get("behind:script") is None  # the refused INCR never ran
+        # The worker carries on: its new connection serves everyone.
+        assert other.incr("behind:script") == 1
+        assert proxy.client().get("behind:script") == b"1"
+    finally:
+        try:
+            direct.execute_command("SCRIPT", "KILL")
+        except redis.RedisError:
+            pass
+        t.join(10)
+
+
 @pytest.mark.parametrize("kind", ["script", "function"])
 def test_kill_reaches_a_script_that_holds_the_shared_connection(fresh_cluster, make_proxy, kind):
     """A script that runs on and on holds the connection it was called on: Redis reads nothing
