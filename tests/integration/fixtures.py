@@ -122,6 +122,16 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+def busy(client):
+    """Whether the server behind `client` (a direct redis-py client) is busy running a script
+    past its busy-reply-threshold: it then answers PING with -BUSY."""
+    try:
+        client.ping()
+        return False
+    except redis.ResponseError as e:
+        return str(e).startswith("BUSY")
+
+
 def port_accepts(port, host=HOST):
     try:
         with socket.create_connection((host, port), timeout=0.5):

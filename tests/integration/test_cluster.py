@@ -15,7 +15,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 import fixtures
-from fixtures import HOST, SLOWDOWN, Proxy, RedisCluster as LocalCluster, wait_until
+from fixtures import HOST, SLOWDOWN, Proxy, RedisCluster as LocalCluster, busy, wait_until
 
 CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
 
@@ -699,15 +699,8 @@ def test_script_kill_reaches_the_shard_running_the_script(rc, tmp_path):
     t = threading.Thread(target=run)
     t.start()
     direct = node.client()
-
-    def busy():
-        try:
-            direct.ping()
-            return False
-        except redis.ResponseError as e:
-            return str(e).startswith("BUSY")
     try:
-        wait_until(busy, 5 * SLOWDOWN, what="the script running")
+        wait_until(lambda: busy(direct), 5 * SLOWDOWN, what="the script running")
         stalled.sigstop()
         try:
             started = time.monotonic()
@@ -716,7 +709,7 @@ def test_script_kill_reaches_the_shard_running_the_script(rc, tmp_path):
         finally:
             stalled.sigcont()
         assert took < 2 * SLOWDOWN, took
-        wait_until(lambda: not busy(), 5 * SLOWDOWN, what="the script stopped")
+        wait_until(lambda: not busy(direct), 5 * SLOWDOWN, what="the script stopped")
         with pytest.raises(redis.ResponseError, match="NOTBUSY"):
             c.execute_command("SCRIPT", "KILL")
     finally:

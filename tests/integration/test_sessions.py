@@ -9,8 +9,8 @@ import time
 import pytest
 import redis
 
-from fixtures import (HOST, SLOWDOWN, connect, encode_command, free_port, http_get, metric,
-                      read_replies, wait_until)
+from fixtures import (HOST, SLOWDOWN, busy, connect, encode_command, free_port, http_get,
+                      metric, read_replies, wait_until)
 
 
 def send(sock, *args):
@@ -775,14 +775,6 @@ def test_client_reply_off_local_answers_are_not_kept(cluster, make_proxy):
         assert read_replies(s, 2, timeout=30 * SLOWDOWN)[0] == [b"+OK\r\n", b"$4\r\ndone\r\n"]
         grown = rss() - before
     assert grown < 4 * 1024 * 1024, f"proxy grew by {grown} bytes"
-
-
-def busy(client):
-    try:
-        client.ping()
-        return False
-    except redis.ResponseError as e:
-        return str(e).startswith("BUSY")
 
 
 def test_requests_behind_a_long_script_get_the_servers_answer_not_a_timeout(fresh_cluster,
