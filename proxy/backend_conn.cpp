@@ -569,21 +569,29 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
   std::snprintf(msg, sizeof msg, "no reply within %.3gs", worker_->timeout_ms() / 1000.0);
   if (mode_ == Mode::kDedicated) {
     uint64_t seen = 0;
-    bool sending = WriteProgress(&seen);
-    if (deadline_ms_ == 0 || deadline_ms_ > now_ms) return;
-    // Still sending the request (the socket took more since the last tick), or receiving a
-    // reply that keeps arriving: not late, as on shared connections (a 200 MB value in a
-    // MULTI on a 100 MB/s link takes 2 s each way).
-    if (sending || (!in_.empty() && last_read_ms_ + worker_->timeout_ms() > now_ms)) {
-      deadline_ms_ = now_ms + worker_->timeout_ms();
-      return;
-    }
+    bool moved = WriteProgress(&seen);
+    if (deadline_ms_ == 0) return;
+    // Judged every tick, as on shared connections: the oldest request still crossing to the
+    // server (part of it was not taken at the last look, and the socket took more since), or
+    // its reply still arriving, is not late (a 200 MB value in a MULTI on a 100 MB/s link
+    // takes 2 s each way). Bytes of later requests moving on do not count for it.
+    const uint64_t t = worker_->timeout_ms();
+    if (moved && seen < deadline_end_) deadline_ms_ = std::max(deadline_ms_, now_ms + t);
+    if (!in_.empty()) deadline_ms_ = std::max(deadline_ms_, last_read_ms_ + t);
+    if (deadline_ms_ > now_ms) return;
     // A pinned session's stream cannot skip a reply: the session ends. One slow session is
     // no evidence against the primary, so it is not marked down (the health checker judges).
     Fail(msg, false);
     return;
   }
   ExtendWhileSending(now_ms);
+  if (cancelled_ == 0 && !in_.empty() && !pending_.empty()) {
+    // The oldest request's reply is arriving (part of it is here): late only once nothing
+    // more of it came for a whole timeout. (Large replies move it on as they are passed on,
+    // see StreamPart; this covers the smaller ones on a slow path.)
+    uint64_t& d = pending_.front().deadline_ms;
+    d = std::max(d, last_read_ms_ + worker_->timeout_ms());
+  }
   // Shared connection: each late request is answered on its own (a read fails over, a write
   // gets an error) and its reply, when it comes, is dropped. The connection stays, so a
   // slow command does not take the requests queued behind it down with it.
@@ -643,6 +651,7 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
 uint64_t BackendConn::Unwritten() const {
   uint64_t n = out_.size();
   for (const Buffer& b : queued_) n += b.size();
+  if (tls_) n += tls_->pending_bytes();
   if (writing_) n += uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&tcp_));
   // And what the kernel holds in the socket's send queue, not yet acknowledged by the peer:
   // several MB on a fast local link, which a slow path drains for seconds.
@@ -663,8 +672,8 @@ bool BackendConn::WriteProgress(uint64_t* seen) {
       !writing_) {
     return false;
   }
-  // With TLS the socket's queue holds ciphertext, a little more than the plaintext counted
-  // in queued_total_: "written" is then a slight underestimate, never more than was queued.
+  // With TLS the queues past the stream hold ciphertext, a little more than the plaintext
+  // counted in queued_total_: "written" is then a slight underestimate.
   uint64_t unwritten = state_ == State::kReady ? Unwritten() : queued_total_;
   uint64_t written = unwritten < queued_total_ ? queued_total_ - unwritten : 0;
   bool was_backed_up = backed_up_;
@@ -748,6 +757,7 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   framer_.Reset();
   auth_replies_expected_ = 0;
   deadline_ms_ = 0;
+  deadline_end_ = 0;
   cancelled_ = 0;
   queued_total_ = 0;
   written_seen_ = 0;

@@ -49,8 +49,15 @@ class BackendConn {
   // Starts writing queued bytes if none are being written (called once per loop turn).
   void Flush();
   // Dedicated mode: the server must send its next frame by this time (0: no deadline); the
-  // pinned session sets it from its oldest non-blocking request.
-  void SetDeadline(uint64_t deadline_ms) { deadline_ms_ = deadline_ms; }
+  // pinned session sets it from its oldest non-blocking request, whose last byte is the
+  // `end`-th queued here (see queued_bytes(); default: everything queued so far). While that
+  // request is still crossing to the server, or its reply to the proxy, it is not late.
+  void SetDeadline(uint64_t deadline_ms, uint64_t end = UINT64_MAX) {
+    deadline_ms_ = deadline_ms;
+    deadline_end_ = end == UINT64_MAX ? queued_total_ : end;
+  }
+  // Request bytes queued on this socket so far (the `end` of the last one queued).
+  uint64_t queued_bytes() const { return queued_total_; }
   // Answers late requests (shared: each one on its own; dedicated: ends the session).
   void CheckTimeout(uint64_t now_ms);
   // A shared primary connection whose oldest request has waited `ms` with the server silent
@@ -112,7 +119,8 @@ class BackendConn {
   // AUTH / HELLO 3 / SELECT for the connection's class, first on every new connection.
   // The server has sent bytes this connection has not read yet (FIONREAD).
   bool HasUnreadBytes() const;
-  // Queued bytes not yet handed to the kernel: out_, queued_ and libuv's write queue.
+  // Queued bytes the server's side has not acknowledged: out_, queued_, the TLS stream's,
+  // libuv's write queue and the socket's send queue.
   uint64_t Unwritten() const;
   // Once per tick: whether the socket took more bytes since the last look while some were
   // waiting to be written; `*seen` is what had been written at that last look.
@@ -162,6 +170,7 @@ class BackendConn {
   uint8_t handshake_kinds_[3] = {0, 0, 0};
   uint8_t handshake_next_ = 0;
   uint64_t deadline_ms_ = 0;   // dedicated mode: see SetDeadline; 0 = none
+  uint64_t deadline_end_ = 0;  // dedicated mode: the oldest request's end (see SetDeadline)
   uint64_t last_read_ms_ = 0;  // when the server last sent anything (worker loop clock)
   size_t cancelled_ = 0;       // shared mode: leading pending entries already answered by timeout
   // Request bytes ever queued on this socket, and how many of them the kernel had taken at

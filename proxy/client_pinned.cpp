@@ -320,6 +320,7 @@ void ClientSession::NoteSentPinned(PinnedReq kind) {
     return;
   }
   if (push_mode_) return;
+  kind.end = dedicated_->queued_bytes();
   pin().inflight.push_back(kind);
   if (pin().inflight.size() == 1) ArmPinnedDeadline();
 }
@@ -331,7 +332,7 @@ void ClientSession::ArmPinnedDeadline() {
   if (push_mode_ || pin().inflight.empty() || pin().inflight.front().blocking) {
     dedicated_->SetDeadline(0);
   } else {
-    dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms());
+    dedicated_->SetDeadline(worker_->now() + worker_->timeout_ms(), pin().inflight.front().end);
   }
 }
 

@@ -196,6 +196,7 @@ class ClientSession {
     bool blocking = false;  // may wait past the timeout (BLPOP, WAIT, ...)
     bool swallow = false;   // added by the proxy; its reply is not the client's
     bool push = false;      // switches the connection to unpaired replies (SUBSCRIBE, ...)
+    uint64_t end = 0;       // BackendConn::queued_bytes() once it was sent (see SetDeadline)
   };
   // `multi_first`: a MULTI held back (Redis Cluster) goes on the connection first.
   bool EnterPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len,

@@ -162,6 +162,10 @@ TlsStream::Status TlsStream::Fatal(const char* what, int ssl_error) {
   return Status::kError;
 }
 
+size_t TlsStream::pending_bytes() const {
+  return held_.size() + BIO_ctrl_pending(wbio_);
+}
+
 TlsStream::Status TlsStream::Start() {
   return Advance();
 }

@@ -65,6 +65,9 @@ class TlsStream {
   // Appends the ciphertext ready for the socket (handshake, data, alerts) to `out`.
   void TakeOutput(Buffer* out);
   bool has_output() const;
+  // Bytes given to Write() not yet taken by TakeOutput: plaintext held for the handshake and
+  // ciphertext waiting in the output BIO.
+  size_t pending_bytes() const;
   // A client stream: produces the first handshake message (call once, after connecting).
   Status Start();
   bool handshake_done() const { return done_; }

@@ -12,6 +12,7 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -844,6 +845,82 @@ def _pairs(flat):
         v = v.decode() if isinstance(v, bytes) else v
         out[k] = v
     return out
+
+
+class SlowLink:
+    """A TCP relay standing for a slow path to a real server (a sidecar in front of a Redis
+    in another zone): each connection's bytes are passed on at `rate` bytes/s each way.
+    pause() stops passing anything on (a path that stalled); resume() goes on. Its sockets
+    buffer little, so the sender's kernel queue shows how far the far end got."""
+
+    CHUNK = 16 * 1024
+
+    def __init__(self, target_port, rate):
+        self.target_port = target_port
+        self.rate = rate
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.closed = False
+        self.socks = []
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Set before listen(): accepted sockets inherit it, with the window it implies.
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self.listener.bind((HOST, 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def _accept_loop(self):
+        while not self.closed:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection((HOST, self.target_port))
+            except OSError:
+                down.close()
+                continue
+            for s in (down, up):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+                self.socks.append(s)
+            threading.Thread(target=self._pump, args=(down, up), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, down), daemon=True).start()
+
+    def _pump(self, src, dst):
+        try:
+            while True:
+                data = src.recv(self.CHUNK)
+                if not data:
+                    break
+                self.flowing.wait()
+                time.sleep(len(data) / self.rate)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def pause(self):
+        self.flowing.clear()
+
+    def resume(self):
+        self.flowing.set()
+
+    def close(self):
+        self.closed = True
+        self.flowing.set()
+        self.listener.close()
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
 
 
 class Sentinel:

@@ -32,7 +32,9 @@ import redis
 import fixtures
 from fixtures import (HOST, SENTINEL_MASTER, SLOWDOWN, Cluster, RedisServer, Sentinel,
                       SentinelCluster, connect, encode_command, free_port, http_get, metric,
-                      read_replies, read_until_closed, run_proxy_once, wait_until)
+                      SlowLink, read_replies, read_until_closed, run_proxy_once, wait_until)
+
+MB = 1 << 20
 
 
 # -- certificates -----------------------------------------------------------------------------
@@ -439,6 +441,32 @@ def test_command_table_read_from_a_tls_primary(cluster_factory, make_proxy, cert
     assert "could not read COMMAND" not in log, log[-2000:]
     assert re.search(r"command table: \d+ rows built in, \d+ more learned from the primary",
                      log), log[-2000:]
+
+
+
+def test_large_value_over_a_slow_tls_path_is_not_late(cluster_factory, make_proxy, certs):
+    """A large SET on a TLS connection still in its handshake: its plaintext is held by the
+    TLS stream until the handshake is done, and counts as not yet sent (it once did not, and
+    the first SET on a new connection timed out while crossing, about one run in two). Each
+    database's connection is a new one: 1.5 MB over 1 MB/s with `timeout` 0.4 s."""
+    c = cluster_factory("slowtls", certs, replicas=0)
+    link = SlowLink(c.primary.port, 1 * MB / SLOWDOWN)
+    try:
+        timeout = 0.4 * SLOWDOWN
+        proxy = make_proxy(link.port, [], use_base_args=False, extra_args=[
+            "--backend-tls", "true", "--backend-tls-ca-file", certs.ca.crt,
+            "--timeout", str(timeout), "--workers", "1"])
+        value = b"t" * int(1.5 * MB)
+        for db in (1, 2, 3):
+            cl = proxy.client(timeout=30 * SLOWDOWN, db=db)
+            t0 = time.monotonic()
+            assert cl.set("slow:tls", value) is True, db
+            took = time.monotonic() - t0
+            print(f"db {db}: 1.5 MB SET over TLS at 1 MB/s in {took:.2f} s (timeout {timeout} s)")
+            assert took > timeout
+            assert c.primary.client(timeout=10, db=db).strlen("slow:tls") == len(value)
+    finally:
+        link.close()
 
 
 # -- 2. mutual TLS to backends ----------------------------------------------------------------
