@@ -53,8 +53,8 @@ bool BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, si
   queued_total_ += len;
   pending_.push_back({client, seq, deadline_ms, false, queued_total_});
   size_t sent = 0;
-  if (len >= kWriteThroughAt && state_ == State::kReady && !tls_ && !writing_ && out_.empty() &&
-      queued_.empty() && !fail_soon_) {
+  if (len >= kWriteThroughAt && state_ == State::kReady && !tls_ && !writing_ &&
+      !awaiting_handshake_ && out_.empty() && queued_.empty() && !fail_soon_) {
     // A large request with nothing queued before it goes from the client's buffer to the
     // socket at once: what the socket takes is not copied (a 16 MB SET was bound by copying
     // and faulting in the pages to copy into). Errors show at the next write or read.
@@ -77,7 +77,7 @@ bool BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, si
     Tail().Append(data + sent, len - sent);
   }
   if (state_ == State::kIdle) {
-    StartConnect();
+    ConnectUnlessRefusing();
   } else if (state_ == State::kReady) {
     worker_->MarkDirty(this);
   }
@@ -115,7 +115,10 @@ bool BackendConn::NextQueued() {
 
 void BackendConn::QueueHandshake() {
   // What makes the connection what its class says, in front of whatever is already queued:
-  // AUTH (or HELLO 3 with AUTH), then SELECT. Each reply is checked and dropped.
+  // AUTH (or HELLO 3 with AUTH), then SELECT. Each reply is checked and dropped, and nothing
+  // else is written until all are accepted: pipelined behind a refused SELECT (BUSY in a
+  // script, NOPERM for an ACL user) a write ran in database 0, and behind a refused AUTH
+  // (a password changed meanwhile) as the default user. One round trip per new connection.
   const Config& c = worker_->config();
   std::string username = c.backend_username, password = c.backend_password;
   if (cls_.user != 0) {
@@ -155,8 +158,8 @@ void BackendConn::QueueHandshake() {
   if (n == 0) return;
   const uint64_t hs_len = hs.size();
   queued_total_ += hs_len;
-  hs.Append(out_.data(), out_.size());
-  std::swap(out_, hs);
+  hs_out_.swap(hs);
+  awaiting_handshake_ = true;
   if (mode_ == Mode::kShared) {
     Ring<PendingReply> with;
     for (size_t k = 0; k < n; ++k) {
@@ -175,6 +178,12 @@ void BackendConn::QueueHandshake() {
   }
 }
 
+void BackendConn::HandshakeDone() {
+  // Every part accepted: the connection is what its class says, and what waits goes out.
+  awaiting_handshake_ = false;
+  if (!out_.empty() || !queued_.empty()) worker_->MarkDirty(this);
+}
+
 void BackendConn::HandshakeRefused(uint64_t kind, const char* p, size_t len) {
   // A refused AUTH is a configuration problem of that node (marked down, as the monitor's
   // own AUTH would find); a refused SELECT or HELLO concerns only this class.
@@ -183,8 +192,39 @@ void BackendConn::HandshakeRefused(uint64_t kind, const char* p, size_t len) {
                      : kind == kHandshakeHello  ? "HELLO 3"
                      : kind == kHandshakeSelect ? "SELECT"
                                                 : "READONLY";
-  // An ACL user's password refused is that client's business, never the node's.
-  Fail(std::string(what) + " refused: " + text, kind == kHandshakeAuth && cls_.user == 0);
+  std::string reason = std::string(what) + " refused: " + text;
+  if (mode_ == Mode::kShared && (kind == kHandshakeSelect || kind == kHandshakeReadonly)) {
+    // A busy server (a script running) refuses SELECT and READONLY, and would refuse every
+    // request held behind them the same way; an ACL user may lack SELECT. Nothing behind the
+    // handshake was sent, so on a primary each request gets that answer: the server's own
+    // -BUSY, as a direct client would, or an error saying what was refused (a read on a
+    // replica goes to the primary instead). For a moment new requests get it too without
+    // connecting again: clients retrying on -BUSY opened thousands of connections a second,
+    // one per refused attempt.
+    if (text.rfind("BUSY", 0) == 0) {
+      refused_.assign(p, len);
+    } else {
+      refused_ = "-ERR kompress: " + reason + "\r\n";
+    }
+    refused_reason_ = reason;
+    refused_until_ms_ = worker_->now() + kRefusedHoldMs;
+    answer_refused_ = true;
+    Fail(reason, false);
+    return;
+  }
+  if (mode_ == Mode::kShared && cls_.user != 0) {
+    // An ACL user's password refused (changed since the client's AUTH) is that client's
+    // business, never the node's. Redis's own words answer what was held behind it: run on
+    // as the default user, the requests once bypassed the user's ACL. Not held: a new AUTH
+    // of the client may bring the right password at once.
+    refused_.assign(p, len);
+    refused_reason_ = reason;
+    refused_until_ms_ = 0;
+    answer_refused_ = true;
+    Fail(reason, false);
+    return;
+  }
+  Fail(reason, kind == kHandshakeAuth && cls_.user == 0);
 }
 
 void BackendConn::StartConnect() {
@@ -317,7 +357,14 @@ void BackendConn::Flush() {
   if (tls_) {
     // Plaintext is encrypted as it goes (held by the stream until the handshake is done);
     // the handshake's own records go out too.
-    while (NextQueued()) {
+    if (!hs_out_.empty()) {
+      if (tls_->Write(hs_out_.data(), hs_out_.size()) != TlsStream::Status::kOk) {
+        Fail("TLS: " + tls_->error(), true);
+        return;
+      }
+      hs_out_.Clear();
+    }
+    while (!awaiting_handshake_ && NextQueued()) {
       if (tls_->Write(out_.data(), out_.size()) != TlsStream::Status::kOk) {
         Fail("TLS: " + tls_->error(), true);
         return;
@@ -327,8 +374,10 @@ void BackendConn::Flush() {
     }
     tls_->TakeOutput(&wbuf_);
     if (wbuf_.empty()) return;
+  } else if (!hs_out_.empty()) {
+    hs_out_.swap(wbuf_);
   } else {
-    if (!NextQueued()) return;
+    if (awaiting_handshake_ || !NextQueued()) return;
     out_.swap(wbuf_);
   }
   uv_buf_t b = uv_buf_init(wbuf_.data(), static_cast<unsigned>(wbuf_.size()));
@@ -442,6 +491,7 @@ void BackendConn::ProcessReplies() {
           HandshakeRefused(kind, p, consumed);
           return;
         }
+        if (auth_replies_expected_ == 0) HandshakeDone();
       } else {
         deadline_ms_ = 0;  // the server is making progress; the session re-arms if needed
         if (owner_ != nullptr) owner_->OnStreamFrame(p, consumed);
@@ -461,6 +511,7 @@ void BackendConn::ProcessReplies() {
           HandshakeRefused(pr.seq, p, consumed);
           return;
         }
+        if (pending_.empty() || !pending_.front().handshake) HandshakeDone();
       } else if (cancelled_ > 0) {
         --cancelled_;  // the late reply of a request already answered by the timeout: dropped
       } else if (pr.client != nullptr) {
@@ -649,7 +700,7 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
 }
 
 uint64_t BackendConn::Unwritten() const {
-  uint64_t n = out_.size();
+  uint64_t n = out_.size() + hs_out_.size();
   for (const Buffer& b : queued_) n += b.size();
   if (tls_) n += tls_->pending_bytes();
   if (writing_) n += uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&tcp_));
@@ -669,7 +720,7 @@ bool BackendConn::WriteProgress(uint64_t* seen) {
   // Nothing waits, nor did at the last look: no system call for an idle or keeping-up socket.
   // (A request's bytes are either still queued here at the tick after it was, or already sent.)
   if (!backed_up_ && written_seen_ == queued_total_ && out_.empty() && queued_.empty() &&
-      !writing_) {
+      hs_out_.empty() && !writing_) {
     return false;
   }
   // With TLS the queues past the stream hold ciphertext, a little more than the plaintext
@@ -705,9 +756,13 @@ void BackendConn::ExtendWhileSending(uint64_t now_ms) {
 
 bool BackendConn::StalledFor(uint64_t now_ms, uint64_t ms) const {
   if (mode_ != Mode::kShared || state_ != State::kReady || detached_ || retiring_ ||
-      pending_.empty() || !backend_->is_primary()) {
+      pending_.empty() || !backend_->is_primary() || awaiting_handshake_) {
     return false;
   }
+  // A connection that replaced a stuck one and has heard nothing from the server since is no
+  // evidence that yet another would fare better (a paused or stopped server: a new one each
+  // timeout, for nothing).
+  if (stall_replacement_ && last_read_ms_ == 0) return false;
   // When the oldest request was queued (or last moved on while being sent).
   uint64_t timeout = worker_->timeout_ms();
   const PendingReply& oldest = pending_.front();
@@ -749,6 +804,8 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   }
   out_.Clear();
   queued_.clear();
+  hs_out_.Clear();
+  awaiting_handshake_ = false;
   tail_appendable_ = false;
   last_read_ms_ = 0;  // a new connection has heard nothing yet
   in_.Clear();
@@ -784,10 +841,18 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   Ring<PendingReply> failed;
   failed.swap(pending_);
   bool timeout = reason.rfind("no reply", 0) == 0;
+  // Refused before any of it was sent: a primary's refusal is the answer (see
+  // HandshakeRefused); copied, as a callback may refuse again meanwhile.
+  std::string answer = answer_refused_ && backend_->is_primary() ? refused_ : std::string();
+  if (answer_refused_) unsent = true;
+  answer_refused_ = false;
   while (!failed.empty()) {
     PendingReply pr = failed.front();
     failed.pop_front();
-    if (pr.client != nullptr) {
+    if (pr.client == nullptr) continue;
+    if (!answer.empty()) {
+      pr.client->OnReply(pr.seq, backend_, answer.data(), answer.size(), true);
+    } else {
       pr.client->OnBackendFailure(pr.seq, backend_, reason, timeout, 0, unsent);
     }
   }
@@ -814,7 +879,20 @@ void BackendConn::OnClosed() {
     return;
   }
   // Requests queued while the old socket was closing go out on a new one.
-  if (!pending_.empty()) StartConnect();
+  if (!pending_.empty()) ConnectUnlessRefusing();
+}
+
+void BackendConn::ConnectUnlessRefusing() {
+  if (refused_.empty() || worker_->now() >= refused_until_ms_) {
+    refused_.clear();
+    StartConnect();
+    return;
+  }
+  // The server refused this class's handshake a moment ago (see HandshakeRefused): what waits
+  // gets that answer without a new connection each (reported a loop turn later: we may be
+  // inside Send()).
+  answer_refused_ = true;
+  FailSoon(refused_reason_, false);
 }
 
 void BackendConn::Shutdown(const std::string& reason, bool destroy) {

@@ -87,7 +87,12 @@ class BackendConn {
   // Set before the first Send().
   void set_side() { side_ = true; }
   bool side() const { return side_; }
-  bool idle() const { return pending_.empty() && out_.empty() && queued_.empty(); }
+  // Made to replace a connection stuck behind one command (Worker::RetireStalled).
+  void set_stall_replacement() { stall_replacement_ = true; }
+  bool idle() const {
+    return pending_.empty() && out_.empty() && queued_.empty() && hs_out_.empty() &&
+           !awaiting_handshake_;
+  }
   bool dirty = false;  // queued in the worker's flush list
   bool dead() const { return dead_; }
 
@@ -133,6 +138,9 @@ class BackendConn {
   bool NextQueued();
   void QueueHandshake();
   void HandshakeRefused(uint64_t kind, const char* reply, size_t len);
+  void HandshakeDone();
+  // Connects, or answers what waits with a refusal of a moment ago.
+  void ConnectUnlessRefusing();
   static constexpr uint8_t kHandshakeAuth = 0, kHandshakeHello = 1, kHandshakeSelect = 2,
                            kHandshakeReadonly = 3;
 
@@ -158,7 +166,15 @@ class BackendConn {
   // Carrying a request as large as a client's in-flight bound: out of the pool, so nobody's
   // later requests queue behind it; a shared connection otherwise, until its last reply.
   bool retiring_ = false;
-  bool side_ = false;       // see set_side()
+  bool side_ = false;               // see set_side()
+  bool stall_replacement_ = false;  // see set_stall_replacement()
+  // The server refused this class's SELECT / READONLY (see HandshakeRefused): its reply,
+  // given instead of connecting again until refused_until_ms_.
+  std::string refused_;
+  std::string refused_reason_;
+  uint64_t refused_until_ms_ = 0;
+  bool answer_refused_ = false;  // the next Fail() answers with refused_ (primary) / unsent
+  static constexpr uint64_t kRefusedHoldMs = 100;
   bool fail_soon_ = false;  // see FailSoon
   bool fail_soon_mark_down_ = false;
   std::string fail_soon_reason_;
@@ -184,6 +200,11 @@ class BackendConn {
   uv_connect_t connect_req_;
   uv_write_t write_req_;
   Resolve* resolve_ = nullptr;
+  // The handshake (QueueHandshake) goes out alone, and nothing queued behind it is written
+  // until every part of it has been answered: a refused SELECT or AUTH must not leave the
+  // requests behind it to run in database 0, or as the default user.
+  Buffer hs_out_;
+  bool awaiting_handshake_ = false;
   Buffer out_;   // queued, not yet handed to the kernel
   Buffer wbuf_;  // being written; owned until WriteCb
   // Queued behind out_, in order: clients' buffers taken whole (large values, see Send), and

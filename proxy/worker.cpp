@@ -233,17 +233,18 @@ void Worker::RetireStalled(uint64_t now) {
   // the server silent leaves the pool; later requests go on a new connection and get the
   // server's own answer (-BUSY, or the reply once it is free), as a direct client would.
   // Those waiting on the old one stay there, and their clients send nothing more until
-  // they are answered, so nobody's requests are reordered. Once per timeout per pool: a
-  // server that is silent to every connection (stopped, paused) gets one fresh connection
-  // per timeout, not one per tick.
+  // they are answered, so nobody's requests are reordered. At most once per timeout per pool,
+  // and the replacement not before the server has answered on it: a server silent to every
+  // connection (stopped, paused) costs one fresh connection, not one per timeout.
   const uint64_t ms = std::min<uint64_t>(1000, timeout_ms_ / 2);
   std::vector<BackendConn*> stuck;
+  std::vector<Pool*> from;
   auto look = [&](Pool& p) {
     if (now - p.stall_retired_ms < timeout_ms_) return;
     for (BackendConn* c : p.conns) {
       if (c->StalledFor(now, ms)) {
         stuck.push_back(c);
-        p.stall_retired_ms = now;
+        from.push_back(&p);
         break;
       }
     }
@@ -252,8 +253,13 @@ void Worker::RetireStalled(uint64_t now) {
   for (auto& classes : class_pools_) {
     for (auto& entry : classes) look(entry.second);
   }
-  for (BackendConn* c : stuck) {
+  for (size_t i = 0; i < stuck.size(); ++i) {
+    BackendConn* c = stuck[i];
     if (!RetireSharedConn(c)) break;
+    from[i]->stall_retired_ms = now;
+    for (BackendConn* fresh : from[i]->conns) {
+      if (fresh->idle()) fresh->set_stall_replacement();
+    }
     Log().info(
         "primary {}: silent for {} ms on one connection (a long script or command?); "
         "new requests go on a new connection",

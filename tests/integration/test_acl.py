@@ -157,3 +157,57 @@ def test_wrong_password_flood_does_not_lock_out_real_users(acl_cluster, make_pro
     raw.close()
     ok = p.client(username="reader", password="r-pass")
     assert ok.ping() is True
+
+
+def test_a_refused_select_never_lets_the_requests_behind_it_run_in_database_0(acl_cluster,
+                                                                              make_proxy):
+    """A user whose ACL lacks SELECT: the proxy accepts `SELECT 5` (the index is valid), and
+    the connection it opens for that user and database is refused its SELECT. Nothing the
+    client sent may run on that connection in database 0 instead: the proxy sends the
+    connection's handshake alone and the requests only once it is accepted. (Pipelined with
+    it, the SET below was stored in database 0 and the client was told it "may or may not
+    have been applied".)"""
+    c = acl_cluster
+    for server in c.servers:
+        server.client().execute_command("ACL", "SETUSER", "noselect", "on", ">n-pass", "~*",
+                                        "+@all", "-select")
+    p = passthrough_proxy(make_proxy, c)
+    s = connect(p.port)
+    s.sendall(encode_command("AUTH", "noselect", "n-pass") + encode_command("SELECT", "5") +
+              encode_command("SET", "wrong:db", "1") + encode_command("INCR", "wrong:n") +
+              encode_command("GET", "wrong:db"))
+    replies, _ = read_replies(s, 5, timeout=10 * SLOWDOWN)
+    assert replies[:2] == [b"+OK\r\n", b"+OK\r\n"], replies
+    for r in replies[2:]:
+        assert r.startswith(b"-ERR kompress: SELECT refused: NOPERM"), replies
+    s.close()
+    for db in (0, 5):
+        d = c.primary.client(db=db)
+        assert d.get("wrong:db") is None and d.get("wrong:n") is None, db
+
+
+def test_a_password_changed_meanwhile_never_lets_requests_run_as_the_default_user(acl_cluster,
+                                                                                   make_proxy):
+    """A user's password is changed after the client authenticated; the client then needs a
+    new connection (another database). Its AUTH there is refused, and what the client sent
+    behind it must not run as the default user (with every right) instead: it gets Redis's
+    WRONGPASS and nothing is stored. AUTH with the new password works at once."""
+    c = acl_cluster
+    p = passthrough_proxy(make_proxy, c)
+    s = connect(p.port)
+    s.sendall(encode_command("AUTH", "scoped", "s-pass") + encode_command("SET", "own:a", "1"))
+    assert read_replies(s, 2)[0] == [b"+OK\r\n", b"+OK\r\n"]
+    for server in c.servers:
+        server.client().execute_command("ACL", "SETUSER", "scoped", "resetpass", ">s-new")
+    s.sendall(encode_command("SELECT", "2") + encode_command("SET", "outside:scope", "1") +
+              encode_command("SET", "own:b", "1"))
+    replies, _ = read_replies(s, 3, timeout=10 * SLOWDOWN)
+    assert replies[0] == b"+OK\r\n", replies
+    for r in replies[1:]:
+        assert r.startswith(b"-WRONGPASS"), replies
+    s.sendall(encode_command("AUTH", "scoped", "s-new") + encode_command("SET", "own:c", "1"))
+    assert read_replies(s, 2, timeout=10 * SLOWDOWN)[0] == [b"+OK\r\n", b"+OK\r\n"]
+    s.close()
+    d = c.primary.client(db=2)
+    assert d.get("outside:scope") is None and d.get("own:b") is None
+    assert d.get("own:c") == b"1"

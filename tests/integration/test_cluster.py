@@ -720,3 +720,57 @@ def test_script_kill_reaches_the_shard_running_the_script(rc, tmp_path):
         t.join(10)
         rproxy.stop()
     assert not t.is_alive()
+
+
+def test_requests_behind_a_script_get_busy_without_a_connection_each(rc, tmp_path):
+    """A script holds the shared connection to its shard's primary; after a second of silence
+    that connection leaves the pool. The new one's READONLY (every cluster connection sends
+    it) is refused with -BUSY while the script runs: the requests held behind it get that
+    answer, and a client retrying on it does not cost a connection per attempt (thousands a
+    second, each also asking the cluster for its slots again)."""
+    for n in rc.alive_nodes():
+        n.client().config_set("busy-reply-threshold", 100)
+    rproxy = start_proxy(tmp_path / "proxy", rc, extra=["--timeout", "5", "--workers", "1"])
+    wait_proxy_ready(rproxy)
+    c = rproxy.client(timeout=20)
+    slot = c.execute_command("CLUSTER", "KEYSLOT", "{spin}k")
+    owner = next(s for s in c.execute_command("CLUSTER", "SLOTS") if s[0] <= slot <= s[1])
+    node = next(n for n in rc.nodes if n.port == owner[2][1])
+    direct = node.client()
+    before = direct.info("stats")["total_connections_received"]
+    outcome = {}
+
+    def run():
+        try:
+            rproxy.client(timeout=20).eval("local a = 0 while true do a = a + 1 end", 1, "{spin}k")
+        except redis.RedisError as e:
+            outcome["error"] = str(e)
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        wait_until(lambda: busy(direct), 5 * SLOWDOWN, what="the script running")
+        time.sleep(1.5 * SLOWDOWN)  # the connection has been silent for a second
+        attempts = busy_answers = 0
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            attempts += 1
+            try:
+                c.incr("{spin}n")
+            except redis.ResponseError as e:
+                busy_answers += str(e).startswith("BUSY")
+        assert busy_answers == attempts, (busy_answers, attempts)
+        assert c.execute_command("SCRIPT", "KILL") in (True, b"OK", "OK")
+        t.join(10)
+        assert "killed by user" in outcome.get("error", ""), outcome
+        opened = direct.info("stats")["total_connections_received"] - before
+        print(f"{attempts} INCRs in 1 s while busy, all -BUSY; {opened} connections opened")
+        assert opened <= 40, opened
+        assert direct.get("{spin}n") is None  # none of the refused INCRs ran
+    finally:
+        try:
+            direct.execute_command("SCRIPT", "KILL")
+        except redis.RedisError:
+            pass
+        t.join(10)
+        rproxy.stop()
+    assert not t.is_alive()

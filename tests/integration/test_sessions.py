@@ -777,23 +777,33 @@ def test_client_reply_off_local_answers_are_not_kept(cluster, make_proxy):
     assert grown < 4 * 1024 * 1024, f"proxy grew by {grown} bytes"
 
 
+def connections_received(server):
+    return server.client().info("stats")["total_connections_received"]
+
+
+@pytest.mark.parametrize("db", [0, 3])
 def test_requests_behind_a_long_script_get_the_servers_answer_not_a_timeout(fresh_cluster,
-                                                                            make_proxy):
+                                                                            make_proxy, db):
     """Other clients of the worker whose shared connection a script holds: Redis answers
     them -BUSY at once on any other connection. Through the proxy they used to queue behind
     the script until the timeout, be told it may or may not have been applied, and then run
     once the script ended (an INCR the client saw fail was applied). The stuck connection
     leaves the pool after a second of silence: later requests get -BUSY as a direct client
-    would, and nothing they sent runs after the script."""
+    would, and nothing they sent runs after the script. In a database other than 0 the new
+    connection's SELECT is refused with -BUSY too: the requests held behind it get that
+    answer, none of them runs in database 0, and a client retrying in a loop does not cost a
+    connection per attempt."""
     proxy = make_proxy(fresh_cluster.primary.port, [r.port for r in fresh_cluster.replicas],
                        extra_args=["--workers", "1", "--timeout", "5"])
     direct = fresh_cluster.primary.client()
     direct.config_set("busy-reply-threshold", 100)
     outcome = {}
+    # (INFO is refused while the script runs: connections are counted across it.)
+    before = connections_received(fresh_cluster.primary)
 
     def run():
         try:
-            outcome["reply"] = proxy.client(timeout=20).eval(
+            outcome["reply"] = proxy.client(timeout=20, db=db).eval(
                 "local a = 0 while true do a = a + 1 end", 0)
         except redis.RedisError as e:
             outcome["error"] = str(e)
@@ -802,20 +812,36 @@ def test_requests_behind_a_long_script_get_the_servers_answer_not_a_timeout(fres
     try:
         wait_until(lambda: busy(direct), 5, what="the script running")
         time.sleep(1.5 * SLOWDOWN)  # the connection has been silent for a second
-        other = proxy.client(timeout=20)
+        other = proxy.client(timeout=20, db=db)
         started = time.monotonic()
         with pytest.raises(redis.ResponseError, match="^BUSY"):
             other.incr("behind:script")
         took = time.monotonic() - started
         assert took < 2 * SLOWDOWN, took  # the server's answer, not the 5 s timeout
+        # A client retrying on -BUSY for a second: each attempt answered, few connections.
+        attempts = busy_answers = 0
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            attempts += 1
+            try:
+                other.incr("behind:script")
+            except redis.ResponseError as e:
+                busy_answers += str(e).startswith("BUSY")
+        assert busy_answers == attempts
         assert direct.execute_command("SCRIPT", "KILL") in (True, b"OK", "OK")
         t.join(10)
         assert "killed by user" in outcome.get("error", ""), outcome
+        opened = connections_received(fresh_cluster.primary) - before
+        print(f"db {db}: {attempts} INCRs in 1 s while busy, all -BUSY; {opened} connections "
+              f"opened to the primary in all")
+        assert opened <= 40, opened  # a connection per refused attempt: thousands
         time.sleep(0.2)
-        assert direct.get("behind:script") is None  # the refused INCR never ran
+        for n in {0, db}:  # the refused INCRs never ran, in any database
+            assert fresh_cluster.primary.client(db=n).get("behind:script") is None, n
         # The worker carries on: its new connection serves everyone.
+        time.sleep(0.2)  # past the moment a refusal is answered without connecting
         assert other.incr("behind:script") == 1
-        assert proxy.client().get("behind:script") == b"1"
+        assert proxy.client(db=db).get("behind:script") == b"1"
     finally:
         try:
             direct.execute_command("SCRIPT", "KILL")
