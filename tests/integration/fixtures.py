@@ -133,6 +133,51 @@ def busy(client):
         return str(e).startswith("BUSY")
 
 
+class BusyScript:
+    """A script that runs until it is killed, sent through `client` (EVAL, on `keys`) from a
+    thread: what its caller got is in `outcome` ("reply" or "error")."""
+
+    SPIN = "local a = 0 while true do a = a + 1 end"
+
+    def __init__(self, client, *keys):
+        self.outcome = {}
+
+        def run():
+            try:
+                self.outcome["reply"] = client.eval(self.SPIN, len(keys), *keys)
+            except redis.RedisError as e:
+                self.outcome["error"] = str(e)
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def killed(self, timeout=10):
+        """Waits for the caller's answer: whether it says the script was killed."""
+        self.thread.join(timeout)
+        return "killed by user" in self.outcome.get("error", "")
+
+    def stop(self, direct):
+        """For `finally`: kills it (through `direct`, a client of its server) if it runs."""
+        try:
+            direct.execute_command("SCRIPT", "KILL")
+        except redis.RedisError:
+            pass
+        self.thread.join(10)
+
+
+def busy_answers_for(fn, seconds=1.0):
+    """Calls fn() in a loop for `seconds`, as a client retrying on -BUSY would: returns
+    (attempts, attempts answered -BUSY)."""
+    attempts = busy_answers = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        attempts += 1
+        try:
+            fn()
+        except redis.ResponseError as e:
+            busy_answers += str(e).startswith("BUSY")
+    return attempts, busy_answers
+
+
 def port_accepts(port, host=HOST):
     try:
         with socket.create_connection((host, port), timeout=0.5):

@@ -15,7 +15,8 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 import fixtures
-from fixtures import HOST, SLOWDOWN, Proxy, RedisCluster as LocalCluster, busy, wait_until
+from fixtures import (HOST, SLOWDOWN, BusyScript, Proxy, RedisCluster as LocalCluster, busy,
+                      busy_answers_for, wait_until)
 
 CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
 
@@ -738,39 +739,19 @@ def test_requests_behind_a_script_get_busy_without_a_connection_each(rc, tmp_pat
     node = next(n for n in rc.nodes if n.port == owner[2][1])
     direct = node.client()
     before = direct.info("stats")["total_connections_received"]
-    outcome = {}
-
-    def run():
-        try:
-            rproxy.client(timeout=20).eval("local a = 0 while true do a = a + 1 end", 1, "{spin}k")
-        except redis.RedisError as e:
-            outcome["error"] = str(e)
-    t = threading.Thread(target=run)
-    t.start()
+    script = BusyScript(rproxy.client(timeout=20), "{spin}k")
     try:
         wait_until(lambda: busy(direct), 5 * SLOWDOWN, what="the script running")
         time.sleep(1.5 * SLOWDOWN)  # the connection has been silent for a second
-        attempts = busy_answers = 0
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            attempts += 1
-            try:
-                c.incr("{spin}n")
-            except redis.ResponseError as e:
-                busy_answers += str(e).startswith("BUSY")
+        attempts, busy_answers = busy_answers_for(lambda: c.incr("{spin}n"))
         assert busy_answers == attempts, (busy_answers, attempts)
         assert c.execute_command("SCRIPT", "KILL") in (True, b"OK", "OK")
-        t.join(10)
-        assert "killed by user" in outcome.get("error", ""), outcome
+        assert script.killed(), script.outcome
         opened = direct.info("stats")["total_connections_received"] - before
         print(f"{attempts} INCRs in 1 s while busy, all -BUSY; {opened} connections opened")
         assert opened <= 40, opened
         assert direct.get("{spin}n") is None  # none of the refused INCRs ran
     finally:
-        try:
-            direct.execute_command("SCRIPT", "KILL")
-        except redis.RedisError:
-            pass
-        t.join(10)
+        script.stop(direct)
         rproxy.stop()
-    assert not t.is_alive()
+    assert not script.thread.is_alive()

@@ -9,8 +9,8 @@ import time
 import pytest
 import redis
 
-from fixtures import (HOST, SLOWDOWN, busy, connect, encode_command, free_port, http_get,
-                      metric, read_replies, wait_until)
+from fixtures import (HOST, SLOWDOWN, BusyScript, busy, busy_answers_for, connect,
+                      encode_command, free_port, http_get, metric, read_replies, wait_until)
 
 
 def send(sock, *args):
@@ -797,18 +797,9 @@ def test_requests_behind_a_long_script_get_the_servers_answer_not_a_timeout(fres
                        extra_args=["--workers", "1", "--timeout", "5"])
     direct = fresh_cluster.primary.client()
     direct.config_set("busy-reply-threshold", 100)
-    outcome = {}
     # (INFO is refused while the script runs: connections are counted across it.)
     before = connections_received(fresh_cluster.primary)
-
-    def run():
-        try:
-            outcome["reply"] = proxy.client(timeout=20, db=db).eval(
-                "local a = 0 while true do a = a + 1 end", 0)
-        except redis.RedisError as e:
-            outcome["error"] = str(e)
-    t = threading.Thread(target=run)
-    t.start()
+    script = BusyScript(proxy.client(timeout=20, db=db))
     try:
         wait_until(lambda: busy(direct), 5, what="the script running")
         time.sleep(1.5 * SLOWDOWN)  # the connection has been silent for a second
@@ -819,18 +810,10 @@ def test_requests_behind_a_long_script_get_the_servers_answer_not_a_timeout(fres
         took = time.monotonic() - started
         assert took < 2 * SLOWDOWN, took  # the server's answer, not the 5 s timeout
         # A client retrying on -BUSY for a second: each attempt answered, few connections.
-        attempts = busy_answers = 0
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            attempts += 1
-            try:
-                other.incr("behind:script")
-            except redis.ResponseError as e:
-                busy_answers += str(e).startswith("BUSY")
+        attempts, busy_answers = busy_answers_for(lambda: other.incr("behind:script"))
         assert busy_answers == attempts
         assert direct.execute_command("SCRIPT", "KILL") in (True, b"OK", "OK")
-        t.join(10)
-        assert "killed by user" in outcome.get("error", ""), outcome
+        assert script.killed(), script.outcome
         opened = connections_received(fresh_cluster.primary) - before
         print(f"db {db}: {attempts} INCRs in 1 s while busy, all -BUSY; {opened} connections "
               f"opened to the primary in all")
@@ -843,11 +826,7 @@ def test_requests_behind_a_long_script_get_the_servers_answer_not_a_timeout(fres
         assert other.incr("behind:script") == 1
         assert proxy.client(db=db).get("behind:script") == b"1"
     finally:
-        try:
-            direct.execute_command("SCRIPT", "KILL")
-        except redis.RedisError:
-            pass
-        t.join(10)
+        script.stop(direct)
 
 
 @pytest.mark.parametrize("kind", ["script", "function"])
