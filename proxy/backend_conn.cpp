@@ -450,6 +450,13 @@ void BackendConn::OnRead(ssize_t nread) {
   }
   if (nread > 0) {
     last_read_ms_ = worker_->now();
+    stall_replacement_ = false;
+    if (stall_retired_) {
+      // The script (or command) it was stuck behind has ended: the server is free again, for
+      // every class's connections of this worker.
+      stall_retired_ = false;
+      worker_->ServerHeard(backend_);
+    }
     if (!tls_) in_.Commit(static_cast<size_t>(nread));
     ProcessReplies();
     return;
@@ -635,6 +642,13 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     Fail(msg, false);
     return;
   }
+  if (awaiting_handshake_ && !pending_.empty() && pending_.front().deadline_ms <= now_ms) {
+    // The handshake went unanswered for a whole timeout, and what waits behind it was never
+    // sent: answered as such (a write waits for a primary, a read goes elsewhere), rather than
+    // as late and then sent once the handshake is answered after all.
+    Fail(std::string(msg) + " to the connection's handshake", false);
+    return;
+  }
   ExtendWhileSending(now_ms);
   if (cancelled_ == 0 && !in_.empty() && !pending_.empty()) {
     // The oldest request's reply is arriving (part of it is here): late only once nothing
@@ -762,7 +776,7 @@ bool BackendConn::StalledFor(uint64_t now_ms, uint64_t ms) const {
   // A connection that replaced a stuck one and has heard nothing from the server since is no
   // evidence that yet another would fare better (a paused or stopped server: a new one each
   // timeout, for nothing).
-  if (stall_replacement_ && last_read_ms_ == 0) return false;
+  if (stall_replacement_) return false;
   // When the oldest request was queued (or last moved on while being sent).
   uint64_t timeout = worker_->timeout_ms();
   const PendingReply& oldest = pending_.front();
@@ -783,8 +797,9 @@ bool BackendConn::HasUnreadBytes() const {
 }
 
 void BackendConn::Fail(const std::string& reason, bool mark_down) {
-  // Nothing reached a server that was never connected to: what waits here was not applied.
-  bool unsent = state_ != State::kReady;
+  // Nothing reached a server that was never connected to, nor one whose answer to the
+  // handshake is still awaited (see QueueHandshake): what waits here was not applied.
+  bool unsent = state_ != State::kReady || awaiting_handshake_;
   fail_soon_ = false;
   if (detached_ || retiring_)
     destroy_on_close_ = true;  // out of the pool: nobody would use it again

@@ -87,8 +87,17 @@ class BackendConn {
   // Set before the first Send().
   void set_side() { side_ = true; }
   bool side() const { return side_; }
-  // Made to replace a connection stuck behind one command (Worker::RetireStalled).
+  // Made to replace a connection stuck behind one command (Worker::RetireStalled): not judged
+  // stuck itself until the server is heard from again (ServerHeard).
   void set_stall_replacement() { stall_replacement_ = true; }
+  // The stuck connection itself, out of the pool: its next read means the server is free.
+  void set_stall_retired() { stall_retired_ = true; }
+  // The server answered on some connection after a stall: this one may be judged again, and a
+  // refusal it holds (see HandshakeRefused) is out of date.
+  void ServerHeard() {
+    stall_replacement_ = false;
+    refused_until_ms_ = 0;
+  }
   bool idle() const {
     return pending_.empty() && out_.empty() && queued_.empty() && hs_out_.empty() &&
            !awaiting_handshake_;
@@ -168,6 +177,7 @@ class BackendConn {
   bool retiring_ = false;
   bool side_ = false;               // see set_side()
   bool stall_replacement_ = false;  // see set_stall_replacement()
+  bool stall_retired_ = false;      // see set_stall_retired()
   // The server refused this class's SELECT / READONLY (see HandshakeRefused): its reply,
   // given instead of connecting again until refused_until_ms_.
   std::string refused_;

@@ -233,14 +233,14 @@ void Worker::RetireStalled(uint64_t now) {
   // the server silent leaves the pool; later requests go on a new connection and get the
   // server's own answer (-BUSY, or the reply once it is free), as a direct client would.
   // Those waiting on the old one stay there, and their clients send nothing more until
-  // they are answered, so nobody's requests are reordered. At most once per timeout per pool,
-  // and the replacement not before the server has answered on it: a server silent to every
-  // connection (stopped, paused) costs one fresh connection, not one per timeout.
+  // they are answered, so nobody's requests are reordered. The connections left in the pool
+  // are not judged stuck again until the server has been heard from since (on any connection
+  // of this worker: the stuck one's own reply once the script ends): a server silent to every
+  // connection (stopped, paused) costs one fresh connection, not one per second.
   const uint64_t ms = std::min<uint64_t>(1000, timeout_ms_ / 2);
   std::vector<BackendConn*> stuck;
   std::vector<Pool*> from;
   auto look = [&](Pool& p) {
-    if (now - p.stall_retired_ms < timeout_ms_) return;
     for (BackendConn* c : p.conns) {
       if (c->StalledFor(now, ms)) {
         stuck.push_back(c);
@@ -256,14 +256,25 @@ void Worker::RetireStalled(uint64_t now) {
   for (size_t i = 0; i < stuck.size(); ++i) {
     BackendConn* c = stuck[i];
     if (!RetireSharedConn(c)) break;
-    from[i]->stall_retired_ms = now;
+    c->set_stall_retired();
     for (BackendConn* fresh : from[i]->conns) {
-      if (fresh->idle()) fresh->set_stall_replacement();
+      if (fresh != c) fresh->set_stall_replacement();
     }
     Log().info(
         "primary {}: silent for {} ms on one connection (a long script or command?); "
         "new requests go on a new connection",
         c->backend()->name(), ms);
+  }
+}
+
+void Worker::ServerHeard(Backend* b) {
+  if (b->index() < pools_.size()) {
+    for (BackendConn* c : pools_[b->index()].conns) c->ServerHeard();
+  }
+  if (b->index() < class_pools_.size()) {
+    for (auto& entry : class_pools_[b->index()]) {
+      for (BackendConn* c : entry.second.conns) c->ServerHeard();
+    }
   }
 }
 

@@ -136,6 +136,9 @@ class Worker {
   // (a new one takes its place), unless kMaxRetired connections of this worker are out
   // already (descriptors: they come from the backends' reserve). False: it stays.
   bool RetireSharedConn(BackendConn* c);
+  // A connection retired as stuck heard from its server again: every shared connection of
+  // this worker to it is told (BackendConn::ServerHeard).
+  void ServerHeard(Backend* b);
   // Whether fewer than kMaxRetired connections of this worker are out of their pools.
   bool MayTakeOutOfPool() const { return detached_.size() - side_conns_ < kMaxRetired; }
   // A connection for one request that must not wait behind other clients' (SCRIPT KILL):
@@ -244,8 +247,7 @@ class Worker {
   struct Pool {
     std::vector<BackendConn*> conns;
     size_t rr = 0;
-    uint64_t used_ms = 0;           // last request (classes other than the default close when idle)
-    uint64_t stall_retired_ms = 0;  // see RetireStalled
+    uint64_t used_ms = 0;  // last request (classes other than the default close when idle)
   };
   Pool& PoolFor(Backend* b, const ConnClass& cls);
   BackendConn* SharedConnSlow(Backend* b, const ConnClass& cls);

@@ -8,8 +8,8 @@ import threading
 import pytest
 import redis
 
-from fixtures import (SLOWDOWN, connect, encode_command, read_replies, run_proxy_once,
-                      wait_until)
+from fixtures import (SLOWDOWN, connect, encode_command, read_replies, read_until_closed,
+                      run_proxy_once, wait_until)
 
 USERS = {
     # name: (password, ACL rules)
@@ -211,3 +211,24 @@ def test_a_password_changed_meanwhile_never_lets_requests_run_as_the_default_use
     d = c.primary.client(db=2)
     assert d.get("outside:scope") is None and d.get("own:b") is None
     assert d.get("own:c") == b"1"
+
+
+def test_a_password_changed_meanwhile_never_lets_a_transaction_run_as_the_default_user(
+        acl_cluster, make_proxy):
+    """The same on a connection of the client's own (MULTI): its AUTH as the user is refused,
+    and neither the transaction nor anything after it runs as the default user."""
+    c = acl_cluster
+    p = passthrough_proxy(make_proxy, c)
+    s = connect(p.port)
+    s.sendall(encode_command("AUTH", "scoped", "s-pass") + encode_command("SELECT", "4"))
+    assert read_replies(s, 2)[0] == [b"+OK\r\n", b"+OK\r\n"]
+    for server in c.servers:
+        server.client().execute_command("ACL", "SETUSER", "scoped", "resetpass", ">s-new")
+    s.sendall(encode_command("MULTI") + encode_command("SET", "outside:scope", "1") +
+              encode_command("EXEC"))
+    data, _ = read_until_closed(s, timeout=10 * SLOWDOWN)
+    assert b"WRONGPASS" in data, data
+    assert b"+QUEUED" not in data and b"+OK" not in data, data
+    s.close()
+    for db in (0, 4):
+        assert c.primary.client(db=db).get("outside:scope") is None, db

@@ -814,17 +814,28 @@ def test_requests_behind_a_long_script_get_the_servers_answer_not_a_timeout(fres
         assert busy_answers == attempts
         assert direct.execute_command("SCRIPT", "KILL") in (True, b"OK", "OK")
         assert script.killed(), script.outcome
+        # Free again: the next request runs at once (no -BUSY held over from before the kill:
+        # the stuck connection's own answer told the worker), on the new connection. 1: none
+        # of the refused INCRs ran, before or after.
+        assert other.incr("behind:script") == 1
         opened = connections_received(fresh_cluster.primary) - before
         print(f"db {db}: {attempts} INCRs in 1 s while busy, all -BUSY; {opened} connections "
               f"opened to the primary in all")
         assert opened <= 40, opened  # a connection per refused attempt: thousands
         time.sleep(0.2)
-        for n in {0, db}:  # the refused INCRs never ran, in any database
-            assert fresh_cluster.primary.client(db=n).get("behind:script") is None, n
-        # The worker carries on: its new connection serves everyone.
-        time.sleep(0.2)  # past the moment a refusal is answered without connecting
-        assert other.incr("behind:script") == 1
         assert proxy.client(db=db).get("behind:script") == b"1"
+        if db != 0:
+            assert direct.get("behind:script") is None  # nothing ran in database 0
+        # A second script, on the connection that took the first one's place: stuck in turn,
+        # it leaves the pool too.
+        script.stop(direct)
+        script = BusyScript(proxy.client(timeout=20, db=db))
+        wait_until(lambda: busy(direct), 5, what="the second script running")
+        time.sleep(1.5 * SLOWDOWN)
+        started = time.monotonic()
+        with pytest.raises(redis.ResponseError, match="^BUSY"):
+            other.incr("behind:script")
+        assert time.monotonic() - started < 2 * SLOWDOWN
     finally:
         script.stop(direct)
 
@@ -908,3 +919,27 @@ def test_kills_beyond_the_workers_budget_are_refused_not_queued(fresh_cluster, m
     assert took < 2 * SLOWDOWN, took
     # At most 50 connections in each second (window) the 200 kills spanned.
     assert len(others) <= 50 * (int(took) + 2), len(others)
+
+
+def test_requests_held_behind_an_unanswered_handshake_are_never_sent_late(fresh_cluster,
+                                                                         make_proxy):
+    """A new connection (database 3) to a server that answers nothing for a while (CLIENT
+    PAUSE): its SELECT gets no answer within the timeout, and the client's INCR, held behind
+    it, was never sent. The client hears so, and the INCR does not run once the pause ends
+    (it was answered as late and then sent all the same)."""
+    proxy = make_proxy(fresh_cluster.primary.port, [r.port for r in fresh_cluster.replicas],
+                       extra_args=["--workers", "1", "--timeout", "1"])
+    direct = fresh_cluster.primary.client()
+    assert proxy.client().set("warm", "1") is True
+    pause_ms = int(2500 * SLOWDOWN)
+    direct.execute_command("CLIENT", "PAUSE", str(pause_ms), "ALL")
+    paused_at = time.monotonic()
+    c = proxy.client(timeout=20, db=3)
+    with pytest.raises(redis.ResponseError) as e:
+        c.incr("held:n")
+    print(f"INCR behind an unanswered SELECT: {e.value}")
+    assert "may or may not" not in str(e.value), e.value
+    assert "primary" in str(e.value)
+    time.sleep(max(0.0, pause_ms / 1000 - (time.monotonic() - paused_at)) + 0.5)
+    assert fresh_cluster.primary.client(db=3).get("held:n") is None
+    assert c.incr("held:n") == 1  # and the class works once the server answers again
