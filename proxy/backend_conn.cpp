@@ -212,18 +212,20 @@ void BackendConn::HandshakeRefused(uint64_t kind, const char* p, size_t len) {
     Fail(reason, false);
     return;
   }
-  if (mode_ == Mode::kShared && cls_.user != 0) {
-    // An ACL user's password refused (changed since the client's AUTH) is that client's
-    // business, never the node's. Redis's own words answer what was held behind it: run on
-    // as the default user, the requests once bypassed the user's ACL. Not held: a new AUTH
-    // of the client may bring the right password at once.
-    refused_.assign(p, len);
+  if (mode_ == Mode::kShared) {
+    // A refused AUTH or HELLO: nothing behind it was sent, and run on as the default user the
+    // requests once bypassed an ACL user's rules. On a primary each gets a definite answer at
+    // once: Redis's own words for an ACL user's class (WRONGPASS: its password changed since
+    // the client's AUTH), else what was refused. Not held: a new AUTH of the client, or a
+    // configuration reload, may bring the right password at once. (Parked to wait for a
+    // primary instead, they were sent again and refused again without end.)
+    refused_ = cls_.user != 0 ? std::string(p, len) : "-ERR kompress: " + reason + "\r\n";
     refused_reason_ = reason;
     refused_until_ms_ = 0;
     answer_refused_ = true;
-    Fail(reason, false);
-    return;
   }
+  // A refused AUTH of the proxy's own is a configuration problem of that node (marked down,
+  // as the monitor's own AUTH would find); an ACL user's is that client's business.
   Fail(reason, kind == kHandshakeAuth && cls_.user == 0);
 }
 
@@ -644,9 +646,15 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
   }
   if (awaiting_handshake_ && !pending_.empty() && pending_.front().deadline_ms <= now_ms) {
     // The handshake went unanswered for a whole timeout, and what waits behind it was never
-    // sent: answered as such (a write waits for a primary, a read goes elsewhere), rather than
-    // as late and then sent once the handshake is answered after all.
-    Fail(std::string(msg) + " to the connection's handshake", false);
+    // sent: on a primary answered as such at once (a read on a replica goes to the primary),
+    // rather than as late and then sent once the handshake is answered after all.
+    std::string reason = std::string(msg) + " to the connection's handshake";
+    refused_ = "-ERR kompress: " + std::string(backend_->is_primary() ? "primary " : "replica ") +
+               backend_->name() + " did not answer; the command was not sent (" + reason + ")\r\n";
+    refused_reason_ = reason;
+    refused_until_ms_ = 0;
+    answer_refused_ = true;
+    Fail(reason, false);
     return;
   }
   ExtendWhileSending(now_ms);
@@ -797,9 +805,10 @@ bool BackendConn::HasUnreadBytes() const {
 }
 
 void BackendConn::Fail(const std::string& reason, bool mark_down) {
-  // Nothing reached a server that was never connected to, nor one whose answer to the
-  // handshake is still awaited (see QueueHandshake): what waits here was not applied.
-  bool unsent = state_ != State::kReady || awaiting_handshake_;
+  // Nothing reached a server that was never connected to: what waits here was not applied.
+  // (Nor what waits behind a handshake: see HandshakeRefused and CheckTimeout, which answer
+  // it as such; here it is reported as possibly applied, as before.)
+  bool unsent = state_ != State::kReady;
   fail_soon_ = false;
   if (detached_ || retiring_)
     destroy_on_close_ = true;  // out of the pool: nobody would use it again

@@ -605,7 +605,10 @@ bool ClientSession::MayWait(const BackendGroup& g) const {
 
 void ClientSession::Park(uint64_t seq, const char* raw, size_t len) {
   Slot& s = SlotAt(seq);
-  if (parked_.empty() && !MayWait(GroupOf(seq))) {
+  if ((parked_.empty() && !MayWait(GroupOf(seq))) ||
+      (s.park_deadline != 0 && worker_->now() >= s.park_deadline)) {
+    // (A request parked before keeps its first deadline: sent again and failed again, it was
+    // otherwise parked anew without end.)
     FailParked(seq);
     return;
   }

@@ -943,3 +943,36 @@ def test_requests_held_behind_an_unanswered_handshake_are_never_sent_late(fresh_
     time.sleep(max(0.0, pause_ms / 1000 - (time.monotonic() - paused_at)) + 0.5)
     assert fresh_cluster.primary.client(db=3).get("held:n") is None
     assert c.incr("held:n") == 1  # and the class works once the server answers again
+
+
+def test_a_refused_backend_password_is_answered_at_once_and_nothing_is_sent(fresh_cluster,
+                                                                           make_proxy):
+    """The primary's password changes under the proxy (CONFIG SET requirepass) and a client
+    then needs a new connection (another database): the proxy's own AUTH is refused. What the
+    client sent behind it gets that reason at once, is never sent, and is not retried on new
+    connections in a loop (it once waited the whole timeout, refused again on each retry)."""
+    direct = fresh_cluster.primary.client()
+    direct.config_set("requirepass", "pw1")
+    try:
+        proxy = make_proxy(fresh_cluster.primary.port, [],
+                           extra_args=["--workers", "1", "--timeout", "3",
+                                       "--backend-password", "pw1"], use_base_args=False)
+        assert proxy.client().set("warm", "1") is True
+        admin = fresh_cluster.primary.client(password="pw1")
+        admin.config_set("requirepass", "pw2")
+        admin = fresh_cluster.primary.client(password="pw2")
+        before = admin.info("stats")["total_connections_received"]
+        c = proxy.client(timeout=20, db=1)
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(redis.ResponseError) as e:
+                c.set("refused:k", "v")
+            took = time.monotonic() - started
+            print(f"SET behind a refused AUTH: {e.value} after {took:.3f} s")
+            assert "AUTH refused" in str(e.value) and "WRONGPASS" in str(e.value), e.value
+            assert took < 1.0 * SLOWDOWN, took
+        opened = admin.info("stats")["total_connections_received"] - before - 1
+        assert opened <= 10, opened
+        assert admin.execute_command("SELECT", "1") and admin.get("refused:k") is None
+    finally:
+        fresh_cluster.primary.client(password="pw2").config_set("requirepass", "")
