@@ -82,6 +82,19 @@ class BackendConn {
   const ConnClass& conn_class() const { return cls_; }
   // Dedicated mode: hands the connection to another session (nullptr: idle in the worker).
   void set_owner(ClientSession* owner) { owner_ = owner; }
+  // Dedicated mode: the name CLIENT SETNAME gave this connection on the server, when known
+  // (a new one has none). A session that takes the connection over sets its own name first
+  // if the two differ, so connections of named clients are reused like any other.
+  bool client_name_is(std::string_view name) const {
+    return client_name_known_ && client_name_ == name;
+  }
+  void set_client_name(std::string_view name) {
+    client_name_.assign(name);
+    client_name_known_ = true;
+  }
+  // Sent a command that may or may not have renamed it (CLIENT SETNAME that can fail, HELLO
+  // SETNAME, a SETNAME queued in a transaction).
+  void forget_client_name() { client_name_known_ = false; }
   // A side connection (Worker::SideConn) carries one command for a primary while a script
   // may be running there: its handshake leaves out READONLY, which a busy server refuses.
   // Set before the first Send().
@@ -192,6 +205,8 @@ class BackendConn {
   ClientSession* drain_waiter_ = nullptr;
   size_t reader_unsent_ = 0;  // the paused-for client's UnreceivedBytes at the last look
   ConnClass cls_;
+  std::string client_name_;  // see client_name_is()
+  bool client_name_known_ = true;
   int auth_replies_expected_ = 0;  // dedicated mode: handshake frames to check and swallow
   uint8_t handshake_kinds_[3] = {0, 0, 0};
   uint8_t handshake_next_ = 0;

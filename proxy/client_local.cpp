@@ -144,12 +144,7 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
           i += 2;
         } else if (EqualsLower(req.arg(i), "setname") && i + 1 < req.argc) {
           setname = req.arg(i + 1);
-          for (char c : setname) {
-            if (c < '!' || c > '~') {
-              return ReplyErrorNow(
-                  "ERR Client names cannot contain spaces, newlines or special characters.");
-            }
-          }
+          if (!ValidClientName(setname)) return ReplyErrorNow(errors::kBadClientName);
           has_setname = true;
           i += 1;
         } else {
@@ -198,12 +193,7 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
     }
     case LocalCommand::kClientSetName: {
       std::string_view n = req.arg(2);
-      for (char c : n) {
-        if (c < '!' || c > '~') {
-          return ReplyErrorNow(
-              "ERR Client names cannot contain spaces, newlines or special characters.");
-        }
-      }
+      if (!ValidClientName(n)) return ReplyErrorNow(errors::kBadClientName);
       name_ = n;
       resp::AppendSimple(b, "OK");
       break;

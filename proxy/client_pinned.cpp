@@ -75,14 +75,15 @@ bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, cons
   stream_outstanding_ = 0;
   pin().inflight.clear();
   pin().backlog_kinds.clear();
-  if (!name_.empty()) {
+  if (!dedicated_->client_name_is(name_)) {
     // The name the client set before it was pinned belongs on the connection it now uses
-    // (CLIENT GETNAME inside a transaction, CLIENT LIST on the primary).
+    // (CLIENT GETNAME inside a transaction, CLIENT LIST on the primary); a connection another
+    // named client used before loses that name ("" clears it).
     pin().inject.Clear();
     std::string_view args[] = {"CLIENT", "SETNAME", name_};
     resp::AppendCommand(pin().inject, args);
     SendPinned(pin().inject.data(), pin().inject.size(), {false, true, false});
-    dedicated_reusable_ = false;
+    dedicated_->set_client_name(name_);
   }
   if (multi_first) {
     // The client had its +OK for MULTI already: the server's is dropped.
@@ -99,6 +100,7 @@ bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, cons
     for (const std::string& held : pin().multi_held) {
       SendPinned(held.data(), held.size(), {false, true, false});
     }
+    if (!pin().multi_held.empty()) dedicated_->forget_client_name();  // one may be SETNAME
     pin().multi_held.clear();
   }
   ForwardPinned(req, d, raw, len);
@@ -113,10 +115,16 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
   if (local && d.local == LocalCommand::kReset) {
     reset_forwarded_ = true;
     after_reset_ = 0;
+    if (dedicated_ != nullptr) dedicated_->set_client_name("");  // RESET clears the name
   }
   if (local && d.local == LocalCommand::kClientSetName) {
-    name_ = std::string(req.arg(2));
-    dedicated_reusable_ = false;
+    // The server refuses a name with a space in it and keeps the one it had.
+    if (ValidClientName(req.arg(2))) name_ = std::string(req.arg(2));
+    // The server may refuse the name (a space in it) or run it later (inside MULTI).
+    if (dedicated_ != nullptr) dedicated_->forget_client_name();
+  }
+  if (local && d.local == LocalCommand::kHello && dedicated_ != nullptr) {
+    dedicated_->forget_client_name();  // HELLO ... SETNAME
   }
   ++stream_outstanding_;
   PinnedReq kind{d.blocking && !in_multi_, false, d.push && !in_multi_};

@@ -13,6 +13,13 @@ bool EqualsLower(std::string_view arg, std::string_view lower) {
   return true;
 }
 
+bool ValidClientName(std::string_view name) {
+  for (char c : name) {
+    if (c < '!' || c > '~') return false;
+  }
+  return true;
+}
+
 namespace {
 
 // XREAD/XREADGROUP carry the blocking flag but only block with a BLOCK option, which comes

@@ -94,4 +94,7 @@ class Router {
 // Case-insensitive ASCII comparison of a wire argument with a lower-case literal.
 bool EqualsLower(std::string_view arg, std::string_view lower);
 
+// A name CLIENT SETNAME / HELLO SETNAME accepts: printable ASCII, no spaces (Redis's rule).
+bool ValidClientName(std::string_view name);
+
 }  // namespace kp

@@ -401,6 +401,47 @@ def test_client_name_survives_pinning(proxy):
     raw.close()
 
 
+def test_named_clients_transactions_reuse_connections_and_keep_their_own_names(cluster, proxy):
+    """A transaction runs on a connection of its own, taken from the worker's idle ones: a
+    named client's (redis-py's client_name, Lettuce's, ioredis's connectionName) are reused
+    like anyone's, not opened and closed per transaction (that was a connection per MULTI:
+    thousands a second, and the proxy's ports in TIME_WAIT), and each transaction still sees
+    its own client's name, or none."""
+    def norm(name):  # redis-py gives CLIENT GETNAME's answer as str
+        return name.encode() if isinstance(name, str) else name
+
+    primary = cluster.primary.client()
+    before = primary.info("stats")["total_connections_received"]
+    alpha, plain, gamma = proxy.client(), proxy.client(), proxy.client()
+    alpha.client_setname("alpha")
+    gamma.client_setname("gamma")
+    for i in range(40):
+        for c, name in ((alpha, b"alpha"), (plain, None), (gamma, b"gamma")):
+            p = c.pipeline(transaction=True)
+            p.client_getname()
+            p.incr("names:ctr")
+            got, _ = p.execute()
+            assert norm(got) == name, (i, got, name)
+    # A name the server refuses inside a transaction leaves the old one, on the proxy too.
+    p = alpha.pipeline(transaction=True)
+    p.execute_command("CLIENT", "SETNAME", "a b")
+    p.client_getname()
+    res = p.execute(raise_on_error=False)
+    assert isinstance(res[0], redis.ResponseError) and norm(res[1]) == b"alpha", res
+    assert norm(alpha.client_getname()) == b"alpha"
+    opened = primary.info("stats")["total_connections_received"] - before
+    assert opened <= 12, f"{opened} connections opened for 121 transactions"
+    # Renamed inside a transaction: the next transaction, on whichever connection, has it.
+    p = gamma.pipeline(transaction=True)
+    p.client_setname("delta")
+    p.execute()
+    for c, name in ((plain, None), (gamma, b"delta"), (alpha, b"alpha")):
+        p = c.pipeline(transaction=True)
+        p.client_getname()
+        got = p.execute()[0]
+        assert norm(got) == name == norm(c.client_getname()), (got, name)
+
+
 @pytest.mark.parametrize("args,expected", [
     (("HELLO", "4"), b"-NOPROTO unsupported protocol version\r\n"),
     (("HELLO", "x"), b"-ERR Protocol version is not an integer or out of range\r\n"),
