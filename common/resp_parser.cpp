@@ -560,6 +560,46 @@ void ReplyFramer::Discard(size_t n) {
   scan_ = 0;
 }
 
+// The elements of HGETALL, LRANGE, MGET, SMEMBERS... are bulk strings one after another:
+// those already whole are skipped in a tight loop over locals (a quarter of the loop's
+// instructions per element). It stops before the aggregate's last element, so it never
+// closes one, and at anything else (another type, a partial element, a long or signed length
+// line other than a null), leaving it to the loop, which decides exactly as before.
+void ReplyFramer::SkipWholeBulks(const char* data, size_t len) {
+  Level& top = stack_.back();
+  size_t p = pos_;
+  int64_t remaining = top.remaining;
+  const uint64_t max_bulk = limits_.max_bulk_len;
+  while (remaining > 1 && len - p >= 5 && data[p] == '$') {
+    const char* q = data + p + 1;  // the length's digits, then CRLF
+    const size_t avail = len - p - 1;
+    uint64_t n = static_cast<unsigned char>(q[0]) - static_cast<unsigned>('0');
+    if (n > 9) {
+      if (std::memcmp(q, "-1\r\n", 4) != 0) break;
+      p += 5;  // RESP2 null (MGET of a missing key)
+      --remaining;
+      continue;
+    }
+    // Up to 9 digits, no leading zero but "0" itself: FastLength's plain form.
+    size_t i = 1;
+    for (unsigned d; i < avail && i < 9 &&
+                     (d = static_cast<unsigned char>(q[i]) - static_cast<unsigned>('0')) <= 9;
+         ++i) {
+      n = n * 10 + d;
+    }
+    if ((q[0] == '0' && i > 1) || i + 1 >= avail || q[i] != '\r' || q[i + 1] != '\n' ||
+        n > max_bulk) {
+      break;
+    }
+    const size_t start = p + 1 + i + 2;
+    if (len - start < n + 2 || data[start + n] != '\r' || data[start + n + 1] != '\n') break;
+    p = start + n + 2;
+    --remaining;
+  }
+  pos_ = p;
+  top.remaining = remaining;
+}
+
 ParseStatus ReplyFramer::Frame(const char* data, size_t len, size_t* consumed) {
   *consumed = 0;
   if (failed_) return ParseStatus::kError;
@@ -596,6 +636,11 @@ ParseStatus ReplyFramer::Frame(const char* data, size_t len, size_t* consumed) {
       continue;
     }
     if (pos_ >= len) return ParseStatus::kIncomplete;
+    if (state_ == State::kHeader && !stack_.empty() && data[pos_] == '$' &&
+        stack_.back().kind == Kind::kCounted && stack_.back().remaining > 1) {
+      SkipWholeBulks(data, len);
+      if (pos_ >= len) return ParseStatus::kIncomplete;
+    }
     const char type = data[pos_];
     size_t cr = 0;
 

@@ -141,6 +141,7 @@ class ReplyFramer {
   ParseStatus FindCrlf(const char* data, size_t len, size_t max_content, size_t* cr);
   ParseStatus OpenAggregate(char type, const char* num, size_t n, bool* reply_done);
   bool CompleteElement();
+  void SkipWholeBulks(const char* data, size_t len);
   ParseStatus Done(size_t* consumed);
   ParseStatus Fail(std::string_view why);
 

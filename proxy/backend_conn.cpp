@@ -782,8 +782,8 @@ bool BackendConn::StalledFor(uint64_t now_ms, uint64_t ms) const {
     return false;
   }
   // A connection that replaced a stuck one and has heard nothing from the server since is no
-  // evidence that yet another would fare better (a paused or stopped server: a new one each
-  // timeout, for nothing).
+  // evidence that yet another would fare better (a paused or stopped server: a new one every
+  // second, for nothing).
   if (stall_replacement_) return false;
   // When the oldest request was queued (or last moved on while being sent).
   uint64_t timeout = worker_->timeout_ms();

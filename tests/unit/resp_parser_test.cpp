@@ -670,6 +670,32 @@ TEST_CASE("RespReply RESP3 types, every split") {
   CheckReply("~?\r\n+a\r\n*?\r\n$?\r\n;1\r\nx\r\n;0\r\n.\r\n*1\r\n_\r\n.\r\n");
 }
 
+TEST_CASE("RespReply arrays of bulk strings (the run taken in one loop), every split") {
+  // HGETALL / LRANGE / MGET shapes: runs of bulks, nulls and empty ones, the last element
+  // and nested aggregates left to the general loop, and other types breaking a run.
+  CheckReply("*4\r\n$2\r\nf1\r\n$2\r\nv1\r\n$2\r\nf2\r\n$10\r\nvalue-two!\r\n");
+  CheckReply("*5\r\n$-1\r\n$1\r\na\r\n$-1\r\n$0\r\n\r\n$-1\r\n");
+  CheckReply("*3\r\n$1\r\n\r\r\n$3\r\n\r\n\n\r\n*2\r\n$1\r\nx\r\n$1\r\ny\r\n");
+  CheckReply("*4\r\n$1\r\na\r\n:5\r\n$1\r\nb\r\n+c\r\n");
+  CheckReply("%2\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n*1\r\n$1\r\nd\r\n");
+  CheckReply("~3\r\n$1\r\na\r\n$+1\r\nb\r\n$01\r\nc\r\n");
+  CheckReply("*2\r\n*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$1\r\nd\r\n");
+  std::string big = "*300\r\n";
+  for (int i = 0; i < 300; ++i) {
+    const std::string v = i % 7 == 0 ? "" : std::to_string(i * 7919);
+    big += i % 11 == 0 ? "$-1\r\n" : "$" + std::to_string(v.size()) + "\r\n" + v + "\r\n";
+  }
+  CheckReply(big);
+  // An error inside a run is the same error as anywhere else.
+  CheckReplyError("*3\r\n$1\r\na\r\n$1\r\nbc\r\n$1\r\nd\r\n");
+  CheckReplyError("*3\r\n$1\r\na\r\n$-2\r\n$1\r\nd\r\n");
+  CheckReplyError("*3\r\n$1\r\na\r\n$x\r\n$1\r\nd\r\n");
+  RespLimits l;
+  l.max_bulk_len = 4;
+  CheckReply("*3\r\n$4\r\nabcd\r\n$4\r\nabcd\r\n$1\r\na\r\n", false, l);
+  CheckReplyError("*3\r\n$4\r\nabcd\r\n$5\r\nabcde\r\n$1\r\na\r\n", l);
+}
+
 TEST_CASE("RespReply is_error is about the top-level reply") {
   CheckReply("-ERR x\r\n", true);
   CheckReply("!3\r\nERR\r\n", true);
