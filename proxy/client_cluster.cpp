@@ -595,7 +595,7 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
     }
     if (EqualsLower(req.arg(0), "discard")) {
       cluster_multi_ = false;
-      if (pin_) pin_->multi_held.clear();
+      if (pin_) pin_->ClearHeld();
       Buffer b;
       resp::AppendSimple(b, "OK");
       ReplyNow(b);
@@ -604,7 +604,7 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
     if (d.route == Route::kLocal &&
         (d.local == LocalCommand::kQuit || d.local == LocalCommand::kReset)) {
       cluster_multi_ = false;
-      if (pin_) pin_->multi_held.clear();
+      if (pin_) pin_->ClearHeld();
       HandleLocal(d.local, req);
       return true;
     }
@@ -623,7 +623,7 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
     if (cluster_multi_) {
       // Redis flags the transaction: EXEC will abort.
       cluster_multi_ = false;
-      if (pin_) pin_->multi_held.clear();
+      if (pin_) pin_->ClearHeld();
       multi_refused_ = true;
     }
     return true;
@@ -634,6 +634,10 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
     // A keyless command before the transaction's first key (PING, CLIENT SETNAME...) does
     // not choose the shard: it is queued here and goes ahead of that command.
     pin().multi_held.emplace_back(raw, len);
+    if (d.route == Route::kLocal && d.local == LocalCommand::kClientSetName &&
+        ValidClientName(req.arg(2))) {
+      pin().held_name = std::string(req.arg(2));
+    }
     Buffer b;
     resp::AppendSimple(b, "QUEUED");
     ReplyNow(b);
@@ -648,6 +652,13 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
   if (g == Topology::kNoGroup) {
     worker_->stats().errors++;
     ReplyErrorNow(kSlotNotServed);
+    if (cluster_multi_) {
+      // As Redis does for a command refused inside MULTI, EXEC will abort the transaction;
+      // an EXEC refused here ends it.
+      cluster_multi_ = false;
+      if (pin_) pin_->ClearHeld();
+      multi_refused_ = !EqualsLower(req.arg(0), "exec");
+    }
     return true;
   }
   pin_group_ = g;

@@ -101,6 +101,7 @@ bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, cons
       SendPinned(held.data(), held.size(), {false, true, false});
     }
     if (!pin().multi_held.empty()) dedicated_->forget_client_name();  // one may be SETNAME
+    pin().multi_name = std::exchange(pin().held_name, std::nullopt);
     pin().multi_held.clear();
   }
   ForwardPinned(req, d, raw, len);
@@ -112,19 +113,33 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
   std::string_view name = req.arg(0);
   bool local = d.route == Route::kLocal;
   if (reset_forwarded_) ++after_reset_;
+  // The client's name follows the commands in the order the server runs them: RESET clears
+  // it, a CLIENT SETNAME or HELLO ... SETNAME sets it (one inside MULTI once EXEC runs it; a
+  // name the server refuses, never). The connection's own name is then unknown.
+  std::optional<std::string_view> sets_name;
   if (local && d.local == LocalCommand::kReset) {
     reset_forwarded_ = true;
     after_reset_ = 0;
-    if (dedicated_ != nullptr) dedicated_->set_client_name("");  // RESET clears the name
+    name_.clear();
+    pin().multi_name.reset();
+    in_multi_ = watching_ = false;  // what follows runs outside any transaction
+    if (dedicated_ != nullptr) dedicated_->set_client_name("");
   }
-  if (local && d.local == LocalCommand::kClientSetName) {
-    // The server refuses a name with a space in it and keeps the one it had.
-    if (ValidClientName(req.arg(2))) name_ = std::string(req.arg(2));
-    // The server may refuse the name (a space in it) or run it later (inside MULTI).
+  if (local && d.local == LocalCommand::kClientSetName) sets_name = req.arg(2);
+  if (local && d.local == LocalCommand::kHello) {
+    for (size_t i = 1; i + 1 < req.argc; ++i) {
+      if (EqualsLower(req.arg(i), "setname")) sets_name = req.arg(i + 1);
+    }
+  }
+  if (sets_name) {
     if (dedicated_ != nullptr) dedicated_->forget_client_name();
-  }
-  if (local && d.local == LocalCommand::kHello && dedicated_ != nullptr) {
-    dedicated_->forget_client_name();  // HELLO ... SETNAME
+    if (ValidClientName(*sets_name)) {
+      if (in_multi_) {
+        pin().multi_name = std::string(*sets_name);
+      } else {
+        name_ = std::string(*sets_name);
+      }
+    }
   }
   ++stream_outstanding_;
   PinnedReq kind{d.blocking && !in_multi_, false, d.push && !in_multi_};
@@ -144,7 +159,14 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
     // Only inside MULTI do they end the transaction and drop WATCHes; outside it Redis
     // answers an error and the WATCH stays (the connection must not be reused then).
     if (in_multi_) watching_ = false;
-    if (in_multi_ && EqualsLower(name, "exec")) last_write_group_ = pin_group_;
+    if (in_multi_ && EqualsLower(name, "exec")) {
+      last_write_group_ = pin_group_;
+      if (pin().multi_name) {
+        pin().exec_names.push_back(std::move(*pin().multi_name));
+        kind.names = true;
+      }
+    }
+    pin().multi_name.reset();
     in_multi_ = false;
   } else if (EqualsLower(name, "watch")) {
     watching_ = true;
@@ -361,6 +383,10 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     MaybeFinish();
     return;
   }
+  if (resub_renaming_ && resub_swallow_ > 0 && len == 5 && std::memcmp(data, "+OK\r\n", 5) == 0) {
+    resub_renaming_ = false;  // the CLIENT SETNAME ahead of the renewed subscriptions
+    return;
+  }
   if (resub_swallow_ > 0 && IsSubscribeConfirmation(data, len, cls_.proto)) {
     // The confirmations of renewed subscriptions: the client has had them already.
     if (--resub_swallow_ == 0) {
@@ -392,6 +418,14 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (!pin().inflight.empty()) {
     swallow = pin().inflight.front().swallow;
     blocking = pin().inflight.front().blocking;
+    if (pin().inflight.front().names && !pin().exec_names.empty()) {
+      // EXEC ran the transaction (an array, not a nil for a WATCH or an EXECABORT error): the
+      // CLIENT SETNAME queued in it renamed the client.
+      if (len > 1 && data[0] == '*' && data[1] != '-') {
+        name_ = std::move(pin().exec_names.front());
+      }
+      pin().exec_names.pop_front();
+    }
     pin().inflight.pop_front();
     ArmPinnedDeadline();
   }
@@ -437,7 +471,6 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     // backend credentials it is closed rather than reused.
     reset_forwarded_ = false;
     reply_off_ = reply_skip_ = false;
-    name_.clear();
     authenticated_ = NeedsNoAuth(worker_->config());
     // What arrived after RESET is framed again from its start by the parser for the new
     // state: a request half-read meanwhile must not resume in a parser the client may
@@ -653,6 +686,13 @@ void ClientSession::TryResubscribe() {
   dedicated_ = worker_->NewDedicatedConn(primary, this, cls_);
   pin().inject.Clear();
   resub_swallow_ = 0;
+  resub_renaming_ = !dedicated_->client_name_is(name_);
+  if (resub_renaming_) {
+    // An idle connection may carry another client's name; this one's goes first.
+    std::string_view args[] = {"CLIENT", "SETNAME", name_};
+    resp::AppendCommand(pin().inject, args);
+    dedicated_->set_client_name(name_);
+  }
   auto add = [&](const char* cmd, const std::set<std::string>& targets) {
     if (targets.empty()) return;
     std::vector<std::string_view> args{cmd};

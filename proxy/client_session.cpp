@@ -460,7 +460,7 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
       // Refused inside the transaction: like a command Redis rejects at queue time, it
       // makes EXEC fail.
       cluster_multi_ = false;
-      if (pin_) pin_->multi_held.clear();
+      if (pin_) pin_->ClearHeld();
       multi_refused_ = true;
       ReplyErrorNow(d.deny_reason);
       return true;

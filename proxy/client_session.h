@@ -197,6 +197,7 @@ class ClientSession {
     bool swallow = false;   // added by the proxy; its reply is not the client's
     bool push = false;      // switches the connection to unpaired replies (SUBSCRIBE, ...)
     uint64_t end = 0;       // BackendConn::queued_bytes() once it was sent (see SetDeadline)
+    bool names = false;     // an EXEC whose transaction renames the client if it runs
   };
   // `multi_first`: a MULTI held back (Redis Cluster) goes on the connection first.
   bool EnterPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len,
@@ -436,16 +437,25 @@ class ClientSession {
     std::set<std::string> channels, patterns, shard_channels;  // subscribed, per the server
     std::string resubscribe_reason;             // why the subscriptions are being renewed
     std::optional<PendingHello> hello_pending;  // HELLO ... AUTH: answered after the AUTH
-    std::vector<std::string> multi_held;  // Redis Cluster: keyless commands queued after MULTI
+    std::vector<std::string> multi_held;   // Redis Cluster: keyless commands queued after MULTI
+    std::optional<std::string> held_name;  // ... the name a CLIENT SETNAME among them gives
+    // The name a CLIENT SETNAME queued in the open transaction gives the client, and those
+    // of EXECs sent (PinnedReq::names): the client's once the EXEC's reply says it ran.
+    std::optional<std::string> multi_name;
+    std::deque<std::string> exec_names;
     // Answers the proxy gives itself inside the stream (a refused command, CLIENT ID/INFO/
     // LIST): each waits for the reply to its marker (see SendLocalMarker), in order.
     std::deque<std::pair<uint64_t, std::string>> local_replies;
     uint64_t local_token = 0;
     std::string local_out;  // the answer being delivered in place of a marker's reply
+    void ClearHeld() {
+      multi_held.clear();
+      held_name.reset();
+    }
     bool Empty() const {
       return backlog.empty() && backlog_kinds.empty() && inflight.empty() && channels.empty() &&
              patterns.empty() && shard_channels.empty() && !hello_pending && multi_held.empty() &&
-             local_replies.empty();
+             !held_name && !multi_name && exec_names.empty() && local_replies.empty();
     }
   };
   std::unique_ptr<PinState> pin_;
@@ -470,6 +480,7 @@ class ClientSession {
   bool resubscribing_ = false;      // waiting for a primary to renew them on
   uint64_t resubscribe_since_ = 0;  // worker clock; 0: not renewing
   size_t resub_swallow_ = 0;        // confirmations of the renewal still to drop
+  bool resub_renaming_ = false;     // ... and the +OK of the CLIENT SETNAME ahead of them
   bool in_multi_ = false;
   bool watching_ = false;
   // Cluster mode: the pinned session ends once what it sent is answered (EXEC sent, a

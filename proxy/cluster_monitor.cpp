@@ -157,8 +157,10 @@ void ClusterMonitor::OnSlots(ControlConn*, redisReply* reply, void* privdata) {
   }
   if (reply->type == REDIS_REPLY_ERROR) {
     error = std::string(reply->str, reply->len);
-  } else if (self->use_slots_ ? !map.FromClusterSlots(reply, &error)
-                              : !map.FromClusterShards(reply, self->config_->backend_tls, &error)) {
+  } else if (const std::string& asked = self->conn_->endpoint().host;
+             self->use_slots_
+                 ? !map.FromClusterSlots(reply, asked, &error)
+                 : !map.FromClusterShards(reply, self->config_->backend_tls, asked, &error)) {
     error = "not a slot map: " + error;
   }
   if (!error.empty()) {

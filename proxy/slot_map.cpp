@@ -8,15 +8,27 @@
 namespace kp {
 
 namespace {
-// [ip, port, id, ...] of one node; an empty ip means "the address you asked" (Redis 7 with
-// cluster-announce-hostname unset may send "" or "?" for it): not usable here.
-bool ParseNode(const redisReply* n, Endpoint* ep, std::string* id) {
+// A node's address as the map gives it, or the host of the node that was asked when the map
+// leaves it out: "" is what a node says of itself before another node has told it its IP
+// (always, in a cluster of one node), and "?" an endpoint the node does not know (cluster-
+// preferred-endpoint-type unknown-endpoint); clients then use the address they asked.
+std::string_view HostOrAsked(std::string_view host, std::string_view asked) {
+  return host.empty() || host == "?" ? asked : host;
+}
+
+// [ip, port, id, ...] of one node.
+bool ParseNode(const redisReply* n, std::string_view asked, Endpoint* ep, std::string* id) {
   if (n->type != REDIS_REPLY_ARRAY || n->elements < 2) return false;
   const redisReply* ip = n->element[0];
   const redisReply* port = n->element[1];
-  if (ip->type != REDIS_REPLY_STRING || port->type != REDIS_REPLY_INTEGER) return false;
-  if (port->integer <= 0 || port->integer > 65535 || ip->len == 0) return false;
-  ep->host.assign(ip->str, ip->len);
+  if ((ip->type != REDIS_REPLY_STRING && ip->type != REDIS_REPLY_NIL) ||
+      port->type != REDIS_REPLY_INTEGER) {
+    return false;
+  }
+  std::string_view host =
+      HostOrAsked(ip->type == REDIS_REPLY_STRING ? std::string_view(ip->str, ip->len) : "?", asked);
+  if (port->integer <= 0 || port->integer > 65535 || host.empty()) return false;
+  ep->host.assign(host);
   ep->port = static_cast<uint16_t>(port->integer);
   if (n->elements >= 3 && n->element[2]->type == REDIS_REPLY_STRING) {
     id->assign(n->element[2]->str, n->element[2]->len);
@@ -25,7 +37,8 @@ bool ParseNode(const redisReply* n, Endpoint* ep, std::string* id) {
 }
 }  // namespace
 
-bool SlotMap::FromClusterSlots(const redisReply* reply, std::string* error) {
+bool SlotMap::FromClusterSlots(const redisReply* reply, std::string_view asked,
+                               std::string* error) {
   if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY) {
     *error = "CLUSTER SLOTS: not an array";
     return false;
@@ -45,14 +58,14 @@ bool SlotMap::FromClusterSlots(const redisReply* reply, std::string* error) {
       return false;
     }
     ClusterShard shard;
-    if (!ParseNode(r->element[2], &shard.primary, &shard.primary_id)) {
+    if (!ParseNode(r->element[2], asked, &shard.primary, &shard.primary_id)) {
       *error = "CLUSTER SLOTS: entry " + std::to_string(i) + " has no usable primary";
       return false;
     }
     for (size_t k = 3; k < r->elements; ++k) {
       Endpoint ep;
       std::string id;
-      if (ParseNode(r->element[k], &ep, &id)) shard.replicas.push_back(ep);
+      if (ParseNode(r->element[k], asked, &ep, &id)) shard.replicas.push_back(ep);
     }
     auto same = [&](const ClusterShard& s) { return s.primary == shard.primary; };
     auto it = std::find_if(shards.begin(), shards.end(), same);
@@ -90,7 +103,8 @@ std::string_view Str(const redisReply* r) {
 }
 }  // namespace
 
-bool SlotMap::FromClusterShards(const redisReply* reply, bool tls, std::string* error) {
+bool SlotMap::FromClusterShards(const redisReply* reply, bool tls, std::string_view asked,
+                                std::string* error) {
   if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY) {
     *error = "CLUSTER SHARDS: not an array";
     return false;
@@ -111,7 +125,7 @@ bool SlotMap::FromClusterShards(const redisReply* reply, bool tls, std::string* 
     for (size_t k = 0; k < nodes->elements; ++k) {
       const redisReply* n = nodes->element[k];
       std::string_view host = Str(Field(n, "endpoint"));
-      if (host.empty() || host == "?") host = Str(Field(n, "ip"));
+      if (host.empty() || host == "?") host = HostOrAsked(Str(Field(n, "ip")), asked);
       const redisReply* port = tls ? Field(n, "tls-port") : nullptr;
       if (port == nullptr) port = Field(n, "port");
       if (host.empty() || port == nullptr || port->type != REDIS_REPLY_INTEGER ||

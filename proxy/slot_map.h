@@ -27,12 +27,14 @@ class SlotMap {
   static constexpr uint16_t kUnassigned = 0xFFFF;
 
   // From a CLUSTER SLOTS reply. False with *error when it is not one (the map is unchanged).
-  // Ranges of one primary become one shard, whatever order they come in.
-  bool FromClusterSlots(const redisReply* reply, std::string* error);
+  // Ranges of one primary become one shard, whatever order they come in. `asked`: the host
+  // of the node that answered, for nodes the reply gives no address of ("" or "?").
+  bool FromClusterSlots(const redisReply* reply, std::string_view asked, std::string* error);
   // From a CLUSTER SHARDS reply (Redis 7): shards without slots are kept (a node being
   // filled by a reshard is known before it owns anything), replicas that are not online are
   // left out. `tls`: nodes' tls-port where given.
-  bool FromClusterShards(const redisReply* reply, bool tls, std::string* error);
+  bool FromClusterShards(const redisReply* reply, bool tls, std::string_view asked,
+                         std::string* error);
 
   const std::vector<ClusterShard>& shards() const { return shards_; }
   // The shard serving `slot`, or kUnassigned (no node serves it: CLUSTERDOWN territory).

@@ -219,6 +219,63 @@ def test_hash_tag_transactions_and_watch(rproxy):
     assert c.set("after", 1) is True  # the connection is back on shared connections
 
 
+def test_a_one_node_cluster_is_served_and_a_slot_nobody_serves_aborts_the_transaction(
+        tmp_path):
+    """A cluster of one node (development setups, single-shard services) says "" for its own
+    address in CLUSTER SHARDS and SLOTS, as Redis does until another node tells it its IP:
+    the proxy takes the address it asked, as cluster clients do, where it used to leave every
+    slot unserved (CLUSTERDOWN for every command). With a slot nobody serves
+    (cluster-require-full-coverage no), a transaction whose first key falls there is refused
+    at that command and aborted at EXEC, as Redis does, and the client is out of it afterwards
+    (it used to stay in it: every later command answered QUEUED)."""
+    node = fixtures.RedisServer(
+        tmp_path, "solo", port=fixtures.free_cluster_port(),
+        extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-require-full-coverage", "no"])
+    node.start()
+    try:
+        direct = node.client()
+        gap = direct.execute_command("CLUSTER", "KEYSLOT", "{gap}")
+        ranges = [(0, gap - 1), (gap + 1, 16383)]
+        direct.execute_command("CLUSTER", "ADDSLOTSRANGE", *[b for r in ranges if r[0] <= r[1]
+                                                             for b in r])
+        wait_until(lambda: b"cluster_state:ok" in direct.execute_command("CLUSTER", "INFO"),
+                   10 * SLOWDOWN, what="one-node cluster ok")
+        assert direct.execute_command("CLUSTER", "SLOTS")[0][2][0] == b""  # what it says
+        proxy = Proxy(tmp_path, extra_args=["--cluster-nodes", f"{HOST}:{node.port}"])
+        proxy.start(timeout=30 * SLOWDOWN)
+        c = proxy.client()
+
+        def served():
+            try:
+                return c.set("solo:k", "v")
+            except redis.RedisError:
+                return False
+        wait_until(served, 10 * SLOWDOWN, what="the proxy serving the one node's slots")
+        assert c.get("solo:k") == b"v" and direct.get("solo:k") == b"v"
+        p = c.pipeline(transaction=True)
+        p.incr("{solo}n")
+        p.get("{solo}n")
+        assert p.execute() == [1, b"1"]
+        refused = (b"+OK\r\n", b"-CLUSTERDOWN Hash slot not served\r\n",
+                   b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+                   b"+PONG\r\n")
+        for port in (node.port, proxy.port):
+            with fixtures.connect(port) as sock:
+                sock.sendall(fixtures.encode_command("MULTI")
+                             + fixtures.encode_command("SET", "{gap}x", "1")
+                             + fixtures.encode_command("EXEC") + fixtures.encode_command("PING"))
+                assert tuple(fixtures.read_replies(sock, 4)[0]) == refused, port
+                # Keyless commands held before the first key go with the transaction.
+                sock.sendall(fixtures.encode_command("MULTI") + fixtures.encode_command("PING")
+                             + fixtures.encode_command("SET", "{gap}x", "1")
+                             + fixtures.encode_command("EXEC") + fixtures.encode_command("PING"))
+                assert tuple(fixtures.read_replies(sock, 5)[0]) == (
+                    refused[0], b"+QUEUED\r\n") + refused[1:], port
+    finally:
+        node.stop()
+
+
 def test_mixed_pipeline_across_shards_keeps_order(rproxy):
     c = rproxy.client()
     c.delete(*[f"ctr:{i}" for i in range(7)])

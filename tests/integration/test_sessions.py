@@ -626,6 +626,67 @@ def test_subscriber_survives_losing_its_connection(fresh_cluster, make_proxy):
     assert "marked down" not in p.stderr()
 
 
+def test_client_name_follows_transactions_resets_and_renewed_subscriptions(fresh_cluster,
+                                                                           make_proxy):
+    """The name a client has is the one Redis would give it, now that dedicated connections
+    of named clients are reused: a CLIENT SETNAME queued in a transaction counts only if EXEC
+    runs it (not after DISCARD, EXECABORT or a failed WATCH); RESET then SETNAME pipelined
+    leaves the new name; a subscriber whose connection is renewed on one another client
+    used keeps its own name."""
+    c = fresh_cluster
+    p = make_proxy(c.primary.port, [r.port for r in c.replicas], extra_args=["--workers", "1"])
+    primary = c.primary.client()
+
+    def run(sock, *cmds):
+        sock.sendall(b"".join(encode_command(*cmd) for cmd in cmds))
+        return read_replies(sock, len(cmds))[0]
+
+    def name_seen_by(port, *setup):
+        with connect(port) as sock:
+            run(sock, ("CLIENT", "SETNAME", "a"))
+            for step in setup:
+                run(sock, *step)
+            return (run(sock, ("CLIENT", "GETNAME")),
+                    run(sock, ("MULTI",), ("CLIENT", "GETNAME"), ("EXEC",))[-1])
+
+    cases = [
+        [[("MULTI",), ("CLIENT", "SETNAME", "b"), ("DISCARD",)]],
+        [[("MULTI",), ("CLIENT", "SETNAME", "b"), ("NOSUCHCMD",), ("EXEC",)]],
+        [[("MULTI",), ("CLIENT", "SETNAME", "b"), ("EXEC",)]],
+        [[("MULTI",), ("RESET",), ("CLIENT", "SETNAME", "x")]],
+        [[("WATCH", "nm:w"), ("RESET",), ("CLIENT", "SETNAME", "x")]],
+        [[("MULTI",), ("CLIENT", "SETNAME", "a b"), ("EXEC",)]],
+    ]
+    for steps in cases:
+        assert name_seen_by(p.port, *steps) == name_seen_by(c.primary.port, *steps), steps
+    # A WATCH that fails: EXEC answers nil and the queued name is not taken.
+    for port in (p.port, c.primary.port):
+        with connect(port) as sock:
+            run(sock, ("CLIENT", "SETNAME", "a"))
+            run(sock, ("WATCH", "nm:w"))
+            primary.set("nm:w", port)
+            assert run(sock, ("MULTI",), ("CLIENT", "SETNAME", "b"), ("EXEC",))[-1] in (
+                b"*-1\r\n", b"_\r\n")
+            assert run(sock, ("CLIENT", "GETNAME")) == [b"$1\r\na\r\n"], port
+    # A subscriber renewed on an idle connection that another named client left.
+    sub = connect(p.port)
+    run(sub, ("CLIENT", "SETNAME", "bob"))
+    assert run(sub, ("SUBSCRIBE", "nm:ch"))[0].startswith(b"*3\r\n$9\r\nsubscribe")
+    alice = connect(p.port)
+    run(alice, ("CLIENT", "SETNAME", "alice"))
+    for _ in range(2):  # leaves connections named alice idle in the worker
+        run(alice, ("MULTI",), ("SET", "nm:k", "1"), ("EXEC",))
+    assert primary.client_kill_filter(_type="pubsub") >= 1
+    wait_until(lambda: primary.pubsub_numsub("nm:ch") == [(b"nm:ch", 1)], 10 * SLOWDOWN,
+               what="subscription renewed")
+    names = {cl["name"] for cl in primary.client_list() if cl.get("cmd") == "subscribe"
+             or int(cl.get("sub", 0)) > 0}
+    assert names == {"bob"}, primary.client_list()
+    assert run(sub, ("PING",))[0] == b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+    sub.close()
+    alice.close()
+
+
 def test_unsubscribe_and_subscribe_in_one_batch_stay_subscribed(proxy, cluster):
     """UNSUBSCRIBE of the last channel and SUBSCRIBE of another in one write: the client is
     still a subscriber afterwards (messages arrive, nothing stray), and a PING with an

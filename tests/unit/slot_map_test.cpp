@@ -37,7 +37,7 @@ TEST_CASE("slot map: three shards with replicas, one primary split over two rang
   Reply r(resp);
   SlotMap m;
   std::string error;
-  REQUIRE(m.FromClusterSlots(r.reply, &error));
+  REQUIRE(m.FromClusterSlots(r.reply, "seed", &error));
   REQUIRE(m.shards().size() == 3);
   CHECK(m.unassigned() == 0);
   CHECK(m.shards()[0].primary == Endpoint{"10.0.0.1", 7000});
@@ -61,7 +61,7 @@ TEST_CASE("slot map: a reply captured from a 3-node redis-server 7.0 cluster") {
       "40\r\nee7f1a6139ad708f7c82b59c30b94a5e2b75b0e8\r\n*0\r\n");
   SlotMap m;
   std::string error;
-  REQUIRE(m.FromClusterSlots(r.reply, &error));
+  REQUIRE(m.FromClusterSlots(r.reply, "seed", &error));
   REQUIRE(m.shards().size() == 3);
   CHECK(m.unassigned() == 0);
   CHECK(m.shards()[0].primary == Endpoint{"127.0.0.1", 17911});
@@ -75,16 +75,47 @@ TEST_CASE("slot map: uncovered slots and malformed replies") {
   Reply part("*1\r\n*3\r\n:0\r\n:99\r\n" + Node("h", 1, "x"));
   SlotMap m;
   std::string error;
-  REQUIRE(m.FromClusterSlots(part.reply, &error));
+  REQUIRE(m.FromClusterSlots(part.reply, "seed", &error));
   CHECK(m.unassigned() == kClusterSlots - 100);
   CHECK(m.ShardOf(100) == SlotMap::kUnassigned);
 
   Reply bad_range("*1\r\n*3\r\n:10\r\n:5\r\n" + Node("h", 1, "x"));
-  CHECK_FALSE(m.FromClusterSlots(bad_range.reply, &error));
+  CHECK_FALSE(m.FromClusterSlots(bad_range.reply, "seed", &error));
   CHECK(error.find("bad range") != std::string::npos);
   CHECK(m.shards().size() == 1);  // unchanged
   Reply not_array("+OK\r\n");
-  CHECK_FALSE(m.FromClusterSlots(not_array.reply, &error));
+  CHECK_FALSE(m.FromClusterSlots(not_array.reply, "seed", &error));
+}
+
+TEST_CASE("slot map: a node without an address in the map is the node that was asked") {
+  // Captured from a one-node redis-server 7.0 cluster: a node never told its IP by another
+  // says "" of itself, in both replies.
+  Reply slots(
+      "*1\r\n*3\r\n:0\r\n:16383\r\n*4\r\n$0\r\n\r\n:17611\r\n$40\r\n0953c010d73fb2af8a4f7796a4"
+      "ebb33eaa7d3ca2\r\n*0\r\n");
+  Reply shards(
+      "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*1\r\n*14\r\n$2\r\nid"
+      "\r\n$40\r\n0953c010d73fb2af8a4f7796a4ebb33eaa7d3ca2\r\n$4\r\nport\r\n:17611\r\n$2\r\nip"
+      "\r\n$0\r\n\r\n$8\r\nendpoint\r\n$0\r\n\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$18\r\nrepli"
+      "cation-offset\r\n:0\r\n$6\r\nhealth\r\n$6\r\nonline\r\n");
+  std::string error;
+  SlotMap a, b;
+  REQUIRE(a.FromClusterSlots(slots.reply, "10.1.2.3", &error));
+  REQUIRE(b.FromClusterShards(shards.reply, false, "10.1.2.3", &error));
+  for (const SlotMap* m : {&a, &b}) {
+    REQUIRE(m->shards().size() == 1);
+    CHECK(m->shards()[0].primary == Endpoint{"10.1.2.3", 17611});
+    CHECK(m->unassigned() == 0);
+  }
+  // "?" and a null (cluster-preferred-endpoint-type unknown-endpoint): the same.
+  Reply unknown("*2\r\n*4\r\n:0\r\n:99\r\n" + Node("?", 7000, "a") + Node("10.0.0.9", 7001, "b") +
+                "*3\r\n:100\r\n:199\r\n*3\r\n$-1\r\n:7002\r\n$1\r\nc\r\n");
+  SlotMap c;
+  REQUIRE(c.FromClusterSlots(unknown.reply, "seed.example", &error));
+  REQUIRE(c.shards().size() == 2);
+  CHECK(c.shards()[0].primary == Endpoint{"seed.example", 7000});
+  CHECK(c.shards()[0].replicas == std::vector<Endpoint>{{"10.0.0.9", 7001}});
+  CHECK(c.shards()[1].primary == Endpoint{"seed.example", 7002});
 }
 
 }  // namespace
@@ -144,7 +175,7 @@ TEST_CASE("slot map: CLUSTER SHARDS captured from a redis-server 7.0 cluster aft
       "\n$6\r\nonline\r\n");
   SlotMap m;
   std::string error;
-  REQUIRE(m.FromClusterShards(r.reply, false, &error));
+  REQUIRE(m.FromClusterShards(r.reply, false, "seed", &error));
   REQUIRE(m.shards().size() == 3);
   CHECK(m.unassigned() == 0);
   CHECK(m.shards()[0].primary == Endpoint{"127.0.0.1", 13762});
@@ -175,7 +206,7 @@ TEST_CASE("slot map: CLUSTER SHARDS health, slotless shards and TLS ports") {
   Reply r(resp);
   SlotMap m;
   std::string error;
-  REQUIRE(m.FromClusterShards(r.reply, false, &error));
+  REQUIRE(m.FromClusterShards(r.reply, false, "seed", &error));
   REQUIRE(m.shards().size() == 3);
   CHECK(m.shards()[0].replicas == std::vector<Endpoint>{{"127.0.0.1", 7003}});
   CHECK(m.shards()[1].primary == Endpoint{"127.0.0.1", 7004});
@@ -184,13 +215,13 @@ TEST_CASE("slot map: CLUSTER SHARDS health, slotless shards and TLS ports") {
   CHECK(m.unassigned() == 0);
 
   SlotMap tls;
-  REQUIRE(tls.FromClusterShards(r.reply, true, &error));
+  REQUIRE(tls.FromClusterShards(r.reply, true, "seed", &error));
   CHECK(tls.shards()[1].primary == Endpoint{"127.0.0.1", 8004});
   CHECK(tls.shards()[0].primary == Endpoint{"127.0.0.1", 7000});  // no tls-port given
 
   Reply bad("*1\r\n*2\r\n$5\r\nslots\r\n*1\r\n:0\r\n");
   SlotMap unchanged;
-  CHECK_FALSE(unchanged.FromClusterShards(bad.reply, false, &error));
+  CHECK_FALSE(unchanged.FromClusterShards(bad.reply, false, "seed", &error));
   CHECK(error.find("CLUSTER SHARDS") != std::string::npos);
   CHECK(unchanged.unassigned() == kClusterSlots);
 }
