@@ -32,6 +32,7 @@ inline constexpr std::string_view kPrimaryTimeout =
 inline constexpr std::string_view kNoBackendForRead =
     "ERR kompress: no backend available for this read (replicas and primary are down)";
 inline constexpr std::string_view kPinnedLost =
-    "ERR kompress: connection to primary lost; session closed";
+    "ERR kompress: connection to primary lost; session closed; what was in flight may or may "
+    "not have been applied";
 
 }  // namespace kp::errors

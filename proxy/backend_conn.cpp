@@ -805,10 +805,10 @@ bool BackendConn::HasUnreadBytes() const {
 }
 
 void BackendConn::Fail(const std::string& reason, bool mark_down) {
-  // Nothing reached a server that was never connected to: what waits here was not applied.
-  // (Nor what waits behind a handshake: see HandshakeRefused and CheckTimeout, which answer
-  // it as such; here it is reported as possibly applied, as before.)
-  bool unsent = state_ != State::kReady;
+  // Nothing reached a server that was never connected to, nor one still in the handshake
+  // (no request goes out before the server has accepted all of it): what waits here was not
+  // applied, so a write waits for a primary and is sent again, and a read goes after it.
+  bool unsent = state_ != State::kReady || awaiting_handshake_;
   fail_soon_ = false;
   if (detached_ || retiring_)
     destroy_on_close_ = true;  // out of the pool: nobody would use it again

@@ -659,11 +659,18 @@ void ClientSession::OnStreamFailure(const std::string& reason) {
     worker_->Park(this);
     return;
   }
+  // With nothing asked and unanswered (an idle client inside WATCH, say) the client's
+  // connection just closes, as its own connection to Redis would: an error nobody asked for
+  // would be taken as the answer to its next command.
+  const bool asked = stream_outstanding_ > 0 || (pin_ && !pin_->backlog.empty());
   closing_after_flush_ = true;
   AbandonPinned();
-  Log().debug("client {}: pinned connection failed: {}", id_, reason);
-  worker_->stats().errors++;
-  ReplyErrorNow(std::string(errors::kPinnedLost) + " (" + reason + ")");
+  Log().info("client {}: pinned connection failed ({}); closing the client{}", id_, reason,
+             asked ? "" : " (nothing was in flight)");
+  if (asked) {
+    worker_->stats().errors++;
+    ReplyErrorNow(std::string(errors::kPinnedLost) + " (" + reason + ")");
+  }
   closing_after_flush_ = true;
   PauseReading();
   MaybeFinish();

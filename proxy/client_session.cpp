@@ -533,6 +533,7 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
   uint64_t deadline = worker_->now() + worker_->timeout_ms();
   if (s.is_read) {
     ReadTarget t = PickReadTarget(req, d, group);
+    if (t.wait) return false;
     if (t.replica != nullptr) {
       if (keep) s.request.Append(raw, len);
       worker_->stats().reads_replica++;
@@ -600,6 +601,7 @@ bool ClientSession::MayWait(const BackendGroup& g) const {
   // longer fails fast.
   const Backend* primary = g.primary();
   if (primary == nullptr || worker_->config().external_topology()) return true;
+  if (primary->serves_writes()) return true;  // a lost connection: a new one is opened
   return MonotonicMs() - primary->unavailable_since_ms() < worker_->timeout_ms();
 }
 
@@ -712,8 +714,16 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, cons
         writes_inflight_ > 0 ? ReadYourWrites::kPrimaryOnly : Ryw(g.id()).Requirement(g.progress());
     // Nothing newer than the replicas' data can be written while the primary is down, and
     // the replicas that serve reads then are those holding the newest data left: a replica
-    // known to have the client's write if there is one, else the best there is.
-    if (!primary_up && need == ReadYourWrites::kPrimaryOnly) need = ReadYourWrites::kAny;
+    // known to have the client's write if there is one, else the best there is. Except the
+    // client's own write still in flight: if it was never sent it runs on the next primary,
+    // so the read waits to go after it (or for it to fail).
+    if (!primary_up && need == ReadYourWrites::kPrimaryOnly) {
+      if (writes_inflight_ > 0) {
+        t.wait = true;
+        return t;
+      }
+      need = ReadYourWrites::kAny;
+    }
   }
   if (d.cursor_arg != 0 && req != nullptr) {
     // A cursor is only valid on the server that issued it, and clients interleave iterations
@@ -798,10 +808,14 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
   int64_t need = ReadYourWrites::kAny;
   BackendGroup& g = GroupOf(seq);
   const Backend* primary = g.primary();
-  if (worker_->config().read_your_writes && primary != nullptr && primary->serves_writes()) {
-    need =
-        writes_inflight_ > 0 ? ReadYourWrites::kPrimaryOnly : Ryw(g.id()).Requirement(g.progress());
-    if (need == ReadYourWrites::kPrimaryOnly) return false;
+  if (worker_->config().read_your_writes) {
+    // Not ahead of the client's own write: one waiting for a primary (never sent), or one
+    // still in flight, which may be sent to the next primary.
+    if (writes_inflight_ > 0 || (!parked_.empty() && parked_.front() < seq)) return false;
+    if (primary != nullptr && primary->serves_writes()) {
+      need = Ryw(g.id()).Requirement(g.progress());
+      if (need == ReadYourWrites::kPrimaryOnly) return false;
+    }
   }
   Backend* replica = worker_->PickReplica(g, need);
   if (replica == nullptr) return false;
@@ -981,10 +995,18 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
                            "(slow reads are not doubled onto the primary)");
     return;
   }
+  if (s.is_read && !s.request.empty() && !parked_.empty() && parked_.front() < seq) {
+    // An earlier request of this client was never sent and waits for a primary (a write on
+    // the same lost connection): a replica's answer now would not have it. The read goes
+    // after it.
+    Park(seq, s.request.data(), s.request.size());
+    return;
+  }
   if (s.is_read && from->is_primary() && !s.tried_replica && RetryOnReplica(seq)) return;
-  if (s.is_read && !timeout && worker_->topology().cluster() && !s.request.empty()) {
-    // A read changes nothing, so one the shard's primary failed can run again: it waits for
-    // the cluster to promote a replica (or the node to answer again), up to the timeout.
+  if (s.is_read && !timeout && !s.request.empty()) {
+    // A read changes nothing, so one whose connection to the primary was lost (CLIENT KILL,
+    // a restart, a failover) can run again: on a new connection, or on the primary the
+    // Sentinels or the cluster promote, up to the timeout.
     Park(seq, s.request.data(), s.request.size());
     return;
   }

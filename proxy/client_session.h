@@ -232,6 +232,7 @@ class ClientSession {
   struct ReadTarget {
     Backend* replica = nullptr;
     bool for_read_your_writes = false;
+    bool wait = false;  // behind the client's own write, with no primary to run after it on
   };
   // `req` is null for a request sent again after waiting (no cursor to stick to).
   ReadTarget PickReadTarget(const Request* req, const RouteDecision& d, const BackendGroup& g);

@@ -251,6 +251,94 @@ def test_primary_killed_writes_error_reads_flow_then_recover(fresh_cluster, fres
     assert fresh_proxy.alive
 
 
+def test_reads_in_flight_on_a_killed_primary_connection_run_again(fresh_cluster, fresh_proxy):
+    """CLIENT KILL TYPE normal on a healthy primary closes the proxy's connections while a
+    client's reads wait there behind its own write, with no replica able to answer them (both
+    stopped): the reads run again on a new connection instead of failing, each seeing the
+    client's write (or, when that write failed as "may or may not have been applied", the
+    one before). An idle client inside WATCH whose dedicated connection is killed is closed
+    without an answer it never asked for."""
+    c = fresh_cluster
+    client = fresh_proxy.client(timeout=10)
+    direct = c.primary.client()
+    for r in c.replicas:
+        r.sigstop()
+    info = fresh_proxy.client(timeout=5)
+    wait_until(lambda: b"role=replica,up=1" not in info.execute_command("PROXY", "INFO"),
+               10 * SLOWDOWN, what="both replicas marked down")
+    stop = threading.Event()
+
+    def killer():
+        while not stop.is_set():
+            time.sleep(0.1)
+            direct.client_kill_filter(_type="normal")
+
+    t = threading.Thread(target=killer, daemon=True)
+    reads, bad, write_errors, rounds, prev = 0, [], 0, 0, None
+    try:
+        client.set("rk:k", "v0")  # the replicas are marked down behind this
+        t.start()
+        deadline = time.monotonic() + 2.0 * SLOWDOWN
+        while time.monotonic() < deadline:
+            rounds += 1
+            value = f"v{rounds}".encode()
+            p = client.pipeline(transaction=False)
+            p.set("rk:k", value)
+            for _ in range(200):
+                p.get("rk:k")
+            out = p.execute(raise_on_error=False)
+            ok = out[0] is True
+            if not ok:
+                write_errors += 1
+                assert "may or may not have been applied" in str(out[0]), out[0]
+            for got in out[1:]:
+                reads += 1
+                if not (got == value or (not ok and got == prev)):
+                    bad.append(got)
+            prev = value if ok else prev
+    finally:
+        stop.set()
+        if t.is_alive():
+            t.join()
+        for r in c.replicas:
+            r.sigcont()
+    assert reads > 1000 and write_errors > 0, (reads, rounds, write_errors)
+    assert not bad, f"{len(bad)} of {reads} reads failed or wrong: {bad[:3]}"
+    # An idle client inside WATCH: its connection closes, and nothing else arrives.
+    with connect(fresh_proxy.port, timeout=5) as s:
+        s.sendall(encode_command("WATCH", "rk:w"))
+        assert read_replies(s, 1)[0] == [b"+OK\r\n"]
+        direct.client_kill_filter(_type="normal")
+        s.settimeout(5 * SLOWDOWN)
+        assert s.recv(1024) == b""
+
+
+def test_read_behind_a_write_never_sent_to_a_dead_primary_goes_after_it(fresh_cluster,
+                                                                        fresh_proxy):
+    """A client in database 3 pipelines SET then GET of one key while the proxy's connection
+    for that database is still in its handshake (SELECT 3 unanswered: the primary is stopped),
+    and the primary then dies (kill -9) and comes back on its port. Neither was sent: the SET
+    waits for the primary, and the GET must wait behind it, not be answered at once by a
+    replica with the old value while the SET is applied afterwards."""
+    c = fresh_cluster
+    direct = c.primary.client(db=3)
+    direct.set("ow:k", "old")
+    c.wait_replicated()
+    c.primary.sigstop()
+    with connect(fresh_proxy.port, timeout=10 * SLOWDOWN) as s:
+        s.sendall(encode_command("SELECT", "3"))  # answered by the proxy
+        assert read_replies(s, 1)[0] == [b"+OK\r\n"]
+        s.sendall(encode_command("SET", "ow:k", "new") + encode_command("GET", "ow:k"))
+        time.sleep(0.3 * PROXY_TIMEOUT_S)  # inside the handshake's timeout
+        c.primary.kill9()  # still stopped: it never reads the handshake
+        c.primary.stopped = False
+        c.primary.restart()
+        (set_reply, get_reply), _ = read_replies(s, 2, timeout=10 * SLOWDOWN)
+    assert set_reply == b"+OK\r\n", set_reply
+    assert get_reply == b"$3\r\nnew\r\n", get_reply
+    assert c.primary.client(db=3).get("ow:k") == b"new"
+
+
 def test_primary_stopped_writes_time_out_with_error(fresh_cluster, fresh_proxy):
     c = fresh_cluster
     keys = populate(c)
