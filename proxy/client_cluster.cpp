@@ -624,7 +624,7 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
       // Redis flags the transaction: EXEC will abort.
       cluster_multi_ = false;
       if (pin_) pin_->ClearHeld();
-      multi_refused_ = true;
+      multi_refused_ = multi_refused_queued_ = true;
     }
     return true;
   }
@@ -657,7 +657,7 @@ bool ClientSession::EnterPinnedCluster(const Request& req, const RouteDecision& 
       // an EXEC refused here ends it.
       cluster_multi_ = false;
       if (pin_) pin_->ClearHeld();
-      multi_refused_ = !EqualsLower(req.arg(0), "exec");
+      multi_refused_ = multi_refused_queued_ = !EqualsLower(req.arg(0), "exec");
     }
     return true;
   }

@@ -58,7 +58,10 @@ bool ClientSession::EnterPinned(const Request& req, const RouteDecision& d, cons
     worker_->stats().errors++;
     std::string why = PrimaryUnavailable(primary);
     // What follows a MULTI that could not start must not run outside the transaction.
-    if (multi_first || EqualsLower(req.arg(0), "multi")) multi_refused_ = true;
+    if (multi_first || EqualsLower(req.arg(0), "multi")) {
+      multi_refused_ = true;
+      multi_refused_queued_ = false;
+    }
     ReplyErrorNow(why);
     return true;
   }
@@ -113,22 +116,29 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
   std::string_view name = req.arg(0);
   bool local = d.route == Route::kLocal;
   if (reset_forwarded_) ++after_reset_;
-  // The client's name follows the commands in the order the server runs them: RESET clears
-  // it, a CLIENT SETNAME or HELLO ... SETNAME sets it (one inside MULTI once EXEC runs it; a
-  // name the server refuses, never). The connection's own name is then unknown.
+  // The client's name follows what the server runs, in its order: a CLIENT SETNAME or HELLO
+  // ... SETNAME once answered (not refused), one queued in MULTI once EXEC's reply says the
+  // transaction ran, RESET once answered (see ApplyNaming). The connection's own name is
+  // unknown from the moment one is sent.
+  PinnedReq kind{d.blocking && !in_multi_, false, d.push && !in_multi_};
   std::optional<std::string_view> sets_name;
   if (local && d.local == LocalCommand::kReset) {
     reset_forwarded_ = true;
     after_reset_ = 0;
-    name_.clear();
     pin().multi_name.reset();
     in_multi_ = watching_ = false;  // what follows runs outside any transaction
+    kind.naming = PinnedReq::kNameReset;
     if (dedicated_ != nullptr) dedicated_->set_client_name("");
   }
   if (local && d.local == LocalCommand::kClientSetName) sets_name = req.arg(2);
-  if (local && d.local == LocalCommand::kHello) {
-    for (size_t i = 1; i + 1 < req.argc; ++i) {
-      if (EqualsLower(req.arg(i), "setname")) sets_name = req.arg(i + 1);
+  if (local && d.local == LocalCommand::kHello && req.argc > 1) {
+    // HELLO protover [AUTH user pass] [SETNAME name]
+    for (size_t i = 2; i < req.argc; ++i) {
+      if (EqualsLower(req.arg(i), "auth")) {
+        i += 2;
+      } else if (EqualsLower(req.arg(i), "setname") && i + 1 < req.argc) {
+        sets_name = req.arg(++i);
+      }
     }
   }
   if (sets_name) {
@@ -137,12 +147,12 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
       if (in_multi_) {
         pin().multi_name = std::string(*sets_name);
       } else {
-        name_ = std::string(*sets_name);
+        kind.naming = PinnedReq::kNameSet;
+        kind.new_name = std::string(*sets_name);
       }
     }
   }
   ++stream_outstanding_;
-  PinnedReq kind{d.blocking && !in_multi_, false, d.push && !in_multi_};
   if (!in_multi_) {
     // CLIENT REPLY: whether the commands the proxy answers in the stream get an answer.
     reply_skip_ = false;  // a SKIP covered this command
@@ -152,27 +162,38 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
       if (EqualsLower(req.arg(2), "skip")) reply_skip_ = !reply_off_;
     }
   }
-  if (pin_permanent_) return kind;
+  // Transactions are followed whatever else holds the connection (MONITOR, CLIENT TRACKING,
+  // a RESET not answered yet): a connection left inside MULTI must never go back to the
+  // worker for another client.
   if (EqualsLower(name, "multi")) {
     in_multi_ = true;
-  } else if (EqualsLower(name, "exec") || EqualsLower(name, "discard")) {
+    return kind;
+  }
+  if (EqualsLower(name, "exec") || EqualsLower(name, "discard")) {
     // Only inside MULTI do they end the transaction and drop WATCHes; outside it Redis
     // answers an error and the WATCH stays (the connection must not be reused then).
     if (in_multi_) watching_ = false;
     if (in_multi_ && EqualsLower(name, "exec")) {
       last_write_group_ = pin_group_;
       if (pin().multi_name) {
-        pin().exec_names.push_back(std::move(*pin().multi_name));
-        kind.names = true;
+        kind.naming = PinnedReq::kNameExec;
+        kind.new_name = std::move(*pin().multi_name);
       }
     }
     pin().multi_name.reset();
     in_multi_ = false;
-  } else if (EqualsLower(name, "watch")) {
+    return kind;
+  }
+  if (EqualsLower(name, "watch")) {
     watching_ = true;
-  } else if (EqualsLower(name, "unwatch")) {
+    return kind;
+  }
+  if (EqualsLower(name, "unwatch")) {
     if (!in_multi_) watching_ = false;
-  } else if (EqualsLower(name, "wait")) {
+    return kind;
+  }
+  if (pin_permanent_) return kind;
+  if (EqualsLower(name, "wait")) {
     // WAIT changes nothing on the connection.
   } else if (d.push && name.size() >= 9 && EqualsLower(name.substr(name.size() - 9), "subscribe")) {
     // (P|S)(UN)SUBSCRIBE: pinned while subscribed; the confirmations say when that ends. A
@@ -349,10 +370,33 @@ void ClientSession::NoteSentPinned(PinnedReq kind) {
     dedicated_->SetDeadline(0);
     return;
   }
-  if (push_mode_) return;
+  if (push_mode_) {
+    // Replies are not paired with requests any more: a name is taken as the server will.
+    if (kind.naming != PinnedReq::kNameNone) ApplyNaming(kind, nullptr, 0);
+    return;
+  }
   kind.end = dedicated_->queued_bytes();
   pin().inflight.push_back(kind);
   if (pin().inflight.size() == 1) ArmPinnedDeadline();
+}
+
+void ClientSession::ApplyNaming(const PinnedReq& kind, const char* data, size_t len) {
+  // `data`: the server's reply, or null when it is not seen (push mode): taken as success.
+  const bool error = data != nullptr && len > 0 && (data[0] == '-' || data[0] == '!');
+  switch (kind.naming) {
+    case PinnedReq::kNameSet:
+      if (!error) name_ = kind.new_name;
+      break;
+    case PinnedReq::kNameExec:
+      // EXEC ran the transaction (an array, not a nil for a failed WATCH, not EXECABORT).
+      if (data == nullptr || (len > 1 && data[0] == '*' && data[1] != '-')) name_ = kind.new_name;
+      break;
+    case PinnedReq::kNameReset:
+      if (!error) name_.clear();
+      break;
+    default:
+      break;
+  }
 }
 
 void ClientSession::ArmPinnedDeadline() {
@@ -368,6 +412,16 @@ void ClientSession::ArmPinnedDeadline() {
 
 void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (closed_) return;
+  if (resub_renaming_ && resub_swallow_ > 0) {
+    // The answer to the CLIENT SETNAME ahead of the renewed subscriptions. Refused (an ACL
+    // user without CLIENT SETNAME), the subscriptions are renewed all the same, under
+    // whatever name the connection has.
+    resub_renaming_ = false;
+    if (len > 0 && (data[0] == '-' || data[0] == '!') && dedicated_ != nullptr) {
+      dedicated_->forget_client_name();
+    }
+    return;
+  }
   if (resub_swallow_ > 0 && len > 0 && (data[0] == '-' || data[0] == '!')) {
     // The renewal was refused (an ACL changed meanwhile...): the subscriber cannot be given
     // back what it had, so it is told and disconnected.
@@ -381,10 +435,6 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     ReplyErrorNow("ERR kompress: subscriptions lost and could not be renewed (" + why + ")");
     PauseReading();
     MaybeFinish();
-    return;
-  }
-  if (resub_renaming_ && resub_swallow_ > 0 && len == 5 && std::memcmp(data, "+OK\r\n", 5) == 0) {
-    resub_renaming_ = false;  // the CLIENT SETNAME ahead of the renewed subscriptions
     return;
   }
   if (resub_swallow_ > 0 && IsSubscribeConfirmation(data, len, cls_.proto)) {
@@ -418,13 +468,8 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (!pin().inflight.empty()) {
     swallow = pin().inflight.front().swallow;
     blocking = pin().inflight.front().blocking;
-    if (pin().inflight.front().names && !pin().exec_names.empty()) {
-      // EXEC ran the transaction (an array, not a nil for a WATCH or an EXECABORT error): the
-      // CLIENT SETNAME queued in it renamed the client.
-      if (len > 1 && data[0] == '*' && data[1] != '-') {
-        name_ = std::move(pin().exec_names.front());
-      }
-      pin().exec_names.pop_front();
+    if (pin().inflight.front().naming != PinnedReq::kNameNone) {
+      ApplyNaming(pin().inflight.front(), data, len);
     }
     pin().inflight.pop_front();
     ArmPinnedDeadline();
@@ -478,7 +523,8 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
     own_parser_.reset();
     if (preauth_parser_) preauth_parser_->Reset();
     pin_permanent_ = false;
-    in_multi_ = watching_ = false;
+    // (in_multi_ and watching_ were cleared as RESET was sent: a MULTI or WATCH sent after it
+    // holds again, and must keep the connection.)
     push_mode_ = subscribed_ = false;
     // Counting replies was meaningless in push mode; what is still due is what came after.
     stream_outstanding_ = after_reset_;
@@ -736,6 +782,12 @@ void ClientSession::InRefusedTransaction(const Request& req, const RouteDecision
   }
   if (EqualsLower(name, "multi")) return ReplyErrorNow("ERR MULTI calls can not be nested");
   if (EqualsLower(name, "watch")) return ReplyErrorNow("ERR WATCH inside MULTI is not allowed");
+  if (multi_refused_queued_) {
+    // A command of the transaction was refused: Redis queues the rest, and EXEC aborts.
+    scratch_.Clear();
+    resp::AppendSimple(scratch_, "QUEUED");
+    return ReplyNow(scratch_);
+  }
   worker_->stats().errors++;
   ReplyErrorNow(
       "ERR kompress: not queued: the transaction could not start (primary unavailable); EXEC "

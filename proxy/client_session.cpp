@@ -461,7 +461,7 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
       // makes EXEC fail.
       cluster_multi_ = false;
       if (pin_) pin_->ClearHeld();
-      multi_refused_ = true;
+      multi_refused_ = multi_refused_queued_ = true;
       ReplyErrorNow(d.deny_reason);
       return true;
     }

@@ -197,7 +197,11 @@ class ClientSession {
     bool swallow = false;   // added by the proxy; its reply is not the client's
     bool push = false;      // switches the connection to unpaired replies (SUBSCRIBE, ...)
     uint64_t end = 0;       // BackendConn::queued_bytes() once it was sent (see SetDeadline)
-    bool names = false;     // an EXEC whose transaction renames the client if it runs
+    // Renames the client once answered (see ApplyNaming): CLIENT SETNAME or HELLO SETNAME,
+    // an EXEC of a transaction with a CLIENT SETNAME in it, RESET.
+    enum Naming : uint8_t { kNameNone, kNameSet, kNameExec, kNameReset };
+    Naming naming = kNameNone;
+    std::string new_name{};
   };
   // `multi_first`: a MULTI held back (Redis Cluster) goes on the connection first.
   bool EnterPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len,
@@ -210,6 +214,7 @@ class ClientSession {
   PinnedReq TrackPinnedState(const Request& req, const RouteDecision& d);
   void SendPinned(const char* raw, size_t len, PinnedReq kind);
   void NoteSentPinned(PinnedReq kind);
+  void ApplyNaming(const PinnedReq& kind, const char* data, size_t len);
   void ArmPinnedDeadline();
   void MaybeUnpin();
   // Pub/sub: follows the subscription counts in (un)subscribe confirmations; at zero the
@@ -420,7 +425,10 @@ class ClientSession {
   // A request that needs a dedicated connection while no primary can take one (failover).
   bool waiting_to_pin_ = false;
   bool multi_refused_ = false;  // see InRefusedTransaction
-  bool auth_pending_ = false;   // a passthrough AUTH is with Redis: input waits for it
+  // ... refused at one of its commands (Redis Cluster: CROSSSLOT, a slot nobody serves; a
+  // denied command), not at MULTI: later commands are QUEUED, as Redis answers them.
+  bool multi_refused_queued_ = false;
+  bool auth_pending_ = false;  // a passthrough AUTH is with Redis: input waits for it
   struct PendingHello {
     int proto = 2;
     bool has_setname = false;
@@ -440,10 +448,9 @@ class ClientSession {
     std::optional<PendingHello> hello_pending;  // HELLO ... AUTH: answered after the AUTH
     std::vector<std::string> multi_held;   // Redis Cluster: keyless commands queued after MULTI
     std::optional<std::string> held_name;  // ... the name a CLIENT SETNAME among them gives
-    // The name a CLIENT SETNAME queued in the open transaction gives the client, and those
-    // of EXECs sent (PinnedReq::names): the client's once the EXEC's reply says it ran.
+    // The name a CLIENT SETNAME queued in the open transaction gives the client if EXEC
+    // runs it (the EXEC's PinnedReq carries it from there).
     std::optional<std::string> multi_name;
-    std::deque<std::string> exec_names;
     // Answers the proxy gives itself inside the stream (a refused command, CLIENT ID/INFO/
     // LIST): each waits for the reply to its marker (see SendLocalMarker), in order.
     std::deque<std::pair<uint64_t, std::string>> local_replies;
@@ -456,7 +463,7 @@ class ClientSession {
     bool Empty() const {
       return backlog.empty() && backlog_kinds.empty() && inflight.empty() && channels.empty() &&
              patterns.empty() && shard_channels.empty() && !hello_pending && multi_held.empty() &&
-             !held_name && !multi_name && exec_names.empty() && local_replies.empty();
+             !held_name && !multi_name && local_replies.empty();
     }
   };
   std::unique_ptr<PinState> pin_;

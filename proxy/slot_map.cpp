@@ -8,12 +8,14 @@
 namespace kp {
 
 namespace {
-// A node's address as the map gives it, or the host of the node that was asked when the map
-// leaves it out: "" is what a node says of itself before another node has told it its IP
-// (always, in a cluster of one node), and "?" an endpoint the node does not know (cluster-
-// preferred-endpoint-type unknown-endpoint); clients then use the address they asked.
+// A node's address as the map gives it, or the host of the node that was asked: "" is what
+// a node says of itself before another node has told it its IP (always, in a cluster of one
+// node), and a null the endpoint of the node asked (cluster-preferred-endpoint-type
+// unknown-endpoint); clients then use the address they asked. "?" is a node whose endpoint
+// is unknown, not necessarily the one asked: not usable.
 std::string_view HostOrAsked(std::string_view host, std::string_view asked) {
-  return host.empty() || host == "?" ? asked : host;
+  if (host == "?") return {};
+  return host.empty() ? asked : host;
 }
 
 // [ip, port, id, ...] of one node.
@@ -26,7 +28,7 @@ bool ParseNode(const redisReply* n, std::string_view asked, Endpoint* ep, std::s
     return false;
   }
   std::string_view host =
-      HostOrAsked(ip->type == REDIS_REPLY_STRING ? std::string_view(ip->str, ip->len) : "?", asked);
+      HostOrAsked(ip->type == REDIS_REPLY_STRING ? std::string_view(ip->str, ip->len) : "", asked);
   if (port->integer <= 0 || port->integer > 65535 || host.empty()) return false;
   ep->host.assign(host);
   ep->port = static_cast<uint16_t>(port->integer);

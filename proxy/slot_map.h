@@ -28,7 +28,7 @@ class SlotMap {
 
   // From a CLUSTER SLOTS reply. False with *error when it is not one (the map is unchanged).
   // Ranges of one primary become one shard, whatever order they come in. `asked`: the host
-  // of the node that answered, for nodes the reply gives no address of ("" or "?").
+  // of the node that answered, for nodes the reply gives no address of ("" or null).
   bool FromClusterSlots(const redisReply* reply, std::string_view asked, std::string* error);
   // From a CLUSTER SHARDS reply (Redis 7): shards without slots are kept (a node being
   // filled by a reshard is known before it owns anything), replicas that are not online are

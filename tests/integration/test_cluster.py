@@ -272,6 +272,14 @@ def test_a_one_node_cluster_is_served_and_a_slot_nobody_serves_aborts_the_transa
                              + fixtures.encode_command("EXEC") + fixtures.encode_command("PING"))
                 assert tuple(fixtures.read_replies(sock, 5)[0]) == (
                     refused[0], b"+QUEUED\r\n") + refused[1:], port
+                # Commands after the refused one are queued, and EXEC aborts all the same.
+                sock.sendall(fixtures.encode_command("MULTI")
+                             + fixtures.encode_command("SET", "{gap}x", "1")
+                             + fixtures.encode_command("SET", "{solo}y", "1")
+                             + fixtures.encode_command("EXEC") + fixtures.encode_command("PING"))
+                assert tuple(fixtures.read_replies(sock, 5)[0]) == refused[:2] + (
+                    b"+QUEUED\r\n",) + refused[2:], port
+        assert direct.exists("{solo}y") == 0
     finally:
         node.stop()
 
@@ -559,9 +567,8 @@ def test_split_requests_under_backpressure_large_parts_and_denials(rc, tmp_path)
             raw.send_command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
             with pytest.raises(redis.ResponseError, match="refused by the proxy"):
                 raw.read_response()
-            raw.send_command("SET", "{d}k", "2")
-            with pytest.raises(redis.ResponseError):
-                raw.read_response()
+            raw.send_command("SET", "{d}k", "2")  # queued, as Redis queues after a refusal
+            assert raw.read_response() == b"QUEUED"
             raw.send_command("EXEC")
             with pytest.raises(redis.exceptions.ExecAbortError):
                 raw.read_response()

@@ -656,6 +656,11 @@ def test_client_name_follows_transactions_resets_and_renewed_subscriptions(fresh
         [[("MULTI",), ("RESET",), ("CLIENT", "SETNAME", "x")]],
         [[("WATCH", "nm:w"), ("RESET",), ("CLIENT", "SETNAME", "x")]],
         [[("MULTI",), ("CLIENT", "SETNAME", "a b"), ("EXEC",)]],
+        [[("MULTI",), ("CLIENT", "SETNAME", "x"), ("EXEC",), ("CLIENT", "SETNAME", "c")]],
+        [[("MULTI",), ("CLIENT", "SETNAME", "x"), ("EXEC",), ("RESET",)]],
+        [[("WATCH", "nm:w"), ("HELLO", "4", "SETNAME", "b")], [("UNWATCH",)]],
+        [[("HELLO", "3")], [("SUBSCRIBE", "nm:c")], [("MULTI",), ("CLIENT", "SETNAME", "x"),
+                                                     ("EXEC",)], [("UNSUBSCRIBE", "nm:c")]],
     ]
     for steps in cases:
         assert name_seen_by(p.port, *steps) == name_seen_by(c.primary.port, *steps), steps
@@ -685,6 +690,29 @@ def test_client_name_follows_transactions_resets_and_renewed_subscriptions(fresh
     assert run(sub, ("PING",))[0] == b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
     sub.close()
     alice.close()
+
+
+def test_a_transaction_opened_after_a_pipelined_reset_stays_its_clients(cluster, proxy):
+    """WATCH, RESET, MULTI, SET in one write: the MULTI after RESET holds the dedicated
+    connection until EXEC. It used to go back to the worker at RESET's reply, still inside
+    MULTI: the next client's MULTI got "nested", and its EXEC ran the first client's SET."""
+    results = []
+    for port in (proxy.port, cluster.primary.port):
+        a, b = connect(port), connect(port)
+        a.sendall(encode_command("WATCH", "tr:k") + encode_command("RESET")
+                  + encode_command("MULTI") + encode_command("SET", "tr:k", "A"))
+        got = read_replies(a, 4)[0]
+        b.sendall(encode_command("MULTI") + encode_command("SET", "tr:b", "B")
+                  + encode_command("EXEC"))
+        got += read_replies(b, 3)[0]
+        a.sendall(encode_command("EXEC"))
+        got += read_replies(a, 1)[0]
+        results.append(got)
+        a.close()
+        b.close()
+    assert results[0] == results[1] == [
+        b"+OK\r\n", b"+RESET\r\n", b"+OK\r\n", b"+QUEUED\r\n",
+        b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n+OK\r\n", b"*1\r\n+OK\r\n"], results
 
 
 def test_unsubscribe_and_subscribe_in_one_batch_stay_subscribed(proxy, cluster):

@@ -107,14 +107,15 @@ TEST_CASE("slot map: a node without an address in the map is the node that was a
     CHECK(m->shards()[0].primary == Endpoint{"10.1.2.3", 17611});
     CHECK(m->unassigned() == 0);
   }
-  // "?" and a null (cluster-preferred-endpoint-type unknown-endpoint): the same.
-  Reply unknown("*2\r\n*4\r\n:0\r\n:99\r\n" + Node("?", 7000, "a") + Node("10.0.0.9", 7001, "b") +
+  // A null (cluster-preferred-endpoint-type unknown-endpoint) is the node asked too; "?" is
+  // an unknown node, not usable: a replica so named is left out.
+  Reply unknown("*2\r\n*4\r\n:0\r\n:99\r\n" + Node("10.0.0.8", 7000, "a") + Node("?", 7001, "b") +
                 "*3\r\n:100\r\n:199\r\n*3\r\n$-1\r\n:7002\r\n$1\r\nc\r\n");
   SlotMap c;
   REQUIRE(c.FromClusterSlots(unknown.reply, "seed.example", &error));
   REQUIRE(c.shards().size() == 2);
-  CHECK(c.shards()[0].primary == Endpoint{"seed.example", 7000});
-  CHECK(c.shards()[0].replicas == std::vector<Endpoint>{{"10.0.0.9", 7001}});
+  CHECK(c.shards()[0].primary == Endpoint{"10.0.0.8", 7000});
+  CHECK(c.shards()[0].replicas.empty());
   CHECK(c.shards()[1].primary == Endpoint{"seed.example", 7002});
 }
 
