@@ -1003,10 +1003,13 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     return;
   }
   if (s.is_read && from->is_primary() && !s.tried_replica && RetryOnReplica(seq)) return;
-  if (s.is_read && !timeout && !s.request.empty()) {
+  if (s.is_read && !timeout && !s.request.empty() && !s.rerun) {
     // A read changes nothing, so one whose connection to the primary was lost (CLIENT KILL,
     // a restart, a failover) can run again: on a new connection, or on the primary the
-    // Sentinels or the cluster promote, up to the timeout.
+    // Sentinels or the cluster promote, up to the timeout. Once: a read that loses its
+    // connection again is what closes it (over the server's output buffer limit, say), and
+    // sent again and again it would take every other request on the connection down too.
+    s.rerun = true;
     Park(seq, s.request.data(), s.request.size());
     return;
   }
@@ -1096,6 +1099,7 @@ uint64_t ClientSession::NewSlot() {
   s.is_read = false;
   s.tried_primary = false;
   s.tried_replica = false;
+  s.rerun = false;
   s.park_deadline = 0;
   s.streamed = 0;
   s.sent_bytes = 0;

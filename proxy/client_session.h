@@ -147,6 +147,7 @@ class ClientSession {
     bool is_read = false;
     bool tried_primary = false;
     bool tried_replica = false;  // a read the primary failed, re-sent to a replica
+    bool rerun = false;          // a read run again once after its connection was lost
     uint64_t park_deadline = 0;  // waiting for a backend until then (worker clock)
     size_t streamed = 0;         // bytes of a large reply passed on before it was complete
     size_t sent_bytes = 0;       // its request's bytes, counted in inflight_bytes_

@@ -313,6 +313,53 @@ def test_reads_in_flight_on_a_killed_primary_connection_run_again(fresh_cluster,
         assert s.recv(1024) == b""
 
 
+def test_a_read_the_server_drops_its_connection_for_is_run_again_only_once(fresh_cluster,
+                                                                           make_proxy):
+    """A read whose reply is over the servers' output buffer limit makes them close the
+    connection each time it runs. Run again once after a lost connection, it then fails with
+    that reason at once, instead of being sent again every few milliseconds for the whole
+    timeout (hundreds of reconnects, each failing every other client's request on the shared
+    connection as "may or may not have been applied")."""
+    c = fresh_cluster
+    c.primary.client().set("ob:big", "x" * (2 * 1024 * 1024))
+    c.wait_replicated()
+    for server in [c.primary, *c.replicas]:
+        server.client().config_set("client-output-buffer-limit", "normal 1mb 1mb 0")
+    p = make_proxy(c.primary.port, [r.port for r in c.replicas],
+                   extra_args=["--workers", "1", "--timeout", "2"])
+    before = c.primary.client().info("stats")["total_connections_received"]
+    writer = p.client(timeout=10)
+    stop = threading.Event()
+    write_errors = []
+
+    def write():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                writer.set(f"ob:w{i % 50}", i)
+            except Exception as exc:  # counted: the shared connection was taken down
+                write_errors.append(exc)
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    try:
+        reader = p.client(timeout=10)
+        reader.set("ob:mine", 1)  # read-your-writes: its next reads go to the primary
+        t0 = time.monotonic()
+        with pytest.raises(Exception) as err:
+            reader.get("ob:big")
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        t.join()
+    opened = c.primary.client().info("stats")["total_connections_received"] - before
+    assert "connection" in str(err.value), err.value
+    assert took < 1.0, f"the read took {took:.2f}s"
+    assert opened <= 10, f"{opened} connections opened to the primary"
+    assert len(write_errors) <= 5, write_errors[:3]
+
+
 def test_read_behind_a_write_never_sent_to_a_dead_primary_goes_after_it(fresh_cluster,
                                                                         fresh_proxy):
     """A client in database 3 pipelines SET then GET of one key while the proxy's connection
