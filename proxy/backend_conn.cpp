@@ -155,6 +155,17 @@ void BackendConn::QueueHandshake() {
     resp::AppendCommand(hs, args);
     kinds[n++] = kHandshakeReadonly;
   }
+  if (n == 0 && mode_ == Mode::kShared && backend_->is_primary()) {
+    // Nothing else to say first, on a primary: a PING all the same, so that no write goes
+    // out before the server has read something from this socket. A server being killed
+    // still completes connections into its listen backlog, and closes them unread a moment
+    // later; a write sent on one could not be known to be unapplied ("may or may not"),
+    // where behind an unanswered PING it is known unsent and waits for the next primary.
+    // Any answer, an error included (LOADING, NOAUTH), shows the server reading.
+    std::string_view args[] = {"PING"};
+    resp::AppendCommand(hs, args);
+    kinds[n++] = kHandshakePing;
+  }
   if (n == 0) return;
   const uint64_t hs_len = hs.size();
   queued_total_ += hs_len;
@@ -516,7 +527,7 @@ void BackendConn::ProcessReplies() {
         // AUTH / HELLO / SELECT of this connection: checked even when late (a refusal means
         // the connection is not what its class says, and must not carry requests).
         if (cancelled_ > 0) --cancelled_;
-        if (is_error) {
+        if (is_error && pr.seq != kHandshakePing) {
           HandshakeRefused(pr.seq, p, consumed);
           return;
         }

@@ -164,7 +164,7 @@ class BackendConn {
   // Connects, or answers what waits with a refusal of a moment ago.
   void ConnectUnlessRefusing();
   static constexpr uint8_t kHandshakeAuth = 0, kHandshakeHello = 1, kHandshakeSelect = 2,
-                           kHandshakeReadonly = 3;
+                           kHandshakeReadonly = 3, kHandshakePing = 4;
 
   static void AllocCb(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
   static void ReadCb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);

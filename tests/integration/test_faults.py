@@ -386,6 +386,40 @@ def test_read_behind_a_write_never_sent_to_a_dead_primary_goes_after_it(fresh_cl
     assert c.primary.client(db=3).get("ow:k") == b"new"
 
 
+def test_a_write_on_a_new_connection_to_a_dying_primary_waits_for_it_to_come_back(
+        fresh_cluster, fresh_proxy):
+    """A primary being killed still completes connections into its listen backlog and then
+    closes them unread. In database 0 a new connection has no AUTH or SELECT to send first;
+    the proxy's first write on it must still wait for the server to answer something (a
+    PING), so that when the server dies the write is known unsent and waits for the primary
+    to come back, instead of failing as "may or may not have been applied". Here the
+    primary drops the proxy's connections and then sleeps (DEBUG SLEEP), so the proxy's new
+    connection sits in the backlog, unread, until the kill."""
+    c = fresh_cluster
+    via = fresh_proxy.client(timeout=10 * SLOWDOWN)
+    assert via.set("dy:k", "old") is True  # the primary is known up, its connection made
+    c.wait_replicated()
+    # The proxy's connections that carried the SET, not its health check's: a health check
+    # that loses its connection holds writes until it has an answer again.
+    workers = [cl["id"] for cl in c.primary.client().client_list() if cl["cmd"] == "set"]
+    assert workers, c.primary.client().client_list()
+    with connect(c.primary.port, timeout=10) as d:
+        d.sendall(b"".join(encode_command("CLIENT", "KILL", "ID", i) for i in workers)
+                  + encode_command("DEBUG", "SLEEP", "30"))
+        # Its replies come after the sleep: not waited for. The write goes in at once, well
+        # inside the timeout after which the health check would give up on the primary.
+        time.sleep(0.02)
+        with connect(fresh_proxy.port, timeout=10 * SLOWDOWN) as s:
+            s.sendall(encode_command("SET", "dy:k", "new") + encode_command("GET", "dy:k"))
+            time.sleep(0.3 * PROXY_TIMEOUT_S)  # inside the timeout: both still wait
+            c.primary.kill9()  # asleep: it never read the proxy's new connection
+            c.primary.restart()
+            (set_reply, get_reply), _ = read_replies(s, 2, timeout=10 * SLOWDOWN)
+    assert set_reply == b"+OK\r\n", set_reply
+    assert get_reply == b"$3\r\nnew\r\n", get_reply
+    assert c.primary.client().get("dy:k") == b"new"
+
+
 def test_primary_stopped_writes_time_out_with_error(fresh_cluster, fresh_proxy):
     c = fresh_cluster
     keys = populate(c)
