@@ -384,7 +384,7 @@ bool ReplicationMonitor::FenceForRival(Backend& primary) {
   // Bounded: a node promoted by hand that the Sentinels do not act on must not stop writes
   // for good. A failover names its primary within seconds.
   const uint64_t now = MonotonicMs();
-  const uint64_t limit = std::max<uint64_t>(2 * timeout_ms_, 5000);
+  const uint64_t limit = FenceLimitMs();
   if (rival_since_ms_ == 0) rival_since_ms_ = now;
   if (now - rival_since_ms_ > limit) {
     if (rival_since_ms_ + limit + interval_ms_ >= now) {
@@ -405,6 +405,47 @@ bool ReplicationMonitor::FenceForRival(Backend& primary) {
     Log().warn("primary {} gets no writes: {}", primary.name(), why);
   }
   return true;
+}
+
+bool ReplicationMonitor::FenceForPromotion(Backend& primary) {
+  if (promoting_since_ms_ == 0) return false;
+  if (MonotonicMs() - promoting_since_ms_ > FenceLimitMs()) {
+    // Bounded like FenceForRival: a lost -failover-abort event must not stop writes for good.
+    Log().warn(
+        "no primary named {} ms after a Sentinel chose {} to promote: writes go to {} "
+        "again",
+        FenceLimitMs(), promoting_, primary.name());
+    promoting_since_ms_ = 0;
+    return false;
+  }
+  bool changed = primary.SetReplicationState(primary.down_epoch(), false, -1);
+  std::string why = "a Sentinel is promoting replica " + promoting_ +
+                    " in its place; writes wait for the Sentinels to name the primary";
+  primary.set_last_error(why);
+  if (changed) {
+    LogFields f{{"event", "primary_no_writes"}, {"backend", primary.name()}, {"reason", why}};
+    Log().warn("primary {} gets no writes: {}", primary.name(), why);
+  }
+  return true;
+}
+
+void ReplicationMonitor::FailoverStarting(const Endpoint& master, const Endpoint& replica) {
+  Backend* cur = group_.primary();
+  if (cur == nullptr || !Names(cur->endpoint(), master.host, master.port)) return;
+  promoting_since_ms_ = MonotonicMs();
+  promoting_ = replica.ToString();
+  FenceForPromotion(*cur);
+}
+
+void ReplicationMonitor::FailoverAborted(const Endpoint& master) {
+  Backend* cur = group_.primary();
+  if (promoting_since_ms_ == 0 || cur == nullptr ||
+      !Names(cur->endpoint(), master.host, master.port)) {
+    return;
+  }
+  promoting_since_ms_ = 0;
+  Log().info("the Sentinels aborted the failover of {}: writes go to it again once it confirms",
+             cur->name());
 }
 
 void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
@@ -435,7 +476,8 @@ void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
     PollReplicas();
     return;
   }
-  if (FenceForRival(b)) {
+  bool fenced = FenceForPromotion(b);
+  if (FenceForRival(b) || fenced) {
     b.MarkUp(p.epoch);
     PollReplicas();
     return;
@@ -450,6 +492,7 @@ void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
 void ReplicationMonitor::SwitchPrimary(Probe& to, const std::string& why) {
   Backend* old = group_.primary();
   group_.SetPrimary(to.backend);
+  promoting_since_ms_ = 0;
   LogFields f{{"event", "primary_changed"}, {"backend", to.backend->name()}, {"reason", why}};
   if (old == nullptr) {
     Log().info("primary is {}: {}", to.backend->name(), why);

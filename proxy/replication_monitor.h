@@ -17,6 +17,7 @@
 
 #include <uv.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -40,6 +41,15 @@ class ReplicationMonitor {
   // and its replicas. Nodes are added as needed; the named master becomes the primary once it
   // confirms the role.
   void ApplySentinelView(const Endpoint& master, const std::vector<Endpoint>& replicas);
+  // From the Sentinel client (+selected-slave): a Sentinel has chosen `replica` to promote in
+  // place of `master`, and sends it REPLICAOF NO ONE at its next tick (50-100 ms later).
+  // When `master` is the primary, it gets no more writes from now on: what it acknowledged
+  // after the promotion would be thrown away when it becomes the new primary's replica,
+  // while what it has taken until now reaches the replica before that. Ends with the
+  // switch, an abort (FailoverAborted), or after the bound of FenceForRival.
+  void FailoverStarting(const Endpoint& master, const Endpoint& replica);
+  // -failover-abort-*: the primary takes writes again once it confirms its role.
+  void FailoverAborted(const Endpoint& master);
   // Reload: new settings (intervals, timeouts, lag limits, credentials for new connections),
   // and with a static topology the configured primary and replicas, applied like a view.
   void Reconfigure(std::shared_ptr<const Config> config);
@@ -101,6 +111,11 @@ class ReplicationMonitor {
   // While there is such a rival, `primary` gets no writes (they would be lost when it is
   // turned into the new primary's replica): true when it was fenced.
   bool FenceForRival(Backend& primary);
+  // While a Sentinel is promoting a replica in its place (FailoverStarting), `primary` gets
+  // no writes: true when it was fenced.
+  bool FenceForPromotion(Backend& primary);
+  // How long a fence holds without the Sentinels naming a new primary.
+  uint64_t FenceLimitMs() const { return std::max<uint64_t>(2 * timeout_ms_, 5000); }
   void SwitchPrimary(Probe& to, const std::string& why);
   // Decides from its last answer whether a replica serves reads; logs changes.
   void Judge(Probe& p);
@@ -124,6 +139,10 @@ class ReplicationMonitor {
   bool primary_known_ = false;
   std::string primary_replid_;
   uint64_t rival_since_ms_ = 0;  // MonotonicMs when a rival primary was first seen (0: none)
+  // MonotonicMs of the Sentinel's +selected-slave for the primary (0: no promotion under
+  // way), and the replica it promotes.
+  uint64_t promoting_since_ms_ = 0;
+  std::string promoting_;
   int64_t primary_offset_ = -1;
   OffsetHistory history_;
   // When the monitor first saw the primary unreachable (0: it is reachable).

@@ -34,6 +34,19 @@ bool ToPort(std::string_view s, uint16_t* port) {
   return true;
 }
 
+// The words of an event's payload, split at single spaces.
+std::vector<std::string_view> Words(std::string_view payload) {
+  std::vector<std::string_view> f;
+  size_t pos = 0;
+  while (pos <= payload.size()) {
+    size_t sp = payload.find(' ', pos);
+    if (sp == std::string_view::npos) sp = payload.size();
+    f.push_back(payload.substr(pos, sp - pos));
+    pos = sp + 1;
+  }
+  return f;
+}
+
 // Whether `text` holds `word` delimited by spaces (or the ends).
 bool HasWord(std::string_view text, std::string_view word) {
   size_t pos = 0;
@@ -146,7 +159,8 @@ void SentinelClient::OnTick() {
       s.subscribed = s.sub->Subscribe(
           OnEvent, &s,
           "SUBSCRIBE +switch-master +sdown -sdown +odown -odown +slave +role-change "
-          "+convert-to-slave +failover-end +reboot");
+          "+convert-to-slave +failover-end +reboot +selected-slave "
+          "-failover-abort-slave-timeout");
     }
   }
   uint64_t timeout_ms = static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5);
@@ -243,21 +257,29 @@ void SentinelClient::OnEvent(ControlConn*, redisReply* r, void* privdata) {
   std::string_view payload = Str(r->element[2]);
   const std::string& name = self.config_->sentinel_master;
   if (!HasWord(payload, name)) return;  // another master's event
+  std::vector<std::string_view> f = Words(payload);
+  uint16_t port = 0, mport = 0;
   if (channel == "+switch-master") {
     // "<name> <old-ip> <old-port> <new-ip> <new-port>": act on it now (the new master
     // still confirms its role with the monitor), then ask for the replicas again.
-    std::vector<std::string_view> f;
-    size_t pos = 0;
-    while (pos <= payload.size()) {
-      size_t sp = payload.find(' ', pos);
-      if (sp == std::string_view::npos) sp = payload.size();
-      f.push_back(payload.substr(pos, sp - pos));
-      pos = sp + 1;
-    }
-    uint16_t port = 0;
     if (f.size() == 5 && f[0] == name && ToPort(f[4], &port)) {
       Log().info("Sentinel {}: +switch-master {}", s->endpoint.ToString(), payload);
       self.monitor_.ApplySentinelView(Endpoint{std::string(f[3]), port}, self.replicas_);
+    }
+  } else if (channel == "+selected-slave") {
+    // "slave <ip>:<port> <ip> <port> @ <name> <master-ip> <master-port>", published by the
+    // Sentinel leading a failover one tick before it promotes that replica.
+    if (f.size() == 8 && f[0] == "slave" && f[4] == "@" && f[5] == name && ToPort(f[3], &port) &&
+        ToPort(f[7], &mport)) {
+      Log().info("Sentinel {}: +selected-slave {}", s->endpoint.ToString(), payload);
+      self.monitor_.FailoverStarting(Endpoint{std::string(f[6]), mport},
+                                     Endpoint{std::string(f[2]), port});
+    }
+  } else if (channel.rfind("-failover-abort", 0) == 0) {
+    // "master <name> <ip> <port>"
+    if (f.size() == 4 && f[0] == "master" && f[1] == name && ToPort(f[3], &mport)) {
+      Log().info("Sentinel {}: {} {}", s->endpoint.ToString(), channel, payload);
+      self.monitor_.FailoverAborted(Endpoint{std::string(f[2]), mport});
     }
   } else {
     Log().debug("Sentinel {}: {} {}", s->endpoint.ToString(), channel, payload);
