@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 
 #include <cstring>
+#include <string_view>
 #include <tuple>
 
 #include "common/logging.h"
@@ -202,9 +203,11 @@ void BackendConn::HandshakeRefused(uint64_t kind, const char* p, size_t len) {
   const char* what = kind == kHandshakeAuth     ? "AUTH"
                      : kind == kHandshakeHello  ? "HELLO 3"
                      : kind == kHandshakeSelect ? "SELECT"
+                     : kind == kHandshakePing   ? "PING"
                                                 : "READONLY";
   std::string reason = std::string(what) + " refused: " + text;
-  if (mode_ == Mode::kShared && (kind == kHandshakeSelect || kind == kHandshakeReadonly)) {
+  if (mode_ == Mode::kShared &&
+      (kind == kHandshakeSelect || kind == kHandshakeReadonly || kind == kHandshakePing)) {
     // A busy server (a script running) refuses SELECT and READONLY, and would refuse every
     // request held behind them the same way; an ACL user may lack SELECT. Nothing behind the
     // handshake was sent, so on a primary each request gets that answer: the server's own
@@ -212,7 +215,10 @@ void BackendConn::HandshakeRefused(uint64_t kind, const char* p, size_t len) {
     // replica goes to the primary instead). For a moment new requests get it too without
     // connecting again: clients retrying on -BUSY opened thousands of connections a second,
     // one per refused attempt.
-    if (text.rfind("BUSY", 0) == 0) {
+    // A refused PING is the server's answer to anything on this connection, given verbatim:
+    // what Redis writes on accept and then closes with (max number of clients reached,
+    // DENIED by protected mode), LOADING, NOAUTH.
+    if (text.rfind("BUSY", 0) == 0 || kind == kHandshakePing) {
       refused_.assign(p, len);
     } else {
       refused_ = "-ERR kompress: " + reason + "\r\n";
@@ -527,7 +533,9 @@ void BackendConn::ProcessReplies() {
         // AUTH / HELLO / SELECT of this connection: checked even when late (a refusal means
         // the connection is not what its class says, and must not carry requests).
         if (cancelled_ > 0) --cancelled_;
-        if (is_error && pr.seq != kHandshakePing) {
+        // A PING the backend user may not run (NOPERM) still shows the server reading.
+        if (is_error &&
+            !(pr.seq == kHandshakePing && consumed > 7 && std::string_view(p + 1, 6) == "NOPERM")) {
           HandshakeRefused(pr.seq, p, consumed);
           return;
         }

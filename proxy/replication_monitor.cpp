@@ -409,12 +409,18 @@ bool ReplicationMonitor::FenceForRival(Backend& primary) {
 
 bool ReplicationMonitor::FenceForPromotion(Backend& primary) {
   if (promoting_since_ms_ == 0) return false;
-  if (MonotonicMs() - promoting_since_ms_ > FenceLimitMs()) {
-    // Bounded like FenceForRival: a lost -failover-abort event must not stop writes for good.
+  if (RivalPrimary() != nullptr) {
+    // The promotion came: FenceForRival holds writes from now on, on that evidence.
+    promoting_since_ms_ = 0;
+    return false;
+  }
+  if (MonotonicMs() - promoting_since_ms_ > PromotionFenceMs()) {
+    // The promotion did not come (or its probe answer did not): writes go on until there is
+    // evidence of one (FenceForRival). An abort event may never come.
     Log().warn(
-        "no primary named {} ms after a Sentinel chose {} to promote: writes go to {} "
-        "again",
-        FenceLimitMs(), promoting_, primary.name());
+        "replica {} chosen by a Sentinel for promotion does not answer as a primary "
+        "after {} ms: writes go to {} again",
+        promoting_, PromotionFenceMs(), primary.name());
     promoting_since_ms_ = 0;
     return false;
   }
@@ -476,8 +482,8 @@ void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
     PollReplicas();
     return;
   }
-  bool fenced = FenceForPromotion(b);
-  if (FenceForRival(b) || fenced) {
+  bool fenced = FenceForRival(b);
+  if (FenceForPromotion(b) || fenced) {
     b.MarkUp(p.epoch);
     PollReplicas();
     return;

@@ -46,7 +46,8 @@ class ReplicationMonitor {
   // When `master` is the primary, it gets no more writes from now on: what it acknowledged
   // after the promotion would be thrown away when it becomes the new primary's replica,
   // while what it has taken until now reaches the replica before that. Ends with the
-  // switch, an abort (FailoverAborted), or after the bound of FenceForRival.
+  // switch, an abort (FailoverAborted), or after PromotionFenceMs: by then the promoted
+  // replica answers as a primary, and FenceForRival holds writes on that evidence.
   void FailoverStarting(const Endpoint& master, const Endpoint& replica);
   // -failover-abort-*: the primary takes writes again once it confirms its role.
   void FailoverAborted(const Endpoint& master);
@@ -116,6 +117,14 @@ class ReplicationMonitor {
   bool FenceForPromotion(Backend& primary);
   // How long a fence holds without the Sentinels naming a new primary.
   uint64_t FenceLimitMs() const { return std::max<uint64_t>(2 * timeout_ms_, 5000); }
+  // How long FailoverStarting's fence holds on the Sentinel's word alone: the promotion comes
+  // one Sentinel tick (at most 100 ms) after +selected-slave and the next probe sees it. Well
+  // inside the timeout, so that writes held for a promotion that never comes (no abort
+  // event: the leader crashed; failover-timeout is minutes) still go through.
+  uint64_t PromotionFenceMs() const {
+    return std::min<uint64_t>(std::max<uint64_t>(500, 3 * interval_ms_ + 200),
+                              std::max<uint64_t>(timeout_ms_ / 2, 1));
+  }
   void SwitchPrimary(Probe& to, const std::string& why);
   // Decides from its last answer whether a replica serves reads; logs changes.
   void Judge(Probe& p);

@@ -420,6 +420,35 @@ def test_a_write_on_a_new_connection_to_a_dying_primary_waits_for_it_to_come_bac
     assert c.primary.client().get("dy:k") == b"new"
 
 
+def test_a_primary_refusing_new_connections_gets_its_own_answer_to_the_client(fresh_cluster,
+                                                                            fresh_proxy):
+    """A primary at maxclients writes "-ERR max number of clients reached" on accept and closes
+    the connection without reading it. Nothing was sent on that connection, and the client
+    gets the server's own words, as it would directly, not "may or may not have been
+    applied"; once the primary takes connections again, so does the write."""
+    c = fresh_cluster
+    d = c.primary.client()
+    try:
+        d.config_set("maxclients", len(d.client_list()))
+        # The proxy's first request: its worker has no connection to the primary yet.
+        with connect(fresh_proxy.port, timeout=10 * SLOWDOWN) as s:
+            s.sendall(encode_command("SET", "mc:k", "v"))
+            (reply,), _ = read_replies(s, 1, timeout=10 * SLOWDOWN)
+        assert reply == b"-ERR max number of clients reached\r\n", reply
+    finally:
+        d.config_set("maxclients", 10000)
+    assert d.get("mc:k") is None
+    via = fresh_proxy.client()
+
+    def written():
+        try:
+            return via.set("mc:k", "v") is True
+        except Exception:  # noqa: BLE001 - the refusal is held for a moment
+            return False
+    wait_until(written, 5 * SLOWDOWN, interval=0.2,
+               what="the write once the primary takes connections again")
+
+
 def test_primary_stopped_writes_time_out_with_error(fresh_cluster, fresh_proxy):
     c = fresh_cluster
     keys = populate(c)
