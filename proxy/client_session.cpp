@@ -706,6 +706,12 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, cons
   Worker& w = *worker_;
   const Backend* primary = g.primary();
   bool primary_up = primary != nullptr && primary->serves_writes();
+  // Up but not confirmed for a moment (a failover's fence before the Sentinels name the new
+  // primary, a connection closed under it): it took no writes since, but it may still hold
+  // the client's last one, which the replicas may not have. Such a read waits, as long as a
+  // change is under way, rather than take a replica's older value.
+  bool primary_held = !primary_up && primary != nullptr && primary->up() &&
+                      MonotonicMs() - primary->unavailable_since_ms() < w.timeout_ms();
   int64_t need = ReadYourWrites::kAny;
   if (w.config().read_your_writes) {
     // A read behind the client's own unanswered write goes after it, on the same primary
@@ -718,7 +724,7 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, cons
     // client's own write still in flight: if it was never sent it runs on the next primary,
     // so the read waits to go after it (or for it to fail).
     if (!primary_up && need == ReadYourWrites::kPrimaryOnly) {
-      if (writes_inflight_ > 0) {
+      if (writes_inflight_ > 0 || primary_held) {
         t.wait = true;
         return t;
       }
@@ -745,7 +751,13 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, cons
     }
   }
   if (need != ReadYourWrites::kPrimaryOnly) t.replica = w.PickReplica(g, need);
-  if (t.replica == nullptr && !primary_up && need >= 0) t.replica = w.PickReplica(g, -1);
+  if (t.replica == nullptr && !primary_up && need >= 0) {
+    if (primary_held) {
+      t.wait = true;
+      return t;
+    }
+    t.replica = w.PickReplica(g, -1);
+  }
   t.for_read_your_writes = t.replica == nullptr && need != ReadYourWrites::kAny;
   if (d.cursor_arg != 0) {
     scan_backend_ = t.replica;

@@ -439,6 +439,46 @@ def test_manual_failover_loses_no_acknowledged_write(fresh_cluster, sentinels, m
     assert lost == [], f"{len(lost)} acknowledged writes lost (first {lost[:5]})"
 
 
+def test_reads_after_a_write_never_go_stale_while_a_failover_holds_writes(fresh_cluster,
+                                                                         tmp_path, make_proxy):
+    """A client writes, then reads its key while a SENTINEL FAILOVER is under way. One replica
+    (which the Sentinels may not promote: replica-priority 0) has not applied the write (its
+    replication is paused), and the proxy's probes are slow (every 2 s), so no replica is
+    known to have it. From +selected-slave the old primary takes no writes, but it is up and
+    holds the client's write: the reads wait for the new primary (which has it) instead of
+    taking a replica's old value. Every read answers `new`, none fails."""
+    c = fresh_cluster
+    chosen, lagging = c.replicas
+    c.primary.client().set("ryw:k", "old")
+    c.wait_replicated()
+    lagging.client().config_set("replica-priority", 0)
+    sc = SentinelCluster(tmp_path / "sentinels", c)
+    try:
+        sc.start()
+        proxy, admin = sentinel_proxy(make_proxy, sc, timeout=5,
+                                      extra_args=["--health-check-interval", "2"])
+        wait_topology(admin, c.primary, c.replicas)
+        client = proxy.client(timeout=10)
+        lagging.client().execute_command("CLIENT", "PAUSE", str(int(6000 * SLOWDOWN)), "WRITE")
+        assert client.set("ryw:k", "new") is True
+        assert sc.sentinels[0].client().execute_command(
+            "SENTINEL", "FAILOVER", SENTINEL_MASTER) in (b"OK", "OK", True)
+        wait_until(lambda: "+selected-slave" in proxy.stderr(), 5 * SLOWDOWN, interval=0.005,
+                   what="the Sentinel to choose a replica (proxy log)")
+        got = []
+        t_end = time.monotonic() + 1.5
+        while time.monotonic() < t_end:
+            try:
+                got.append(client.get("ryw:k"))
+            except Exception as exc:  # noqa: BLE001
+                got.append(describe(exc))
+        assert got and all(v == b"new" for v in got), \
+            f"{sum(v != b'new' for v in got)} of {len(got)} reads: {sorted(set(map(str, got)))}"
+        assert chosen.client().get("ryw:k") == b"new"
+    finally:
+        sc.stop()
+
+
 def test_aborted_failover_lets_writes_through_again(fresh_cluster, sentinels, make_proxy):
     """SENTINEL FAILOVER, and as soon as the Sentinel has chosen a replica (+selected-slave,
     from then on writes wait) both replicas die, so the promotion never comes; the Sentinel
