@@ -156,13 +156,14 @@ void BackendConn::QueueHandshake() {
     resp::AppendCommand(hs, args);
     kinds[n++] = kHandshakeReadonly;
   }
-  if (n == 0 && mode_ == Mode::kShared && backend_->is_primary()) {
+  if (n == 0 && mode_ == Mode::kShared && !side_ && backend_->is_primary()) {
     // Nothing else to say first, on a primary: a PING all the same, so that no write goes
     // out before the server has read something from this socket. A server being killed
     // still completes connections into its listen backlog, and closes them unread a moment
     // later; a write sent on one could not be known to be unapplied ("may or may not"),
     // where behind an unanswered PING it is known unsent and waits for the next primary.
-    // Any answer, an error included (LOADING, NOAUTH), shows the server reading.
+    // An error answer is what the requests would get (see HandshakeRefused). Not on a side
+    // connection: SCRIPT/FUNCTION KILL go there while a script runs, when PING gets -BUSY.
     std::string_view args[] = {"PING"};
     resp::AppendCommand(hs, args);
     kinds[n++] = kHandshakePing;

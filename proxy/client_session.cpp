@@ -441,6 +441,7 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
       MaybeQuit();
       return true;
     }
+    if (HoldPinnedWrite(req, d)) return false;
     ForwardPinned(req, d, raw, len);
     return true;
   }

@@ -211,6 +211,10 @@ class ClientSession {
   // MULTI waits for the transaction's first command to name the shard.
   bool EnterPinnedCluster(const Request& req, const RouteDecision& d, const char* raw, size_t len);
   void ForwardPinned(const Request& req, const RouteDecision& d, const char* raw, size_t len);
+  // A write (or EXEC) on a dedicated connection to a primary that is up but takes no writes
+  // for a moment (a failover's fence): true when it waits (parked, like a MULTI waiting to
+  // pin), since the old primary would acknowledge it and then lose it to the new one.
+  bool HoldPinnedWrite(const Request& req, const RouteDecision& d);
   // Updates the pinned session's state for one forwarded request.
   PinnedReq TrackPinnedState(const Request& req, const RouteDecision& d);
   void SendPinned(const char* raw, size_t len, PinnedReq kind);

@@ -479,6 +479,45 @@ def test_reads_after_a_write_never_go_stale_while_a_failover_holds_writes(fresh_
         sc.stop()
 
 
+def test_a_transaction_acknowledged_during_a_failover_is_on_the_new_primary(
+        fresh_cluster, sentinels, make_proxy):
+    """A client has a transaction open (MULTI, SET queued on its dedicated connection to the
+    primary) when a SENTINEL FAILOVER starts, and sends EXEC once the chosen replica has been
+    promoted, before the Sentinels announce it. The old primary would run it and acknowledge
+    it, and the write would be thrown away when it becomes the new primary's replica. The
+    EXEC waits instead: the failover closes the session, and the client sees its transaction
+    failed. An EXEC acknowledged is one the new primary has."""
+    c, sc = fresh_cluster, sentinels
+    old = c.primary
+    proxy, admin = sentinel_proxy(make_proxy, sc, timeout=5)
+    wait_topology(admin, old, c.replicas)
+    with connect(proxy.port, timeout=10 * SLOWDOWN) as s:
+        s.sendall(encode_command("MULTI") + encode_command("SET", "ftx:k", "1"))
+        (r1, r2), rest = read_replies(s, 2)
+        assert (r1, r2) == (b"+OK\r\n", b"+QUEUED\r\n")
+        assert sc.sentinels[0].client().execute_command(
+            "SENTINEL", "FAILOVER", SENTINEL_MASTER) in (b"OK", "OK", True)
+        wait_until(lambda: any(role_of(r)[0] == "master" for r in c.replicas), 5 * SLOWDOWN,
+                   interval=0.01, what="a replica to be promoted")
+        s.sendall(encode_command("EXEC"))
+        try:
+            (outcome,), _ = read_replies(s, 1, timeout=10 * SLOWDOWN, buf=rest)
+        except ConnectionError as exc:
+            outcome = f"closed: {exc}"
+    new_port = sc.wait_master_changed(old.port, timeout=20)
+    new = next(r for r in c.replicas if r.port == new_port)
+    wait_until(lambda: primary_metric(admin, new) == 1, 10 * SLOWDOWN,
+               what="the proxy to name the new primary")
+    have = new.client().get("ftx:k")
+    print(f"\nEXEC during the failover: {outcome!r}; on the new primary: {have!r}")
+    if outcome == b"*1\r\n+OK\r\n":
+        assert have == b"1", "the transaction was acknowledged and then lost"
+    else:
+        assert str(outcome).startswith("closed"), outcome
+        assert have is None
+    assert proxy.client().set("ftx:after", "1") is True  # the proxy goes on
+
+
 def test_aborted_failover_lets_writes_through_again(fresh_cluster, sentinels, make_proxy):
     """SENTINEL FAILOVER, and as soon as the Sentinel has chosen a replica (+selected-slave,
     from then on writes wait) both replicas die, so the promotion never comes; the Sentinel
