@@ -1016,12 +1016,14 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     return;
   }
   if (s.is_read && from->is_primary() && !s.tried_replica && RetryOnReplica(seq)) return;
-  if (s.is_read && !timeout && !s.request.empty() && !s.rerun) {
+  if (s.is_read && !timeout && !s.request.empty() && (!s.rerun || unsent)) {
     // A read changes nothing, so one whose connection to the primary was lost (CLIENT KILL,
     // a restart, a failover) can run again: on a new connection, or on the primary the
     // Sentinels or the cluster promote, up to the timeout. Once: a read that loses its
     // connection again is what closes it (over the server's output buffer limit, say), and
     // sent again and again it would take every other request on the connection down too.
+    // One that was never sent (the new connection refused: the primary just died, and the
+    // monitor has not seen it yet) did not close anything, and waits on.
     s.rerun = true;
     Park(seq, s.request.data(), s.request.size());
     return;
