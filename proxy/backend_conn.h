@@ -161,6 +161,8 @@ class BackendConn {
   void QueueHandshake();
   void HandshakeRefused(uint64_t kind, const char* reply, size_t len);
   void HandshakeDone();
+  // Whether an error answer to the PING handshake refuses the connection (see there).
+  static bool RefusesService(const char* reply, size_t len);
   // Connects, or answers what waits with a refusal of a moment ago.
   void ConnectUnlessRefusing();
   static constexpr uint8_t kHandshakeAuth = 0, kHandshakeHello = 1, kHandshakeSelect = 2,

@@ -222,31 +222,41 @@ ClientSession::PinnedReq ClientSession::TrackPinnedState(const Request& req,
   return kind;
 }
 
-bool ClientSession::HoldPinnedWrite(const Request& req, const RouteDecision& d) {
+ClientSession::PinnedHold ClientSession::HoldPinnedWrite(const Request& req,
+                                                         const RouteDecision& d) {
   const Backend* on = dedicated_->backend();
   const Backend* primary = PinGroup().primary();
   bool exec = EqualsLower(req.arg(0), "exec");
-  // Queued inside MULTI nothing is applied yet: only EXEC, or a write outside one, waits.
+  // Queued inside MULTI nothing is applied yet: only EXEC, or a write outside one (blocking
+  // ones too: BLMOVE, BLPOP), waits.
+  bool write = d.route == Route::kWrite || (d.info != nullptr && d.info->is(kCmdWrite));
   // Also when another node is the primary already: the worker closes the session at its
   // next tick, and until then the old one would still take the write (and lose it).
   bool fenced = on == primary && primary != nullptr && !primary->serves_writes() && primary->up();
-  if (!(fenced || on != primary) || !(exec || (d.route == Route::kWrite && !in_multi_))) {
+  if (!(fenced || on != primary) || !(exec || (write && !in_multi_))) {
     pin_wait_deadline_ = 0;
-    return false;
+    return PinnedHold::kGo;
   }
   uint64_t now = worker_->now();
   if (pin_wait_deadline_ == 0) pin_wait_deadline_ = now + worker_->timeout_ms();
-  if (now >= pin_wait_deadline_ || !MayWait(PinGroup())) {
-    // Held a whole timeout: the fence is bounded well within that, so this is a primary
-    // that stays unconfirmed for its own reasons; the session goes on as it would directly.
-    pin_wait_deadline_ = 0;
-    return false;
+  if (now < pin_wait_deadline_ && MayWait(PinGroup())) {
+    // Sent once the primary is confirmed again; if another is named instead, the session's
+    // connection is closed with the change, and this was never sent.
+    waiting_to_pin_ = true;
+    worker_->Park(this);
+    return PinnedHold::kHeld;
   }
-  // Sent once the primary is confirmed again; if another is named instead, the session's
-  // connection is closed with the change, and this was never sent.
-  waiting_to_pin_ = true;
-  worker_->Park(this);
-  return true;
+  // A whole timeout and the primary still takes no writes: sent now, it could be
+  // acknowledged and lost. Not sent; the session ends (its state lives on that connection),
+  // with the reason, as when its connection is lost.
+  pin_wait_deadline_ = 0;
+  worker_->stats().errors++;
+  closing_after_flush_ = true;
+  AbandonPinned();
+  ReplyErrorNow(PrimaryUnavailable(primary) + "; not sent, session closed");
+  PauseReading();
+  MaybeFinish();
+  return PinnedHold::kEnded;
 }
 
 void ClientSession::ForwardPinned(const Request& req, const RouteDecision& d, const char* raw,

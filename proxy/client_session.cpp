@@ -441,7 +441,9 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
       MaybeQuit();
       return true;
     }
-    if (HoldPinnedWrite(req, d)) return false;
+    PinnedHold hold = HoldPinnedWrite(req, d);
+    if (hold == PinnedHold::kHeld) return false;
+    if (hold == PinnedHold::kEnded) return true;
     ForwardPinned(req, d, raw, len);
     return true;
   }
@@ -701,18 +703,23 @@ std::string ClientSession::PrimaryUnavailable(const Backend* primary) const {
   return msg + ")";
 }
 
+bool ClientSession::PrimaryHeld(const Backend* primary) const {
+  // Up but not confirmed (a failover's fence before the Sentinels name the new primary, a
+  // connection closed under it): it took no writes since, but it may hold the client's
+  // last one. With Sentinel or a cluster that lasts until the new primary is named; a static
+  // primary unconfirmed for a whole timeout is not coming back as it was.
+  if (primary == nullptr || primary->serves_writes() || !primary->up()) return false;
+  return worker_->config().external_topology() ||
+         MonotonicMs() - primary->unavailable_since_ms() < worker_->timeout_ms();
+}
+
 ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, const RouteDecision& d,
                                                         const BackendGroup& g) {
   ReadTarget t;
   Worker& w = *worker_;
   const Backend* primary = g.primary();
   bool primary_up = primary != nullptr && primary->serves_writes();
-  // Up but not confirmed for a moment (a failover's fence before the Sentinels name the new
-  // primary, a connection closed under it): it took no writes since, but it may still hold
-  // the client's last one, which the replicas may not have. Such a read waits, as long as a
-  // change is under way, rather than take a replica's older value.
-  bool primary_held = !primary_up && primary != nullptr && primary->up() &&
-                      MonotonicMs() - primary->unavailable_since_ms() < w.timeout_ms();
+  bool primary_held = PrimaryHeld(primary);
   int64_t need = ReadYourWrites::kAny;
   if (w.config().read_your_writes) {
     // A read behind the client's own unanswered write goes after it, on the same primary
@@ -825,7 +832,7 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
     // Not ahead of the client's own write: one waiting for a primary (never sent), or one
     // still in flight, which may be sent to the next primary.
     if (writes_inflight_ > 0 || (!parked_.empty() && parked_.front() < seq)) return false;
-    if (primary != nullptr && primary->serves_writes()) {
+    if (primary != nullptr && (primary->serves_writes() || PrimaryHeld(primary))) {
       need = Ryw(g.id()).Requirement(g.progress());
       if (need == ReadYourWrites::kPrimaryOnly) return false;
     }

@@ -214,7 +214,14 @@ class ClientSession {
   // A write (or EXEC) on a dedicated connection to a primary that is up but takes no writes
   // for a moment (a failover's fence): true when it waits (parked, like a MULTI waiting to
   // pin), since the old primary would acknowledge it and then lose it to the new one.
-  bool HoldPinnedWrite(const Request& req, const RouteDecision& d);
+  // kGo: send it; kHeld: not consumed, the session is parked; kEnded: the session was closed
+  // with an error instead (held a whole timeout and still no primary to send it to).
+  enum class PinnedHold { kGo, kHeld, kEnded };
+  PinnedHold HoldPinnedWrite(const Request& req, const RouteDecision& d);
+  // The group's primary is up but takes no writes for a moment (a failover's fence, a
+  // connection closed under it): it may hold the client's last write, which replicas may
+  // lack, so reads that need it wait rather than go to a replica.
+  bool PrimaryHeld(const Backend* primary) const;
   // Updates the pinned session's state for one forwarded request.
   PinnedReq TrackPinnedState(const Request& req, const RouteDecision& d);
   void SendPinned(const char* raw, size_t len, PinnedReq kind);

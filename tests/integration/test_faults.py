@@ -449,6 +449,24 @@ def test_a_primary_refusing_new_connections_gets_its_own_answer_to_the_client(fr
                what="the write once the primary takes connections again")
 
 
+def test_a_primary_that_refuses_the_proxys_ping_still_takes_its_requests(fresh_cluster,
+                                                                           fresh_proxy):
+    """The proxy says PING first on a new connection to the primary. A backend user that may
+    not run it (NOPERM; or PING renamed away) is still a server reading the socket: the
+    requests behind it go out and get their own answers."""
+    c = fresh_cluster
+    d = c.primary.client()
+    d.execute_command("ACL", "SETUSER", "default", "-ping")
+    try:
+        # The proxy's first request: its worker has no connection to the primary yet.
+        with connect(fresh_proxy.port, timeout=10 * SLOWDOWN) as s:
+            s.sendall(encode_command("SET", "np:k", "v") + encode_command("GET", "np:k"))
+            (r1, r2), _ = read_replies(s, 2, timeout=10 * SLOWDOWN)
+        assert (r1, r2) == (b"+OK\r\n", b"$1\r\nv\r\n"), (r1, r2)
+    finally:
+        d.execute_command("ACL", "SETUSER", "default", "+ping")
+
+
 def test_primary_stopped_writes_time_out_with_error(fresh_cluster, fresh_proxy):
     c = fresh_cluster
     keys = populate(c)
