@@ -395,16 +395,19 @@ bool ReplicationMonitor::FenceForRival(Backend& primary) {
     }
     return false;
   }
+  NoWrites(primary, "replica " + rival->name() +
+                        " reports itself promoted from it; writes wait for the Sentinels to "
+                        "name the primary");
+  return true;
+}
+
+void ReplicationMonitor::NoWrites(Backend& primary, const std::string& why) {
   bool changed = primary.SetReplicationState(primary.down_epoch(), false, -1);
-  std::string why = "replica " + rival->name() +
-                    " reports itself promoted from it; writes wait for the Sentinels to name "
-                    "the primary";
   primary.set_last_error(why);
   if (changed) {
     LogFields f{{"event", "primary_no_writes"}, {"backend", primary.name()}, {"reason", why}};
     Log().warn("primary {} gets no writes: {}", primary.name(), why);
   }
-  return true;
 }
 
 bool ReplicationMonitor::FenceForPromotion(Backend& primary) {
@@ -424,14 +427,8 @@ bool ReplicationMonitor::FenceForPromotion(Backend& primary) {
     promoting_since_ms_ = 0;
     return false;
   }
-  bool changed = primary.SetReplicationState(primary.down_epoch(), false, -1);
-  std::string why = "a Sentinel is promoting replica " + promoting_ +
-                    " in its place; writes wait for the Sentinels to name the primary";
-  primary.set_last_error(why);
-  if (changed) {
-    LogFields f{{"event", "primary_no_writes"}, {"backend", primary.name()}, {"reason", why}};
-    Log().warn("primary {} gets no writes: {}", primary.name(), why);
-  }
+  NoWrites(primary, "a Sentinel is promoting replica " + promoting_ +
+                        " in its place; writes wait for the Sentinels to name the primary");
   return true;
 }
 

@@ -115,6 +115,8 @@ class ReplicationMonitor {
   // While a Sentinel is promoting a replica in its place (FailoverStarting), `primary` gets
   // no writes: true when it was fenced.
   bool FenceForPromotion(Backend& primary);
+  // The primary takes no writes (they wait), for `why` (logged once, shown in errors).
+  void NoWrites(Backend& primary, const std::string& why);
   // How long a fence holds without the Sentinels naming a new primary.
   uint64_t FenceLimitMs() const { return std::max<uint64_t>(2 * timeout_ms_, 5000); }
   // How long FailoverStarting's fence holds on the Sentinel's word alone: the promotion comes
