@@ -191,6 +191,19 @@ void BackendConn::QueueHandshake() {
   }
 }
 
+bool BackendConn::RefusesService(const char* reply, size_t len) {
+  // The answers that refuse this connection anything, which the requests behind would get
+  // too: what Redis writes on accept before closing (max number of clients, DENIED by
+  // protected mode), LOADING, BUSY, NOAUTH, MASTERDOWN. Any other error to the PING (NOPERM,
+  // PING renamed away) still shows the server reading the socket.
+  std::string_view r(reply, len);
+  for (std::string_view p :
+       {"-LOADING", "-BUSY", "-NOAUTH", "-MASTERDOWN", "-DENIED", "-ERR max number of clients"}) {
+    if (r.substr(0, p.size()) == p) return true;
+  }
+  return false;
+}
+
 void BackendConn::HandshakeDone() {
   // Every part accepted: the connection is what its class says, and what waits goes out.
   awaiting_handshake_ = false;
@@ -534,9 +547,7 @@ void BackendConn::ProcessReplies() {
         // AUTH / HELLO / SELECT of this connection: checked even when late (a refusal means
         // the connection is not what its class says, and must not carry requests).
         if (cancelled_ > 0) --cancelled_;
-        // A PING the backend user may not run (NOPERM) still shows the server reading.
-        if (is_error &&
-            !(pr.seq == kHandshakePing && consumed > 7 && std::string_view(p + 1, 6) == "NOPERM")) {
+        if (is_error && (pr.seq != kHandshakePing || RefusesService(p, consumed))) {
           HandshakeRefused(pr.seq, p, consumed);
           return;
         }
