@@ -16,6 +16,20 @@ namespace {
 constexpr uint64_t kTickMs = 100;
 // How often the master and replicas are asked for when no event says something changed.
 constexpr uint64_t kRefreshMs = 1000;
+// A discovered Sentinel nobody has named (and that has not answered) for this long is
+// dropped: SENTINEL RESET, or a Sentinel moved elsewhere.
+constexpr uint64_t kForgetMs = 60000;
+// Sentinels followed at most (configured and discovered): a bound against a confused
+// deployment, far above the 3-5 of a real one.
+constexpr size_t kMaxSentinels = 32;
+
+bool IsLoopback(std::string_view host) {
+  return host == "localhost" || host.substr(0, 4) == "127." || host == "::1" || host == "[::1]";
+}
+
+bool SameSentinel(const Endpoint& a, const Endpoint& b) {
+  return a.port == b.port && (a.host == b.host || (IsLoopback(a.host) && IsLoopback(b.host)));
+}
 
 std::string_view Str(const redisReply* r) {
   if (r == nullptr || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)) return {};
@@ -82,20 +96,49 @@ void SentinelClient::SetConfig(std::shared_ptr<const Config> config) {
   sentinels_.clear();
   asking_ = false;
   next_ = 0;
-  for (const Endpoint& ep : config_->sentinels) {
-    auto s = std::make_unique<Sentinel>();
-    Sentinel* raw = s.get();
-    s->owner = this;
-    s->endpoint = ep;
-    s->cmd = std::make_unique<ControlConn>(
-        loop_, ep, config_->sentinel_username, config_->sentinel_password,
-        [raw](const std::string& why) { raw->owner->OnLost(*raw, false, why); });
-    s->sub = std::make_unique<ControlConn>(
-        loop_, ep, config_->sentinel_username, config_->sentinel_password,
-        [raw](const std::string& why) { raw->owner->OnLost(*raw, true, why); });
-    s->cmd->SetTls(tls_, config_->backend_tls_server_name);
-    s->sub->SetTls(tls_, config_->backend_tls_server_name);
-    sentinels_.push_back(std::move(s));
+  for (const Endpoint& ep : config_->sentinels) AddSentinel(ep, false);
+}
+
+SentinelClient::Sentinel& SentinelClient::AddSentinel(const Endpoint& ep, bool discovered) {
+  auto s = std::make_unique<Sentinel>();
+  Sentinel* raw = s.get();
+  s->owner = this;
+  s->endpoint = ep;
+  s->discovered = discovered;
+  s->seen_ms = uv_now(loop_);
+  s->cmd = std::make_unique<ControlConn>(
+      loop_, ep, config_->sentinel_username, config_->sentinel_password,
+      [raw](const std::string& why) { raw->owner->OnLost(*raw, false, why); });
+  s->sub = std::make_unique<ControlConn>(
+      loop_, ep, config_->sentinel_username, config_->sentinel_password,
+      [raw](const std::string& why) { raw->owner->OnLost(*raw, true, why); });
+  s->cmd->SetTls(tls_, config_->backend_tls_server_name);
+  s->sub->SetTls(tls_, config_->backend_tls_server_name);
+  sentinels_.push_back(std::move(s));
+  return *raw;
+}
+
+SentinelClient::Sentinel* SentinelClient::FindSentinel(const Endpoint& ep) const {
+  for (const auto& s : sentinels_) {
+    if (SameSentinel(s->endpoint, ep)) return s.get();
+  }
+  return nullptr;
+}
+
+void SentinelClient::ForgetStale(uint64_t now) {
+  for (size_t i = 0; i < sentinels_.size();) {
+    Sentinel& s = *sentinels_[i];
+    if (!s.discovered || now - s.seen_ms < kForgetMs || (asking_ && query_.sentinel == &s)) {
+      ++i;
+      continue;
+    }
+    Log().info("Sentinel {} is no longer named by the Sentinels; not followed any more",
+               s.endpoint.ToString());
+    s.cmd->Close();
+    s.sub->Close();
+    sentinels_.erase(sentinels_.begin() + static_cast<std::ptrdiff_t>(i));
+    if (next_ > i) --next_;
+    next_ %= sentinels_.size();  // configured ones are never dropped: never empty
   }
 }
 
@@ -168,6 +211,7 @@ void SentinelClient::OnTick() {
     query_.sentinel->cmd->Fail("no reply to SENTINEL within the timeout");
   }
   if (!asking_ && (ask_again_ || !have_view_ || now - last_ask_ms_ >= kRefreshMs)) Ask();
+  ForgetStale(now);
   NoteReachability();
 }
 
@@ -188,6 +232,9 @@ void SentinelClient::Ask() {
         !s.cmd->Command(OnReplicas, &query_, "SENTINEL replicas %s", name)) {
       continue;
     }
+    // The other Sentinels: their events too (see the header). Its reply comes after the
+    // query's end (OnReplicas); `s` outlives it (a connection closed drops its callbacks).
+    s.cmd->Command(OnSentinels, &s, "SENTINEL sentinels %s", name);
     asking_ = true;
     last_ask_ms_ = uv_now(loop_);
     return;
@@ -242,11 +289,46 @@ void SentinelClient::OnReplicas(ControlConn*, redisReply* r, void* privdata) {
   }
   s.answered = true;
   s.last_error.clear();
+  s.seen_ms = uv_now(self.loop_);
   self.next_ = index;  // keep asking the one that answers
   self.have_view_ = true;
   self.replicas_ = replicas;
   self.monitor_.ApplySentinelView(q->master, replicas);
   if (self.ask_again_) self.Ask();
+}
+
+void SentinelClient::OnSentinels(ControlConn*, redisReply* r, void* privdata) {
+  auto* from = static_cast<Sentinel*>(privdata);
+  SentinelClient& self = *from->owner;
+  // An error (an ACL that denies SENTINEL SENTINELS, an old Sentinel): only the Sentinels
+  // configured are followed, as before.
+  if (r->type != REDIS_REPLY_ARRAY) return;
+  uint64_t now = uv_now(self.loop_);
+  for (size_t i = 0; i < r->elements; ++i) {
+    const redisReply* e = r->element[i];
+    if (e->type != REDIS_REPLY_ARRAY) continue;
+    std::string_view ip;
+    uint16_t port = 0;
+    for (size_t k = 0; k + 1 < e->elements; k += 2) {
+      std::string_view key = Str(e->element[k]);
+      if (key == "ip") ip = Str(e->element[k + 1]);
+      if (key == "port") ToPort(Str(e->element[k + 1]), &port);
+    }
+    if (ip.empty() || port == 0) continue;
+    Endpoint ep{std::string(ip), port};
+    if (Sentinel* known = self.FindSentinel(ep); known != nullptr) {
+      known->seen_ms = now;
+      continue;
+    }
+    if (self.sentinels_.size() >= kMaxSentinels) {
+      Log().debug("Sentinel {} names {}: already following {} Sentinels", from->endpoint.ToString(),
+                  ep.ToString(), kMaxSentinels);
+      continue;
+    }
+    Log().info("Sentinel {} names Sentinel {}: following its events too", from->endpoint.ToString(),
+               ep.ToString());
+    self.AddSentinel(ep, true);  // connected and subscribed at the next tick
+  }
 }
 
 void SentinelClient::OnEvent(ControlConn*, redisReply* r, void* privdata) {
@@ -339,7 +421,7 @@ std::string SentinelClient::ReadyNotes() const {
   std::string out;
   for (const auto& s : sentinels_) {
     if (Reachable(*s)) ++up;
-    out += "sentinel " + s->endpoint.ToString() +
+    out += "sentinel " + s->endpoint.ToString() + (s->discovered ? " (discovered)" : "") +
            (Reachable(*s) ? " up\n"
                           : " down" + (s->last_error.empty() ? "" : ": " + s->last_error) + "\n");
   }

@@ -3,6 +3,9 @@
 // second, subscribes to every Sentinel's events (+switch-master, +sdown, +slave,
 // +role-change...) to ask again at once, and hands what it learns to the replication
 // monitor, which confirms the named master with the node itself before writes go there.
+// The Sentinels it is given name the others that watch the master (SENTINEL SENTINELS):
+// those are subscribed to as well, because only the one leading a failover announces the
+// replica it is about to promote (+selected-slave).
 // Losing a Sentinel means asking another; losing all of them keeps the last known topology
 // (logged once, shown in /readyz and /metrics).
 #pragma once
@@ -46,6 +49,10 @@ class SentinelClient {
     bool answered = false;  // its last query was answered
     bool lost = false;      // its query connection failed; cleared once re-made
     std::string last_error;
+    // Not configured: named by another Sentinel (SENTINEL SENTINELS). Forgotten when no
+    // Sentinel has named it, nor has it answered a query, for kForgetMs.
+    bool discovered = false;
+    uint64_t seen_ms = 0;
   };
   // One query in flight: the master's address, then its replicas.
   struct Query {
@@ -63,6 +70,12 @@ class SentinelClient {
   static bool Reachable(const Sentinel& s);
   static void OnMasterAddr(ControlConn* conn, redisReply* reply, void* privdata);
   static void OnReplicas(ControlConn* conn, redisReply* reply, void* privdata);
+  static void OnSentinels(ControlConn* conn, redisReply* reply, void* privdata);
+  // A Sentinel for `ep` (configured, or discovered before), or nullptr.
+  Sentinel* FindSentinel(const Endpoint& ep) const;
+  Sentinel& AddSentinel(const Endpoint& ep, bool discovered);
+  // Drops discovered Sentinels no longer named (not the one being asked).
+  void ForgetStale(uint64_t now);
   static void OnEvent(ControlConn* conn, redisReply* reply, void* privdata);
 
   uv_loop_t* loop_;

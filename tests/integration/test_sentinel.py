@@ -403,19 +403,43 @@ def test_failover_followed_without_restart(fresh_cluster, sentinels, make_proxy)
 
 # -- 2. a failover longer than the timeout: writes fail clearly, reads flow -------------------
 
-def test_manual_failover_loses_no_acknowledged_write(fresh_cluster, sentinels, make_proxy):
+class OnlySentinel:
+    """Stands for a SentinelCluster in sentinel_proxy: the proxy is given one Sentinel."""
+
+    def __init__(self, sentinel):
+        self.sentinel = sentinel
+
+    def addrs(self):
+        return self.sentinel.addr
+
+
+@pytest.mark.parametrize("given", ["all", "another"])
+def test_manual_failover_loses_no_acknowledged_write(fresh_cluster, sentinels, make_proxy,
+                                                     given):
     """SENTINEL FAILOVER: Sentinel promotes a replica and names it about a second later; the
     old primary keeps accepting writes meanwhile, and they are thrown away when it becomes
     the new primary's replica. The leading Sentinel announces its choice (+selected-slave)
     one tick (50-100 ms) before it sends REPLICAOF NO ONE: from then on the proxy holds
     writes until the Sentinels name the new primary, and what the old primary took before
     has reached the replica by the time it is promoted. So four writers going flat out lose
-    no acknowledged write, and no read is wrong."""
+    no acknowledged write, and no read is wrong.
+
+    Only the leading Sentinel announces its choice. Given ("another") just one Sentinel that
+    is not the one leading the failover, the proxy hears it because it subscribes to every
+    Sentinel the ones it was given know of (SENTINEL SENTINELS)."""
     c, sc = fresh_cluster, sentinels
     old = c.primary
     keys = populate(c)
-    proxy, admin = sentinel_proxy(make_proxy, sc, timeout=5)
+    proxy, admin = sentinel_proxy(
+        make_proxy, sc if given == "all" else OnlySentinel(sc.sentinels[1]), timeout=5)
     wait_topology(admin, old, c.replicas)
+    # The leader is one the proxy heard of from the Sentinel it was given.
+    wait_until(lambda: sentinel_up(admin, sc.sentinels[0]) == 1, 10 * SLOWDOWN, interval=0.05,
+               what=f"proxy metric kompress_sentinel_up for {sc.sentinels[0].addr}")
+    if given == "another":
+        _, body = http_get(admin, "/readyz")
+        assert f"sentinel {sc.sentinels[0].addr} (discovered) up" in body, body
+        assert f"sentinel {sc.sentinels[1].addr} up" in body, body
     loads = [Load(proxy, keys, read=(k == 0), pause=0, prefix=f"w{k}").start()
              for k in range(4)]
     t0 = time.monotonic()
