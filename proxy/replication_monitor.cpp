@@ -32,6 +32,8 @@ ReplicationMonitor::ReplicationMonitor(uv_loop_t* loop, std::shared_ptr<const Co
     : loop_(loop), group_(group) {
   uv_timer_init(loop_, &timer_);
   timer_.data = this;
+  uv_timer_init(loop_, &promotion_timer_);
+  promotion_timer_.data = this;
   SetConfig(std::move(config));
   static_primary_ = group_.primary();
   SyncProbes();
@@ -141,6 +143,8 @@ void ReplicationMonitor::Stop() {
   running_ = false;
   uv_timer_stop(&timer_);
   uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
+  uv_timer_stop(&promotion_timer_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&promotion_timer_), nullptr);
   for (auto& p : probes_) p->conn->Close();
 }
 
@@ -437,7 +441,37 @@ void ReplicationMonitor::FailoverStarting(const Endpoint& master, const Endpoint
   if (cur == nullptr || !Names(cur->endpoint(), master.host, master.port)) return;
   promoting_since_ms_ = MonotonicMs();
   promoting_ = replica.ToString();
+  promoting_node_ = group_.Find(replica);
+  if (promoting_node_ == cur) promoting_node_ = nullptr;
+  if (promoting_node_ != nullptr && running_) {
+    uv_timer_start(
+        &promotion_timer_,
+        [](uv_timer_t* t) { static_cast<ReplicationMonitor*>(t->data)->OnPromotionTick(); },
+        kPromotionProbeMs, kPromotionProbeMs);
+  }
   FenceForPromotion(*cur);
+}
+
+void ReplicationMonitor::OnPromotionTick() {
+  Backend* cur = group_.primary();
+  if (promoting_since_ms_ == 0 || promoting_node_ == nullptr || cur == nullptr) {
+    uv_timer_stop(&promotion_timer_);
+    return;
+  }
+  if (MonotonicMs() - promoting_since_ms_ > PromotionFenceMs()) {
+    // FenceForPromotion ends the fence on the primary's answer.
+    Probe& pp = ProbeOf(cur);
+    if (pp.conn->established() && !pp.awaiting) SendProbe(pp);
+    uv_timer_stop(&promotion_timer_);
+    return;
+  }
+  Probe& p = ProbeOf(promoting_node_);
+  if (!p.conn->open()) {
+    p.conn->Connect();
+    SendProbe(p);  // queued until the connection is made
+  } else if (p.conn->established() && !p.awaiting) {
+    SendProbe(p);
+  }
 }
 
 void ReplicationMonitor::FailoverAborted(const Endpoint& master) {

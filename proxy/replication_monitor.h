@@ -47,7 +47,9 @@ class ReplicationMonitor {
   // after the promotion would be thrown away when it becomes the new primary's replica,
   // while what it has taken until now reaches the replica before that. Ends with the
   // switch, an abort (FailoverAborted), or after PromotionFenceMs: by then the promoted
-  // replica answers as a primary, and FenceForRival holds writes on that evidence.
+  // replica answers as a primary, and FenceForRival holds writes on that evidence. The
+  // replica is probed every kPromotionProbeMs meanwhile, whatever health_check_interval is,
+  // so that answer comes within the fence.
   void FailoverStarting(const Endpoint& master, const Endpoint& replica);
   // -failover-abort-*: the primary takes writes again once it confirms its role.
   void FailoverAborted(const Endpoint& master);
@@ -120,13 +122,19 @@ class ReplicationMonitor {
   // How long a fence holds without the Sentinels naming a new primary.
   uint64_t FenceLimitMs() const { return std::max<uint64_t>(2 * timeout_ms_, 5000); }
   // How long FailoverStarting's fence holds on the Sentinel's word alone: the promotion comes
-  // one Sentinel tick (at most 100 ms) after +selected-slave and the next probe sees it. Well
-  // inside the timeout, so that writes held for a promotion that never comes (no abort
-  // event: the leader crashed; failover-timeout is minutes) still go through.
+  // one Sentinel tick (at most 100 ms) after +selected-slave and the next probe of the
+  // replica sees it. Well inside the timeout, so that writes held for a promotion that never
+  // comes (no abort event: the leader crashed; failover-timeout is minutes) still go through.
   uint64_t PromotionFenceMs() const {
-    return std::min<uint64_t>(std::max<uint64_t>(500, 3 * interval_ms_ + 200),
+    uint64_t probe_ms = promoting_node_ != nullptr ? kPromotionProbeMs : interval_ms_;
+    return std::min<uint64_t>(std::max<uint64_t>(500, 3 * probe_ms + 200),
                               std::max<uint64_t>(timeout_ms_ / 2, 1));
   }
+  static constexpr uint64_t kPromotionProbeMs = 20;
+  // Every kPromotionProbeMs while the promotion fence holds: the chosen replica is asked
+  // for its role; once the fence is over, the primary is asked at once (writes resume on
+  // its answer, not a whole interval later).
+  void OnPromotionTick();
   void SwitchPrimary(Probe& to, const std::string& why);
   // Decides from its last answer whether a replica serves reads; logs changes.
   void Judge(Probe& p);
@@ -154,6 +162,8 @@ class ReplicationMonitor {
   // way), and the replica it promotes.
   uint64_t promoting_since_ms_ = 0;
   std::string promoting_;
+  Backend* promoting_node_ = nullptr;  // the chosen replica, if it is one of this group's
+  uv_timer_t promotion_timer_;
   int64_t primary_offset_ = -1;
   OffsetHistory history_;
   // When the monitor first saw the primary unreachable (0: it is reachable).
