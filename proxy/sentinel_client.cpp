@@ -16,12 +16,12 @@ namespace {
 constexpr uint64_t kTickMs = 100;
 // How often the master and replicas are asked for when no event says something changed.
 constexpr uint64_t kRefreshMs = 1000;
-// A discovered Sentinel nobody has named (and that has not answered) for this long is
-// dropped: SENTINEL RESET, or a Sentinel moved elsewhere.
+// A discovered Sentinel nobody has named for this long is dropped: SENTINEL RESET, or a
+// Sentinel moved elsewhere.
 constexpr uint64_t kForgetMs = 60000;
-// Sentinels followed at most (configured and discovered): a bound against a confused
-// deployment, far above the 3-5 of a real one.
-constexpr size_t kMaxSentinels = 32;
+// A discovered Sentinel that cannot be reached is tried again at most this often (one that
+// is down stays listed by the others until they are reset).
+constexpr uint64_t kRetryMs = 1000;
 
 bool IsLoopback(std::string_view host) {
   return host == "localhost" || host.substr(0, 4) == "127." || host == "::1" || host == "[::1]";
@@ -90,62 +90,79 @@ void SentinelClient::SetConfig(std::shared_ptr<const Config> config) {
   uint64_t timeout_ms = static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5);
   connect_timeout_ms_ = std::max<uint64_t>(std::min<uint64_t>(timeout_ms, 1000), 100);
   for (auto& s : sentinels_) {
-    s->cmd->Close();
+    if (s->cmd) s->cmd->Close();
     s->sub->Close();
   }
   sentinels_.clear();
   asking_ = false;
   next_ = 0;
-  for (const Endpoint& ep : config_->sentinels) AddSentinel(ep, false);
+  for (const Endpoint& ep : config_->sentinels) AddSentinel(ep, false, "");
 }
 
-SentinelClient::Sentinel& SentinelClient::AddSentinel(const Endpoint& ep, bool discovered) {
+SentinelClient::Sentinel& SentinelClient::AddSentinel(const Endpoint& ep, bool discovered,
+                                                      std::string runid) {
   auto s = std::make_unique<Sentinel>();
   Sentinel* raw = s.get();
   s->owner = this;
   s->endpoint = ep;
   s->discovered = discovered;
+  s->runid = std::move(runid);
   s->seen_ms = uv_now(loop_);
-  s->cmd = std::make_unique<ControlConn>(
-      loop_, ep, config_->sentinel_username, config_->sentinel_password,
-      [raw](const std::string& why) { raw->owner->OnLost(*raw, false, why); });
+  if (!discovered) {
+    s->cmd = std::make_unique<ControlConn>(
+        loop_, ep, config_->sentinel_username, config_->sentinel_password,
+        [raw](const std::string& why) { raw->owner->OnLost(*raw, false, why); });
+    s->cmd->SetTls(tls_, config_->backend_tls_server_name);
+  }
   s->sub = std::make_unique<ControlConn>(
       loop_, ep, config_->sentinel_username, config_->sentinel_password,
       [raw](const std::string& why) { raw->owner->OnLost(*raw, true, why); });
-  s->cmd->SetTls(tls_, config_->backend_tls_server_name);
   s->sub->SetTls(tls_, config_->backend_tls_server_name);
   sentinels_.push_back(std::move(s));
   return *raw;
 }
 
-SentinelClient::Sentinel* SentinelClient::FindSentinel(const Endpoint& ep) const {
+SentinelClient::Sentinel* SentinelClient::FindSentinel(const Endpoint& ep,
+                                                       std::string_view runid) const {
   for (const auto& s : sentinels_) {
-    if (SameSentinel(s->endpoint, ep)) return s.get();
+    if (SameSentinel(s->endpoint, ep) || (!runid.empty() && s->runid == runid)) return s.get();
   }
   return nullptr;
 }
 
 void SentinelClient::ForgetStale(uint64_t now) {
-  for (size_t i = 0; i < sentinels_.size();) {
+  // Only discovered ones (after the configured ones) go: query_ and next_ are not theirs.
+  for (size_t i = configured(); i < sentinels_.size();) {
     Sentinel& s = *sentinels_[i];
-    if (!s.discovered || now - s.seen_ms < kForgetMs || (asking_ && query_.sentinel == &s)) {
+    bool configured_twice = false;  // a configured one, named by its host name there
+    for (size_t k = 0; k < configured() && !configured_twice; ++k) {
+      configured_twice = !s.runid.empty() && sentinels_[k]->runid == s.runid;
+    }
+    if (!configured_twice && now - s.seen_ms < kForgetMs) {
       ++i;
       continue;
     }
-    Log().info("Sentinel {} is no longer named by the Sentinels; not followed any more",
-               s.endpoint.ToString());
-    s.cmd->Close();
+    if (!configured_twice) {
+      Log().info("Sentinel {} is no longer named by the Sentinels; not followed any more",
+                 s.endpoint.ToString());
+    }
     s.sub->Close();
     sentinels_.erase(sentinels_.begin() + static_cast<std::ptrdiff_t>(i));
-    if (next_ > i) --next_;
-    next_ %= sentinels_.size();  // configured ones are never dropped: never empty
   }
+}
+
+bool SentinelClient::SubscribeEvents(Sentinel& s) {
+  // Every event that can mean a new master or a replica coming or going.
+  return s.sub->Subscribe(OnEvent, &s,
+                          "SUBSCRIBE +switch-master +sdown -sdown +odown -odown +slave "
+                          "+role-change +convert-to-slave +failover-end +reboot +selected-slave "
+                          "-failover-abort-slave-timeout");
 }
 
 void SentinelClient::SetTls(std::shared_ptr<const TlsContext> tls) {
   tls_ = std::move(tls);
   for (auto& s : sentinels_) {
-    s->cmd->SetTls(tls_, config_->backend_tls_server_name);
+    if (s->cmd) s->cmd->SetTls(tls_, config_->backend_tls_server_name);
     s->sub->SetTls(tls_, config_->backend_tls_server_name);
   }
 }
@@ -177,7 +194,7 @@ void SentinelClient::Stop() {
   uv_timer_stop(&timer_);
   uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
   for (auto& s : sentinels_) {
-    s->cmd->Close();
+    if (s->cmd) s->cmd->Close();
     s->sub->Close();
   }
 }
@@ -186,24 +203,38 @@ void SentinelClient::OnTick() {
   uint64_t now = uv_now(loop_);
   for (auto& owned : sentinels_) {
     Sentinel& s = *owned;
-    s.cmd->Check(now, connect_timeout_ms_);
-    if (!s.cmd->open()) s.cmd->Connect();
-    if (s.lost && s.cmd->established()) {
-      s.lost = false;  // connected again: reachable until a query says otherwise
-      s.last_error.clear();
+    if (s.cmd) {
+      s.cmd->Check(now, connect_timeout_ms_);
+      if (!s.cmd->open()) {
+        s.id_asked = false;
+        s.cmd->Connect();
+      }
+      if (s.lost && s.cmd->established()) {
+        s.lost = false;  // connected again: reachable until a query says otherwise
+        s.last_error.clear();
+      }
+      // Its run id tells it apart when the others list it by another address.
+      if (!s.id_asked && s.cmd->established()) {
+        s.id_asked = s.cmd->Command(OnOwnId, &s, "SENTINEL MYID");
+      }
     }
     s.sub->Check(now, connect_timeout_ms_);
     if (!s.sub->open()) {
       s.subscribed = false;
+      s.verifying = false;
+      if (s.impostor) continue;
+      if (s.discovered) {
+        if (now < s.next_connect_ms) continue;
+        s.next_connect_ms = now + kRetryMs;
+      }
       s.sub->Connect();
     }
-    if (!s.subscribed && s.sub->open()) {
-      // Every event that can mean a new master or a replica coming or going.
-      s.subscribed = s.sub->Subscribe(
-          OnEvent, &s,
-          "SUBSCRIBE +switch-master +sdown -sdown +odown -odown +slave +role-change "
-          "+convert-to-slave +failover-end +reboot +selected-slave "
-          "-failover-abort-slave-timeout");
+    if (!s.subscribed && !s.verifying && s.sub->open()) {
+      if (s.discovered) {
+        s.verifying = s.sub->Command(OnPeerId, &s, "SENTINEL MYID");
+      } else {
+        s.subscribed = SubscribeEvents(s);
+      }
     }
   }
   uint64_t timeout_ms = static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5);
@@ -221,7 +252,7 @@ void SentinelClient::Ask() {
     return;
   }
   ask_again_ = false;
-  size_t n = sentinels_.size();
+  size_t n = configured();  // never a discovered one (see the header)
   for (size_t k = 0; k < n; ++k) {
     Sentinel& s = *sentinels_[(next_ + k) % n];
     if (!s.cmd->established()) continue;
@@ -268,7 +299,7 @@ void SentinelClient::OnReplicas(ControlConn*, redisReply* r, void* privdata) {
       Log().warn("Sentinel {}: {}", s.endpoint.ToString(), s.last_error);
     }
     s.answered = false;
-    self.next_ = (index + 1) % self.sentinels_.size();  // ask another one next
+    self.next_ = (index + 1) % self.configured();  // ask another one next
     self.ask_again_ = true;
     return;
   }
@@ -289,7 +320,6 @@ void SentinelClient::OnReplicas(ControlConn*, redisReply* r, void* privdata) {
   }
   s.answered = true;
   s.last_error.clear();
-  s.seen_ms = uv_now(self.loop_);
   self.next_ = index;  // keep asking the one that answers
   self.have_view_ = true;
   self.replicas_ = replicas;
@@ -300,35 +330,84 @@ void SentinelClient::OnReplicas(ControlConn*, redisReply* r, void* privdata) {
 void SentinelClient::OnSentinels(ControlConn*, redisReply* r, void* privdata) {
   auto* from = static_cast<Sentinel*>(privdata);
   SentinelClient& self = *from->owner;
-  // An error (an ACL that denies SENTINEL SENTINELS, an old Sentinel): only the Sentinels
-  // configured are followed, as before.
-  if (r->type != REDIS_REPLY_ARRAY) return;
+  if (r->type != REDIS_REPLY_ARRAY) {
+    // An ACL that denies SENTINEL SENTINELS: only the configured Sentinels' events are
+    // heard, and a failover another one leads is not fenced (see README).
+    if (!self.discovery_refused_logged_) {
+      Log().warn(
+          "Sentinel {} refused SENTINEL SENTINELS ({}): only the configured Sentinels "
+          "are followed",
+          from->endpoint.ToString(),
+          r->type == REDIS_REPLY_ERROR ? std::string(r->str, r->len) : "not a list");
+      self.discovery_refused_logged_ = true;
+    }
+    return;
+  }
   uint64_t now = uv_now(self.loop_);
   for (size_t i = 0; i < r->elements; ++i) {
     const redisReply* e = r->element[i];
     if (e->type != REDIS_REPLY_ARRAY) continue;
-    std::string_view ip;
+    std::string_view ip, runid, flags;
     uint16_t port = 0;
     for (size_t k = 0; k + 1 < e->elements; k += 2) {
       std::string_view key = Str(e->element[k]);
-      if (key == "ip") ip = Str(e->element[k + 1]);
-      if (key == "port") ToPort(Str(e->element[k + 1]), &port);
+      std::string_view value = Str(e->element[k + 1]);
+      if (key == "ip") ip = value;
+      if (key == "port") ToPort(value, &port);
+      if (key == "runid") runid = value;
+      if (key == "flags") flags = value;
     }
     if (ip.empty() || port == 0) continue;
+    // One the others find down is not one to wait for (and would be retried for nothing).
+    if (flags.find("s_down") != std::string_view::npos ||
+        flags.find("o_down") != std::string_view::npos ||
+        flags.find("disconnected") != std::string_view::npos) {
+      continue;
+    }
     Endpoint ep{std::string(ip), port};
-    if (Sentinel* known = self.FindSentinel(ep); known != nullptr) {
+    if (Sentinel* known = self.FindSentinel(ep, runid); known != nullptr) {
       known->seen_ms = now;
+      if (known->discovered && known->runid != runid && !runid.empty()) {
+        known->runid = std::string(runid);  // another Sentinel there now: checked again
+        known->impostor = false;
+      }
       continue;
     }
-    if (self.sentinels_.size() >= kMaxSentinels) {
-      Log().debug("Sentinel {} names {}: already following {} Sentinels", from->endpoint.ToString(),
-                  ep.ToString(), kMaxSentinels);
+    size_t discovered = self.sentinels_.size() - self.configured();
+    if (discovered >= kMaxDiscovered) {
+      Log().debug("Sentinel {} names {}: already following {} discovered Sentinels",
+                  from->endpoint.ToString(), ep.ToString(), kMaxDiscovered);
       continue;
     }
-    Log().info("Sentinel {} names Sentinel {}: following its events too", from->endpoint.ToString(),
-               ep.ToString());
-    self.AddSentinel(ep, true);  // connected and subscribed at the next tick
+    Log().info("Sentinel {} names Sentinel {}: following its failover events too",
+               from->endpoint.ToString(), ep.ToString());
+    self.AddSentinel(ep, true, std::string(runid));  // subscribed from the next tick
   }
+}
+
+void SentinelClient::OnOwnId(ControlConn*, redisReply* r, void* privdata) {
+  auto* s = static_cast<Sentinel*>(privdata);
+  if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) {
+    s->runid.assign(r->str, r->len);
+  }
+}
+
+void SentinelClient::OnPeerId(ControlConn*, redisReply* r, void* privdata) {
+  auto* s = static_cast<Sentinel*>(privdata);
+  s->verifying = false;
+  bool is_id = r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS;
+  if (is_id && !s->runid.empty() && std::string_view(r->str, r->len) != s->runid) {
+    // The address the others announce reaches another Sentinel from here (NAT, an address
+    // reused): its events are not this deployment's.
+    Log().warn("{} is not the Sentinel listed there (run id {}, listed {}): not followed",
+               s->endpoint.ToString(), std::string(r->str, r->len), s->runid);
+    s->impostor = true;
+    s->sub->Close();
+    return;
+  }
+  // The one listed; or a Sentinel that cannot say (before Redis 6.2, or an ACL): taken on
+  // the others' word, as its events only hold writes for a bounded time.
+  s->subscribed = s->owner->SubscribeEvents(*s);
 }
 
 void SentinelClient::OnEvent(ControlConn*, redisReply* r, void* privdata) {
@@ -341,7 +420,7 @@ void SentinelClient::OnEvent(ControlConn*, redisReply* r, void* privdata) {
   if (!HasWord(payload, name)) return;  // another master's event
   std::vector<std::string_view> f = Words(payload);
   uint16_t port = 0, mport = 0;
-  if (channel == "+switch-master") {
+  if (channel == "+switch-master" && !s->discovered) {
     // "<name> <old-ip> <old-port> <new-ip> <new-port>": act on it now (the new master
     // still confirms its role with the monitor), then ask for the replicas again.
     if (f.size() == 5 && f[0] == name && ToPort(f[4], &port)) {
@@ -366,7 +445,7 @@ void SentinelClient::OnEvent(ControlConn*, redisReply* r, void* privdata) {
   } else {
     Log().debug("Sentinel {}: {} {}", s->endpoint.ToString(), channel, payload);
   }
-  self.Ask();
+  self.Ask();  // the configured Sentinels say what changed
 }
 
 void SentinelClient::OnLost(Sentinel& s, bool subscription, const std::string& why) {
@@ -383,17 +462,19 @@ void SentinelClient::OnLost(Sentinel& s, bool subscription, const std::string& w
     ask_again_ = true;
     size_t index = 0;
     while (sentinels_[index].get() != &s) ++index;
-    next_ = (index + 1) % sentinels_.size();
+    next_ = (index + 1) % configured();
   }
 }
 
 bool SentinelClient::Reachable(const Sentinel& s) {
-  // Connected, and its last query (if any since the connection was made) was answered.
+  // Connected, and its last query (if any since the connection was made) was answered; a
+  // discovered one: subscribed.
+  if (s.discovered) return s.subscribed && s.sub->established();
   return s.cmd->established() && s.last_error.empty();
 }
 
 void SentinelClient::NoteReachability() {
-  bool any = std::any_of(sentinels_.begin(), sentinels_.end(),
+  bool any = std::any_of(sentinels_.begin(), sentinels_.begin() + configured(),
                          [](const auto& s) { return Reachable(*s); });
   if (!any && have_view_ && !none_reachable_logged_) {
     Log().error("no Sentinel reachable; keeping the last known topology");
@@ -410,6 +491,7 @@ std::string SentinelClient::Metrics() const {
       "query was answered.\n"
       "# TYPE kompress_sentinel_up gauge\n";
   for (const auto& s : sentinels_) {
+    if (s->discovered) continue;  // the ones that name the master (see the header)
     out += "kompress_sentinel_up{sentinel=\"" + s->endpoint.ToString() + "\"} " +
            (Reachable(*s) ? "1" : "0") + "\n";
   }
@@ -420,8 +502,16 @@ std::string SentinelClient::ReadyNotes() const {
   size_t up = 0;
   std::string out;
   for (const auto& s : sentinels_) {
+    if (s->discovered) {
+      // Named by the others; only its failover events are heard (see the header).
+      out += "sentinel " + s->endpoint.ToString() + " (discovered, failover events only) " +
+             (s->impostor     ? "not followed: another Sentinel answers there\n"
+              : Reachable(*s) ? "subscribed\n"
+                              : "not subscribed\n");
+      continue;
+    }
     if (Reachable(*s)) ++up;
-    out += "sentinel " + s->endpoint.ToString() + (s->discovered ? " (discovered)" : "") +
+    out += "sentinel " + s->endpoint.ToString() +
            (Reachable(*s) ? " up\n"
                           : " down" + (s->last_error.empty() ? "" : ": " + s->last_error) + "\n");
   }

@@ -4,8 +4,11 @@
 // +role-change...) to ask again at once, and hands what it learns to the replication
 // monitor, which confirms the named master with the node itself before writes go there.
 // The Sentinels it is given name the others that watch the master (SENTINEL SENTINELS):
-// those are subscribed to as well, because only the one leading a failover announces the
-// replica it is about to promote (+selected-slave).
+// their events are subscribed to as well, because only the one leading a failover announces
+// the replica it is about to promote (+selected-slave). A discovered Sentinel is trusted for
+// that alone (a fence bounded in time, checked against the current primary): it is never
+// asked for the master, and its other events only make the configured ones be asked again,
+// so an announced address that reaches some other deployment's Sentinel cannot move writes.
 // Losing a Sentinel means asking another; losing all of them keeps the last known topology
 // (logged once, shown in /readyz and /metrics).
 #pragma once
@@ -25,6 +28,10 @@ class ReplicationMonitor;
 
 class SentinelClient {
  public:
+  // Discovered Sentinels followed at most (a subscription each): far above the 3-5 of a
+  // real deployment; counted in the descriptor reserve.
+  static constexpr size_t kMaxDiscovered = 16;
+
   SentinelClient(uv_loop_t* loop, std::shared_ptr<const Config> config,
                  ReplicationMonitor& monitor);
   ~SentinelClient();
@@ -49,10 +56,18 @@ class SentinelClient {
     bool answered = false;  // its last query was answered
     bool lost = false;      // its query connection failed; cleared once re-made
     std::string last_error;
-    // Not configured: named by another Sentinel (SENTINEL SENTINELS). Forgotten when no
-    // Sentinel has named it, nor has it answered a query, for kForgetMs.
+    // Its run id: as listed (discovered), or as it says (SENTINEL MYID, configured).
+    std::string runid;
+    bool id_asked = false;  // SENTINEL MYID sent on the current query connection
+    // Not configured: named by another Sentinel (SENTINEL SENTINELS); no query connection.
+    // Its subscription is made once the server there says it is the Sentinel listed
+    // (verifying); one that is another (`impostor`) is not followed. Forgotten when no
+    // Sentinel has named it for kForgetMs; reconnects at most every kRetryMs.
     bool discovered = false;
+    bool verifying = false;
+    bool impostor = false;
     uint64_t seen_ms = 0;
+    uint64_t next_connect_ms = 0;
   };
   // One query in flight: the master's address, then its replicas.
   struct Query {
@@ -71,10 +86,15 @@ class SentinelClient {
   static void OnMasterAddr(ControlConn* conn, redisReply* reply, void* privdata);
   static void OnReplicas(ControlConn* conn, redisReply* reply, void* privdata);
   static void OnSentinels(ControlConn* conn, redisReply* reply, void* privdata);
-  // A Sentinel for `ep` (configured, or discovered before), or nullptr.
-  Sentinel* FindSentinel(const Endpoint& ep) const;
-  Sentinel& AddSentinel(const Endpoint& ep, bool discovered);
-  // Drops discovered Sentinels no longer named (not the one being asked).
+  static void OnOwnId(ControlConn* conn, redisReply* reply, void* privdata);
+  static void OnPeerId(ControlConn* conn, redisReply* reply, void* privdata);
+  bool SubscribeEvents(Sentinel& s);
+  // The Sentinels of the configuration come first in sentinels_, the discovered ones after.
+  size_t configured() const { return config_->sentinels.size(); }
+  // A Sentinel at `ep` or with run id `runid` (configured, or discovered before), or nullptr.
+  Sentinel* FindSentinel(const Endpoint& ep, std::string_view runid) const;
+  Sentinel& AddSentinel(const Endpoint& ep, bool discovered, std::string runid);
+  // Drops discovered Sentinels no longer named, or found to be a configured one.
   void ForgetStale(uint64_t now);
   static void OnEvent(ControlConn* conn, redisReply* reply, void* privdata);
 
@@ -90,6 +110,7 @@ class SentinelClient {
   bool ask_again_ = false;  // an event arrived while a query was in flight
   size_t next_ = 0;         // the Sentinel to ask first
   bool none_reachable_logged_ = false;
+  bool discovery_refused_logged_ = false;
   bool have_view_ = false;
   std::vector<Endpoint> replicas_;  // as last heard
   std::vector<std::unique_ptr<Sentinel>> sentinels_;

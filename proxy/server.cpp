@@ -245,7 +245,11 @@ int Server::Run() {
       DescriptorReserve(n,
                         config().cluster() ? std::max<size_t>(32, config().cluster_nodes.size() * 2)
                                            : config().replicas.size() + 1,
-                        config().sentinels.size(), !config().admin_listen.empty()));
+                        // Discovered Sentinels: a subscription each (half a configured one).
+                        config().sentinels.empty()
+                            ? 0
+                            : config().sentinels.size() + SentinelClient::kMaxDiscovered / 2,
+                        !config().admin_listen.empty()));
   max_clients_ = plan.max_clients;
   if (plan.max_clients < config().max_clients) {
     Log().warn(

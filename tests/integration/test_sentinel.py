@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from fixtures import (HOST, SENTINEL_MASTER, SLOWDOWN, SentinelCluster, connect,
-                      encode_command, free_port, http_get, raw_command, read_replies,
+from fixtures import (HOST, SENTINEL_MASTER, SLOWDOWN, RedisServer, Sentinel, SentinelCluster,
+                      connect, encode_command, free_port, http_get, raw_command, read_replies,
                       run_proxy_once, wait_until)
 
 N_KEYS = 50
@@ -440,13 +440,15 @@ def test_manual_failover_loses_no_acknowledged_write(fresh_cluster, sentinels, m
         make_proxy, sc if given == "all" else OnlySentinel(sc.sentinels[1]), timeout=timeout,
         interval=interval)
     wait_topology(admin, old, c.replicas)
-    # The leader is one the proxy heard of from the Sentinel it was given.
-    wait_until(lambda: sentinel_up(admin, sc.sentinels[0]) == 1, 10 * SLOWDOWN, interval=0.05,
-               what=f"proxy metric kompress_sentinel_up for {sc.sentinels[0].addr}")
     if given == "another":
-        _, body = http_get(admin, "/readyz")
-        assert f"sentinel {sc.sentinels[0].addr} (discovered) up" in body, body
-        assert f"sentinel {sc.sentinels[1].addr} up" in body, body
+        # The leader is one the proxy heard of from the Sentinel it was given: subscribed to,
+        # never asked for the master (so not in kompress_sentinel_up).
+        wait_until(lambda: f"sentinel {sc.sentinels[0].addr} (discovered, failover events "
+                           "only) subscribed" in http_get(admin, "/readyz")[1],
+                   10 * SLOWDOWN, interval=0.05,
+                   what=f"/readyz: {sc.sentinels[0].addr} discovered and subscribed")
+        assert sentinel_up(admin, sc.sentinels[1]) == 1
+        assert f'sentinel="{sc.sentinels[0].addr}"' not in metrics(admin)
     loads = [Load(proxy, keys, read=(k == 0), pause=0, prefix=f"w{k}").start()
              for k in range(4)]
     t0 = time.monotonic()
@@ -658,6 +660,41 @@ def test_failover_longer_than_timeout_writes_fail_fast_reads_flow(fresh_cluster,
             f"write {i} failed at {s - t0:.3f}s, outside the failover: {m}"
     check_acked_on(new, load)
     assert proxy.alive
+
+
+def test_a_discovered_sentinel_is_checked_before_it_is_followed(fresh_cluster, sentinels,
+                                                                make_proxy, tmp_path):
+    """The Sentinels list each other by the address each announces. One of them announces an
+    address that, from the proxy, reaches another deployment's Sentinel (same master name):
+    the proxy, given one Sentinel, follows the honest one it is named and not the impostor
+    (SENTINEL MYID differs from the run id listed), and writes keep going to its primary."""
+    c, sc = fresh_cluster, sentinels
+    other_primary = RedisServer(tmp_path / "other", "other-primary").start()
+    other = Sentinel(tmp_path / "other", "other-sentinel", other_primary.port, quorum=1).start()
+    try:
+        liar = sc.sentinels[2]
+        assert liar.client().execute_command(
+            "SENTINEL", "CONFIG", "SET", "announce-port", str(other.port)) in (b"OK", "OK", True)
+        # The others learn the new address from its next hello message (every 2 s).
+        wait_until(lambda: any(int(x["port"]) == other.port for x in sc.sentinels[0].sentinels()),
+                   15 * SLOWDOWN, interval=0.1, what="Sentinel 1 to list the announced address")
+        proxy, admin = sentinel_proxy(make_proxy, OnlySentinel(sc.sentinels[0]), timeout=5)
+        wait_topology(admin, c.primary, c.replicas)
+        honest = (f"sentinel {sc.sentinels[1].addr} (discovered, failover events only) "
+                  "subscribed")
+        impostor = (f"sentinel {HOST}:{other.port} (discovered, failover events only) not "
+                    "followed: another Sentinel answers there")
+        wait_until(lambda: honest in http_get(admin, "/readyz")[1] and
+                   impostor in http_get(admin, "/readyz")[1], 10 * SLOWDOWN, interval=0.05,
+                   what="/readyz: the honest Sentinel subscribed, the impostor not followed")
+        client = proxy.client()
+        assert client.set("after:discovery", "1") is True
+        assert c.primary.client().get("after:discovery") == b"1"
+        assert primary_metric(admin, c.primary) == 1
+        assert "is not the Sentinel listed there" in proxy.stderr()
+    finally:
+        other.stop()
+        other_primary.stop()
 
 
 # -- 3. Sentinels go away: the proxy keeps the last topology ----------------------------------
