@@ -429,6 +429,7 @@ bool ReplicationMonitor::FenceForPromotion(Backend& primary) {
         "after {} ms: writes go to {} again",
         promoting_, PromotionFenceMs(), primary.name());
     promoting_since_ms_ = 0;
+    promoting_ended_ms_ = MonotonicMs();
     return false;
   }
   NoWrites(primary, "a Sentinel is promoting replica " + promoting_ +
@@ -439,7 +440,14 @@ bool ReplicationMonitor::FenceForPromotion(Backend& primary) {
 void ReplicationMonitor::FailoverStarting(const Endpoint& master, const Endpoint& replica) {
   Backend* cur = group_.primary();
   if (cur == nullptr || !Names(cur->endpoint(), master.host, master.port)) return;
-  promoting_since_ms_ = MonotonicMs();
+  const uint64_t now = MonotonicMs();
+  if (replica.ToString() == promoting_ &&
+      (promoting_since_ms_ != 0 || now - promoting_ended_ms_ < kPromotionQuietMs)) {
+    // The same choice again (several Sentinels relaying it, or a repeated event): the fence
+    // is not extended, nor raised again soon after it ended without a promotion.
+    return;
+  }
+  promoting_since_ms_ = now;
   promoting_ = replica.ToString();
   promoting_node_ = group_.Find(replica);
   if (promoting_node_ == cur) promoting_node_ = nullptr;
@@ -481,8 +489,11 @@ void ReplicationMonitor::FailoverAborted(const Endpoint& master) {
     return;
   }
   promoting_since_ms_ = 0;
+  promoting_.clear();  // a new choice after an abort is a new failover attempt
   Log().info("the Sentinels aborted the failover of {}: writes go to it again once it confirms",
              cur->name());
+  Probe& pp = ProbeOf(cur);  // asked now, not at the next probe
+  if (pp.conn->established() && !pp.awaiting) SendProbe(pp);
 }
 
 void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {

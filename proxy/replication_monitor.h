@@ -163,6 +163,10 @@ class ReplicationMonitor {
   uint64_t promoting_since_ms_ = 0;
   std::string promoting_;
   Backend* promoting_node_ = nullptr;  // the chosen replica, if it is one of this group's
+  // MonotonicMs when the last fence ended without a promotion: the same choice announced
+  // again within kPromotionQuietMs raises no new fence (writes cannot be held on and on).
+  uint64_t promoting_ended_ms_ = 0;
+  static constexpr uint64_t kPromotionQuietMs = 5000;
   uv_timer_t promotion_timer_;
   int64_t primary_offset_ = -1;
   OffsetHistory history_;

@@ -114,12 +114,22 @@ SentinelClient::Sentinel& SentinelClient::AddSentinel(const Endpoint& ep, bool d
         [raw](const std::string& why) { raw->owner->OnLost(*raw, false, why); });
     s->cmd->SetTls(tls_, config_->backend_tls_server_name);
   }
-  s->sub = std::make_unique<ControlConn>(
-      loop_, ep, config_->sentinel_username, config_->sentinel_password,
-      [raw](const std::string& why) { raw->owner->OnLost(*raw, true, why); });
-  s->sub->SetTls(tls_, config_->backend_tls_server_name);
+  MakeSub(*raw);
   sentinels_.push_back(std::move(s));
   return *raw;
+}
+
+void SentinelClient::MakeSub(Sentinel& s) {
+  Sentinel* raw = &s;
+  if (s.sub) s.sub->Close();
+  s.sub = std::make_unique<ControlConn>(
+      loop_, s.endpoint, config_->sentinel_username, config_->sentinel_password,
+      [raw](const std::string& why) { raw->owner->OnLost(*raw, true, why); });
+  s.sub->SetTls(tls_, config_->backend_tls_server_name);
+  s.subscribed = false;
+  s.verifying = false;
+  s.impostor = false;
+  s.next_connect_ms = 0;
 }
 
 SentinelClient::Sentinel* SentinelClient::FindSentinel(const Endpoint& ep,
@@ -358,19 +368,28 @@ void SentinelClient::OnSentinels(ControlConn*, redisReply* r, void* privdata) {
       if (key == "flags") flags = value;
     }
     if (ip.empty() || port == 0) continue;
-    // One the others find down is not one to wait for (and would be retried for nothing).
+    Endpoint ep{std::string(ip), port};
+    if (Sentinel* known = self.FindSentinel(ep, runid); known != nullptr) {
+      // Still named (even if the one naming it cannot reach it: the proxy may).
+      known->seen_ms = now;
+      if (!known->discovered) continue;
+      if (!SameSentinel(known->endpoint, ep)) {
+        // The same Sentinel at a new address (a pod restarted keeping its id): followed
+        // there, checked again.
+        Log().info("Sentinel {} is now at {}", known->endpoint.ToString(), ep.ToString());
+        known->endpoint = ep;
+        self.MakeSub(*known);
+      } else if (known->runid != runid && !runid.empty()) {
+        known->runid = std::string(runid);  // another Sentinel there now: checked again
+        self.MakeSub(*known);
+      }
+      continue;
+    }
+    // A new one the others find down is not one to wait for (and would be retried for
+    // nothing).
     if (flags.find("s_down") != std::string_view::npos ||
         flags.find("o_down") != std::string_view::npos ||
         flags.find("disconnected") != std::string_view::npos) {
-      continue;
-    }
-    Endpoint ep{std::string(ip), port};
-    if (Sentinel* known = self.FindSentinel(ep, runid); known != nullptr) {
-      known->seen_ms = now;
-      if (known->discovered && known->runid != runid && !runid.empty()) {
-        known->runid = std::string(runid);  // another Sentinel there now: checked again
-        known->impostor = false;
-      }
       continue;
     }
     size_t discovered = self.sentinels_.size() - self.configured();
@@ -405,8 +424,28 @@ void SentinelClient::OnPeerId(ControlConn*, redisReply* r, void* privdata) {
     s->sub->Close();
     return;
   }
-  // The one listed; or a Sentinel that cannot say (before Redis 6.2, or an ACL): taken on
-  // the others' word, as its events only hold writes for a bounded time.
+  if (is_id) {
+    s->subscribed = s->owner->SubscribeEvents(*s);  // the one listed
+    return;
+  }
+  // MYID refused (a Sentinel before Redis 6.2, or an ACL): it must at least be a Sentinel.
+  s->verifying = s->sub->Command(OnPeerRole, s, "ROLE");
+}
+
+void SentinelClient::OnPeerRole(ControlConn*, redisReply* r, void* privdata) {
+  auto* s = static_cast<Sentinel*>(privdata);
+  s->verifying = false;
+  bool sentinel =
+      r->type == REDIS_REPLY_ARRAY && r->elements > 0 && Str(r->element[0]) == "sentinel";
+  if (!sentinel) {
+    Log().warn("{} does not say it is a Sentinel (SENTINEL MYID and ROLE): not followed",
+               s->endpoint.ToString());
+    s->impostor = true;
+    s->sub->Close();
+    return;
+  }
+  Log().info("Sentinel {} refuses SENTINEL MYID: followed as the Sentinel listed there",
+             s->endpoint.ToString());
   s->subscribed = s->owner->SubscribeEvents(*s);
 }
 
@@ -505,7 +544,7 @@ std::string SentinelClient::ReadyNotes() const {
     if (s->discovered) {
       // Named by the others; only its failover events are heard (see the header).
       out += "sentinel " + s->endpoint.ToString() + " (discovered, failover events only) " +
-             (s->impostor     ? "not followed: another Sentinel answers there\n"
+             (s->impostor     ? "not followed: not the Sentinel listed there\n"
               : Reachable(*s) ? "subscribed\n"
                               : "not subscribed\n");
       continue;

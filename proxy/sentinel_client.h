@@ -61,8 +61,9 @@ class SentinelClient {
     bool id_asked = false;  // SENTINEL MYID sent on the current query connection
     // Not configured: named by another Sentinel (SENTINEL SENTINELS); no query connection.
     // Its subscription is made once the server there says it is the Sentinel listed
-    // (verifying); one that is another (`impostor`) is not followed. Forgotten when no
-    // Sentinel has named it for kForgetMs; reconnects at most every kRetryMs.
+    // (SENTINEL MYID; where that is refused, ROLE must say "sentinel"): `verifying`; one
+    // that is another (`impostor`) is not followed. Forgotten when no Sentinel has named it
+    // for kForgetMs; reconnects at most every kRetryMs.
     bool discovered = false;
     bool verifying = false;
     bool impostor = false;
@@ -88,6 +89,10 @@ class SentinelClient {
   static void OnSentinels(ControlConn* conn, redisReply* reply, void* privdata);
   static void OnOwnId(ControlConn* conn, redisReply* reply, void* privdata);
   static void OnPeerId(ControlConn* conn, redisReply* reply, void* privdata);
+  static void OnPeerRole(ControlConn* conn, redisReply* reply, void* privdata);
+  // A discovered Sentinel's subscription connection, to its endpoint (made anew when it
+  // moves: the same run id listed at another address).
+  void MakeSub(Sentinel& s);
   bool SubscribeEvents(Sentinel& s);
   // The Sentinels of the configuration come first in sentinels_, the discovered ones after.
   size_t configured() const { return config_->sentinels.size(); }

@@ -413,8 +413,23 @@ class OnlySentinel:
         return self.sentinel.addr
 
 
+def move_sentinel(sentinel):
+    """Restarts `sentinel` on another port, keeping its sentinel.conf (so its run id)."""
+    sentinel.stop()
+    new_port = free_port()
+    text = re.sub(r"(?m)^port \d+$", f"port {new_port}", sentinel.conf.read_text())
+    sentinel.conf.write_text(text)
+    sentinel.port = new_port
+    sentinel.start()
+
+
+def discovered_line(sentinel):
+    return f"sentinel {sentinel.addr} (discovered, failover events only) subscribed"
+
+
 @pytest.mark.parametrize("given, interval, timeout",
-                         [("all", 0.2, 5), ("another", 0.2, 5), ("all", 2, 1)])
+                         [("all", 0.2, 5), ("another", 0.2, 5), ("moved", 0.2, 5),
+                          ("all", 2, 1)])
 def test_manual_failover_loses_no_acknowledged_write(fresh_cluster, sentinels, make_proxy,
                                                      given, interval, timeout):
     """SENTINEL FAILOVER: Sentinel promotes a replica and names it about a second later; the
@@ -427,7 +442,9 @@ def test_manual_failover_loses_no_acknowledged_write(fresh_cluster, sentinels, m
 
     Only the leading Sentinel announces its choice. Given ("another") just one Sentinel that
     is not the one leading the failover, the proxy hears it because it subscribes to every
-    Sentinel the ones it was given know of (SENTINEL SENTINELS).
+    Sentinel the ones it was given know of (SENTINEL SENTINELS). "moved": that Sentinel
+    restarts on another port (keeping its run id, as a pod does) after the proxy found it:
+    the proxy follows it to the new address.
 
     With probes every 2 s and a timeout of 1 s, writes are held on the Sentinel's word for at
     most half the timeout; the chosen replica is probed every 20 ms meanwhile, so its
@@ -440,15 +457,21 @@ def test_manual_failover_loses_no_acknowledged_write(fresh_cluster, sentinels, m
         make_proxy, sc if given == "all" else OnlySentinel(sc.sentinels[1]), timeout=timeout,
         interval=interval)
     wait_topology(admin, old, c.replicas)
-    if given == "another":
+    if given != "all":
         # The leader is one the proxy heard of from the Sentinel it was given: subscribed to,
         # never asked for the master (so not in kompress_sentinel_up).
-        wait_until(lambda: f"sentinel {sc.sentinels[0].addr} (discovered, failover events "
-                           "only) subscribed" in http_get(admin, "/readyz")[1],
+        leader = sc.sentinels[0]
+        wait_until(lambda: discovered_line(leader) in http_get(admin, "/readyz")[1],
                    10 * SLOWDOWN, interval=0.05,
-                   what=f"/readyz: {sc.sentinels[0].addr} discovered and subscribed")
+                   what=f"/readyz: {leader.addr} discovered and subscribed")
         assert sentinel_up(admin, sc.sentinels[1]) == 1
-        assert f'sentinel="{sc.sentinels[0].addr}"' not in metrics(admin)
+        assert f'sentinel="{leader.addr}"' not in metrics(admin)
+        if given == "moved":
+            move_sentinel(leader)
+            # The others learn its new address from its hello messages (every 2 s).
+            wait_until(lambda: discovered_line(leader) in http_get(admin, "/readyz")[1],
+                       15 * SLOWDOWN, interval=0.05,
+                       what=f"/readyz: {leader.addr} (moved) followed")
     loads = [Load(proxy, keys, read=(k == 0), pause=0, prefix=f"w{k}").start()
              for k in range(4)]
     t0 = time.monotonic()
@@ -683,7 +706,7 @@ def test_a_discovered_sentinel_is_checked_before_it_is_followed(fresh_cluster, s
         honest = (f"sentinel {sc.sentinels[1].addr} (discovered, failover events only) "
                   "subscribed")
         impostor = (f"sentinel {HOST}:{other.port} (discovered, failover events only) not "
-                    "followed: another Sentinel answers there")
+                    "followed: not the Sentinel listed there")
         wait_until(lambda: honest in http_get(admin, "/readyz")[1] and
                    impostor in http_get(admin, "/readyz")[1], 10 * SLOWDOWN, interval=0.05,
                    what="/readyz: the honest Sentinel subscribed, the impostor not followed")
