@@ -96,6 +96,7 @@ void SentinelClient::SetConfig(std::shared_ptr<const Config> config) {
   sentinels_.clear();
   asking_ = false;
   next_ = 0;
+  links_made_ms_ = uv_now(loop_);
   for (const Endpoint& ep : config_->sentinels) AddSentinel(ep, false, "");
 }
 
@@ -515,7 +516,9 @@ bool SentinelClient::Reachable(const Sentinel& s) {
 void SentinelClient::NoteReachability() {
   bool any = std::any_of(sentinels_.begin(), sentinels_.begin() + configured(),
                          [](const auto& s) { return Reachable(*s); });
-  if (!any && have_view_ && !none_reachable_logged_) {
+  // New links after a reload are given their connect time before they count as lost.
+  bool connecting = uv_now(loop_) - links_made_ms_ < connect_timeout_ms_;
+  if (!any && have_view_ && !none_reachable_logged_ && !connecting) {
     Log().error("no Sentinel reachable; keeping the last known topology");
     none_reachable_logged_ = true;
   } else if (any && none_reachable_logged_) {

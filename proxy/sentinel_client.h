@@ -116,6 +116,7 @@ class SentinelClient {
   size_t next_ = 0;         // the Sentinel to ask first
   bool none_reachable_logged_ = false;
   bool discovery_refused_logged_ = false;
+  uint64_t links_made_ms_ = 0;  // uv_now when SetConfig made the links
   bool have_view_ = false;
   std::vector<Endpoint> replicas_;  // as last heard
   std::vector<std::unique_ptr<Sentinel>> sentinels_;

@@ -8,15 +8,17 @@ quorum 2, down-after 1 s), the real proxy binary. Clients run through the proxy 
 and every error and every wrong value is counted; acknowledged writes are checked on the
 new primary directly. Every wait is bounded in time and every loop in count."""
 
+import os
 import re
+import signal
 import threading
 import time
 
 import pytest
 
-from fixtures import (HOST, SENTINEL_MASTER, SLOWDOWN, RedisServer, Sentinel, SentinelCluster,
-                      connect, encode_command, free_port, http_get, raw_command, read_replies,
-                      run_proxy_once, wait_until)
+from fixtures import (HOST, SENTINEL_MASTER, SLOWDOWN, Proxy, RedisServer, Sentinel,
+                      SentinelCluster, connect, encode_command, free_port, http_get, raw_command,
+                      read_replies, run_proxy_once, wait_until)
 
 N_KEYS = 50
 MAX_OPS = 200_000  # per client thread; the loops stop on time long before
@@ -718,6 +720,51 @@ def test_a_discovered_sentinel_is_checked_before_it_is_followed(fresh_cluster, s
     finally:
         other.stop()
         other_primary.stop()
+
+
+def test_sentinels_changed_by_reload(fresh_cluster, sentinels, tmp_path):
+    """SIGHUP with other Sentinels in the file: the new ones are asked from then on, one no
+    longer configured is at most followed as a discovered one (not asked, not in
+    kompress_sentinel_up), writes go on, and the moment of new links is not reported as
+    every Sentinel lost."""
+    c, sc = fresh_cluster, sentinels
+    cfg = tmp_path / "proxy.yaml"
+    admin = free_port()
+
+    def write(given):
+        cfg.write_text(
+            f"listen: {HOST}:{port}\n"
+            f"sentinels: [{', '.join(s.addr for s in given)}]\n"
+            f"sentinel_master: {SENTINEL_MASTER}\n"
+            f"admin_listen: {HOST}:{admin}\n"
+            "health_check_interval: 0.2\n"
+            "timeout: 5\n")
+
+    proxy = Proxy(tmp_path, extra_args=["--config", str(cfg)], use_base_args=False)
+    i = proxy.args.index("--listen")
+    del proxy.args[i:i + 2]
+    port = proxy.port
+    write([sc.sentinels[0]])
+    proxy.start()
+    try:
+        wait_topology(admin, c.primary, c.replicas)
+        assert sentinel_up(admin, sc.sentinels[0]) == 1
+        client = proxy.client()
+        assert client.set("reload:s", "1") is True
+        write(sc.sentinels[1:])
+        os.kill(proxy.proc.pid, signal.SIGHUP)
+        wait_until(lambda: sentinel_up(admin, sc.sentinels[1]) == 1 and
+                   sentinel_up(admin, sc.sentinels[2]) == 1, 10 * SLOWDOWN, interval=0.05,
+                   what="the reloaded Sentinels up")
+        time.sleep(1.5)  # a query of the new ones, and their list of the others
+        assert f'sentinel="{sc.sentinels[0].addr}"' not in metrics(admin)
+        assert client.set("reload:s", "2") is True
+        assert c.primary.client().get("reload:s") == b"2"
+        text = proxy.stderr()
+        assert "configuration reloaded" in text, text[-2000:]
+        assert "no Sentinel reachable" not in text, text[-2000:]
+    finally:
+        proxy.stop()
 
 
 # -- 3. Sentinels go away: the proxy keeps the last topology ----------------------------------
