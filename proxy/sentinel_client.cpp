@@ -1,6 +1,7 @@
 // SentinelClient: discovery queries, event subscriptions and Sentinel reachability.
 #include "proxy/sentinel_client.h"
 
+#include <arpa/inet.h>
 #include <hiredis/hiredis.h>
 
 #include <algorithm>
@@ -25,6 +26,12 @@ constexpr uint64_t kRetryMs = 1000;
 
 bool IsLoopback(std::string_view host) {
   return host == "localhost" || host.substr(0, 4) == "127." || host == "::1" || host == "[::1]";
+}
+
+bool IsIpLiteral(const std::string& host) {
+  unsigned char addr[sizeof(struct in6_addr)];
+  return inet_pton(AF_INET, host.c_str(), addr) == 1 ||
+         inet_pton(AF_INET6, host.c_str(), addr) == 1;
 }
 
 bool SameSentinel(const Endpoint& a, const Endpoint& b) {
@@ -212,6 +219,15 @@ void SentinelClient::Stop() {
 
 void SentinelClient::OnTick() {
   uint64_t now = uv_now(loop_);
+  // Discovered Sentinels named by host name are looked up one at a time: a lookup holds one
+  // of libuv's few resolver threads until DNS answers, and backends' lookups share them.
+  bool looking_up = false;
+  for (size_t i = configured(); i < sentinels_.size(); ++i) {
+    const Sentinel& d = *sentinels_[i];
+    if (d.sub->open() && !d.sub->established() && !IsIpLiteral(d.endpoint.host)) {
+      looking_up = true;
+    }
+  }
   for (auto& owned : sentinels_) {
     Sentinel& s = *owned;
     if (s.cmd) {
@@ -235,8 +251,10 @@ void SentinelClient::OnTick() {
       s.verifying = false;
       if (s.impostor) continue;
       if (s.discovered) {
-        if (now < s.next_connect_ms) continue;
+        bool by_name = !IsIpLiteral(s.endpoint.host);
+        if (now < s.next_connect_ms || (by_name && looking_up)) continue;
         s.next_connect_ms = now + kRetryMs;
+        looking_up = looking_up || by_name;
       }
       s.sub->Connect();
     }
