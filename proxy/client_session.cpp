@@ -719,7 +719,7 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, cons
   Worker& w = *worker_;
   const Backend* primary = g.primary();
   bool primary_up = primary != nullptr && primary->serves_writes();
-  bool primary_held = PrimaryHeld(primary);
+  bool primary_held = !primary_up && PrimaryHeld(primary);  // the call only when it matters
   int64_t need = ReadYourWrites::kAny;
   if (w.config().read_your_writes) {
     // A read behind the client's own unanswered write goes after it, on the same primary
