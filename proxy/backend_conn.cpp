@@ -593,7 +593,12 @@ void BackendConn::StreamPart() {
   // queues behind. So the connection leaves the pool (a new one takes its place: nobody
   // else's requests queue behind this reply any more) and, once no other client's requests
   // wait here, stops reading until the client reads. Those others only wait for the bytes
-  // ahead of their replies: they are read on, into this client's buffer.
+  // ahead of their replies: they are read on, into this client's buffer, unless all
+  // clients together already hold half the total bound. Then the others wait for this
+  // client to read, as they would behind it at Redis: read on, the replies of many clients
+  // reading large values at once (50 GETs of 16 MB) passed the bound, and clients that were
+  // reading were closed for it. A client that stops reading is closed by the timeout
+  // (CheckTimeout) and the others' replies then come.
   bool others = false;
   for (size_t i = 1; i < pending_.size() && !others; ++i) {
     others = pending_[i].client != nullptr && pending_[i].client != client;
@@ -606,7 +611,7 @@ void BackendConn::StreamPart() {
     detached_ = true;
     FenceQueued(1);  // the streamed request itself has run: those behind it may not have
   }
-  if (others) return;
+  if (others && !worker_->ClientBuffersCrowded()) return;
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   read_paused_ = true;
   drain_waiter_ = client;
@@ -629,23 +634,41 @@ void BackendConn::ResumeStream() {
   if (!read_paused_ || state_ != State::kReady) return;
   read_paused_ = false;
   uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), AllocCb, ReadCb);
+  // Requests queued behind the paused reply (see StreamPart) waited for its reader, not for
+  // the server: their time starts again (else they were failed over as late at once).
+  const uint64_t until = worker_->now() + worker_->timeout_ms();
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    pending_[i].deadline_ms = std::max(pending_[i].deadline_ms, until);
+  }
 }
 
 void BackendConn::CheckTimeout(uint64_t now_ms) {
   if (state_ == State::kClosing || state_ == State::kIdle) return;
   if (detached_ && read_paused_) {
-    // Waiting for the client of the streamed reply, first here (only its requests remain),
+    // Waiting for the client of the streamed reply, first here (with only its requests
+    // behind it, or others' too while clients hold much: see StreamPart),
     // whose deadline moves with each part passed on: a client that stopped reading it ends,
     // without blaming the server. (Reading on, a detached connection is judged as any
     // shared one: other clients' requests may wait behind.)
     if (!pending_.empty() && pending_.front().deadline_ms <= now_ms) {
-      const ClientSession* c = pending_.front().client;
+      ClientSession* c = pending_.front().client;
       // Reading slowly is not "not reading": what the client took since the last look moves
       // the deadline, as a part passed on does. (A client reading 0.5 MB/s was closed: its
       // backlog took longer than the timeout to drain to where the stream resumes.)
       if (c != nullptr && !c->closed() && c->UnreceivedBytes() < reader_unsent_) {
         reader_unsent_ = c->UnreceivedBytes();
         pending_.front().deadline_ms = now_ms + worker_->timeout_ms();
+        return;
+      }
+      bool others = false;
+      for (size_t i = 1; i < pending_.size() && !others; ++i) {
+        others = pending_[i].client != nullptr && pending_[i].client != c;
+      }
+      if (c != nullptr && !c->closed() && others) {
+        // Others' requests wait behind it (paused while clients hold much, see StreamPart):
+        // the client ends, and the rest of its reply is read and dropped on the way to
+        // theirs (Close resumes this connection).
+        c->DropForUnreadReply();
         return;
       }
       // That client is closed: half a reply cannot be followed by anything else.

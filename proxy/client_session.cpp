@@ -1456,6 +1456,17 @@ void ClientSession::DropForTotalBudget() {
   Close();
 }
 
+void ClientSession::DropForUnreadReply() {
+  std::string client = std::to_string(id_);
+  LogFields f{{"event", "client_dropped"}, {"client", client}, {"reason", "unread_reply_timeout"}};
+  Log().warn(
+      "client {}: read nothing of its reply for {} ms while other clients' replies wait "
+      "behind it; closing",
+      id_, worker_->timeout_ms());
+  worker_->stats().client_drops[static_cast<size_t>(DropReason::kUnreadReply)]++;
+  Close();
+}
+
 void ClientSession::Flush() {
   if (closed_) return;
   // A bound that held reading back may have been lifted by something other than a reply

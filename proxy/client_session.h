@@ -136,6 +136,9 @@ class ClientSession {
   size_t accounted() const { return accounted_; }
   // Closed because all clients together hold too much (this one the most).
   void DropForTotalBudget();
+  // Read nothing of a streamed reply for a whole timeout while other clients' replies wait
+  // behind it on the same connection: closed (counted as kUnreadReply).
+  void DropForUnreadReply();
   bool closed() const { return closed_; }
   // The worker may delete the session only when libuv and every backend are done with it.
   bool deletable() const { return handle_closed_ && inflight_ == 0 && !dirty && !in_park_list; }

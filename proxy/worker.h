@@ -183,6 +183,13 @@ class Worker {
     reply_delta_ = 0;
     return budget_->reply_bytes.fetch_add(d, std::memory_order_relaxed) + d;
   }
+  // Whether all clients together hold more than half limits.max_total_client_buffer_bytes
+  // (this worker's unpublished change included): streamed replies then wait at the server
+  // for their readers rather than pile up here (BackendConn::StreamPart).
+  bool ClientBuffersCrowded() const {
+    return budget_->reply_bytes.load(std::memory_order_relaxed) + reply_delta_ >
+           static_cast<int64_t>(config_->client.max_total_client_buffer_bytes / 2);
+  }
   // All clients together hold more than limits.max_total_client_buffer_bytes: closes this
   // worker's clients holding the most until the total fits (or none holds anything).
   void EnforceTotalBudget();

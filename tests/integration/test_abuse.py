@@ -834,6 +834,109 @@ def test_total_client_buffer_bound_drops_the_biggest(fresh_cluster, make_proxy):
     assert proxy.alive
 
 
+# Larger than the kernel's socket buffers take (about 4 MB a socket): the rest is the proxy's
+# to hold or to leave at the server.
+READERS_VALUE_BYTES = 12 * MB
+READERS, READER_GETS = 16, 2  # 192 MB asked at once, six times the total bound
+READERS_TOTAL_BOUND = 32 * MB
+
+
+def test_clients_reading_large_values_together_are_not_dropped(fresh_cluster, make_proxy):
+    """16 clients GET a 12 MB value at the same moment, twice each, and read their replies as
+    a busy client does (256 KB every 2 ms): 192 MB asked for at once against
+    max_total_client_buffer_bytes 32 MB.
+    The server sends faster than they read, so the proxy could hold most of it; it must make
+    the replies wait at the server instead (as they would wait there without a proxy), not
+    close clients that are reading. Every client gets every reply intact, none is dropped for
+    any reason, the proxy's RSS stays within the bound, and the well-behaved client notices
+    nothing. (Read on into their buffers, the replies passed the bound and the proxy closed
+    readers as if they held too much: 9 of 50 redis-benchmark clients GETting 16 MB.)
+    A client that asks and does not read is among them: it may be closed, but the readers
+    queued behind it on the same connection are not held up for more than the timeout."""
+    c = fresh_cluster
+    value = os.urandom(READERS_VALUE_BYTES // 2).hex().encode()
+    c.primary.client(timeout=30).set("abuse:readers:big", value)
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c, "--max-total-client-buffer-bytes",
+                        str(READERS_TOTAL_BOUND), env=rss_env())
+    want = b"$%d\r\n%s\r\n" % (len(value), value)
+    get = encode_command("GET", "abuse:readers:big")
+    assert proxy.client(timeout=30).get("abuse:readers:big") == value  # a large reply seen
+    good = GoodClient(proxy.port).start()
+    time.sleep(0.3)
+    baseline = vm_rss_bytes(proxy.proc.pid)
+    bound = baseline + rss_for(proxy.proc.pid, READERS_TOTAL_BOUND) + RSS_SLACK_BYTES
+
+    # The one that does not read: a small receive buffer, two GETs pipelined.
+    idle = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    idle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    idle.connect((HOST, proxy.port))
+    readers = []
+    for _ in range(READERS):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.settimeout(30 * SLOWDOWN)
+        s.connect((HOST, proxy.port))
+        readers.append(s)
+    start = threading.Barrier(READERS + 1)
+    results = [None] * READERS
+
+    def read_all(i):
+        # Reads as a busy client does: 256 KB at a time, 2 ms apart (up to 128 MB/s each,
+        # less than the server sends).
+        s = readers[i]
+        got = []
+        try:
+            start.wait()
+            for _ in range(READER_GETS):
+                s.sendall(get)
+                reply = bytearray()
+                while len(reply) < len(want):
+                    chunk = s.recv(256 * 1024)
+                    if not chunk:
+                        raise ConnectionError(f"closed after {len(reply)} bytes")
+                    reply += chunk
+                    time.sleep(0.002)
+                got.append(bytes(reply) == want)
+            results[i] = got
+        except Exception as exc:  # noqa: BLE001 - reported below with the others
+            results[i] = f"{type(exc).__name__}: {exc}"[:200]
+
+    threads = [threading.Thread(target=read_all, args=(i,), daemon=True)
+               for i in range(READERS)]
+    try:
+        with RssSampler(proxy.proc.pid) as rss:
+            for t in threads:
+                t.start()
+            idle.sendall(get * 2)
+            t0 = time.monotonic()
+            start.wait()
+            for t in threads:
+                t.join(60 * SLOWDOWN)
+            took = time.monotonic() - t0
+    finally:
+        idle.close()
+        for s in readers:
+            s.close()
+        good.stop()
+    drops = {r: client_drops(proxy, r) for r in
+             ("max_total_client_buffer_bytes", "max_client_buffer_bytes", "unread_reply_timeout")}
+    print(f"RSS {baseline / MB:.0f} MB -> peak {rss.peak / MB:.0f} MB; {took:.1f} s; "
+          f"drops {drops}")
+    bad = [(i, r) for i, r in enumerate(results) if r != [True] * READER_GETS]
+    assert not bad, f"readers that did not get every reply intact: {bad}"
+    assert drops["max_total_client_buffer_bytes"] == 0, drops
+    assert drops["max_client_buffer_bytes"] == 0, drops
+    assert drops["unread_reply_timeout"] <= 1, drops  # at most the one that did not read
+    assert rss.peak <= bound, (f"proxy RSS reached {rss.peak / MB:.0f} MB: over "
+                               f"{baseline / MB:.0f} MB at start + "
+                               f"{READERS_TOTAL_BOUND // MB} MB total bound + "
+                               f"{RSS_SLACK_BYTES // MB} MB")
+    good.assert_clean()
+    assert_no_backend_marked_down(proxy)
+    assert proxy.alive
+
+
 # -- 5. the retry budget ---------------------------------------------------------------------
 
 SLOW_READ_S = 2.0  # on the replica, with timeout 1 s
