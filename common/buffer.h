@@ -201,6 +201,17 @@ class SpareLargeBlocks {
     if (now_ms - l.last_ms >= kHoldMs) FreeAll(l);
   }
   static size_t bytes() { return Mine().bytes; }
+  // Bytes of large blocks (kMin and up) this thread handed back to the allocator since the
+  // last call. glibc keeps freed blocks below its mmap threshold (raised to 16 MB by the
+  // first 16 MB block freed) in its heaps, where they stay part of the RSS until
+  // malloc_trim: the caller trims once a burst of large values is over.
+  static size_t TakeFreed() {
+    List& l = Mine();
+    size_t n = l.freed;
+    l.freed = 0;
+    return n;
+  }
+  static void NoteFreed(size_t cap) { Mine().freed += cap; }
 
  private:
   struct List {
@@ -208,6 +219,7 @@ class SpareLargeBlocks {
     size_t cap[kMaxBlocks];
     size_t n;
     size_t bytes;
+    size_t freed;
     size_t limit;
     uint64_t last_ms;
     bool touched;
@@ -229,6 +241,7 @@ class SpareLargeBlocks {
     const size_t i = Smallest(l);
     UnpoisonKept(l.block[i], l.cap[i]);
     std::free(l.block[i]);
+    l.freed += l.cap[i];
     l.bytes -= l.cap[i];
     --l.n;
     l.block[i] = l.block[l.n];
@@ -238,6 +251,7 @@ class SpareLargeBlocks {
     for (size_t i = 0; i < l.n; ++i) {
       UnpoisonKept(l.block[i], l.cap[i]);
       std::free(l.block[i]);
+      l.freed += l.cap[i];
     }
     l.n = 0;
     l.bytes = 0;
@@ -342,6 +356,7 @@ class Buffer {
     if (p == nullptr) return;
     if (cap >= SpareLargeBlocks::kMin) {
       if (SpareLargeBlocks::Give(p, cap)) return;
+      SpareLargeBlocks::NoteFreed(cap);
     } else if (const int cls = SpareBlocks::ClassOf(cap); cls >= 0 && SpareBlocks::Give(cls, p)) {
       return;
     }

@@ -25,6 +25,8 @@ constexpr size_t kReadChunk = 64 * 1024;
 constexpr size_t kStreamAt = 256 * 1024;
 // A client this far behind a streamed reply pauses its connection (see StreamPart).
 constexpr size_t kStreamWindow = 1024 * 1024;
+// Less than this taken by a client a connection waits for is not reading (CheckTimeout).
+constexpr size_t kReadProgressBytes = 16 * 1024;
 constexpr size_t kKeepBuffer = 1024 * 1024;
 // A shared connection owing this many replies to requests already answered by the timeout
 // starts over (see CheckTimeout).
@@ -543,6 +545,7 @@ void BackendConn::ProcessReplies() {
       }
       PendingReply pr = pending_.front();
       pending_.pop_front();
+      others_held_ms_ = 0;  // a new head reply (see StreamPart)
       if (pr.handshake) {
         // AUTH / HELLO / SELECT of this connection: checked even when late (a refusal means
         // the connection is not what its class says, and must not carry requests).
@@ -611,7 +614,17 @@ void BackendConn::StreamPart() {
     detached_ = true;
     FenceQueued(1);  // the streamed request itself has run: those behind it may not have
   }
-  if (others && !worker_->ClientBuffersCrowded()) return;
+  if (others) {
+    if (!worker_->ClientBuffersCrowded()) return;
+    // The others wait behind this reader for one timeout at most: a slow reader that keeps
+    // taking a little held them for as long as its reply took (26 s for small GETs behind
+    // one reading 250 KB/s). Then it is read on, and the total bound decides.
+    if (others_held_ms_ == 0) {
+      others_held_ms_ = worker_->now();
+    } else if (worker_->now() - others_held_ms_ >= worker_->timeout_ms()) {
+      return;
+    }
+  }
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   read_paused_ = true;
   drain_waiter_ = client;
@@ -655,14 +668,24 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
       // Reading slowly is not "not reading": what the client took since the last look moves
       // the deadline, as a part passed on does. (A client reading 0.5 MB/s was closed: its
       // backlog took longer than the timeout to drain to where the stream resumes.)
-      if (c != nullptr && !c->closed() && c->UnreceivedBytes() < reader_unsent_) {
-        reader_unsent_ = c->UnreceivedBytes();
+      // (A few KB less is no evidence: the kernel's queue also shrinks as the peer
+      // acknowledges what was in flight when the connection paused, and a client that never
+      // read was given a second timeout for it.)
+      const size_t unsent = c != nullptr && !c->closed() ? c->UnreceivedBytes() : 0;
+      if (c != nullptr && !c->closed() && unsent + kReadProgressBytes <= reader_unsent_) {
+        reader_unsent_ = unsent;
         pending_.front().deadline_ms = now_ms + worker_->timeout_ms();
+        if (others_held_ms_ != 0 && now_ms - others_held_ms_ >= worker_->timeout_ms()) {
+          // Others have waited behind this reader for a whole timeout (see StreamPart).
+          c->ForgetDrainWait(this);
+          ResumeStream();
+        }
         return;
       }
       bool others = false;
       for (size_t i = 1; i < pending_.size() && !others; ++i) {
-        others = pending_[i].client != nullptr && pending_[i].client != c;
+        others = pending_[i].client != nullptr && pending_[i].client != c &&
+                 !pending_[i].client->closed();
       }
       if (c != nullptr && !c->closed() && others) {
         // Others' requests wait behind it (paused while clients hold much, see StreamPart):
@@ -871,6 +894,7 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
     drain_waiter_ = nullptr;
   }
   read_paused_ = false;
+  others_held_ms_ = 0;
   if (state_ == State::kResolving && resolve_ != nullptr) {
     resolve_->conn = nullptr;
     resolve_ = nullptr;

@@ -206,6 +206,9 @@ class BackendConn {
   bool read_paused_ = false;
   ClientSession* drain_waiter_ = nullptr;
   size_t reader_unsent_ = 0;  // the paused-for client's UnreceivedBytes at the last look
+  // When the streamed reply at the head first paused this connection with other clients'
+  // requests behind it (0: it did not); they wait one timeout at most (StreamPart).
+  uint64_t others_held_ms_ = 0;
   ConnClass cls_;
   std::string client_name_;  // see client_name_is()
   bool client_name_known_ = true;

@@ -958,6 +958,10 @@ void ClientSession::OnReplyPart(uint64_t seq, const char* data, size_t len) {
     s.reply.Append(data, len);
     held_bytes_ += len;
   }
+  // Counted part by part, not once per loop turn: a connection resumed with megabytes
+  // waiting in its socket reads them all in one turn (up to 32 reads), and judged the total
+  // by what the clients held before it (BackendConn::StreamPart): readers were closed for it.
+  Account();
   worker_->MarkDirty(this);
 }
 
@@ -1564,6 +1568,10 @@ bool ClientSession::TrimIfIdle(uint64_t now_ms) {
 }
 
 void ClientSession::OnWritten() {
+  // What was written is no longer held: counted at once, not at the next request (a client
+  // that had read a 16 MB reply kept counting it while idle, and the total looked crowded
+  // to the connections streaming to others, see BackendConn::StreamPart).
+  if (!closed_) Account();
   if (out_.empty() && held_bytes_ == 0) {
     oversize_bytes_ = 0;  // everything written: no big reply is pending any more
     Recycle(out_);

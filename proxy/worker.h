@@ -278,6 +278,7 @@ class Worker {
   std::vector<Pool> pools_;  // the default class (db 0, RESP2), per backend index
   std::vector<std::unordered_map<uint64_t, Pool>> class_pools_;  // others, by ConnClass::key
   uint64_t last_sweep_ms_ = 0;
+  bool large_freed_before_ = false;  // large blocks were freed in the sweep period before
   std::vector<BackendConn*> idle_dedicated_;
   std::unordered_set<BackendConn*> dedicated_;  // every live dedicated connection
   std::unordered_set<BackendConn*> detached_;   // out of their pool, finishing a reply

@@ -937,6 +937,120 @@ def test_clients_reading_large_values_together_are_not_dropped(fresh_cluster, ma
     assert proxy.alive
 
 
+def test_memory_goes_back_once_large_values_stop(fresh_cluster, make_proxy):
+    """50 redis-benchmark clients GET a 16 MB value, 100 GETs in all: the proxy holds a good
+    part of it on the way (the default total bound, 256 MB). Once they are gone, the idle
+    proxy's RSS comes back down: glibc kept the freed buffers in its heap, and the proxy
+    stayed at its peak for good (157 MB; 8 MB after a malloc_trim). What glibc keeps at the
+    top of a thread's heap (below M_TRIM_THRESHOLD, 32 MB) may stay."""
+    c = fresh_cluster
+    c.primary.client(timeout=30).set("abuse:burst:big", b"b" * (16 * MB))
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c, env=rss_env())
+    if under_asan(proxy.proc.pid):
+        pytest.skip("ASan's allocator, not glibc's: malloc_trim does not apply")
+    assert len(proxy.client(timeout=30).get("abuse:burst:big")) == 16 * MB
+    time.sleep(0.5)
+    baseline = vm_rss_bytes(proxy.proc.pid)
+    with RssSampler(proxy.proc.pid) as rss:
+        bench = subprocess.run(
+            ["redis-benchmark", "-h", HOST, "-p", str(proxy.port), "-c", "50", "-n", "100",
+             "GET", "abuse:burst:big"], capture_output=True, timeout=120 * SLOWDOWN)
+    out = (bench.stdout + bench.stderr).decode(errors="replace")
+    assert bench.returncode == 0 and "rror" not in out, out[-2000:]
+    assert client_drops(proxy, "max_total_client_buffer_bytes") == 0
+    samples = []
+
+    def back_down():
+        samples.append(vm_rss_bytes(proxy.proc.pid))
+        return samples[-1] <= baseline + 40 * MB
+
+    try:
+        wait_until(back_down, 20 * SLOWDOWN, interval=0.5, what="the idle proxy's RSS to come down")
+    finally:
+        print(f"RSS {baseline / MB:.0f} MB -> peak {rss.peak / MB:.0f} MB -> "
+              f"{[round(x / MB) for x in samples[::4]]} MB")
+
+
+def test_requests_behind_a_slow_reader_wait_one_timeout_at_most(fresh_cluster, make_proxy):
+    """A client GETs a 12 MB value and reads it slowly (64 KB every 0.2 s) while others send
+    small GETs right behind it, with max_total_client_buffer_bytes 4 MB (the slow reader's
+    own backlog fills half of it). The proxy may make the small GETs wait for the slow reader
+    at the server for one timeout (1 s), not for as long as its reply takes to trickle out:
+    the small GETs queued behind it took 26 s. Each small GET is answered right within
+    2 timeouts and slack; the slow reader gets its value intact or is closed for the bound."""
+    c = fresh_cluster
+    value = os.urandom(6 * MB).hex().encode()  # 12 MB
+    c.primary.client(timeout=30).set("abuse:slow:big", value)
+    c.primary.client().set("abuse:slow:small", "s")
+    c.wait_replicated()
+    proxy = start_proxy(make_proxy, c, "--max-total-client-buffer-bytes", str(4 * MB))
+    assert proxy.client(timeout=30).get("abuse:slow:big") == value  # a large reply seen
+    want = b"$%d\r\n%s\r\n" % (len(value), value)
+    small_get = encode_command("GET", "abuse:slow:small")
+    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    slow.connect((HOST, proxy.port))
+    smalls = [connect(proxy.port, timeout=30 * SLOWDOWN) for _ in range(4)]
+    stop = threading.Event()
+    slow_got = bytearray()
+    slow_end = []
+
+    def read_slowly():
+        try:
+            while len(slow_got) < len(want) and not stop.is_set():
+                slow.settimeout(30 * SLOWDOWN)
+                chunk = slow.recv(64 * 1024)
+                if not chunk:
+                    slow_end.append("closed")
+                    return
+                slow_got.extend(chunk)
+                time.sleep(0.2)
+            slow_end.append("done" if len(slow_got) >= len(want) else "stopped")
+        except OSError as exc:
+            slow_end.append(f"{type(exc).__name__}")
+
+    waits, wrong = [], []
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    try:
+        slow.sendall(encode_command("GET", "abuse:slow:big"))
+        # Right behind it, on whichever connection it went.
+        for s in smalls:
+            s.sendall(small_get)
+        t0 = time.monotonic()
+        reader.start()
+        for s in smalls:
+            (reply,), _ = read_replies(s, 1, timeout=30 * SLOWDOWN)
+            waits.append(time.monotonic() - t0)
+            if reply != b"$1\r\ns\r\n":
+                wrong.append(reply[:60])
+        # And later ones, while the slow reader goes on.
+        for _ in range(3):
+            for s in smalls:
+                t = time.monotonic()
+                s.sendall(small_get)
+                (reply,), _ = read_replies(s, 1, timeout=30 * SLOWDOWN)
+                waits.append(time.monotonic() - t)
+                if reply != b"$1\r\ns\r\n":
+                    wrong.append(reply[:60])
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        reader.join(5)
+        slow.close()
+        for s in smalls:
+            s.close()
+    print(f"small GETs waited up to {max(waits):.2f} s; slow reader: {len(slow_got)} bytes, "
+          f"{slow_end}")
+    assert not wrong, wrong
+    assert max(waits) <= 2 * TIMEOUT_S * SLOWDOWN + 1.0, (
+        f"small GETs waited {max(waits):.2f} s behind a slow reader: {[round(w, 2) for w in waits]}")
+    # What the slow reader got is the value's beginning, whether it was closed or not.
+    assert bytes(slow_got) == want[:len(slow_got)]
+    assert_no_backend_marked_down(proxy)
+    assert proxy.alive
+
+
 # -- 5. the retry budget ---------------------------------------------------------------------
 
 SLOW_READ_S = 2.0  # on the replica, with timeout 1 s
