@@ -1476,10 +1476,11 @@ void ClientSession::Flush() {
   // A bound that held reading back may have been lifted by something other than a reply
   // (a connection now waiting for this client to read).
   if (paused_ && !reading_) MaybeResume();
-  if (closed_) return;
-  Account();
   if (closed_ || !CheckOutputLimit()) return;
+  // What the client holds is counted once the write below is done with (OnWritten when it
+  // all went at once): counted before it as well, a reply written at once cost two counts.
   if (writing_ || (out_.empty() && !(tls_ && tls_->has_output()))) {
+    Account();
     // Replies written straight through (a large one) leave nothing to flush: the ring goes
     // back here then.
     if (!writing_ && held_bytes_ == 0) MaybeReturnSlots();
@@ -1523,6 +1524,7 @@ void ClientSession::Flush() {
     return;
   }
   writing_ = true;
+  Account();
 }
 
 void ClientSession::WriteCb(uv_write_t* req, int status) {
