@@ -27,6 +27,11 @@ constexpr size_t kStreamAt = 256 * 1024;
 constexpr size_t kStreamWindow = 1024 * 1024;
 // Less than this taken by a client a connection waits for is not reading (CheckTimeout).
 constexpr size_t kReadProgressBytes = 16 * 1024;
+// How long after a pause the paused-for client's queue is taken again (see settle_at_ms_).
+constexpr uint64_t kSettleMs = 500;
+// A pause for a streamed reply's client this long or longer is one for a slow reader: the
+// requests behind it are charged for it (OthersBehind).
+constexpr uint64_t kSlowPauseMs = 250;
 constexpr size_t kKeepBuffer = 1024 * 1024;
 // A shared connection owing this many replies to requests already answered by the timeout
 // starts over (see CheckTimeout).
@@ -54,7 +59,7 @@ BackendConn::BackendConn(Worker* worker, Backend* backend, Mode mode, ClientSess
 bool BackendConn::Send(ClientSession* client, uint64_t seq, const char* data, size_t len,
                        uint64_t deadline_ms, Buffer* donor) {
   queued_total_ += len;
-  pending_.push_back({client, seq, deadline_ms, false, queued_total_});
+  pending_.push_back({client, seq, deadline_ms, false, queued_total_, slow_held_ms_});
   size_t sent = 0;
   if (len >= kWriteThroughAt && state_ == State::kReady && !tls_ && !writing_ &&
       !awaiting_handshake_ && out_.empty() && queued_.empty() && !fail_soon_) {
@@ -545,7 +550,6 @@ void BackendConn::ProcessReplies() {
       }
       PendingReply pr = pending_.front();
       pending_.pop_front();
-      others_held_ms_ = 0;  // a new head reply (see StreamPart)
       if (pr.handshake) {
         // AUTH / HELLO / SELECT of this connection: checked even when late (a refusal means
         // the connection is not what its class says, and must not carry requests).
@@ -601,11 +605,13 @@ void BackendConn::StreamPart() {
   // client to read, as they would behind it at Redis: read on, the replies of many clients
   // reading large values at once (50 GETs of 16 MB) passed the bound, and clients that were
   // reading were closed for it. A client that stops reading is closed by the timeout
-  // (CheckTimeout) and the others' replies then come.
-  bool others = false;
-  for (size_t i = 1; i < pending_.size() && !others; ++i) {
-    others = pending_[i].client != nullptr && pending_[i].client != client;
-  }
+  // (CheckTimeout) and the others' replies then come. Behind readers that keep up (a pause
+  // under kSlowPauseMs: 0.5 MB taken at 2 MB/s or more) the others wait their turn; behind
+  // slow ones, one timeout in all at most: then the connection reads on, and the total
+  // bound decides (small GETs behind a slow reader waited 26 s, behind three slow readers
+  // three timeouts).
+  bool late = false;
+  const bool others = OthersBehind(client, &late);
   if (!detached_) {
     // Taken out with others queued only while few are out (descriptors: they come from the
     // backends' reserve); it keeps its place, and reads on, otherwise.
@@ -614,22 +620,28 @@ void BackendConn::StreamPart() {
     detached_ = true;
     FenceQueued(1);  // the streamed request itself has run: those behind it may not have
   }
-  if (others) {
-    if (!worker_->ClientBuffersCrowded()) return;
-    // The others wait behind this reader for one timeout at most: a slow reader that keeps
-    // taking a little held them for as long as its reply took (26 s for small GETs behind
-    // one reading 250 KB/s). Then it is read on, and the total bound decides.
-    if (others_held_ms_ == 0) {
-      others_held_ms_ = worker_->now();
-    } else if (worker_->now() - others_held_ms_ >= worker_->timeout_ms()) {
-      return;
-    }
-  }
+  if (others && (late || !worker_->ClientBuffersCrowded())) return;
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   read_paused_ = true;
   drain_waiter_ = client;
   reader_unsent_ = client->UnreceivedBytes();
+  paused_at_ms_ = worker_->now();
+  settle_at_ms_ = paused_at_ms_ + std::min<uint64_t>(kSettleMs, worker_->timeout_ms() / 2);
   client->WaitForDrain(this);
+}
+
+bool BackendConn::OthersBehind(const ClientSession* head, bool* late) const {
+  for (size_t i = std::max<size_t>(1, cancelled_); i < pending_.size(); ++i) {
+    const PendingReply& pr = pending_[i];
+    if (pr.client == nullptr || pr.client == head || pr.client->closed()) continue;
+    // The oldest (they are in the order they were sent): it was charged the most.
+    const uint64_t now = worker_->now();
+    uint64_t charged = slow_held_ms_ - pr.slow_snap;
+    if (read_paused_ && now - paused_at_ms_ >= kSlowPauseMs) charged += now - paused_at_ms_;
+    *late = charged >= worker_->timeout_ms();
+    return true;
+  }
+  return false;
 }
 
 void BackendConn::FenceQueued(size_t skip) {
@@ -646,6 +658,8 @@ void BackendConn::ResumeStream() {
   drain_waiter_ = nullptr;
   if (!read_paused_ || state_ != State::kReady) return;
   read_paused_ = false;
+  const uint64_t paused = worker_->now() - paused_at_ms_;
+  if (paused >= kSlowPauseMs) slow_held_ms_ += paused;
   uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), AllocCb, ReadCb);
   // Requests queued behind the paused reply (see StreamPart) waited for its reader, not for
   // the server: their time starts again (else they were failed over as late at once).
@@ -663,31 +677,33 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     // whose deadline moves with each part passed on: a client that stopped reading it ends,
     // without blaming the server. (Reading on, a detached connection is judged as any
     // shared one: other clients' requests may wait behind.)
-    if (!pending_.empty() && pending_.front().deadline_ms <= now_ms) {
-      ClientSession* c = pending_.front().client;
+    if (pending_.empty()) return;
+    ClientSession* c = pending_.front().client;
+    const bool open = c != nullptr && !c->closed();
+    if (open && settle_at_ms_ != 0 && now_ms >= settle_at_ms_) {
+      reader_unsent_ = std::min(reader_unsent_, c->UnreceivedBytes());
+      settle_at_ms_ = 0;
+    }
+    bool late = false;
+    const bool others = OthersBehind(c, &late);
+    if (others && late) {
+      // Others have waited behind slow readers for a whole timeout (see StreamPart).
+      if (open) c->ForgetDrainWait(this);
+      ResumeStream();
+      return;
+    }
+    if (pending_.front().deadline_ms <= now_ms) {
       // Reading slowly is not "not reading": what the client took since the last look moves
       // the deadline, as a part passed on does. (A client reading 0.5 MB/s was closed: its
-      // backlog took longer than the timeout to drain to where the stream resumes.)
-      // (A few KB less is no evidence: the kernel's queue also shrinks as the peer
-      // acknowledges what was in flight when the connection paused, and a client that never
-      // read was given a second timeout for it.)
-      const size_t unsent = c != nullptr && !c->closed() ? c->UnreceivedBytes() : 0;
-      if (c != nullptr && !c->closed() && unsent + kReadProgressBytes <= reader_unsent_) {
+      // backlog took longer than the timeout to drain to where the stream resumes.) A few
+      // KB less is no evidence (see settle_at_ms_).
+      const size_t unsent = open ? c->UnreceivedBytes() : 0;
+      if (open && unsent + kReadProgressBytes <= reader_unsent_) {
         reader_unsent_ = unsent;
         pending_.front().deadline_ms = now_ms + worker_->timeout_ms();
-        if (others_held_ms_ != 0 && now_ms - others_held_ms_ >= worker_->timeout_ms()) {
-          // Others have waited behind this reader for a whole timeout (see StreamPart).
-          c->ForgetDrainWait(this);
-          ResumeStream();
-        }
         return;
       }
-      bool others = false;
-      for (size_t i = 1; i < pending_.size() && !others; ++i) {
-        others = pending_[i].client != nullptr && pending_[i].client != c &&
-                 !pending_[i].client->closed();
-      }
-      if (c != nullptr && !c->closed() && others) {
+      if (open && others) {
         // Others' requests wait behind it (paused while clients hold much, see StreamPart):
         // the client ends, and the rest of its reply is read and dropped on the way to
         // theirs (Close resumes this connection).
@@ -894,7 +910,7 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
     drain_waiter_ = nullptr;
   }
   read_paused_ = false;
-  others_held_ms_ = 0;
+  settle_at_ms_ = 0;
   if (state_ == State::kResolving && resolve_ != nullptr) {
     resolve_->conn = nullptr;
     resolve_ = nullptr;

@@ -126,6 +126,7 @@ class BackendConn {
     uint64_t deadline_ms = 0;
     bool handshake = false;  // the connection's own AUTH/HELLO/SELECT (seq: its kind)
     uint64_t end = 0;        // queued_total_ once its last byte was queued (see WriteProgress)
+    uint64_t slow_snap = 0;  // slow_held_ms_ when it was sent on (see OthersBehind)
   };
   struct Resolve;
 
@@ -136,6 +137,10 @@ class BackendConn {
   void FailSoon(std::string reason, bool mark_down);
   void OnRead(ssize_t nread);
   void ProcessReplies();
+  // Whether requests of other open clients wait behind the head reply (of `head`); *late:
+  // the oldest of them has waited behind slow readers (pauses of kSlowPauseMs or more) for
+  // a whole timeout.
+  bool OthersBehind(const ClientSession* head, bool* late) const;
   // Shared mode: hands the settled part of an incomplete large reply to its client.
   void StreamPart();
   // Closes the socket and answers every pending request with a failure.
@@ -206,9 +211,15 @@ class BackendConn {
   bool read_paused_ = false;
   ClientSession* drain_waiter_ = nullptr;
   size_t reader_unsent_ = 0;  // the paused-for client's UnreceivedBytes at the last look
-  // When the streamed reply at the head first paused this connection with other clients'
-  // requests behind it (0: it did not); they wait one timeout at most (StreamPart).
-  uint64_t others_held_ms_ = 0;
+  // While paused: when reader_unsent_ is taken again, once the peer's kernel has settled
+  // (0: done). The queue shrinks by up to ~100 KB after the pause as the peer's receive
+  // buffer takes what was in flight, and that is not the client reading.
+  uint64_t settle_at_ms_ = 0;
+  uint64_t paused_at_ms_ = 0;  // when reading last stopped for a streamed reply's client
+  // Time spent paused for slow readers over the connection's life (each pause that lasted
+  // kSlowPauseMs or more): what a request behind them was charged is the growth since it
+  // was sent (PendingReply::slow_snap).
+  uint64_t slow_held_ms_ = 0;
   ConnClass cls_;
   std::string client_name_;  // see client_name_is()
   bool client_name_known_ = true;

@@ -279,6 +279,10 @@ class Worker {
   std::vector<std::unordered_map<uint64_t, Pool>> class_pools_;  // others, by ConnClass::key
   uint64_t last_sweep_ms_ = 0;
   bool large_freed_before_ = false;  // large blocks were freed in the sweep period before
+  uint64_t last_trim_ms_ = 0;        // the sweep's last malloc_trim or look at the free bytes
+  // The sweep looks at the allocator's free bytes this often, and trims past this many.
+  static constexpr uint64_t kTrimCheckMs = 60000;
+  static constexpr size_t kTrimFreeBytes = 32 * 1024 * 1024;
   std::vector<BackendConn*> idle_dedicated_;
   std::unordered_set<BackendConn*> dedicated_;  // every live dedicated connection
   std::unordered_set<BackendConn*> detached_;   // out of their pool, finishing a reply
