@@ -29,9 +29,15 @@ constexpr size_t kStreamWindow = 1024 * 1024;
 constexpr size_t kReadProgressBytes = 16 * 1024;
 // How long after a pause the paused-for client's queue is taken again (see settle_at_ms_).
 constexpr uint64_t kSettleMs = 500;
-// A pause for a streamed reply's client this long or longer is one for a slow reader: the
-// requests behind it are charged for it (OthersBehind).
-constexpr uint64_t kSlowPauseMs = 250;
+// A pause for a streamed reply's client this long or longer is one for a slow reader (the
+// pause lasts while it takes about 0.5 MB: slower than 0.5 MB/s), and the requests behind
+// it are charged for it (OthersBehind). Shorter ones are not: on a loaded machine, 50
+// redis-benchmark clients reading 16 MB values took 250 ms and more, and were dropped for
+// the total bound once the connections read on.
+constexpr uint64_t kSlowPauseMs = 1000;
+// What a request waits behind slow readers in all, at most (or `timeout`, if shorter): the
+// default 5 s timeout is long for a small GET held behind a client that does not read.
+constexpr uint64_t kMaxSlowHeldMs = 1000;
 constexpr size_t kKeepBuffer = 1024 * 1024;
 // A shared connection owing this many replies to requests already answered by the timeout
 // starts over (see CheckTimeout).
@@ -606,9 +612,9 @@ void BackendConn::StreamPart() {
   // reading large values at once (50 GETs of 16 MB) passed the bound, and clients that were
   // reading were closed for it. A client that stops reading is closed by the timeout
   // (CheckTimeout) and the others' replies then come. Behind readers that keep up (a pause
-  // under kSlowPauseMs: 0.5 MB taken at 2 MB/s or more) the others wait their turn; behind
-  // slow ones, one timeout in all at most: then the connection reads on, and the total
-  // bound decides (small GETs behind a slow reader waited 26 s, behind three slow readers
+  // under kSlowPauseMs: 0.5 MB taken at 0.5 MB/s or more) the others wait their turn; behind
+  // slow ones, a second (or the timeout) in all at most: then the connection reads on, and the
+  // total bound decides (small GETs behind a slow reader waited 26 s, behind three slow readers
   // three timeouts).
   bool late = false;
   const bool others = OthersBehind(client, &late);
@@ -638,7 +644,7 @@ bool BackendConn::OthersBehind(const ClientSession* head, bool* late) const {
     const uint64_t now = worker_->now();
     uint64_t charged = slow_held_ms_ - pr.slow_snap;
     if (read_paused_ && now - paused_at_ms_ >= kSlowPauseMs) charged += now - paused_at_ms_;
-    *late = charged >= worker_->timeout_ms();
+    *late = charged >= std::min<uint64_t>(worker_->timeout_ms(), kMaxSlowHeldMs);
     return true;
   }
   return false;
@@ -687,7 +693,7 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     bool late = false;
     const bool others = OthersBehind(c, &late);
     if (others && late) {
-      // Others have waited behind slow readers for a whole timeout (see StreamPart).
+      // Others have waited behind slow readers long enough (see StreamPart).
       if (open) c->ForgetDrainWait(this);
       ResumeStream();
       return;

@@ -139,7 +139,7 @@ class BackendConn {
   void ProcessReplies();
   // Whether requests of other open clients wait behind the head reply (of `head`); *late:
   // the oldest of them has waited behind slow readers (pauses of kSlowPauseMs or more) for
-  // a whole timeout.
+  // kMaxSlowHeldMs or a whole timeout, whichever is shorter.
   bool OthersBehind(const ClientSession* head, bool* late) const;
   // Shared mode: hands the settled part of an incomplete large reply to its client.
   void StreamPart();
