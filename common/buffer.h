@@ -202,9 +202,9 @@ class SpareLargeBlocks {
   }
   static size_t bytes() { return Mine().bytes; }
   // Bytes of large blocks (kMin and up) this thread handed back to the allocator since the
-  // last call. glibc keeps freed blocks below its mmap threshold (raised to 16 MB by the
-  // first 16 MB block freed) in its heaps, where they stay part of the RSS until
-  // malloc_trim: the caller trims once a burst of large values is over.
+  // last call. glibc keeps freed blocks below its mmap threshold (16 MB, set in main) in
+  // its heaps, where they stay part of the RSS until malloc_trim: the caller trims once a
+  // burst of large values is over.
   static size_t TakeFreed() {
     List& l = Mine();
     size_t n = l.freed;
