@@ -327,6 +327,7 @@ std::string AdminServer::Metrics() const {
               sum(&WorkerStats::reads_primary_ryw));
   AppendValue(out, "kompress_requests_total{route=\"primary_write\"}", sum(&WorkerStats::writes));
   AppendValue(out, "kompress_requests_total{route=\"failover\"}", sum(&WorkerStats::failovers));
+  AppendValue(out, "kompress_requests_total{route=\"resent\"}", sum(&WorkerStats::resent));
   if (topology_.cluster()) {
     AppendValue(out, "kompress_requests_total{route=\"absent_recheck\"}",
                 sum(&WorkerStats::absent_rechecks));

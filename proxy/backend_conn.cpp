@@ -613,9 +613,15 @@ void BackendConn::StreamPart() {
   // reading were closed for it. A client that stops reading is closed by the timeout
   // (CheckTimeout) and the others' replies then come. Behind readers that keep up (a pause
   // under kSlowPauseMs: 0.5 MB taken at 0.5 MB/s or more) the others wait their turn; behind
-  // slow ones, a second (or the timeout) in all at most: then the connection reads on, and the
-  // total bound decides (small GETs behind a slow reader waited 26 s, behind three slow readers
-  // three timeouts).
+  // slow ones, a second (or the timeout) in all at most. Then, if this client is known to
+  // read (HeadReads), their reads go again on another connection (SendOthersAgain) and the
+  // pause goes on: on a loaded machine 50 clients reading 16 MB values all paused for a
+  // second and more, and reading on for the others passed the bound and closed clients that
+  // were reading. Otherwise (a client that does not read, or not known yet) and for what
+  // cannot go elsewhere (a write, or a read sent again once already) the connection reads on,
+  // and the total bound decides: sent again behind clients that never read, their large reads
+  // were built by the server again and again. (Small GETs behind a slow reader waited 26 s,
+  // behind three slow readers three timeouts.)
   bool late = false;
   const bool others = OthersBehind(client, &late);
   if (!detached_) {
@@ -626,7 +632,16 @@ void BackendConn::StreamPart() {
     detached_ = true;
     FenceQueued(1);  // the streamed request itself has run: those behind it may not have
   }
-  if (others && (late || !worker_->ClientBuffersCrowded())) return;
+  if (others && worker_->ClientBuffersCrowded() && late) {
+    if (!AnyToSendAgain(client)) return;  // nothing behind could go elsewhere: read on
+    const Reads r = HeadReads();
+    // Not known yet: paused, and judged once the client's kernel has settled (CheckTimeout),
+    // unless a reader here was judged not to read already (the others waited for that once).
+    if (r == Reads::kNo || (r == Reads::kUnknown && judged_no_)) return;
+    if (r == Reads::kYes && SendOthersAgain(client)) return;
+  } else if (others && !worker_->ClientBuffersCrowded()) {
+    return;
+  }
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   read_paused_ = true;
   drain_waiter_ = client;
@@ -636,18 +651,71 @@ void BackendConn::StreamPart() {
   client->WaitForDrain(this);
 }
 
+uint64_t BackendConn::HeldBehindSlow(const PendingReply& pr) const {
+  const uint64_t now = worker_->now();
+  uint64_t charged = slow_held_ms_ - pr.slow_snap + pr.held_before;
+  if (read_paused_ && now - paused_at_ms_ >= kSlowPauseMs) charged += now - paused_at_ms_;
+  return charged;
+}
+
 bool BackendConn::OthersBehind(const ClientSession* head, bool* late) const {
+  bool others = false;
+  *late = false;
+  const uint64_t limit = std::min<uint64_t>(worker_->timeout_ms(), kMaxSlowHeldMs);
   for (size_t i = std::max<size_t>(1, cancelled_); i < pending_.size(); ++i) {
     const PendingReply& pr = pending_[i];
     if (pr.client == nullptr || pr.client == head || pr.client->closed()) continue;
-    // The oldest (they are in the order they were sent): it was charged the most.
-    const uint64_t now = worker_->now();
-    uint64_t charged = slow_held_ms_ - pr.slow_snap;
-    if (read_paused_ && now - paused_at_ms_ >= kSlowPauseMs) charged += now - paused_at_ms_;
-    *late = charged >= std::min<uint64_t>(worker_->timeout_ms(), kMaxSlowHeldMs);
-    return true;
+    others = true;
+    // Not only the oldest: one sent again from elsewhere brings what it waited there.
+    if (HeldBehindSlow(pr) >= limit) {
+      *late = true;
+      break;
+    }
+  }
+  return others;
+}
+
+BackendConn::Reads BackendConn::HeadReads() const {
+  if (pending_.empty()) return Reads::kUnknown;
+  const PendingReply& head = pending_.front();
+  if (head.client == verdict_client_ && head.seq == verdict_seq_) return verdict_;
+  // Not judged yet for this reply: one that read down a backlog before reads.
+  return head.client != nullptr && head.client->shown_reading() ? Reads::kYes : Reads::kUnknown;
+}
+
+void BackendConn::SetHeadReads(Reads r) {
+  if (pending_.empty()) return;
+  verdict_client_ = pending_.front().client;
+  verdict_seq_ = pending_.front().seq;
+  verdict_ = r;
+}
+
+bool BackendConn::AnyToSendAgain(const ClientSession* head) const {
+  for (size_t i = std::max<size_t>(1, cancelled_); i < pending_.size(); ++i) {
+    const PendingReply& pr = pending_[i];
+    if (pr.client != nullptr && pr.client != head && !pr.client->closed() && !pr.handshake &&
+        pr.client->MaySendAgain(pr.seq)) {
+      return true;
+    }
   }
   return false;
+}
+
+bool BackendConn::SendOthersAgain(const ClientSession* head) {
+  bool left = false;
+  for (size_t i = std::max<size_t>(1, cancelled_); i < pending_.size(); ++i) {
+    PendingReply& pr = pending_[i];
+    if (pr.client == nullptr || pr.client == head || pr.client->closed() || pr.handshake) {
+      continue;
+    }
+    // Its reply here, when it comes, is dropped (as a cancelled one's is).
+    if (pr.client->SendAgain(pr.seq, this, HeldBehindSlow(pr))) {
+      pr.client = nullptr;
+    } else {
+      left = true;
+    }
+  }
+  return left;
 }
 
 void BackendConn::FenceQueued(size_t skip) {
@@ -660,10 +728,12 @@ void BackendConn::FenceQueued(size_t skip) {
   }
 }
 
-void BackendConn::ResumeStream() {
+void BackendConn::ResumeStream(bool drained) {
   drain_waiter_ = nullptr;
   if (!read_paused_ || state_ != State::kReady) return;
   read_paused_ = false;
+  // The client read its backlog down: it reads (see HeadReads).
+  if (drained) SetHeadReads(Reads::kYes);
   const uint64_t paused = worker_->now() - paused_at_ms_;
   if (paused >= kSlowPauseMs) slow_held_ms_ += paused;
   uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), AllocCb, ReadCb);
@@ -693,10 +763,25 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     bool late = false;
     const bool others = OthersBehind(c, &late);
     if (others && late) {
-      // Others have waited behind slow readers long enough (see StreamPart).
-      if (open) c->ForgetDrainWait(this);
-      ResumeStream();
-      return;
+      // Others have waited behind slow readers long enough (see StreamPart). Whether this
+      // client reads is judged once its kernel has settled: it took kReadProgressBytes since.
+      bool read_on = !open || !worker_->ClientBuffersCrowded() || !AnyToSendAgain(c);
+      if (!read_on && HeadReads() == Reads::kUnknown) {
+        if (judged_no_) {
+          read_on = true;
+        } else {
+          if (settle_at_ms_ != 0) return;  // (before the head's deadline: see StreamPart)
+          const bool reads = c->UnreceivedBytes() + kReadProgressBytes <= reader_unsent_;
+          SetHeadReads(reads ? Reads::kYes : Reads::kNo);
+          judged_no_ = judged_no_ || !reads;
+        }
+      }
+      if (read_on || HeadReads() == Reads::kNo || SendOthersAgain(c)) {
+        if (open) c->ForgetDrainWait(this);
+        ResumeStream(false);
+        return;
+      }
+      return;  // their reads went elsewhere: the pause is its reader's alone
     }
     if (pending_.front().deadline_ms <= now_ms) {
       // Reading slowly is not "not reading": what the client took since the last look moves

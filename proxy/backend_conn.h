@@ -44,6 +44,13 @@ class BackendConn {
   // empty storage. The request's bytes stay where they were until the next loop turn.
   bool Send(ClientSession* client, uint64_t seq, const char* data, size_t len, uint64_t deadline_ms,
             Buffer* donor = nullptr);
+  // The request just queued by Send (client's `seq`) was sent again from a connection where it
+  // had waited `ms` behind slow readers (see SendOthersAgain): that counts here too.
+  void CarryHeld(const ClientSession* client, uint64_t seq, uint64_t ms) {
+    if (!pending_.empty() && pending_.back().client == client && pending_.back().seq == seq) {
+      pending_.back().held_before = ms;
+    }
+  }
   // Dedicated mode: queues raw request bytes; replies arrive as OnStreamFrame().
   void SendRaw(const char* data, size_t len);
   // Starts writing queued bytes if none are being written (called once per loop turn).
@@ -71,7 +78,8 @@ class BackendConn {
   void Abort(const std::string& reason) { Fail(reason, false); }
 
   // A detached connection's client has read enough of the streamed reply: read on.
-  void ResumeStream();
+  // `drained`: because the client read its backlog down (else: others waited long enough).
+  void ResumeStream(bool drained = true);
   // Out of the pool (see Worker::RetireSharedConn): answers what it carries, then closes.
   void Retire() { retiring_ = true; }
   // Leaving the pool: the clients whose requests from the `skip`-th pending one on still wait
@@ -124,10 +132,13 @@ class BackendConn {
     ClientSession* client = nullptr;  // nullptr: the connection's own AUTH, checked and dropped
     uint64_t seq = 0;
     uint64_t deadline_ms = 0;
-    bool handshake = false;  // the connection's own AUTH/HELLO/SELECT (seq: its kind)
-    uint64_t end = 0;        // queued_total_ once its last byte was queued (see WriteProgress)
-    uint64_t slow_snap = 0;  // slow_held_ms_ when it was sent on (see OthersBehind)
+    bool handshake = false;    // the connection's own AUTH/HELLO/SELECT (seq: its kind)
+    uint64_t end = 0;          // queued_total_ once its last byte was queued (see WriteProgress)
+    uint64_t slow_snap = 0;    // slow_held_ms_ when it was sent on (see OthersBehind)
+    uint64_t held_before = 0;  // waited behind slow readers on another connection before
   };
+  // What `pr` has waited behind slow readers (see OthersBehind), here and before.
+  uint64_t HeldBehindSlow(const PendingReply& pr) const;
   struct Resolve;
 
   void StartConnect();
@@ -138,9 +149,22 @@ class BackendConn {
   void OnRead(ssize_t nread);
   void ProcessReplies();
   // Whether requests of other open clients wait behind the head reply (of `head`); *late:
-  // the oldest of them has waited behind slow readers (pauses of kSlowPauseMs or more) for
-  // kMaxSlowHeldMs or a whole timeout, whichever is shorter.
+  // one of them has waited behind slow readers (pauses of kSlowPauseMs or more, here and on
+  // connections it was sent from again) for kMaxSlowHeldMs or a whole timeout, whichever is
+  // shorter.
   bool OthersBehind(const ClientSession* head, bool* late) const;
+  // Whether the client of the head reply reads: kYes once it read its backlog down (the
+  // connection resumed for it) or took kReadProgressBytes during a pause, kNo once a pause
+  // judged it did not; for the head request it was judged for.
+  enum class Reads : uint8_t { kUnknown, kYes, kNo };
+  Reads HeadReads() const;
+  void SetHeadReads(Reads r);
+  // Whether a request of another client behind the head reply may go again elsewhere.
+  bool AnyToSendAgain(const ClientSession* head) const;
+  // The reads of other clients queued behind the head reply (of `head`) go again on another
+  // connection to the same server (ClientSession::SendAgain) and their entries here are
+  // cleared. Returns whether other clients' requests still wait here (writes, say).
+  bool SendOthersAgain(const ClientSession* head);
   // Shared mode: hands the settled part of an incomplete large reply to its client.
   void StreamPart();
   // Closes the socket and answers every pending request with a failure.
@@ -220,6 +244,11 @@ class BackendConn {
   // kSlowPauseMs or more): what a request behind them was charged is the growth since it
   // was sent (PendingReply::slow_snap).
   uint64_t slow_held_ms_ = 0;
+  // See HeadReads: the verdict, and the head request (client, seq) it is about.
+  const ClientSession* verdict_client_ = nullptr;
+  uint64_t verdict_seq_ = 0;
+  Reads verdict_ = Reads::kUnknown;
+  bool judged_no_ = false;  // a head reply's client here was judged not to read
   ConnClass cls_;
   std::string client_name_;  // see client_name_is()
   bool client_name_known_ = true;

@@ -846,6 +846,33 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
   return true;
 }
 
+bool ClientSession::MaySendAgain(uint64_t seq) {
+  if (closed_) return false;
+  const Slot& s = SlotAt(seq);
+  // A part of a request split over shards, or a passthrough AUTH, is answered on its own
+  // terms; a reply already begun cannot be taken from another connection. Once only: each
+  // send costs the server the reply, and hop after hop behind other slow readers it would
+  // cost it again each time.
+  return s.is_read && !s.resent && !s.request.empty() && !s.done && s.streamed == 0 &&
+         s.parent == kNoParent && s.auth_user == 0 && !s.discard;
+}
+
+bool ClientSession::SendAgain(uint64_t seq, BackendConn* from, uint64_t held_ms) {
+  if (!MaySendAgain(seq)) return false;
+  Slot& s = SlotAt(seq);
+  // The same server, in the same class (database, user) as the first send: what the read
+  // sees is what it would have seen there, a little later. Not a retry for a failure: the
+  // retry budget is not charged.
+  BackendConn* to = worker_->SharedConn(from->backend(), from->conn_class());
+  if (to == from) return false;  // (it is out of the pool: not expected)
+  s.resent = true;
+  worker_->stats().resent++;
+  to->Send(this, seq, s.request.data(), s.request.size(), worker_->now() + worker_->timeout_ms());
+  // Behind slow readers there as well, it goes on at once: a second in all, not per hop.
+  to->CarryHeld(this, seq, held_ms);
+  return true;  // inflight_ stays: the first send's entry is cleared, this one counts instead
+}
+
 // ---- backend callbacks ----
 
 bool ClientSession::LooksAbsent(const char* data, size_t len) {
@@ -1126,6 +1153,7 @@ uint64_t ClientSession::NewSlot() {
   s.tried_primary = false;
   s.tried_replica = false;
   s.rerun = false;
+  s.resent = false;
   s.park_deadline = 0;
   s.streamed = 0;
   s.sent_bytes = 0;
@@ -1385,7 +1413,10 @@ void ClientSession::NoteReplySize(size_t len) {
 }
 
 void ClientSession::MaybeResume() {
-  if (!drain_waiters_.empty() && StreamBacklog() <= kStreamResumeAt) ResumeStreams();
+  if (!drain_waiters_.empty() && StreamBacklog() <= kStreamResumeAt) {
+    shown_reading_ = true;
+    ResumeStreams();
+  }
   const ClientLimits& lim = worker_->config().client;
   if (!paused_ || closed_ ||
       (dedicated_ == nullptr &&

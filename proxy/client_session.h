@@ -84,6 +84,15 @@ class ClientSession {
   // `unsent`: the connection never reached the server, so the request was not applied.
   void OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason, bool timeout,
                         uint64_t timeout_pass = 0, bool unsent = false);
+  // Request `seq` waits on connection `from` behind another client's reply, paused for that
+  // client to read: a read whose copy is kept goes again on another connection to the same
+  // server, and the reply of the first send is dropped (the caller clears its entry). False:
+  // it cannot (a write, no copy, part of its reply passed on already, or sent again once
+  // before) and stays. `held_ms`: what it waited behind slow readers there, which counts on
+  // the new connection too.
+  bool SendAgain(uint64_t seq, BackendConn* from, uint64_t held_ms);
+  // Whether SendAgain would send `seq` again.
+  bool MaySendAgain(uint64_t seq);
   // Dedicated connection callbacks.
   void OnStreamFrame(const char* data, size_t len);
   void OnStreamFailure(const std::string& reason);
@@ -103,6 +112,9 @@ class ClientSession {
   // (Redis orders only one connection's requests). So nothing more is taken from the client
   // until every request up to `seq` is answered.
   void HoldUntilAnswered(uint64_t seq);
+  // A connection that paused for this client's backlog resumed once it read it down: the
+  // client reads (see BackendConn::HeadReads).
+  bool shown_reading() const { return shown_reading_; }
   void ForgetDrainWait(BackendConn* c) {
     drain_waiters_.erase(std::remove(drain_waiters_.begin(), drain_waiters_.end(), c),
                          drain_waiters_.end());
@@ -151,6 +163,7 @@ class ClientSession {
     bool tried_primary = false;
     bool tried_replica = false;  // a read the primary failed, re-sent to a replica
     bool rerun = false;          // a read run again once after its connection was lost
+    bool resent = false;         // a read sent again once from behind a slow reader
     uint64_t park_deadline = 0;  // waiting for a backend until then (worker clock)
     size_t streamed = 0;         // bytes of a large reply passed on before it was complete
     size_t sent_bytes = 0;       // its request's bytes, counted in inflight_bytes_
@@ -500,6 +513,7 @@ class ClientSession {
   uint64_t pending_sub_confirms_ = 0;  // channels of (P|S)SUBSCRIBEs sent, not confirmed yet
   bool unpin_marker_sent_ = false;     // the PING sent to leave pub/sub; input waits for it
   uint64_t unpin_marker_token_ = 0;
+  bool shown_reading_ = false;      // see shown_reading()
   bool resubscribing_ = false;      // waiting for a primary to renew them on
   uint64_t resubscribe_since_ = 0;  // worker clock; 0: not renewing
   size_t resub_swallow_ = 0;        // confirmations of the renewal still to drop

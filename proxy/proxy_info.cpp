@@ -66,6 +66,7 @@ ProxyInfo::Snapshot ProxyInfo::Take() const {
                 {"reads_primary_read_your_writes", sum(&WorkerStats::reads_primary_ryw)},
                 {"writes", sum(&WorkerStats::writes)},
                 {"failovers", sum(&WorkerStats::failovers)},
+                {"resent_behind_slow_readers", sum(&WorkerStats::resent)},
                 {"pinned_requests", sum(&WorkerStats::pinned_requests)},
                 {"errors", sum(&WorkerStats::errors)},
                 {"protocol_errors", sum(&WorkerStats::protocol_errors)},
