@@ -29,6 +29,9 @@ constexpr size_t kStreamWindow = 1024 * 1024;
 constexpr size_t kReadProgressBytes = 16 * 1024;
 // How long after a pause the paused-for client's queue is taken again (see settle_at_ms_).
 constexpr uint64_t kSettleMs = 500;
+// Whether the client reads is judged on what it took over this long after that (see
+// HeadReads): judged at once, a client reading 320 KB/s was found not to read.
+constexpr uint64_t kJudgeMs = 250;
 // A pause for a streamed reply's client this long or longer is one for a slow reader (the
 // pause lasts while it takes about 0.5 MB: slower than 0.5 MB/s), and the requests behind
 // it are charged for it (OthersBehind). Shorter ones are not: on a loaded machine, 50
@@ -613,15 +616,15 @@ void BackendConn::StreamPart() {
   // reading were closed for it. A client that stops reading is closed by the timeout
   // (CheckTimeout) and the others' replies then come. Behind readers that keep up (a pause
   // under kSlowPauseMs: 0.5 MB taken at 0.5 MB/s or more) the others wait their turn; behind
-  // slow ones, a second (or the timeout) in all at most. Then, if this client is known to
-  // read (HeadReads), their reads go again on another connection (SendOthersAgain) and the
-  // pause goes on: on a loaded machine 50 clients reading 16 MB values all paused for a
-  // second and more, and reading on for the others passed the bound and closed clients that
-  // were reading. Otherwise (a client that does not read, or not known yet) and for what
-  // cannot go elsewhere (a write, or a read sent again once already) the connection reads on,
-  // and the total bound decides: sent again behind clients that never read, their large reads
-  // were built by the server again and again. (Small GETs behind a slow reader waited 26 s,
-  // behind three slow readers three timeouts.)
+  // slow ones, a second (or the timeout) in all at most. Then, if all of them can go
+  // elsewhere (small reads, see ClientSession::MaySendAgain) and this client reads
+  // (HeadReads; not known yet: the pause goes on until CheckTimeout has judged it), they go
+  // again on another connection (SendOthersAgain) and the pause goes on: on a loaded machine
+  // 50 clients reading 16 MB values all paused for a second and more, and reading on for the
+  // others passed the bound and closed clients that were reading. Otherwise the connection
+  // reads on, and the total bound decides: sent again behind clients that never read, their
+  // large reads were built by the server again and again. (Small GETs behind a slow reader
+  // waited 26 s, behind three slow readers three timeouts.)
   bool late = false;
   const bool others = OthersBehind(client, &late);
   if (!detached_) {
@@ -633,12 +636,14 @@ void BackendConn::StreamPart() {
     FenceQueued(1);  // the streamed request itself has run: those behind it may not have
   }
   if (others && worker_->ClientBuffersCrowded() && late) {
-    if (!AnyToSendAgain(client)) return;  // nothing behind could go elsewhere: read on
+    bool send = false;
+    if (!MayHoldOthers(client, &send)) return;  // some could neither go elsewhere nor wait
     const Reads r = HeadReads();
-    // Not known yet: paused, and judged once the client's kernel has settled (CheckTimeout),
-    // unless a reader here was judged not to read already (the others waited for that once).
+    // Not known yet: paused, and judged a while after the client's kernel has settled
+    // (CheckTimeout), unless a reader here was judged not to read already (the others waited
+    // for that once).
     if (r == Reads::kNo || (r == Reads::kUnknown && judged_no_)) return;
-    if (r == Reads::kYes && SendOthersAgain(client)) return;
+    if (r == Reads::kYes && send) SendOthersAgain(client);
   } else if (others && !worker_->ClientBuffersCrowded()) {
     return;
   }
@@ -648,6 +653,7 @@ void BackendConn::StreamPart() {
   reader_unsent_ = client->UnreceivedBytes();
   paused_at_ms_ = worker_->now();
   settle_at_ms_ = paused_at_ms_ + std::min<uint64_t>(kSettleMs, worker_->timeout_ms() / 2);
+  judge_at_ms_ = 0;
   client->WaitForDrain(this);
 }
 
@@ -676,46 +682,52 @@ bool BackendConn::OthersBehind(const ClientSession* head, bool* late) const {
 }
 
 BackendConn::Reads BackendConn::HeadReads() const {
-  if (pending_.empty()) return Reads::kUnknown;
+  if (pending_.empty() || pending_.front().client == nullptr) return Reads::kUnknown;
   const PendingReply& head = pending_.front();
-  if (head.client == verdict_client_ && head.seq == verdict_seq_) return verdict_;
+  if (head.client->id() == verdict_client_ && head.seq == verdict_seq_) return verdict_;
   // Not judged yet for this reply: one that read down a backlog before reads.
-  return head.client != nullptr && head.client->shown_reading() ? Reads::kYes : Reads::kUnknown;
+  return head.client->shown_reading() ? Reads::kYes : Reads::kUnknown;
 }
 
 void BackendConn::SetHeadReads(Reads r) {
-  if (pending_.empty()) return;
-  verdict_client_ = pending_.front().client;
+  if (pending_.empty() || pending_.front().client == nullptr) return;
+  verdict_client_ = pending_.front().client->id();
   verdict_seq_ = pending_.front().seq;
   verdict_ = r;
 }
 
-bool BackendConn::AnyToSendAgain(const ClientSession* head) const {
+bool BackendConn::MayHoldOthers(const ClientSession* head, bool* send) const {
+  // The server's side too: a backend no longer fit for this traffic takes nothing more.
+  const bool fit = backend_->is_primary() ? backend_->serves_writes() : backend_->serves_reads();
+  *send = false;
   for (size_t i = std::max<size_t>(1, cancelled_); i < pending_.size(); ++i) {
     const PendingReply& pr = pending_[i];
-    if (pr.client != nullptr && pr.client != head && !pr.client->closed() && !pr.handshake &&
-        pr.client->MaySendAgain(pr.seq)) {
-      return true;
+    if (pr.client == nullptr || pr.client == head || pr.client->closed() || pr.handshake) {
+      continue;
+    }
+    switch (pr.client->BehindSlowReader(pr.seq)) {
+      case ClientSession::Behind::kSendAgain:
+        if (!fit) return false;
+        *send = true;
+        break;
+      case ClientSession::Behind::kWait:
+        break;
+      case ClientSession::Behind::kReadOn:
+        return false;
     }
   }
-  return false;
+  return true;
 }
 
-bool BackendConn::SendOthersAgain(const ClientSession* head) {
-  bool left = false;
+void BackendConn::SendOthersAgain(const ClientSession* head) {
   for (size_t i = std::max<size_t>(1, cancelled_); i < pending_.size(); ++i) {
     PendingReply& pr = pending_[i];
     if (pr.client == nullptr || pr.client == head || pr.client->closed() || pr.handshake) {
       continue;
     }
     // Its reply here, when it comes, is dropped (as a cancelled one's is).
-    if (pr.client->SendAgain(pr.seq, this, HeldBehindSlow(pr))) {
-      pr.client = nullptr;
-    } else {
-      left = true;
-    }
+    if (pr.client->SendAgain(pr.seq, this, HeldBehindSlow(pr))) pr.client = nullptr;
   }
-  return left;
 }
 
 void BackendConn::FenceQueued(size_t skip) {
@@ -758,6 +770,8 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     const bool open = c != nullptr && !c->closed();
     if (open && settle_at_ms_ != 0 && now_ms >= settle_at_ms_) {
       reader_unsent_ = std::min(reader_unsent_, c->UnreceivedBytes());
+      judge_unsent_ = reader_unsent_;
+      judge_at_ms_ = now_ms + std::min<uint64_t>(kJudgeMs, worker_->timeout_ms() / 4);
       settle_at_ms_ = 0;
     }
     bool late = false;
@@ -765,23 +779,28 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     if (others && late) {
       // Others have waited behind slow readers long enough (see StreamPart). Whether this
       // client reads is judged once its kernel has settled: it took kReadProgressBytes since.
-      bool read_on = !open || !worker_->ClientBuffersCrowded() || !AnyToSendAgain(c);
+      bool send = false;
+      bool read_on = !open || !worker_->ClientBuffersCrowded() || !MayHoldOthers(c, &send);
       if (!read_on && HeadReads() == Reads::kUnknown) {
         if (judged_no_) {
           read_on = true;
         } else {
-          if (settle_at_ms_ != 0) return;  // (before the head's deadline: see StreamPart)
-          const bool reads = c->UnreceivedBytes() + kReadProgressBytes <= reader_unsent_;
+          // Judged on what it took over kJudgeMs after its kernel settled. (Both come before
+          // the head's deadline: a timeout after the pause, settle_at_ms_ half that at most.)
+          if (settle_at_ms_ != 0 || now_ms < judge_at_ms_) return;
+          const bool reads = c->UnreceivedBytes() + kReadProgressBytes <= judge_unsent_;
           SetHeadReads(reads ? Reads::kYes : Reads::kNo);
           judged_no_ = judged_no_ || !reads;
         }
       }
-      if (read_on || HeadReads() == Reads::kNo || SendOthersAgain(c)) {
+      if (read_on || HeadReads() == Reads::kNo) {
         if (open) c->ForgetDrainWait(this);
         ResumeStream(false);
         return;
       }
-      return;  // their reads went elsewhere: the pause is its reader's alone
+      // Small reads go elsewhere; large ones wait for this reader, as the pause goes on (and
+      // as long as it reads: judged below).
+      if (send) SendOthersAgain(c);
     }
     if (pending_.front().deadline_ms <= now_ms) {
       // Reading slowly is not "not reading": what the client took since the last look moves

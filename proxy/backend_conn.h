@@ -78,8 +78,9 @@ class BackendConn {
   void Abort(const std::string& reason) { Fail(reason, false); }
 
   // A detached connection's client has read enough of the streamed reply: read on.
-  // `drained`: because the client read its backlog down (else: others waited long enough).
-  void ResumeStream(bool drained = true);
+  // `drained`: because the client read its backlog down (else: it closed, or others waited
+  // long enough).
+  void ResumeStream(bool drained);
   // Out of the pool (see Worker::RetireSharedConn): answers what it carries, then closes.
   void Retire() { retiring_ = true; }
   // Leaving the pool: the clients whose requests from the `skip`-th pending one on still wait
@@ -159,12 +160,14 @@ class BackendConn {
   enum class Reads : uint8_t { kUnknown, kYes, kNo };
   Reads HeadReads() const;
   void SetHeadReads(Reads r);
-  // Whether a request of another client behind the head reply may go again elsewhere.
-  bool AnyToSendAgain(const ClientSession* head) const;
+  // Whether the requests of other clients behind the head reply may all be held there
+  // longer: each can go again elsewhere (*send: there is one) or is a large read that waits
+  // its turn (see ClientSession::BehindSlowReader). False: the connection reads on.
+  bool MayHoldOthers(const ClientSession* head, bool* send) const;
   // The reads of other clients queued behind the head reply (of `head`) go again on another
   // connection to the same server (ClientSession::SendAgain) and their entries here are
-  // cleared. Returns whether other clients' requests still wait here (writes, say).
-  bool SendOthersAgain(const ClientSession* head);
+  // cleared; the rest stay.
+  void SendOthersAgain(const ClientSession* head);
   // Shared mode: hands the settled part of an incomplete large reply to its client.
   void StreamPart();
   // Closes the socket and answers every pending request with a failure.
@@ -239,13 +242,17 @@ class BackendConn {
   // (0: done). The queue shrinks by up to ~100 KB after the pause as the peer's receive
   // buffer takes what was in flight, and that is not the client reading.
   uint64_t settle_at_ms_ = 0;
+  // Once settled: when the paused-for client is judged (see HeadReads), and its
+  // UnreceivedBytes then (0 / not yet: settle_at_ms_ first).
+  uint64_t judge_at_ms_ = 0;
+  size_t judge_unsent_ = 0;
   uint64_t paused_at_ms_ = 0;  // when reading last stopped for a streamed reply's client
   // Time spent paused for slow readers over the connection's life (each pause that lasted
   // kSlowPauseMs or more): what a request behind them was charged is the growth since it
   // was sent (PendingReply::slow_snap).
   uint64_t slow_held_ms_ = 0;
   // See HeadReads: the verdict, and the head request (client, seq) it is about.
-  const ClientSession* verdict_client_ = nullptr;
+  uint64_t verdict_client_ = 0;  // ClientSession::id() (a pointer may be reused)
   uint64_t verdict_seq_ = 0;
   Reads verdict_ = Reads::kUnknown;
   bool judged_no_ = false;  // a head reply's client here was judged not to read

@@ -400,6 +400,9 @@ constexpr double kRetryEarn = 0.2;
 constexpr double kRetryCap = 10.0;
 // A connection paused while streaming this client a reply reads on below this.
 constexpr size_t kStreamResumeAt = 512 * 1024;
+// A client whose replies are this large or more (reply_estimate_) has no reads sent again
+// (see MaySendAgain).
+constexpr size_t kResendBelow = 256 * 1024;
 }  // namespace
 
 bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, size_t len) {
@@ -847,14 +850,31 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
 }
 
 bool ClientSession::MaySendAgain(uint64_t seq) {
-  if (closed_) return false;
+  // Each send costs the server the reply (and the first one it holds until the slow reader
+  // ahead has read): only for clients whose replies are small, and once.
+  if (closed_ || reply_estimate_ >= kResendBelow) return false;
   const Slot& s = SlotAt(seq);
-  // A part of a request split over shards, or a passthrough AUTH, is answered on its own
-  // terms; a reply already begun cannot be taken from another connection. Once only: each
-  // send costs the server the reply, and hop after hop behind other slow readers it would
-  // cost it again each time.
-  return s.is_read && !s.resent && !s.request.empty() && !s.done && s.streamed == 0 &&
-         s.parent == kNoParent && s.auth_user == 0 && !s.discard;
+  // A part of a request split over shards, a read behind its ASKING, or a passthrough AUTH
+  // is answered on its own terms; a reply already begun cannot be taken from another
+  // connection.
+  if (!s.is_read || s.resent || s.request.empty() || s.done || s.streamed > 0 ||
+      s.parent != kNoParent || s.auth_user != 0 || s.discard || s.redirects > 0) {
+    return false;
+  }
+  // Run again later, it must not see what the client asked for after it, nor run before
+  // what the client asked for before it: no write of this client after it (Redis has run
+  // those already: a GET sent again after its own SET saw the new value), and none in flight.
+  if (writes_inflight_ > 0) return false;
+  for (uint64_t q = seq + 1; q < next_; ++q) {
+    if (!SlotAt(q).is_read) return false;
+  }
+  return true;
+}
+
+ClientSession::Behind ClientSession::BehindSlowReader(uint64_t seq) {
+  if (MaySendAgain(seq)) return Behind::kSendAgain;
+  if (SlotAt(seq).is_read && reply_estimate_ >= kResendBelow) return Behind::kWait;
+  return Behind::kReadOn;
 }
 
 bool ClientSession::SendAgain(uint64_t seq, BackendConn* from, uint64_t held_ms) {
@@ -1349,10 +1369,10 @@ void ClientSession::WaitForDrain(BackendConn* c) {
   }
 }
 
-void ClientSession::ResumeStreams() {
+void ClientSession::ResumeStreams(bool drained) {
   std::vector<BackendConn*> waiting;
   waiting.swap(drain_waiters_);
-  for (BackendConn* c : waiting) c->ResumeStream();
+  for (BackendConn* c : waiting) c->ResumeStream(drained);
 }
 
 bool ClientSession::InflightReaches(uint64_t depth, size_t bytes) const {
@@ -1415,7 +1435,7 @@ void ClientSession::NoteReplySize(size_t len) {
 void ClientSession::MaybeResume() {
   if (!drain_waiters_.empty() && StreamBacklog() <= kStreamResumeAt) {
     shown_reading_ = true;
-    ResumeStreams();
+    ResumeStreams(true);
   }
   const ClientLimits& lim = worker_->config().client;
   if (!paused_ || closed_ ||
@@ -1647,7 +1667,7 @@ void ClientSession::Close() {
   closed_ = true;
   reading_ = false;
   // The rest of any reply streaming to it is read and dropped (those connections then close).
-  ResumeStreams();
+  ResumeStreams(false);
   if (accounted_ != 0) {
     worker_->AddReplyBytes(-static_cast<int64_t>(accounted_));
     accounted_ = 0;

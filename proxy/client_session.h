@@ -93,6 +93,12 @@ class ClientSession {
   bool SendAgain(uint64_t seq, BackendConn* from, uint64_t held_ms);
   // Whether SendAgain would send `seq` again.
   bool MaySendAgain(uint64_t seq);
+  // What `seq`, held behind another client's slow reader, may do: go again elsewhere (a
+  // small read, MaySendAgain), wait its turn (a read of a client whose replies are large:
+  // sent again, the server would build it twice), or neither (a write: the connection reads
+  // on for it).
+  enum class Behind : uint8_t { kSendAgain, kWait, kReadOn };
+  Behind BehindSlowReader(uint64_t seq);
   // Dedicated connection callbacks.
   void OnStreamFrame(const char* data, size_t len);
   void OnStreamFailure(const std::string& reason);
@@ -364,7 +370,8 @@ class ClientSession {
   // A reply of `len` bytes from a server: tells the worker when it is large (FirstBurst).
   void NoteLargeReply(size_t len);
   // The connections waiting for this client to read (see WaitForDrain) read on.
-  void ResumeStreams();
+  // `drained`: the client read its backlog down (else it is closing).
+  void ResumeStreams(bool drained);
   // Reply bytes held for the client that count against max_client_buffer_bytes.
   size_t CountedReplyBytes() const;
   // Past the in-flight bound, whether the client's requests are still read (not sent on).
