@@ -17,7 +17,6 @@ class Ring {
   T& front() { return items_[head_ & mask_]; }
   const T& front() const { return items_[head_ & mask_]; }
   T& back() { return items_[(tail_ - 1) & mask_]; }
-  const T& back() const { return items_[(tail_ - 1) & mask_]; }
   T& operator[](size_t i) { return items_[(head_ + i) & mask_]; }
   const T& operator[](size_t i) const { return items_[(head_ + i) & mask_]; }
 

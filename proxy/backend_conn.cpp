@@ -616,15 +616,16 @@ void BackendConn::StreamPart() {
   // reading were closed for it. A client that stops reading is closed by the timeout
   // (CheckTimeout) and the others' replies then come. Behind readers that keep up (a pause
   // under kSlowPauseMs: 0.5 MB taken at 0.5 MB/s or more) the others wait their turn; behind
-  // slow ones, a second (or the timeout) in all at most. Then, if all of them can go
-  // elsewhere (small reads, see ClientSession::MaySendAgain) and this client reads
-  // (HeadReads; not known yet: the pause goes on until CheckTimeout has judged it), they go
-  // again on another connection (SendOthersAgain) and the pause goes on: on a loaded machine
-  // 50 clients reading 16 MB values all paused for a second and more, and reading on for the
-  // others passed the bound and closed clients that were reading. Otherwise the connection
-  // reads on, and the total bound decides: sent again behind clients that never read, their
-  // large reads were built by the server again and again. (Small GETs behind a slow reader
-  // waited 26 s, behind three slow readers three timeouts.)
+  // slow ones, a second (or the timeout) in all at most. Then, if this client reads
+  // (HeadReads; not known yet: the pause goes on until CheckTimeout has judged it) and each
+  // of them can go elsewhere (a small read, see ClientSession::BehindSlowReader) or wait its
+  // turn (a large read, for a timeout in all at most), the small ones go again on another
+  // connection (SendOthersAgain) and the pause goes on: on a loaded machine 50 clients
+  // reading 16 MB values all paused for a second and more, and reading on for the others
+  // passed the bound and closed clients that were reading. Otherwise the connection reads
+  // on, and the total bound decides: sent again behind clients that never read, their large
+  // reads were built by the server again and again. (Small GETs behind a slow reader waited
+  // 26 s, behind three slow readers three timeouts.)
   bool late = false;
   const bool others = OthersBehind(client, &late);
   if (!detached_) {
@@ -636,13 +637,19 @@ void BackendConn::StreamPart() {
     FenceQueued(1);  // the streamed request itself has run: those behind it may not have
   }
   if (others && worker_->ClientBuffersCrowded() && late) {
-    bool send = false;
-    if (!MayHoldOthers(client, &send)) return;  // some could neither go elsewhere nor wait
     const Reads r = HeadReads();
     // Not known yet: paused, and judged a while after the client's kernel has settled
     // (CheckTimeout), unless a reader here was judged not to read already (the others waited
     // for that once).
     if (r == Reads::kNo || (r == Reads::kUnknown && judged_no_)) return;
+    bool send = false;
+    if (!MayHoldOthers(client, &send)) {
+      // Some could neither go elsewhere nor wait: read on. Those behind have waited long, and
+      // a later reply's client is not waited for to be judged either (three readers that
+      // never read, judged one after the other, held small GETs two seconds).
+      judged_no_ = true;
+      return;
+    }
     if (r == Reads::kYes && send) SendOthersAgain(client);
   } else if (others && !worker_->ClientBuffersCrowded()) {
     return;
@@ -685,8 +692,7 @@ BackendConn::Reads BackendConn::HeadReads() const {
   if (pending_.empty() || pending_.front().client == nullptr) return Reads::kUnknown;
   const PendingReply& head = pending_.front();
   if (head.client->id() == verdict_client_ && head.seq == verdict_seq_) return verdict_;
-  // Not judged yet for this reply: one that read down a backlog before reads.
-  return head.client->shown_reading() ? Reads::kYes : Reads::kUnknown;
+  return Reads::kUnknown;  // not judged yet for this reply
 }
 
 void BackendConn::SetHeadReads(Reads r) {
@@ -711,6 +717,9 @@ bool BackendConn::MayHoldOthers(const ClientSession* head, bool* send) const {
         *send = true;
         break;
       case ClientSession::Behind::kWait:
+        // Its turn behind readers, but not longer than a timeout in all: then the connection
+        // reads on (a 512 KB GET waited 36 s behind a reader taking 320 KB/s).
+        if (HeldBehindSlow(pr) >= worker_->timeout_ms()) return false;
         break;
       case ClientSession::Behind::kReadOn:
         return false;
@@ -778,7 +787,7 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     const bool others = OthersBehind(c, &late);
     if (others && late) {
       // Others have waited behind slow readers long enough (see StreamPart). Whether this
-      // client reads is judged once its kernel has settled: it took kReadProgressBytes since.
+      // client reads is judged on what it took over kJudgeMs after its kernel settled.
       bool send = false;
       bool read_on = !open || !worker_->ClientBuffersCrowded() || !MayHoldOthers(c, &send);
       if (!read_on && HeadReads() == Reads::kUnknown) {

@@ -255,7 +255,9 @@ class BackendConn {
   uint64_t verdict_client_ = 0;  // ClientSession::id() (a pointer may be reused)
   uint64_t verdict_seq_ = 0;
   Reads verdict_ = Reads::kUnknown;
-  bool judged_no_ = false;  // a head reply's client here was judged not to read
+  // A head reply's client here was judged not to read, or the connection read on for the
+  // requests behind one: later head replies' clients are not paused for to be judged.
+  bool judged_no_ = false;
   ConnClass cls_;
   std::string client_name_;  // see client_name_is()
   bool client_name_known_ = true;

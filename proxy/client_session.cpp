@@ -851,8 +851,13 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
 
 bool ClientSession::MaySendAgain(uint64_t seq) {
   // Each send costs the server the reply (and the first one it holds until the slow reader
-  // ahead has read): only for clients whose replies are small, and once.
-  if (closed_ || reply_estimate_ >= kResendBelow) return false;
+  // ahead has read): only for clients whose replies are known to be small (a new client's
+  // may be anything while large replies are about: 50 redis-benchmark clients' first GETs of
+  // a 16 MB value were all built twice), and once.
+  if (closed_ || reply_estimate_ >= kResendBelow ||
+      (reply_estimate_ == 0 && worker_->LargeRepliesSeenWithin(kLargeRepliesMemoryMs))) {
+    return false;
+  }
   const Slot& s = SlotAt(seq);
   // A part of a request split over shards, a read behind its ASKING, or a passthrough AUTH
   // is answered on its own terms; a reply already begun cannot be taken from another
@@ -866,14 +871,18 @@ bool ClientSession::MaySendAgain(uint64_t seq) {
   // those already: a GET sent again after its own SET saw the new value), and none in flight.
   if (writes_inflight_ > 0) return false;
   for (uint64_t q = seq + 1; q < next_; ++q) {
-    if (!SlotAt(q).is_read) return false;
+    const Slot& later = SlotAt(q);
+    if (later.kind == 2 || later.may_write || later.stream) return false;
   }
   return true;
 }
 
 ClientSession::Behind ClientSession::BehindSlowReader(uint64_t seq) {
   if (MaySendAgain(seq)) return Behind::kSendAgain;
-  if (SlotAt(seq).is_read && reply_estimate_ >= kResendBelow) return Behind::kWait;
+  const bool large =
+      reply_estimate_ >= kResendBelow ||
+      (reply_estimate_ == 0 && worker_->LargeRepliesSeenWithin(kLargeRepliesMemoryMs));
+  if (SlotAt(seq).is_read && large) return Behind::kWait;
   return Behind::kReadOn;
 }
 
@@ -883,7 +892,10 @@ bool ClientSession::SendAgain(uint64_t seq, BackendConn* from, uint64_t held_ms)
   // The same server, in the same class (database, user) as the first send: what the read
   // sees is what it would have seen there, a little later. Not a retry for a failure: the
   // retry budget is not charged.
-  BackendConn* to = worker_->SharedConn(from->backend(), from->conn_class());
+  // On a primary, the client's own connection: its reads sent again run in its order.
+  Backend* b = from->backend();
+  BackendConn* to = b->is_primary() ? worker_->PrimaryConnFor(b, id_, from->conn_class())
+                                    : worker_->SharedConn(b, from->conn_class());
   if (to == from) return false;  // (it is out of the pool: not expected)
   s.resent = true;
   worker_->stats().resent++;
@@ -1433,10 +1445,7 @@ void ClientSession::NoteReplySize(size_t len) {
 }
 
 void ClientSession::MaybeResume() {
-  if (!drain_waiters_.empty() && StreamBacklog() <= kStreamResumeAt) {
-    shown_reading_ = true;
-    ResumeStreams(true);
-  }
+  if (!drain_waiters_.empty() && StreamBacklog() <= kStreamResumeAt) ResumeStreams(true);
   const ClientLimits& lim = worker_->config().client;
   if (!paused_ || closed_ ||
       (dedicated_ == nullptr &&

@@ -94,9 +94,10 @@ class ClientSession {
   // Whether SendAgain would send `seq` again.
   bool MaySendAgain(uint64_t seq);
   // What `seq`, held behind another client's slow reader, may do: go again elsewhere (a
-  // small read, MaySendAgain), wait its turn (a read of a client whose replies are large:
-  // sent again, the server would build it twice), or neither (a write: the connection reads
-  // on for it).
+  // small read, MaySendAgain), wait its turn (a read of a client whose replies are large, or
+  // not known yet while large replies are about: sent again, the server would build it
+  // twice), or neither (a write, or a small read that may not go again: the connection
+  // reads on for it).
   enum class Behind : uint8_t { kSendAgain, kWait, kReadOn };
   Behind BehindSlowReader(uint64_t seq);
   // Dedicated connection callbacks.
@@ -118,9 +119,6 @@ class ClientSession {
   // (Redis orders only one connection's requests). So nothing more is taken from the client
   // until every request up to `seq` is answered.
   void HoldUntilAnswered(uint64_t seq);
-  // A connection that paused for this client's backlog resumed once it read it down: the
-  // client reads (see BackendConn::HeadReads).
-  bool shown_reading() const { return shown_reading_; }
   void ForgetDrainWait(BackendConn* c) {
     drain_waiters_.erase(std::remove(drain_waiters_.begin(), drain_waiters_.end(), c),
                          drain_waiters_.end());
@@ -520,7 +518,6 @@ class ClientSession {
   uint64_t pending_sub_confirms_ = 0;  // channels of (P|S)SUBSCRIBEs sent, not confirmed yet
   bool unpin_marker_sent_ = false;     // the PING sent to leave pub/sub; input waits for it
   uint64_t unpin_marker_token_ = 0;
-  bool shown_reading_ = false;      // see shown_reading()
   bool resubscribing_ = false;      // waiting for a primary to renew them on
   uint64_t resubscribe_since_ = 0;  // worker clock; 0: not renewing
   size_t resub_swallow_ = 0;        // confirmations of the renewal still to drop

@@ -1014,6 +1014,11 @@ def test_requests_behind_a_slow_reader_wait_one_timeout_at_most(fresh_cluster, m
         s.connect((HOST, proxy.port))
         big.append(s)
     smalls = [connect(proxy.port, timeout=30 * SLOWDOWN) for _ in range(4)]
+    # Their replies are known to be small (from this one): reads of clients whose replies are
+    # large, or not known yet while large ones are about, wait their turn instead.
+    for s in smalls:
+        s.sendall(small_get)
+        assert read_replies(s, 1)[0] == [b"$1\r\ns\r\n"]
     stop = threading.Event()
     got = [bytearray() for _ in big]
 
