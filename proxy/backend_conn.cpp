@@ -8,6 +8,8 @@
 #include <cstring>
 #include <string_view>
 #include <tuple>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "common/logging.h"
 #include "common/resp_writer.h"
@@ -618,9 +620,10 @@ void BackendConn::StreamPart() {
   // under kSlowPauseMs: 0.5 MB taken at 0.5 MB/s or more) the others wait their turn; behind
   // slow ones, a second (or the timeout) in all at most. Then, if this client reads
   // (HeadReads; not known yet: the pause goes on until CheckTimeout has judged it) and each
-  // of them can go elsewhere (a small read, see ClientSession::BehindSlowReader) or wait its
-  // turn (a large read, for a timeout in all at most), the small ones go again on another
-  // connection (SendOthersAgain) and the pause goes on: on a loaded machine 50 clients
+  // of them can go elsewhere (small reads, all a client asked for since: see
+  // ClientSession::MaySendAgain) or wait its turn (a large read, for a timeout in all at
+  // most), the small ones go again on another connection (SendOthersAgain) and the pause
+  // goes on: on a loaded machine 50 clients
   // reading 16 MB values all paused for a second and more, and reading on for the others
   // passed the bound and closed clients that were reading. Otherwise the connection reads
   // on, and the total bound decides: sent again behind clients that never read, their large
@@ -702,40 +705,53 @@ void BackendConn::SetHeadReads(Reads r) {
   verdict_ = r;
 }
 
-bool BackendConn::MayHoldOthers(const ClientSession* head, bool* send) const {
-  // The server's side too: a backend no longer fit for this traffic takes nothing more.
-  const bool fit = backend_->is_primary() ? backend_->serves_writes() : backend_->serves_reads();
-  *send = false;
+std::vector<BackendConn::Queued> BackendConn::QueuedBehind(const ClientSession* head) const {
+  std::vector<Queued> out;
+  std::unordered_map<const ClientSession*, size_t> at;
   for (size_t i = std::max<size_t>(1, cancelled_); i < pending_.size(); ++i) {
     const PendingReply& pr = pending_[i];
     if (pr.client == nullptr || pr.client == head || pr.client->closed() || pr.handshake) {
       continue;
     }
-    switch (pr.client->BehindSlowReader(pr.seq)) {
-      case ClientSession::Behind::kSendAgain:
-        if (!fit) return false;
-        *send = true;
-        break;
-      case ClientSession::Behind::kWait:
-        // Its turn behind readers, but not longer than a timeout in all: then the connection
-        // reads on (a 512 KB GET waited 36 s behind a reader taking 320 KB/s).
-        if (HeldBehindSlow(pr) >= worker_->timeout_ms()) return false;
-        break;
-      case ClientSession::Behind::kReadOn:
-        return false;
+    auto [it, fresh] = at.try_emplace(pr.client, out.size());
+    if (fresh) out.push_back({pr.client, pr.seq, 0, 0, true});
+    Queued& q = out[it->second];
+    q.first_seq = std::min(q.first_seq, pr.seq);
+    ++q.count;
+    q.held_ms = std::max(q.held_ms, HeldBehindSlow(pr));
+    q.may_wait = q.may_wait && pr.client->WaitsBehindSlowReader(pr.seq);
+  }
+  return out;
+}
+
+bool BackendConn::MayHoldOthers(const ClientSession* head, bool* send) const {
+  // The server's side too: a backend no longer fit for this traffic takes nothing more.
+  const bool fit = backend_->is_primary() ? backend_->serves_writes() : backend_->serves_reads();
+  *send = false;
+  for (const Queued& q : QueuedBehind(head)) {
+    if (q.client->MaySendAgain(q.first_seq, q.count)) {
+      if (!fit) return false;
+      *send = true;
+    } else if (!q.may_wait || q.held_ms >= worker_->timeout_ms()) {
+      // A write, or a small read that may not go again: read on for it. A large read waits
+      // its turn behind readers, but not longer than a timeout in all (a 512 KB GET waited
+      // 36 s behind a reader taking 320 KB/s).
+      return false;
     }
   }
   return true;
 }
 
 void BackendConn::SendOthersAgain(const ClientSession* head) {
+  std::unordered_set<const ClientSession*> sent;
+  for (const Queued& q : QueuedBehind(head)) {
+    if (q.client->SendAgain(q.first_seq, q.count, this, q.held_ms)) sent.insert(q.client);
+  }
+  if (sent.empty()) return;
+  // Their replies here, when they come, are dropped (as a cancelled one's is).
   for (size_t i = std::max<size_t>(1, cancelled_); i < pending_.size(); ++i) {
     PendingReply& pr = pending_[i];
-    if (pr.client == nullptr || pr.client == head || pr.client->closed() || pr.handshake) {
-      continue;
-    }
-    // Its reply here, when it comes, is dropped (as a cancelled one's is).
-    if (pr.client->SendAgain(pr.seq, this, HeldBehindSlow(pr))) pr.client = nullptr;
+    if (!pr.handshake && sent.count(pr.client) != 0) pr.client = nullptr;
   }
 }
 

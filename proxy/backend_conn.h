@@ -160,13 +160,25 @@ class BackendConn {
   enum class Reads : uint8_t { kUnknown, kYes, kNo };
   Reads HeadReads() const;
   void SetHeadReads(Reads r);
+  // The other open clients with requests queued behind the head reply (of `head`), each
+  // with its first request here, how many it has here, the most any of them waited behind
+  // slow readers, and whether each may wait its turn (ClientSession::WaitsBehindSlowReader).
+  struct Queued {
+    ClientSession* client = nullptr;
+    uint64_t first_seq = 0;
+    size_t count = 0;
+    uint64_t held_ms = 0;
+    bool may_wait = true;
+  };
+  std::vector<Queued> QueuedBehind(const ClientSession* head) const;
   // Whether the requests of other clients behind the head reply may all be held there
-  // longer: each can go again elsewhere (*send: there is one) or is a large read that waits
-  // its turn (see ClientSession::BehindSlowReader). False: the connection reads on.
+  // longer: each client's can all go again elsewhere (*send: some can, see
+  // ClientSession::MaySendAgain) or are large reads that wait their turn. False: the
+  // connection reads on.
   bool MayHoldOthers(const ClientSession* head, bool* send) const;
   // The reads of other clients queued behind the head reply (of `head`) go again on another
-  // connection to the same server (ClientSession::SendAgain) and their entries here are
-  // cleared; the rest stay.
+  // connection to the same server, a client's all together or none (ClientSession::SendAgain),
+  // and their entries here are cleared; the rest stay.
   void SendOthersAgain(const ClientSession* head);
   // Shared mode: hands the settled part of an incomplete large reply to its client.
   void StreamPart();

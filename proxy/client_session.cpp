@@ -849,7 +849,7 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
   return true;
 }
 
-bool ClientSession::MaySendAgain(uint64_t seq) {
+bool ClientSession::MaySendAgain(uint64_t first_seq, size_t count) {
   // Each send costs the server the reply (and the first one it holds until the slow reader
   // ahead has read): only for clients whose replies are known to be small (a new client's
   // may be anything while large replies are about: 50 redis-benchmark clients' first GETs of
@@ -858,51 +858,54 @@ bool ClientSession::MaySendAgain(uint64_t seq) {
       (reply_estimate_ == 0 && worker_->LargeRepliesSeenWithin(kLargeRepliesMemoryMs))) {
     return false;
   }
-  const Slot& s = SlotAt(seq);
-  // A part of a request split over shards, a read behind its ASKING, or a passthrough AUTH
-  // is answered on its own terms; a reply already begun cannot be taken from another
-  // connection.
-  if (!s.is_read || s.resent || s.request.empty() || s.done || s.streamed > 0 ||
-      s.parent != kNoParent || s.auth_user != 0 || s.discard || s.redirects > 0) {
-    return false;
-  }
-  // Run again later, it must not see what the client asked for after it, nor run before
-  // what the client asked for before it: no write of this client after it (Redis has run
-  // those already: a GET sent again after its own SET saw the new value), and none in flight.
-  if (writes_inflight_ > 0) return false;
-  for (uint64_t q = seq + 1; q < next_; ++q) {
-    const Slot& later = SlotAt(q);
-    if (later.kind == 2 || later.may_write || later.stream) return false;
+  // Run again later, they must not see what the client asked for after them, nor run after
+  // a later request of its that has run: they are all it asked for since the first, and none
+  // of its writes is in flight or among them (a GET sent again after its own SET saw the new
+  // value; a GET sent again after the client's next GET had run elsewhere read newer than
+  // that one).
+  if (writes_inflight_ > 0 || first_seq < head_ || next_ - first_seq != count) return false;
+  for (uint64_t q = first_seq; q < next_; ++q) {
+    const Slot& s = SlotAt(q);
+    // A part of a request split over shards, a read behind its ASKING, or a passthrough AUTH
+    // is answered on its own terms; a reply already begun cannot be taken from another
+    // connection.
+    if (!s.is_read || s.kind == 2 || s.may_write || s.stream || s.resent || s.request.empty() ||
+        s.done || s.streamed > 0 || s.parent != kNoParent || s.auth_user != 0 || s.discard ||
+        s.redirects > 0) {
+      return false;
+    }
   }
   return true;
 }
 
-ClientSession::Behind ClientSession::BehindSlowReader(uint64_t seq) {
-  if (MaySendAgain(seq)) return Behind::kSendAgain;
+bool ClientSession::WaitsBehindSlowReader(uint64_t seq) {
   const bool large =
       reply_estimate_ >= kResendBelow ||
       (reply_estimate_ == 0 && worker_->LargeRepliesSeenWithin(kLargeRepliesMemoryMs));
-  if (SlotAt(seq).is_read && large) return Behind::kWait;
-  return Behind::kReadOn;
+  return large && SlotAt(seq).is_read;
 }
 
-bool ClientSession::SendAgain(uint64_t seq, BackendConn* from, uint64_t held_ms) {
-  if (!MaySendAgain(seq)) return false;
-  Slot& s = SlotAt(seq);
-  // The same server, in the same class (database, user) as the first send: what the read
-  // sees is what it would have seen there, a little later. Not a retry for a failure: the
-  // retry budget is not charged.
-  // On a primary, the client's own connection: its reads sent again run in its order.
+bool ClientSession::SendAgain(uint64_t first_seq, size_t count, BackendConn* from,
+                              uint64_t held_ms) {
+  if (!MaySendAgain(first_seq, count)) return false;
+  // The same server, in the same class (database, user) as the first send: what a read sees
+  // is what it would have seen there, a little later. One connection for all of them, in
+  // order (on a primary, the client's own). Not a retry for a failure: the retry budget is
+  // not charged.
   Backend* b = from->backend();
   BackendConn* to = b->is_primary() ? worker_->PrimaryConnFor(b, id_, from->conn_class())
                                     : worker_->SharedConn(b, from->conn_class());
   if (to == from) return false;  // (it is out of the pool: not expected)
-  s.resent = true;
-  worker_->stats().resent++;
-  to->Send(this, seq, s.request.data(), s.request.size(), worker_->now() + worker_->timeout_ms());
-  // Behind slow readers there as well, it goes on at once: a second in all, not per hop.
-  to->CarryHeld(this, seq, held_ms);
-  return true;  // inflight_ stays: the first send's entry is cleared, this one counts instead
+  const uint64_t deadline = worker_->now() + worker_->timeout_ms();
+  for (uint64_t q = first_seq; q < next_; ++q) {
+    Slot& s = SlotAt(q);
+    s.resent = true;
+    worker_->stats().resent++;
+    to->Send(this, q, s.request.data(), s.request.size(), deadline);
+    // Behind slow readers there as well, it goes on at once: a second in all, not per hop.
+    to->CarryHeld(this, q, held_ms);
+  }
+  return true;  // inflight_ stays: the first sends' entries are cleared, these count instead
 }
 
 // ---- backend callbacks ----

@@ -84,22 +84,22 @@ class ClientSession {
   // `unsent`: the connection never reached the server, so the request was not applied.
   void OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason, bool timeout,
                         uint64_t timeout_pass = 0, bool unsent = false);
-  // Request `seq` waits on connection `from` behind another client's reply, paused for that
-  // client to read: a read whose copy is kept goes again on another connection to the same
-  // server, and the reply of the first send is dropped (the caller clears its entry). False:
-  // it cannot (a write, no copy, part of its reply passed on already, or sent again once
-  // before) and stays. `held_ms`: what it waited behind slow readers there, which counts on
-  // the new connection too.
-  bool SendAgain(uint64_t seq, BackendConn* from, uint64_t held_ms);
-  // Whether SendAgain would send `seq` again.
-  bool MaySendAgain(uint64_t seq);
-  // What `seq`, held behind another client's slow reader, may do: go again elsewhere (a
-  // small read, MaySendAgain), wait its turn (a read of a client whose replies are large, or
-  // not known yet while large replies are about: sent again, the server would build it
-  // twice), or neither (a write, or a small read that may not go again: the connection
-  // reads on for it).
-  enum class Behind : uint8_t { kSendAgain, kWait, kReadOn };
-  Behind BehindSlowReader(uint64_t seq);
+  // Requests `first_seq` on, `count` of them, wait on connection `from` behind another
+  // client's reply, paused for that client to read: if they are all this client has asked
+  // since and each is a read whose copy is kept, they go again, in order, on one other
+  // connection to the same server, and the replies of the first sends are dropped (the
+  // caller clears their entries). False: they stay. All or none: a later request that ran
+  // already (elsewhere, or here without being sent again) would have seen an older state
+  // than the one sent again. `held_ms`: what they waited behind slow readers there, which
+  // counts on the new connection too.
+  bool SendAgain(uint64_t first_seq, size_t count, BackendConn* from, uint64_t held_ms);
+  // Whether SendAgain would send them again.
+  bool MaySendAgain(uint64_t first_seq, size_t count);
+  // Whether `seq`, held behind another client's slow reader and not sent again, may wait its
+  // turn: a read of a client whose replies are large, or not known yet while large replies
+  // are about (sent again, the server would build it twice). Otherwise the connection reads
+  // on for it.
+  bool WaitsBehindSlowReader(uint64_t seq);
   // Dedicated connection callbacks.
   void OnStreamFrame(const char* data, size_t len);
   void OnStreamFailure(const std::string& reason);

@@ -1138,6 +1138,87 @@ def test_a_read_held_behind_a_slow_reader_never_sees_its_own_later_write(fresh_c
     assert proxy.alive
 
 
+@pytest.mark.parametrize("where", ["replica", "primary"])
+def test_a_read_held_behind_a_slow_reader_never_reads_newer_than_the_clients_later_read(
+        fresh_cluster, make_proxy, where):
+    """max_total_client_buffer_bytes 2 MB: a slow reader's 12 MB reply pauses its connection
+    with another client's read of k behind it. That client's later read ran already (replica:
+    GET k again 0.3 s later, on the connection that took the paused one's place; primary,
+    read_policy primary: GET j in database 1, pipelined, on that database's connection). Then
+    another client writes j and k (in that order). Sent again elsewhere after a second, the
+    held read of k would see the new k while the later read saw the old value (replica: new
+    then old; primary: k new, j old, which no order of the writes can give)."""
+    c = fresh_cluster
+    value = os.urandom(6 * MB).hex().encode()  # 12 MB
+    primary = c.primary.client(timeout=30)
+    primary.set("abuse:mono:big", value)
+    primary.set("abuse:mono:k", "old")
+    db1 = c.primary.client(db=1)
+    db1.set("abuse:mono:j", "old")
+    replica = c.replicas[0].client(timeout=30)
+    deadline = time.monotonic() + 10 * SLOWDOWN
+    while replica.get("abuse:mono:k") != b"old" or replica.strlen("abuse:mono:big") != len(value):
+        assert time.monotonic() < deadline, "replica never synced"
+        time.sleep(0.05)
+    extra = ["--read-policy", "primary"] if where == "primary" else []
+    proxy = start_proxy(make_proxy, c, *extra, "--max-total-client-buffer-bytes", str(2 * MB))
+    assert proxy.client(timeout=30).get("abuse:mono:big") == value  # a large reply seen
+    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    slow.connect((HOST, proxy.port))
+    stop = threading.Event()
+
+    def read_slowly():
+        try:
+            got = 0
+            while got < len(value) and not stop.is_set():
+                chunk = slow.recv(64 * 1024)
+                if not chunk:
+                    return
+                got += len(chunk)
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    client = connect(proxy.port, timeout=30 * SLOWDOWN)
+    # Its replies are small (learned from these): its reads may go again.
+    client.sendall(encode_command("GET", "abuse:mono:k") + encode_command("SELECT", "1")
+                   + encode_command("GET", "abuse:mono:j") + encode_command("SELECT", "0"))
+    assert read_replies(client, 4)[0] == [b"$3\r\nold\r\n", b"+OK\r\n",
+                                          b"$3\r\nold\r\n", b"+OK\r\n"]
+    try:
+        slow.sendall(encode_command("GET", "abuse:mono:big"))
+        time.sleep(0.005)  # its GET first, then the client's behind it on that connection
+        if where == "replica":
+            client.sendall(encode_command("GET", "abuse:mono:k"))
+            reader.start()
+            time.sleep(0.3)
+            client.sendall(encode_command("GET", "abuse:mono:k"))
+            expected = 2
+        else:
+            client.sendall(encode_command("GET", "abuse:mono:k") + encode_command("SELECT", "1")
+                           + encode_command("GET", "abuse:mono:j")
+                           + encode_command("SELECT", "0"))
+            reader.start()
+            expected = 4
+        time.sleep(0.3)
+        db1.set("abuse:mono:j", "new")
+        primary.set("abuse:mono:k", "new")
+        replies, _ = read_replies(client, expected, timeout=30 * SLOWDOWN)
+    finally:
+        stop.set()
+        reader.join(5)
+        slow.close()
+        client.close()
+    print(replies, metric(metrics(proxy), 'kompress_requests_total{route="resent"}'))
+    if where == "replica":
+        assert replies != [b"$3\r\nnew\r\n", b"$3\r\nold\r\n"], replies
+    else:
+        assert not (replies[0] == b"$3\r\nnew\r\n" and replies[2] == b"$3\r\nold\r\n"), replies
+    assert proxy.alive
+
+
 # -- 5. the retry budget ---------------------------------------------------------------------
 
 SLOW_READ_S = 2.0  # on the replica, with timeout 1 s
