@@ -905,6 +905,10 @@ bool ClientSession::SendAgain(uint64_t first_seq, size_t count, BackendConn* fro
     // Behind slow readers there as well, it goes on at once: a second in all, not per hop.
     to->CarryHeld(this, q, held_ms);
   }
+  // Nothing more of this client's is sent until they are answered: a later request on a
+  // connection that is ready would run before them where `to` has yet to connect (a
+  // replica's clients are not held when a connection leaves the pool, see FenceQueued).
+  HoldUntilAnswered(next_ - 1);
   return true;  // inflight_ stays: the first sends' entries are cleared, these count instead
 }
 

@@ -166,6 +166,29 @@ def metrics(proxy):
     return text
 
 
+def slow_reader(proxy, size):
+    """A client with a 64 KB receive buffer, and a thread (not started) that reads `size`
+    bytes from it 64 KB every 0.2 s, until the event is set: (socket, event, thread)."""
+    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    slow.connect((HOST, proxy.port))
+    stop = threading.Event()
+
+    def read_slowly():
+        try:
+            got = 0
+            while got < size and not stop.is_set():
+                chunk = slow.recv(64 * 1024)
+                if not chunk:
+                    return
+                got += len(chunk)
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    return slow, stop, threading.Thread(target=read_slowly, daemon=True)
+
+
 def client_drops(proxy, reason):
     """DROPS_METRIC{reason=...}; AssertionError if the series is not exported."""
     name = f'{DROPS_METRIC}{{reason="{reason}"}}'
@@ -1097,24 +1120,7 @@ def test_a_read_held_behind_a_slow_reader_never_sees_its_own_later_write(fresh_c
     proxy = start_proxy(make_proxy, c, "--read-policy", "primary",
                         "--max-total-client-buffer-bytes", str(2 * MB))
     assert proxy.client(timeout=30).get("abuse:order:big") == value  # a large reply seen
-    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    slow.connect((HOST, proxy.port))
-    stop = threading.Event()
-
-    def read_slowly():
-        try:
-            got = 0
-            while got < len(value) and not stop.is_set():
-                chunk = slow.recv(64 * 1024)
-                if not chunk:
-                    return
-                got += len(chunk)
-                time.sleep(0.2)
-        except OSError:
-            pass
-
-    reader = threading.Thread(target=read_slowly, daemon=True)
+    slow, stop, reader = slow_reader(proxy, len(value))
     pipe = connect(proxy.port, timeout=30 * SLOWDOWN)
     # Its replies are small (learned from this one): all three go on together, not one at a
     # time as a new client's first requests do while large replies are about.
@@ -1163,24 +1169,7 @@ def test_a_read_held_behind_a_slow_reader_never_reads_newer_than_the_clients_lat
     extra = ["--read-policy", "primary"] if where == "primary" else []
     proxy = start_proxy(make_proxy, c, *extra, "--max-total-client-buffer-bytes", str(2 * MB))
     assert proxy.client(timeout=30).get("abuse:mono:big") == value  # a large reply seen
-    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    slow.connect((HOST, proxy.port))
-    stop = threading.Event()
-
-    def read_slowly():
-        try:
-            got = 0
-            while got < len(value) and not stop.is_set():
-                chunk = slow.recv(64 * 1024)
-                if not chunk:
-                    return
-                got += len(chunk)
-                time.sleep(0.2)
-        except OSError:
-            pass
-
-    reader = threading.Thread(target=read_slowly, daemon=True)
+    slow, stop, reader = slow_reader(proxy, len(value))
     client = connect(proxy.port, timeout=30 * SLOWDOWN)
     # Its replies are small (learned from these): its reads may go again.
     client.sendall(encode_command("GET", "abuse:mono:k") + encode_command("SELECT", "1")
