@@ -623,12 +623,12 @@ void BackendConn::StreamPart() {
   // of them can go elsewhere (small reads, all a client asked for since: see
   // ClientSession::MaySendAgain) or wait its turn (a large read, for a timeout in all at
   // most), the small ones go again on another connection (SendOthersAgain) and the pause
-  // goes on: on a loaded machine 50 clients
-  // reading 16 MB values all paused for a second and more, and reading on for the others
-  // passed the bound and closed clients that were reading. Otherwise the connection reads
-  // on, and the total bound decides: sent again behind clients that never read, their large
-  // reads were built by the server again and again. (Small GETs behind a slow reader waited
-  // 26 s, behind three slow readers three timeouts.)
+  // goes on: on a loaded machine 50 clients reading 16 MB values all paused for a second and
+  // more, and reading on for the others passed the bound and closed clients that were
+  // reading. Otherwise the connection reads on, and the total bound decides: sent again
+  // behind clients that never read, their large reads were built by the server again and
+  // again. (Small GETs behind a slow reader waited 26 s, behind three slow readers three
+  // timeouts.)
   bool late = false;
   const bool others = OthersBehind(client, &late);
   if (!detached_) {
