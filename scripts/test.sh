@@ -4,7 +4,9 @@
 # on an ASan/UBSan build, and a short libFuzzer run of the RESP parsers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/deps.sh python3 python3-redis python3-pytest python3-pytest-xdist iproute2 nutcracker redis-sentinel prometheus openssl clang-14 libclang-rt-14-dev
+# (php-cli, php-redis, ruby-redis: the PHP and Ruby clients of
+# tests/integration/test_php_ruby_clients.py.)
+./scripts/deps.sh python3 python3-redis python3-pytest python3-pytest-xdist iproute2 nutcracker redis-sentinel prometheus openssl clang-14 libclang-rt-14-dev php-cli php-redis ruby-redis
 # Real Node.js clients for tests/integration/test_clients.py (node-redis with RESP3, ioredis)
 # at the versions its package-lock.json pins.
 command -v npm >/dev/null 2>&1 || ./scripts/deps.sh nodejs npm

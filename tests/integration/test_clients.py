@@ -521,9 +521,7 @@ def test_hello_arguments_match_redis(cluster, kp):
 # -- 3. Node.js clients: node-redis (RESP3) and ioredis (RESP2) -----------------------------------
 
 def run_node(scenario, args, cluster=None, on_ready=None):
-    """Runs one scenario of node/clients.js; its JSON result. With on_ready, the scenario
-    first settles its reads on the cluster's replicas, then on_ready() runs (a snapshot of
-    the servers' counters) before the reads it is told to go on with."""
+    """Runs one scenario of node/clients.js; its JSON result (see run_client)."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node not found: the Node.js client tests need Node.js 18+", pytrace=False)
@@ -531,16 +529,27 @@ def run_node(scenario, args, cluster=None, on_ready=None):
         if not (NODE_DIR / "node_modules" / mod / "package.json").is_file():
             pytest.fail(f"{NODE_DIR}/node_modules/{mod} missing: run `npm ci` in {NODE_DIR} "
                         "(scripts/test.sh does)", pytrace=False)
+    return run_client([node, str(NODE_DIR / "clients.js")], NODE_DIR, scenario, args, cluster,
+                      on_ready)
+
+
+def run_client(argv, cwd, scenario, args, cluster=None, on_ready=None):
+    """Runs one scenario of a client script (`argv scenario json-args`: node/clients.js,
+    php/clients.php, ruby/clients.rb); its JSON result, the last line it prints. With
+    on_ready, the scenario first settles its reads on the cluster's replicas, then on_ready()
+    runs (a snapshot of the servers' counters, a fault) before the reads it is told to go on
+    with."""
+    label = f"{Path(argv[-1]).name} {scenario}"
     deadline_ms = int(30000 * SLOW)
     args = dict(args, deadline_ms=deadline_ms, gate=on_ready is not None,
                 settle_ms=int(WAIT * 1000),
                 replicas=[r.port for r in cluster.replicas] if cluster else [])
-    proc = subprocess.Popen([node, str(NODE_DIR / "clients.js"), scenario, json.dumps(args)],
-                            cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(argv + [scenario, json.dumps(args)], cwd=cwd,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 
     def failed(what, out=b"", err=b""):
-        return f"node {scenario}: {what}\nstdout: {out.decode()[-2000:]}\n" \
+        return f"{label}: {what}\nstdout: {out.decode()[-2000:]}\n" \
                f"stderr: {err.decode()[-4000:]}"
     try:
         if on_ready is not None:
@@ -556,6 +565,10 @@ def run_node(scenario, args, cluster=None, on_ready=None):
             proc.stdin.write(b"go\n")
             proc.stdin.flush()
         out, err = proc.communicate(timeout=deadline_ms / 1000 + 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(failed("still running after its deadline", out, err), pytrace=False)
     finally:
         if proc.poll() is None:
             proc.kill()
