@@ -202,6 +202,8 @@ class BackendConn {
   Buffer& Tail();
   // Moves the next queued buffer into out_ when out_ is empty; false when nothing is queued.
   bool NextQueued();
+  // Whether a small batch waits for the server's next bytes instead of being written now.
+  bool Corked() const;
   void QueueHandshake();
   void HandshakeRefused(uint64_t kind, const char* reply, size_t len);
   void HandshakeDone();
@@ -284,6 +286,8 @@ class BackendConn {
   // the last tick (both count from 0 on each new socket); backed_up_: some were still
   // waiting then.
   uint64_t queued_total_ = 0;
+  uint64_t flushed_total_ = 0;    // queued_total_ when the last write took everything queued
+  bool read_since_write_ = true;  // the server sent something since that write (see Corked)
   uint64_t written_seen_ = 0;
   uint64_t write_moved_ms_ = 0;  // the last tick that saw the socket take more
   bool backed_up_ = false;
