@@ -418,13 +418,20 @@ void BackendConn::Flush() {
       }
       hs_out_.Clear();
     }
-    while (!awaiting_handshake_ && NextQueued()) {
+    // A corked batch (see Corked) is not encrypted yet: one record for all of it later.
+    bool wrote = false;
+    while (!awaiting_handshake_ && !Corked() && NextQueued()) {
       if (tls_->Write(out_.data(), out_.size()) != TlsStream::Status::kOk) {
         Fail("TLS: " + tls_->error(), true);
         return;
       }
       out_.Clear();
       out_.ShrinkIfEmpty(kKeepBuffer);  // a large value's room is not kept
+      wrote = true;
+    }
+    if (wrote) {
+      if (queued_.empty()) flushed_total_ = queued_total_;
+      read_since_write_ = false;
     }
     tls_->TakeOutput(&wbuf_);
     if (wbuf_.empty()) return;
@@ -470,8 +477,8 @@ bool BackendConn::Corked() const {
   // A small batch waits while the server still owes replies to what was last written and has
   // sent nothing since; the next bytes it sends release it (OnRead). Each write then carries
   // whatever every client queued in the meantime: one write (and one wake-up of the server)
-  // per read instead of one per loop turn, which under load roughly halved the backend writes
-  // per request. What waits here would have waited in the server's queue behind those replies
+  // per read instead of one per loop turn (50 clients: backend writes per GET 0.26 -> 0.14 at
+  // P=1, 0.029 -> 0.0045 at P=16; with TLS, one record too). What waits here would have waited in the server's queue behind those replies
   // anyway; an idle connection, a large batch, a paused stream (see StreamPart) or a
   // dedicated connection write at once.
   return mode_ == Mode::kShared && !read_since_write_ && !read_paused_ && queued_.empty() &&
