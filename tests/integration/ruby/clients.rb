@@ -42,6 +42,14 @@ def gate(args)
   raise 'no go-ahead on stdin' if $stdin.gets.nil?
 end
 
+# The message of the error reply the block gets (nil when it gets none).
+def error_of
+  yield
+  nil
+rescue Redis::CommandError => e
+  e.message
+end
+
 SCENARIOS = {
   # Reads only (the client never writes): they may all go to the replicas.
   'read' => lambda do |a|
@@ -101,19 +109,9 @@ SCENARIOS = {
     c.rpush("#{p}:l", 'x')
     out['blpop'] = c.blpop("#{p}:l", timeout: 1)
     out['blpop_timeout'] = c.blpop("#{p}:l", timeout: 1)
-    begin
-      c.call('NOSUCHCOMMAND', 'x')
-      out['error'] = nil
-    rescue Redis::CommandError => e
-      out['error'] = e.message
-    end
+    out['error'] = error_of { c.call('NOSUCHCOMMAND', 'x') }
     out['ping_after_error'] = c.ping
-    begin
-      c.lpush("#{p}:s", 'x')
-      out['wrongtype_error'] = nil
-    rescue Redis::CommandError => e
-      out['wrongtype_error'] = e.message
-    end
+    out['wrongtype_error'] = error_of { c.lpush("#{p}:s", 'x') }
     c.close
     out
   end,
