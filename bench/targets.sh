@@ -26,6 +26,8 @@
 #      p50, 1 us resolution), median over rounds, interleaved; target: proxy p50 <= direct
 #      p50 + 20 us. 50 clients: the p99 of redis-benchmark's CSV in the P=1 runs of 1-2
 #      (redis-benchmark 7 prints avg/min/p50/p95/p99/max there); target: proxy <= 1.5x direct.
+#      The one-client rounds also run against a second proxy with --busy-poll-us BUSY_POLL_US
+#      (proxy-bp): its p50 is judged against the same goal on its own row, marked opt-in.
 #   4  Large values: `redis-benchmark -c 4 -d 1048576 -n BIG1_N` and `-d 16777216
 #      -n BIG16_N`, SET then GET (the replica synced in between), interleaved rounds; target:
 #      proxy >= 0.9x direct. And a slow reader: a fresh proxy, a 16 MB value, a client with a
@@ -53,6 +55,7 @@
 #   SLOW_BOUND_MB     bound of the slow reader's peak RSS growth (default 32)
 #   IDLE_CLIENTS  idle clients in 5 (default 10000)
 #   CG_N          GETs per callgrind run (default 20000)
+#   BUSY_POLL_US  busy_poll_us of section 3's opt-in row (default 50)
 #   PREDIXY_BIN   a predixy binary to compare with (not packaged; see README)
 #   KP_PROXY_BIN  proxy binary; default build-release/kompress-proxy, built (Release) on
 #                 first use
@@ -345,6 +348,12 @@ EOF
 if want 1 || want 2 || want 3 || want 4 || want 6; then
   start_proxy proxy 1
 fi
+# Section 3 also measures the opt-in busy polling (busy_poll_us), which trades CPU for
+# latency; only its one-client rows use this proxy.
+BUSY_POLL_US="${BUSY_POLL_US:-50}"
+if want 3; then
+  start_proxy proxy-bp 1 --busy-poll-us "$BUSY_POLL_US"
+fi
 for peer in "${PEERS[@]}"; do start_peer "$peer"; done
 
 # Every target must really work (same answers) before it is measured.
@@ -420,14 +429,14 @@ if want 3; then
   echo "== 3. latency: redis-benchmark -c 1 -P 1 -n $LAT_N -r $KEYSPACE --csv (its p50)," \
     "$ROUNDS interleaved rounds; p99 at 50 clients from the P=1 runs above"
   for round in $(seq 1 "$ROUNDS"); do
-    read -r -a order <<<"$(rotate $((round - 1)) direct proxy)"
+    read -r -a order <<<"$(rotate $((round - 1)) direct proxy proxy-bp)"
     for test in set get; do
       for t in "${order[@]}"; do
         out="$W/l-$round-$t-$test"
         rb "$out" -p "${PORT[$t]}" -c 1 -n "$LAT_N" -P 1 -r "$KEYSPACE" -t "$test"
         parse "$out" "$test" && ops=$OPS p50=$P50 p99=$P99
         printf 'l\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "${test^^}" "$ops" "$p50" "$p99" >>"$RAW"
-        printf '  round %s 1 client %-3s %-6s %10s ops/s  p50 %s ms  p99 %s ms\n' \
+        printf '  round %s 1 client %-3s %-8s %10s ops/s  p50 %s ms  p99 %s ms\n' \
           "$round" "${test^^}" "$t" "$ops" "$p50" "$p99"
       done
     done

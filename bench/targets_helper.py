@@ -273,9 +273,18 @@ def judge(section, raw, verdicts, tick, n, rounds):
             if "proxy" in p50 and "direct" in p50:
                 d, x = med(p50["direct"]), med(p50["proxy"])
                 print(f"  1 client P=1 {test} p50 (us, median of {len(p50['proxy'])}; per round "
-                      f"direct {p50['direct']}, proxy {p50['proxy']})")
+                      f"direct {p50['direct']}, proxy {p50['proxy']}"
+                      + (f", proxy-bp {p50['proxy-bp']}" if "proxy-bp" in p50 else "") + ")")
                 v.add(3, f"p50 1 client {test}", f"{x:.0f} us vs direct {d:.0f} us",
                       "<= direct + 20 us", f"+{x - d:.0f} us", "PASS" if x - d <= 20 else "MISS")
+                # The opt-in busy polling: INFO, since the target is about the defaults (and
+                # busy polling costs CPU under load: README, Benchmarks).
+                if "proxy-bp" in p50:
+                    b = med(p50["proxy-bp"])
+                    v.add(3, f"p50 1 client {test}, busy_poll_us (opt-in)",
+                          f"{b:.0f} us vs direct {d:.0f} us", "<= direct + 20 us",
+                          f"+{b - d:.0f} us ({'within' if b - d <= 20 else 'over'} the goal)",
+                          "INFO")
         m = [r for r in rows if r[0] == "m" and r[3] == "1"]
         for test in ("GET", "SET"):
             p99 = {}

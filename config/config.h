@@ -66,6 +66,9 @@ struct Config {
   // TCP congestion control of connections over loopback (clients and backends on this host);
   // "system": whatever the kernel gives them. See proxy/loopback_tcp.h.
   std::string loopback_tcp_congestion = "reno";
+  // After a loop turn that moved requests or replies, a worker keeps polling without sleeping
+  // for this many microseconds (0: it sleeps in epoll_wait at once). See Worker::OnCheck.
+  uint64_t busy_poll_us = 0;
   ReadPolicy read_policy = ReadPolicy::kRoundRobin;
   // Every backend gets INFO replication this often: liveness, and for replicas whether they
   // qualify for reads and how far they have replicated (read-your-writes waits on it).

@@ -305,6 +305,7 @@ class Worker {
   std::vector<BackendConn*> graveyard_;
   std::vector<ClientSession*> closed_clients_;
   bool idle_active_ = false;
+  uint64_t last_work_ns_ = 0;  // uv_hrtime() of the last turn that flushed (busy_poll_us)
 };
 
 }  // namespace kp

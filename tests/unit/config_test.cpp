@@ -767,6 +767,23 @@ TEST_CASE("Config: loopback_tcp_congestion takes a kernel name or system") {
   CHECK(Has(ErrorOf({{"KOMPRESS_LOOPBACK_TCP_CONGESTION", "re no"}}), "loopback_tcp_congestion"));
 }
 
+TEST_CASE("Config: busy_poll_us is off by default and takes whole microseconds") {
+  CHECK(Load({}).busy_poll_us == 0);
+  CHECK(Load({{"KOMPRESS_BUSY_POLL_US", "50"}}).busy_poll_us == 50);
+  CHECK(Load({{"KOMPRESS_BUSY_POLL_US", "50"}}, {"--busy-poll-us", "0"}).busy_poll_us == 0);
+  CHECK(Load({}, {"--busy-poll-us", "100000"}).busy_poll_us == 100000);
+  TempYaml file("busy_poll_us: 200\n");
+  CHECK(Load({{"KOMPRESS_CONFIG", file.path()}}).busy_poll_us == 200);
+  CHECK(Has(Describe(Load({})), "0 (off)"));
+  for (const char* bad : {"100001", "-1", "50us", "0.5"}) {
+    CAPTURE(bad);
+    std::string msg = ErrorOf({}, {"--busy-poll-us", bad});
+    CHECK(Has(msg, "config: busy_poll_us: \"" + std::string(bad) + "\""));
+    CHECK(Has(msg, "(from flag --busy-poll-us)"));
+  }
+  CHECK(Has(ErrorOf({}, {"--busy-poll-us", "100001"}), "must be 0-100000"));
+}
+
 TEST_CASE("Config: unknown KOMPRESS_ variables are warned about with the nearest name") {
   auto w = UnknownEnvWarnings({"PATH", "KOMPRESS_LISTNE", "KOMPRESS_TIMEOUT", "KOMPRESS_CONFIG",
                                "REDIS_HOST", "KOMPRESS_MAX_CLIENT_BUFER_BYTES",
