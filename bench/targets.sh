@@ -357,7 +357,8 @@ fi
 for peer in "${PEERS[@]}"; do start_peer "$peer"; done
 
 # Every target must really work (same answers) before it is measured.
-for t in direct "${PEERS[@]}" $([[ -n "${PID[proxy]:-}" ]] && echo proxy); do
+for t in direct "${PEERS[@]}" $([[ -n "${PID[proxy]:-}" ]] && echo proxy) \
+  $([[ -n "${PID[proxy-bp]:-}" ]] && echo proxy-bp); do
   redis-cli -h "$HOST" -p "${PORT[$t]}" SET "bench:check:$t" ok >/dev/null
   wait_sync
   got="$(redis-cli -h "$HOST" -p "${PORT[$t]}" GET "bench:check:$t")"

@@ -2,10 +2,12 @@
 #include "proxy/worker.h"
 
 #include <malloc.h>
+#include <pthread.h>
 
 #include <unistd.h>
 
 #include <algorithm>
+#include <string>
 
 #include "common/logging.h"
 #include "proxy/backend_conn.h"
@@ -63,6 +65,9 @@ void Worker::Join() {
 }
 
 void Worker::Run() {
+  // Named, so `top -H`, `perf` and /proc/PID/task tell the workers from the main thread.
+  const std::string name = "kp-worker-" + std::to_string(id_);
+  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
   // Large values' buffers are kept warm between requests; OnTick trims them (see buffer.h).
   SpareLargeBlocks::Enable(SpareLargeLimit());
   uv_run(&loop_, UV_RUN_DEFAULT);
