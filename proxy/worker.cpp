@@ -392,7 +392,9 @@ void Worker::MarkDirty(ClientSession* c) {
   if (c->dirty) return;
   c->dirty = true;
   dirty_clients_.push_back(c);
-  if (!idle_active_) {
+  // After Shutdown the idle handle is closed: started again, it would keep uv_run from
+  // returning (the loop has nothing left to flush for anyway).
+  if (!idle_active_ && !shut_down_) {
     idle_active_ = true;
     uv_idle_start(&idle_, [](uv_idle_t*) {});
   }
@@ -402,7 +404,7 @@ void Worker::MarkDirty(BackendConn* c) {
   if (c->dirty || c->dead()) return;
   c->dirty = true;
   dirty_conns_.push_back(c);
-  if (!idle_active_) {
+  if (!idle_active_ && !shut_down_) {
     idle_active_ = true;
     uv_idle_start(&idle_, [](uv_idle_t*) {});
   }
