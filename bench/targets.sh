@@ -15,6 +15,9 @@
 #   1  CPU per proxied request: user + sys of each proxy process (/proc/PID/stat, clock ticks)
 #      over every round of `redis-benchmark -c 50 -n N -r 100000 -P 1|16 -t get|set`, divided
 #      by the requests; target: proxy <= 0.8x the cheapest peer, for each P and test.
+#      Also, as INFO, the proxy against bench/floor_forwarder.c (built with cc, in front of
+#      the primary like the peers): one backend connection, requests batched, replies framed
+#      and handed back, nothing else; the proxy's cost above it is what its features cost.
 #   2  Throughput, the same runs: median ops/s over ROUNDS rounds; in every round each
 #      (P, test) runs against direct Redis, the proxy and each peer back to back, the order
 #      rotating between rounds. Targets: P=1 >= 1.0x direct, P=16 >= 0.8x direct, both
@@ -308,6 +311,9 @@ backend redis_primary
 EOF
       haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.log" 2>&1 &
       ;;
+    floor)
+      "$W/floor-forwarder" "${PORT[floor]}" "$PRIMARY_PORT" 2>"$W/floor.log" &
+      ;;
     predixy)
       cat >"$W/predixy.conf" <<EOF
 Name kp-targets
@@ -355,9 +361,20 @@ if want 3; then
   start_proxy proxy-bp 1 --busy-poll-us "$BUSY_POLL_US"
 fi
 for peer in "${PEERS[@]}"; do start_peer "$peer"; done
+# The yardstick of sections 1-2: bench/floor_forwarder.c, the least a multiplexing proxy does
+# (INFO rows only; it is not a peer).
+FLOOR=""
+if want 1 || want 2; then
+  if command -v cc >/dev/null && cc -O2 -o "$W/floor-forwarder" "$ROOT/bench/floor_forwarder.c"; then
+    FLOOR=floor
+    start_peer floor
+  else
+    NOTES+=("floor forwarder skipped: no C compiler (apt-get install gcc)")
+  fi
+fi
 
 # Every target must really work (same answers) before it is measured.
-for t in direct "${PEERS[@]}" $([[ -n "${PID[proxy]:-}" ]] && echo proxy) \
+for t in direct "${PEERS[@]}" $FLOOR $([[ -n "${PID[proxy]:-}" ]] && echo proxy) \
   $([[ -n "${PID[proxy-bp]:-}" ]] && echo proxy-bp); do
   redis-cli -h "$HOST" -p "${PORT[$t]}" SET "bench:check:$t" ok >/dev/null
   wait_sync
@@ -385,7 +402,7 @@ for note in "${NOTES[@]}"; do echo "  ($note)"; done
 # -- 1, 2, 3: the interleaved matrix --------------------------------------------------------
 if want 1 || want 2 || want 3; then
   if want 1 || want 2; then
-    MTARGETS=(direct proxy "${PEERS[@]}")
+    MTARGETS=(direct proxy "${PEERS[@]}" $FLOOR)
     MPIPES="1 16"
   else
     MTARGETS=(direct proxy)

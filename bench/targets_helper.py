@@ -161,6 +161,8 @@ def fmt_ops(x):
 
 
 PEER_ORDER = ("nutcracker", "haproxy", "predixy")
+# Printed beside the peers, judged against none: bench/floor_forwarder.c.
+SHOWN = PEER_ORDER + ("floor",)
 
 
 # Fewer clock ticks than this (10 ms each) cannot give a ratio worth judging: 20 ticks is
@@ -213,11 +215,15 @@ def judge(section, raw, verdicts, tick, n, rounds):
                 us = {t: ticks / tick / reqs * 1e6 for t, (ticks, reqs) in cpu.items() if reqs}
                 if "proxy" not in us:
                     continue
-                detail = ", ".join(f"{t} {us[t]:.2f}" for t in ("proxy",) + PEER_ORDER if t in us)
+                detail = ", ".join(f"{t} {us[t]:.2f}" for t in ("proxy",) + SHOWN if t in us)
                 ticks = {t: cpu[t][0] for t in cpu}
                 print(f"  CPU per request P={p} {test} (us, {cpu['proxy'][1]} requests each; ticks: "
-                      + ", ".join(f"{t} {ticks[t]}" for t in ("proxy",) + PEER_ORDER if t in ticks)
+                      + ", ".join(f"{t} {ticks[t]}" for t in ("proxy",) + SHOWN if t in ticks)
                       + f"): {detail}")
+                if "floor" in us:
+                    v.add(1, f"CPU/request {test} P={p} vs floor forwarder",
+                          f"{us['proxy']:.2f} us vs {us['floor']:.2f} us", "none",
+                          f"{us['proxy'] / us['floor']:.2f}x", "INFO")
                 peers = {t: x for t, x in us.items() if t in PEER_ORDER}
                 name = f"CPU/request {test} P={p}"
                 if not peers:
@@ -245,7 +251,7 @@ def judge(section, raw, verdicts, tick, n, rounds):
                     continue
                 mo = {t: med(x) for t, x in ops.items()}
                 print(f"  ops/s P={p} {test} (median of {len(ops['proxy'])}): "
-                      + ", ".join(f"{t} {fmt_ops(mo[t])}" for t in ("direct", "proxy") + PEER_ORDER
+                      + ", ".join(f"{t} {fmt_ops(mo[t])}" for t in ("direct", "proxy") + SHOWN
                                   if t in mo))
                 goal = 1.0 if p == "1" else 0.8
                 r_d = mo["proxy"] / mo["direct"]
@@ -253,6 +259,10 @@ def judge(section, raw, verdicts, tick, n, rounds):
                       f"{fmt_ops(mo['proxy'])} vs {fmt_ops(mo['direct'])}", f">= {goal:.1f}x direct",
                       f"{r_d:.2f}x", "PASS" if r_d >= goal else "MISS")
                 cpu_budget(v, m, p, test, tick)
+                if "floor" in mo:
+                    v.add(2, f"ops/s {test} P={p} vs floor forwarder",
+                          f"{fmt_ops(mo['proxy'])} vs {fmt_ops(mo['floor'])}", "none",
+                          f"{mo['proxy'] / mo['floor']:.2f}x", "INFO")
                 peers = {t: x for t, x in mo.items() if t in PEER_ORDER}
                 if not peers:
                     v.add(2, f"ops/s {test} P={p} vs best peer", fmt_ops(mo["proxy"]),
