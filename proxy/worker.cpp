@@ -392,8 +392,8 @@ void Worker::MarkDirty(ClientSession* c) {
   if (c->dirty) return;
   c->dirty = true;
   dirty_clients_.push_back(c);
-  // After Shutdown the idle handle is closed: started again, it would keep uv_run from
-  // returning (the loop has nothing left to flush for anyway).
+  // After Shutdown the idle handle is closed: started again, the loop's last turns would
+  // poll with a zero timeout, for nothing (the check handle that flushes is closed too).
   if (!idle_active_ && !shut_down_) {
     idle_active_ = true;
     uv_idle_start(&idle_, [](uv_idle_t*) {});
