@@ -109,7 +109,6 @@ void Worker::Reconfigure(std::shared_ptr<const Config> config,
 }
 
 void Worker::OnAsync() {
-  AcceptPending();
   bool drain;
   bool enforce;
   std::shared_ptr<const Config> fresh;
@@ -139,6 +138,11 @@ void Worker::OnAsync() {
           &tick_, [](uv_timer_t* t) { static_cast<Worker*>(t->data)->OnTick(); }, period, period);
     }
   }
+  // After a reload's settings are taken: a client that connected once the reload was done
+  // (and logged) gets them even when both wake-ups reach this thread in one turn. Adopted
+  // first, such a client kept the old limits and loopback congestion control (CI saw it
+  // while another test kept a core busy).
+  AcceptPending();
   if (enforce) EnforceTotalBudget();
   if (drain && !draining_) BeginDrain();
 }
