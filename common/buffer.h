@@ -15,6 +15,8 @@
 #include <string_view>
 #include <utility>
 
+#include "common/page_block.h"
+
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #endif
@@ -136,7 +138,7 @@ class SpareBlocks {
 class SpareLargeBlocks {
  public:
   static constexpr size_t kMin = 1024 * 1024;
-  static constexpr size_t kMaxBlocks = 4;
+  static constexpr size_t kMaxBlocks = 16;
   static constexpr size_t kMaxBytes = 64 * 1024 * 1024;
   static constexpr uint64_t kHoldMs = 1000;
 
@@ -240,7 +242,7 @@ class SpareLargeBlocks {
   static void FreeSmallest(List& l) {
     const size_t i = Smallest(l);
     UnpoisonKept(l.block[i], l.cap[i]);
-    std::free(l.block[i]);
+    page_block::Unmap(l.block[i], l.cap[i]);
     l.freed += l.cap[i];
     l.bytes -= l.cap[i];
     --l.n;
@@ -250,7 +252,7 @@ class SpareLargeBlocks {
   static void FreeAll(List& l) {
     for (size_t i = 0; i < l.n; ++i) {
       UnpoisonKept(l.block[i], l.cap[i]);
-      std::free(l.block[i]);
+      page_block::Unmap(l.block[i], l.cap[i]);
       l.freed += l.cap[i];
     }
     l.n = 0;
@@ -346,6 +348,7 @@ class Buffer {
   // Small first: ten thousand idle clients hold one each.
   static constexpr size_t kFirstBlock = SpareBlocks::kSmallest;
   [[gnu::always_inline]] static char* Allocate(size_t n) {
+    if (n >= SpareLargeBlocks::kMin) return page_block::Map(n);
     const int cls = SpareBlocks::ClassOf(n);
     if (cls >= 0) {
       if (char* p = SpareBlocks::Take(cls)) return p;
@@ -357,6 +360,8 @@ class Buffer {
     if (cap >= SpareLargeBlocks::kMin) {
       if (SpareLargeBlocks::Give(p, cap)) return;
       SpareLargeBlocks::NoteFreed(cap);
+      page_block::Unmap(p, cap);
+      return;
     } else if (const int cls = SpareBlocks::ClassOf(cap); cls >= 0 && SpareBlocks::Give(cls, p)) {
       return;
     }
@@ -417,11 +422,14 @@ class Buffer {
         return;
       }
     }
-    if (rpos_ == 0 && used != 0 && ncap > SpareBlocks::kLargest) {
-      // Nothing consumed: realloc keeps the bytes where they are when it can, and moves a
-      // large block's pages rather than copying them (mremap), so a big backlog doubling
-      // does not stall the loop copying it.
-      nd = static_cast<char*>(std::realloc(data_, ncap));
+    // Nothing consumed: the bytes stay where they are when they can, and a large block's pages
+    // move rather than being copied (mremap), so a big backlog doubling does not stall the
+    // loop copying it. (A small block growing past 1 MB is copied: under 1 MB.)
+    const bool large = cap_ >= SpareLargeBlocks::kMin;
+    if (rpos_ == 0 && used != 0 && ncap > SpareBlocks::kLargest &&
+        large == (ncap >= SpareLargeBlocks::kMin)) {
+      nd = large ? page_block::Remap(data_, cap_, ncap)
+                 : static_cast<char*>(std::realloc(data_, ncap));
       if (!nd) throw std::bad_alloc();
       if (used + filling >= kHugeAt) AdviseHugeWhole(nd, ncap);
       data_ = nd;

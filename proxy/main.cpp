@@ -107,12 +107,15 @@ int main(int argc, char** argv) {
     }
   }
   std::signal(SIGPIPE, SIG_IGN);
-  // Large values pass through buffers of a few MB that are freed and taken again per reply:
-  // glibc would hand their pages back each time (madvise) and fault them in again, a third
-  // of the CPU of a 1 MB GET. Up to 16 MB stays in the heap instead; idle clients' buffers
-  // are returned explicitly (Worker's sweep, malloc_trim).
-  mallopt(M_MMAP_THRESHOLD, 16 * 1024 * 1024);
-  mallopt(M_TRIM_THRESHOLD, 32 * 1024 * 1024);
+  // Buffers of 1 MB and up are mapped on their own (common/page_block.h) and kept warm for
+  // the next large value by the workers (SpareLargeBlocks), so glibc's heaps hold only
+  // smaller blocks. Fixed thresholds: glibc's dynamic ones would move with each large block
+  // freed. Anything else of 1 MB and up is mapped too and returned when freed; a heap top
+  // past 8 MB is given back at once (the top of a thread's arena is not trimmed otherwise:
+  // malloc_trim shrinks only the main heap's); idle clients' buffers are returned by the
+  // workers' sweep (malloc_trim).
+  mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
   const kp::CommandTable* table = &kp::CommandTable::Builtin();
   std::unique_ptr<kp::CommandTable> merged;
   if (config.refresh_command_table) {

@@ -206,10 +206,15 @@ TEST_CASE("large blocks are kept warm for the next large buffer, bounded, and tr
 
     // At most kMaxBlocks: the smallest goes first.
     {
-      Buffer b[5];
-      for (size_t i = 0; i < 5; ++i) REQUIRE(b[i].TryPrepareWrite((2 + i) * kMB, true));
+      constexpr size_t kPage = 4096;
+      Buffer b[SpareLargeBlocks::kMaxBlocks + 1];
+      for (size_t i = 0; i <= SpareLargeBlocks::kMaxBlocks; ++i) {
+        REQUIRE(b[i].TryPrepareWrite(kMB + i * kPage, true));
+      }
     }
-    CHECK(SpareLargeBlocks::bytes() == (3 + 4 + 5 + 6) * kMB);
+    size_t kept = 0;
+    for (size_t i = 1; i <= SpareLargeBlocks::kMaxBlocks; ++i) kept += kMB + i * 4096;
+    CHECK(SpareLargeBlocks::bytes() == kept);
     empty_cache();
     CHECK(SpareLargeBlocks::bytes() == 0);
 
