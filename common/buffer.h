@@ -264,6 +264,12 @@ class SpareLargeBlocks {
   }
 };
 
+// What a connection reads at most per read call, and the capacity an emptied buffer of a
+// busy connection keeps for its next use (larger is given back: one huge value does not pin
+// its memory for the life of the connection).
+inline constexpr size_t kReadChunk = 64 * 1024;
+inline constexpr size_t kKeepBuffer = 1024 * 1024;
+
 class Buffer {
  public:
   Buffer() = default;

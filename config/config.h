@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/resp_limits.h"
@@ -17,6 +18,12 @@ struct Endpoint {
   std::string ToString() const { return host + ":" + std::to_string(port); }
   bool operator==(const Endpoint&) const = default;
 };
+
+// Whether a configured or announced host name is this machine's loopback: two names of one
+// node may differ only in that ("localhost" and "127.0.0.1").
+inline bool IsLoopbackHost(std::string_view host) {
+  return host == "localhost" || host.substr(0, 4) == "127." || host == "::1" || host == "[::1]";
+}
 
 enum class ReadPolicy {
   kRoundRobin,  // rotate over healthy replicas

@@ -22,7 +22,6 @@
 namespace kp {
 
 namespace {
-constexpr size_t kReadChunk = 64 * 1024;
 // A reply still incomplete with this much buffered is streamed (see StreamPart).
 constexpr size_t kStreamAt = 256 * 1024;
 // A client this far behind a streamed reply pauses its connection (see StreamPart).
@@ -43,7 +42,6 @@ constexpr uint64_t kSlowPauseMs = 1000;
 // What a request waits behind slow readers in all, at most (or `timeout`, if shorter): the
 // default 5 s timeout is long for a small GET held behind a client that does not read.
 constexpr uint64_t kMaxSlowHeldMs = 1000;
-constexpr size_t kKeepBuffer = 1024 * 1024;
 // A shared connection owing this many replies to requests already answered by the timeout
 // starts over (see CheckTimeout).
 constexpr size_t kMaxLateReplies = 128;

@@ -22,12 +22,10 @@
 namespace kp {
 
 namespace {
-constexpr size_t kReadChunk = 64 * 1024;
 // The most room made at once for an argument still arriving, in all and as a multiple of
 // what the client has sent of its request so far (see AllocCb).
 constexpr size_t kRoomAtOnce = 32 * 1024 * 1024;
 constexpr size_t kRoomPerHeld = 8;
-constexpr size_t kKeepBuffer = 1024 * 1024;
 // The least request size that takes its shared connection out of the pool (see Send), even
 // with limits.max_inflight_bytes set lower: a connection per request costs a connect.
 constexpr size_t kRetireAt = 1024 * 1024;

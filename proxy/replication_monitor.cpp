@@ -15,14 +15,10 @@ namespace kp {
 
 namespace {
 
-bool IsLoopback(std::string_view host) {
-  return host == "localhost" || host.substr(0, 4) == "127." || host == "::1" || host == "[::1]";
-}
-
 // Whether a replica's "master_host:master_port" names this node.
 bool Names(const Endpoint& ep, const std::string& host, int port) {
   if (ep.port != port) return false;
-  return ep.host == host || (IsLoopback(ep.host) && IsLoopback(host));
+  return ep.host == host || (IsLoopbackHost(ep.host) && IsLoopbackHost(host));
 }
 
 }  // namespace

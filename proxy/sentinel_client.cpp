@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "common/logging.h"
+#include "proxy/hiredis_reply.h"
 #include "proxy/replication_monitor.h"
 
 namespace kp {
@@ -24,10 +25,6 @@ constexpr uint64_t kForgetMs = 60000;
 // is down stays listed by the others until they are reset).
 constexpr uint64_t kRetryMs = 1000;
 
-bool IsLoopback(std::string_view host) {
-  return host == "localhost" || host.substr(0, 4) == "127." || host == "::1" || host == "[::1]";
-}
-
 bool IsIpLiteral(const std::string& host) {
   unsigned char addr[sizeof(struct in6_addr)];
   return inet_pton(AF_INET, host.c_str(), addr) == 1 ||
@@ -35,12 +32,8 @@ bool IsIpLiteral(const std::string& host) {
 }
 
 bool SameSentinel(const Endpoint& a, const Endpoint& b) {
-  return a.port == b.port && (a.host == b.host || (IsLoopback(a.host) && IsLoopback(b.host)));
-}
-
-std::string_view Str(const redisReply* r) {
-  if (r == nullptr || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)) return {};
-  return std::string_view(r->str, r->len);
+  return a.port == b.port &&
+         (a.host == b.host || (IsLoopbackHost(a.host) && IsLoopbackHost(b.host)));
 }
 
 bool ToPort(std::string_view s, uint16_t* port) {
@@ -305,9 +298,9 @@ void SentinelClient::OnMasterAddr(ControlConn*, redisReply* r, void* privdata) {
   auto* q = static_cast<Query*>(privdata);
   Sentinel& s = *q->sentinel;
   uint16_t port = 0;
-  if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && !Str(r->element[0]).empty() &&
-      ToPort(Str(r->element[1]), &port)) {
-    q->master = Endpoint{std::string(Str(r->element[0])), port};
+  if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && !ReplyString(r->element[0]).empty() &&
+      ToPort(ReplyString(r->element[1]), &port)) {
+    q->master = Endpoint{std::string(ReplyString(r->element[0])), port};
     q->have_master = true;
     return;
   }
@@ -340,9 +333,9 @@ void SentinelClient::OnReplicas(ControlConn*, redisReply* r, void* privdata) {
       std::string_view ip;
       uint16_t port = 0;
       for (size_t k = 0; k + 1 < e->elements; k += 2) {
-        std::string_view key = Str(e->element[k]);
-        if (key == "ip") ip = Str(e->element[k + 1]);
-        if (key == "port") ToPort(Str(e->element[k + 1]), &port);
+        std::string_view key = ReplyString(e->element[k]);
+        if (key == "ip") ip = ReplyString(e->element[k + 1]);
+        if (key == "port") ToPort(ReplyString(e->element[k + 1]), &port);
       }
       if (!ip.empty() && port != 0) replicas.push_back(Endpoint{std::string(ip), port});
     }
@@ -379,8 +372,8 @@ void SentinelClient::OnSentinels(ControlConn*, redisReply* r, void* privdata) {
     std::string_view ip, runid, flags;
     uint16_t port = 0;
     for (size_t k = 0; k + 1 < e->elements; k += 2) {
-      std::string_view key = Str(e->element[k]);
-      std::string_view value = Str(e->element[k + 1]);
+      std::string_view key = ReplyString(e->element[k]);
+      std::string_view value = ReplyString(e->element[k + 1]);
       if (key == "ip") ip = value;
       if (key == "port") ToPort(value, &port);
       if (key == "runid") runid = value;
@@ -455,7 +448,7 @@ void SentinelClient::OnPeerRole(ControlConn*, redisReply* r, void* privdata) {
   auto* s = static_cast<Sentinel*>(privdata);
   s->verifying = false;
   bool sentinel =
-      r->type == REDIS_REPLY_ARRAY && r->elements > 0 && Str(r->element[0]) == "sentinel";
+      r->type == REDIS_REPLY_ARRAY && r->elements > 0 && ReplyString(r->element[0]) == "sentinel";
   if (!sentinel) {
     Log().warn("{} does not say it is a Sentinel (SENTINEL MYID and ROLE): not followed",
                s->endpoint.ToString());
@@ -471,9 +464,10 @@ void SentinelClient::OnPeerRole(ControlConn*, redisReply* r, void* privdata) {
 void SentinelClient::OnEvent(ControlConn*, redisReply* r, void* privdata) {
   auto* s = static_cast<Sentinel*>(privdata);
   SentinelClient& self = *s->owner;
-  if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || Str(r->element[0]) != "message") return;
-  std::string_view channel = Str(r->element[1]);
-  std::string_view payload = Str(r->element[2]);
+  if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || ReplyString(r->element[0]) != "message")
+    return;
+  std::string_view channel = ReplyString(r->element[1]);
+  std::string_view payload = ReplyString(r->element[2]);
   const std::string& name = self.config_->sentinel_master;
   if (!HasWord(payload, name)) return;  // another master's event
   std::vector<std::string_view> f = Words(payload);

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "proxy/hiredis_reply.h"
+
 namespace kp {
 
 namespace {
@@ -98,11 +100,6 @@ const redisReply* Field(const redisReply* m, std::string_view key) {
   }
   return nullptr;
 }
-
-std::string_view Str(const redisReply* r) {
-  if (r == nullptr || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)) return {};
-  return {r->str, r->len};
-}
 }  // namespace
 
 bool SlotMap::FromClusterShards(const redisReply* reply, bool tls, std::string_view asked,
@@ -126,8 +123,8 @@ bool SlotMap::FromClusterShards(const redisReply* reply, bool tls, std::string_v
     bool have_primary = false;
     for (size_t k = 0; k < nodes->elements; ++k) {
       const redisReply* n = nodes->element[k];
-      std::string_view host = Str(Field(n, "endpoint"));
-      if (host.empty() || host == "?") host = HostOrAsked(Str(Field(n, "ip")), asked);
+      std::string_view host = ReplyString(Field(n, "endpoint"));
+      if (host.empty() || host == "?") host = HostOrAsked(ReplyString(Field(n, "ip")), asked);
       const redisReply* port = tls ? Field(n, "tls-port") : nullptr;
       if (port == nullptr) port = Field(n, "port");
       if (host.empty() || port == nullptr || port->type != REDIS_REPLY_INTEGER ||
@@ -135,16 +132,16 @@ bool SlotMap::FromClusterShards(const redisReply* reply, bool tls, std::string_v
         continue;
       }
       Endpoint ep{std::string(host), static_cast<uint16_t>(port->integer)};
-      std::string_view role = Str(Field(n, "role"));
+      std::string_view role = ReplyString(Field(n, "role"));
       if (role == "master") {
         // A primary that failed and has no slots left is what remains of a failover.
-        if (ranges->elements == 0 && Str(Field(n, "health")) != "online") continue;
+        if (ranges->elements == 0 && ReplyString(Field(n, "health")) != "online") continue;
         // The shard's primary, whatever its health: its slots are its until the cluster
         // promotes another node.
         shard.primary = ep;
-        shard.primary_id = std::string(Str(Field(n, "id")));
+        shard.primary_id = std::string(ReplyString(Field(n, "id")));
         have_primary = true;
-      } else if (Str(Field(n, "health")) == "online") {
+      } else if (ReplyString(Field(n, "health")) == "online") {
         // A failed replica or one still loading its data serves nothing.
         shard.replicas.push_back(ep);
       }

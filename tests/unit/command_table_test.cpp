@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "tests/unit/resp_text.h"
+
 namespace kp {
 namespace generated {
 
@@ -113,9 +115,7 @@ const std::vector<std::pair<uint32_t, std::string_view>>& FlagNames() {
   return names;
 }
 
-std::string Bulk(std::string_view s) {
-  return "$" + std::to_string(s.size()) + "\r\n" + std::string(s) + "\r\n";
-}
+using test::Bulk;
 std::string Int(int v) {
   return ":" + std::to_string(v) + "\r\n";
 }

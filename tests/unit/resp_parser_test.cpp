@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "tests/unit/resp_text.h"
+
 namespace kp {
 namespace {
 
@@ -31,9 +33,7 @@ std::string Repeat(std::string_view s, size_t n) {
   return out;
 }
 
-std::string Bulk(std::string_view s) {
-  return "$" + std::to_string(s.size()) + "\r\n" + std::string(s) + "\r\n";
-}
+using test::Bulk;
 
 std::string Command(const std::vector<std::string>& args) {
   std::string out = "*" + std::to_string(args.size()) + "\r\n";
