@@ -434,7 +434,7 @@ class Buffer {
     const bool large = cap_ >= SpareLargeBlocks::kMin;
     if (rpos_ == 0 && used != 0 && ncap > SpareBlocks::kLargest &&
         large == (ncap >= SpareLargeBlocks::kMin)) {
-      nd = large ? page_block::Remap(data_, cap_, ncap)
+      nd = large ? page_block::Remap(data_, cap_, ncap, used)
                  : static_cast<char*>(std::realloc(data_, ncap));
       if (!nd) throw std::bad_alloc();
       if (used + filling >= kHugeAt) AdviseHugeWhole(nd, ncap);
@@ -444,7 +444,14 @@ class Buffer {
     }
     nd = Allocate(ncap);
     if (!nd) throw std::bad_alloc();
-    if (used + filling >= kHugeAt) AdviseHuge(nd, ncap);
+    if (used + filling >= kHugeAt) {
+      // A mapping of its own is advised whole: split, mremap could no longer move it.
+      if (page_block::kMapped && ncap >= SpareLargeBlocks::kMin) {
+        AdviseHugeWhole(nd, ncap);
+      } else {
+        AdviseHuge(nd, ncap);
+      }
+    }
     MoveTo(nd, ncap);
   }
 

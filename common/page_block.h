@@ -8,8 +8,10 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdlib>
+#include <cstring>
 
 namespace kp::page_block {
 
@@ -39,12 +41,19 @@ inline void Unmap(char* p, size_t n) {
   munmap(p, Round(n));
 }
 
-// The block grown (or shrunk) to n bytes, its bytes kept; the kernel moves its pages rather
-// than copying them. nullptr (the old block untouched) when there is no room.
-inline char* Remap(char* p, size_t old, size_t n) {
+// The block grown (or shrunk) to n bytes, its first `keep` bytes kept: the kernel moves its
+// pages rather than copying them. nullptr (the old block untouched) when there is no room.
+inline char* Remap(char* p, size_t old, size_t n, size_t keep) {
   if constexpr (!kMapped) return static_cast<char*>(std::realloc(p, n));
   void* q = mremap(p, Round(old), Round(n), MREMAP_MAYMOVE);
-  return q == MAP_FAILED ? nullptr : static_cast<char*>(q);
+  if (q != MAP_FAILED) return static_cast<char*>(q);
+  // mremap refuses a range that is no longer one mapping (advice given to part of it splits
+  // it): a new block, the bytes copied.
+  char* fresh = Map(n);
+  if (fresh == nullptr) return nullptr;
+  std::memcpy(fresh, p, std::min({keep, old, n}));
+  Unmap(p, old);
+  return fresh;
 }
 
 }  // namespace kp::page_block

@@ -119,6 +119,34 @@ TEST_CASE("a large buffer that grows stays one mapping, so realloc can move it")
   CHECK(MappingOf(b.data() + b.size() - 1) == first);
 }
 
+TEST_CASE("a large value appended at once, then grown, keeps its bytes and one mapping") {
+  // The first block is advised to use huge pages as it is filled at once; advice on part of
+  // it split the mapping, and growing it (mremap) then failed: std::bad_alloc, the proxy
+  // aborted (a pipeline of 200 KB SETs and GETs read in at once, on CI).
+  Buffer b;
+  std::string first(6 << 20, 'f');
+  std::string second(6 << 20, 's');
+  b.Append(first.data(), first.size());
+  if (page_block::kMapped) {
+    auto m = MappingOf(b.data());
+    REQUIRE(m.second != 0);
+    CHECK(MappingOf(b.data() + b.capacity() - 1) == m);
+  }
+  b.Append(second.data(), second.size());
+  REQUIRE(b.size() == 12u << 20);
+  CHECK(b.view() == first + second);
+  // And a block split some other way still grows (copied instead of moved).
+  Buffer c;
+  c.Append(first.data(), first.size());
+  if (page_block::kMapped) {
+    char* mid = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(c.data()) + (3 << 20)) &
+                                        ~uintptr_t{4095});
+    REQUIRE(madvise(mid, 4096, MADV_NOHUGEPAGE) == 0);
+  }
+  c.Append(second.data(), second.size());
+  CHECK(c.view() == first + second);
+}
+
 TEST_CASE("small blocks of every kept size are reused once emptied, and growth keeps the bytes") {
   // 512 B to 4 KB go to this thread's spare list when released and come back, last in first
   // out, to the next buffer of that size; a buffer growing through them keeps its bytes.
