@@ -12,22 +12,24 @@ cd "$(dirname "$0")/.."
 command -v npm >/dev/null 2>&1 || ./scripts/deps.sh nodejs npm
 (cd tests/integration/node && npm ci --no-audit --no-fund)
 jobs=$(nproc)
+# Each stage says when it starts (seconds since the script began): where CI time goes.
+stage() { echo "== $1 (at ${SECONDS}s)"; }
 
-echo "== release build"
+stage "release build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
 (cd build && ctest --output-on-failure)
 
-echo "== ASan/UBSan build"
+stage "ASan/UBSan build"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DKP_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure)
 
-echo "== fuzz smoke (libFuzzer)"
+stage "fuzz smoke (libFuzzer)"
 CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -DKP_FUZZ=ON -DKP_TESTS=OFF >/dev/null
 cmake --build build-fuzz -j"$jobs" --target request_parser_fuzz reply_framer_fuzz
 for t in request_parser_fuzz reply_framer_fuzz; do
   ./build-fuzz/fuzz/$t -max_total_time=12 -dict=fuzz/resp.dict -print_final_stats=0 2>&1 | tail -1
 done
-echo "all test stages passed"
+echo "all test stages passed (${SECONDS}s)"
