@@ -21,9 +21,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def worker_task(pid):
-    """/proc path of the proxy's only worker thread (the workers are named kp-worker-N)."""
-    tasks = [t for t in Path(f"/proc/{pid}/task").iterdir()
-             if (t / "comm").read_text().strip().startswith("kp-worker")]
+    """/proc path of the proxy's only worker thread (the workers are named kp-worker-N).
+    The worker names itself once it runs, which may be after the port accepts connections."""
+    def workers():
+        return [t for t in Path(f"/proc/{pid}/task").iterdir()
+                if (t / "comm").read_text().strip().startswith("kp-worker")]
+    wait_until(workers, 5 * SLOWDOWN, what="the worker thread to be named")
+    tasks = workers()
     assert len(tasks) == 1, [(t.name, (t / "comm").read_text()) for t in tasks]
     return tasks[0]
 
