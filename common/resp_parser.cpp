@@ -603,21 +603,29 @@ void ReplyFramer::SkipWholeBulks(const char* data, size_t len) {
 ParseStatus ReplyFramer::Frame(const char* data, size_t len, size_t* consumed) {
   *consumed = 0;
   if (failed_) return ParseStatus::kError;
-  // The usual reply, a whole bulk string ("$5\r\nhello\r\n") at the start of a fresh
-  // frame, is taken in one step; anything else (another type, a partial bulk, an odd length
-  // line) goes through the loop below, which decides exactly as it does for every reply.
-  if (pos_ == 0 && state_ == State::kHeader && stack_.empty() && len >= 4 && data[0] == '$') {
-    int64_t n = 0;
-    size_t cr = 0;
-    if (FastLength(data, len, 0, kMaxNumberLine, &n, &cr) &&
-        static_cast<uint64_t>(n) <= limits_.max_bulk_len) {
-      const size_t end = cr + 2 + static_cast<size_t>(n);
-      if (len >= end && len - end >= 2 && data[end] == '\r' && data[end + 1] == '\n') {
-        is_error_ = false;
-        *consumed = end + 2;
-        scan_ = 0;
-        return ParseStatus::kOk;
+  // The usual replies at the start of a fresh frame, a whole bulk string ("$5\r\nhello\r\n")
+  // and "+OK" (every SET's, most writes'), are taken in one step; anything else (another
+  // type, a partial bulk, an odd length line) goes through the loop below, which decides
+  // exactly as it does for every reply.
+  if (pos_ == 0 && state_ == State::kHeader && stack_.empty() && len >= 4) {
+    if (data[0] == '$') {
+      int64_t n = 0;
+      size_t cr = 0;
+      if (FastLength(data, len, 0, kMaxNumberLine, &n, &cr) &&
+          static_cast<uint64_t>(n) <= limits_.max_bulk_len) {
+        const size_t end = cr + 2 + static_cast<size_t>(n);
+        if (len >= end && len - end >= 2 && data[end] == '\r' && data[end + 1] == '\n') {
+          is_error_ = false;
+          *consumed = end + 2;
+          scan_ = 0;
+          return ParseStatus::kOk;
+        }
       }
+    } else if (len >= 5 && std::memcmp(data, "+OK\r\n", 5) == 0) {
+      is_error_ = false;
+      *consumed = 5;
+      scan_ = 0;
+      return ParseStatus::kOk;
     }
   }
   for (;;) {

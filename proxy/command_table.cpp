@@ -430,8 +430,38 @@ std::unique_ptr<CommandTable> CommandTable::FromCommandReply(std::string_view re
   return CommandTableBuilder::FromReply(reply, error);
 }
 
-uint64_t CommandTable::IndexHash(std::string_view lower) {
-  // The map's FNV-1a, made odd so that 0 can mark an empty slot.
+namespace {
+constexpr size_t kPackedMax = 8;
+
+// A name of up to 8 bytes as one little-endian word, zero-padded (byte by byte: the name is
+// a view into a client's buffer, which may end right after it).
+uint64_t PackShort(std::string_view name) {
+  uint64_t w = 0;
+  for (size_t i = 0; i < name.size(); ++i) {
+    w |= static_cast<uint64_t>(static_cast<unsigned char>(name[i])) << (8 * i);
+  }
+  return w;
+}
+
+// ASCII 'A'..'Z' to lower case in all 8 bytes at once; other bytes, including those with
+// the high bit set, are left as they are (ToLower's rule, byte for byte).
+uint64_t LowerWord(uint64_t w) {
+  constexpr uint64_t kOnes = 0x0101010101010101ull;
+  constexpr uint64_t kHigh = 0x8080808080808080ull;
+  const uint64_t low7 = w & ~kHigh;
+  const uint64_t ge_a = low7 + (0x80 - 'A') * kOnes;      // high bit: byte >= 'A'
+  const uint64_t gt_z = low7 + (0x80 - 'Z' - 1) * kOnes;  // high bit: byte > 'Z'
+  const uint64_t upper = (ge_a ^ gt_z) & ~w & kHigh;      // 'A'..'Z' and ASCII
+  return w | (upper >> 2);                                // +32 where upper
+}
+}  // namespace
+
+uint64_t CommandTable::IndexHash(std::string_view lower, uint64_t packed) {
+  // Short names: a multiplicative hash of the packed word and the length (so "get" and
+  // "get\0" differ); longer ones: the map's FNV-1a. Odd, so that 0 can mark an empty slot.
+  if (lower.size() <= kPackedMax) {
+    return ((packed ^ lower.size()) * 0x9E3779B97F4A7C15ull) | 1;
+  }
   return Hash::Of(lower) | 1;
 }
 
@@ -441,32 +471,47 @@ void CommandTable::Reindex() {
   index_.assign(size, IndexSlot{});
   const size_t mask = size - 1;
   for (const auto& entry : commands_) {
-    const uint64_t h = IndexHash(entry.first);
+    const uint64_t packed = entry.first.size() <= kPackedMax ? PackShort(entry.first) : 0;
+    const uint64_t h = IndexHash(entry.first, packed);
     size_t i = static_cast<size_t>(h ^ (h >> 32)) & mask;
     while (index_[i].entry != nullptr) i = (i + 1) & mask;
-    index_[i] = IndexSlot{h, &entry};
+    index_[i] = IndexSlot{h, packed, &entry};
   }
 }
 
 const CommandInfo* CommandTable::Lookup(std::string_view name, std::string_view sub) const {
   if (name.size() > kMaxNameLen || index_.empty()) return nullptr;
-  // Lowered and hashed in one pass: IndexHash of the lowered name.
-  char lower[kMaxNameLen];
-  uint64_t h = Hash::kOffset;
-  for (size_t i = 0; i < name.size(); ++i) {
-    lower[i] = ToLower(name[i]);
-    h = Hash::Step(h, lower[i]);
-  }
-  h |= 1;
   const size_t mask = index_.size() - 1;
   const std::pair<const std::string, CommandInfo>* found = nullptr;
-  for (size_t i = static_cast<size_t>(h ^ (h >> 32)) & mask;; i = (i + 1) & mask) {
-    const IndexSlot& slot = index_[i];
-    if (slot.entry == nullptr) return nullptr;
-    if (slot.hash == h && slot.entry->first.size() == name.size() &&
-        std::memcmp(slot.entry->first.data(), lower, name.size()) == 0) {
-      found = slot.entry;
-      break;
+  if (name.size() <= kPackedMax) {
+    // Lowered and compared as one word (the table's names are lower case).
+    const uint64_t packed = LowerWord(PackShort(name));
+    const uint64_t h = IndexHash(name, packed);
+    for (size_t i = static_cast<size_t>(h ^ (h >> 32)) & mask;; i = (i + 1) & mask) {
+      const IndexSlot& slot = index_[i];
+      if (slot.entry == nullptr) return nullptr;
+      if (slot.hash == h && slot.packed == packed && slot.entry->first.size() == name.size()) {
+        found = slot.entry;
+        break;
+      }
+    }
+  } else {
+    // Lowered and hashed in one pass: IndexHash of the lowered name.
+    char lower[kMaxNameLen];
+    uint64_t h = Hash::kOffset;
+    for (size_t i = 0; i < name.size(); ++i) {
+      lower[i] = ToLower(name[i]);
+      h = Hash::Step(h, lower[i]);
+    }
+    h |= 1;
+    for (size_t i = static_cast<size_t>(h ^ (h >> 32)) & mask;; i = (i + 1) & mask) {
+      const IndexSlot& slot = index_[i];
+      if (slot.entry == nullptr) return nullptr;
+      if (slot.hash == h && slot.entry->first.size() == name.size() &&
+          std::memcmp(slot.entry->first.data(), lower, name.size()) == 0) {
+        found = slot.entry;
+        break;
+      }
     }
   }
   const CommandInfo& command = found->second;

@@ -116,12 +116,17 @@ class CommandTable {
   // two at most half full, the hash kept beside each entry. One probe and one compare for a
   // known name, where the map costs a division, a chain walk and a string compare; it is
   // consulted once per request. Rebuilt by Reindex() whenever commands_ gains an entry.
+  // Names of up to 8 bytes (nearly every command) are also kept packed in one word, lowered,
+  // so the usual lookup compares two integers instead of calling memcmp.
   struct IndexSlot {
     uint64_t hash = 0;
+    uint64_t packed = 0;  // the name's bytes, little-endian, when it is 8 bytes or shorter
     const std::pair<const std::string, CommandInfo>* entry = nullptr;
   };
   void Reindex();
-  static uint64_t IndexHash(std::string_view lower);
+  // The index's hash of a lowered name (odd: 0 marks an empty slot); `packed` is its
+  // PackShort() when the name is 8 bytes or shorter.
+  static uint64_t IndexHash(std::string_view lower, uint64_t packed);
 
   std::unordered_map<std::string, CommandInfo, Hash, std::equal_to<>> commands_;
   std::vector<IndexSlot> index_;

@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cstddef>
 #include <iterator>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -241,6 +242,42 @@ TEST_CASE("Command table: lookup is case-insensitive and falls back to the paren
   CHECK(table.Lookup("gett") == nullptr);
   CHECK(table.Lookup(std::string(1000, 'g')) == nullptr);  // longer than the stack buffer
   CHECK(table.Lookup(std::string_view("get\0", 4)) == nullptr);
+}
+
+// Short names are lowered and compared a word at a time: every byte value in every position
+// of every name must fold exactly as a byte-by-byte ASCII tolower() would.
+TEST_CASE("Command table: every byte of a short name folds as ASCII tolower does") {
+  const CommandTable& table = CommandTable::Builtin();
+  std::set<std::string> names;
+  for (const generated::CommandRow& row : generated::kCommandRows) names.insert(row.name);
+  auto ref_lower = [](std::string s) {
+    for (char& c : s) {
+      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+    }
+    return s;
+  };
+  size_t tried = 0;
+  for (const generated::CommandRow& row : generated::kCommandRows) {
+    const std::string name = row.name;
+    if (name.size() > 9) continue;  // 9: one past the packed form, the other path
+    for (size_t at = 0; at < name.size(); ++at) {
+      for (int b = 0; b < 256; ++b) {
+        std::string probe = name;
+        probe[at] = static_cast<char>(b);
+        const std::string folded = ref_lower(probe);
+        const CommandInfo* found = table.Lookup(probe);
+        INFO(name, " byte ", at, " = ", b);
+        if (names.count(folded) != 0) {
+          REQUIRE(found != nullptr);
+          CHECK(found->name == folded);
+        } else {
+          CHECK(found == nullptr);
+        }
+        ++tried;
+      }
+    }
+  }
+  CHECK(tried > 100000);
 }
 
 TEST_CASE("Command table: every generated row can be found by its own name") {
