@@ -621,7 +621,7 @@ ParseStatus ReplyFramer::Frame(const char* data, size_t len, size_t* consumed) {
           return ParseStatus::kOk;
         }
       }
-    } else if (len >= 5 && std::memcmp(data, "+OK\r\n", 5) == 0) {
+    } else if (len >= 5 && limits_.max_bulk_len >= 2 && std::memcmp(data, "+OK\r\n", 5) == 0) {
       is_error_ = false;
       *consumed = 5;
       scan_ = 0;

@@ -783,6 +783,11 @@ TEST_CASE("RespReply malformed replies") {
   CheckReplyError("$?\r\n;5\r\nabcde\r\n;0\r\n", l);
   CheckReply("+abcd\r\n", false, l);
   CheckReplyError("+abcde\r\n", l);
+  // "+OK" has its own fast path: the same bound applies to it (found by the fuzz target).
+  CheckReply("+OK\r\n", false, l);
+  l.max_bulk_len = 1;
+  CheckReplyError("+OK\r\n", l);
+  CheckReply("+O\r\n", false, l);
 }
 
 TEST_CASE("RespReply errors are sticky until Reset") {
