@@ -428,6 +428,11 @@ def test_a_primary_refusing_new_connections_gets_its_own_answer_to_the_client(fr
     applied"; once the primary takes connections again, so does the write."""
     c = fresh_cluster
     d = c.primary.client()
+    # The proxy's health check connects to the primary as the proxy starts; refused by the
+    # limit below, it would mark the primary down and the SET get the proxy's own error (seen
+    # on a loaded machine). The replicas serve reads once the primary has answered it.
+    wait_until(lambda: "serves reads" in fresh_proxy.stderr(), 10 * SLOWDOWN,
+               what="the proxy's first health check of the primary")
     try:
         d.config_set("maxclients", len(d.client_list()))
         # The proxy's first request: its worker has no connection to the primary yet.
