@@ -899,8 +899,12 @@ def test_clients_reading_large_values_together_are_not_dropped(fresh_cluster, ma
     value = os.urandom(READERS_VALUE_BYTES // 2).hex().encode()
     c.primary.client(timeout=30).set("abuse:readers:big", value)
     c.wait_replicated()
+    # `timeout` 5, not the file's 1 s: the replica builds the 16 pipelined 12 MB replies (192
+    # MB) in one turn of its event loop and sends nothing meanwhile; on a CI machine copying
+    # ~150 MB/s that took over a second, the reads were late, failed over past the retry
+    # budget and the replica was marked down — Redis's own pace, not what this test is about.
     proxy = start_proxy(make_proxy, c, "--max-total-client-buffer-bytes",
-                        str(READERS_TOTAL_BOUND), env=rss_env())
+                        str(READERS_TOTAL_BOUND), "--timeout", "5", env=rss_env())
     want = b"$%d\r\n%s\r\n" % (len(value), value)
     get = encode_command("GET", "abuse:readers:big")
     assert proxy.client(timeout=30).get("abuse:readers:big") == value  # a large reply seen
