@@ -995,14 +995,17 @@ def test_memory_goes_back_once_large_values_stop(fresh_cluster, make_proxy):
     (CI) the clients' pauses last a second and more: reading on for the requests behind
     them then passed the bound and closed clients that were reading.
 
-    With the default timeout (5 s), not this file's 1 s: on a machine loaded that much, a
+    With a 15 s timeout, not this file's 1 s: on a machine loaded that much, a
     replica busy copying dozens of 16 MB replies queued on one connection can be silent for
     a second, and the reads late on it are then answered by the timeout as configured, which
     is not what this test is about."""
     c = fresh_cluster
     c.primary.client(timeout=30).set("abuse:burst:big", b"b" * (16 * MB))
     c.wait_replicated()
-    proxy = start_proxy(make_proxy, c, "--timeout", "5", env=rss_env())
+    # 15 s: 50 GETs of 16 MB pipelined to one replica are 800 MB of replies it builds before
+    # sending much; a CI machine copying ~150 MB/s took over 5 s (a read timed out, past the
+    # retry budget).
+    proxy = start_proxy(make_proxy, c, "--timeout", "15", env=rss_env())
     if under_asan(proxy.proc.pid):
         pytest.skip("ASan's allocator, not glibc's: malloc_trim does not apply")
     assert len(proxy.client(timeout=30).get("abuse:burst:big")) == 16 * MB
