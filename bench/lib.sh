@@ -58,6 +58,11 @@ proc_ticks() {  # proc_ticks PID...: their summed utime + stime, in clock ticks
   echo "$t"
 }
 
+proc_switches() {  # proc_switches PID: context switches (voluntary + not) of all its threads
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/^(non)?voluntary_ctxt_switches:/ { t += $2 } END { print t + 0 }'
+}
+
 get_calls() {  # get_calls PORT...: GET calls those servers answered so far, summed
   local port c t=0
   for port in "$@"; do

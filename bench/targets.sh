@@ -31,6 +31,8 @@
 #      (redis-benchmark 7 prints avg/min/p50/p95/p99/max there); target: proxy <= 1.5x direct.
 #      The one-client rounds also run against a second proxy with --busy-poll-us BUSY_POLL_US
 #      (proxy-bp): its p50 is judged against the same goal on its own row, marked opt-in.
+#      The peers and the floor forwarder run the one-client rounds too (INFO: what any proxy
+#      adds to one client's round trip on this machine).
 #   4  Large values: `redis-benchmark -c 4 -d 1048576 -n BIG1_N` and `-d 16777216
 #      -n BIG16_N`, SET then GET (the replica synced in between), interleaved rounds; target:
 #      proxy >= 0.9x direct. And a slow reader: a fresh proxy, a 16 MB value, a client with a
@@ -42,6 +44,10 @@
 #      files limit (ulimit -n) for this; without enough descriptors it is skipped.
 #   6  Workers: CPU per request at P=16 GET (as in 1) of the proxy with --workers 1 and of a
 #      second one with --workers 2, interleaved rounds; target: ratio 2/1 <= 1.15 (flat).
+#      Beside it, as INFO, where the difference lies: the proxy's context switches per 1,000
+#      requests, and, when `perf record` works here, one more run of each under
+#      `perf record -e cpu-clock` whose samples are split into the proxy's own code (its
+#      binary, libuv, libstdc++), libc and the kernel, per request.
 #   7  Instructions per proxied GET: the proxy (--workers 1) under valgrind --tool=callgrind,
 #      CG_N GETs of one key through `redis-benchmark -c 1` at P=1 and at P=16; from each run's
 #      Ir a baseline run's is subtracted (start, one PING, idle as long as the GETs took,
@@ -59,6 +65,7 @@
 #   IDLE_CLIENTS  idle clients in 5 (default 10000)
 #   CG_N          GETs per callgrind run (default 20000)
 #   BUSY_POLL_US  busy_poll_us of section 3's opt-in row (default 50)
+#   PERF_HZ       sampling rate of section 6's perf runs (default 999)
 #   PREDIXY_BIN   a predixy binary to compare with (not packaged; see README)
 #   KP_PROXY_BIN  proxy binary; default build-release/kompress-proxy, built (Release) on
 #                 first use
@@ -76,6 +83,7 @@ BIG16_N="${BIG16_N:-32}"
 SLOW_BOUND_MB="${SLOW_BOUND_MB:-32}"
 IDLE_CLIENTS="${IDLE_CLIENTS:-10000}"
 CG_N="${CG_N:-20000}"
+PERF_HZ="${PERF_HZ:-999}"
 CLIENTS=50
 KEYSPACE=100000
 HOST=127.0.0.1
@@ -106,7 +114,7 @@ fi
 # The peers that are here; a missing one is skipped.
 PEERS=()
 NOTES=()
-if want 1 || want 2; then
+if want 1 || want 2 || want 3; then
   if command -v nutcracker >/dev/null; then PEERS+=(nutcracker); else
     NOTES+=("nutcracker skipped: not installed (apt-get install nutcracker)"); fi
   if command -v haproxy >/dev/null; then PEERS+=(haproxy); else
@@ -364,7 +372,7 @@ for peer in "${PEERS[@]}"; do start_peer "$peer"; done
 # The yardstick of sections 1-2: bench/floor_forwarder.c, the least a multiplexing proxy does
 # (INFO rows only; it is not a peer).
 FLOOR=""
-if want 1 || want 2; then
+if want 1 || want 2 || want 3; then
   if command -v cc >/dev/null && cc -O2 -o "$W/floor-forwarder" "$ROOT/bench/floor_forwarder.c"; then
     FLOOR=floor
     start_peer floor
@@ -447,7 +455,7 @@ if want 3; then
   echo "== 3. latency: redis-benchmark -c 1 -P 1 -n $LAT_N -r $KEYSPACE --csv (its p50)," \
     "$ROUNDS interleaved rounds; p99 at 50 clients from the P=1 runs above"
   for round in $(seq 1 "$ROUNDS"); do
-    read -r -a order <<<"$(rotate $((round - 1)) direct proxy proxy-bp)"
+    read -r -a order <<<"$(rotate $((round - 1)) direct proxy proxy-bp "${PEERS[@]}" $FLOOR)"
     for test in set get; do
       for t in "${order[@]}"; do
         out="$W/l-$round-$t-$test"
@@ -527,14 +535,43 @@ if want 6; then
     for t in "${order[@]}"; do
       out="$W/w-$round-$t"
       t0="$(proc_ticks "${PID[$t]}")"
+      s0="$(proc_switches "${PID[$t]}")"
       rb "$out" -p "${PORT[$t]}" -c "$CLIENTS" -n "$N16" -P 16 -r "$KEYSPACE" -t get
       dt=$(($(proc_ticks "${PID[$t]}") - t0))
+      ds=$(($(proc_switches "${PID[$t]}") - s0))
       parse "$out" get && ops=$OPS
       workers=$([[ "$t" == proxy ]] && echo 1 || echo 2)
-      printf 'w\t%s\t%s\t%s\t%s\t%s\n' "$round" "$workers" "$ops" "$dt" "$N16" >>"$RAW"
-      printf '  round %s --workers %s %11s ops/s  CPU %s ticks\n' "$round" "$workers" "$ops" "$dt"
+      printf 'w\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$workers" "$ops" "$dt" "$N16" "$ds" >>"$RAW"
+      printf '  round %s --workers %s %11s ops/s  CPU %s ticks  %s context switches\n' \
+        "$round" "$workers" "$ops" "$dt" "$ds"
     done
   done
+  # Where the CPU goes: one sampled run of each (not counted above: sampling costs a little).
+  if command -v perf >/dev/null &&
+    perf record -q -e cpu-clock -o "$W/perf-probe.data" -- true >/dev/null 2>&1; then
+    for t in proxy proxy2; do
+      workers=$([[ "$t" == proxy ]] && echo 1 || echo 2)
+      perf record -q -e cpu-clock -F "$PERF_HZ" -p "${PID[$t]}" -o "$W/perf-$t.data" \
+        >/dev/null 2>&1 &
+      perf_pid=$!
+      sleep 0.5  # attached before the first request
+      rb "$W/wp-$t" -p "${PORT[$t]}" -c "$CLIENTS" -n "$N16" -P 16 -r "$KEYSPACE" -t get
+      kill -INT "$perf_pid"
+      wait "$perf_pid" || true
+      perf report -i "$W/perf-$t.data" --stdio -q --sort dso -g none -F sample,dso 2>/dev/null |
+        awk -v w="$workers" -v n="$N16" -v hz="$PERF_HZ" -v bin="$(basename "$PROXY_BIN")" '
+          function part(d) {
+            if (d == "[kernel.kallsyms]") return "kernel"
+            if (d ~ /^libc[.-]/) return "libc"
+            if (d == bin || d ~ /^lib(uv|stdc[+][+])[.]/) return "own"
+            return "other"
+          }
+          NF >= 2 { s[part($2)] += $1 }
+          END { for (c in s) printf "wp\t%s\t%s\t%s\t%s\t%s\n", w, c, s[c], n, hz }' >>"$RAW"
+    done
+  else
+    echo "  (perf record does not work here: no split of the CPU by code)"
+  fi
   stop "${PID[proxy2]}"
   judge 6
 fi

@@ -295,6 +295,13 @@ def judge(section, raw, verdicts, tick, n, rounds):
                           f"{b:.0f} us vs direct {d:.0f} us", "<= direct + 20 us",
                           f"+{b - d:.0f} us ({'within' if b - d <= 20 else 'over'} the goal)",
                           "INFO")
+                # What the least proxy (the floor forwarder) and the peers add, measured in
+                # the same rounds: the part of the gap any extra hop costs on this machine.
+                shown = [t for t in SHOWN if t in p50]
+                if shown:
+                    v.add(3, f"p50 1 client {test}, others (added to direct)",
+                          " / ".join(f"{t} +{med(p50[t]) - d:.0f}" for t in shown) + " us",
+                          "none", "-", "INFO")
         m = [r for r in rows if r[0] == "m" and r[3] == "1"]
         for test in ("GET", "SET"):
             p99 = {}
@@ -368,6 +375,28 @@ def judge(section, raw, verdicts, tick, n, rounds):
                 v.add(6, "CPU/request GET P=16, 2 vs 1 workers",
                       f"{us['2']:.3f} vs {us['1']:.3f} us", "<= 1.15x", f"{ratio:.3f}x",
                       "PASS" if ratio <= 1.15 else "MISS")
+            # Why: sleeping and waking (a context switch each) costs the kernel more than
+            # the request itself on a small machine; the columns were added later, so old
+            # raw files lack them.
+            sw = {k: sum(int(r[6]) for r in w if r[2] == k and len(r) > 6) for k in cpu}
+            if sw.get("1") and sw.get("2"):
+                per = {k: sw[k] / cpu[k][1] * 1000 for k in sw}
+                v.add(6, "context switches/1000 requests, 2 vs 1 workers",
+                      f"{per['2']:.1f} vs {per['1']:.1f}", "none", f"{per['2'] / per['1']:.2f}x",
+                      "INFO")
+        # perf samples of one more run each, split by code: the proxy's own (its binary,
+        # libuv, libstdc++) against libc and the kernel.
+        split = {}
+        for r in rows:
+            if r[0] == "wp":
+                _, workers, part, samples, reqs, hz = r
+                split.setdefault(workers, {})[part] = int(samples) / int(hz) / int(reqs) * 1e6
+        if "1" in split and "2" in split:
+            for part in ("own", "libc", "kernel"):
+                a, b = split["1"].get(part, 0.0), split["2"].get(part, 0.0)
+                if a > 0:
+                    v.add(6, f"perf: {part} code CPU/request, 2 vs 1 workers",
+                          f"{b:.3f} vs {a:.3f} us", "none", f"{b / a:.2f}x", "INFO")
     elif section == "7":
         for r in rows:
             if r[0] == "c":
