@@ -113,6 +113,14 @@ int HexValue(char c) {
 RequestParser::RequestParser(const RespLimits& limits) : limits_(limits) {}
 
 void RequestParser::Reset() {
+  if (mode_ == Mode::kNone && !failed_) {
+    // Between requests (what Done() leaves, and the usual case): only the description of
+    // the last request is left to forget. Called once per request, so kept short.
+    argc_ = 0;
+    parsed_args_ = 0;
+    inline_ = false;
+    return;
+  }
   pos_ = 0;
   scan_ = 0;
   remaining_ = -1;
@@ -172,19 +180,38 @@ namespace {
 inline bool FastLength(const char* data, size_t len, size_t at, size_t max_line, int64_t* n,
                        size_t* cr) {
   size_t i = at + 1;
-  if (i >= len || data[i] < '1' || data[i] > '9') {
-    if (i + 2 < len && data[i] == '0' && data[i + 1] == '\r' && data[i + 2] == '\n' &&
-        max_line >= 2) {
+  if (i >= len) return false;
+  unsigned d = static_cast<unsigned char>(data[i]) - static_cast<unsigned>('0');
+  if (d - 1 > 8) {  // not '1'..'9'
+    if (d == 0 && i + 2 < len && data[i + 1] == '\r' && data[i + 2] == '\n' && max_line >= 2) {
       *n = 0;
       *cr = i + 1;
       return true;
     }
     return false;
   }
-  int64_t v = 0;
-  while (i < len && i - at <= 9 && data[i] >= '0' && data[i] <= '9') {
-    v = v * 10 + (data[i] - '0');
-    ++i;
+  // Most lengths in requests have one or two digits ("*3", "$3", "$16"): read at once.
+  if (i + 3 < len && max_line >= 3) {
+    if (data[i + 1] == '\r') {
+      if (data[i + 2] != '\n') return false;
+      *n = d;
+      *cr = i + 1;
+      return true;
+    }
+    const unsigned d2 = static_cast<unsigned char>(data[i + 1]) - static_cast<unsigned>('0');
+    if (d2 <= 9 && data[i + 2] == '\r') {
+      if (data[i + 3] != '\n') return false;
+      *n = d * 10 + d2;
+      *cr = i + 2;
+      return true;
+    }
+  }
+  int64_t v = d;
+  const size_t stop = std::min(len, at + 10);  // at most 9 digits
+  for (++i; i < stop; ++i) {
+    d = static_cast<unsigned char>(data[i]) - static_cast<unsigned>('0');
+    if (d > 9) break;
+    v = v * 10 + d;
   }
   if (i + 1 >= len || data[i] != '\r' || data[i + 1] != '\n' || i - at > max_line) return false;
   *n = v;
@@ -205,9 +232,7 @@ bool RequestParser::ParseWhole(const char* data, size_t len, size_t* consumed) {
       static_cast<uint64_t>(n) > limits_.max_array_len) {
     return false;
   }
-  const uint64_t max_request = limits_.max_request_bytes;
   size_t pos = cr + 2;
-  if (pos + kMinBulkBytes * static_cast<uint64_t>(n) > max_request) return false;
   for (int64_t i = 0; i < n; ++i) {
     int64_t blen = 0;
     if (pos >= len || data[pos] != '$' || !FastLength(data, len, pos, max_line, &blen, &cr) ||
@@ -216,13 +241,16 @@ bool RequestParser::ParseWhole(const char* data, size_t len, size_t* consumed) {
     }
     const size_t start = cr + 2;
     const size_t end = start + static_cast<size_t>(blen);
-    if (end + 2 + kMinBulkBytes * static_cast<uint64_t>(n - 1 - i) > max_request) return false;
-    if (len < end || len - end < 2 || data[end] != '\r' || data[end + 1] != '\n') return false;
+    if (end + 2 > len || data[end] != '\r' || data[end + 1] != '\n') return false;
     if (static_cast<size_t>(i) < kMaxArgViews) {
       views_[i] = View{start, static_cast<size_t>(blen)};
     }
     pos = end + 2;
   }
+  // Checked once at the end: a request within max_request_bytes passes every check that
+  // ParseMultibulk() makes on the way (each later argument takes at least kMinBulkBytes), and
+  // one over it is refused there, in its words.
+  if (pos > limits_.max_request_bytes) return false;
   argc_ = static_cast<size_t>(n);
   parsed_args_ = argc_;
   *consumed = pos;

@@ -260,6 +260,18 @@ void ClientSession::ProcessInput() {
     ~Done() { flag = false; }
   } done{processing_input_};
   const Config& cfg = worker_->config();
+  // Between requests a client frames with the worker's parser; one whose request is still
+  // arriving keeps that state in a parser of its own (own_parser_) until it goes idle. Taken
+  // once for the whole batch of requests read, and given back reset.
+  struct GiveBack {
+    Worker* w;
+    RequestParser* p = nullptr;
+    ~GiveBack() {
+      if (p == nullptr) return;
+      p->Reset();
+      w->ReturnParser(p);
+    }
+  } shared{worker_};
   while (!closed_ && !closing_after_flush_ && !quit_pending_ && !unpin_marker_sent_ &&
          !resubscribing_ && resub_swallow_ == 0 && !auth_pending_ && !in_.empty()) {
     const size_t pile_at = cfg.client.max_client_buffer_bytes / 2;
@@ -289,23 +301,12 @@ void ClientSession::ProcessInput() {
       // Only clients that must authenticate need it: idle connections stay small.
       preauth_parser_ = std::make_unique<RequestParser>(PreAuthLimits(cfg.resp));
     }
-    // Between requests a client frames with the worker's parser; one whose request is still
-    // arriving keeps that state in a parser of its own (own_parser_) until it goes idle.
-    RequestParser* shared = nullptr;
-    if (!preauth && !own_parser_) {
-      shared = worker_->TakeParser();
-      if (shared == nullptr) own_parser_ = std::make_unique<RequestParser>(cfg.resp);
+    if (!preauth && !own_parser_ && shared.p == nullptr) {
+      shared.p = worker_->TakeParser();
+      if (shared.p == nullptr) own_parser_ = std::make_unique<RequestParser>(cfg.resp);
     }
-    RequestParser& parser = preauth ? *preauth_parser_ : shared ? *shared : *own_parser_;
-    struct GiveBack {
-      Worker* w;
-      RequestParser* p;
-      ~GiveBack() {
-        if (p == nullptr) return;
-        p->Reset();
-        w->ReturnParser(p);
-      }
-    } give_back{worker_, shared};
+    const bool use_shared = !preauth && !own_parser_;
+    RequestParser& parser = preauth ? *preauth_parser_ : use_shared ? *shared.p : *own_parser_;
     ParseStatus st = parser.Parse(in_.data(), in_.size(), &consumed);
     if (st == ParseStatus::kIncomplete) {
       if (peer_eof_) {
@@ -315,7 +316,7 @@ void ClientSession::ProcessInput() {
         if (draining_) MaybeFinish();
         return;
       }
-      if (shared) own_parser_ = std::make_unique<RequestParser>(*shared);  // resumes there
+      if (use_shared) own_parser_ = std::make_unique<RequestParser>(*shared.p);  // resumes there
       if (in_.size() > cfg.client.max_client_buffer_bytes) LimitError(RespLimit::kClientBuffer);
       return;
     }
@@ -348,7 +349,7 @@ void ClientSession::ProcessInput() {
     } else {
       in_.Consume(consumed);
     }
-    if (shared == nullptr) parser.Reset();  // the worker's parser is reset as it is given back
+    parser.Reset();
     if (pin_ && pin_->backlog.size() > cfg.client.max_client_buffer_bytes) {
       // A pinned session's requests waiting for earlier replies count against its buffer.
       LimitError(RespLimit::kClientBuffer);

@@ -470,6 +470,30 @@ TEST_CASE("RespRequest header lines are bounded by max_inline_len") {
   CheckRequestError("*1\r\n$12345\r\n", "Protocol error: too big bulk count string", small);
 }
 
+TEST_CASE("RespRequest one- and two-digit lengths (the parser's shortcut) decide as the rest") {
+  // Lengths of one and two digits are read without the general loop; every outcome must be
+  // the general path's, at every split (CheckRequest) and at the edges of max_inline_len.
+  CheckRequest(Command({"SET", Repeat("k", 16), Repeat("v", 99)}),
+               {"SET", Repeat("k", 16), Repeat("v", 99)});
+  CheckRequest(Command({"GET", Repeat("k", 10)}), {"GET", Repeat("k", 10)});
+  CheckRequestError("*1\r\n$12x\r\n", kBulkLen);
+  CheckRequestError("*1\r\n$1\rx", kBulkLen);
+  CheckRequestError("*1\r\n$12\rx", kBulkLen);
+  CheckRequestError("*1\rx", kMbulkLen);
+  CheckRequestError("*12\rx", kMbulkLen);
+  CheckRequestError("*2\r\n$3\r\nGET\r\n$10\r\n" + Repeat("k", 11) + "\r\n", kBulkCrlf);
+  RespLimits tiny;
+  tiny.max_inline_len = 2;  // "*1" and "$4" fit; "*12" and "$10" do not
+  CheckRequest("*1\r\n$4\r\nPING\r\n", {"PING"}, false, tiny);
+  CheckRequestError(Command({"GET", Repeat("k", 10)}), "Protocol error: too big bulk count string",
+                    tiny);
+  CheckRequestError("*12\r\n", "Protocol error: too big mbulk count string", tiny);
+  tiny.max_inline_len = 3;
+  CheckRequest(Command({"GET", Repeat("k", 10)}), {"GET", Repeat("k", 10)}, false, tiny);
+  CheckRequestError(Command({"GET", Repeat("k", 100)}), "Protocol error: too big bulk count string",
+                    tiny);
+}
+
 TEST_CASE("RespRequest limits smaller than the request are enforced") {
   RespLimits l;
   l.max_array_len = 2;
