@@ -924,6 +924,19 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
   uint64_t pass = worker_->NextTimeoutPass();
   size_t i = cancelled_;
   bool any = false;
+  // Stalled means silent: a replica still sending replies for a whole timeout is only busy
+  // with what clients queued ahead (a client pipelining large GETs it does not read), and is
+  // not blamed for it; the late requests below fail over all the same (within the retry
+  // budget). Bytes waiting in the socket count too: this loop may itself have been busy
+  // (copying a large reply for a client that does not read) and not read them yet. Asked
+  // once, and only when something is late (no FIONREAD on every connection every check).
+  int silent_known = -1;
+  auto silent = [&] {
+    if (silent_known < 0) {
+      silent_known = now_ms - last_read_ms_ >= worker_->timeout_ms() && !HasUnreadBytes();
+    }
+    return silent_known == 1;
+  };
   while (i < pending_.size() && pending_[i].deadline_ms <= now_ms) {
     PendingReply& pr = pending_[i];
     ++cancelled_;
@@ -932,7 +945,7 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     if (pr.client != nullptr) {
       ClientSession* c = pr.client;
       pr.client = nullptr;
-      c->OnBackendFailure(pr.seq, backend_, msg, true, pass);
+      c->OnBackendFailure(pr.seq, backend_, msg, true, pass, false, silent());
     }
     // A callback may have failed this connection (pending_ is then empty).
     if (state_ != State::kReady && state_ != State::kConnecting) return;
@@ -953,21 +966,15 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     Fail(std::string(msg) + "; connection restarted with too many late replies owed", false);
     return;
   }
-  // Nothing late: nothing to judge (and no FIONREAD on every idle connection every check).
+  // Nothing late: nothing to judge.
   if (!any && (cancelled_ == 0 || pending_.empty())) return;
-  // Stalled means silent: a replica still sending replies for a whole timeout is only busy
-  // with what clients queued ahead (a client pipelining large GETs it does not read), and is
-  // not blamed for it; the late requests above have failed over all the same.
-  // Bytes waiting in the socket count too: this loop may itself have been busy (copying a
-  // large reply for a client that does not read) and not read them yet.
-  const bool silent = now_ms - last_read_ms_ >= worker_->timeout_ms() && !HasUnreadBytes();
-  if (any && silent && !backend_->is_primary()) {
+  if (any && silent() && !backend_->is_primary()) {
     // Replicas are plentiful and the primary can answer: stop sending reads to a stalled one.
     backend_->MarkDown(msg);
   }
   // A server that stays silent far past the timeout is stuck (or the path to it is): start
   // over on a new connection.
-  if (cancelled_ > 0 && !pending_.empty() && silent &&
+  if (cancelled_ > 0 && !pending_.empty() && silent() &&
       pending_.front().deadline_ms + 3 * worker_->timeout_ms() <= now_ms) {
     Fail(std::string(msg) + "; connection abandoned", !backend_->is_primary());
   }
@@ -1120,6 +1127,9 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   Ring<PendingReply> failed;
   failed.swap(pending_);
   bool timeout = reason.rfind("no reply", 0) == 0;
+  // A timeout on a server that sent nothing for all of it (an abandoned connection): see
+  // ClientSession::RetryAllowed.
+  const bool stalled = timeout && worker_->now() - last_read_ms_ >= worker_->timeout_ms();
   // Refused before any of it was sent: a primary's refusal is the answer (see
   // HandshakeRefused); copied, as a callback may refuse again meanwhile.
   std::string answer = answer_refused_ && backend_->is_primary() ? refused_ : std::string();
@@ -1132,7 +1142,7 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
     if (!answer.empty()) {
       pr.client->OnReply(pr.seq, backend_, answer.data(), answer.size(), true);
     } else {
-      pr.client->OnBackendFailure(pr.seq, backend_, reason, timeout, 0, unsent);
+      pr.client->OnBackendFailure(pr.seq, backend_, reason, timeout, 0, unsent, stalled);
     }
   }
   if (destroy_on_close_ && state_ == State::kIdle) Destroy();

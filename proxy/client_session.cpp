@@ -511,6 +511,7 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
   // latency histograms: kind 0).
   s.kind = d.side_conn ? 0 : d.route == Route::kRead ? 1 : 2;
   s.is_read = d.route == Route::kRead;
+  s.fast = d.info != nullptr && d.info->is(kCmdFast);
   s.may_write = d.route == Route::kWrite && d.may_write;
   s.side_conn = d.side_conn;
   s.sent_bytes = len;
@@ -776,7 +777,7 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, cons
   return t;
 }
 
-bool ClientSession::RetryAllowed(uint64_t timeout_pass) {
+bool ClientSession::RetryAllowed(uint64_t timeout_pass, bool free) {
   // A read that timed out may be slow itself: re-running it on the primary doubles exactly
   // the load that hurts, and a burst of them would stall the primary for everyone. So a
   // re-run costs a token of the client's budget: each read it sends earns kRetryEarn (20 %
@@ -785,6 +786,19 @@ bool ClientSession::RetryAllowed(uint64_t timeout_pass) {
   // client still fails over while a burst of new connections with slow reads gets at most
   // one re-run. The client's requests found late in the same check cost one token together
   // (a pipeline stuck behind a stalled replica fails over as a whole).
+  //
+  // `free`: a command Redis flags `fast` (GET, HGET, EXISTS...) late on a replica that sent
+  // nothing at all for the whole timeout. That read is not the slow one the budget is about:
+  // the replica stalled (stopped, swapping, or busy with someone else's slow command) and is
+  // being marked down, and on the primary the read costs what it would have cost there. It
+  // is re-run without a token, so a replica that hangs fails over every client's plain
+  // reads, new connections' included (a PHP client connects per request), as the proxy
+  // promises. (Fast reads late behind large replies the replica is still sending, 50 GETs
+  // of 16 MB, stay within the budget: re-run, they would double exactly that transfer.)
+  if (free) {
+    worker_->stats().read_retries++;
+    return true;
+  }
   if (timeout_pass != 0 && timeout_pass == last_retry_pass_) {
     (last_retry_allowed_ ? worker_->stats().read_retries : worker_->stats().read_retries_refused)++;
     return last_retry_allowed_;
@@ -1043,7 +1057,8 @@ size_t ClientSession::WriteThrough(const char* data, size_t len) {
 }
 
 void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason,
-                                     bool timeout, uint64_t timeout_pass, bool unsent) {
+                                     bool timeout, uint64_t timeout_pass, bool unsent,
+                                     bool stalled) {
   --inflight_;
   if (closed_) {
     worker_->MarkDirty(this);
@@ -1074,7 +1089,7 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
   // A shard's node failing may be the start of a failover: the slot map is read again soon.
   if (worker_->topology().cluster()) worker_->topology().RequestRefresh();
   if (s.is_read && !from->is_primary() && !s.tried_primary) {
-    if (!timeout || RetryAllowed(timeout_pass)) {
+    if (!timeout || RetryAllowed(timeout_pass, s.fast && stalled)) {
       RetryOnPrimary(seq);
       return;
     }
@@ -1200,6 +1215,7 @@ uint64_t ClientSession::NewSlot() {
   s.kind = 0;
   s.may_write = false;
   s.side_conn = false;
+  s.fast = false;
   s.reply.Clear();
   s.request.Clear();
   s.group = 0;

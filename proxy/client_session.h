@@ -82,8 +82,10 @@ class ClientSession {
   void OnReply(uint64_t seq, Backend* from, const char* data, size_t len, bool is_error);
   // `timeout_pass`: for a timeout, the worker's number for the check that found it late.
   // `unsent`: the connection never reached the server, so the request was not applied.
+  // `stalled`: a timeout on a server that sent nothing at all for the whole timeout (stopped,
+  // or busy with one command), not one still sending what was queued ahead of the request.
   void OnBackendFailure(uint64_t seq, Backend* from, const std::string& reason, bool timeout,
-                        uint64_t timeout_pass = 0, bool unsent = false);
+                        uint64_t timeout_pass = 0, bool unsent = false, bool stalled = false);
   // Requests `first_seq` on, `count` of them, wait on connection `from` behind another
   // client's reply, paused for that client to read: if they are all this client has asked
   // since and each is a read whose copy is kept, they go again, in order, on one other
@@ -176,6 +178,9 @@ class ClientSession {
     uint8_t kind = 0;            // for latency stats: 0 local/other, 1 read, 2 write
     bool may_write = false;      // a write that may change data (read-your-writes follows it)
     bool side_conn = false;      // goes on a connection of its own (RouteDecision::side_conn)
+    // Redis flags its command `fast` (GET, HGET, EXISTS...): never itself the slow read a
+    // stalled replica's timeout may be (see RetryAllowed).
+    bool fast = false;
     uint64_t start_ns = 0;
     Buffer reply;    // reply bytes that arrived before the slots ahead of it
     Buffer request;  // kept for reads so a failed replica's read can go to the primary
@@ -261,7 +266,7 @@ class ClientSession {
   // `failover`: counted as a read failover (not for the cluster's absent re-check).
   void RetryOnPrimary(uint64_t seq, bool failover = true);
   // Whether a read that timed out on a replica may be re-run on the primary (retry budget).
-  bool RetryAllowed(uint64_t timeout_pass);
+  bool RetryAllowed(uint64_t timeout_pass, bool free);
   // False when no replica can take it (the caller answers the error).
   bool RetryOnReplica(uint64_t seq);
   // Where a read goes: a replica, or nullptr for the primary (and whether that is because of

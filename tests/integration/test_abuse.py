@@ -1313,6 +1313,59 @@ def test_slow_replica_reads_do_not_all_retry_on_the_primary(fresh_cluster, make_
     assert proxy.alive
 
 
+FRESH_READERS = 16
+
+
+def test_stalled_replica_fails_over_every_new_clients_plain_reads(fresh_cluster, make_proxy):
+    """The replica hangs (SIGSTOP) just as FRESH_READERS new connections each send one GET
+    (an application that connects per request, as PHP does): once the timeout passes, every
+    GET is answered with its value by the primary, none with the retry budget's error. A
+    command Redis flags fast, late on a replica that sent nothing for the whole timeout,
+    cannot be the slow read the budget holds back; what made it late is the replica, and the
+    client must not notice that. The primary runs those GETs again, and the metrics count
+    them as retried, none over budget."""
+    c = fresh_cluster
+    replica = c.replicas[0]
+    proxy = start_proxy(make_proxy, c)
+    values = {f"stall:{i}": f"value-{i}".encode() for i in range(FRESH_READERS)}
+    primary = c.primary.client()
+    for k, v in values.items():
+        primary.set(k, v)
+    c.wait_replicated()
+    # The proxy reads from the replica (it serves reads) before the stall.
+    def replica_serves():
+        proxy.client().get("stall:0")
+        return replica.calls("get") > 0
+
+    wait_until(replica_serves, 5 * SLOWDOWN, interval=0.05, what="a GET served by the replica")
+    before_primary = c.primary.calls("get")
+    conns = [connect(proxy.port, timeout=15 * SLOWDOWN) for _ in range(FRESH_READERS)]
+    replies = {}
+    try:
+        for s in conns:  # connected and accepted before the replica stops
+            s.sendall(encode_command("PING"))
+            assert read_replies(s, 1, timeout=5 * SLOWDOWN)[0][0] == b"+PONG\r\n"
+        replica.sigstop()
+        for i, s in enumerate(conns):
+            s.sendall(encode_command("GET", f"stall:{i}"))
+        for i, s in enumerate(conns):
+            replies[f"stall:{i}"] = read_replies(s, 1, timeout=15 * SLOWDOWN)[0][0]
+    finally:
+        if replica.stopped:
+            replica.sigcont()
+        for s in conns:
+            s.close()
+    wrong = {k: r for k, r in replies.items()
+             if r != b"$%d\r\n%s\r\n" % (len(values[k]), values[k])}
+    assert not wrong, f"{len(wrong)} of {FRESH_READERS} GETs not answered with their value: {wrong}"
+    reran = c.primary.calls("get") - before_primary
+    assert reran >= FRESH_READERS, f"only {reran} GETs reached the primary"
+    text = metrics(proxy)
+    assert metric(text, 'kompress_read_retries_total{outcome="over_budget"}') == 0
+    assert metric(text, 'kompress_read_retries_total{outcome="retried"}') >= FRESH_READERS
+    assert proxy.alive
+
+
 # -- 6. descriptor exhaustion and max_clients ------------------------------------------------
 
 PROXY_NOFILE = 128
