@@ -10,6 +10,7 @@
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "common/logging.h"
 #include "common/resp_writer.h"
@@ -976,6 +977,7 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
   // over on a new connection.
   if (cancelled_ > 0 && !pending_.empty() && silent() &&
       pending_.front().deadline_ms + 3 * worker_->timeout_ms() <= now_ms) {
+    fail_stalled_ = true;
     Fail(std::string(msg) + "; connection abandoned", !backend_->is_primary());
   }
 }
@@ -1064,6 +1066,7 @@ bool BackendConn::HasUnreadBytes() const {
 }
 
 void BackendConn::Fail(const std::string& reason, bool mark_down) {
+  const bool stalled = std::exchange(fail_stalled_, false);
   // Nothing reached a server that was never connected to, nor one still in the handshake
   // (no request goes out before the server has accepted all of it): what waits here was not
   // applied, so a write waits for a primary and is sent again, and a read goes after it.
@@ -1127,9 +1130,6 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
   Ring<PendingReply> failed;
   failed.swap(pending_);
   bool timeout = reason.rfind("no reply", 0) == 0;
-  // A timeout on a server that sent nothing for all of it (an abandoned connection): see
-  // ClientSession::RetryAllowed.
-  const bool stalled = timeout && worker_->now() - last_read_ms_ >= worker_->timeout_ms();
   // Refused before any of it was sent: a primary's refusal is the answer (see
   // HandshakeRefused); copied, as a callback may refuse again meanwhile.
   std::string answer = answer_refused_ && backend_->is_primary() ? refused_ : std::string();
@@ -1142,7 +1142,7 @@ void BackendConn::Fail(const std::string& reason, bool mark_down) {
     if (!answer.empty()) {
       pr.client->OnReply(pr.seq, backend_, answer.data(), answer.size(), true);
     } else {
-      pr.client->OnBackendFailure(pr.seq, backend_, reason, timeout, 0, unsent, stalled);
+      pr.client->OnBackendFailure(pr.seq, backend_, reason, timeout, 0, unsent, timeout && stalled);
     }
   }
   if (destroy_on_close_ && state_ == State::kIdle) Destroy();

@@ -247,6 +247,9 @@ class BackendConn {
   bool answer_refused_ = false;  // the next Fail() answers with refused_ (primary) / unsent
   static constexpr uint64_t kRefusedHoldMs = 100;
   bool fail_soon_ = false;  // see FailSoon
+  // The next Fail() gives up on a server silent for a whole timeout and more (CheckTimeout):
+  // its plain reads then fail over outside the retry budget (ClientSession::RetryAllowed).
+  bool fail_stalled_ = false;
   bool fail_soon_mark_down_ = false;
   std::string fail_soon_reason_;
   bool read_paused_ = false;

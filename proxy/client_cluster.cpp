@@ -342,7 +342,6 @@ void ClientSession::SendPart(uint64_t parent, uint32_t part, uint16_t group, uin
   inflight_bytes_ += raw.size();
   s.hslot = hslot;
   s.is_read = is_read;
-  s.fast = d.info != nullptr && d.info->is(kCmdFast);
   s.kind = d.side_conn ? 0 : is_read ? 1 : 2;
   s.may_write = may_write;
   s.side_conn = d.side_conn;

@@ -511,7 +511,7 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
   // latency histograms: kind 0).
   s.kind = d.side_conn ? 0 : d.route == Route::kRead ? 1 : 2;
   s.is_read = d.route == Route::kRead;
-  s.fast = d.info != nullptr && d.info->is(kCmdFast);
+  s.fast = CheapToRetry(d, req);
   s.may_write = d.route == Route::kWrite && d.may_write;
   s.side_conn = d.side_conn;
   s.sent_bytes = len;
@@ -777,6 +777,14 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, cons
   return t;
 }
 
+bool ClientSession::CheapToRetry(const RouteDecision& d, const Request& req) {
+  // Redis flags `fast` what runs in O(1) or O(log N) per argument; with a fixed argument
+  // count (GET, HGET, ZSCORE...) or only a few (MGET of some keys) that is cheap however
+  // large the data set. MGET, EXISTS or HMGET of a million keys are flagged fast as well.
+  return d.info != nullptr && d.info->is(kCmdFast) &&
+         (d.info->arity > 0 || req.argc <= kCheapRetryMaxArgs);
+}
+
 bool ClientSession::RetryAllowed(uint64_t timeout_pass, bool free) {
   // A read that timed out may be slow itself: re-running it on the primary doubles exactly
   // the load that hurts, and a burst of them would stall the primary for everyone. So a
@@ -787,14 +795,15 @@ bool ClientSession::RetryAllowed(uint64_t timeout_pass, bool free) {
   // one re-run. The client's requests found late in the same check cost one token together
   // (a pipeline stuck behind a stalled replica fails over as a whole).
   //
-  // `free`: a command Redis flags `fast` (GET, HGET, EXISTS...) late on a replica that sent
-  // nothing at all for the whole timeout. That read is not the slow one the budget is about:
-  // the replica stalled (stopped, swapping, or busy with someone else's slow command) and is
-  // being marked down, and on the primary the read costs what it would have cost there. It
-  // is re-run without a token, so a replica that hangs fails over every client's plain
-  // reads, new connections' included (a PHP client connects per request), as the proxy
-  // promises. (Fast reads late behind large replies the replica is still sending, 50 GETs
-  // of 16 MB, stay within the budget: re-run, they would double exactly that transfer.)
+  // `free`: a read that never reached the server, or a cheap one (CheapToRetry: GET, HGET...)
+  // late on a replica that sent nothing at all for the whole timeout. Neither is the slow
+  // read the budget is about: the replica stalled (stopped, swapping, or busy with someone
+  // else's slow command; it is marked down for it), and on the primary the read costs what
+  // it would have cost there. It is re-run without a token, so a replica that hangs fails
+  // over every client's plain reads, new connections' included (a PHP client connects per
+  // request), as the proxy promises. (Cheap reads late behind large replies the replica is
+  // still sending, 50 GETs of 16 MB, stay within the budget: re-run, they would double
+  // exactly that transfer.)
   if (free) {
     worker_->stats().read_retries++;
     return true;
@@ -1089,7 +1098,7 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
   // A shard's node failing may be the start of a failover: the slot map is read again soon.
   if (worker_->topology().cluster()) worker_->topology().RequestRefresh();
   if (s.is_read && !from->is_primary() && !s.tried_primary) {
-    if (!timeout || RetryAllowed(timeout_pass, s.fast && stalled)) {
+    if (!timeout || RetryAllowed(timeout_pass, unsent || (s.fast && stalled))) {
       RetryOnPrimary(seq);
       return;
     }

@@ -178,8 +178,8 @@ class ClientSession {
     uint8_t kind = 0;            // for latency stats: 0 local/other, 1 read, 2 write
     bool may_write = false;      // a write that may change data (read-your-writes follows it)
     bool side_conn = false;      // goes on a connection of its own (RouteDecision::side_conn)
-    // Redis flags its command `fast` (GET, HGET, EXISTS...): never itself the slow read a
-    // stalled replica's timeout may be (see RetryAllowed).
+    // A read cheap whatever the data (CheapToRetry): never itself the slow read a stalled
+    // replica's timeout may be (see RetryAllowed). False for a split request's parts.
     bool fast = false;
     uint64_t start_ns = 0;
     Buffer reply;    // reply bytes that arrived before the slots ahead of it
@@ -267,6 +267,9 @@ class ClientSession {
   void RetryOnPrimary(uint64_t seq, bool failover = true);
   // Whether a read that timed out on a replica may be re-run on the primary (retry budget).
   bool RetryAllowed(uint64_t timeout_pass, bool free);
+  static bool CheapToRetry(const RouteDecision& d, const Request& req);
+  // CheapToRetry: a fast command with a variable argument count, up to this many arguments.
+  static constexpr size_t kCheapRetryMaxArgs = 9;
   // False when no replica can take it (the caller answers the error).
   bool RetryOnReplica(uint64_t seq);
   // Where a read goes: a replica, or nullptr for the primary (and whether that is because of

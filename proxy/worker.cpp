@@ -188,10 +188,8 @@ Backend* Worker::PickReplica(const BackendGroup& group, int64_t min_offset) {
   }
   // Round robin over the replicas that fit: the rotation moves past the nodes skipped, so a
   // replica out of service does not hand its whole share to its neighbour.
-  // (Wrapped by comparison, not `%`: a division on every read costs more than the rest.)
   for (size_t k = 0; k < n; ++k) {
-    if (replica_rr_ >= n) replica_rr_ = 0;
-    Backend* b = group.node(replica_rr_++);
+    Backend* b = group.node(replica_rr_++ % n);
     if (fits(b)) return b;
   }
   return nullptr;

@@ -1314,55 +1314,82 @@ def test_slow_replica_reads_do_not_all_retry_on_the_primary(fresh_cluster, make_
 
 
 FRESH_READERS = 16
+# Keys of the MGET that is flagged fast by Redis but not cheap: more arguments than the
+# proxy re-runs outside the budget (kCheapRetryMaxArgs, 9).
+MANY_KEYS = 12
+
+
+def stall_and_read(c, proxy, commands):
+    """Fills stall:0..N-1 (value-i), opens one new connection per command, stops the replica
+    (SIGSTOP) and sends each command on its connection; returns (replies, GETs and MGETs the
+    primary ran meanwhile) once every reply is in, the replica running again."""
+    replica = c.replicas[0]
+    primary = c.primary.client()
+    for i in range(max(FRESH_READERS, MANY_KEYS)):
+        primary.set(f"stall:{i}", f"value-{i}")
+    c.wait_replicated()
+
+    def replica_serves():  # the proxy reads from the replica before the stall
+        proxy.client().get("stall:0")
+        return replica.calls("get") > 0
+
+    wait_until(replica_serves, 5 * SLOWDOWN, interval=0.05, what="a GET served by the replica")
+    before = c.primary.calls("get") + c.primary.calls("mget")
+    conns = [connect(proxy.port, timeout=15 * SLOWDOWN) for _ in commands]
+    try:
+        for s in conns:  # connected and accepted before the replica stops
+            s.sendall(encode_command("PING"))
+            assert read_replies(s, 1, timeout=5 * SLOWDOWN)[0][0] == b"+PONG\r\n"
+        replica.sigstop()
+        for s, cmd in zip(conns, commands):
+            s.sendall(encode_command(*cmd))
+        replies = [read_replies(s, 1, timeout=15 * SLOWDOWN)[0][0] for s in conns]
+    finally:
+        if replica.stopped:
+            replica.sigcont()
+        for s in conns:
+            s.close()
+    return replies, c.primary.calls("get") + c.primary.calls("mget") - before
 
 
 def test_stalled_replica_fails_over_every_new_clients_plain_reads(fresh_cluster, make_proxy):
     """The replica hangs (SIGSTOP) just as FRESH_READERS new connections each send one GET
     (an application that connects per request, as PHP does): once the timeout passes, every
     GET is answered with its value by the primary, none with the retry budget's error. A
-    command Redis flags fast, late on a replica that sent nothing for the whole timeout,
-    cannot be the slow read the budget holds back; what made it late is the replica, and the
-    client must not notice that. The primary runs those GETs again, and the metrics count
-    them as retried, none over budget."""
+    cheap read (Redis flags it fast, few arguments), late on a replica that sent nothing for
+    the whole timeout, cannot be the slow read the budget holds back; what made it late is
+    the replica, and the client must not notice that. The primary runs those GETs again, and
+    the metrics count them as retried, none over budget."""
     c = fresh_cluster
-    replica = c.replicas[0]
     proxy = start_proxy(make_proxy, c)
-    values = {f"stall:{i}": f"value-{i}".encode() for i in range(FRESH_READERS)}
-    primary = c.primary.client()
-    for k, v in values.items():
-        primary.set(k, v)
-    c.wait_replicated()
-    # The proxy reads from the replica (it serves reads) before the stall.
-    def replica_serves():
-        proxy.client().get("stall:0")
-        return replica.calls("get") > 0
-
-    wait_until(replica_serves, 5 * SLOWDOWN, interval=0.05, what="a GET served by the replica")
-    before_primary = c.primary.calls("get")
-    conns = [connect(proxy.port, timeout=15 * SLOWDOWN) for _ in range(FRESH_READERS)]
-    replies = {}
-    try:
-        for s in conns:  # connected and accepted before the replica stops
-            s.sendall(encode_command("PING"))
-            assert read_replies(s, 1, timeout=5 * SLOWDOWN)[0][0] == b"+PONG\r\n"
-        replica.sigstop()
-        for i, s in enumerate(conns):
-            s.sendall(encode_command("GET", f"stall:{i}"))
-        for i, s in enumerate(conns):
-            replies[f"stall:{i}"] = read_replies(s, 1, timeout=15 * SLOWDOWN)[0][0]
-    finally:
-        if replica.stopped:
-            replica.sigcont()
-        for s in conns:
-            s.close()
-    wrong = {k: r for k, r in replies.items()
-             if r != b"$%d\r\n%s\r\n" % (len(values[k]), values[k])}
+    replies, reran = stall_and_read(c, proxy,
+                                    [("GET", f"stall:{i}") for i in range(FRESH_READERS)])
+    wrong = {i: r for i, r in enumerate(replies)
+             if r != b"$%d\r\nvalue-%d\r\n" % (len(f"value-{i}"), i)}
     assert not wrong, f"{len(wrong)} of {FRESH_READERS} GETs not answered with their value: {wrong}"
-    reran = c.primary.calls("get") - before_primary
     assert reran >= FRESH_READERS, f"only {reran} GETs reached the primary"
     text = metrics(proxy)
     assert metric(text, 'kompress_read_retries_total{outcome="over_budget"}') == 0
     assert metric(text, 'kompress_read_retries_total{outcome="retried"}') >= FRESH_READERS
+    assert proxy.alive
+
+
+def test_stalled_replica_many_key_reads_stay_within_the_budget(fresh_cluster, make_proxy):
+    """The same stall with MGETs of MANY_KEYS keys from 4 new connections: Redis flags MGET
+    fast, but its cost grows with its keys, so these re-runs still cost the retry budget
+    (new connections: the worker's one spare per second). Each reply is either the right
+    values (re-run on the primary) or the budget's error, and at most one MGET is re-run."""
+    c = fresh_cluster
+    proxy = start_proxy(make_proxy, c)
+    keys = [f"stall:{i}" for i in range(MANY_KEYS)]
+    replies, reran = stall_and_read(c, proxy, [("MGET", *keys)] * 4)
+    right = b"*%d\r\n" % MANY_KEYS + b"".join(
+        b"$%d\r\nvalue-%d\r\n" % (len(f"value-{i}"), i) for i in range(MANY_KEYS))
+    odd = [r for r in replies if r != right and b"retry budget is spent" not in r]
+    assert not odd, f"MGETs answered neither rightly nor with the budget's error: {odd}"
+    assert reran <= 1, f"{reran} of 4 many-key MGETs re-run on the primary outside the budget"
+    text = metrics(proxy)
+    assert metric(text, 'kompress_read_retries_total{outcome="over_budget"}') >= 3
     assert proxy.alive
 
 
