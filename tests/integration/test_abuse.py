@@ -1122,7 +1122,11 @@ def test_requests_behind_a_slow_reader_wait_one_timeout_at_most(fresh_cluster, m
     print(f"small GETs waited up to {max(waits):.2f} s; readers got "
           f"{[len(g) for g in got]} bytes")
     assert not wrong, wrong
-    assert max(waits) <= min(timeout, 1.0) * SLOWDOWN + 1.0, (
+    # Slack for the machine; under ASan more (alone 1.26-1.38 s here, old and new builds
+    # alike, but 2.24 s once in a CI run of the sanitizer stage at -n 4), still under a
+    # timeout per reader ahead (3 s).
+    slack = 1.5 if under_asan(proxy.proc.pid) else 1.0
+    assert max(waits) <= min(timeout, 1.0) * SLOWDOWN + slack, (
         f"small GETs waited {max(waits):.2f} s behind {heads} large replies: "
         f"{[round(w, 2) for w in waits]}")
     for g in got:
