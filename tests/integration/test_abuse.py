@@ -1016,7 +1016,10 @@ def test_memory_goes_back_once_large_values_stop(fresh_cluster, make_proxy):
             ["redis-benchmark", "-h", HOST, "-p", str(proxy.port), "-c", "50", "-n", "100",
              "GET", "abuse:burst:big"], capture_output=True, timeout=120 * SLOWDOWN)
     out = (bench.stdout + bench.stderr).decode(errors="replace")
-    assert bench.returncode == 0 and "rror" not in out, out[-2000:]
+    # On failure, what the proxy did about it: drops by reason, reads re-run or refused.
+    said = {k: v for k, v in series(metrics(proxy), DROPS_METRIC).items() if v} | {
+        k: v for k, v in series(metrics(proxy), "kompress_read_retries_total").items() if v}
+    assert bench.returncode == 0 and "rror" not in out, f"{said}; {out[-1500:]}"
     assert client_drops(proxy, "max_total_client_buffer_bytes") == 0
     samples = []
 
