@@ -511,7 +511,7 @@ void ClientSession::Dispatch(const Request& req, const RouteDecision& d, const c
   // latency histograms: kind 0).
   s.kind = d.side_conn ? 0 : d.route == Route::kRead ? 1 : 2;
   s.is_read = d.route == Route::kRead;
-  s.fast = CheapToRetry(d, req);
+  s.cheap = s.is_read && CheapToRetry(d, req);
   s.may_write = d.route == Route::kWrite && d.may_write;
   s.side_conn = d.side_conn;
   s.sent_bytes = len;
@@ -1098,7 +1098,7 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
   // A shard's node failing may be the start of a failover: the slot map is read again soon.
   if (worker_->topology().cluster()) worker_->topology().RequestRefresh();
   if (s.is_read && !from->is_primary() && !s.tried_primary) {
-    if (!timeout || RetryAllowed(timeout_pass, unsent || (s.fast && stalled))) {
+    if (!timeout || RetryAllowed(timeout_pass, unsent || (s.cheap && stalled))) {
       RetryOnPrimary(seq);
       return;
     }
@@ -1224,7 +1224,7 @@ uint64_t ClientSession::NewSlot() {
   s.kind = 0;
   s.may_write = false;
   s.side_conn = false;
-  s.fast = false;
+  s.cheap = false;
   s.reply.Clear();
   s.request.Clear();
   s.group = 0;

@@ -180,7 +180,7 @@ class ClientSession {
     bool side_conn = false;      // goes on a connection of its own (RouteDecision::side_conn)
     // A read cheap whatever the data (CheapToRetry): never itself the slow read a stalled
     // replica's timeout may be (see RetryAllowed). False for a split request's parts.
-    bool fast = false;
+    bool cheap = false;
     uint64_t start_ns = 0;
     Buffer reply;    // reply bytes that arrived before the slots ahead of it
     Buffer request;  // kept for reads so a failed replica's read can go to the primary
