@@ -1,6 +1,7 @@
 // Backend health and replication-state transitions, and the group built from config.
 #include "proxy/backend.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "common/logging.h"
@@ -11,6 +12,13 @@ uint64_t MonotonicMs() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    std::chrono::steady_clock::now().time_since_epoch())
                                    .count());
+}
+
+uint64_t UnansweredAfterMs(const Config& c) {
+  const auto timeout = std::max<uint64_t>(1, static_cast<uint64_t>(c.timeout_s * 1000.0 + 0.5));
+  const auto interval =
+      std::max<uint64_t>(1, static_cast<uint64_t>(c.health_check_interval_s * 1000.0 + 0.5));
+  return std::min(timeout, std::max<uint64_t>(4 * interval, 250));
 }
 
 void Backend::NoteUnavailable() {

@@ -19,6 +19,12 @@ namespace kp {
 // Milliseconds of a monotonic clock shared by all threads.
 uint64_t MonotonicMs();
 
+// How long a node may leave a health check, or a connection the reply it owes, unanswered
+// before it counts as not answering: four health-check intervals, at least 250 ms, and no
+// longer than the timeout. INFO replication takes well under a millisecond; a server that
+// answers nothing for this long is stopped, swapping, cut off, or busy with one slow command.
+uint64_t UnansweredAfterMs(const Config& c);
+
 enum class BackendRole : uint8_t {
   kNone,     // known but not in the topology (e.g. a Sentinel no longer lists it)
   kPrimary,  // takes the writes

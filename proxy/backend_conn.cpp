@@ -692,6 +692,38 @@ void BackendConn::StreamPart() {
   client->WaitForDrain(this);
 }
 
+void BackendConn::ReleaseCheapReads(uint64_t now_ms) {
+  // Cheap tests first: this runs every tick on every shared connection.
+  const uint64_t quiet = worker_->unanswered_ms();
+  if (pending_.size() <= cancelled_ || backend_->is_primary() || backend_->serves_reads() ||
+      now_ms - last_read_ms_ < quiet || quiet >= worker_->timeout_ms()) {
+    return;
+  }
+  // They go to the primary: only while it takes them (else they wait here, for this replica).
+  const Backend* primary = worker_->topology().group(backend_->group())->primary();
+  if (primary == nullptr || !primary->serves_writes() || HasUnreadBytes()) return;
+  char msg[128];
+  std::snprintf(msg, sizeof msg, "no reply for %.3gs, nor to the health check",
+                static_cast<double>(quiet) / 1000.0);
+  // A reply partly here is arriving (or was cut off mid-way): its request stays.
+  const size_t first = std::max<size_t>(cancelled_, in_.empty() ? 0 : 1);
+  // Sent at least `quiet` ago: a deadline is the send plus a timeout, or later.
+  const uint64_t sent_by = now_ms + worker_->timeout_ms() - quiet;
+  uint64_t pass = 0;
+  for (size_t i = first; i < pending_.size(); ++i) {
+    PendingReply& pr = pending_[i];
+    if (pr.client == nullptr || pr.handshake || pr.deadline_ms > sent_by ||
+        !pr.client->CheapReadWaiting(pr.seq)) {
+      continue;
+    }
+    if (pass == 0) pass = worker_->NextTimeoutPass();
+    ClientSession* c = pr.client;
+    pr.client = nullptr;  // its reply here, if it comes, is dropped (as a cancelled one's)
+    c->OnBackendFailure(pr.seq, backend_, msg, true, pass, false, true);
+    if (state_ != State::kReady) return;
+  }
+}
+
 uint64_t BackendConn::HeldBehindSlow(const PendingReply& pr) const {
   const uint64_t now = worker_->now();
   uint64_t charged = slow_held_ms_ - pr.slow_snap + pr.held_before;
@@ -909,6 +941,10 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     answer_refused_ = true;
     Fail(reason, false);
     return;
+  }
+  if (state_ == State::kReady) {
+    ReleaseCheapReads(now_ms);
+    if (state_ != State::kReady) return;
   }
   ExtendWhileSending(now_ms);
   if (cancelled_ == 0 && !in_.empty() && !pending_.empty()) {

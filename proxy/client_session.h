@@ -102,6 +102,13 @@ class ClientSession {
   // are about (sent again, the server would build it twice). Otherwise the connection reads
   // on for it.
   bool WaitsBehindSlowReader(uint64_t seq);
+  // Whether `seq` is a cheap read (CheapToRetry: GET, HGET...) that a replica could still
+  // hand to the primary: not tried there yet, nothing of its reply passed on.
+  bool CheapReadWaiting(uint64_t seq) {
+    if (closed_) return false;
+    const Slot& s = SlotAt(seq);
+    return s.is_read && s.cheap && !s.tried_primary && s.streamed == 0 && !s.done;
+  }
   // Dedicated connection callbacks.
   void OnStreamFrame(const char* data, size_t len);
   void OnStreamFailure(const std::string& reason);

@@ -3,6 +3,7 @@
 #include "proxy/control_conn.h"
 
 #include <hiredis/hiredis.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -33,6 +34,15 @@ struct ControlConn::Link {
   std::unique_ptr<TlsStream> tls;
   redisReader* reader = nullptr;
 };
+
+bool ControlConn::HasUnreadBytes() const {
+  uv_os_fd_t fd;
+  if (link_ == nullptr || uv_fileno(reinterpret_cast<const uv_handle_t*>(&link_->tcp), &fd) != 0) {
+    return false;
+  }
+  int n = 0;
+  return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
 
 ControlConn::ControlConn(uv_loop_t* loop, Endpoint endpoint, std::string username,
                          std::string password, LostFn on_lost)

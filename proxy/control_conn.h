@@ -65,6 +65,8 @@ class ControlConn {
   // Periodic check (each tick): a connection (with its TLS handshake) not established within
   // `connect_timeout_ms` is dropped and reported.
   void Check(uint64_t now_ms, uint64_t connect_timeout_ms);
+  // Bytes from the server wait in the socket, not read yet (the loop was busy elsewhere).
+  bool HasUnreadBytes() const;
   // Drops the connection as failed, reporting `why` through on_lost.
   void Fail(const std::string& why);
   // Drops the connection without reporting it.

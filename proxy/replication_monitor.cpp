@@ -41,7 +41,7 @@ void ReplicationMonitor::SetConfig(std::shared_ptr<const Config> config) {
   timeout_ms_ = std::max<uint64_t>(1, static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5));
   interval_ms_ =
       std::max<uint64_t>(1, static_cast<uint64_t>(config_->health_check_interval_s * 1000.0 + 0.5));
-  connect_timeout_ms_ = std::min(timeout_ms_, std::max<uint64_t>(4 * interval_ms_, 250));
+  unanswered_ms_ = UnansweredAfterMs(*config_);
 }
 
 void ReplicationMonitor::SetTls(std::shared_ptr<const TlsContext> tls) {
@@ -200,19 +200,49 @@ void ReplicationMonitor::OnTick() {
       p.awaiting = false;
       continue;
     }
-    p.conn->Check(now, connect_timeout_ms_);
+    p.conn->Check(now, unanswered_ms_);
     if (!p.conn->open()) {
       p.conn->Connect();
       SendProbe(p);  // queued until the connection is made (IP addresses at once)
       continue;
     }
     if (p.awaiting) {
-      if (now - p.sent_ms >= timeout_ms_) p.conn->Fail("no reply to INFO within the timeout");
+      if (now - p.sent_ms >= timeout_ms_) {
+        p.conn->Fail("no reply to INFO within the timeout");
+      } else if (now - p.sent_ms >= unanswered_ms_) {
+        NoteUnanswered(p, now - p.sent_ms);
+      }
       continue;
     }
     if (!p.conn->established()) continue;
     if (&p == pp || !chained) SendProbe(p);
   }
+}
+
+void ReplicationMonitor::NoteUnanswered(Probe& p, uint64_t waited_ms) {
+  // Reads sent to a replica that answers nothing wait as long as it does: up to the timeout
+  // (5 s by default), when a stopped one is marked down, longer than many clients wait (a
+  // 2 s socket timeout saw errors for all of it). So it gets no new reads until it answers
+  // again, and the workers hand the plain reads already waiting on it to the primary
+  // (BackendConn::ReleaseCheapReads). Not marked down: one running a slow command is alive,
+  // and it serves again at its next answer (this one's epoch is then stale: the next).
+  Backend& b = *p.backend;
+  // Its answer may be in the socket already, this loop having been busy for as long. And
+  // with nothing else to read from (no primary serving, no other replica), reads wait for
+  // it rather than be refused (a fork on a large data set stalls a server that long).
+  if (!b.is_replica() || !b.qualified() || p.conn->HasUnreadBytes()) return;
+  const Backend* primary = group_.primary();
+  bool others = primary != nullptr && primary->serves_writes();
+  for (size_t i = 0; i < group_.size() && !others; ++i) {
+    others = group_.node(i) != &b && group_.node(i)->serves_reads();
+  }
+  if (!others) return;
+  b.Disqualify();
+  std::string reason = "no answer to INFO replication for " + std::to_string(waited_ms) + " ms";
+  LogFields f{{"backend", b.name()}, {"role", "replica"}};
+  LogFields e{{"event", "replica_no_reads"}, {"reason", reason}};
+  Log().warn("replica {} gets no reads: {}", b.name(), reason);
+  b.not_serving_reason = std::move(reason);
 }
 
 void ReplicationMonitor::PollReplicas() {

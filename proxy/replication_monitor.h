@@ -85,6 +85,8 @@ class ReplicationMonitor {
   void SwitchOrAsk(Backend* p, const char* why);
   void ApplyStaticView(const Endpoint& primary, const std::vector<Endpoint>& replicas);
   void OnTick();
+  // A replica's INFO has waited unanswered_ms_: no new reads until it answers (see .cpp).
+  void NoteUnanswered(Probe& p, uint64_t waited_ms);
   // Makes a probe for every node of the group that has none yet.
   void SyncProbes();
   Probe& ProbeOf(const Backend* b) { return *probes_[b->position()]; }
@@ -149,7 +151,7 @@ class ReplicationMonitor {
   BackendGroup& group_;
   uint64_t timeout_ms_ = 1;
   uint64_t interval_ms_ = 1;
-  uint64_t connect_timeout_ms_ = 1;
+  uint64_t unanswered_ms_ = 1;  // UnansweredAfterMs: connects, and replicas' INFO (see OnTick)
   uv_timer_t timer_;
   bool running_ = false;
   std::vector<std::unique_ptr<Probe>> probes_;  // by node index

@@ -20,6 +20,7 @@ Worker::Worker(size_t id, std::shared_ptr<const Config> config, Topology& topolo
     : id_(id), config_(std::move(config)), topology_(topology), router_(router) {
   timeout_ms_ = static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5);
   if (timeout_ms_ == 0) timeout_ms_ = 1;
+  unanswered_ms_ = UnansweredAfterMs(*config_);
   next_client_id_ = (static_cast<uint64_t>(id) << 48) + 1;
   rng_state_ = 0x9E3779B97F4A7C15ull * (id + 1);
   parser_ = std::make_unique<RequestParser>(config_->resp);
@@ -132,6 +133,7 @@ void Worker::OnAsync() {
     parser_ = std::make_unique<RequestParser>(config_->resp);
     parser_free_ = parser_.get();
     timeout_ms_ = std::max<uint64_t>(1, static_cast<uint64_t>(config_->timeout_s * 1000.0 + 0.5));
+    unanswered_ms_ = UnansweredAfterMs(*config_);
     uint64_t period = std::clamp<uint64_t>(timeout_ms_ / 10, 5, 100);
     if (!shut_down_) {
       uv_timer_start(

@@ -96,6 +96,7 @@ class Worker {
   RequestParser* TakeParser() { return std::exchange(parser_free_, nullptr); }
   void ReturnParser(RequestParser* p) { parser_free_ = p; }
   uint64_t timeout_ms() const { return timeout_ms_; }
+  uint64_t unanswered_ms() const { return unanswered_ms_; }  // UnansweredAfterMs(config)
   bool finished() const { return finished_.load(std::memory_order_acquire); }
   size_t client_count() const { return client_count_.load(std::memory_order_relaxed); }
 
@@ -224,6 +225,7 @@ class Worker {
   Topology& topology_;
   const Router& router_;
   uint64_t timeout_ms_;
+  uint64_t unanswered_ms_;
   uv_loop_t loop_;
   uv_async_t async_;
   uv_check_t check_;

@@ -579,3 +579,157 @@ def test_misbehaving_replica_reads_fail_over(fresh_cluster, make_proxy, mode):
         assert proxy.alive
     finally:
         fake.stop()
+
+
+# A replica that stops answering leaves read rotation once its health check has waited
+# UnansweredAfterMs (4 intervals of 0.1 s here: 0.4-0.5 s, the probe being sent up to an
+# interval after the stop), and the reads already waiting on it go to the primary on the
+# workers' next tick: within this with room to spare, far from the 5 s timeout below.
+UNANSWERED_BOUND_S = 1.5 * SLOWDOWN
+LONG_TIMEOUT = ["--timeout", "5", "--health-check-interval", "0.1"]
+
+
+def reader_threads(proxy, keys, n, stop):
+    """n clients GETting `keys` (checking each value) until `stop` is set; their LoopResults."""
+    results = [LoopResult() for _ in range(n)]
+
+    def run(res):
+        client = proxy.client(timeout=10)
+        while not stop.is_set():
+            part = read_loop(client, keys, 0.05)
+            res.count += part.count
+            res.errors += part.errors
+            res.latencies += part.latencies
+
+    threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in results]
+    for t in threads:
+        t.start()
+    return results, threads
+
+
+def merged(results):
+    out = LoopResult()
+    for r in results:
+        out.count += r.count
+        out.errors += r.errors
+        out.latencies += r.latencies
+    return out
+
+
+def test_a_stopped_replica_costs_reads_a_health_check_not_the_timeout(fresh_cluster,
+                                                                       make_proxy):
+    """The only replica hangs (SIGSTOP) for 3 s, shorter than the proxy's 5 s timeout, while
+    8 clients read. Before, every read sent to it waited until it ran again (3 s: a client
+    with a 2 s socket timeout, Jedis's default, saw errors); now once its health check has
+    gone unanswered for UnansweredAfterMs it gets no new reads, and the GETs already waiting
+    on it are answered by the primary: no error, no wrong value, none slower than
+    UNANSWERED_BOUND_S. It is not marked down (it never missed a timeout) and serves reads
+    again once it answers."""
+    c = fresh_cluster
+    r1 = c.replicas[0]
+    keys = populate(c)
+    proxy = make_proxy(c.primary.port, [r1.port], extra_args=LONG_TIMEOUT)
+    wait_replicas_serve_reads(c, proxy.client(timeout=10), keys, [r1])
+    stop = threading.Event()
+    results, threads = reader_threads(proxy, keys, 8, stop)
+    try:
+        time.sleep(0.5)
+        before = c.primary.calls("get")
+        r1.sigstop()
+        time.sleep(3.0)
+        r1.sigcont()
+        time.sleep(0.5)
+    finally:
+        if r1.stopped:
+            r1.sigcont()
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    res = merged(results)
+    print("replica stopped for 3 s:", res)
+    assert res.errors == [], res
+    assert res.count > 100, res
+    assert res.max_latency <= UNANSWERED_BOUND_S, f"reads waited for the stopped replica: {res}"
+    assert c.primary.calls("get") > before, "no read went to the primary"
+    log = proxy.stderr()
+    assert "gets no reads: no answer to INFO replication" in log, log[-2000:]
+    assert "marked down" not in log, log[-2000:]
+    res = wait_replicas_serve_reads(c, proxy.client(timeout=10), keys, [r1])
+    assert res.errors == [], res
+
+
+# Busy for ARGV[1] microseconds: past UNANSWERED_BOUND_S, short of Redis's 5 s
+# busy-reply-threshold (then it would answer BUSY).
+BUSY_SCRIPT = ("local t = redis.call('TIME') while true do local n = redis.call('TIME') "
+               "if (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > tonumber(ARGV[1]) then break end "
+               "end return 'slept'")
+BUSY_S = min(UNANSWERED_BOUND_S + 1.0, 4.0)
+
+
+def test_a_replica_busy_with_a_slow_script_keeps_it_and_sends_others_reads_on(fresh_cluster,
+                                                                               make_proxy):
+    """A client's EVAL_RO keeps the only replica busy for BUSY_S (timeout 5 s). The script is
+    not the proxy's to move: it finishes on the replica and its client gets its answer, not a
+    re-run on the primary and not an error. The plain GETs of 4 other clients meanwhile do not
+    wait for it (the replica leaves read rotation as its health check goes unanswered, and
+    the GETs queued behind the script go to the primary). The replica is not marked down,
+    and serves reads again afterwards."""
+    c = fresh_cluster
+    r1 = c.replicas[0]
+    keys = populate(c)
+    proxy = make_proxy(c.primary.port, [r1.port], extra_args=LONG_TIMEOUT)
+    wait_replicas_serve_reads(c, proxy.client(timeout=10), keys, [r1])
+    stop = threading.Event()
+    results, threads = reader_threads(proxy, keys, 4, stop)
+    try:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        answer = proxy.client(timeout=10).eval_ro(BUSY_SCRIPT, 0, int(BUSY_S * 1e6))
+        took = time.monotonic() - t0
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    res = merged(results)
+    print(f"EVAL_RO took {took:.2f}s; readers meanwhile:", res)
+    assert answer == b"slept" and took >= BUSY_S, took
+    assert r1.calls("eval_ro") == 1 and c.primary.calls("eval_ro") == 0, "the script moved"
+    assert res.errors == [], res
+    assert res.max_latency <= UNANSWERED_BOUND_S, f"reads waited for the script: {res}"
+    log = proxy.stderr()
+    assert "marked down" not in log, log[-2000:]
+    res = wait_replicas_serve_reads(c, proxy.client(timeout=10), keys, [r1])
+    assert res.errors == [], res
+
+
+def test_a_stalled_replica_that_is_all_there_is_is_waited_for(fresh_cluster, make_proxy):
+    """The primary is gone (killed; a static topology has no other) and the only replica
+    then stalls for 1.2 s, longer than its health check may go unanswered but shorter than
+    the timeout. With nothing else to read from, it is not taken out of rotation: the reads
+    wait for it and get its answers, none an error (a fork on a large data set, or the host
+    swapping, stalls a server that long)."""
+    c = fresh_cluster
+    r1 = c.replicas[0]
+    keys = populate(c)
+    proxy = make_proxy(c.primary.port, [r1.port], extra_args=LONG_TIMEOUT)
+    client = proxy.client(timeout=10)
+    wait_replicas_serve_reads(c, client, keys, [r1])
+    c.primary.kill9()
+    wait_until(lambda: "primary" in proxy.stderr() and "marked down" in proxy.stderr(),
+               10 * SLOWDOWN, what="the primary marked down")
+    res = read_loop(client, keys, 0.3)
+    assert res.errors == [], f"reads from the replica alone failed: {res}"
+
+    def stall():
+        r1.sigstop()
+        time.sleep(1.2)
+        r1.sigcont()
+
+    staller = threading.Thread(target=stall, daemon=True)
+    res = read_loop(client, keys, 2.5, actions=[(0.3, staller.start)])
+    staller.join(timeout=10)
+    print("the only replica stalled, no primary:", res)
+    assert res.errors == [], res
+    assert res.max_latency >= 1.0, f"no read waited for the stalled replica: {res}"
+    assert "gets no reads: no answer to INFO" not in proxy.stderr()
