@@ -219,6 +219,7 @@ std::string AdminServer::Respond(const std::string& head) const {
       body += std::string(RoleName(b)) + " " + b.name() + (b.up() ? " up" : " down");
       if (b.is_primary() && b.up() && !b.serves_writes()) body += " (not confirmed as primary)";
       if (b.is_replica() && b.up() && !b.serves_reads()) body += " (gets no reads)";
+      if (b.is_replica() && b.serves_reads() && !b.answering()) body += " (not answering)";
       body += "\n";
       any_up = any_up || b.up();
     });

@@ -66,6 +66,16 @@ class Backend {
     return up_.load(std::memory_order_relaxed) && qualified_.load(std::memory_order_relaxed) &&
            is_primary();
   }
+  // Replicas: its last health check has not gone unanswered for UnansweredAfterMs. One that
+  // does (stopped, cut off, or busy with a slow command) gets no reads of clients whose
+  // replies are known to be small (Worker::PickReplica); others' may be large, and moved to
+  // the primary they would burden it with what made this one slow. Set by the monitor while
+  // a primary or another replica can take them, cleared by the node's next answer.
+  bool answering() const { return !unanswered_.load(std::memory_order_relaxed); }
+  // Returns true when this call changed it.
+  bool SetAnswering(bool yes) {
+    return unanswered_.exchange(!yes, std::memory_order_relaxed) == yes;
+  }
   // Replicas: the replication offset it had applied at the monitor's last look (-1: unknown).
   int64_t offset() const { return offset_.load(std::memory_order_acquire); }
   // Epoch of the last MarkDown/Disqualify; a probe only re-admits or qualifies a backend if
@@ -127,6 +137,7 @@ class Backend {
   std::string name_;
   std::atomic<bool> up_{true};
   std::atomic<bool> qualified_{false};
+  std::atomic<bool> unanswered_{false};
   std::atomic<int64_t> offset_{-1};
   std::atomic<uint64_t> down_epoch_{0};
   std::atomic<uint64_t> unavailable_since_ms_{0};

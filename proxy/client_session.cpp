@@ -761,13 +761,13 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, cons
       return t;
     }
   }
-  if (need != ReadYourWrites::kPrimaryOnly) t.replica = w.PickReplica(g, need);
+  if (need != ReadYourWrites::kPrimaryOnly) t.replica = w.PickReplica(g, need, RepliesKnownSmall());
   if (t.replica == nullptr && !primary_up && need >= 0) {
     if (primary_held) {
       t.wait = true;
       return t;
     }
-    t.replica = w.PickReplica(g, -1);
+    t.replica = w.PickReplica(g, -1, RepliesKnownSmall());
   }
   t.for_read_your_writes = t.replica == nullptr && need != ReadYourWrites::kAny;
   if (d.cursor_arg != 0) {
@@ -862,7 +862,7 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
       if (need == ReadYourWrites::kPrimaryOnly) return false;
     }
   }
-  Backend* replica = worker_->PickReplica(g, need);
+  Backend* replica = worker_->PickReplica(g, need, RepliesKnownSmall());
   if (replica == nullptr) return false;
   worker_->stats().failovers++;
   worker_->SharedConn(replica, cls_)
@@ -876,10 +876,7 @@ bool ClientSession::MaySendAgain(uint64_t first_seq, size_t count) {
   // ahead has read): only for clients whose replies are known to be small (a new client's
   // may be anything while large replies are about: 50 redis-benchmark clients' first GETs of
   // a 16 MB value were all built twice), and once.
-  if (closed_ || reply_estimate_ >= kResendBelow ||
-      (reply_estimate_ == 0 && worker_->LargeRepliesSeenWithin(kLargeRepliesMemoryMs))) {
-    return false;
-  }
+  if (closed_ || RepliesMayBeLarge()) return false;
   // Run again later, they must not see what the client asked for after them, nor run after
   // a later request of its that has run: they are all it asked for since the first, and none
   // of its writes is in flight or among them (a GET sent again after its own SET saw the new
@@ -901,10 +898,26 @@ bool ClientSession::MaySendAgain(uint64_t first_seq, size_t count) {
 }
 
 bool ClientSession::WaitsBehindSlowReader(uint64_t seq) {
-  const bool large =
-      reply_estimate_ >= kResendBelow ||
-      (reply_estimate_ == 0 && worker_->LargeRepliesSeenWithin(kLargeRepliesMemoryMs));
-  return large && SlotAt(seq).is_read;
+  return RepliesMayBeLarge() && SlotAt(seq).is_read;
+}
+
+bool ClientSession::RepliesKnownSmall() const {
+  return reply_estimate_ != 0 && reply_estimate_ < kResendBelow;
+}
+
+bool ClientSession::RepliesMayBeLarge() const {
+  return reply_estimate_ >= kResendBelow ||
+         (reply_estimate_ == 0 && worker_->LargeRepliesSeenWithin(kLargeRepliesMemoryMs));
+}
+
+bool ClientSession::CheapReadWaiting(uint64_t seq) {
+  // A GET is cheap to run, not to send: one of a 16 MB value run again doubles that transfer.
+  // A new client's may be anything: never-readers' first GETs of 16 MB, moved from a replica
+  // busy building their like (it left its health check unanswered), kept the primary busy
+  // and a well-behaved client's SET waiting 2.7 s.
+  if (closed_ || !RepliesKnownSmall()) return false;
+  const Slot& s = SlotAt(seq);
+  return s.is_read && s.cheap && !s.tried_primary && s.streamed == 0 && !s.done;
 }
 
 bool ClientSession::SendAgain(uint64_t first_seq, size_t count, BackendConn* from,

@@ -102,13 +102,10 @@ class ClientSession {
   // are about (sent again, the server would build it twice). Otherwise the connection reads
   // on for it.
   bool WaitsBehindSlowReader(uint64_t seq);
-  // Whether `seq` is a cheap read (CheapToRetry: GET, HGET...) that a replica could still
-  // hand to the primary: not tried there yet, nothing of its reply passed on.
-  bool CheapReadWaiting(uint64_t seq) {
-    if (closed_) return false;
-    const Slot& s = SlotAt(seq);
-    return s.is_read && s.cheap && !s.tried_primary && s.streamed == 0 && !s.done;
-  }
+  // Whether `seq` is a cheap read (CheapToRetry: GET, HGET...) of a client whose replies are
+  // known to be small (RepliesKnownSmall), that a replica could still hand to the primary:
+  // not tried there yet, nothing of its reply passed on.
+  bool CheapReadWaiting(uint64_t seq);
   // Dedicated connection callbacks.
   void OnStreamFrame(const char* data, size_t len);
   void OnStreamFailure(const std::string& reason);
@@ -205,6 +202,11 @@ class ClientSession {
   static constexpr uint64_t kNoParent = ~0ull;
 
   void ProcessInput();
+  // Its replies are large (reply_estimate_ of kResendBelow or more), or not known yet while
+  // large replies are about (this worker saw one within kLargeRepliesMemoryMs).
+  bool RepliesMayBeLarge() const;
+  // Its replies so far were small (reply_estimate_ under kResendBelow): not a new client.
+  bool RepliesKnownSmall() const;
   // Requests of this client are on a connection taken out of the pool (see HoldUntilAnswered)
   // and not all answered yet: nothing more of the client's is sent meanwhile.
   bool BarrierHolds();

@@ -222,27 +222,31 @@ void ReplicationMonitor::OnTick() {
 void ReplicationMonitor::NoteUnanswered(Probe& p, uint64_t waited_ms) {
   // Reads sent to a replica that answers nothing wait as long as it does: up to the timeout
   // (5 s by default), when a stopped one is marked down, longer than many clients wait (a
-  // 2 s socket timeout saw errors for all of it). So it gets no new reads until it answers
-  // again, and the workers hand the plain reads already waiting on it to the primary
-  // (BackendConn::ReleaseCheapReads). Not marked down: one running a slow command is alive,
-  // and it serves again at its next answer (this one's epoch is then stale: the next).
+  // 2 s socket timeout saw errors for all of it). So clients whose replies are known to be
+  // small read elsewhere until it answers again, and the workers hand their plain reads
+  // already waiting on it to the primary (BackendConn::ReleaseCheapReads). Not marked down:
+  // one busy with a slow command, or building large replies, is alive. Other clients' reads
+  // stay (a new client's may be large: never-readers' first GETs of 16 MB moved to the
+  // primary kept a well-behaved client's SET waiting 2.7 s there).
   Backend& b = *p.backend;
   // Its answer may be in the socket already, this loop having been busy for as long. And
   // with nothing else to read from (no primary serving, no other replica), reads wait for
   // it rather than be refused (a fork on a large data set stalls a server that long).
-  if (!b.is_replica() || !b.qualified() || p.conn->HasUnreadBytes()) return;
+  if (!b.is_replica() || !b.serves_reads() || !b.answering() || p.conn->HasUnreadBytes()) {
+    return;
+  }
   const Backend* primary = group_.primary();
   bool others = primary != nullptr && primary->serves_writes();
   for (size_t i = 0; i < group_.size() && !others; ++i) {
-    others = group_.node(i) != &b && group_.node(i)->serves_reads();
+    const Backend* n = group_.node(i);
+    others = n != &b && n->serves_reads() && n->answering();
   }
-  if (!others) return;
-  b.Disqualify();
-  std::string reason = "no answer to INFO replication for " + std::to_string(waited_ms) + " ms";
+  if (!others || !b.SetAnswering(false)) return;
+  std::string reason = "no answer to INFO replication for " + std::to_string(waited_ms) +
+                       " ms (reads of clients with small replies go elsewhere)";
   LogFields f{{"backend", b.name()}, {"role", "replica"}};
   LogFields e{{"event", "replica_no_reads"}, {"reason", reason}};
   Log().warn("replica {} gets no reads: {}", b.name(), reason);
-  b.not_serving_reason = std::move(reason);
 }
 
 void ReplicationMonitor::PollReplicas() {
@@ -321,6 +325,17 @@ void ReplicationMonitor::OnAnswer(Probe& p, const char* data, size_t len, bool i
     // The state it had stays; it is not marked down for being busy.
     if (is_primary) PollReplicas();
     return;
+  }
+  if (p.backend->SetAnswering(true)) {
+    const uint64_t waited = uv_now(loop_) - p.sent_ms;
+    LogFields f{{"backend", p.backend->name()}, {"role", "replica"}};
+    if (p.backend->serves_reads()) {
+      LogFields e{{"event", "replica_serves_reads"}};
+      Log().info("replica {} answers again ({} ms after it was asked): it serves reads",
+                 p.backend->name(), waited);
+    } else {
+      Log().info("replica {} answers again ({} ms after it was asked)", p.backend->name(), waited);
+    }
   }
   ReplicationInfo info;
   if (!ParseReplicationInfo(text, &info)) {
