@@ -300,6 +300,13 @@ std::string AdminServer::Metrics() const {
     AppendValue(out, "kompress_replica_serves_reads{" + NodeLabels(b) + "}",
                 b.serves_reads() ? 1 : 0);
   });
+  AppendMetric(out, "kompress_replica_answering",
+               "0 while the replica leaves its health check unanswered (cheap reads of clients "
+               "with small replies go elsewhere), else 1.",
+               "gauge");
+  each(BackendRole::kReplica, [&](const Backend& b) {
+    AppendValue(out, "kompress_replica_answering{" + NodeLabels(b) + "}", b.answering() ? 1 : 0);
+  });
   AppendMetric(out, "kompress_replica_lag_bytes",
                "Replication stream bytes the replica is behind the primary (-1: unknown).",
                "gauge");

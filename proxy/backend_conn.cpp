@@ -695,9 +695,8 @@ void BackendConn::StreamPart() {
 void BackendConn::ReleaseCheapReads(uint64_t now_ms) {
   // Cheap tests first: this runs every tick on every shared connection.
   const uint64_t quiet = worker_->unanswered_ms();
-  if (pending_.size() <= cancelled_ || backend_->is_primary() ||
-      (backend_->serves_reads() && backend_->answering()) || now_ms - last_read_ms_ < quiet ||
-      quiet >= worker_->timeout_ms()) {
+  if (pending_.size() <= cancelled_ || backend_->answering() || backend_->is_primary() ||
+      now_ms - last_read_ms_ < quiet || quiet >= worker_->timeout_ms()) {
     return;
   }
   // They go to the primary: only while it takes them (else they wait here, for this replica).

@@ -538,7 +538,7 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
   bool cluster = worker_->topology().cluster();
   uint64_t deadline = worker_->now() + worker_->timeout_ms();
   if (s.is_read) {
-    ReadTarget t = PickReadTarget(req, d, group);
+    ReadTarget t = PickReadTarget(req, d, group, s.cheap);
     if (t.wait) return false;
     if (t.replica != nullptr) {
       if (keep) s.request.Append(raw, len);
@@ -717,7 +717,7 @@ bool ClientSession::PrimaryHeld(const Backend* primary) const {
 }
 
 ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, const RouteDecision& d,
-                                                        const BackendGroup& g) {
+                                                        const BackendGroup& g, bool cheap) {
   ReadTarget t;
   Worker& w = *worker_;
   const Backend* primary = g.primary();
@@ -761,13 +761,13 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, cons
       return t;
     }
   }
-  if (need != ReadYourWrites::kPrimaryOnly) t.replica = w.PickReplica(g, need, RepliesKnownSmall());
+  if (need != ReadYourWrites::kPrimaryOnly) t.replica = w.PickReplica(g, need, Steered(cheap));
   if (t.replica == nullptr && !primary_up && need >= 0) {
     if (primary_held) {
       t.wait = true;
       return t;
     }
-    t.replica = w.PickReplica(g, -1, RepliesKnownSmall());
+    t.replica = w.PickReplica(g, -1, Steered(cheap));
   }
   t.for_read_your_writes = t.replica == nullptr && need != ReadYourWrites::kAny;
   if (d.cursor_arg != 0) {
@@ -862,7 +862,7 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
       if (need == ReadYourWrites::kPrimaryOnly) return false;
     }
   }
-  Backend* replica = worker_->PickReplica(g, need, RepliesKnownSmall());
+  Backend* replica = worker_->PickReplica(g, need, Steered(s.cheap));
   if (replica == nullptr) return false;
   worker_->stats().failovers++;
   worker_->SharedConn(replica, cls_)
@@ -901,8 +901,11 @@ bool ClientSession::WaitsBehindSlowReader(uint64_t seq) {
   return RepliesMayBeLarge() && SlotAt(seq).is_read;
 }
 
-bool ClientSession::RepliesKnownSmall() const {
-  return reply_estimate_ != 0 && reply_estimate_ < kResendBelow;
+bool ClientSession::Steered(bool cheap) const {
+  // Only cheap reads: a slow one (EVAL_RO, KEYS, SUNION) may be what keeps the replica busy,
+  // and moved it would burden the primary as well. Only of clients whose replies so far were
+  // small: a new client's first GET may be of 16 MB (see CheapReadWaiting).
+  return cheap && reply_estimate_ != 0 && reply_estimate_ < kResendBelow;
 }
 
 bool ClientSession::RepliesMayBeLarge() const {
@@ -913,9 +916,10 @@ bool ClientSession::RepliesMayBeLarge() const {
 bool ClientSession::CheapReadWaiting(uint64_t seq) {
   // A GET is cheap to run, not to send: one of a 16 MB value run again doubles that transfer.
   // A new client's may be anything: never-readers' first GETs of 16 MB, moved from a replica
-  // busy building their like (it left its health check unanswered), kept the primary busy
-  // and a well-behaved client's SET waiting 2.7 s.
-  if (closed_ || !RepliesKnownSmall()) return false;
+  // busy building their like, kept a well-behaved client's SET waiting 2.3-3.0 s on the
+  // primary (bench/soak.py; also when new clients were let go while no large reply had been
+  // seen yet: the first ones were still being built).
+  if (closed_ || reply_estimate_ == 0 || reply_estimate_ >= kResendBelow) return false;
   const Slot& s = SlotAt(seq);
   return s.is_read && s.cheap && !s.tried_primary && s.streamed == 0 && !s.done;
 }

@@ -103,7 +103,7 @@ class ClientSession {
   // on for it.
   bool WaitsBehindSlowReader(uint64_t seq);
   // Whether `seq` is a cheap read (CheapToRetry: GET, HGET...) of a client whose replies are
-  // known to be small (RepliesKnownSmall), that a replica could still hand to the primary:
+  // known to be small, that a replica could still hand to the primary:
   // not tried there yet, nothing of its reply passed on.
   bool CheapReadWaiting(uint64_t seq);
   // Dedicated connection callbacks.
@@ -205,8 +205,9 @@ class ClientSession {
   // Its replies are large (reply_estimate_ of kResendBelow or more), or not known yet while
   // large replies are about (this worker saw one within kLargeRepliesMemoryMs).
   bool RepliesMayBeLarge() const;
-  // Its replies so far were small (reply_estimate_ under kResendBelow): not a new client.
-  bool RepliesKnownSmall() const;
+  // A read that avoids replicas not answering their health checks (Backend::answering): a
+  // cheap one of a client whose replies so far were small.
+  bool Steered(bool cheap) const;
   // Requests of this client are on a connection taken out of the pool (see HoldUntilAnswered)
   // and not all answered yet: nothing more of the client's is sent meanwhile.
   bool BarrierHolds();
@@ -289,7 +290,8 @@ class ClientSession {
     bool wait = false;  // behind the client's own write, with no primary to run after it on
   };
   // `req` is null for a request sent again after waiting (no cursor to stick to).
-  ReadTarget PickReadTarget(const Request* req, const RouteDecision& d, const BackendGroup& g);
+  ReadTarget PickReadTarget(const Request* req, const RouteDecision& d, const BackendGroup& g,
+                            bool cheap);
   // Sends one routed request to a backend; false when none can take it now.
   bool Send(uint64_t seq, const Request* req, const RouteDecision& d, const char* raw, size_t len);
   // Whether a request with no backend may wait for one (the topology is changing).

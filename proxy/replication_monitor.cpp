@@ -222,31 +222,50 @@ void ReplicationMonitor::OnTick() {
 void ReplicationMonitor::NoteUnanswered(Probe& p, uint64_t waited_ms) {
   // Reads sent to a replica that answers nothing wait as long as it does: up to the timeout
   // (5 s by default), when a stopped one is marked down, longer than many clients wait (a
-  // 2 s socket timeout saw errors for all of it). So clients whose replies are known to be
-  // small read elsewhere until it answers again, and the workers hand their plain reads
-  // already waiting on it to the primary (BackendConn::ReleaseCheapReads). Not marked down:
-  // one busy with a slow command, or building large replies, is alive. Other clients' reads
-  // stay (a new client's may be large: never-readers' first GETs of 16 MB moved to the
-  // primary kept a well-behaved client's SET waiting 2.7 s there).
+  // 2 s socket timeout saw errors for all of it). So the cheap reads of clients whose replies
+  // so far were small go elsewhere until it answers again (ClientSession::Steered), and the
+  // workers hand theirs already waiting on it to the primary (BackendConn::ReleaseCheapReads).
+  // Not marked down: one busy with a slow command, or building large replies, is alive, and
+  // those stay on it (moved to the primary, never-readers' first GETs of 16 MB kept a
+  // well-behaved client's SET waiting 2.7 s there).
   Backend& b = *p.backend;
-  // Its answer may be in the socket already, this loop having been busy for as long. And
-  // with nothing else to read from (no primary serving, no other replica), reads wait for
-  // it rather than be refused (a fork on a large data set stalls a server that long).
-  if (!b.is_replica() || !b.serves_reads() || !b.answering() || p.conn->HasUnreadBytes()) {
-    return;
-  }
+  if (!b.is_replica()) return;
+  // Only while something else can take them: with no primary serving and no other replica,
+  // they wait for it (a fork on a large data set stalls a server that long). Looked at on
+  // every tick: the others may go while this one is still silent.
   const Backend* primary = group_.primary();
   bool others = primary != nullptr && primary->serves_writes();
   for (size_t i = 0; i < group_.size() && !others; ++i) {
     const Backend* n = group_.node(i);
     others = n != &b && n->serves_reads() && n->answering();
   }
-  if (!others || !b.SetAnswering(false)) return;
-  std::string reason = "no answer to INFO replication for " + std::to_string(waited_ms) +
-                       " ms (reads of clients with small replies go elsewhere)";
+  if (!b.answering()) {
+    if (!others && b.SetAnswering(true)) NoteAnswering(p, "nothing else can take its reads");
+    return;
+  }
+  // Its answer may be in the socket already, this loop having been busy for as long.
+  if (!others || !b.serves_reads() || p.conn->HasUnreadBytes() || !b.SetAnswering(false)) {
+    return;
+  }
+  // A replica whose answers take about this long would log every second: once per
+  // kAnsweringLogMs at warning, the rest at debug.
+  const uint64_t now = uv_now(loop_);
+  p.answering_logged = p.answering_log_ms == 0 || now - p.answering_log_ms >= kAnsweringLogMs;
+  if (p.answering_logged) p.answering_log_ms = now;
   LogFields f{{"backend", b.name()}, {"role", "replica"}};
-  LogFields e{{"event", "replica_no_reads"}, {"reason", reason}};
-  Log().warn("replica {} gets no reads: {}", b.name(), reason);
+  LogFields e{{"event", "replica_not_answering"},
+              {"reason", "no answer to INFO replication for " + std::to_string(waited_ms) + " ms"}};
+  Log().log(p.answering_logged ? spdlog::level::warn : spdlog::level::debug,
+            "replica {} is not answering (no answer to INFO replication for {} ms): cheap reads "
+            "of clients with small replies go elsewhere",
+            b.name(), waited_ms);
+}
+
+void ReplicationMonitor::NoteAnswering(Probe& p, const std::string& why) {
+  LogFields f{{"backend", p.backend->name()}, {"role", "replica"}};
+  LogFields e{{"event", "replica_answering"}};
+  Log().log(p.answering_logged ? spdlog::level::info : spdlog::level::debug,
+            "replica {} answers again ({}): it takes all its reads", p.backend->name(), why);
 }
 
 void ReplicationMonitor::PollReplicas() {
@@ -326,22 +345,14 @@ void ReplicationMonitor::OnAnswer(Probe& p, const char* data, size_t len, bool i
     if (is_primary) PollReplicas();
     return;
   }
-  if (p.backend->SetAnswering(true)) {
-    const uint64_t waited = uv_now(loop_) - p.sent_ms;
-    LogFields f{{"backend", p.backend->name()}, {"role", "replica"}};
-    if (p.backend->serves_reads()) {
-      LogFields e{{"event", "replica_serves_reads"}};
-      Log().info("replica {} answers again ({} ms after it was asked): it serves reads",
-                 p.backend->name(), waited);
-    } else {
-      Log().info("replica {} answers again ({} ms after it was asked)", p.backend->name(), waited);
-    }
-  }
   ReplicationInfo info;
   if (!ParseReplicationInfo(text, &info)) {
     p.backend->MarkDown("health check: INFO replication reply without a role line");
     if (is_primary) PollReplicas();
     return;
+  }
+  if (p.backend->SetAnswering(true)) {
+    NoteAnswering(p, std::to_string(uv_now(loop_) - p.sent_ms) + " ms after it was asked");
   }
   p.reconnecting = false;
   p.info = std::move(info);

@@ -75,6 +75,9 @@ class ReplicationMonitor {
     bool has_info = false;
     uint64_t info_sent_ms = 0;
     uint64_t info_epoch = 0;
+    // Its last not-answering line (NoteUnanswered): when, and whether at warning level.
+    uint64_t answering_log_ms = 0;
+    bool answering_logged = false;
   };
 
   void SetConfig(std::shared_ptr<const Config> config);
@@ -85,8 +88,11 @@ class ReplicationMonitor {
   void SwitchOrAsk(Backend* p, const char* why);
   void ApplyStaticView(const Endpoint& primary, const std::vector<Endpoint>& replicas);
   void OnTick();
-  // A replica's INFO has waited unanswered_ms_: no new reads until it answers (see .cpp).
+  // A replica's INFO has waited unanswered_ms_: steered reads avoid it until it answers
+  // (Backend::answering; see .cpp), or until nothing else can take them.
   void NoteUnanswered(Probe& p, uint64_t waited_ms);
+  void NoteAnswering(Probe& p, const std::string& why);
+  static constexpr uint64_t kAnsweringLogMs = 10000;
   // Makes a probe for every node of the group that has none yet.
   void SyncProbes();
   Probe& ProbeOf(const Backend* b) { return *probes_[b->position()]; }

@@ -169,12 +169,12 @@ void Worker::AcceptPending() {
   }
 }
 
-Backend* Worker::PickReplica(const BackendGroup& group, int64_t min_offset, bool small) {
+Backend* Worker::PickReplica(const BackendGroup& group, int64_t min_offset, bool steered) {
   size_t n = group.size();
   if (n == 0 || config_->read_policy == ReadPolicy::kPrimary) return nullptr;
   auto fits = [&](Backend* b) {
     return b->serves_reads() && (min_offset < 0 || b->offset() >= min_offset) &&
-           (!small || b->answering());
+           (!steered || b->answering());
   };
   size_t start;
   if (config_->read_policy == ReadPolicy::kRandom) {

@@ -102,9 +102,8 @@ class Worker {
 
   // A replica of `group` that serves reads and has applied at least `min_offset` (-1: any),
   // by the read policy; nullptr when none (then the primary serves the read).
-  // `small`: for a client whose replies are known to be small, which avoids replicas that
-  // are not answering (Backend::answering).
-  Backend* PickReplica(const BackendGroup& group, int64_t min_offset, bool small);
+  // `steered`: a read that avoids replicas not answering (ClientSession::Steered).
+  Backend* PickReplica(const BackendGroup& group, int64_t min_offset, bool steered);
   // A shared connection to `b` for clients of class `cls`, rotating over the pool. Inline for
   // the request path's usual case (the default class, one connection per backend, already
   // opened): the rest is SharedConnSlow.
