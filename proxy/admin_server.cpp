@@ -302,7 +302,7 @@ std::string AdminServer::Metrics() const {
   });
   AppendMetric(out, "kompress_replica_answering",
                "0 while the replica leaves its health check unanswered (cheap reads of clients "
-               "with small replies go elsewhere), else 1.",
+               "whose replies are not large go elsewhere), else 1.",
                "gauge");
   each(BackendRole::kReplica, [&](const Backend& b) {
     AppendValue(out, "kompress_replica_answering{" + NodeLabels(b) + "}", b.answering() ? 1 : 0);

@@ -67,10 +67,11 @@ class Backend {
            is_primary();
   }
   // Replicas: its last health check has not gone unanswered for UnansweredAfterMs. One that
-  // does (stopped, cut off, or busy with a slow command) gets no reads of clients whose
-  // replies are known to be small (Worker::PickReplica); others' may be large, and moved to
-  // the primary they would burden it with what made this one slow. Set by the monitor while
-  // a primary or another replica can take them, cleared by the node's next answer.
+  // does (stopped, cut off, or busy with a slow command) gets no cheap reads of clients
+  // whose replies may not be large (ClientSession::Steered); other reads may be slow or
+  // large, and moved to the primary they would burden it with what made this one slow. Set
+  // by the monitor while a primary or another replica can take them, cleared by the node's
+  // next answer (or once nothing else can take them).
   bool answering() const { return !unanswered_.load(std::memory_order_relaxed); }
   // Returns true when this call changed it.
   bool SetAnswering(bool yes) {

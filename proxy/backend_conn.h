@@ -154,10 +154,10 @@ class BackendConn {
   // connections it was sent from again) for kMaxSlowHeldMs or a whole timeout, whichever is
   // shorter.
   bool OthersBehind(const ClientSession* head, bool* late) const;
-  // A replica that stopped answering (the monitor took it out of rotation: its INFO waited
-  // UnansweredAfterMs) while this connection heard nothing for as long: the cheap reads
+  // A replica not answering (Backend::answering: its INFO waited UnansweredAfterMs) while
+  // this connection heard nothing for as long: the cheap reads of clients with small replies
   // waiting here that long go to the primary now, without a retry token, rather than at the
-  // timeout. Others wait on (a slow read may just be running).
+  // timeout (ClientSession::CheapReadWaiting). Others wait on (a slow read may be running).
   void ReleaseCheapReads(uint64_t now_ms);
   // Whether the client of the head reply reads: kYes once it read its backlog down (the
   // connection resumed for it) or took kReadProgressBytes during a pause, kNo once a pause

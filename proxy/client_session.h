@@ -206,7 +206,7 @@ class ClientSession {
   // large replies are about (this worker saw one within kLargeRepliesMemoryMs).
   bool RepliesMayBeLarge() const;
   // A read that avoids replicas not answering their health checks (Backend::answering): a
-  // cheap one of a client whose replies so far were small.
+  // cheap one of a client whose replies may not be large (RepliesMayBeLarge).
   bool Steered(bool cheap) const;
   // Requests of this client are on a connection taken out of the pool (see HoldUntilAnswered)
   // and not all answered yet: nothing more of the client's is sent meanwhile.

@@ -223,8 +223,9 @@ void ReplicationMonitor::NoteUnanswered(Probe& p, uint64_t waited_ms) {
   // Reads sent to a replica that answers nothing wait as long as it does: up to the timeout
   // (5 s by default), when a stopped one is marked down, longer than many clients wait (a
   // 2 s socket timeout saw errors for all of it). So the cheap reads of clients whose replies
-  // so far were small go elsewhere until it answers again (ClientSession::Steered), and the
-  // workers hand theirs already waiting on it to the primary (BackendConn::ReleaseCheapReads).
+  // may not be large go elsewhere until it answers again (ClientSession::Steered), and the
+  // workers hand those of clients with small replies already waiting on it to the primary
+  // (BackendConn::ReleaseCheapReads).
   // Not marked down: one busy with a slow command, or building large replies, is alive, and
   // those stay on it (moved to the primary, never-readers' first GETs of 16 MB kept a
   // well-behaved client's SET waiting 2.7 s there).
@@ -257,7 +258,7 @@ void ReplicationMonitor::NoteUnanswered(Probe& p, uint64_t waited_ms) {
               {"reason", "no answer to INFO replication for " + std::to_string(waited_ms) + " ms"}};
   Log().log(p.answering_logged ? spdlog::level::warn : spdlog::level::debug,
             "replica {} is not answering (no answer to INFO replication for {} ms): cheap reads "
-            "of clients with small replies go elsewhere",
+            "go elsewhere",
             b.name(), waited_ms);
 }
 

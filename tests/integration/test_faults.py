@@ -744,3 +744,52 @@ def test_a_stalled_replica_that_is_all_there_is_is_waited_for(fresh_cluster, mak
     assert res.errors == [], res
     assert res.max_latency >= 1.0, f"no read waited for the stalled replica: {res}"
     assert "is not answering" not in proxy.stderr()
+
+
+def test_new_connections_read_elsewhere_once_a_replica_is_not_answering(fresh_cluster,
+                                                                         make_proxy):
+    """A client that connects per request (PHP) while the only replica is stopped: each new
+    connection sends one GET, a new one every 50 ms. Those sent before the replica was seen
+    not answering wait for it (up to its return, here); every one sent after that (from
+    UNANSWERED_BOUND_S on) goes to the primary and is answered at once, rightly. Before, a new
+    connection's GETs kept going to the stopped replica for the whole stop."""
+    c = fresh_cluster
+    r1 = c.replicas[0]
+    keys = populate(c)
+    proxy = make_proxy(c.primary.port, [r1.port], extra_args=LONG_TIMEOUT)
+    wait_replicas_serve_reads(c, proxy.client(timeout=10), keys, [r1])
+    stop_s = UNANSWERED_BOUND_S + 2.0
+    done = []  # (sent, seconds after the stop; latency; right)
+
+    def one(i, t0):
+        key, want = keys[i % len(keys)]
+        sent = time.monotonic()
+        try:
+            client = proxy.client(timeout=30)
+            right = client.get(key) == want
+            client.close()
+        except Exception as exc:  # noqa: BLE001 - every client-visible failure counts
+            right = repr(exc)
+        done.append((sent - t0, time.monotonic() - sent, right))
+
+    threads = []
+    r1.sigstop()
+    try:
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < stop_s:
+            t = threading.Thread(target=one, args=(i, t0), daemon=True)
+            t.start()
+            threads.append(t)
+            i += 1
+            time.sleep(0.05)
+    finally:
+        r1.sigcont()
+    for t in threads:
+        t.join(timeout=30)
+    wrong = [d for d in done if d[2] is not True]
+    assert not wrong and len(done) == len(threads), f"wrong or missing answers: {wrong}"
+    late = [(round(s, 2), round(l, 2)) for s, l, _ in done if s >= UNANSWERED_BOUND_S and l > 0.75]
+    print(f"{len(done)} GETs; waited for the replica: "
+          f"{sum(1 for _, l, _ in done if l > 0.75)}; late after the bound: {late}")
+    assert not late, f"GETs sent after the replica was seen not answering still waited: {late}"
