@@ -793,3 +793,42 @@ def test_new_connections_read_elsewhere_once_a_replica_is_not_answering(fresh_cl
     print(f"{len(done)} GETs; waited for the replica: "
           f"{sum(1 for _, l, _ in done if l > 0.75)}; late after the bound: {late}")
     assert not late, f"GETs sent after the replica was seen not answering still waited: {late}"
+
+
+def test_a_not_answering_replica_takes_reads_again_once_nothing_else_can(fresh_cluster,
+                                                                        make_proxy):
+    """No primary (killed; a static topology has no other), two replicas. One stalls long
+    enough to be seen not answering while the other serves; then the other is killed too.
+    From then on nothing else can take the reads: the stalled one is no longer avoided (the
+    rule is looked at on every tick, not only when it was first applied; logged, and its
+    gauge back to 1), and a client's reads wait for it and get its answers once it runs
+    again, none an error. (Without that look the reads waited as well, parked for a backend,
+    but the replica stayed "not answering" with nothing else to read from.)"""
+    c = fresh_cluster
+    r1, r2 = c.replicas
+    keys = populate(c)
+    proxy = make_proxy(c.primary.port, [r1.port, r2.port], extra_args=LONG_TIMEOUT)
+    client = proxy.client(timeout=30)
+    wait_replicas_serve_reads(c, client, keys, [r1, r2])
+    c.primary.kill9()
+    wait_until(lambda: "primary" in proxy.stderr() and "marked down" in proxy.stderr(),
+               10 * SLOWDOWN, what="the primary marked down")
+    r1.sigstop()
+    try:
+        wait_until(lambda: "is not answering" in proxy.stderr(), 5 * SLOWDOWN,
+                   what=f"{r1.name} seen not answering")
+        res = read_loop(client, keys, 0.3)
+        assert res.errors == [], f"reads from the other replica failed: {res}"
+        r2.kill9()
+        wait_until(lambda: "nothing else can take its reads" in proxy.stderr(), 5 * SLOWDOWN,
+                   what=f"{r1.name} taking reads again with nothing else left")
+        staller = threading.Timer(1.0, r1.sigcont)
+        staller.start()
+        res = read_loop(client, keys, 2.0)
+        staller.join(timeout=10)
+    finally:
+        if r1.stopped:
+            r1.sigcont()
+    print("no primary, the other replica killed, this one stalled:", res)
+    assert res.errors == [], res
+    assert res.count > 10, res
