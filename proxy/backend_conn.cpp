@@ -18,6 +18,7 @@
 #include "proxy/descriptors.h"
 #include "proxy/loopback_tcp.h"
 #include "proxy/tls.h"
+#include "proxy/unread_bytes.h"
 #include "proxy/worker.h"
 
 namespace kp {
@@ -1093,12 +1094,7 @@ bool BackendConn::StalledFor(uint64_t now_ms, uint64_t ms) const {
 }
 
 bool BackendConn::HasUnreadBytes() const {
-  uv_os_fd_t fd;
-  if (state_ != State::kReady || uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) != 0) {
-    return false;
-  }
-  int n = 0;
-  return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+  return state_ == State::kReady && SocketHasUnreadBytes(tcp_);
 }
 
 void BackendConn::Fail(const std::string& reason, bool mark_down) {

@@ -3,7 +3,6 @@
 #include "proxy/control_conn.h"
 
 #include <hiredis/hiredis.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -11,6 +10,7 @@
 #include <cstring>
 
 #include "proxy/descriptors.h"
+#include "proxy/unread_bytes.h"
 
 namespace kp {
 
@@ -36,12 +36,7 @@ struct ControlConn::Link {
 };
 
 bool ControlConn::HasUnreadBytes() const {
-  uv_os_fd_t fd;
-  if (link_ == nullptr || uv_fileno(reinterpret_cast<const uv_handle_t*>(&link_->tcp), &fd) != 0) {
-    return false;
-  }
-  int n = 0;
-  return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+  return link_ != nullptr && SocketHasUnreadBytes(link_->tcp);
 }
 
 ControlConn::ControlConn(uv_loop_t* loop, Endpoint endpoint, std::string username,
