@@ -341,6 +341,11 @@ std::string AdminServer::Metrics() const {
                 sum(&WorkerStats::absent_rechecks));
   }
   AppendValue(out, "kompress_requests_total{route=\"pinned\"}", sum(&WorkerStats::pinned_requests));
+  AppendMetric(out, "kompress_writes_held_for_reads_total",
+               "Writes held until the same client's earlier reads on replicas answered "
+               "(they could otherwise see the write).",
+               "counter");
+  AppendValue(out, "kompress_writes_held_for_reads_total", sum(&WorkerStats::fenced_writes));
   AppendMetric(out, "kompress_requests_received_total",
                "Requests received from clients (all kinds).", "counter");
   AppendValue(out, "kompress_requests_received_total", sum(&WorkerStats::requests));

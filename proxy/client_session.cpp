@@ -10,10 +10,12 @@
 #include <cstring>
 
 #include "common/errors.h"
+#include "common/key_tag.h"
 #include "common/logging.h"
 #include "common/resp_writer.h"
 #include "proxy/backend.h"
 #include "proxy/backend_conn.h"
+#include "proxy/cluster_keys.h"
 #include "proxy/loopback_tcp.h"
 #include "proxy/proxy_info.h"
 #include "proxy/tls.h"
@@ -402,6 +404,15 @@ constexpr size_t kStreamResumeAt = 512 * 1024;
 // A client whose replies are this large or more (reply_estimate_) has no reads sent again
 // (see MaySendAgain).
 constexpr size_t kResendBelow = 256 * 1024;
+// The tag of a read's key: one key at a fixed place, else "any" (MGET, SCAN, a script...).
+uint64_t ReadKeyTag(const Request& req, const RouteDecision& d) {
+  const CommandInfo* info = d.info;
+  if (info == nullptr || info->first_key <= 0 || info->last_key != info->first_key ||
+      static_cast<size_t>(info->first_key) >= req.nviews) {
+    return kAnyKey;
+  }
+  return KeyTag(req.argv[info->first_key]);
+}
 }  // namespace
 
 bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, size_t len) {
@@ -418,7 +429,8 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
     raw = scratch_.data();
     len = scratch_.size();
   }
-  if (pin_wait_deadline_ == 0) worker_->stats().requests++;  // not again when re-run
+  if (pin_wait_deadline_ == 0 && !fenced_) worker_->stats().requests++;  // not again when re-run
+  fenced_ = false;
   last_request_ms_ = worker_->now();
 
   RouteDecision d = worker_->router().Classify(req);
@@ -472,6 +484,7 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
     }
     return EnterPinnedCluster(req, d, raw, len);
   }
+  if (replica_reads_upto_ > head_ && WaitsForReplicaReads(req, d)) return false;
   switch (d.route) {
     case Route::kLocal:
       HandleLocal(d.local, req);
@@ -542,6 +555,8 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
     if (t.wait) return false;
     if (t.replica != nullptr) {
       if (keep) s.request.Append(raw, len);
+      s.on_replica = true;
+      replica_reads_upto_ = std::max(replica_reads_upto_, seq + 1);
       worker_->stats().reads_replica++;
       retry_tokens_ = std::min(kRetryCap, retry_tokens_ + kRetryEarn);
       worker_->SharedConn(t.replica, cls_)->Send(this, seq, raw, len, deadline);
@@ -550,6 +565,7 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
     }
     if (!primary_ok) return false;
     s.tried_primary = true;
+    s.on_replica = false;
     // Kept in case the primary fails it and a replica can still answer (RetryOnReplica).
     if (keep && (group.size() > 1 || cluster)) s.request.Append(raw, len);
     (t.for_read_your_writes ? worker_->stats().reads_primary_ryw
@@ -657,6 +673,9 @@ bool ClientSession::RetryParked() {
     if (!closed_ && barrier_seq_ != kNoParent && seq > barrier_seq_ && BarrierHolds()) break;
     if (!closed_) {
       plain.route = s.is_read ? Route::kRead : Route::kWrite;
+      // A write sent behind reads of this client that went to replicas meanwhile (they were
+      // parked before it) waits for them, as a new one would (WaitsForReplicaReads).
+      if (!s.is_read && ReplicaReadsAhead(nullptr, plain, seq) != kNoParent) break;
       // The slot's owner may have changed meanwhile (a shard failover, a MOVED).
       if (s.hslot != kNoSlot) {
         uint16_t g = worker_->topology().GroupOfSlot(s.hslot);
@@ -777,6 +796,74 @@ ClientSession::ReadTarget ClientSession::PickReadTarget(const Request* req, cons
   return t;
 }
 
+uint64_t ClientSession::ReplicaReadsAhead(const Request* req, const RouteDecision& d,
+                                          uint64_t before) {
+  const uint64_t end = std::min(replica_reads_upto_, before);
+  if (end <= head_) return kNoParent;
+  // The write's keys (at most a request's argument views; beyond, or none, or moving: any).
+  uint64_t tags[RequestParser::kMaxArgViews];
+  size_t ntags = 0;
+  bool any = true;
+  const CommandInfo* info = d.info;
+  if (req != nullptr && info != nullptr && info->first_key > 0 && info->key_step > 0) {
+    const int argc = static_cast<int>(req->argc);
+    const int last = info->last_key >= 0 ? info->last_key : argc + info->last_key;
+    if (last < argc && static_cast<size_t>(last) < req->nviews) {
+      any = false;
+      for (int i = info->first_key; i <= last; i += info->key_step) {
+        tags[ntags++] = KeyTag(req->argv[i]);
+      }
+    }
+  }
+  uint64_t ahead = kNoParent;
+  for (uint64_t q = head_; q < end; ++q) {
+    Slot& r = SlotAt(q);
+    if (r.done || !r.on_replica) continue;
+    bool same = any;
+    if (!same) {
+      const uint64_t tag = ReadKeyTagOf(r);
+      same = tag == kAnyKey;
+      for (size_t i = 0; i < ntags && !same; ++i) same = tags[i] == tag;
+    }
+    if (same) ahead = q;
+  }
+  return ahead;
+}
+
+uint64_t ClientSession::ReadKeyTagOf(Slot& s) {
+  // Worked out here, from the copy kept for failover, rather than for every read sent: only a
+  // write behind reads still out on replicas asks (a pipeline mixing the two).
+  if (!s.key_tag_known) {
+    s.key_tag_known = true;
+    s.key_tag = kAnyKey;
+    std::vector<std::string_view> args;
+    if (SplitRequest(s.request.data(), s.request.size(), &args) && !args.empty()) {
+      Request req;
+      req.argc = args.size();
+      req.nviews = std::min(args.size(), RequestParser::kMaxArgViews);
+      for (size_t i = 0; i < req.nviews; ++i) req.argv[i] = args[i];
+      s.key_tag = ReadKeyTag(req, worker_->router().Classify(req));
+    }
+  }
+  return s.key_tag;
+}
+
+bool ClientSession::WaitsForReplicaReads(const Request& req, const RouteDecision& d) {
+  // Writes that change data, and sessions that may (MULTI, BLPOP...). Not SCRIPT KILL: the
+  // read it is meant to stop may be the one it would wait for.
+  const bool writes =
+      (d.route == Route::kWrite && d.may_write && !d.side_conn) || d.route == Route::kPin;
+  if (!writes) return false;
+  const uint64_t ahead = ReplicaReadsAhead(&req, d, next_);
+  if (ahead == kNoParent) return false;
+  // Parsed again once they are answered (AdvanceHead, MaybeResume): the barrier holds reading.
+  HoldUntilAnswered(ahead);
+  paused_ = true;
+  fenced_ = true;
+  worker_->stats().fenced_writes++;
+  return true;
+}
+
 bool ClientSession::CheapToRetry(const RouteDecision& d, const Request& req) {
   // Redis flags `fast` what runs in O(1) or O(log N) per argument; with a fixed argument
   // count (GET, HGET, ZSCORE...) or only a few (MGET of some keys) that is cheap however
@@ -836,6 +923,7 @@ void ClientSession::RetryOnPrimary(uint64_t seq, bool failover) {
     return;
   }
   s.tried_primary = true;
+  s.on_replica = false;
   if (failover) worker_->stats().failovers++;
   worker_->PrimaryConnFor(primary, id_, cls_)
       ->Send(this, seq, s.request.data(), s.request.size(), worker_->now() + worker_->timeout_ms());
@@ -865,6 +953,8 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
   Backend* replica = worker_->PickReplica(g, need, Steered(s.cheap));
   if (replica == nullptr) return false;
   worker_->stats().failovers++;
+  s.on_replica = true;
+  replica_reads_upto_ = std::max(replica_reads_upto_, seq + 1);
   worker_->SharedConn(replica, cls_)
       ->Send(this, seq, s.request.data(), s.request.size(), worker_->now() + worker_->timeout_ms());
   ++inflight_;
@@ -1245,6 +1335,8 @@ uint64_t ClientSession::NewSlot() {
   s.may_write = false;
   s.side_conn = false;
   s.cheap = false;
+  s.on_replica = false;
+  s.key_tag_known = false;
   s.reply.Clear();
   s.request.Clear();
   s.group = 0;

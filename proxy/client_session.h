@@ -106,6 +106,13 @@ class ClientSession {
   // known to be small, that a replica could still hand to the primary:
   // not tried there yet, nothing of its reply passed on.
   bool CheapReadWaiting(uint64_t seq);
+  // A write (or a session that may write) must not overtake this client's reads still out on
+  // replicas that may see it: sent to the primary at once, it is replicated, and a replica
+  // can apply it before it runs a GET the client sent earlier (pipelined GET k, SET k v read
+  // v). The highest such read's seq before `before`, or kNoParent. `req` null: any key.
+  uint64_t ReplicaReadsAhead(const Request* req, const RouteDecision& d, uint64_t before);
+  // Holds the request being handled until the reads ahead of it are answered.
+  bool WaitsForReplicaReads(const Request& req, const RouteDecision& d);
   // Dedicated connection callbacks.
   void OnStreamFrame(const char* data, size_t len);
   void OnStreamFailure(const std::string& reason);
@@ -185,6 +192,11 @@ class ClientSession {
     // A read cheap whatever the data (CheapToRetry): never itself the slow read a stalled
     // replica's timeout may be (see RetryAllowed). False for a split request's parts.
     bool cheap = false;
+    // A read out on a replica now (see WaitsForReplicaReads), and its key's tag (kAnyKey:
+    // several, none or not known), worked out from `request` when first needed.
+    bool on_replica = false;
+    bool key_tag_known = false;
+    uint64_t key_tag = 0;
     uint64_t start_ns = 0;
     Buffer reply;    // reply bytes that arrived before the slots ahead of it
     Buffer request;  // kept for reads so a failed replica's read can go to the primary
@@ -198,6 +210,8 @@ class ClientSession {
     uint32_t part = 0;                   // which part
     std::unique_ptr<struct FanOut> fan;  // a split request: its parts' replies merged here
   };
+  // A replica read's key tag (Slot::key_tag), worked out on first use.
+  uint64_t ReadKeyTagOf(Slot& s);
   static constexpr uint16_t kNoSlot = 0xFFFF;
   static constexpr uint64_t kNoParent = ~0ull;
 
@@ -334,8 +348,10 @@ class ClientSession {
   // MULTI under Redis Cluster waits for the transaction's first command, which names the
   // shard (see EnterPinned).
   bool cluster_multi_ = false;
-  uint16_t pin_group_ = 0;         // the pinned session's group
-  uint16_t last_write_group_ = 0;  // where this client's last write went (WAIT goes there)
+  uint16_t pin_group_ = 0;           // the pinned session's group
+  uint16_t last_write_group_ = 0;    // where this client's last write went (WAIT goes there)
+  uint64_t replica_reads_upto_ = 0;  // 1 + the highest seq of a read sent to a replica
+  bool fenced_ = false;              // the request being handled waited (WaitsForReplicaReads)
   // The error for a request that needs the primary when none can take it, saying why.
   std::string PrimaryUnavailable(const Backend* primary) const;
 

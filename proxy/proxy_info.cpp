@@ -68,6 +68,7 @@ ProxyInfo::Snapshot ProxyInfo::Take() const {
                 {"failovers", sum(&WorkerStats::failovers)},
                 {"resent_behind_slow_readers", sum(&WorkerStats::resent)},
                 {"pinned_requests", sum(&WorkerStats::pinned_requests)},
+                {"writes_held_for_reads", sum(&WorkerStats::fenced_writes)},
                 {"errors", sum(&WorkerStats::errors)},
                 {"protocol_errors", sum(&WorkerStats::protocol_errors)},
                 {"tls_failures", sum(&WorkerStats::tls_failures)},

@@ -646,3 +646,89 @@ def test_primary_lost_right_after_a_write_stale_replica_gets_no_reads(fresh_clus
     assert tally.wrong == [], f"stale reads with the primary gone: {tally}"
     assert tally.errors == [], f"errors with the primary gone and a replica up: {tally}"
     assert tally.ops > 0, tally
+
+
+# -- a read and the client's own later write --------------------------------------------------
+
+def held_writes(admin):
+    return metric(metrics(admin), "kompress_writes_held_for_reads_total")
+
+
+def read_then_write_on_a_stalled_replica(c, proxy, admin, r1, fault, key="order:k",
+                                         write_key=None):
+    """One connection pipelines GET key, SET write_key 2 while its GET waits on r1, which
+    `fault(r1)` stalls or kills right then; returns (GET reply, SET reply)."""
+    write_key = write_key or key
+    c.primary.client().set(key, "1")
+    c.primary.client().set(write_key, "1")
+    c.wait_replicated()
+    wait_serves_reads(admin, r1, 1)
+    before = route(admin, "replica")
+    with connect(proxy.port, timeout=30) as s:
+        r1.sigstop()  # the GET is sent to it (its health check is not late yet)
+        s.sendall(encode_command("GET", key) + encode_command("SET", write_key, "2"))
+        fault(r1)
+        replies, _ = read_replies(s, 2, timeout=30 * SLOWDOWN)
+    assert route(admin, "replica") == before + 1, "the GET did not go to the replica"
+    return replies
+
+
+def test_a_read_never_sees_the_write_its_client_sent_after_it_stalled_replica(fresh_cluster,
+                                                                              make_proxy):
+    """GET k, SET k 2 in one pipeline; the GET went to a replica that then stops answering,
+    so the proxy hands it to the primary. Sent there after the SET had run, it read 2: a
+    value its client had not written yet when it asked (Redis answers 1). The SET now waits
+    until the read before it is answered."""
+    c = fresh_cluster
+    r1 = c.replicas[0]
+    proxy, admin = start_proxy(make_proxy, c.primary, [r1])
+
+    resume = threading.Timer(3.0 * SLOWDOWN, r1.sigcont)
+    # Stopped past the time its reads are handed to the primary, then resumed.
+    get, set_ = read_then_write_on_a_stalled_replica(c, proxy, admin, r1,
+                                                     lambda r: resume.start())
+    resume.cancel()
+    r1.sigcont()
+    assert get == b"$1\r\n1\r\n", f"GET sent before SET k 2 read {get!r}"
+    assert set_ == b"+OK\r\n", set_
+    assert c.primary.client().get("order:k") == b"2"
+    assert held_writes(admin) >= 1
+
+
+def test_a_read_never_sees_the_write_its_client_sent_after_it_killed_replica(fresh_cluster,
+                                                                             make_proxy):
+    """The same with the replica killed while the GET waits on it: the GET runs again on the
+    primary, before the SET."""
+    c = fresh_cluster
+    r1 = c.replicas[0]
+    proxy, admin = start_proxy(make_proxy, c.primary, [r1])
+
+    def kill(r):
+        time.sleep(0.1)  # the proxy has sent the GET to it, and the SET to the primary
+        r.kill9()
+
+    get, set_ = read_then_write_on_a_stalled_replica(c, proxy, admin, r1, kill)
+    assert get == b"$1\r\n1\r\n", f"GET sent before SET k 2 read {get!r}"
+    assert set_ == b"+OK\r\n", set_
+    assert c.primary.client().get("order:k") == b"2"
+
+
+def test_a_write_to_another_key_does_not_wait_for_a_read(fresh_cluster, make_proxy):
+    """Only a write that may touch the read's key waits: GET a, SET b goes to the primary at
+    once while the GET waits on a stalled replica."""
+    c = fresh_cluster
+    r1 = c.replicas[0]
+    # Probes 1 s apart: the stopped replica keeps the GET for the whole stop.
+    proxy, admin = start_proxy(make_proxy, c.primary, [r1],
+                               extra_args=["--health-check-interval", "1", "--timeout", "10"])
+    seen = []
+
+    def stall(r):
+        seen.append(wait_until(lambda: c.primary.client().get("order:b") == b"2",
+                               3.0 * SLOWDOWN, interval=0.01, what="SET order:b on the primary"))
+        r.sigcont()
+
+    get, set_ = read_then_write_on_a_stalled_replica(c, proxy, admin, r1, stall,
+                                                     key="order:a", write_key="order:b")
+    assert get == b"$1\r\n1\r\n" and set_ == b"+OK\r\n", (get, set_)
+    assert held_writes(admin) == 0
