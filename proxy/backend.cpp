@@ -122,7 +122,8 @@ void BackendGroup::SetPrimary(Backend* b) {
   }
   b->set_role(BackendRole::kPrimary);
   primary_.store(b, std::memory_order_release);
-  changes_.fetch_add(1, std::memory_order_relaxed);
+  // A change from one primary to another; the first one known is not a change.
+  if (old != nullptr) changes_.fetch_add(1, std::memory_order_relaxed);
 }
 
 }  // namespace kp

@@ -696,10 +696,14 @@ void BackendConn::StreamPart() {
 void BackendConn::ReleaseCheapReads(uint64_t now_ms) {
   // Cheap tests first: this runs every tick on every shared connection.
   const uint64_t quiet = worker_->unanswered_ms();
-  if (pending_.size() <= cancelled_ || backend_->answering() || backend_->is_primary() ||
-      now_ms - last_read_ms_ < quiet || quiet >= worker_->timeout_ms()) {
+  if (pending_.size() <= cancelled_ || backend_->is_primary() || now_ms - last_read_ms_ < quiet ||
+      quiet >= worker_->timeout_ms()) {
     return;
   }
+  // A replica whose health check goes unanswered, or a node no longer listed at all; and
+  // reads sent to this node as the primary before a failover demoted it (see
+  // ClientSession::CheapReadWaiting).
+  const bool stalled = !backend_->answering() || backend_->role() == BackendRole::kNone;
   // They go to the primary: only while it takes them (else they wait here, for this replica).
   const Backend* primary = worker_->topology().group(backend_->group())->primary();
   if (primary == nullptr || !primary->serves_writes() || HasUnreadBytes()) return;
@@ -714,7 +718,7 @@ void BackendConn::ReleaseCheapReads(uint64_t now_ms) {
   for (size_t i = first; i < pending_.size(); ++i) {
     PendingReply& pr = pending_[i];
     if (pr.client == nullptr || pr.handshake || pr.deadline_ms > sent_by ||
-        !pr.client->CheapReadWaiting(pr.seq)) {
+        !pr.client->CheapReadWaiting(pr.seq, stalled)) {
       continue;
     }
     if (pass == 0) pass = worker_->NextTimeoutPass();

@@ -593,6 +593,7 @@ bool ClientSession::Send(uint64_t seq, const Request* req, const RouteDecision& 
     }
     ++writes_inflight_;
     last_write_group_ = static_cast<uint16_t>(group.id());
+    writes_sent_upto_ = std::max(writes_sent_upto_, seq + 1);
   }
   // All of one client's primary requests share one connection, so they run in the order the
   // client sent them (a read behind its own write sees it).
@@ -1006,15 +1007,21 @@ bool ClientSession::RepliesMayBeLarge() const {
          (reply_estimate_ == 0 && worker_->LargeRepliesSeenWithin(kLargeRepliesMemoryMs));
 }
 
-bool ClientSession::CheapReadWaiting(uint64_t seq) {
+bool ClientSession::CheapReadWaiting(uint64_t seq, bool stalled) {
+  const Slot& s = SlotAt(seq);
+  if (closed_ || !s.is_read || !s.cheap || s.streamed != 0 || s.done) return false;
+  if (s.tried_primary) {
+    // Sent to this node as the primary, which a failover has demoted since (a hung primary
+    // the Sentinels replaced): whatever its size, nothing else waits for that node. Not when
+    // the client wrote after it: sent to the new primary, that write would be in the answer.
+    return !s.tried_replica && !s.rerun && writes_sent_upto_ <= seq + 1;
+  }
   // A GET is cheap to run, not to send: one of a 16 MB value run again doubles that transfer.
   // A new client's may be anything: never-readers' first GETs of 16 MB, moved from a replica
   // busy building their like, kept a well-behaved client's SET waiting 2.3-3.0 s on the
   // primary (bench/soak.py; also when new clients were let go while no large reply had been
   // seen yet: the first ones were still being built).
-  if (closed_ || reply_estimate_ == 0 || reply_estimate_ >= kResendBelow) return false;
-  const Slot& s = SlotAt(seq);
-  return s.is_read && s.cheap && !s.tried_primary && s.streamed == 0 && !s.done;
+  return stalled && reply_estimate_ != 0 && reply_estimate_ < kResendBelow;
 }
 
 bool ClientSession::SendAgain(uint64_t first_seq, size_t count, BackendConn* from,
@@ -1226,6 +1233,15 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     return;
   }
   if (s.is_read && from->is_primary() && !s.tried_replica && RetryOnReplica(seq)) return;
+  if (s.is_read && timeout && s.tried_primary && !s.tried_replica && !s.rerun &&
+      !s.request.empty() && !from->is_primary() && writes_sent_upto_ <= seq + 1) {
+    // Sent to the primary, which then went silent and has been replaced (a failover): the
+    // read runs again where reads go now, once, as after a lost connection. Not when the
+    // client wrote after it: sent to the new primary, that write would be in the answer.
+    s.rerun = true;
+    Park(seq, s.request.data(), s.request.size());
+    return;
+  }
   if (s.is_read && !timeout && !s.request.empty() && (!s.rerun || unsent)) {
     // A read changes nothing, so one whose connection to the primary was lost (CLIENT KILL,
     // a restart, a failover) can run again: on a new connection, or on the primary the
@@ -1252,9 +1268,10 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
   worker_->stats().errors++;
   if (s.is_read) {
     // (From a replica when the primary failed it first: tried on both.)
+    // (Sent to it as the primary, it is named so even if a failover has demoted it since.)
+    const bool as_primary = from->is_primary() || (s.tried_primary && !s.tried_replica);
     CompleteError(seq, std::string("ERR kompress: read failed on ") +
-                           (from->is_primary() ? "primary " : "replica ") + from->name() + ": " +
-                           reason);
+                           (as_primary ? "primary " : "replica ") + from->name() + ": " + reason);
   } else {
     CompleteError(seq, std::string(timeout ? errors::kPrimaryTimeout : errors::kPrimaryLost) +
                            " (" + from->name() + ": " + reason + ")");

@@ -102,10 +102,11 @@ class ClientSession {
   // are about (sent again, the server would build it twice). Otherwise the connection reads
   // on for it.
   bool WaitsBehindSlowReader(uint64_t seq);
-  // Whether `seq` is a cheap read (CheapToRetry: GET, HGET...) of a client whose replies are
-  // known to be small, that a replica could still hand to the primary:
-  // not tried there yet, nothing of its reply passed on.
-  bool CheapReadWaiting(uint64_t seq);
+  // Whether `seq`, a cheap read (CheapToRetry: GET, HGET...) waiting on a silent node, may
+  // go to the primary: one sent there as the primary before a failover demoted it; or, on a
+  // `stalled` replica (health check unanswered), one of a client whose replies are known to
+  // be small. Nothing of its reply passed on yet.
+  bool CheapReadWaiting(uint64_t seq, bool stalled);
   // A write (or a session that may write) must not overtake this client's reads still out on
   // replicas that may see it: sent to the primary at once, it is replicated, and a replica
   // can apply it before it runs a GET the client sent earlier (pipelined GET k, SET k v read
@@ -351,6 +352,7 @@ class ClientSession {
   uint16_t pin_group_ = 0;           // the pinned session's group
   uint16_t last_write_group_ = 0;    // where this client's last write went (WAIT goes there)
   uint64_t replica_reads_upto_ = 0;  // 1 + the highest seq of a read sent to a replica
+  uint64_t writes_sent_upto_ = 0;    // 1 + the highest seq of a write sent to a primary
   bool fenced_ = false;              // the request being handled waited (WaitsForReplicaReads)
   // The error for a request that needs the primary when none can take it, saying why.
   std::string PrimaryUnavailable(const Backend* primary) const;

@@ -1,4 +1,4 @@
-// FetchPrimaryCommandTable: one short blocking conversation with the primary.
+// FetchCommandTable: one short blocking conversation with one node.
 #include "proxy/command_table_fetch.h"
 
 #include <chrono>
@@ -9,14 +9,13 @@
 
 namespace kp {
 
-std::unique_ptr<CommandTable> FetchPrimaryCommandTable(const Config& config,
-                                                       std::shared_ptr<const TlsContext> tls,
-                                                       std::string* error) {
-  auto deadline = SyncConn::Clock::now() +
-                  std::chrono::milliseconds(static_cast<int64_t>(config.timeout_s * 1000.0 + 0.5));
-  SyncConn conn(deadline, config.resp.ForReplies());
-  if (!conn.Connect(config.primary, std::move(tls), config.backend_tls_server_name)) {
-    *error = conn.error();
+std::unique_ptr<CommandTable> FetchCommandTable(const Config& config, const Endpoint& node,
+                                                std::shared_ptr<const TlsContext> tls,
+                                                std::chrono::milliseconds wait,
+                                                std::string* error) {
+  SyncConn conn(SyncConn::Clock::now() + wait, config.resp.ForReplies());
+  if (!conn.Connect(node, std::move(tls), config.backend_tls_server_name)) {
+    *error = node.ToString() + ": " + conn.error();
     return nullptr;
   }
   Buffer req;
@@ -26,21 +25,22 @@ std::unique_ptr<CommandTable> FetchPrimaryCommandTable(const Config& config,
   resp::AppendCommand(req, cmd);
   std::string reply;
   if (!conn.Send(req)) {
-    *error = conn.error();
+    *error = node.ToString() + ": " + conn.error();
     return nullptr;
   }
   if (auth) {
     if (!conn.ReadReply(&reply)) {
-      *error = conn.error();
+      *error = node.ToString() + ": " + conn.error();
       return nullptr;
     }
     if (!reply.empty() && reply[0] == '-') {
-      *error = "AUTH refused: " + reply.substr(1, reply.size() > 3 ? reply.size() - 3 : 0);
+      *error = node.ToString() +
+               ": AUTH refused: " + reply.substr(1, reply.size() > 3 ? reply.size() - 3 : 0);
       return nullptr;
     }
   }
   if (!conn.ReadReply(&reply)) {
-    *error = conn.error();
+    *error = node.ToString() + ": " + conn.error();
     return nullptr;
   }
   return CommandTable::FromCommandReply(reply, error);

@@ -1,8 +1,9 @@
-// FetchPrimaryCommandTable: at start-up, asks the primary for its COMMAND reply so commands
-// the built-in Redis 7.0 table does not know (newer Redis, modules) classify correctly.
-// Blocking, bounded by the timeout; runs before any loop starts.
+// FetchCommandTable: at start-up, asks the primary (or a replica) for its COMMAND reply so
+// commands the built-in Redis 7.0 table does not know (newer Redis, modules) classify
+// correctly. Blocking and bounded; runs before any loop starts.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -12,11 +13,12 @@
 
 namespace kp {
 
-// Returns the primary's table, or nullptr with *error set (unreachable, AUTH refused, bad
-// reply). The caller falls back to the built-in table.
+// Returns the table of the server at `node` (the primary, or any node running the same
+// server), or nullptr with *error set (unreachable, AUTH refused, bad reply, no answer within
+// `wait`). The caller falls back to the built-in table.
 // `tls`: the backend TLS context (nullptr: plaintext).
-std::unique_ptr<CommandTable> FetchPrimaryCommandTable(const Config& config,
-                                                       std::shared_ptr<const TlsContext> tls,
-                                                       std::string* error);
+std::unique_ptr<CommandTable> FetchCommandTable(const Config& config, const Endpoint& node,
+                                                std::shared_ptr<const TlsContext> tls,
+                                                std::chrono::milliseconds wait, std::string* error);
 
 }  // namespace kp

@@ -2,6 +2,8 @@
 // 1 runtime failure (cannot listen), 2 bad configuration or usage.
 #include <malloc.h>
 
+#include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -21,6 +23,10 @@
 extern char** environ;
 
 namespace {
+// Start-up's COMMAND question (see main): nodes asked, and how long each may take.
+constexpr size_t kFetchTries = 3;
+constexpr int64_t kFetchWaitMs = 1000;
+
 std::vector<std::string> EnvNames() {
   std::vector<std::string> names;
   for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
@@ -120,29 +126,45 @@ int main(int argc, char** argv) {
   std::unique_ptr<kp::CommandTable> merged;
   if (config.refresh_command_table) {
     std::string error;
-    kp::Config ask = config;
-    bool known = true;
+    // Nodes that run the same server, the primary first. Each gets at most a second (a
+    // healthy one answers COMMAND in milliseconds): the proxy neither listens nor answers
+    // /healthz until this is done, and a hung primary held both for the whole timeout while
+    // the Sentinels replaced it. Then the built-in table serves.
+    std::vector<kp::Endpoint> ask;
     if (config.cluster()) {
-      // Every node of a cluster runs the same server: the first seed answers for all.
-      ask.primary = config.cluster_nodes.front();
+      ask = config.cluster_nodes;  // every node of a cluster runs the same server
     } else if (!config.sentinels.empty()) {
       // The primary is whoever the Sentinels name now.
-      auto master = kp::LookupSentinelMaster(config, backend_tls, &error);
-      known = master.has_value();
-      if (known) ask.primary = *master;
+      if (auto master = kp::LookupSentinelMaster(config, backend_tls, &error)) {
+        ask.push_back(*master);
+      }
+    } else {
+      ask.push_back(config.primary);
     }
-    auto primary = known ? kp::FetchPrimaryCommandTable(ask, backend_tls, &error) : nullptr;
-    if (primary) {
+    for (const kp::Endpoint& r : config.replicas) ask.push_back(r);
+    if (ask.size() > kFetchTries) ask.resize(kFetchTries);
+    const auto wait = std::chrono::milliseconds(
+        std::min<int64_t>(kFetchWaitMs, static_cast<int64_t>(config.timeout_s * 1000.0 + 0.5)));
+    std::unique_ptr<kp::CommandTable> fetched;
+    std::string errors, from;
+    for (const kp::Endpoint& node : ask) {
+      fetched = kp::FetchCommandTable(config, node, backend_tls, wait, &error);
+      from = node.ToString();
+      if (fetched) break;
+      errors += (errors.empty() ? "" : "; ") + error;
+    }
+    if (ask.empty()) errors = error;
+    if (fetched) {
       size_t added = 0;
-      merged = kp::CommandTable::Merge(*table, *primary, &added);
+      merged = kp::CommandTable::Merge(*table, *fetched, &added);
       table = merged.get();
-      kp::Log().info("command table: {} rows built in, {} more learned from the primary",
-                     kp::CommandTable::Builtin().size(), added);
+      kp::Log().info("command table: {} rows built in, {} more learned from {}",
+                     kp::CommandTable::Builtin().size(), added, from);
     } else {
       kp::Log().warn(
-          "command table: could not read COMMAND from the primary ({}); using the "
+          "command table: could not read COMMAND from the servers ({}); using the "
           "built-in Redis 7.0 table",
-          error);
+          errors);
     }
   }
   if (!config.deny_commands.empty()) {

@@ -569,7 +569,7 @@ void ReplicationMonitor::OnPrimaryAnswer(Probe& p) {
     // written here (it is about to be turned into a replica, or is cut off).
     b.SetReplicationState(p.epoch, false, -1);
     b.MarkUp(p.epoch);
-    b.set_last_error(Source() + " names " + sentinel_master_->name() + " as the primary");
+    b.set_last_error(SourceNames() + " " + sentinel_master_->name() + " as the primary");
     if (Reports(sentinel_master_, true)) {
       SwitchPrimary(ProbeOf(sentinel_master_), Named());
       return;
@@ -716,14 +716,14 @@ void ReplicationMonitor::ApplySentinelView(const Endpoint& master,
   Backend* m = ApplyView(master, replicas, listed.c_str());
   if (m == nullptr) return;
   if (m != sentinel_master_) {
-    Log().info("{} names {} as the primary", Source(), m->name());
+    Log().info("{} {} as the primary", SourceNames(), m->name());
     sentinel_master_ = m;
   }
   Backend* primary = group_.primary();
   if (primary != nullptr && primary != m && primary->qualified()) {
     // Writes stop at once: the Sentinels (or the cluster) have promoted another node.
     primary->Disqualify();
-    primary->set_last_error(Source() + " names " + m->name() + " as the primary");
+    primary->set_last_error(SourceNames() + " " + m->name() + " as the primary");
     Log().warn("primary {} gets no writes: {} names {}", primary->name(), Source(), m->name());
   }
   SwitchOrAsk(m, Named().c_str());

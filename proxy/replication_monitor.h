@@ -101,6 +101,10 @@ class ReplicationMonitor {
     return config_->cluster() ? "the cluster" : std::string("the Sentinels");
   }
   std::string Named() const { return "named by " + Source(); }
+  // "<source> name(s)", the verb agreeing with it.
+  std::string SourceNames() const {
+    return config_->cluster() ? "the cluster names" : std::string("the Sentinels name");
+  }
   void SendProbe(Probe& p);
   void PollReplicas();
   void OnLost(Probe& p, const std::string& why);

@@ -892,6 +892,35 @@ def test_config_errors_sentinel_with_static_topology():
     assert "sentinel_master" in line, line
 
 
+def test_a_read_on_a_hung_primary_is_answered_by_the_one_promoted(fresh_cluster, sentinels,
+                                                                   make_proxy):
+    """A read is on the primary when it hangs (SIGSTOP). Once the Sentinels promote a replica
+    the read runs there, well before the timeout; it used to wait the whole timeout and fail
+    ("read failed on replica", the old primary's new role). Reads go to the primary here
+    (read_policy primary) so that this one surely does; read-your-writes sends a read there
+    just the same after the client's write."""
+    c = fresh_cluster
+    timeout = 10.0
+    proxy, admin = sentinel_proxy(make_proxy, sentinels, timeout,
+                                  extra_args=["--read-policy", "primary"])
+    wait_topology(admin, c.primary, c.replicas)
+    client = proxy.client(timeout=3 * timeout)
+    assert client.set("hung:k", "v2") is True
+    c.wait_replicated()
+    old = c.primary
+    old.sigstop()
+    t0 = time.monotonic()
+    try:
+        got = client.get("hung:k")
+        elapsed = time.monotonic() - t0
+    finally:
+        old.sigcont()
+    new_port = sentinels.wait_master_changed(old.port, timeout=20)
+    print(f"read answered {elapsed:.2f}s after the primary hung; new primary {new_port}")
+    assert got == b"v2"
+    assert elapsed < timeout - 2.0, f"the read waited {elapsed:.2f}s (timeout {timeout}s)"
+
+
 # -- 5. a static topology: roles verified, a manual switchover followed -----------------------
 
 def test_static_manual_switchover_followed(fresh_cluster, make_proxy):
