@@ -150,7 +150,7 @@ ReplicaVerdict JudgeReplica(const ReplicationInfo& r, const PrimaryView& primary
   }
   if (limits.max_seconds > 0 && v.lag_seconds > limits.max_seconds) {
     char buf[128];
-    std::snprintf(buf, sizeof buf, "it is %.3gs behind the primary (max_replica_lag %.3gs)",
+    std::snprintf(buf, sizeof buf, "it is %.3fs behind the primary (max_replica_lag %.3fs)",
                   v.lag_seconds, limits.max_seconds);
     v.reason = buf;
     return v;

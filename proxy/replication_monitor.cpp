@@ -212,11 +212,38 @@ void ReplicationMonitor::OnTick() {
       } else if (now - p.sent_ms >= unanswered_ms_) {
         NoteUnanswered(p, now - p.sent_ms);
       }
+      if (p.conn->open()) NoteSilentLag(p, now);
       continue;
     }
     if (!p.conn->established()) continue;
     if (&p == pp || !chained) SendProbe(p);
   }
+}
+
+void ReplicationMonitor::NoteSilentLag(Probe& p, uint64_t now_ms) {
+  // What it served while silent is as old as its data: a stopped replica applies nothing, and
+  // the reads it runs once it goes on see what it had at the stop. Reads sent within
+  // max_replica_lag of that are within the bound; later ones must go elsewhere.
+  Backend& b = *p.backend;
+  if (!b.is_replica() || !p.has_info || !primary_known_ || primary_lost_ms_ != 0 ||
+      p.info.replid != primary_replid_ || p.info.replica_offset < 0 ||
+      p.backend->role() != BackendRole::kReplica) {
+    return;
+  }
+  const double lag = history_.LagSeconds(now_ms, p.info.replica_offset);
+  b.lag_seconds = std::max(b.lag_seconds, lag);  // the gauge shows it growing
+  const double max_lag = config_->max_replica_lag_s;
+  if (max_lag <= 0 || lag <= max_lag || !b.serves_reads() || p.conn->HasUnreadBytes()) return;
+  b.Disqualify();
+  char why[160];
+  std::snprintf(why, sizeof why,
+                "no answer for %llu ms: at least %.3fs behind the primary (max_replica_lag "
+                "%.3fs)",
+                static_cast<unsigned long long>(now_ms - p.sent_ms), lag, max_lag);
+  b.not_serving_reason = why;
+  LogFields f{{"backend", b.name()}, {"role", "replica"}};
+  LogFields e{{"event", "replica_no_reads"}, {"reason", why}};
+  Log().warn("replica {} gets no reads: {}", b.name(), why);
 }
 
 void ReplicationMonitor::NoteUnanswered(Probe& p, uint64_t waited_ms) {
@@ -359,6 +386,7 @@ void ReplicationMonitor::OnAnswer(Probe& p, const char* data, size_t len, bool i
   p.info = std::move(info);
   p.has_info = true;
   p.info_sent_ms = p.sent_ms;
+  p.info_answered_ms = uv_now(loop_);
   p.info_epoch = p.epoch;
   if (!p.info.is_replica) {
     OnPrimaryAnswer(p);
@@ -690,7 +718,10 @@ void ReplicationMonitor::Judge(Probe& p) {
     }
   }
   LagLimits limits{config_->max_replica_lag_s, config_->max_replica_lag_bytes};
-  ReplicaVerdict v = JudgeReplica(info, view, limits, p.info_sent_ms, b.qualified());
+  // Lag as of the answer, not of the question: a replica stopped for 5 s answered the INFO
+  // asked just before the stop with the offset it had then, and judged as of the question it
+  // looked current; it served reads 1.6-4.6 s old while it worked through its backlog.
+  ReplicaVerdict v = JudgeReplica(info, view, limits, p.info_answered_ms, b.qualified());
   b.lag_bytes = v.lag_bytes;
   b.lag_seconds = v.lag_seconds;
   bool changed = b.SetReplicationState(p.info_epoch, v.qualified, info.replica_offset);

@@ -74,6 +74,7 @@ class ReplicationMonitor {
     ReplicationInfo info;
     bool has_info = false;
     uint64_t info_sent_ms = 0;
+    uint64_t info_answered_ms = 0;  // when that answer arrived (what its offset is judged at)
     uint64_t info_epoch = 0;
     // Its last not-answering line (NoteUnanswered): when, and whether at warning level.
     uint64_t answering_log_ms = 0;
@@ -91,6 +92,9 @@ class ReplicationMonitor {
   // A replica's INFO has waited unanswered_ms_: steered reads avoid it until it answers
   // (Backend::answering; see .cpp), or until nothing else can take them.
   void NoteUnanswered(Probe& p, uint64_t waited_ms);
+  // A replica silent this long is judged as far behind as the primary has moved since its
+  // last answer: past max_replica_lag it gets no reads until it answers, caught up.
+  void NoteSilentLag(Probe& p, uint64_t now_ms);
   void NoteAnswering(Probe& p, const std::string& why);
   static constexpr uint64_t kAnsweringLogMs = 10000;
   // Makes a probe for every node of the group that has none yet.

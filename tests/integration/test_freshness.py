@@ -4,6 +4,7 @@ primary, not syncing and within the lag limits, and a client that wrote reads it
 exists is a wrong answer), not just errors. Which server answered is proven with each
 server's INFO commandstats and the proxy's /metrics."""
 
+import bisect
 import re
 import threading
 import time
@@ -732,3 +733,67 @@ def test_a_write_to_another_key_does_not_wait_for_a_read(fresh_cluster, make_pro
                                                      key="order:a", write_key="order:b")
     assert get == b"$1\r\n1\r\n" and set_ == b"+OK\r\n", (get, set_)
     assert held_writes(admin) == 0
+
+
+def test_a_stalled_replica_serves_nothing_older_than_the_lag_bound(fresh_cluster, make_proxy):
+    """A replica stopped for 4 s while the primary takes writes applies nothing meanwhile, and
+    when it goes on it works through its backlog while it answers. Judged as of when its
+    health check was asked (just before the stop) it looked current and served reads 2-3 s
+    old (max_replica_lag is 1 s). Now it is judged as of its answer, and while silent as far
+    behind as the primary has moved since: no read is older than the bound."""
+    c = fresh_cluster
+    r1 = c.replicas[0]
+    # The default timeout (5 s): with the suite's 1 s the replica is marked down first.
+    proxy, admin = start_proxy(make_proxy, c.primary, [r1], extra_args=["--timeout", "5"])
+    key = "stall:counter"
+    c.primary.client().set(key, 0)
+    c.wait_replicated()
+    wait_serves_reads(admin, r1, 1)
+    acked = []  # (time acknowledged, value)
+    reads = []  # (time sent, value)
+    stop = threading.Event()
+
+    def writer():
+        cl = proxy.client(timeout=30)
+        filler = "f" * 20000  # a backlog for the replica to work through
+        while not stop.is_set():
+            cl.set("stall:filler", filler)
+            acked.append((time.monotonic(), cl.incr(key)))
+            time.sleep(0.002)
+
+    def reader():
+        cl = proxy.client(timeout=30)
+        while not stop.is_set():
+            t = time.monotonic()
+            reads.append((t, int(cl.get(key))))
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader)
+                                                  for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        r1.sigstop()
+        time.sleep(4.0)
+        r1.sigcont()
+        t_cont = time.monotonic()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    # A read sent at t may miss what was acknowledged after t - bound: max_replica_lag (1 s),
+    # one probe interval to see it, and slack for this machine.
+    bound = 1.0 + 2 * INTERVAL_S + 0.3 * SLOWDOWN
+    times = [a for a, _ in acked]
+    stale = []
+    for t, got in reads:
+        i = bisect.bisect_right(times, t - bound)
+        if i > 0 and got < acked[i - 1][1]:
+            stale.append((round(t - t_cont, 3), got, acked[i - 1][1]))
+    print(f"{len(reads)} reads, {len(acked)} writes; stale beyond {bound:.2f}s: {stale[:5]}")
+    assert len(reads) > 100 and len(acked) > 100
+    assert stale == [], f"{len(stale)} reads older than {bound:.2f}s (s after SIGCONT, got, " \
+                        f"acknowledged by then): {stale[:5]}"
+    assert serves_reads(admin, r1) == 1  # caught up, it serves again
