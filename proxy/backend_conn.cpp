@@ -170,9 +170,13 @@ void BackendConn::QueueHandshake() {
     resp::AppendCommand(hs, args);
     kinds[n++] = kHandshakeSelect;
   }
-  if (c.cluster() && !side_) {
+  readonly_ = c.cluster() && !side_ && !backend_->is_primary();
+  if (readonly_) {
     // Redis Cluster replicas answer reads only on READONLY connections (harmless on a
-    // primary, and a replica may become one).
+    // replica that becomes a primary). Not on a primary's: demoted by a failover, it would
+    // answer reads from its own data, before it has the writes the new primary took
+    // (a client's GET right after its acknowledged SET read the value before), where
+    // without READONLY it answers MOVED to the new primary.
     std::string_view args[] = {"READONLY"};
     resp::AppendCommand(hs, args);
     kinds[n++] = kHandshakeReadonly;
@@ -913,6 +917,14 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
       }
       Fail("the client did not read its reply within the timeout", false);
     }
+    return;
+  }
+  if (mode_ == Mode::kShared && state_ == State::kReady && !side_ && pending_.empty() &&
+      !detached_ && !retiring_ && worker_->topology().cluster() &&
+      readonly_ == backend_->is_primary() && worker_->RetireSharedConn(this)) {
+    // Made to a primary a failover has demoted since (its reads would all be redirected), or
+    // with READONLY to a node that is the primary now (made before the slot map named it, or
+    // promoted since: see Connect): an idle one makes way for a new connection.
     return;
   }
   char msg[96];

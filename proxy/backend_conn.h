@@ -242,6 +242,7 @@ class BackendConn {
   // later requests queue behind it; a shared connection otherwise, until its last reply.
   bool retiring_ = false;
   bool side_ = false;               // see set_side()
+  bool readonly_ = false;           // READONLY sent (Redis Cluster, to a replica)
   bool stall_replacement_ = false;  // see set_stall_replacement()
   bool stall_retired_ = false;      // see set_stall_retired()
   // The server refused this class's SELECT / READONLY (see HandshakeRefused): its reply,

@@ -743,6 +743,64 @@ def test_shard_primary_kill9_under_load(tmp_path):
         rc.stop()
 
 
+def test_a_client_reads_its_own_write_through_manual_failovers(tmp_path):
+    """CLUSTER FAILOVER moves a shard's primary to its replica while clients each SET a key and
+    GET it back on the same connection. The proxy's connection to the old primary had sent
+    READONLY, so once demoted (and before it had the new primary's writes) it answered the
+    GET from its own data: the value before the client's acknowledged SET, in about half the
+    rounds. Now only connections made to replicas send READONLY; the demoted node answers
+    MOVED, which the proxy follows."""
+    rc = LocalCluster(tmp_path / "fc", node_timeout_ms=1000)
+    rc.start()
+    try:
+        proxy = start_proxy(tmp_path / "fp", rc, ["--timeout", str(8 * SLOWDOWN)])
+        try:
+            wait_proxy_ready(proxy)
+            stale, pairs, errors = [], [0], []
+            for rnd in range(6):
+                stop = threading.Event()
+
+                def client(i):
+                    c = proxy.client(timeout=10 * SLOWDOWN)
+                    k, v = f"{{ryw}}:{rnd}:{i}", 0
+                    while not stop.is_set():
+                        v += 1
+                        try:
+                            c.set(k, v)
+                            got = c.get(k)
+                        except redis.RedisError as exc:
+                            errors.append((rnd, repr(exc)))
+                            continue
+                        pairs[0] += 1
+                        if got != str(v).encode():
+                            stale.append((rnd, k, v, got))
+
+                threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+                for t in threads:
+                    t.start()
+                time.sleep(0.7)
+                old = rc.owner("{ryw}")
+                replica = rc.primaries()[old.port][0]
+                assert rc.node(replica).client().execute_command("CLUSTER", "FAILOVER") in (
+                    b"OK", "OK", True)
+                wait_until(lambda: rc.owner("{ryw}").port == replica, 10 * SLOWDOWN, 0.02,
+                           what="the replica to take over")
+                time.sleep(1.0)
+                stop.set()
+                for t in threads:
+                    t.join(timeout=30)
+                rc.wait_ok()
+            print(f"{pairs[0]} SET+GET pairs over 6 failovers; stale {stale[:5]}; "
+                  f"errors {errors[:5]}")
+            assert pairs[0] > 1000
+            assert stale == [], f"{len(stale)} GETs read older than the client's own SET"
+            assert errors == [], errors[:5]
+        finally:
+            proxy.stop()
+    finally:
+        rc.stop()
+
+
 def test_script_kill_reaches_the_shard_running_the_script(rc, tmp_path):
     """SCRIPT KILL asks every shard, each on a connection of its own (the script holds the
     one it was called on): +OK as soon as one had a script to stop (another shard's primary
