@@ -584,6 +584,15 @@ void BackendConn::ProcessReplies() {
         deadline_ms_ = 0;  // the server is making progress; the session re-arms if needed
         if (owner_ != nullptr) owner_->OnStreamFrame(p, consumed);
       }
+    } else if (p[0] == '>') {
+      // A RESP3 push on a shared connection (DEBUG PROTOCOL push, a module's): no request's
+      // reply. Taken as one, it shifted every later reply onto the wrong request, other
+      // clients' too. It goes to the client whose request is running (Redis sends it to the
+      // connection that caused it, ahead of that command's reply); with none, it is dropped.
+      if (!pending_.empty() && cancelled_ == 0 && !pending_.front().handshake &&
+          pending_.front().client != nullptr) {
+        pending_.front().client->OnReplyPart(pending_.front().seq, p, consumed);
+      }
     } else {
       if (pending_.empty()) {
         Fail("reply with no request outstanding", true);

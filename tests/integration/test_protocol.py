@@ -736,3 +736,32 @@ def test_json_logs_one_object_per_line_and_no_secrets(fresh_cluster, make_proxy)
     assert "s3cret-client" not in p.stderr()
     bad = run_proxy_once(["--log-format", "xml"])
     assert bad.returncode == 2 and b"log_format" in bad.stderr, bad
+
+
+def test_a_resp3_push_on_a_shared_connection_reaches_its_client_in_place(proxy):
+    """A RESP3 push the server sends on the proxy's shared connection (here DEBUG PROTOCOL
+    push; modules send them too) is no reply to any request. Taken as one, it shifted every
+    later reply onto the wrong request (SET got the DEBUG reply, INCR the +OK), other
+    clients' too. Now the client that caused it gets it where Redis puts it, ahead of that
+    command's reply, and the replies after it stay paired."""
+    key = f"push:{time.monotonic_ns()}"
+    payload = (encode_command("HELLO", "3") + encode_command("DEBUG", "PROTOCOL", "push") +
+               encode_command("SET", key, "1") + encode_command("INCR", key) +
+               encode_command("ECHO", "hi"))
+    want = (b">2\r\n$16\r\nserver-cpu-usage\r\n:42\r\n"
+            b"$40\r\nSome real reply following the push reply\r\n+OK\r\n:2\r\n$2\r\nhi\r\n")
+    with connect(proxy.port, timeout=10) as s:
+        s.sendall(payload)
+        data = b""
+        deadline = time.monotonic() + 10 * SLOWDOWN
+        while not data.endswith(b"$2\r\nhi\r\n") and time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        assert data.endswith(want), data[-300:]
+        # The connection, and the others on the same backend connection, carry on.
+        s.sendall(encode_command("GET", key))
+        assert s.recv(100) == b"$1\r\n2\r\n"
+    assert proxy.client().incr(key) == 3
+    assert "reply with no request outstanding" not in proxy.stderr()
