@@ -1210,6 +1210,9 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     Close();
     return;
   }
+  // A read that timed out once and again: a slow read, not a slow server (see below).
+  const bool timed_out_before = s.timed_out;
+  if (timeout) s.timed_out = true;
   // A write that failed or timed out may still have been applied.
   if (s.kind == 2) NoteWriteDone(s.may_write, GroupOf(seq));
   // A shard's node failing may be the start of a failover: the slot map is read again soon.
@@ -1232,7 +1235,12 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
     Park(seq, s.request.data(), s.request.size());
     return;
   }
-  if (s.is_read && from->is_primary() && !s.tried_replica && RetryOnReplica(seq)) return;
+  // Not a read that had timed out on a replica already: a 7 s EVAL_RO (timeout 5 s) ran on
+  // the replica, then on the primary (the retry budget's re-run), then on the other replica.
+  if (s.is_read && from->is_primary() && !s.tried_replica && !(timeout && timed_out_before) &&
+      RetryOnReplica(seq)) {
+    return;
+  }
   if (s.is_read && timeout && s.tried_primary && !s.tried_replica && !s.rerun &&
       !s.request.empty() && !from->is_primary() && writes_sent_upto_ <= seq + 1) {
     // Sent to the primary, which then went silent and has been replaced (a failover): the
@@ -1354,6 +1362,7 @@ uint64_t ClientSession::NewSlot() {
   s.cheap = false;
   s.on_replica = false;
   s.key_tag_known = false;
+  s.timed_out = false;
   s.reply.Clear();
   s.request.Clear();
   s.group = 0;

@@ -182,6 +182,7 @@ class ClientSession {
     bool tried_replica = false;  // a read the primary failed, re-sent to a replica
     bool rerun = false;          // a read run again once after its connection was lost
     bool resent = false;         // a read sent again once from behind a slow reader
+    bool timed_out = false;      // it timed out once already (see OnBackendFailure)
     uint64_t park_deadline = 0;  // waiting for a backend until then (worker clock)
     size_t streamed = 0;         // bytes of a large reply passed on before it was complete
     size_t sent_bytes = 0;       // its request's bytes, counted in inflight_bytes_

@@ -714,6 +714,30 @@ def test_a_replica_busy_with_a_slow_script_keeps_it_and_sends_others_reads_on(fr
     assert res.errors == [], res
 
 
+def test_a_read_slower_than_the_timeout_runs_at_most_twice(fresh_cluster, fresh_proxy):
+    """An EVAL_RO longer than the timeout (1 s here) times out on a replica, is run again on
+    the primary (the retry budget), and times out there too: that is a slow read, and the
+    client gets an error. It used to run a third time, on the other replica, blocking three
+    servers in turn for its whole length."""
+    c = fresh_cluster
+    keys = populate(c)
+    client = fresh_proxy.client(timeout=30)
+    wait_replicas_serve_reads(c, client, keys, c.replicas)
+    script_s = 2.5 * PROXY_TIMEOUT_S
+    servers = [c.primary] + c.replicas
+    before = sum(n.calls("eval_ro") for n in servers)
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as err:
+        client.eval_ro(BUSY_SCRIPT, 0, int(script_s * 1e6))
+    took = time.monotonic() - t0
+    assert "no reply within" in str(err.value), err.value
+    # Each run blocks its server for script_s: wait for the last to end before counting.
+    time.sleep(script_s + 0.5)
+    runs = sum(n.calls("eval_ro") for n in servers) - before
+    print(f"error after {took:.2f}s: {err.value}; runs: {runs}")
+    assert runs == 2, f"the script ran {runs} times"
+
+
 def test_a_stalled_replica_that_is_all_there_is_is_waited_for(fresh_cluster, make_proxy):
     """The primary is gone (killed; a static topology has no other) and the only replica
     then stalls for 1.2 s, longer than its health check may go unanswered but shorter than
