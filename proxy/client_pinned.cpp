@@ -297,6 +297,7 @@ bool ClientSession::AnswerInStream(const Request& req, const RouteDecision& d) {
   }
   Buffer reply;
   if (d.route == Route::kDeny) {
+    worker_->stats().errors++;
     resp::AppendError(reply, d.deny_reason);
   } else {
     capture_ = &reply;

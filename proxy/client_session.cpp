@@ -441,6 +441,7 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
       // the session with the explanation, as for a protocol error.
       closing_after_flush_ = true;
       AbandonPinned();
+      worker_->stats().errors++;
       ReplyErrorNow(d.deny_reason);
       PauseReading();
       MaybeFinish();
@@ -479,6 +480,7 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
       cluster_multi_ = false;
       if (pin_) pin_->ClearHeld();
       multi_refused_ = multi_refused_queued_ = true;
+      worker_->stats().errors++;
       ReplyErrorNow(d.deny_reason);
       return true;
     }
@@ -490,6 +492,7 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
       HandleLocal(d.local, req);
       return true;
     case Route::kDeny:
+      worker_->stats().errors++;
       ReplyErrorNow(d.deny_reason);
       return true;
     case Route::kPin:

@@ -284,6 +284,10 @@ def test_admin_endpoint(fresh_cluster, make_proxy):
         assert c.get("m:k") == b"v"
     wait_until(lambda: metric(http_get(admin, "/metrics")[1], up) == 0, 5)
     assert metric(http_get(admin, "/metrics")[1], "kompress_errors_total") == 0
+    # A command the proxy refuses is an error reply the proxy generated, counted as such.
+    with pytest.raises(redis.ResponseError):
+        c.execute_command("CLIENT", "KILL", "ID", "1")
+    assert metric(http_get(admin, "/metrics")[1], "kompress_errors_total") == 1
 
 
 def test_failover_is_counted(fresh_cluster, make_proxy):
