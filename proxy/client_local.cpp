@@ -87,7 +87,8 @@ void ClientSession::HandleLocal(LocalCommand cmd, const Request& req) {
       if (req.argc < 2) return wrong_args("auth");
       if (req.argc > 3) return ReplyErrorNow("ERR syntax error");
       if (cfg.auth_passthrough) {
-        return StartPassthroughAuth(req.argc == 3 ? req.arg(1) : "default", req.arg(req.argc - 1));
+        return StartPassthroughAuth(req.argc == 3 ? req.arg(1) : "default", req.arg(req.argc - 1),
+                                    req.argc == 2);
       }
       if (cfg.requirepass.empty()) {
         if (req.argc == 2) return ReplyErrorNow(errors::kAuthNotConfigured);
@@ -313,7 +314,8 @@ void ClientSession::AppendHello(Buffer& b, int proto) {
   resp::AppendArrayHeader(b, 0);
 }
 
-void ClientSession::StartPassthroughAuth(std::string_view user, std::string_view password) {
+void ClientSession::StartPassthroughAuth(std::string_view user, std::string_view password,
+                                         bool password_only) {
   // Redis checks the password: the AUTH goes to the primary on a connection of the class
   // this user's commands will use (opened authenticated as the user, or already so; a
   // repeated AUTH as the same user leaves the connection's user as it was either way). The
@@ -336,8 +338,13 @@ void ClientSession::StartPassthroughAuth(std::string_view user, std::string_view
   uint64_t seq = NewSlot();
   SlotAt(seq).auth_user = id;
   scratch_.Clear();
-  std::string_view args[] = {"AUTH", user, password};
-  resp::AppendCommand(scratch_, args);
+  if (password_only) {
+    std::string_view args[] = {"AUTH", password};
+    resp::AppendCommand(scratch_, args);
+  } else {
+    std::string_view args[] = {"AUTH", user, password};
+    resp::AppendCommand(scratch_, args);
+  }
   worker_->PrimaryConnFor(primary, id_, as_user)
       ->Send(this, seq, scratch_.data(), scratch_.size(), worker_->now() + worker_->timeout_ms());
   ++inflight_;

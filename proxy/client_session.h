@@ -234,7 +234,11 @@ class ClientSession {
   void AppendHello(Buffer& b, int proto);
   // auth_mode passthrough: Redis checks the password (see client_local.cpp); the answer
   // arrives as the reply of a slot marked with the user's Credentials id.
-  void StartPassthroughAuth(std::string_view user, std::string_view password);
+  // `password_only`: the client's AUTH named no user; Redis is asked in the same form (with
+  // a default user that has no password, AUTH <password> is an error, AUTH default <any> is
+  // not).
+  void StartPassthroughAuth(std::string_view user, std::string_view password,
+                            bool password_only = false);
   // `error`: empty when Redis accepted it, else its error text (without '-').
   void FinishPassthroughAuth(uint64_t seq, std::string_view error);
   // This client's line for CLIENT INFO / CLIENT LIST.

@@ -232,3 +232,24 @@ def test_a_password_changed_meanwhile_never_lets_a_transaction_run_as_the_defaul
     s.close()
     for db in (0, 4):
         assert c.primary.client(db=db).get("outside:scope") is None, db
+
+
+def test_auth_with_only_a_password_is_asked_of_redis_in_that_form(acl_cluster, make_proxy):
+    """AUTH <password> (no user) means the default user, but with a default user that has no
+    password Redis refuses it ("called without any password configured"), where AUTH default
+    <anything> succeeds. The proxy asked the second and answered +OK, switching a client
+    logged in as another user to the default one. The same session through the proxy and
+    directly must say the same and leave the client the same user."""
+    c = acl_cluster
+    p = passthrough_proxy(make_proxy, c)
+    script = (encode_command("AUTH", "writer", "w-pass") + encode_command("ACL", "WHOAMI") +
+              encode_command("AUTH", "anything") + encode_command("ACL", "WHOAMI"))
+    answers = []
+    for port in (c.primary.port, p.port):
+        with connect(port) as s:
+            s.sendall(script)
+            replies, _ = read_replies(s, 4, timeout=10 * SLOWDOWN)
+        answers.append(replies)
+    direct, proxied = answers
+    assert direct[3] == b"$6\r\nwriter\r\n" and direct[2].startswith(b"-ERR AUTH"), direct
+    assert proxied == direct, proxied
