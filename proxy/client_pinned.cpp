@@ -547,7 +547,9 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   if (push_mode_ && !CheckOutputLimit()) return;
   if (stream_outstanding_ > 0) --stream_outstanding_;
   if (push_mode_ && subscribed_) NoteSubscriptionReply(data, len);
-  if (reset_forwarded_ && len == 8 && std::memcmp(data, "+RESET\r\n", 8) == 0) {
+  const bool reset_answered =
+      reset_forwarded_ && len == 8 && std::memcmp(data, "+RESET\r\n", 8) == 0;
+  if (reset_answered) {
     // RESET answered: the connection is back to its defaults (database 0, no transaction,
     // no subscriptions), so the session can leave pinned mode once everything sent after
     // RESET is answered too. RESET also logged the connection out of the backend, so with
@@ -572,6 +574,8 @@ void ClientSession::OnStreamFrame(const char* data, size_t len) {
   }
   if (!pin_permanent_) MaybeUnpin();
   MaybeQuit();
+  // What the client sent after RESET waited for its answer (HandleRequest).
+  if (reset_answered && !closed_) MaybeResume();
 }
 
 void ClientSession::NoteSubscriptionReply(const char* data, size_t len) {

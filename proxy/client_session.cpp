@@ -435,6 +435,14 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
 
   RouteDecision d = worker_->router().Classify(req);
   if (dedicated_ != nullptr) {
+    if (reset_forwarded_) {
+      // Held until RESET is answered: its answer clears the session's state (subscriptions,
+      // push mode), and what was sent after it would lose its own (a SUBSCRIBE pipelined
+      // after RESET left the client unsubscribed; a second RESET lost the last replies).
+      paused_ = true;
+      fenced_ = true;
+      return false;
+    }
     if (AnswerInStream(req, d)) return true;
     if (d.route == Route::kDeny) {
       // Cannot be forwarded, and a local reply could not be ordered within the stream: end

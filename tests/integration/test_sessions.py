@@ -3,6 +3,7 @@ AUTH against the proxy's requirepass, backend credentials, and the admin HTTP en
 A direct connection to Redis is the reference for every answer."""
 
 import os
+import socket
 import threading
 import time
 
@@ -1110,3 +1111,39 @@ def test_a_refused_backend_password_is_answered_at_once_and_nothing_is_sent(fres
         assert admin.execute_command("SELECT", "1") and admin.get("refused:k") is None
     finally:
         fresh_cluster.primary.client(password="pw2").config_set("requirepass", "")
+
+
+def _session_bytes(port, payload, follow):
+    """What a connection receives for `payload`, then for `follow` sent once it is quiet."""
+    out = []
+    with connect(port, timeout=5) as s:
+        for chunk in (payload, follow):
+            s.sendall(chunk)
+            s.settimeout(0.4 * SLOWDOWN)
+            got = b""
+            while True:
+                try:
+                    data = s.recv(65536)
+                except socket.timeout:
+                    break
+                if not data:
+                    break
+                got += data
+            out.append(got)
+    return out
+
+
+@pytest.mark.parametrize("payload", [
+    b"SUBSCRIBE a\r\nRESET\r\nSUBSCRIBE b\r\nPING\r\n",
+    b"SUBSCRIBE a\r\nRESET\r\nSUBSCRIBE b\r\nRESET\r\nPING\r\n",
+    b"MULTI\r\nSET rs:x 1\r\nRESET\r\nGET rs:x\r\nRESET\r\nPING\r\n",
+])
+def test_commands_pipelined_after_reset_keep_their_own_state(cluster, proxy, payload):
+    """RESET's answer clears the session (subscriptions, transaction); what the client
+    pipelined after it must keep the state it sets. A SUBSCRIBE after RESET left the client
+    unsubscribed (its messages lost), and a second RESET lost the last replies for good. The
+    proxy's bytes must be the server's own, and so must the session's state after them."""
+    follow = b"PUBLISH b hi\r\nPING\r\n"
+    direct = _session_bytes(cluster.primary.port, payload, follow)
+    proxied = _session_bytes(proxy.port, payload, follow)
+    assert proxied == direct, (proxied, direct)
