@@ -31,6 +31,10 @@ inline constexpr std::string_view kPrimaryTimeout =
     "applied";
 inline constexpr std::string_view kNoBackendForRead =
     "ERR kompress: no backend available for this read (replicas and primary are down)";
+// A pinned session's command held while the primary was in doubt, when the session ends.
+inline constexpr std::string_view kPinnedHeldLost =
+    "ERR kompress: the primary changed while this command waited for it; it was not sent "
+    "(nothing of it was applied); session closed";
 inline constexpr std::string_view kPinnedLost =
     "ERR kompress: connection to primary lost; session closed; what was in flight may or may "
     "not have been applied";

@@ -751,13 +751,22 @@ void ClientSession::OnStreamFailure(const std::string& reason) {
   // connection just closes, as its own connection to Redis would: an error nobody asked for
   // would be taken as the answer to its next command.
   const bool asked = stream_outstanding_ > 0 || (pin_ && !pin_->backlog.empty());
+  // An EXEC (or a write) held for the primary to be confirmed, never sent: the client waits
+  // for its answer, and a bare close would read as "may or may not have been applied".
+  const bool held = !asked && pin_wait_deadline_ != 0 && !in_.empty();
+  pin_wait_deadline_ = 0;
   closing_after_flush_ = true;
   AbandonPinned();
   Log().info("client {}: pinned connection failed ({}); closing the client{}", id_, reason,
-             asked ? "" : " (nothing was in flight)");
+             asked  ? ""
+             : held ? " (its next command, held for the primary, was not sent)"
+                    : " (nothing was in flight)");
   if (asked) {
     worker_->stats().errors++;
     ReplyErrorNow(std::string(errors::kPinnedLost) + " (" + reason + ")");
+  } else if (held) {
+    worker_->stats().errors++;
+    ReplyErrorNow(std::string(errors::kPinnedHeldLost) + " (" + reason + ")");
   }
   closing_after_flush_ = true;
   PauseReading();
