@@ -301,6 +301,9 @@ void ClientSession::DispatchCluster(const Request& req, const RouteDecision& d, 
       part_keys[i].push_back(k);
     }
     f.pending = static_cast<uint32_t>(part_slots.size());
+    // An MGET of a few keys split over slots is as cheap as it was whole: its parts avoid a
+    // replica that stopped answering like a GET does (they waited for the whole timeout).
+    const bool cheap = d.route == Route::kRead && CheapToRetry(d, req);
     f.replies.resize(part_slots.size());
     if (split == Split::kValues) {
       f.values.resize(keys_.size());
@@ -318,7 +321,7 @@ void ClientSession::DispatchCluster(const Request& req, const RouteDecision& d, 
       }
       uint16_t g = worker_->topology().GroupOfSlot(part_slots[i]);
       SendPart(parent, static_cast<uint32_t>(i), g, part_slots[i], d.route == Route::kRead,
-               d.route == Route::kWrite && d.may_write, b, part_d, nullptr);
+               d.route == Route::kWrite && d.may_write, b, part_d, nullptr, cheap);
     }
     return;
   }
@@ -332,7 +335,7 @@ void ClientSession::DispatchCluster(const Request& req, const RouteDecision& d, 
 
 void ClientSession::SendPart(uint64_t parent, uint32_t part, uint16_t group, uint16_t hslot,
                              bool is_read, bool may_write, const Buffer& raw,
-                             const RouteDecision& d, const Request* req) {
+                             const RouteDecision& d, const Request* req, bool cheap) {
   uint64_t seq = NewSlot();
   Slot& s = SlotAt(seq);
   s.parent = parent;
@@ -342,6 +345,7 @@ void ClientSession::SendPart(uint64_t parent, uint32_t part, uint16_t group, uin
   inflight_bytes_ += raw.size();
   s.hslot = hslot;
   s.is_read = is_read;
+  s.cheap = is_read && cheap;
   s.kind = d.side_conn ? 0 : is_read ? 1 : 2;
   s.may_write = may_write;
   s.side_conn = d.side_conn;

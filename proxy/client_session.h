@@ -192,7 +192,7 @@ class ClientSession {
     bool may_write = false;      // a write that may change data (read-your-writes follows it)
     bool side_conn = false;      // goes on a connection of its own (RouteDecision::side_conn)
     // A read cheap whatever the data (CheapToRetry): never itself the slow read a stalled
-    // replica's timeout may be (see RetryAllowed). False for a split request's parts.
+    // replica's timeout may be (see RetryAllowed). A split request's parts are if it is.
     bool cheap = false;
     // A read out on a replica now (see WaitsForReplicaReads), and its key's tag (kAnyKey:
     // several, none or not known), worked out from `request` when first needed.
@@ -341,8 +341,10 @@ class ClientSession {
   // The group serving a slot (a keyless request: the first shard's).
   uint16_t ClusterGroupFor(uint16_t slot) const;
   // One part of a split request (its own slot, not flushed to the client).
+  // `cheap`: a part of a cheap read (MGET of a few keys), cheap itself (Slot::cheap).
   void SendPart(uint64_t parent, uint32_t part, uint16_t group, uint16_t hslot, bool is_read,
-                bool may_write, const Buffer& raw, const RouteDecision& d, const Request* req);
+                bool may_write, const Buffer& raw, const RouteDecision& d, const Request* req,
+                bool cheap = false);
   // A part's reply (or error) merged into its parent; the parent completes with the last.
   void OnPartReply(uint64_t parent, uint32_t part, const char* data, size_t len);
   void FinishFanOut(uint64_t parent);

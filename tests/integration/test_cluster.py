@@ -801,6 +801,60 @@ def test_a_client_reads_its_own_write_through_manual_failovers(tmp_path):
         rc.stop()
 
 
+def test_an_mget_over_slots_does_not_wait_for_a_stopped_replica(tmp_path):
+    """A shard replica stops (SIGSTOP) for longer than the timeout. A GET of its shard moves
+    on after its health check goes unanswered (about half a second); an MGET of a few keys
+    in several slots of that shard is as cheap, and its parts move on too. They used to wait
+    until the replica was marked down (4 s of a 4 s stop)."""
+    rc = LocalCluster(tmp_path / "mc", node_timeout_ms=5000)
+    rc.start()
+    try:
+        proxy = start_proxy(tmp_path / "mp", rc, ["--timeout", "5", "--health-check-interval",
+                                                  "0.1"])
+        try:
+            wait_proxy_ready(proxy)
+            primary_port = sorted(rc.primaries())[0]
+            replica = rc.node(rc.primaries()[primary_port][0])
+            owner = rc.node(primary_port).client()
+            keys = [k for k in (f"ms:{i}" for i in range(400))
+                    if rc.owner(k).port == primary_port][:6]
+            assert len({owner.execute_command("CLUSTER", "KEYSLOT", k) for k in keys}) > 1
+            c = proxy.client(timeout=20)
+            c.mset({k: "v" for k in keys})
+            reader = proxy.client(timeout=20)  # wrote nothing: its reads go to the replica
+            wait_until(lambda: reader.mget(keys) == [b"v"] * 6 and replica.calls("mget") > 0,
+                       10 * SLOWDOWN, 0.05, what="MGETs served by the shard's replica")
+            stop = threading.Event()
+            slowest, wrong = [0.0], []
+
+            def loop():
+                while not stop.is_set():
+                    t = time.monotonic()
+                    got = reader.mget(keys)
+                    slowest[0] = max(slowest[0], time.monotonic() - t)
+                    if got != [b"v"] * 6:
+                        wrong.append(got)
+
+            th = threading.Thread(target=loop)
+            th.start()
+            try:
+                time.sleep(0.3)
+                replica.sigstop()
+                time.sleep(3.0)
+            finally:
+                replica.sigcont()
+                stop.set()
+                th.join(timeout=30)
+            print(f"slowest MGET over {len(keys)} keys while the replica stopped: "
+                  f"{slowest[0]:.2f}s")
+            assert wrong == []
+            assert slowest[0] < 1.5 * SLOWDOWN, f"an MGET waited {slowest[0]:.2f}s"
+        finally:
+            proxy.stop()
+    finally:
+        rc.stop()
+
+
 def test_script_kill_reaches_the_shard_running_the_script(rc, tmp_path):
     """SCRIPT KILL asks every shard, each on a connection of its own (the script holds the
     one it was called on): +OK as soon as one had a script to stop (another shard's primary
