@@ -201,12 +201,16 @@ void ClusterMonitor::Apply(const SlotMap& map) {
     // replica is in its old primary's group, so the shard keeps its group (and its
     // connections, its read-your-writes progress).
     BackendGroup* g = nullptr;
+    bool served_elsewhere = false;  // one of its nodes is in a shard placed already
     std::vector<const Endpoint*> nodes{&shard.primary};
     for (const Endpoint& r : shard.replicas) nodes.push_back(&r);
     for (int pass = 0; pass < 2 && g == nullptr; ++pass) {
       for (const Endpoint* ep : nodes) {
         for (size_t i = 0; i < topology_.groups() && g == nullptr; ++i) {
           Backend* b = topology_.group(i)->Find(*ep);
+          // (Whatever its role there: the shard placed just before may have left it out,
+          // the same map listing it alone.)
+          if (b != nullptr && taken[i]) served_elsewhere = true;
           if (b == nullptr || taken[i]) continue;
           // First pass: a node still in the group's topology; second: any it ever had.
           if (pass == 0 && b->role() == BackendRole::kNone) continue;
@@ -214,6 +218,13 @@ void ClusterMonitor::Apply(const SlotMap& map) {
         }
         if (g != nullptr) break;
       }
+    }
+    if (g == nullptr && shard.slots == 0 && served_elsewhere) {
+      // A slotless "shard" of a node that is in a real one: the map caught mid-failover
+      // (the demoted primary listed on its own for a moment). A group of its own would
+      // stay, probing that node a second time and showing it as a primary, one more at
+      // every CLUSTER FAILOVER.
+      continue;
     }
     if (g == nullptr) {
       for (size_t i = 0; i < topology_.groups(); ++i) {

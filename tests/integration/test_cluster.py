@@ -795,6 +795,21 @@ def test_a_client_reads_its_own_write_through_manual_failovers(tmp_path):
             assert pairs[0] > 1000
             assert stale == [], f"{len(stale)} GETs read older than the client's own SET"
             assert errors == [], errors[:5]
+            # Three shards, each node in one of them as what it is: the map read mid-failover
+            # (the demoted primary listed alone for a moment) used to leave a shard group of
+            # its own each time, probing that node again and showing it as a primary.
+            def nodes():
+                return [line for line in proxy_info(proxy).splitlines()
+                        if line.startswith("node") and ",role=" in line]
+
+            def three_shards_of_two():
+                seen = nodes()
+                return len({n.rsplit("shard=", 1)[1] for n in seen}) == 3 and len(seen) == 6
+
+            try:
+                wait_until(three_shards_of_two, 10 * SLOWDOWN, 0.2, what="3 shards of 2 nodes")
+            except TimeoutError:
+                raise AssertionError("\n".join(nodes())) from None
         finally:
             proxy.stop()
     finally:
