@@ -494,7 +494,10 @@ bool ClientSession::HandleRequest(const RequestParser& parser, const char* raw, 
     }
     return EnterPinnedCluster(req, d, raw, len);
   }
-  if (replica_reads_upto_ > head_ && WaitsForReplicaReads(req, d)) return false;
+  if ((d.route == Route::kWrite || d.route == Route::kPin) && replica_reads_upto_ > head_ &&
+      WaitsForReplicaReads(req, d)) {
+    return false;
+  }
   switch (d.route) {
     case Route::kLocal:
       HandleLocal(d.local, req);
