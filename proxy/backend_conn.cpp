@@ -591,7 +591,7 @@ void BackendConn::ProcessReplies() {
       // connection that caused it, ahead of that command's reply); with none, it is dropped.
       if (!pending_.empty() && cancelled_ == 0 && !pending_.front().handshake &&
           pending_.front().client != nullptr) {
-        pending_.front().client->OnReplyPart(pending_.front().seq, p, consumed);
+        pending_.front().client->OnPush(pending_.front().seq, p, consumed);
       }
     } else {
       if (pending_.empty()) {
@@ -721,7 +721,9 @@ void BackendConn::ReleaseCheapReads(uint64_t now_ms) {
   const Backend* primary = worker_->topology().group(backend_->group())->primary();
   if (primary == nullptr || !primary->serves_writes() || HasUnreadBytes()) return;
   char msg[128];
-  std::snprintf(msg, sizeof msg, "no reply for %.3gs, nor to the health check",
+  std::snprintf(msg, sizeof msg,
+                stalled ? "no reply for %.3gs, nor to the health check"
+                        : "no reply for %.3gs from a primary replaced since",
                 static_cast<double>(quiet) / 1000.0);
   // A reply partly here is arriving (or was cut off mid-way): its request stays.
   const size_t first = std::max<size_t>(cancelled_, in_.empty() ? 0 : 1);
@@ -928,12 +930,15 @@ void BackendConn::CheckTimeout(uint64_t now_ms) {
     }
     return;
   }
-  if (mode_ == Mode::kShared && state_ == State::kReady && !side_ && pending_.empty() &&
-      !detached_ && !retiring_ && worker_->topology().cluster() &&
-      readonly_ == backend_->is_primary() && worker_->RetireSharedConn(this)) {
+  if (mode_ == Mode::kShared && state_ == State::kReady && !side_ && !detached_ && !retiring_ &&
+      worker_->topology().cluster() && readonly_ == backend_->is_primary() &&
+      worker_->RetireSharedConn(this)) {
     // Made to a primary a failover has demoted since (its reads would all be redirected), or
     // with READONLY to a node that is the primary now (made before the slot map named it, or
-    // promoted since: see Connect): an idle one makes way for a new connection.
+    // promoted since: demoted again, it would answer reads from unsynced data; see Connect).
+    // It leaves the pool for a new connection, answers what it carries, then closes (at once
+    // when it carries nothing: no reply would come to close it).
+    if (pending_.empty()) Shutdown("its node changed role", true);
     return;
   }
   char msg[96];

@@ -158,6 +158,8 @@ class BackendConn {
   // this connection heard nothing for as long: the cheap reads of clients with small replies
   // waiting here that long go to the primary now, without a retry token, rather than at the
   // timeout (ClientSession::CheapReadWaiting). Others wait on (a slow read may be running).
+  // Also, on a node silent as long that a failover has demoted, the cheap reads sent to it
+  // as the primary.
   void ReleaseCheapReads(uint64_t now_ms);
   // Whether the client of the head reply reads: kYes once it read its backlog down (the
   // connection resumed for it) or took kReadProgressBytes during a pause, kNo once a pause

@@ -341,7 +341,8 @@ void ClientSession::ProcessInput() {
     bool handled = parser.argc() == 0 || HandleRequest(parser, in_.data(), consumed);
     may_donate_ = false;
     if (!handled) {
-      // Held (a session waiting for a primary to pin to): parsed again when it can go.
+      // Held (a session waiting for a primary to pin to, a write waiting for the client's
+      // replica reads, what follows a RESET): parsed again when it can go.
       parser.Reset();
       PauseReading();
       return;
@@ -408,8 +409,8 @@ constexpr size_t kResendBelow = 256 * 1024;
 uint64_t ReadKeyTag(const Request& req, const RouteDecision& d) {
   const CommandInfo* info = d.info;
   if (info == nullptr || info->first_key <= 0 || info->last_key != info->first_key ||
-      static_cast<size_t>(info->first_key) >= req.nviews) {
-    return kAnyKey;
+      info->is(kCmdMovableKeys) || static_cast<size_t>(info->first_key) >= req.nviews) {
+    return kAnyKey;  // (SORT_RO ... BY / GET patterns read other keys too)
   }
   return KeyTag(req.argv[info->first_key]);
 }
@@ -820,7 +821,9 @@ uint64_t ClientSession::ReplicaReadsAhead(const Request* req, const RouteDecisio
   size_t ntags = 0;
   bool any = true;
   const CommandInfo* info = d.info;
-  if (req != nullptr && info != nullptr && info->first_key > 0 && info->key_step > 0) {
+  // (Movable keys count as any: SORT ... STORE dst, GEORADIUS ... STORE, MIGRATE ... KEYS.)
+  if (req != nullptr && info != nullptr && info->first_key > 0 && info->key_step > 0 &&
+      !info->is(kCmdMovableKeys)) {
     const int argc = static_cast<int>(req->argc);
     const int last = info->last_key >= 0 ? info->last_key : argc + info->last_key;
     if (last < argc && static_cast<size_t>(last) < req->nviews) {
@@ -953,6 +956,9 @@ bool ClientSession::RetryOnReplica(uint64_t seq) {
   Slot& s = SlotAt(seq);
   s.tried_replica = true;
   if (s.request.empty()) return false;
+  // A write of this client sent after it may have run and reached the replicas: the read
+  // would see it (with read_your_writes or not).
+  if (writes_sent_upto_ > seq + 1) return false;
   int64_t need = ReadYourWrites::kAny;
   BackendGroup& g = GroupOf(seq);
   const Backend* primary = g.primary();
@@ -1024,11 +1030,11 @@ bool ClientSession::RepliesMayBeLarge() const {
 bool ClientSession::CheapReadWaiting(uint64_t seq, bool stalled) {
   const Slot& s = SlotAt(seq);
   if (closed_ || !s.is_read || !s.cheap || s.streamed != 0 || s.done) return false;
-  if (s.tried_primary) {
+  if (!s.on_replica) {
     // Sent to this node as the primary, which a failover has demoted since (a hung primary
     // the Sentinels replaced): whatever its size, nothing else waits for that node. Not when
     // the client wrote after it: sent to the new primary, that write would be in the answer.
-    return !s.tried_replica && !s.rerun && writes_sent_upto_ <= seq + 1;
+    return !s.rerun && !s.timed_out && writes_sent_upto_ <= seq + 1;
   }
   // A GET is cheap to run, not to send: one of a 16 MB value run again doubles that transfer.
   // A new client's may be anything: never-readers' first GETs of 16 MB, moved from a replica
@@ -1184,6 +1190,22 @@ void ClientSession::OnReplyPart(uint64_t seq, const char* data, size_t len) {
   worker_->MarkDirty(this);
 }
 
+void ClientSession::OnPush(uint64_t seq, const char* data, size_t len) {
+  if (closed_) return;
+  Slot& s = SlotAt(seq);
+  // The proxy's own request, or a part of a split one: nobody to show it to (it would be
+  // merged into the part's reply).
+  if (s.parent != kNoParent || s.discard) return;
+  if (seq == head_) {
+    out_.Append(data, len);
+  } else {
+    s.reply.Append(data, len);  // ahead of the reply, which Complete appends
+    held_bytes_ += len;
+  }
+  Account();
+  worker_->MarkDirty(this);
+}
+
 size_t ClientSession::WriteThrough(const char* data, size_t len) {
   // A large reply at the head of the line with nothing queued before it goes from the
   // backend's buffer to the client's socket directly: one copy less of every byte (a 1 MB
@@ -1255,8 +1277,9 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
       RetryOnReplica(seq)) {
     return;
   }
-  if (s.is_read && timeout && s.tried_primary && !s.tried_replica && !s.rerun &&
-      !s.request.empty() && !from->is_primary() && writes_sent_upto_ <= seq + 1) {
+  if (s.is_read && timeout && !s.on_replica && !s.rerun && !timed_out_before &&
+      !s.request.empty() && !from->is_primary() && writes_sent_upto_ <= seq + 1 &&
+      RetryAllowed(timeout_pass, s.cheap && stalled)) {
     // Sent to the primary, which then went silent and has been replaced (a failover): the
     // read runs again where reads go now, once, as after a lost connection. Not when the
     // client wrote after it: sent to the new primary, that write would be in the answer.
@@ -1291,7 +1314,7 @@ void ClientSession::OnBackendFailure(uint64_t seq, Backend* from, const std::str
   if (s.is_read) {
     // (From a replica when the primary failed it first: tried on both.)
     // (Sent to it as the primary, it is named so even if a failover has demoted it since.)
-    const bool as_primary = from->is_primary() || (s.tried_primary && !s.tried_replica);
+    const bool as_primary = from->is_primary() || !s.on_replica;
     CompleteError(seq, std::string("ERR kompress: read failed on ") +
                            (as_primary ? "primary " : "replica ") + from->name() + ": " + reason);
   } else {

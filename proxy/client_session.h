@@ -107,6 +107,9 @@ class ClientSession {
   // `stalled` replica (health check unanswered), one of a client whose replies are known to
   // be small. Nothing of its reply passed on yet.
   bool CheapReadWaiting(uint64_t seq, bool stalled);
+  // A RESP3 push the server sent on a shared connection while request `seq` ran: shown to the
+  // client ahead of that request's reply, as Redis would.
+  void OnPush(uint64_t seq, const char* data, size_t len);
   // A write (or a session that may write) must not overtake this client's reads still out on
   // replicas that may see it: sent to the primary at once, it is replicated, and a replica
   // can apply it before it runs a GET the client sent earlier (pipelined GET k, SET k v read

@@ -195,6 +195,14 @@ void ClusterMonitor::Apply(const SlotMap& map) {
   for (size_t s = 0; s < map.shards().size(); ++s) {
     if (map.shards()[s].slots == 0) order.push_back(s);
   }
+  // Nodes in the topology before this map (see the slotless shards below).
+  std::vector<Endpoint> known;
+  for (size_t i = 0; i < topology_.groups(); ++i) {
+    const BackendGroup& grp = *topology_.group(i);
+    for (size_t n = 0; n < grp.size(); ++n) {
+      if (grp.node(n)->role() != BackendRole::kNone) known.push_back(grp.node(n)->endpoint());
+    }
+  }
   for (size_t s : order) {
     const ClusterShard& shard = map.shards()[s];
     // The group that already holds one of the shard's nodes: after a failover the promoted
@@ -208,9 +216,13 @@ void ClusterMonitor::Apply(const SlotMap& map) {
       for (const Endpoint* ep : nodes) {
         for (size_t i = 0; i < topology_.groups() && g == nullptr; ++i) {
           Backend* b = topology_.group(i)->Find(*ep);
-          // (Whatever its role there: the shard placed just before may have left it out,
-          // the same map listing it alone.)
-          if (b != nullptr && taken[i]) served_elsewhere = true;
+          // (Whatever its role there now: the shard placed just before may have left it out,
+          // the same map listing it alone. But one that had left before this map, reset and
+          // added as a new empty master, is a shard of its own.)
+          if (b != nullptr && taken[i] &&
+              std::find(known.begin(), known.end(), *ep) != known.end()) {
+            served_elsewhere = true;
+          }
           if (b == nullptr || taken[i]) continue;
           // First pass: a node still in the group's topology; second: any it ever had.
           if (pass == 0 && b->role() == BackendRole::kNone) continue;

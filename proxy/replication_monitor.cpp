@@ -696,6 +696,10 @@ void ReplicationMonitor::NotePrimaryState() {
 
 void ReplicationMonitor::Judge(Probe& p) {
   Backend& b = *p.backend;
+  // An answer from before the replica was disqualified (NoteSilentLag, a lost connection)
+  // says nothing of it now: its verdict would be ignored, and its lag and reason would
+  // overwrite the current ones.
+  if (p.info_epoch != b.down_epoch()) return;
   const ReplicationInfo& info = p.info;
   PrimaryView view;
   view.known = primary_known_;
