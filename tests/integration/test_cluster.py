@@ -7,6 +7,7 @@ must run on their keys' shard, and neither resharding nor a shard primary's kill
 the client a redirection, an error or a stale value.
 """
 
+import contextlib
 import threading
 import time
 
@@ -26,6 +27,22 @@ def start_proxy(workdir, cluster, extra=()):
     p = Proxy(workdir, extra_args=["--cluster-nodes", cluster.seeds(2), *extra])
     p.start(timeout=30 * SLOWDOWN)
     return p
+
+
+@contextlib.contextmanager
+def cluster_and_proxy(tmp_path, name, node_timeout_ms, proxy_args):
+    """A cluster of its own (for tests that fail nodes over) and a ready proxy in front."""
+    rc = LocalCluster(tmp_path / name, node_timeout_ms=node_timeout_ms)
+    rc.start()
+    try:
+        proxy = start_proxy(tmp_path / f"{name}-proxy", rc, proxy_args)
+        try:
+            wait_proxy_ready(proxy)
+            yield rc, proxy
+        finally:
+            proxy.stop()
+    finally:
+        rc.stop()
 
 
 def proxy_info(proxy):
@@ -697,50 +714,42 @@ def test_resharding_under_load_shows_no_redirections_errors_or_stale_reads(
 
 
 def test_shard_primary_kill9_under_load(tmp_path):
-    rc = LocalCluster(tmp_path / "kc", node_timeout_ms=1000)
-    rc.start()
-    try:
-        # Requests wait for the promotion: the timeout must outlast the cluster's failover.
-        proxy = start_proxy(tmp_path / "kp", rc, ["--timeout", str(8 * SLOWDOWN)])
-        try:
-            wait_proxy_ready(proxy)
-            victim_port = sorted(rc.primaries())[0]
-            victim = rc.node(victim_port)
-            promoted_from = rc.primaries()[victim_port]
-            with Load(proxy) as load:
-                time.sleep(1.0)
-                ops_before = load.ops
-                victim.kill9()
-                wait_until(lambda: victim_port not in rc.primaries(), 20 * SLOWDOWN, 0.1,
-                           what="the cluster to promote a replica")
-                time.sleep(2.0)
-            assert load.ops > ops_before, load.report()
-            # Reads: not one error, not one wrong value.
-            assert load.errors == 0 and load.wrong == 0, load.report()
-            new_primary = (set(rc.primaries()) & set(promoted_from)).pop()
-            # Writes: only those to the failed shard, in flight as it died, may fail, and
-            # only with "may or may not have been applied".
-            for key, err in load.write_errors:
-                assert rc.owner(key).port == new_primary, load.report()
-                assert "may or may not have been applied" in err, load.report()
-            assert len(load.write_errors) <= 6, load.report()
-            # Writes to the failed shard work again without a restart; the old primary comes
-            # back as a replica and is taken into the shard.
-            c = proxy.client()
-            for i in range(200):
-                assert c.set(f"after:{i}", i) is True
-                assert c.get(f"after:{i}") == str(i).encode()
-            victim.start()
-            wait_until(lambda: victim_port in {r for reps in rc.primaries().values()
-                                               for r in reps}, 20 * SLOWDOWN, 0.2,
-                       what="old primary to rejoin as a replica")
-            wait_until(lambda: f"addr={HOST}:{victim_port},role=replica" in proxy_info(proxy),
-                       10 * SLOWDOWN, 0.2,
-                what="proxy to list the rejoined node as a replica")
-        finally:
-            proxy.stop()
-    finally:
-        rc.stop()
+    # Requests wait for the promotion: the timeout must outlast the cluster's failover.
+    with cluster_and_proxy(tmp_path, "kc", 1000,
+                           ["--timeout", str(8 * SLOWDOWN)]) as (rc, proxy):
+        victim_port = sorted(rc.primaries())[0]
+        victim = rc.node(victim_port)
+        promoted_from = rc.primaries()[victim_port]
+        with Load(proxy) as load:
+            time.sleep(1.0)
+            ops_before = load.ops
+            victim.kill9()
+            wait_until(lambda: victim_port not in rc.primaries(), 20 * SLOWDOWN, 0.1,
+                       what="the cluster to promote a replica")
+            time.sleep(2.0)
+        assert load.ops > ops_before, load.report()
+        # Reads: not one error, not one wrong value.
+        assert load.errors == 0 and load.wrong == 0, load.report()
+        new_primary = (set(rc.primaries()) & set(promoted_from)).pop()
+        # Writes: only those to the failed shard, in flight as it died, may fail, and
+        # only with "may or may not have been applied".
+        for key, err in load.write_errors:
+            assert rc.owner(key).port == new_primary, load.report()
+            assert "may or may not have been applied" in err, load.report()
+        assert len(load.write_errors) <= 6, load.report()
+        # Writes to the failed shard work again without a restart; the old primary comes
+        # back as a replica and is taken into the shard.
+        c = proxy.client()
+        for i in range(200):
+            assert c.set(f"after:{i}", i) is True
+            assert c.get(f"after:{i}") == str(i).encode()
+        victim.start()
+        wait_until(lambda: victim_port in {r for reps in rc.primaries().values()
+                                           for r in reps}, 20 * SLOWDOWN, 0.2,
+                   what="old primary to rejoin as a replica")
+        wait_until(lambda: f"addr={HOST}:{victim_port},role=replica" in proxy_info(proxy),
+                   10 * SLOWDOWN, 0.2,
+            what="proxy to list the rejoined node as a replica")
 
 
 def test_a_client_reads_its_own_write_through_manual_failovers(tmp_path):
@@ -750,70 +759,62 @@ def test_a_client_reads_its_own_write_through_manual_failovers(tmp_path):
     GET from its own data: the value before the client's acknowledged SET, in about half the
     rounds. Now only connections made to replicas send READONLY; the demoted node answers
     MOVED, which the proxy follows."""
-    rc = LocalCluster(tmp_path / "fc", node_timeout_ms=1000)
-    rc.start()
-    try:
-        proxy = start_proxy(tmp_path / "fp", rc, ["--timeout", str(8 * SLOWDOWN)])
+    with cluster_and_proxy(tmp_path, "fc", 1000,
+                           ["--timeout", str(8 * SLOWDOWN)]) as (rc, proxy):
+        stale, pairs, errors = [], [0], []
+        for rnd in range(6):
+            stop = threading.Event()
+
+            def client(i):
+                c = proxy.client(timeout=10 * SLOWDOWN)
+                k, v = f"{{ryw}}:{rnd}:{i}", 0
+                while not stop.is_set():
+                    v += 1
+                    try:
+                        c.set(k, v)
+                        got = c.get(k)
+                    except redis.RedisError as exc:
+                        errors.append((rnd, repr(exc)))
+                        continue
+                    pairs[0] += 1
+                    if got != str(v).encode():
+                        stale.append((rnd, k, v, got))
+
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.7)
+            old = rc.owner("{ryw}")
+            replica = rc.primaries()[old.port][0]
+            assert rc.node(replica).client().execute_command("CLUSTER", "FAILOVER") in (
+                b"OK", "OK", True)
+            wait_until(lambda: rc.owner("{ryw}").port == replica, 10 * SLOWDOWN, 0.02,
+                       what="the replica to take over")
+            time.sleep(1.0)
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+            rc.wait_ok()
+        print(f"{pairs[0]} SET+GET pairs over 6 failovers; stale {stale[:5]}; "
+              f"errors {errors[:5]}")
+        assert pairs[0] > 1000
+        assert stale == [], f"{len(stale)} GETs read older than the client's own SET"
+        assert errors == [], errors[:5]
+        # Three shards, each node in one of them as what it is: the map read mid-failover
+        # (the demoted primary listed alone for a moment) used to leave a shard group of
+        # its own each time, probing that node again and showing it as a primary.
+        def nodes():
+            return [line for line in proxy_info(proxy).splitlines()
+                    if line.startswith("node") and ",role=" in line]
+
+        def three_shards_of_two():
+            seen = nodes()
+            return len({n.rsplit("shard=", 1)[1] for n in seen}) == 3 and len(seen) == 6
+
         try:
-            wait_proxy_ready(proxy)
-            stale, pairs, errors = [], [0], []
-            for rnd in range(6):
-                stop = threading.Event()
-
-                def client(i):
-                    c = proxy.client(timeout=10 * SLOWDOWN)
-                    k, v = f"{{ryw}}:{rnd}:{i}", 0
-                    while not stop.is_set():
-                        v += 1
-                        try:
-                            c.set(k, v)
-                            got = c.get(k)
-                        except redis.RedisError as exc:
-                            errors.append((rnd, repr(exc)))
-                            continue
-                        pairs[0] += 1
-                        if got != str(v).encode():
-                            stale.append((rnd, k, v, got))
-
-                threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
-                for t in threads:
-                    t.start()
-                time.sleep(0.7)
-                old = rc.owner("{ryw}")
-                replica = rc.primaries()[old.port][0]
-                assert rc.node(replica).client().execute_command("CLUSTER", "FAILOVER") in (
-                    b"OK", "OK", True)
-                wait_until(lambda: rc.owner("{ryw}").port == replica, 10 * SLOWDOWN, 0.02,
-                           what="the replica to take over")
-                time.sleep(1.0)
-                stop.set()
-                for t in threads:
-                    t.join(timeout=30)
-                rc.wait_ok()
-            print(f"{pairs[0]} SET+GET pairs over 6 failovers; stale {stale[:5]}; "
-                  f"errors {errors[:5]}")
-            assert pairs[0] > 1000
-            assert stale == [], f"{len(stale)} GETs read older than the client's own SET"
-            assert errors == [], errors[:5]
-            # Three shards, each node in one of them as what it is: the map read mid-failover
-            # (the demoted primary listed alone for a moment) used to leave a shard group of
-            # its own each time, probing that node again and showing it as a primary.
-            def nodes():
-                return [line for line in proxy_info(proxy).splitlines()
-                        if line.startswith("node") and ",role=" in line]
-
-            def three_shards_of_two():
-                seen = nodes()
-                return len({n.rsplit("shard=", 1)[1] for n in seen}) == 3 and len(seen) == 6
-
-            try:
-                wait_until(three_shards_of_two, 10 * SLOWDOWN, 0.2, what="3 shards of 2 nodes")
-            except TimeoutError:
-                raise AssertionError("\n".join(nodes())) from None
-        finally:
-            proxy.stop()
-    finally:
-        rc.stop()
+            wait_until(three_shards_of_two, 10 * SLOWDOWN, 0.2, what="3 shards of 2 nodes")
+        except TimeoutError:
+            raise AssertionError("\n".join(nodes())) from None
 
 
 def test_an_mget_over_slots_does_not_wait_for_a_stopped_replica(tmp_path):
@@ -821,53 +822,44 @@ def test_an_mget_over_slots_does_not_wait_for_a_stopped_replica(tmp_path):
     on after its health check goes unanswered (about half a second); an MGET of a few keys
     in several slots of that shard is as cheap, and its parts move on too. They used to wait
     until the replica was marked down (4 s of a 4 s stop)."""
-    rc = LocalCluster(tmp_path / "mc", node_timeout_ms=5000)
-    rc.start()
-    try:
-        proxy = start_proxy(tmp_path / "mp", rc, ["--timeout", "5", "--health-check-interval",
-                                                  "0.1"])
+    with cluster_and_proxy(tmp_path, "mc", 5000,
+                           ["--timeout", "5", "--health-check-interval", "0.1"]) as (rc, proxy):
+        primary_port = sorted(rc.primaries())[0]
+        replica = rc.node(rc.primaries()[primary_port][0])
+        owner = rc.node(primary_port).client()
+        keys = [k for k in (f"ms:{i}" for i in range(400))
+                if rc.owner(k).port == primary_port][:6]
+        assert len({owner.execute_command("CLUSTER", "KEYSLOT", k) for k in keys}) > 1
+        c = proxy.client(timeout=20)
+        c.mset({k: "v" for k in keys})
+        reader = proxy.client(timeout=20)  # wrote nothing: its reads go to the replica
+        wait_until(lambda: reader.mget(keys) == [b"v"] * 6 and replica.calls("mget") > 0,
+                   10 * SLOWDOWN, 0.05, what="MGETs served by the shard's replica")
+        stop = threading.Event()
+        slowest, wrong = [0.0], []
+
+        def loop():
+            while not stop.is_set():
+                t = time.monotonic()
+                got = reader.mget(keys)
+                slowest[0] = max(slowest[0], time.monotonic() - t)
+                if got != [b"v"] * 6:
+                    wrong.append(got)
+
+        th = threading.Thread(target=loop)
+        th.start()
         try:
-            wait_proxy_ready(proxy)
-            primary_port = sorted(rc.primaries())[0]
-            replica = rc.node(rc.primaries()[primary_port][0])
-            owner = rc.node(primary_port).client()
-            keys = [k for k in (f"ms:{i}" for i in range(400))
-                    if rc.owner(k).port == primary_port][:6]
-            assert len({owner.execute_command("CLUSTER", "KEYSLOT", k) for k in keys}) > 1
-            c = proxy.client(timeout=20)
-            c.mset({k: "v" for k in keys})
-            reader = proxy.client(timeout=20)  # wrote nothing: its reads go to the replica
-            wait_until(lambda: reader.mget(keys) == [b"v"] * 6 and replica.calls("mget") > 0,
-                       10 * SLOWDOWN, 0.05, what="MGETs served by the shard's replica")
-            stop = threading.Event()
-            slowest, wrong = [0.0], []
-
-            def loop():
-                while not stop.is_set():
-                    t = time.monotonic()
-                    got = reader.mget(keys)
-                    slowest[0] = max(slowest[0], time.monotonic() - t)
-                    if got != [b"v"] * 6:
-                        wrong.append(got)
-
-            th = threading.Thread(target=loop)
-            th.start()
-            try:
-                time.sleep(0.3)
-                replica.sigstop()
-                time.sleep(3.0)
-            finally:
-                replica.sigcont()
-                stop.set()
-                th.join(timeout=30)
-            print(f"slowest MGET over {len(keys)} keys while the replica stopped: "
-                  f"{slowest[0]:.2f}s")
-            assert wrong == []
-            assert slowest[0] < 1.5 * SLOWDOWN, f"an MGET waited {slowest[0]:.2f}s"
+            time.sleep(0.3)
+            replica.sigstop()
+            time.sleep(3.0)
         finally:
-            proxy.stop()
-    finally:
-        rc.stop()
+            replica.sigcont()
+            stop.set()
+            th.join(timeout=30)
+        print(f"slowest MGET over {len(keys)} keys while the replica stopped: "
+              f"{slowest[0]:.2f}s")
+        assert wrong == []
+        assert slowest[0] < 1.5 * SLOWDOWN, f"an MGET waited {slowest[0]:.2f}s"
 
 
 def test_script_kill_reaches_the_shard_running_the_script(rc, tmp_path):
